@@ -1,0 +1,206 @@
+"""Executors: the one way node code runs a command.
+
+A step never calls subprocess itself; it gets an executor and calls ``ex.run(argv)``.
+
+* ``LocalExecutor`` runs argv lists with subprocess on the node (never a shell).
+* ``DryRunExecutor`` runs commands declared ``read_only=True`` and reports the others as
+  ``SKIP> …`` without running them, so ``--dry-run`` shows the real plan.
+* ``ScriptedExecutor`` (tests) checks each argv against a script of expected commands and
+  answers with canned rc/stdout/stderr.
+
+``pipe()`` runs a pipeline and keeps the exit status of every stage (zettarepl's idea): a
+failed ``zfs send`` is never hidden by a successful ``zfs receive``.
+
+Standard library only: this module is shipped to nodes inside the zipapp.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from imgstor.errors import RemoteCommandError
+
+__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "ScriptedExecutor",
+           "Expect", "host_name"]
+
+
+def host_name() -> str:
+    return os.environ.get("IMGSTOR_NODE") or os.uname().nodename
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+class Executor:
+    """Base: subclasses implement ``_run`` and ``_pipe``."""
+
+    dry_run = False
+
+    def __init__(self, host: str | None = None) -> None:
+        self.host = host or host_name()
+        self.log: list[str] = []          # every command, as text, for --debug
+        self.skipped: list[str] = []      # commands a dry run did not run
+
+    def run(self, argv: Sequence[str], *, read_only: bool = False, check: bool = True,
+            ok_codes: Iterable[int] = (0,), input: str | None = None,
+            timeout: float | None = 600, env: dict | None = None) -> Result:
+        """Run one argv.  ``check``: raise RemoteCommandError unless rc in ok_codes."""
+        argv = [str(a) for a in argv]
+        text = shlex.join(argv)
+        if self.dry_run and not read_only:
+            self.log.append("SKIP> " + text)
+            self.skipped.append(text)
+            return Result(argv, 0, "", "", skipped=True)
+        self.log.append(text)
+        res = self._run(argv, input=input, timeout=timeout, env=env)
+        if check and res.rc not in tuple(ok_codes):
+            raise RemoteCommandError(self.host, argv, res.rc, res.stderr, res.stdout)
+        return res
+
+    def pipe(self, stages: Sequence[Sequence[str]], *, read_only: bool = False,
+             check: bool = True, timeout: float | None = None) -> list[Result]:
+        """Run ``stages[0] | stages[1] | …``; return one Result per stage.
+
+        With ``check`` the first failing stage (in pipeline order) raises."""
+        stages = [[str(a) for a in s] for s in stages]
+        text = " | ".join(shlex.join(s) for s in stages)
+        if self.dry_run and not read_only:
+            self.log.append("SKIP> " + text)
+            self.skipped.append(text)
+            return [Result(s, 0, skipped=True) for s in stages]
+        self.log.append(text)
+        results = self._pipe(stages, timeout=timeout)
+        if check:
+            for r in results:
+                if r.rc != 0:
+                    raise RemoteCommandError(self.host, r.argv, r.rc, r.stderr)
+        return results
+
+    def _run(self, argv: list[str], *, input: str | None, timeout: float | None,
+             env: dict | None) -> Result:
+        raise NotImplementedError
+
+    def _pipe(self, stages: list[list[str]], *, timeout: float | None) -> list[Result]:
+        raise NotImplementedError
+
+
+class LocalExecutor(Executor):
+    def _run(self, argv, *, input, timeout, env):
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        try:
+            p = subprocess.run(argv, input=input, capture_output=True, text=True,
+                               timeout=timeout, env=full_env,
+                               stdin=None if input is not None else subprocess.DEVNULL)
+        except FileNotFoundError:
+            return Result(argv, 127, "", f"{argv[0]}: command not found")
+        except subprocess.TimeoutExpired as e:
+            return Result(argv, 124, _text(e.stdout), _text(e.stderr) + f"\ntimed out after {timeout}s")
+        return Result(argv, p.returncode, p.stdout, p.stderr)
+
+    def _pipe(self, stages, *, timeout):
+        procs: list[subprocess.Popen] = []
+        errfiles = []
+        prev = subprocess.DEVNULL
+        import tempfile
+        try:
+            for i, argv in enumerate(stages):
+                ef = tempfile.TemporaryFile()
+                errfiles.append(ef)
+                last = i == len(stages) - 1
+                try:
+                    p = subprocess.Popen(argv, stdin=prev, stderr=ef,
+                                         stdout=subprocess.PIPE)
+                except FileNotFoundError:
+                    for q in procs:
+                        q.kill()
+                    return [Result(a, 127 if a is argv else -9, "", f"{argv[0]}: command not found")
+                            for a in stages]
+                if prev is not subprocess.DEVNULL:
+                    prev.close()      # the child holds it now; lets SIGPIPE work
+                procs.append(p)
+                prev = p.stdout
+                if last:
+                    break
+            out = procs[-1].stdout.read().decode(errors="replace") if procs[-1].stdout else ""
+            deadline = None if timeout is None else time.monotonic() + timeout
+            results = []
+            for p, argv, ef in zip(procs, stages, errfiles):
+                try:
+                    rc = p.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    rc = 124
+                ef.seek(0)
+                results.append(Result(argv, rc, "", ef.read().decode(errors="replace")))
+            results[-1].stdout = out
+            return results
+        finally:
+            for ef in errfiles:
+                ef.close()
+
+
+class DryRunExecutor(LocalExecutor):
+    dry_run = True
+
+
+@dataclass
+class Expect:
+    """One expected command in a scripted scenario."""
+    argv: list[str]
+    rc: int = 0
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass
+class ScriptedExecutor(Executor):
+    """Test executor: commands must come in the scripted order with the scripted argv."""
+    script: list[Expect] = field(default_factory=list)
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        Executor.__init__(self, "scripted")
+        self.calls: list[list[str]] = []
+
+    def _next(self, argv: list[str]) -> Result:
+        self.calls.append(argv)
+        if not self.script:
+            raise AssertionError(f"unexpected command (script is empty): {shlex.join(argv)}")
+        exp = self.script.pop(0)
+        if list(exp.argv) != argv:
+            raise AssertionError(f"expected {shlex.join(exp.argv)}\n     got {shlex.join(argv)}")
+        return Result(argv, exp.rc, exp.stdout, exp.stderr)
+
+    def _run(self, argv, *, input, timeout, env):
+        return self._next(argv)
+
+    def _pipe(self, stages, *, timeout):
+        return [self._next(s) for s in stages]
+
+    def assert_done(self) -> None:
+        if self.script:
+            left = "\n".join(shlex.join(e.argv) for e in self.script)
+            raise AssertionError(f"scripted commands never ran:\n{left}")
+
+
+def _text(b: bytes | str | None) -> str:
+    if b is None:
+        return ""
+    return b if isinstance(b, str) else b.decode(errors="replace")
