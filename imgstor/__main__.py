@@ -1,0 +1,6 @@
+"""``python3 -m imgstor ...`` is ``imgstor ...``."""
+import sys
+
+from imgstor.cli import main
+
+sys.exit(main())

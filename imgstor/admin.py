@@ -1,0 +1,95 @@
+"""``imgstorageadmin``: look at and repair the state store by hand.
+
+    imgstorageadmin [--json] [--config PATH] list               volumes, with busy markers
+    imgstorageadmin unbusy NAS VOL                              clear a stale busy marker
+    imgstorageadmin set-state NAS VOL STATE                     force a volume's state
+
+Same grammar and flags as ``imgstor`` (see imgstor.cli); the handlers below are also used
+by ``imgstor unbusy``.  These change only the store, never a host.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+from imgstor import validate
+from imgstor.cli import Arg, Cmd, report_error, run
+from imgstor.errors import ImgstorError, NotFound, UsageError
+from imgstor.output import Output, format_duration
+from imgstor.state.model import VOLUME_STATES, volume_key
+from imgstor.workflows.context import Ctx
+
+__all__ = ["ADMIN_COMMANDS", "list_volumes", "unbusy", "set_state", "main"]
+
+
+def list_volumes(ctx: Ctx) -> Output:
+    """Columns NAS ZPOOL VOLUME HOST STATE TIME BUSY."""
+    from imgstor.workflows.vms import natural_key
+    st = ctx.store.read()
+    now = time.time()
+    rows = []
+    for key in sorted(st.volumes, key=natural_key):
+        v = st.volumes[key]
+        busy = None
+        if v.busy:
+            busy = (f"{v.busy.op} pid {v.busy.pid}@{v.busy.host} "
+                    f"{format_duration(now - v.busy.since)}")
+        rows.append({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "host": v.host,
+                     "state": v.state, "time": format_duration(now - v.since) if v.since
+                     else None, "busy": busy, "error": v.error})
+    return Output(rows, [("nas", "NAS"), ("zpool", "ZPOOL"), ("vol", "VOLUME"),
+                         ("host", "HOST"), ("state", "STATE"), ("time", "TIME"),
+                         ("busy", "BUSY"), ("error", "ERROR")])
+
+
+def unbusy(ctx: Ctx, nas: str, vol: str) -> str:
+    """Clear the busy marker of NAS/VOL, whoever set it."""
+    key = volume_key(validate.host(nas, "nas"), validate.volume(vol))
+    if ctx.dry_run:
+        v = ctx.store.read().volumes.get(key)
+        if v is None:
+            raise NotFound(f"no volume {key} in the state store {ctx.store.path}")
+        return f"dry run, nothing saved: would clear busy marker of {key}: {v.busy}"
+    old = ctx.store.unbusy(key)
+    if old is None:
+        return f"{key} was not busy"
+    return f"{key}: cleared busy marker ({old.op} by pid {old.pid} on {old.host})"
+
+
+def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
+    """Force the state of NAS/VOL (clears the error text unless the state is error)."""
+    key = volume_key(validate.host(nas, "nas"), validate.volume(vol))
+    if state not in VOLUME_STATES:
+        raise UsageError(f"invalid state {state!r:.40}: must be one of "
+                         f"{', '.join(VOLUME_STATES)}")
+    with ctx.transaction() as st:
+        v = st.volumes.get(key)
+        if v is None:
+            raise NotFound(f"no volume {key} in the state store {ctx.store.path}")
+        old, v.state, v.since = v.state, state, time.time()
+        if state != "error":
+            v.error = None
+        if state == "unmapped":
+            v.host = v.target = v.device = v.mode = None
+    msg = f"{key}: state {old} -> {state}"
+    return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
+
+
+ADMIN_COMMANDS: list[Cmd] = [
+    Cmd(("list",), "imgstor.admin:list_volumes", [], {},
+        "list volumes in the store with state and busy markers"),
+    Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
+        "clear the busy marker of volume VOL on NAS"),
+    Cmd(("set-state",), "imgstor.admin:set_state",
+        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES))], {},
+        "force the state of volume VOL on NAS (unmapped also clears host/target)"),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv, ADMIN_COMMANDS, prog="imgstorageadmin")
+    except ImgstorError as e:
+        return report_error(e, argv)

@@ -1,0 +1,262 @@
+"""The ``imgstor`` command line: grammar only, no logic.
+
+    imgstor [--json] [-n|--dry-run] [-v|--debug] [--config PATH] <verb> host <noun...> [args] [key=value...]
+    imgstor ping | hosts | refresh | repair | monitor JOB | unbusy NAS VOL
+
+Global flags may also come after the command.  The command words are matched against
+``COMMANDS`` by longest prefix (``list host vm nas`` beats ``list host vm``); what follows
+is split into ``key=value`` pairs (only the keys the entry declares) and positional
+arguments (parsed by argparse from the entry's ``args``).  The handler is imported lazily
+from its dotted name and called as ``handler(ctx, **parsed)``; it returns an
+``imgstor.output.Output`` table, a message string or None.
+
+Adding a command is one entry in ``COMMANDS``, e.g.::
+
+    Cmd(words=("list", "host", "storagemap"), handler="imgstor.workflows.storagemap:list_maps",
+        args=[Arg("nas", nargs="?")], keys={"force": bool}, help="list volume mappings"),
+
+``Arg(name, nargs=None|"?"|"*"|"+", help=...)`` becomes the keyword ``name`` (``-`` -> ``_``);
+``keys`` maps each allowed key to ``str``, ``int``, ``bool`` (yes/no/true/false/1/0/on/off)
+or any callable raising ``ValueError``; keys not given are not passed, so the handler's
+defaults apply.  ``aliases`` are extra word tuples for the same entry (``("hosts",)``).
+
+``main()`` catches ``ImgstorError`` only (prints ``error: <message>``, returns its exit
+code); any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from imgstor.errors import ImgstorError, UsageError
+
+__all__ = ["Arg", "Cmd", "COMMANDS", "main", "run", "parse", "rocks_main", "split_globals",
+           "report_error"]
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    nargs: str | int | None = None
+    help: str = ""
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class Cmd:
+    words: tuple[str, ...]
+    handler: str                                  # "package.module:function"
+    args: Sequence[Arg] = ()
+    keys: dict[str, Callable[[str], Any]] = field(default_factory=dict)
+    help: str = ""
+    aliases: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.words)
+
+
+_VMS = "imgstor.workflows.vms"
+COMMANDS: list[Cmd] = [
+    Cmd(("add", "host", "vm"), f"{_VMS}:add_vm", [Arg("container", help="compute node")],
+        {"name": str}, "add a VM on compute node CONTAINER (name defaults to CONTAINER-N)"),
+    Cmd(("list", "host", "vm"), f"{_VMS}:list_vms", [Arg("vms", nargs="*", metavar="VM")],
+        {}, "list VMs with their container, NAS, zpool and mode"),
+    Cmd(("remove", "host", "vm"), f"{_VMS}:remove_vm", [Arg("vm")], {},
+        "remove a VM (refused while its volume is mapped)"),
+    Cmd(("set", "host", "vm", "nas"), f"{_VMS}:set_vm_nas", [Arg("vm")],
+        {"nas": str, "zpool": str},
+        "assign VM's volume to nas=NAS [zpool=POOL] (nas=none clears)"),
+    Cmd(("list", "host", "vm", "nas"), f"{_VMS}:list_vm_nas",
+        [Arg("vms", nargs="*", metavar="VM")], {}, "list the NAS and zpool of each VM"),
+    Cmd(("remove", "host", "vm", "nas"), f"{_VMS}:remove_vm_nas", [Arg("vm")], {},
+        "clear the NAS assignment of a VM"),
+    Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
+        "print the commands that recreate the NAS assignments"),
+    Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
+        "clear the busy marker of volume VOL on NAS (when its process is gone)"),
+]
+
+_BOOL = {"yes": True, "true": True, "1": True, "on": True,
+         "no": False, "false": False, "0": False, "off": False}
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_GLOBAL_HELP = ("global flags (before or after the command): --json, -n/--dry-run, "
+                "-v/--debug, --config PATH")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would sys.exit(2)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def split_globals(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Pull the global flags out of ``argv`` wherever they are (up to a ``--``)."""
+    opts: dict[str, Any] = {"json": False, "dry_run": False, "debug": False,
+                            "config_path": None}
+    rest: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--":
+            rest.append(a)
+            rest.extend(it)
+            break
+        if a == "--json":
+            opts["json"] = True
+        elif a == "--dry-run":
+            opts["dry_run"] = True
+        elif a == "--debug":
+            opts["debug"] = True
+        elif re.fullmatch(r"-[nv]+", a):
+            opts["dry_run"] |= "n" in a
+            opts["debug"] |= "v" in a
+        elif a == "--config":
+            opts["config_path"] = next(it, None)
+            if not opts["config_path"]:
+                raise UsageError("--config needs a PATH")
+        elif a.startswith("--config="):
+            opts["config_path"] = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return opts, rest
+
+
+def _match(words: list[str], table: Sequence[Cmd]) -> tuple[Cmd, int] | None:
+    best: tuple[Cmd, int] | None = None
+    for cmd in table:
+        for w in (cmd.words, *cmd.aliases):
+            if tuple(words[:len(w)]) == w and (best is None or len(w) > best[1]):
+                best = (cmd, len(w))
+    return best
+
+
+def _usage(table: Sequence[Cmd], prog: str) -> str:
+    width = max(len(c.name) for c in table) + 2
+    lines = [f"usage: {prog} [global flags] <command> [args] [key=value...]", "",
+             "commands:"]
+    for c in table:
+        lines.append(f"  {c.name.ljust(width)}{c.help}")
+    lines += ["", _GLOBAL_HELP, f"`{prog} <command> -h` shows a command's arguments"]
+    return "\n".join(lines)
+
+
+def _unknown(words: list[str], table: Sequence[Cmd], prog: str) -> UsageError:
+    import difflib
+    text = " ".join(w for w in words if "=" not in w and not w.startswith("-"))
+    names = [c.name for c in table]
+    close = difflib.get_close_matches(text, names, n=5, cutoff=0.5)
+    close += [n for n in names if n.startswith(text.split(" ")[0] + " ") and n not in close]
+    hint = "; did you mean: " + ", ".join(close[:6]) if close and text else \
+        f"; run `{prog} --help` for the list"
+    return UsageError(f"unknown command {text!r}{hint}")
+
+
+def _convert(cmd: Cmd, key: str, value: str) -> Any:
+    conv = cmd.keys[key]
+    try:
+        if conv is bool:
+            if value.lower() not in _BOOL:
+                raise ValueError("expected yes or no")
+            return _BOOL[value.lower()]
+        return conv(value)
+    except ValueError as e:
+        raise UsageError(f"{cmd.name}: bad value for {key}: {value!r:.60} ({e})") from None
+
+
+def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
+          ) -> tuple[dict[str, Any], Cmd | None, dict[str, Any]]:
+    """Split ``argv`` into (global options, matched command, handler kwargs).
+    The command is None when only help was asked for."""
+    opts, rest = split_globals(argv)
+    if not rest or rest[0] in ("-h", "--help", "help"):
+        if not rest:
+            raise UsageError("no command given\n" + _usage(table, prog))
+        print(_usage(table, prog))
+        return opts, None, {}
+    found = _match(rest, table)
+    if found is None:
+        raise _unknown(rest, table, prog)
+    cmd, n = found
+    keys: dict[str, Any] = {}
+    positional: list[str] = []
+    for tok in rest[n:]:
+        k, eq, v = tok.partition("=")
+        if eq and _KEY_RE.fullmatch(k):
+            if k not in cmd.keys:
+                allowed = ", ".join(f"{x}=" for x in cmd.keys) or "none"
+                raise UsageError(f"{cmd.name}: unknown key {k!r}; allowed keys: {allowed}")
+            if k in keys:
+                raise UsageError(f"{cmd.name}: key {k!r} given twice")
+            keys[k] = _convert(cmd, k, v)
+        else:
+            positional.append(tok)
+    epilog = ("keys: " + " ".join(f"{k}=VALUE" for k in cmd.keys) + "\n" if cmd.keys else "")
+    p = _Parser(prog=f"{prog} {cmd.name}", description=cmd.help, epilog=epilog + _GLOBAL_HELP,
+                allow_abbrev=False)
+    for a in cmd.args:
+        p.add_argument(a.name.replace("-", "_"), nargs=a.nargs, help=a.help,
+                       metavar=a.metavar or a.name.upper())
+    try:
+        ns = p.parse_args(positional)
+    except SystemExit as e:  # -h
+        if e.code == 0:
+            return opts, None, {}
+        raise
+    return opts, cmd, {**vars(ns), **keys}
+
+
+def _load(handler: str) -> Callable[..., Any]:
+    module, _, func = handler.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
+    """Parse, call the handler, print its result.  Raises ImgstorError."""
+    opts, cmd, kwargs = parse(argv, table, prog)
+    if cmd is None:
+        return 0
+    from imgstor.workflows.context import Ctx
+    ctx = Ctx(**opts)
+    result = _load(cmd.handler)(ctx, **kwargs)
+    from imgstor.output import emit
+    emit(result, json=ctx.json)
+    return 0
+
+
+def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
+    print(f"error: {e.message}", file=sys.stderr)
+    if "-v" in argv or "--debug" in argv:
+        import traceback
+        traceback.print_exc()
+    return e.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv, COMMANDS, prog="imgstor")
+    except ImgstorError as e:
+        return report_error(e, argv)
+
+
+ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",))
+ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
+              "rocks start|stop host vm ...")
+
+
+def rocks_main(argv: Sequence[str] | None = None) -> int:
+    """``rocks <verb> host <storage noun> ...``: forward to imgstor, refuse the rest."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _, rest = split_globals(argv)
+    except ImgstorError as e:
+        return report_error(e, argv)
+    words = [w for w in rest if "=" not in w][:3]
+    if len(words) < 3 or words[1] != "host" or (words[2],) not in ROCKS_NOUNS:
+        print(f"rocks: {' '.join(rest)!r} is not an imgstor storage command; "
+              f"imgstor handles only: {ROCKS_HELP}", file=sys.stderr)
+        return 2
+    return main(argv)

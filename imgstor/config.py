@@ -1,0 +1,284 @@
+"""Cluster config: one TOML file naming the hosts and their storage attributes.
+
+Path: ``--config PATH``, else ``$IMGSTOR_CONFIG``, else ``/etc/imgstor/imgstor.toml``.
+Every command needs it; unknown keys and bad values are ``ConfigError`` naming the file
+and the dotted key.  Relative paths inside the file (``state.path``, ``ssh.known_hosts``,
+``ssh.identity``) are taken relative to the directory of the config file.
+
+```toml
+[state]
+path = "/var/lib/imgstor/state.json"
+lock_timeout = 30
+[ssh]
+user = "root"
+port = 22
+known_hosts = "/root/.ssh/known_hosts"
+identity = ""
+connect_timeout = 10
+command_timeout = 3600
+accept_unknown_host_keys = false
+[defaults]            # host attributes; each may be overridden in [hosts.NAME]
+img_sync = false
+vm_container_zpool = "tank"
+img_zpools = ["tank"]
+ib_net = ""           # host h is reached for data as "h.<ib_net>"
+volume_kind = "zvol"  # zvol|file
+target = "lio"        # lio|tgt
+initiator = "iscsiadm"  # iscsiadm|userspace
+overlay = "dm"        # dm|qcow2
+chap = false
+sync_frequency = 3600
+[hosts.nas-0-0]
+role = "nas"          # nas|compute (required)
+address = "10.1.1.1"  # SSH address; default: the host name
+port = 22
+data_address = ""     # default: "<name>.<ib_net>" if ib_net, else address
+```
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from imgstor import validate
+from imgstor.errors import ConfigError, NotFound, UsageError
+
+__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "HostConfig", "load_config",
+           "config_path", "HOST_ATTRS"]
+
+DEFAULT_PATH = "/etc/imgstor/imgstor.toml"
+ENV_VAR = "IMGSTOR_CONFIG"
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    user: str = "root"
+    port: int = 22
+    known_hosts: str = "/root/.ssh/known_hosts"
+    identity: str = ""
+    connect_timeout: float = 10
+    command_timeout: float = 3600
+    accept_unknown_host_keys: bool = False
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    role: str                      # "nas" | "compute"
+    address: str
+    port: int
+    data_address: str
+    img_sync: bool = False
+    vm_container_zpool: str = "tank"
+    img_zpools: tuple[str, ...] = ("tank",)
+    ib_net: str = ""
+    volume_kind: str = "zvol"
+    target: str = "lio"
+    initiator: str = "iscsiadm"
+    overlay: str = "dm"
+    chap: bool = False
+    sync_frequency: int = 3600
+
+
+@dataclass
+class Config:
+    path: str
+    state_path: str = "/var/lib/imgstor/state.json"
+    lock_timeout: float = 30
+    ssh: SshConfig = field(default_factory=SshConfig)
+    hosts: dict[str, HostConfig] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def host(self, name: str) -> HostConfig:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise NotFound(f"unknown host {name!r}: not in {self.path}; known: {known}",
+                           host=name) from None
+
+    def nas_hosts(self) -> list[HostConfig]:
+        return [h for h in self.hosts.values() if h.role == "nas"]
+
+    def compute_hosts(self) -> list[HostConfig]:
+        return [h for h in self.hosts.values() if h.role == "compute"]
+
+
+# ---- checkers: each returns the converted value or raises ValueError(why) ----
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("must be a string")
+    return v
+
+
+def _port(v: Any) -> int:
+    if not _is_int(v) or not 1 <= v <= 65535:
+        raise ValueError("must be an integer port 1..65535")
+    return v
+
+
+def _positive(v: Any) -> float:
+    if not (_is_int(v) or isinstance(v, float)) or isinstance(v, bool) or v <= 0:
+        raise ValueError("must be a number greater than zero")
+    return v
+
+
+def _positive_int(v: Any) -> int:
+    if not _is_int(v) or v <= 0:
+        raise ValueError("must be an integer greater than zero")
+    return v
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return v
+    return check
+
+
+def _validated(fn: Callable[[Any], str]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        try:
+            return fn(_str(v))
+        except UsageError as e:
+            raise ValueError(e.message) from None
+    return check
+
+
+def _zpools(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise ValueError("must be a non-empty list of zpool names")
+    return tuple(_validated(validate.zpool)(p) for p in v)
+
+
+def _opt_host(v: Any) -> str:
+    s = _str(v)
+    return _validated(validate.host)(s) if s else s
+
+
+def _address(v: Any) -> str:
+    s = _str(v)
+    if not s or s.startswith("-") or any(c.isspace() or c in "@;'\"`$\\" for c in s):
+        raise ValueError("must be a host name or IP address")
+    return s
+
+
+HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
+    "img_sync": _bool,
+    "vm_container_zpool": _validated(validate.zpool),
+    "img_zpools": _zpools,
+    "ib_net": _opt_host,
+    "volume_kind": _choice("zvol", "file"),
+    "target": _choice("lio", "tgt"),
+    "initiator": _choice("iscsiadm", "userspace"),
+    "overlay": _choice("dm", "qcow2"),
+    "chap": _bool,
+    "sync_frequency": _positive_int,
+}
+_STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive}
+_SSH_KEYS: dict[str, Callable[[Any], Any]] = {
+    "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
+    "connect_timeout": _positive, "command_timeout": _positive,
+    "accept_unknown_host_keys": _bool,
+}
+_HOST_KEYS: dict[str, Callable[[Any], Any]] = {
+    "role": _choice("nas", "compute"), "address": _address, "port": _port,
+    "data_address": lambda v: _address(v) if _str(v) else v, **HOST_ATTRS,
+}
+_TOP = ("state", "ssh", "defaults", "hosts")
+
+
+def config_path(path: str | None = None) -> str:
+    return path or os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read and check the config file; see the module docstring for the schema."""
+    path = config_path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; create it or point to one with "
+                          f"--config PATH or ${ENV_VAR}", path=path) from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read: {e.strerror}", path=path) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: not valid TOML: {e}", path=path) from None
+    return _build(path, raw)
+
+
+def _err(path: str, key: str, why: str) -> ConfigError:
+    return ConfigError(f"config file {path}: {key}: {why}", path=path, key=key)
+
+
+def _section(path: str, raw: dict, name: str) -> dict:
+    sec = raw.get(name, {})
+    if not isinstance(sec, dict):
+        raise _err(path, name, "must be a table")
+    return sec
+
+
+def _check(path: str, prefix: str, sec: dict, schema: dict[str, Callable]) -> dict:
+    out = {}
+    for key, value in sec.items():
+        dotted = f"{prefix}.{key}"
+        if key not in schema:
+            raise _err(path, dotted, f"unknown key; known keys: {', '.join(schema)}")
+        try:
+            out[key] = schema[key](value)
+        except ValueError as e:
+            raise _err(path, dotted, f"{e} (got {value!r:.60})") from None
+    return out
+
+
+def _build(path: str, raw: dict) -> Config:
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rel(p: str) -> str:
+        return os.path.join(base, p) if p and not os.path.isabs(p) else p
+
+    for key in raw:
+        if key not in _TOP:
+            raise _err(path, key, f"unknown key; known sections: {', '.join(_TOP)}")
+    state = _check(path, "state", _section(path, raw, "state"), _STATE_KEYS)
+    ssh = _check(path, "ssh", _section(path, raw, "ssh"), _SSH_KEYS)
+    for k in ("known_hosts", "identity"):
+        if k in ssh:
+            ssh[k] = rel(ssh[k])
+    defaults = _check(path, "defaults", _section(path, raw, "defaults"), HOST_ATTRS)
+    cfg = Config(path=path, state_path=rel(state.get("path", Config.state_path)),
+                 lock_timeout=state.get("lock_timeout", Config.lock_timeout),
+                 ssh=SshConfig(**ssh), defaults=defaults)
+    for name, sec in _section(path, raw, "hosts").items():
+        prefix = f"hosts.{name}"
+        try:
+            validate.host(name)
+        except UsageError as e:
+            raise _err(path, prefix, e.message) from None
+        if not isinstance(sec, dict):
+            raise _err(path, prefix, "must be a table")
+        attrs = {**defaults, **_check(path, prefix, sec, _HOST_KEYS)}
+        if "role" not in attrs:
+            raise _err(path, prefix + ".role", "missing; must be one of nas, compute")
+        attrs.setdefault("address", name)
+        attrs.setdefault("port", cfg.ssh.port)
+        if not attrs.get("data_address"):
+            ib = attrs.get("ib_net", "")
+            attrs["data_address"] = f"{name}.{ib}" if ib else attrs["address"]
+        cfg.hosts[name] = HostConfig(name=name, **attrs)
+    return cfg

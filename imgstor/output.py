@@ -1,0 +1,100 @@
+"""Tables and JSON for command results, in the Rocks layout.
+
+A handler returns ``Output(rows, columns)``, a message string or None; ``emit`` prints it.
+Tables are tabulate's ``plain`` format with upper-case headers, every cell left-aligned and
+``----`` for a missing value (as Rocks prints).  ``--json`` prints the same rows as a JSON
+list of objects whose keys are the column keys (None stays null).
+
+For speed (``list host vm nas`` on 10,000 VMs) plain ASCII tables are laid out here with the
+exact rules of tabulate's plain format (column width = max(header + 2, widest cell), cells
+joined by two spaces, lines right-stripped); anything else goes through tabulate itself.
+tests/unit/test_output.py checks the two agree.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence, TextIO
+
+__all__ = ["Output", "print_rows", "format_table", "format_duration", "emit", "MISSING"]
+
+MISSING = "----"
+Columns = Sequence[tuple[str, str]]
+
+
+@dataclass
+class Output:
+    """A table result: ``rows`` are dicts, ``columns`` are ``(key, HEADER)`` pairs."""
+    rows: list[dict[str, Any]]
+    columns: list[tuple[str, str]]
+    footer: list[str] = field(default_factory=list)   # extra lines after the table
+
+
+def _cell(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return str(v)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
+    """The plain table text (no trailing newline)."""
+    headers = [h.upper() for _, h in columns]
+    keys = [k for k, _ in columns]
+    table = [[_cell(r.get(k)) for k in keys] for r in rows]
+    fast = all(c is None or (c.isascii() and c.isprintable() and c == c.strip())
+               for row in table for c in row)
+    if not fast or not all(h.isascii() and h.isprintable() for h in headers):
+        import tabulate
+        return tabulate.tabulate(table, headers=headers, tablefmt="plain",
+                                 missingval=MISSING, disable_numparse=True)
+    widths = [len(h) + 2 for h in headers]
+    for row in table:
+        for i, c in enumerate(row):
+            n = len(MISSING) if c is None else len(c)
+            if n > widths[i]:
+                widths[i] = n
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in table:
+        lines.append("  ".join((MISSING if c is None else c).ljust(w)
+                               for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def print_rows(rows: Sequence[dict[str, Any]], columns: Columns, *, json: bool,
+               file: TextIO | None = None) -> None:
+    """Print ``rows`` as a Rocks-style table, or as a JSON list with ``json=True``."""
+    out = file or sys.stdout
+    if json:
+        import json as _json
+        keys = [k for k, _ in columns]
+        out.write(_json.dumps([{k: r.get(k) for k in keys} for r in rows], indent=2) + "\n")
+    else:
+        out.write(format_table(rows, columns) + "\n")
+
+
+def emit(result: Output | str | None, *, json: bool, file: TextIO | None = None) -> None:
+    """Print what a handler returned: a table, a message, or nothing."""
+    out = file or sys.stdout
+    if result is None:
+        return
+    if isinstance(result, Output):
+        print_rows(result.rows, result.columns, json=json, file=out)
+        if not json:
+            for line in result.footer:
+                out.write(line + "\n")
+        return
+    if json:
+        import json as _json
+        out.write(_json.dumps({"message": str(result)}) + "\n")
+    else:
+        out.write(str(result).rstrip("\n") + "\n")
+
+
+def format_duration(seconds: float | None) -> str | None:
+    """``83`` -> ``"0:01:23"`` (hours grow past 24); None stays None."""
+    if seconds is None:
+        return None
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

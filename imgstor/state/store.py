@@ -1,0 +1,247 @@
+"""The locked JSON state store.
+
+``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), loads the file (a
+missing file is an empty state), yields a mutable ``State`` and, on normal exit, writes
+``<path>.tmp-<pid>`` (0600), fsyncs it, ``os.replace``s it over the file and fsyncs the
+directory.  On an exception nothing is written.  ``store.read()`` takes no lock: thanks to
+the rename a reader sees the old file or the new one, never half of one.
+
+Never hold the lock across a remote command: mark the volume busy (``store.busy(...)`` or
+``acquire_busy``), leave the transaction, do the remote work, then re-open a transaction to
+record the result.  The lock guards seconds of JSON work, the busy marker guards minutes of
+remote work.
+
+While the lock is held ``<path>.lock.holder`` names the holder (pid, command line, host,
+since) so a ``LockTimeout`` can say who is in the way.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import socket
+import sys
+import time
+from typing import Callable, Iterator
+
+from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
+from imgstor.state.model import SCHEMA, Busy, State, Volume
+
+__all__ = ["Store", "pid_alive", "proc_starttime", "this_host"]
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state first), or None if there is no such pid.
+    The comm field (2) may hold spaces and ')', so split after the last ')' (proc(5))."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return None
+    return data[data.rfind(")") + 2:].split()
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (proc(5) field 22), or None."""
+    st = _proc_stat(pid)
+    return int(st[19]) if st and len(st) > 19 else None
+
+
+def pid_alive(pid: int, starttime: int | None = None) -> bool:
+    """True if ``pid`` runs on this host, is not a zombie and (if given) started at
+    ``starttime`` — a recycled pid is a different process.  A zombie counts as dead: it
+    will never release anything, and PID 1 in containers may take long to reap it."""
+    st = _proc_stat(pid)
+    if not st or st[0] in ("Z", "X", "x"):
+        return False
+    return starttime is None or (len(st) > 19 and int(st[19]) == starttime)
+
+
+class Store:
+    """The state file at ``path``; see the module docstring."""
+
+    def __init__(self, path: str, *, lock_timeout: float = 30) -> None:
+        self.path = os.path.abspath(path)
+        self.lock_timeout = lock_timeout
+        self.lock_path = self.path + ".lock"
+        self.holder_path = self.path + ".lock.holder"
+        # Test hook: called between writing the temp file and replacing the state file.
+        self._before_replace: Callable[[str], None] | None = None
+
+    # ---- reading ----
+    def read(self) -> State:
+        """The current state, without taking the lock."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return State()
+        except OSError as e:
+            raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> State:
+        try:
+            raw = json.loads(data)
+        except ValueError as e:
+            raise StateError(f"state file {self.path} is not valid JSON ({e}); "
+                             "fix or restore it, imgstor will not overwrite it") from None
+        schema = raw.get("schema") if isinstance(raw, dict) else None
+        if schema != SCHEMA:
+            raise StateError(f"state file {self.path} has schema {schema!r}; this imgstor "
+                             f"reads schema {SCHEMA} only (newer imgstor? restore a backup)")
+        try:
+            return State.from_dict(raw)
+        except StateError as e:
+            raise StateError(f"state file {self.path}: {e.message}; fix or restore it, "
+                             "imgstor will not overwrite it") from None
+
+    # ---- writing ----
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[State]:
+        """Lock, load, yield the state, write it back atomically unless the body raised."""
+        with self._locked():
+            state = self.read()
+            yield state
+            self._write(state)
+
+    def _ensure_dir(self) -> None:
+        d = os.path.dirname(self.path)
+        if not os.path.isdir(d):
+            try:
+                os.makedirs(d, mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise StateError(f"cannot create state directory {d}: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import filelock  # lazy: read-only commands never need it
+        self._ensure_dir()
+        lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockTimeout(f"state store {self.path} is locked by {self._holder_text()}; "
+                              f"waited {self.lock_timeout:g}s", path=self.path) from None
+        try:
+            self._write_holder()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.holder_path)
+        finally:
+            lock.release()
+
+    def _write_holder(self) -> None:
+        info = {"pid": os.getpid(), "cmd": " ".join(sys.argv), "host": this_host(),
+                "since": time.time()}
+        fd = os.open(self.holder_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+
+    def _holder_text(self) -> str:
+        try:
+            with open(self.holder_path) as f:
+                h = json.load(f)
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"]))
+            return f"pid {h['pid']} ({h['cmd']}) on {h['host']} since {since}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+    def _write(self, state: State) -> None:
+        state.schema = SCHEMA
+        data = json.dumps(state.to_dict(), indent=1, sort_keys=True).encode() + b"\n"
+        # Under the lock any other temp file is left over from a killed writer.
+        for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):
+            with contextlib.suppress(OSError):
+                os.unlink(stale)
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if self._before_replace:
+                self._before_replace(tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # ---- busy markers ----
+    def acquire_busy(self, key: str, op: str, *,
+                     create: Callable[[], Volume] | None = None) -> Volume:
+        """Mark volume ``key`` busy with ``op`` for this process; return the volume.
+
+        A live marker (this host: the pid runs, is no zombie, has the recorded start time;
+        another host: always, we cannot check) is a ``BusyError``; a stale one of this host
+        is taken over with a warning.  A missing volume is created with ``create()`` or is
+        ``NotFound``."""
+        me = this_host()
+        with self.transaction() as st:
+            vol = st.volumes.get(key)
+            if vol is None:
+                if create is None:
+                    raise NotFound(f"no volume {key} in the state store")
+                vol = st.volumes[key] = create()
+            b = vol.busy
+            if b is not None:
+                if b.host != me or pid_alive(b.pid, b.starttime):
+                    raise BusyError(self.busy_message(key, b), key=key, pid=b.pid)
+                print(f"warning: {key}: taking over stale busy marker ({b.op} by pid "
+                      f"{b.pid} on {b.host}, no longer running)", file=sys.stderr)
+            vol.busy = Busy(op=op, pid=os.getpid(), host=me, since=time.time(),
+                            starttime=proc_starttime(os.getpid()))
+            return vol
+
+    @staticmethod
+    def busy_message(key: str, b: Busy) -> str:
+        nas, _, vol = key.partition("/")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b.since))
+        return (f"{key} is busy: {b.op} by pid {b.pid} on {b.host} since {since}; if that "
+                f"process is gone, run `imgstorageadmin unbusy {nas} {vol}`")
+
+    def release_busy(self, key: str, pid: int | None = None) -> bool:
+        """Clear the busy marker of ``key`` if ``pid`` (default: this process) holds it."""
+        pid = os.getpid() if pid is None else pid
+        with self.transaction() as st:
+            vol = st.volumes.get(key)
+            if vol is None or vol.busy is None or vol.busy.pid != pid \
+                    or vol.busy.host != this_host():
+                return False
+            vol.busy = None
+            return True
+
+    def unbusy(self, key: str) -> Busy | None:
+        """Clear the busy marker of ``key`` whoever holds it (admin); return the old one."""
+        with self.transaction() as st:
+            vol = st.volumes.get(key)
+            if vol is None:
+                raise NotFound(f"no volume {key} in the state store {self.path}")
+            old, vol.busy = vol.busy, None
+            return old
+
+    @contextlib.contextmanager
+    def busy(self, key: str, op: str, *,
+             create: Callable[[], Volume] | None = None) -> Iterator[Volume]:
+        """``acquire_busy`` on entry, ``release_busy`` on exit (also on an exception).
+        A process killed or leaving with ``os._exit`` leaves a stale marker that the next
+        ``acquire_busy`` on this host takes over."""
+        vol = self.acquire_busy(key, op, create=create)
+        try:
+            yield vol
+        finally:
+            self.release_busy(key)
