@@ -1,0 +1,264 @@
+"""state/: locked JSON store (concurrency, atomic replace, modes, schema, lock holder)
+and busy markers (refusal, stale takeover, zombies, pid reuse)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import stat
+import time
+
+import pytest
+
+from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
+from imgstor.state import Busy, State, Store, Vm, Volume
+from imgstor.state import store as store_mod
+
+FORK = multiprocessing.get_context("fork")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "sub" / "state.json"), lock_timeout=5)
+
+
+def _vol(nas="nas-0-0", vol="vm1-vol"):
+    return Volume(nas=nas, zpool="tank", vol=vol)
+
+
+# ---- transactions ----
+
+def test_missing_file_is_empty_and_modes(store, tmp_path):
+    assert store.read() == State()
+    with store.transaction() as st:
+        st.vms["vm1"] = Vm(name="vm1", container="compute-0-0")
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(store.lock_path).st_mode) == 0o600
+    assert not os.path.exists(store.holder_path)
+    raw = json.loads(open(store.path).read())
+    assert raw["schema"] == 1 and raw["vms"]["vm1"]["container"] == "compute-0-0"
+    assert store.read().vms["vm1"] == Vm(name="vm1", container="compute-0-0")
+
+
+def test_roundtrip_full_model(store):
+    v = Volume(nas="nas-0-0", zpool="tank", vol="vm1-vol", size=10 * 2**30,
+               host="compute-0-0", target="iqn.2024-01.org.imgstor:vm1", state="NAS->VM",
+               mode="sync", device="/dev/sdb", since=123.5, error=None,
+               busy=Busy(op="map", pid=1, host="fe", since=1.0, starttime=5),
+               extra={"chap_user": "u"})
+    with store.transaction() as st:
+        st.volumes[v.key] = v
+        st.jobs["j1"] = {"phase": "copy"}
+    st = store.read()
+    assert st.volumes["nas-0-0/vm1-vol"] == v and st.jobs == {"j1": {"phase": "copy"}}
+
+
+def test_exception_writes_nothing(store):
+    with store.transaction() as st:
+        st.vms["a"] = Vm(name="a", container="c")
+    before = open(store.path, "rb").read()
+    with pytest.raises(RuntimeError):
+        with store.transaction() as st:
+            st.vms["b"] = Vm(name="b", container="c")
+            raise RuntimeError("boom")
+    assert open(store.path, "rb").read() == before
+
+
+def _worker(path, i, n):
+    s = Store(path, lock_timeout=120)
+    for j in range(n):
+        with s.transaction() as st:
+            st.jobs[f"{i}-{j}"] = {"i": i, "j": j}
+    os._exit(0)
+
+
+def test_concurrent_writers(store):
+    procs = [FORK.Process(target=_worker, args=(store.path, i, 20)) for i in range(50)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    jobs = store.read().jobs
+    assert len(jobs) == 1000
+    assert all(f"{i}-{j}" in jobs for i in range(50) for j in range(20))
+
+
+def _killed_writer(path):
+    s = Store(path)
+    s._before_replace = lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
+    with s.transaction() as st:
+        st.vms["new"] = Vm(name="new", container="c")
+    os._exit(0)  # not reached
+
+
+def test_writer_killed_mid_write_leaves_old_file(store):
+    with store.transaction() as st:
+        st.vms["old"] = Vm(name="old", container="c")
+    before = open(store.path, "rb").read()
+    p = FORK.Process(target=_killed_writer, args=(store.path,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == -signal.SIGKILL
+    assert open(store.path, "rb").read() == before
+    assert list(store.read().vms) == ["old"]
+    assert os.path.exists(f"{store.path}.tmp-{p.pid}")      # the half-done temp file
+    with store.transaction() as st:                          # lock free again; cleans up
+        st.vms["next"] = Vm(name="next", container="c")
+    assert not os.path.exists(f"{store.path}.tmp-{p.pid}")
+    assert sorted(store.read().vms) == ["next", "old"]
+
+
+@pytest.mark.parametrize("content,match", [
+    (b'{"schema": 2, "vms": {}}', "schema 2"),
+    (b'{"vms": {}}', "schema None"),
+    (b'{"schema": 1, "vms": {"a": {"name": "a"}}}', "container"),
+    (b'{"schema": 1, "vms": {}, "colour": 1}', "colour"),
+    (b'{"schema": 1, "volumes": {"n/v": {"nas": "n", "zpool": "t", "vol": "v", "state": "odd"}}}', "odd"),
+    (b'{"schema": 1, "volumes": {"x/v": {"nas": "n", "zpool": "t", "vol": "v"}}}', "key"),
+    (b'{"schema": 1, "vms": {', "not valid JSON"),
+    (b'[1, 2]', "schema None"),
+])
+def test_unreadable_file_refused_and_kept(store, content, match):
+    os.makedirs(os.path.dirname(store.path), exist_ok=True)
+    with open(store.path, "wb") as f:
+        f.write(content)
+    with pytest.raises(StateError, match=match) as e:
+        store.read()
+    assert store.path in e.value.message
+    with pytest.raises(StateError):
+        with store.transaction() as st:
+            st.vms["x"] = Vm(name="x", container="c")
+    assert open(store.path, "rb").read() == content
+
+
+def _holder(path, ready, done):
+    s = Store(path)
+    with s.transaction():
+        ready.set()
+        done.wait(30)
+    os._exit(0)
+
+
+def test_lock_timeout_names_holder(store):
+    ready, done = FORK.Event(), FORK.Event()
+    p = FORK.Process(target=_holder, args=(store.path, ready, done))
+    p.start()
+    try:
+        assert ready.wait(30)
+        s = Store(store.path, lock_timeout=0.2)
+        with pytest.raises(LockTimeout) as e:
+            with s.transaction():
+                pass
+        msg = e.value.message
+        assert f"pid {p.pid}" in msg and store_mod.this_host() in msg and store.path in msg
+        assert isinstance(e.value, BusyError)
+    finally:
+        done.set()
+        p.join(30)
+    with Store(store.path, lock_timeout=1).transaction():
+        pass
+
+
+# ---- busy markers ----
+
+def test_busy_refuses_second_op(store):
+    v = store.acquire_busy("nas-0-0/vm1-vol", "map", create=_vol)
+    assert v.busy.pid == os.getpid() and v.busy.op == "map"
+    assert v.busy.starttime == store_mod.proc_starttime(os.getpid())
+    with pytest.raises(BusyError) as e:
+        store.acquire_busy("nas-0-0/vm1-vol", "unmap")
+    msg = e.value.message
+    assert msg.startswith("nas-0-0/vm1-vol is busy: map by pid")
+    assert "imgstorageadmin unbusy nas-0-0 vm1-vol" in msg
+    assert store.release_busy("nas-0-0/vm1-vol")
+    assert store.read().volumes["nas-0-0/vm1-vol"].busy is None
+    store.acquire_busy("nas-0-0/vm1-vol", "unmap").busy.op == "unmap"
+
+
+def test_acquire_missing_volume(store):
+    with pytest.raises(NotFound):
+        store.acquire_busy("nas-0-0/nope-vol", "map")
+    assert not os.path.exists(store.path)
+
+
+def test_busy_context_releases_on_exception(store):
+    with pytest.raises(RuntimeError):
+        with store.busy("nas-0-0/vm1-vol", "map", create=_vol) as v:
+            assert store.read().volumes[v.key].busy.op == "map"
+            raise RuntimeError("remote step failed")
+    assert store.read().volumes["nas-0-0/vm1-vol"].busy is None
+
+
+def test_release_only_by_holder(store):
+    store.acquire_busy("nas-0-0/vm1-vol", "map", create=_vol)
+    assert not store.release_busy("nas-0-0/vm1-vol", pid=os.getpid() + 1)
+    assert store.read().volumes["nas-0-0/vm1-vol"].busy is not None
+    assert store.unbusy("nas-0-0/vm1-vol").op == "map"
+    assert store.unbusy("nas-0-0/vm1-vol") is None
+
+
+def _busy_and_die(path):
+    s = Store(path)
+    s.acquire_busy("nas-0-0/vm1-vol", "map", create=_vol)
+    os._exit(0)   # no release: a killed command
+
+
+def test_stale_marker_taken_over(store, capsys):
+    p = FORK.Process(target=_busy_and_die, args=(store.path,))
+    p.start()
+    p.join(30)
+    assert store.read().volumes["nas-0-0/vm1-vol"].busy.pid == p.pid
+    v = store.acquire_busy("nas-0-0/vm1-vol", "unmap")
+    assert v.busy.pid == os.getpid()
+    assert "stale busy marker" in capsys.readouterr().err
+
+
+def test_zombie_counts_as_dead(store):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            Store(store.path).acquire_busy("nas-0-0/vm1-vol", "map", create=_vol)
+        finally:
+            os._exit(0)
+    try:
+        for _ in range(200):                       # wait for the child to be a zombie
+            st = store_mod._proc_stat(pid)
+            if st and st[0] == "Z":
+                break
+            time.sleep(0.05)
+        assert store_mod._proc_stat(pid)[0] == "Z"
+        assert not store_mod.pid_alive(pid)
+        assert store.acquire_busy("nas-0-0/vm1-vol", "unmap").busy.pid == os.getpid()
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_reused_pid_is_stale(store):
+    # Our parent is alive, but the marker's start time belongs to another process.
+    ppid = os.getppid()
+    with store.transaction() as st:
+        v = st.volumes["nas-0-0/vm1-vol"] = _vol()
+        v.busy = Busy(op="map", pid=ppid, host=store_mod.this_host(), since=time.time(),
+                      starttime=(store_mod.proc_starttime(ppid) or 0) + 1)
+    assert store.acquire_busy("nas-0-0/vm1-vol", "unmap").busy.pid == os.getpid()
+
+
+def test_live_marker_of_other_process_refused(store):
+    ppid = os.getppid()
+    with store.transaction() as st:
+        v = st.volumes["nas-0-0/vm1-vol"] = _vol()
+        v.busy = Busy(op="map", pid=ppid, host=store_mod.this_host(), since=time.time(),
+                      starttime=store_mod.proc_starttime(ppid))
+    with pytest.raises(BusyError, match=f"pid {ppid}"):
+        store.acquire_busy("nas-0-0/vm1-vol", "unmap")
+
+
+def test_marker_from_other_host_refused(store):
+    with store.transaction() as st:
+        v = st.volumes["nas-0-0/vm1-vol"] = _vol()
+        v.busy = Busy(op="map", pid=999999999, host="other-frontend", since=time.time())
+    with pytest.raises(BusyError, match="on other-frontend"):
+        store.acquire_busy("nas-0-0/vm1-vol", "unmap")
