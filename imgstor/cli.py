@@ -77,6 +77,9 @@ COMMANDS: list[Cmd] = [
         "clear the NAS assignment of a VM"),
     Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
         "print the commands that recreate the NAS assignments"),
+    Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
+        "reach every host (or those named) and show its tools and pools",
+        aliases=(("hosts",),)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]
@@ -220,10 +223,14 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
         return 0
     from imgstor.workflows.context import Ctx
     ctx = Ctx(**opts)
-    result = _load(cmd.handler)(ctx, **kwargs)
+    try:
+        result = _load(cmd.handler)(ctx, **kwargs)
+    finally:
+        if "cluster" in ctx.__dict__:        # only if the command reached hosts
+            ctx.cluster.close()
     from imgstor.output import emit
     emit(result, json=ctx.json)
-    return 0
+    return int(getattr(result, "exit_code", 0) or 0)
 
 
 def report_error(e: ImgstorError, argv: Sequence[str]) -> int:

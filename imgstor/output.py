@@ -28,6 +28,7 @@ class Output:
     rows: list[dict[str, Any]]
     columns: list[tuple[str, str]]
     footer: list[str] = field(default_factory=list)   # extra lines after the table
+    exit_code: int = 0        # non-zero: the command printed its table but did not succeed
 
 
 def _cell(v: Any) -> str | None:

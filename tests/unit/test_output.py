@@ -1,0 +1,82 @@
+"""output.py: Rocks-style plain tables (same text as tabulate's plain format), JSON rows,
+durations."""
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import pytest
+import tabulate
+
+from imgstor.output import Output, emit, format_duration, format_table, print_rows
+
+COLS = [("vm", "VM-HOST"), ("nas", "NAS"), ("zpool", "ZPOOL")]
+
+
+def test_table_layout():
+    rows = [{"vm": "compute-0-0-0", "nas": "nas-0-0", "zpool": "tank"},
+            {"vm": "web1", "nas": None, "zpool": None}]
+    assert format_table(rows, COLS).splitlines() == [
+        "VM-HOST        NAS      ZPOOL",
+        "compute-0-0-0  nas-0-0  tank",
+        "web1           ----     ----",
+    ]
+
+
+def test_headers_upper_cased_and_empty_table():
+    assert format_table([], [("a", "zvol"), ("b", "host")]) == "ZVOL    HOST"
+
+
+def _tabulate(rows, cols):
+    table = [[None if r.get(k) is None else str(r.get(k)) for k, _ in cols] for r in rows]
+    return tabulate.tabulate(table, headers=[h.upper() for _, h in cols], tablefmt="plain",
+                             missingval="----", disable_numparse=True)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fast_path_matches_tabulate(seed):
+    rnd = random.Random(seed)
+    alphabet = "abz019-.:/ "
+    cols = [(f"k{i}", rnd.choice(["ZVOL", "host", "STATE", "T", "VM-HOST"]))
+            for i in range(rnd.randint(1, 6))]
+    rows = []
+    for _ in range(rnd.randint(0, 12)):
+        row = {}
+        for k, _ in cols:
+            c = rnd.random()
+            row[k] = (None if c < 0.2 else rnd.randint(0, 10**rnd.randint(0, 8)) if c < 0.35
+                      else "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 15))).strip())
+        rows.append(row)
+    assert format_table(rows, cols) == _tabulate(rows, cols)
+
+
+def test_non_ascii_goes_through_tabulate():
+    rows = [{"vm": "vm\u00e9", "nas": " padded ", "zpool": "x"}]
+    assert format_table(rows, COLS) == _tabulate(rows, COLS)
+
+
+def test_json_rows():
+    buf = io.StringIO()
+    rows = [{"vm": "a", "nas": None, "zpool": "tank", "other": 1}]
+    print_rows(rows, COLS, json=True, file=buf)
+    assert json.loads(buf.getvalue()) == [{"vm": "a", "nas": None, "zpool": "tank"}]
+
+
+def test_emit():
+    buf = io.StringIO()
+    emit(Output([{"vm": "a"}], COLS, footer=["1 VM"]), json=False, file=buf)
+    assert buf.getvalue() == "VM-HOST    NAS    ZPOOL\na          ----   ----\n1 VM\n"
+    buf = io.StringIO()
+    emit("done", json=False, file=buf)
+    emit(None, json=False, file=buf)
+    assert buf.getvalue() == "done\n"
+    buf = io.StringIO()
+    emit("done", json=True, file=buf)
+    assert json.loads(buf.getvalue()) == {"message": "done"}
+
+
+@pytest.mark.parametrize("secs,text", [(0, "0:00:00"), (83, "0:01:23"), (3600, "1:00:00"),
+                                       (90061.7, "25:01:01"), (-5, "0:00:00"), (None, None)])
+def test_format_duration(secs, text):
+    assert format_duration(secs) == text
