@@ -1,0 +1,5 @@
+import sys
+
+from imgstor.remote.node import main
+
+sys.exit(main())

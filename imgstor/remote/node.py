@@ -1,0 +1,55 @@
+"""Entry point ON a node: ``python3 imgstor-<hash>.pyz node STEP`` with JSON on stdin.
+
+stdin:  {"args": {...}, "dry_run": false}
+stdout: exactly one JSON object:
+    {"ok": true,  "changed": bool, "facts": {...}, "message": str, "commands": [...]}
+    {"ok": false, "error": {"code": "NotFound", "message": "...", "details": {...}},
+     "commands": [...]}
+"commands" lists what ran (and "SKIP> …" for what a dry run did not run), for --debug.
+Exit code 0 when ok, 1 for an ImgstorError, 70 for a bug (with a traceback in the error).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+from imgstor.errors import ImgstorError, UsageError
+from imgstor.remote.executor import DryRunExecutor, Executor, LocalExecutor
+
+__all__ = ["main", "run_step"]
+
+
+def run_step(name: str, args: dict, ex: Executor) -> dict:
+    from imgstor.remote.steps import load_all
+    steps = load_all()
+    fn = steps.get(name)
+    if fn is None:
+        raise UsageError(f"unknown node step {name!r}; known: {', '.join(sorted(steps))}")
+    res = fn(ex, **args)
+    return {"ok": True, **res.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "node":
+        print(json.dumps({"ok": False, "error": {"code": "UsageError",
+                          "message": "usage: imgstor.pyz node STEP < args.json"}}))
+        return 2
+    ex: Executor = LocalExecutor()
+    try:
+        req = json.loads(sys.stdin.read() or "{}")
+        ex = DryRunExecutor() if req.get("dry_run") else LocalExecutor()
+        out = run_step(argv[1], req.get("args") or {}, ex)
+        rc = 0
+    except ImgstorError as e:
+        out, rc = {"ok": False, "error": e.to_wire()}, 1
+    except Exception as e:  # a bug: keep the traceback for the frontend to show
+        out = {"ok": False, "error": {"code": "StepError", "bug": True,
+                                      "message": f"bug in node step {argv[1]}: {e!r}",
+                                      "traceback": traceback.format_exc()}}
+        rc = 70
+    out["commands"] = ex.log
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return rc

@@ -1,0 +1,47 @@
+"""Registry of node steps.
+
+A step ensures a state on the node it runs on: it reads facts, runs only what is missing,
+and returns a ``StepResult``.  Steps take the executor first and keyword arguments (the
+JSON the frontend sent).  Register with ``@step("name")``; the modules below are imported
+by ``load_all()`` so the registry is complete.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["StepResult", "step", "STEPS", "load_all"]
+
+
+@dataclass
+class StepResult:
+    changed: bool = False
+    facts: dict = field(default_factory=dict)
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return {"changed": self.changed, "facts": self.facts, "message": self.message}
+
+
+STEPS: dict[str, Callable[..., StepResult]] = {}
+
+
+def step(name: str):
+    def deco(fn):
+        if name in STEPS:
+            raise RuntimeError(f"step {name} registered twice")
+        STEPS[name] = fn
+        fn.step_name = name
+        return fn
+    return deco
+
+
+def load_all() -> dict[str, Callable[..., StepResult]]:
+    from imgstor.remote.steps import probe  # noqa: F401
+    for mod in ("nas", "compute"):
+        try:
+            __import__(f"imgstor.remote.steps.{mod}")
+        except ModuleNotFoundError as e:     # not written yet in this version
+            if e.name != f"imgstor.remote.steps.{mod}":
+                raise
+    return STEPS

@@ -1,0 +1,50 @@
+"""Read-only probe of a node: what it is, which storage tools it has, its pools."""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+
+from imgstor.remote.executor import Executor, host_name
+from imgstor.remote.steps import StepResult, step
+
+TOOLS = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qemu-img",
+         "iscsi-inq", "iscsi-readcapacity16", "zfs-fuse")
+INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
+
+
+def read_initiator_name(path: str = INITIATOR_NAME_FILE) -> str | None:
+    """InitiatorName=… from open-iscsi's file (comments and blanks skipped)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("InitiatorName="):
+                    return line.split("=", 1)[1].strip() or None
+    except (FileNotFoundError, PermissionError):
+        return None
+    return None
+
+
+@step("probe")
+def probe(ex: Executor) -> StepResult:
+    """Facts only; runs `zpool list` (read-only)."""
+    tools = {t: shutil.which(t) for t in TOOLS}
+    pools = []
+    if tools["zpool"]:
+        r = ex.run(["zpool", "list", "-H", "-o", "name,size,free,health"], read_only=True,
+                   check=False, timeout=60)
+        if r.rc == 0:
+            for line in r.stdout.splitlines():
+                f = line.split("\t")
+                if len(f) == 4:
+                    pools.append({"name": f[0], "size": f[1], "free": f[2], "health": f[3]})
+    try:
+        import rtslib_fb  # noqa: F401
+        rtslib = True
+    except ImportError:
+        rtslib = False
+    facts = {"hostname": host_name(), "python": platform.python_version(),
+             "kernel": os.uname().release, "tools": {k: v for k, v in tools.items() if v},
+             "rtslib": rtslib, "pools": pools, "initiator": read_initiator_name()}
+    return StepResult(False, facts, "")

@@ -1,0 +1,49 @@
+"""`imgstor ping` / `imgstor hosts`: reach every configured host at once and show what it has.
+
+The first thing an administrator runs: per host, reachable or the error, the storage tools
+found, the pools and the iSCSI initiator name.  Runs the read-only ``probe`` node step.
+"""
+from __future__ import annotations
+
+from imgstor.errors import ImgstorError, TransportError
+from imgstor.output import Output
+
+__all__ = ["ping"]
+
+_TOOL_ORDER = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qemu-img",
+               "iscsi-inq")
+
+
+def ping(ctx, hosts: list[str] | None = None) -> Output:
+    from imgstor import validate
+    cfg = ctx.config
+    names = [validate.host(h) for h in hosts] if hosts else list(cfg.hosts)
+    for n in names:
+        cfg.host(n)                      # unknown host: NotFound before anything runs
+    results = ctx.cluster.parallel(names, lambda h: ctx.cluster.step(h, "probe"))
+    rows = []
+    for n in names:
+        r = results[n]
+        hc = cfg.host(n)
+        row = {"host": n, "role": hc.role, "address": hc.address}
+        if isinstance(r, ImgstorError):
+            row.update(status="unreachable" if isinstance(r, TransportError) else "error",
+                       error=str(r), tools=None, pools=None, initiator=None)
+        else:
+            f = r.facts
+            tools = [t for t in _TOOL_ORDER if t in f.get("tools", {})]
+            if f.get("rtslib"):
+                tools.append("rtslib")
+            row.update(status="ok", error=None, tools=",".join(tools) or None,
+                       pools=",".join(f"{p['name']}({p['health']})" for p in f.get("pools", []))
+                       or None, initiator=f.get("initiator"), python=f.get("python"),
+                       kernel=f.get("kernel"))
+        rows.append(row)
+    bad = [r for r in rows if r["status"] != "ok"]
+    footer = [f"{r['host']}: {r['error']}" for r in bad]
+    out = Output(rows, [("host", "HOST"), ("role", "ROLE"), ("status", "STATUS"),
+                        ("tools", "TOOLS"), ("pools", "POOLS"), ("initiator", "INITIATOR")],
+                 footer=footer)
+    if bad:
+        out.exit_code = 11      # some host unreachable: scripts can tell
+    return out
