@@ -1,0 +1,300 @@
+"""tgt (the SCSI target framework, ``tgtd``/``tgtadm``): read targets, build change argv.
+
+Facts from running tgt 1.0.85 here (tests/fixtures/userspace/tgt_*, capture.sh):
+
+* ``--mode target --op show`` lists every target with LUNs, accounts, ACLs and connected
+  I_T nexuses.  ``--op show --tid N`` does *not*: it prints the target's iSCSI parameters
+  (``MaxRecvDataSegmentLength=…``, tgt_show_tid), so readers always use the full show.
+* LUN 0 is the controller (``Backing store type: null``); the data LUN is LUN 1.
+* An ACL entry admits an initiator if either its address or its name matches, so an address
+  ACL would admit anyone from that host: bind initiator **names** only (``-Q``).
+  A target whose ACL does not admit an initiator is invisible to it: discovery omits it and a
+  login fails with "Target not found" (iscsi_ls_other, iscsi_inq_refused).
+* Every tgtadm error exits 22 with a text on stderr ("tgtadm: can't find the target", "this
+  target already exists", …); tgtadm exits 107 when no tgtd listens on the control port.
+* ``-C N`` selects the control socket of the tgtd started with ``-C N`` (one per lab host).
+* ``Size: 1074 MB`` is in units of 10^6 bytes (1 GiB LUN, tgt_show).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
+from imgstor.remote.drivers._common import classify_by_text
+
+__all__ = [
+    "Lun", "Nexus", "Target", "TGTADM_RC_ERROR", "TGTADM_RC_NO_DAEMON", "parse_show",
+    "targets", "find_target", "next_free_tid", "show", "new_target", "add_lun", "delete_lun",
+    "bind_initiator", "unbind_initiator", "delete_target", "new_account", "bind_account",
+    "delete_account", "delete_system", "classify",
+]
+
+# tgtadm exit codes observed here (tests/fixtures/userspace/tgt_*.cmd; tgtadm(8) documents
+# none): every refused request is 22 (EINVAL) with the reason on stderr -- "already exists"
+# is told apart by text, not code; 107 (ENOTCONN) means no tgtd on that control port.
+TGTADM_RC_ERROR = 22
+TGTADM_RC_NO_DAEMON = 107
+
+
+@dataclass(frozen=True)
+class Lun:
+    lun: int
+    type: str                       # controller | disk | …
+    size_mb: int                    # 10^6 bytes, as tgtadm prints it
+    block_size: int
+    backing_store_type: str         # null | rdwr | aio | …
+    backing_store_path: str | None  # None for the controller LUN
+    online: bool = True
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Nexus:
+    nexus: int
+    initiator: str
+    alias: str | None
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    tid: int
+    iqn: str
+    state: str
+    luns: tuple[Lun, ...] = ()
+    acls: tuple[str, ...] = ()       # as printed: initiator names and/or addresses
+    accounts: tuple[str, ...] = ()   # CHAP users bound (incoming)
+    nexuses: tuple[Nexus, ...] = ()  # connected initiators
+
+    @property
+    def acl_names(self) -> tuple[str, ...]:
+        return tuple(a for a in self.acls if _is_iscsi_name(a))
+
+    @property
+    def acl_addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in self.acls if not _is_iscsi_name(a))
+
+    @property
+    def connected_initiators(self) -> tuple[str, ...]:
+        return tuple(n.initiator for n in self.nexuses)
+
+    def lun(self, n: int) -> Lun | None:
+        return next((x for x in self.luns if x.lun == n), None)
+
+
+def _is_iscsi_name(text: str) -> bool:
+    return text.lower().startswith(("iqn.", "eui.", "naa."))
+
+
+# ---------------------------------------------------------------------------- parser
+_TARGET = re.compile(r"^Target (\d+): (\S+)\s*$")
+
+
+def parse_show(text: str) -> list[Target]:
+    """Parse ``tgtadm --lld iscsi --mode target --op show`` (empty output: no targets)."""
+    out: list[Target] = []
+    cur: dict | None = None
+    section = None
+    lun: dict | None = None
+    nexus: dict | None = None
+
+    def flush_lun():
+        nonlocal lun
+        if lun is not None and cur is not None:
+            cur["luns"].append(_mk_lun(lun))
+        lun = None
+
+    def flush_nexus():
+        nonlocal nexus
+        if nexus is not None and cur is not None:
+            cur["nexuses"].append(Nexus(nexus["id"], nexus.get("initiator", ""),
+                                        nexus.get("alias"), tuple(nexus["addrs"])))
+        nexus = None
+
+    def flush_target():
+        if cur is not None:
+            flush_lun()
+            flush_nexus()
+            out.append(Target(cur["tid"], cur["iqn"], cur.get("state", ""),
+                              tuple(cur["luns"]), tuple(cur["acls"]), tuple(cur["accounts"]),
+                              tuple(cur["nexuses"])))
+
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        m = _TARGET.match(raw)
+        if m:
+            flush_target()
+            cur = {"tid": int(m.group(1)), "iqn": m.group(2), "luns": [], "acls": [],
+                   "accounts": [], "nexuses": []}
+            section = None
+            continue
+        if cur is None:
+            continue
+        indent = len(raw) - len(raw.lstrip(" "))
+        line = raw.strip()
+        if indent == 4:
+            flush_lun()
+            flush_nexus()
+            section = line.rstrip(":")
+            continue
+        if section == "System information":
+            k, _, v = line.partition(":")
+            if k.strip() == "State":
+                cur["state"] = v.strip()
+        elif section == "LUN information":
+            k, _, v = line.partition(":")
+            if k.strip() == "LUN" and indent == 8:
+                flush_lun()
+                lun = {"LUN": v.strip()}
+            elif lun is not None:
+                lun[k.strip()] = v.strip()
+        elif section == "I_T nexus information":
+            k, _, v = line.partition(":")
+            k = k.strip()
+            if k == "I_T nexus":
+                flush_nexus()
+                nexus = {"id": int(v), "addrs": []}
+            elif nexus is not None and k == "Initiator":
+                m2 = re.match(r"(\S+)(?: alias: (\S+))?", v.strip())
+                nexus["initiator"] = m2.group(1) if m2 else v.strip()
+                alias = m2.group(2) if m2 else None
+                nexus["alias"] = None if alias in (None, "none") else alias
+            elif nexus is not None and k == "IP Address":
+                nexus["addrs"].append(v.strip())
+        elif section == "Account information":
+            cur["accounts"].append(line)
+        elif section == "ACL information":
+            cur["acls"].append(line)
+    flush_target()
+    return out
+
+
+def _mk_lun(d: dict) -> Lun:
+    m = re.match(r"(\d+) MB, Block size: (\d+)", d.get("Size", "0 MB, Block size: 0"))
+    path = d.get("Backing store path", "None")
+    return Lun(lun=int(d["LUN"]), type=d.get("Type", ""),
+               size_mb=int(m.group(1)) if m else 0, block_size=int(m.group(2)) if m else 0,
+               backing_store_type=d.get("Backing store type", ""),
+               backing_store_path=None if path in ("None", "") else path,
+               online=d.get("Online", "Yes") == "Yes", readonly=d.get("Readonly", "No") == "Yes")
+
+
+# ---------------------------------------------------------------------------- readers
+def targets(ex, *, control_port: int | None = None) -> list[Target]:
+    """All targets of one tgtd.  Runs ``tgtadm --lld iscsi [-C N] --mode target --op show``."""
+    try:
+        res = ex.run(show(control_port=control_port), read_only=True)
+    except RemoteCommandError as e:
+        raise classify(e) from e
+    return parse_show(res.stdout)
+
+
+def find_target(found: list[Target], iqn: str) -> Target | None:
+    return next((t for t in found if t.iqn == iqn), None)
+
+
+def next_free_tid(found: list[Target]) -> int:
+    """Smallest tid >= 1 not in use (tid 0 is invalid for tgtadm)."""
+    used = {t.tid for t in found}
+    tid = 1
+    while tid in used:
+        tid += 1
+    return tid
+
+
+# ---------------------------------------------------------------------------- changes
+def _base(control_port: int | None) -> list[str]:
+    argv = ["tgtadm", "--lld", "iscsi"]
+    if control_port is not None:
+        argv += ["-C", str(int(control_port))]
+    return argv
+
+
+def show(*, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "target", "--op", "show"]
+
+
+def new_target(tid: int, iqn: str, *, control_port: int | None = None) -> list[str]:
+    """``tgtadm --lld iscsi --mode target --op new --tid N --targetname IQN``."""
+    return _base(control_port) + ["--mode", "target", "--op", "new", "--tid", _tid(tid),
+                                  "--targetname", iqn]
+
+
+def add_lun(tid: int, path: str, *, lun: int = 1, control_port: int | None = None) -> list[str]:
+    """``tgtadm --lld iscsi --mode logicalunit --op new --tid N --lun 1 -b PATH``."""
+    return _base(control_port) + ["--mode", "logicalunit", "--op", "new", "--tid", _tid(tid),
+                                  "--lun", str(int(lun)), "-b", path]
+
+
+def delete_lun(tid: int, *, lun: int = 1, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "logicalunit", "--op", "delete", "--tid", _tid(tid),
+                                  "--lun", str(int(lun))]
+
+
+def bind_initiator(tid: int, initiator_iqn: str, *,
+                   control_port: int | None = None) -> list[str]:
+    """``tgtadm --lld iscsi --mode target --op bind --tid N -Q IQN`` (``-Q`` is
+    ``--initiator-name``).  There is deliberately no address variant (``-I``)."""
+    return _base(control_port) + ["--mode", "target", "--op", "bind", "--tid", _tid(tid),
+                                  "-Q", initiator_iqn]
+
+
+def unbind_initiator(tid: int, initiator_iqn: str, *,
+                     control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "target", "--op", "unbind", "--tid", _tid(tid),
+                                  "-Q", initiator_iqn]
+
+
+def delete_target(tid: int, *, force: bool = True, control_port: int | None = None) -> list[str]:
+    """``tgtadm --lld iscsi --mode target --op delete --force --tid N`` (``--force`` drops
+    connected sessions; without it tgtadm refuses while an initiator is logged in)."""
+    return (_base(control_port) + ["--mode", "target", "--op", "delete"]
+            + (["--force"] if force else []) + ["--tid", _tid(tid)])
+
+
+def new_account(user: str, password: str, *, control_port: int | None = None) -> list[str]:
+    """CHAP account.  Note: tgtadm takes the password on its command line (visible in
+    ``ps`` on the NAS for the command's lifetime); there is no file or stdin form."""
+    return _base(control_port) + ["--mode", "account", "--op", "new", "--user", user,
+                                  "--password", password]
+
+
+def bind_account(tid: int, user: str, *, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "account", "--op", "bind", "--tid", _tid(tid),
+                                  "--user", user]
+
+
+def delete_account(user: str, *, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "account", "--op", "delete", "--user", user]
+
+
+def delete_system(*, control_port: int | None = None) -> list[str]:
+    """Stops tgtd (it ignores SIGTERM).  Delete the targets (``--force``) first."""
+    return _base(control_port) + ["--mode", "system", "--op", "delete"]
+
+
+def _tid(tid: int) -> str:
+    tid = int(tid)
+    if tid < 1:
+        raise ValueError(f"tgt tid must be >= 1: {tid}")
+    return str(tid)
+
+
+# ---------------------------------------------------------------------------- errors
+# Texts captured in tests/fixtures/userspace/tgt_*.err (tgt 1.0.85).
+_RULES = [
+    (r"already exists", AlreadyExists, None),
+    (r"can't find|does not exist", NotFound, None),
+    (r"still active", Conflict, None),
+    (r"Transport endpoint is not connected|failed to send request hdr",
+     RemoteCommandError, "tgtd is not running on that control port (-C)"),
+    (r"invalid request", RemoteCommandError,
+     "tgtd refused the request; for a new LUN check that the backing file exists"),
+]
+
+
+def classify(err: RemoteCommandError) -> ImgstorError:
+    """Map tgtadm stderr to ``AlreadyExists``/``NotFound``/``Conflict``; else ``err``."""
+    return classify_by_text(err, _RULES)

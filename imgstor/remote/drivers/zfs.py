@@ -1,0 +1,362 @@
+"""ZFS datasets, volumes and pools: read facts with ``zfs``/``zpool``, build change argv.
+
+Two flavours are met in practice and both are handled:
+
+* OpenZFS (production NAS and compute nodes, the kernel lab): ``zfs list -p`` gives exact
+  byte counts, zvols exist, ``receive -s`` resume tokens, ``send -P/-c``.
+* zfs-fuse 0.7, pool version 23 (the userspace lab).  Captured here, see
+  tests/fixtures/userspace/*.cmd:
+  - ``zfs list -p`` / ``zpool list -p``: rc 2, "invalid option 'p'" (zfs_list_p);
+    ``zfs get -p`` *is* supported and prints exact bytes (zfs_get_p).
+  - ``zfs create -V``: SIGABRT, rc 134, "internal error: Function not implemented"
+    (zfs_create_zvol) -- no zvols, so the lab uses the ``file`` volume kind.
+  - ``zfs send -P`` and ``zfs receive -s``: rc 2, "invalid option" (zfs_send_P,
+    zfs_receive_s).
+  - ``zfs version`` does not exist: rc 2 "unrecognized command 'version'" (zfs_version);
+    ``zpool upgrade -v`` says "currently running ZFS pool version 23" (zpool_upgrade_v),
+    where OpenZFS says "supports ZFS pool feature flags".
+  - ``zfs set`` takes one ``property=value`` per call (usage in zfs_version.err).
+
+Readers therefore take an optional ``caps`` (probe once per step with
+``capabilities(ex)``) and use ``-p`` only where it works.  Sizes without ``-p`` are
+human numbers (``3.12M``); they are parsed to approximate bytes and flagged ``exact=False``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
+from imgstor.remote.drivers._common import classify_by_text, positional
+
+__all__ = [
+    "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
+    "capabilities", "zfs_flavor", "parse_capabilities", "parse_size", "parse_list",
+    "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
+    "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
+    "snapshot", "send", "receive", "inherit", "classify",
+]
+
+ZVOL_BLOCKSIZE = 128 * 1024
+# zfs-fuse aborts (SIGABRT -> 128+6) on features it lacks, e.g. `zfs create -V`
+# (captured: tests/fixtures/userspace/zfs_create_zvol.cmd).
+ZFS_FUSE_ABORT_RC = 134
+
+LIST_FIELDS = ("name", "type", "used", "available", "referenced", "volsize", "mountpoint")
+POOL_FIELDS = ("name", "size", "allocated", "free", "health")
+_SIZE_FIELDS = ("used", "available", "referenced", "volsize")
+
+
+# ---------------------------------------------------------------------------- facts
+@dataclass(frozen=True)
+class Capabilities:
+    flavor: str                    # "openzfs" | "zfs-fuse"
+    version: str | None            # `zfs version` first line, OpenZFS >= 0.8 only
+    pool_version: int | None       # legacy pool version (zfs-fuse: 23); None = feature flags
+    parsable: bool                 # `zfs list -p`, `zpool list -p`
+    zvols: bool                    # `zfs create -V`
+    resume: bool                   # `zfs receive -s` and resume tokens
+    send_flags: bool               # `zfs send -P` / `-c`
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    type: str                      # filesystem | volume | snapshot
+    used: int | None
+    available: int | None
+    referenced: int | None
+    volsize: int | None            # None for filesystems and snapshots ("-")
+    mountpoint: str | None         # None for volumes/snapshots, "none" and "legacy"
+    exact: bool = True             # False when sizes came from human numbers ("3.12M")
+
+    @property
+    def pool(self) -> str:
+        return self.name.split("/", 1)[0].split("@", 1)[0]
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    size: int | None
+    allocated: int | None
+    free: int | None
+    health: str
+    exact: bool = True
+
+
+@dataclass(frozen=True)
+class Property:
+    name: str
+    value: str | None              # None when unset ("-" with source "-")
+    source: str | None             # local | default | inherited from X | received | None
+
+    def as_int(self) -> int | None:
+        return parse_size(self.value) if self.value is not None else None
+
+
+# ---------------------------------------------------------------------------- parsers
+_HUMAN = re.compile(r"([0-9]+(?:\.[0-9]+)?)([BKMGTPEZ]?)", re.ASCII)
+_UNIT = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
+         "P": 1 << 50, "E": 1 << 60, "Z": 1 << 70}
+
+
+def parse_size(text: str | None) -> int | None:
+    """``"1073741824"`` -> 1073741824; ``"1.5G"`` -> 1610612736; ``"-"``/``none`` -> None.
+
+    Human numbers (no ``-p``) are rounded by zfs to 3 significant digits, so the result is
+    approximate; callers that need bytes use ``-p`` (OpenZFS) or ``zfs get -p``."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text in ("-", "", "none"):
+        return None
+    m = _HUMAN.fullmatch(text.upper())
+    if not m:
+        raise ValueError(f"not a ZFS size: {text!r}")
+    return int(round(float(m.group(1)) * _UNIT[m.group(2)]))
+
+
+def _opt(text: str) -> str | None:
+    return None if text in ("-", "none", "legacy", "") else text
+
+
+def parse_list(text: str, *, exact: bool) -> list[Dataset]:
+    """Parse ``zfs list -H [-p] -o name,type,used,available,referenced,volsize,mountpoint``."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        if len(f) != len(LIST_FIELDS):
+            raise ValueError(f"unexpected zfs list line: {line!r}")
+        row = dict(zip(LIST_FIELDS, f))
+        out.append(Dataset(name=row["name"], type=row["type"],
+                           used=parse_size(row["used"]), available=parse_size(row["available"]),
+                           referenced=parse_size(row["referenced"]),
+                           volsize=parse_size(row["volsize"]),
+                           mountpoint=_opt(row["mountpoint"]), exact=exact))
+    return out
+
+
+def parse_get(text: str) -> dict[str, Property]:
+    """Parse ``zfs get -H -p -o name,property,value,source PROPS NAME`` (one dataset)."""
+    props: dict[str, Property] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        if len(f) != 4:
+            raise ValueError(f"unexpected zfs get line: {line!r}")
+        _, prop, value, source = f
+        unset = value == "-" and source == "-"
+        props[prop] = Property(prop, None if unset else value, None if source == "-" else source)
+    return props
+
+
+def parse_pools(text: str, *, exact: bool) -> list[Pool]:
+    """Parse ``zpool list -H [-p] -o name,size,allocated,free,health``."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, size, alloc, free, health = line.split("\t")
+        out.append(Pool(name, parse_size(size), parse_size(alloc), parse_size(free), health,
+                        exact=exact))
+    return out
+
+
+def parse_capabilities(version_rc: int, version_out: str, upgrade_out: str) -> Capabilities:
+    """Decide the flavour from ``zfs version`` (rc, stdout) and ``zpool upgrade -v``."""
+    if version_rc == 0 and version_out.strip():
+        return _openzfs(version_out.strip().splitlines()[0], None)
+    if re.search(r"feature flags", upgrade_out, re.IGNORECASE):
+        return _openzfs(None, None)          # OpenZFS before 0.8 (no `zfs version`)
+    m = re.search(r"running ZFS pool version (\d+)", upgrade_out)
+    return Capabilities("zfs-fuse", None, int(m.group(1)) if m else None, parsable=False,
+                        zvols=False, resume=False, send_flags=False)
+
+
+def _openzfs(version: str | None, pool_version: int | None) -> Capabilities:
+    return Capabilities("openzfs", version, pool_version, parsable=True, zvols=True,
+                        resume=True, send_flags=True)
+
+
+# ---------------------------------------------------------------------------- readers
+def capabilities(ex) -> Capabilities:
+    """Probe the ZFS flavour.  Runs ``zfs version`` and, if that fails, ``zpool upgrade -v``."""
+    v = ex.run(["zfs", "version"], read_only=True, check=False)
+    if v.rc == 0:
+        return parse_capabilities(0, v.stdout, "")
+    u = ex.run(["zpool", "upgrade", "-v"], read_only=True)
+    return parse_capabilities(v.rc, v.stdout, u.stdout)
+
+
+def zfs_flavor(ex) -> str:
+    """``"openzfs"`` or ``"zfs-fuse"`` (see ``capabilities`` for the commands)."""
+    return capabilities(ex).flavor
+
+
+def list_datasets(ex, root: str | None = None, *, caps: Capabilities | None = None,
+                  types: str = "all") -> list[Dataset]:
+    """Datasets (and snapshots with ``types="all"``) under ``root`` (all pools if None).
+
+    Runs ``zfs list -H [-p] -o … -t TYPES [-r ROOT]`` (``-p`` only on OpenZFS).  A missing
+    root raises ``NotFound``."""
+    caps = caps or capabilities(ex)
+    argv = ["zfs", "list", "-H"] + (["-p"] if caps.parsable else [])
+    argv += ["-o", ",".join(LIST_FIELDS), "-t", types]
+    if root is not None:
+        argv += ["-r", positional(root, "dataset")]
+    res = _run(ex, argv)
+    return parse_list(res.stdout, exact=caps.parsable)
+
+
+def get_props(ex, name: str, props: list[str] | tuple[str, ...]) -> dict[str, Property]:
+    """Properties of one dataset, user properties (``imgstor:host``…) included.
+
+    Runs ``zfs get -H -p -o name,property,value,source PROPS NAME`` (``get -p`` works on
+    zfs-fuse too: tests/fixtures/userspace/zfs_get_p).  Missing dataset: ``NotFound``."""
+    if not props:
+        return {}
+    argv = ["zfs", "get", "-H", "-p", "-o", "name,property,value,source",
+            ",".join(props), positional(name, "dataset")]
+    return parse_get(_run(ex, argv).stdout)
+
+
+def pools(ex, *, caps: Capabilities | None = None) -> list[Pool]:
+    """Imported pools.  Runs ``zpool list -H [-p] -o name,size,allocated,free,health``."""
+    caps = caps or capabilities(ex)
+    argv = ["zpool", "list", "-H"] + (["-p"] if caps.parsable else [])
+    argv += ["-o", ",".join(POOL_FIELDS)]
+    return parse_pools(_run(ex, argv).stdout, exact=caps.parsable)
+
+
+def mountpoint(ex, name: str) -> str | None:
+    """Where a filesystem dataset is mounted (the ``file`` volume kind keeps ``disk.raw``
+    there).  Runs ``zfs get -H -o value mountpoint NAME``; None for none/legacy/-."""
+    res = _run(ex, ["zfs", "get", "-H", "-o", "value", "mountpoint",
+                    positional(name, "dataset")])
+    return _opt(res.stdout.strip())
+
+
+def exists(ex, name: str) -> bool:
+    """Runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
+    res = ex.run(["zfs", "list", "-H", "-o", "name", positional(name, "dataset")],
+                 read_only=True, check=False)
+    if res.rc == 0:
+        return True
+    err = classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr, res.stdout))
+    if isinstance(err, NotFound):
+        return False
+    raise err
+
+
+def _run(ex, argv: list[str]):
+    try:
+        return ex.run(argv, read_only=True)
+    except RemoteCommandError as e:
+        raise classify(e) from e
+
+
+# ---------------------------------------------------------------------------- changes
+def zvol_device(pool: str, vol: str) -> str:
+    return f"/dev/zvol/{pool}/{vol}"
+
+
+def _size_arg(size: int | str, *, round_to: int = 1) -> str:
+    if isinstance(size, bool):
+        raise TypeError("size must be bytes (int) or a zfs size string")
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"size must be positive: {size}")
+        return str(-(-size // round_to) * round_to)
+    if not re.fullmatch(r"[0-9]+(?:\.[0-9]+)?[KMGTP]?", size, re.ASCII):
+        raise ValueError(f"not a zfs size: {size!r}")
+    return size
+
+
+def create_zvol(pool: str, vol: str, size: int | str) -> list[str]:
+    """``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL`` (sparse).
+
+    An int size in bytes is rounded up to a multiple of 128K: zfs refuses a volsize that is
+    not a multiple of volblocksize.  (zfs-fuse has no zvols: rc 134.)"""
+    return ["zfs", "create", "-s", "-o", "volblocksize=128K", "-V",
+            _size_arg(size, round_to=ZVOL_BLOCKSIZE), positional(f"{pool}/{vol}", "dataset")]
+
+
+def create_dataset(name: str, props: Mapping[str, str] | None = None, *,
+                   parents: bool = False) -> list[str]:
+    """``zfs create [-p] [-o K=V]… NAME``."""
+    argv = ["zfs", "create"] + (["-p"] if parents else [])
+    for k, v in (props or {}).items():
+        argv += ["-o", f"{_prop_name(k)}={v}"]
+    return argv + [positional(name, "dataset")]
+
+
+def destroy(name: str, recursive: bool = False) -> list[str]:
+    """``zfs destroy [-r] NAME``."""
+    return ["zfs", "destroy"] + (["-r"] if recursive else []) + [positional(name, "dataset")]
+
+
+def set_props(name: str, props: Mapping[str, str]) -> list[list[str]]:
+    """One ``zfs set K=V NAME`` per property: zfs-fuse's ``set`` takes a single
+    ``property=value`` (its usage: ``set <property=value> <filesystem|volume|snapshot> ...``)."""
+    target = positional(name, "dataset")
+    return [["zfs", "set", f"{_prop_name(k)}={v}", target] for k, v in props.items()]
+
+
+def inherit(prop: str, name: str) -> list[str]:
+    """``zfs inherit PROP NAME`` (clears a user property such as ``imgstor:host``)."""
+    return ["zfs", "inherit", _prop_name(prop), positional(name, "dataset")]
+
+
+def snapshot(name: str) -> list[str]:
+    """``zfs snapshot POOL/DS@SNAP``."""
+    if "@" not in name:
+        raise ValueError(f"not a snapshot name: {name!r}")
+    return ["zfs", "snapshot", positional(name, "snapshot")]
+
+
+def send(snap: str, incremental_from: str | None = None) -> list[str]:
+    """``zfs send [-i FROM] SNAP`` (no -P/-c: zfs-fuse lacks them).  ``FROM`` may be the
+    short ``@snap`` form or a full snapshot name."""
+    argv = ["zfs", "send"]
+    if incremental_from:
+        argv += ["-i", incremental_from]
+    return argv + [positional(snap, "snapshot")]
+
+
+def receive(name: str, force: bool = True, *, resumable: bool = False) -> list[str]:
+    """``zfs receive [-F] [-s] NAME``.  ``-F`` rolls the target back to the last common
+    snapshot (needed for incrementals into a dataset touched since); ``-s`` (OpenZFS only)
+    keeps a resume token when the stream breaks."""
+    return (["zfs", "receive"] + (["-F"] if force else []) + (["-s"] if resumable else [])
+            + [positional(name, "dataset")])
+
+
+def _prop_name(k: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_.:-]*", k, re.ASCII):
+        raise ValueError(f"not a zfs property name: {k!r}")
+    return k
+
+
+# ---------------------------------------------------------------------------- errors
+# stderr texts captured from zfs-fuse (tests/fixtures/userspace/zfs_*.err); the same texts
+# come from OpenZFS's libzfs (lib/libzfs/libzfs_util.c zfs_standard_error).
+_RULES = [
+    (r"dataset does not exist|no such pool|parent does not exist|could not find any snapshots",
+     NotFound, None),
+    (r"dataset already exists|destination '[^']*' exists", AlreadyExists, None),
+    (r"has children|has dependent clones|dataset is busy|pool or dataset is busy", Conflict, None),
+    (r"internal error: Function not implemented",
+     RemoteCommandError, "zfs-fuse aborts (rc 134) on features it lacks, e.g. zvols"),
+    (r"invalid option", RemoteCommandError,
+     "this zfs lacks that option (zfs-fuse: no list -p, send -P/-c, receive -s)"),
+]
+
+
+def classify(err: RemoteCommandError) -> ImgstorError:
+    """Map zfs/zpool stderr to ``NotFound``/``AlreadyExists``/``Conflict``; else ``err``."""
+    return classify_by_text(err, _RULES)
