@@ -13,7 +13,7 @@ Standard library only: shipped to nodes in the zipapp.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from imgstor.errors import ImgstorError, RemoteCommandError, UsageError
 
@@ -82,15 +82,3 @@ def _line_of(text: str, pos: int) -> str:
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
     return text[start:end if end >= 0 else None].strip()
-
-
-def split_kv(line: str, sep: str = ":") -> tuple[str, str]:
-    key, _, value = line.partition(sep)
-    return key.strip(), value.strip()
-
-
-def argv_list(*parts: Sequence[str] | str) -> list[str]:  # pragma: no cover - tiny helper
-    out: list[str] = []
-    for p in parts:
-        out.extend([p] if isinstance(p, str) else list(p))
-    return out
