@@ -25,12 +25,10 @@ __all__ = ["ADMIN_COMMANDS", "list_volumes", "unbusy", "set_state", "main"]
 
 def list_volumes(ctx: Ctx) -> Output:
     """Columns NAS ZPOOL VOLUME HOST STATE TIME BUSY."""
-    from imgstor.workflows.vms import natural_key
     st = ctx.store.read()
     now = time.time()
     rows = []
-    for key in sorted(st.volumes, key=natural_key):
-        v = st.volumes[key]
+    for v in st.volumes.values():          # natural key order, as the store writes them
         busy = None
         if v.busy:
             busy = (f"{v.busy.op} pid {v.busy.pid}@{v.busy.host} "

@@ -12,6 +12,7 @@ tests/unit/test_output.py checks the two agree.
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
@@ -32,34 +33,33 @@ class Output:
 
 
 def _cell(v: Any) -> str | None:
-    if v is None:
-        return None
+    if v is None or type(v) is str:
+        return v
     if isinstance(v, bool):
         return "yes" if v else "no"
     return str(v)
 
 
+_WS = re.compile(r"\s")
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
     """The plain table text (no trailing newline)."""
     headers = [h.upper() for _, h in columns]
-    keys = [k for k, _ in columns]
-    table = [[_cell(r.get(k)) for k in keys] for r in rows]
-    fast = all(c is None or (c.isascii() and c.isprintable() and c == c.strip())
-               for row in table for c in row)
-    if not fast or not all(h.isascii() and h.isprintable() for h in headers):
+    cols = [[_cell(r.get(k)) for r in rows] for k, _ in columns]
+    shown = [[MISSING if c is None else c for c in col] for col in cols]
+    text = "".join(headers) + "".join("".join(col) for col in shown)
+    if not (text.isascii() and text.isprintable()) or _WS.search(text):
+        # multi-line, unicode or padded cells: let tabulate decide (wcwidth, stripping)
         import tabulate
-        return tabulate.tabulate(table, headers=headers, tablefmt="plain",
-                                 missingval=MISSING, disable_numparse=True)
-    widths = [len(h) + 2 for h in headers]
-    for row in table:
-        for i, c in enumerate(row):
-            n = len(MISSING) if c is None else len(c)
-            if n > widths[i]:
-                widths[i] = n
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    for row in table:
-        lines.append("  ".join((MISSING if c is None else c).ljust(w)
-                               for c, w in zip(row, widths)).rstrip())
+        return tabulate.tabulate([list(r) for r in zip(*cols)], headers=headers,
+                                 tablefmt="plain", missingval=MISSING,
+                                 disable_numparse=True)
+    widths = [max(len(h) + 2, max(map(len, col), default=0))
+              for h, col in zip(headers, shown)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*headers).rstrip()]
+    lines.extend(fmt.format(*cells).rstrip() for cells in zip(*shown))
     return "\n".join(lines)
 
 

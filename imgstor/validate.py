@@ -10,7 +10,6 @@ Standard library only: the node side may import it.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 
 from imgstor.errors import UsageError
 
@@ -102,6 +101,7 @@ def parse_size(value: object, field: str = "size") -> int:
     if not m:
         raise bad(field, s, "expected a positive number with an optional unit K, M, G, T "
                             "(no unit means GiB), e.g. 10 or 512M")
+    from decimal import Decimal, InvalidOperation  # lazy: only sizes need it
     try:
         n = Decimal(m.group(1)) * _UNITS[m.group(2).upper()]
     except InvalidOperation:  # pragma: no cover - the regex admits only digits

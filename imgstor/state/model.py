@@ -6,17 +6,30 @@ it could not read completely).  Free-form facts go in ``extra``.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from imgstor.errors import StateError
 
 __all__ = ["SCHEMA", "VOLUME_STATES", "VOLUME_MODES", "Busy", "Vm", "Volume", "State",
-           "volume_key", "split_key"]
+           "volume_key", "split_key", "natural_key"]
 
 SCHEMA = 1
 VOLUME_STATES = ("unmapped", "mapped", "NAS->VM", "merging", "NAS<-VM", "error")
 VOLUME_MODES = ("direct", "sync", None)
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _pad(m: re.Match) -> str:
+    return m.group().zfill(20)
+
+
+def natural_key(name: str) -> str:
+    """Sort key putting compute-0-2 before compute-0-10 (digit runs zero-padded)."""
+    return _DIGITS.sub(_pad, name)
 
 
 def volume_key(nas: str, vol: str) -> str:
@@ -31,14 +44,26 @@ def split_key(key: str) -> tuple[str, str]:
     return nas, vol
 
 
+_FIELDS: dict[type, frozenset[str]] = {}
+_NONE: frozenset[str] = frozenset()
+
+
+def _err(what: str, msg: str) -> StateError:
+    return StateError(f"{what}: {msg}" if what else msg)
+
+
 def _from(cls: type, d: Any, what: str) -> dict:
     """Check ``d`` against ``cls``'s fields: returns kwargs or raises StateError."""
-    if not isinstance(d, dict):
-        raise StateError(f"{what}: expected an object, got {type(d).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise StateError(f"{what}: unknown field(s) {', '.join(sorted(unknown))}")
+    if type(d) is dict and d.keys() <= _FIELDS.get(cls, _NONE):
+        return d                                       # the fast, usual case
+    if type(d) is not dict:
+        raise _err(what, f"expected an object, got {type(d).__name__}")
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
+    if not d.keys() <= names:
+        unknown = set(d) - names
+        raise _err(what, f"unknown field(s) {', '.join(sorted(unknown))}")
     return d
 
 
@@ -55,11 +80,11 @@ class Busy:
                 "starttime": self.starttime}
 
     @classmethod
-    def from_dict(cls, d: Any, what: str = "busy") -> "Busy":
+    def from_dict(cls, d: Any, what: str = "") -> "Busy":
         try:
             return cls(**_from(cls, d, what))
         except TypeError as e:
-            raise StateError(f"{what}: {e}") from None
+            raise _err(what, str(e)) from None
 
 
 @dataclass
@@ -71,20 +96,28 @@ class Vm:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "container": self.container, "nas": self.nas,
-                "zpool": self.zpool, "extra": self.extra}
+        d = {"name": self.name, "container": self.container, "nas": self.nas,
+             "zpool": self.zpool}
+        if self.extra:
+            d["extra"] = self.extra
+        return d
 
     @classmethod
-    def from_dict(cls, d: Any, what: str = "vm") -> "Vm":
+    def from_dict(cls, d: Any, what: str = "") -> "Vm":
         try:
+            if type(d) is dict and d.keys() <= _VM_KEYS:   # inlined: the hot path of `list`
+                return cls(**d)
             return cls(**_from(cls, d, what))
         except TypeError as e:
-            raise StateError(f"{what}: {e}") from None
+            raise _err(what, str(e)) from None
 
     @property
     def vol(self) -> str:
         """The name of this VM's volume on its NAS: ``<vm>-vol``."""
         return f"{self.name}-vol"
+
+
+_VM_KEYS = frozenset(f.name for f in fields(Vm))
 
 
 @dataclass
@@ -112,22 +145,34 @@ class Volume:
                 "host": self.host, "target": self.target, "state": self.state,
                 "mode": self.mode, "device": self.device, "since": self.since,
                 "error": self.error, "busy": self.busy.to_dict() if self.busy else None,
-                "extra": self.extra}
+                **({"extra": self.extra} if self.extra else {})}
 
     @classmethod
-    def from_dict(cls, d: Any, what: str = "volume") -> "Volume":
+    def from_dict(cls, d: Any, what: str = "") -> "Volume":
         kw = dict(_from(cls, d, what))
         if kw.get("busy") is not None:
-            kw["busy"] = Busy.from_dict(kw["busy"], what + ".busy")
+            kw["busy"] = Busy.from_dict(kw["busy"], f"{what}.busy" if what else "busy")
         try:
             v = cls(**kw)
         except TypeError as e:
-            raise StateError(f"{what}: {e}") from None
+            raise _err(what, str(e)) from None
         if v.state not in VOLUME_STATES:
-            raise StateError(f"{what}: unknown state {v.state!r}")
+            raise _err(what, f"unknown state {v.state!r}")
         if v.mode not in VOLUME_MODES:
-            raise StateError(f"{what}: unknown mode {v.mode!r}")
+            raise _err(what, f"unknown mode {v.mode!r}")
         return v
+
+
+def _load_all(cls: Any, items: dict, section: str) -> dict:
+    # One try around the loop, no f-string per entry: 10,000 VMs load in milliseconds.
+    out: dict = {}
+    k = None
+    try:
+        for k, v in items.items():
+            out[k] = cls.from_dict(v)
+    except StateError as e:
+        raise StateError(f"{section}[{k!r}]: {e.message}") from None
+    return out
 
 
 @dataclass
@@ -138,9 +183,12 @@ class State:
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
+        """vms and volumes come out in natural key order, so a reader can list them in
+        file order without sorting (``State.from_dict`` keeps the order)."""
         return {"schema": self.schema,
-                "vms": {k: v.to_dict() for k, v in self.vms.items()},
-                "volumes": {k: v.to_dict() for k, v in self.volumes.items()},
+                "vms": {k: self.vms[k].to_dict() for k in sorted(self.vms, key=natural_key)},
+                "volumes": {k: self.volumes[k].to_dict()
+                            for k in sorted(self.volumes, key=natural_key)},
                 "jobs": self.jobs}
 
     @classmethod
@@ -153,9 +201,8 @@ class State:
         for name in ("vms", "volumes", "jobs"):
             if not isinstance(d.get(name, {}), dict):
                 raise StateError(f"{name}: expected an object")
-        vms = {k: Vm.from_dict(v, f"vms[{k!r}]") for k, v in d.get("vms", {}).items()}
-        vols = {k: Volume.from_dict(v, f"volumes[{k!r}]")
-                for k, v in d.get("volumes", {}).items()}
+        vms = _load_all(Vm, d.get("vms", {}), "vms")
+        vols = _load_all(Volume, d.get("volumes", {}), "volumes")
         for k, v in vols.items():
             if k != v.key:
                 raise StateError(f"volumes[{k!r}]: key does not match {v.key!r}")

@@ -17,10 +17,8 @@ since) so a ``LockTimeout`` can say who is in the way.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
-import socket
 import sys
 import time
 from typing import Callable, Iterator
@@ -32,6 +30,7 @@ __all__ = ["Store", "pid_alive", "proc_starttime", "this_host"]
 
 
 def this_host() -> str:
+    import socket  # lazy: read-only commands never need it
     return socket.gethostname()
 
 
@@ -156,8 +155,10 @@ class Store:
 
     def _write(self, state: State) -> None:
         state.schema = SCHEMA
-        data = json.dumps(state.to_dict(), indent=1, sort_keys=True).encode() + b"\n"
+        # No sort_keys: State.to_dict orders vms and volumes naturally (readers rely on it).
+        data = json.dumps(state.to_dict(), indent=1).encode() + b"\n"
         # Under the lock any other temp file is left over from a killed writer.
+        import glob
         for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):
             with contextlib.suppress(OSError):
                 os.unlink(stale)

@@ -7,25 +7,16 @@ is mapped or busy.
 """
 from __future__ import annotations
 
-import re
 import shlex
 
 from imgstor import validate
 from imgstor.errors import BusyError, Conflict, NotFound, UsageError
 from imgstor.output import Output
-from imgstor.state.model import State, Vm
+from imgstor.state.model import State, Vm, natural_key
 from imgstor.workflows.context import Ctx
 
 __all__ = ["add_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
            "remove_vm_nas", "dump_vm_nas", "natural_key", "pick_zpool"]
-
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(name: str) -> list:
-    """Sort key putting compute-0-2 before compute-0-10."""
-    return [int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(name))]
-
 
 def _saved(ctx: Ctx, msg: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
@@ -52,9 +43,10 @@ def _check_unmapped(st: State, vm: Vm, doing: str) -> None:
 
 
 def _vms(st: State, names: list[str] | None) -> list[Vm]:
+    """The named VMs, or all in natural name order (the order the store writes them)."""
     if names:
         return [_get_vm(st, validate.vm(n)) for n in names]
-    return sorted(st.vms.values(), key=lambda v: natural_key(v.name))
+    return list(st.vms.values())
 
 
 def add_vm(ctx: Ctx, container: str, name: str | None = None) -> str:
