@@ -54,6 +54,7 @@ class Cmd:
     keys: dict[str, Callable[[str], Any]] = field(default_factory=dict)
     help: str = ""
     aliases: tuple[tuple[str, ...], ...] = ()
+    flags: tuple[str, ...] = ()                   # boolean options, e.g. ("--verify",)
 
     @property
     def name(self) -> str:
@@ -61,6 +62,7 @@ class Cmd:
 
 
 _VMS = "imgstor.workflows.vms"
+_MAP = "imgstor.workflows.storagemap"
 COMMANDS: list[Cmd] = [
     Cmd(("add", "host", "vm"), f"{_VMS}:add_vm", [Arg("container", help="compute node")],
         {"name": str}, "add a VM on compute node CONTAINER (name defaults to CONTAINER-N)"),
@@ -77,6 +79,23 @@ COMMANDS: list[Cmd] = [
         "clear the NAS assignment of a VM"),
     Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
         "print the commands that recreate the NAS assignments"),
+    Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
+        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")], {"img_sync": bool},
+        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI"),
+    Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
+        {}, "unmap volume VOL of NAS from its host (--force goes past node errors)",
+        flags=("--force",)),
+    Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
+        [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume"),
+    Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},
+        "volumes and where they are mapped (--verify checks the NAS live)",
+        flags=("--verify",)),
+    Cmd(("list", "host", "storagedev"), f"{_MAP}:list_devs", [Arg("host")], {},
+        "what is mapped on compute node HOST, read live from the node"),
+    Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm", [Arg("vm")],
+        {"size": str}, "map the VM's disk <vm>-vol on its container (size= if new)"),
+    Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm", [Arg("vm")], {},
+        "unmap the VM's disk", flags=("--force",)),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
@@ -199,6 +218,8 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
     epilog = ("keys: " + " ".join(f"{k}=VALUE" for k in cmd.keys) + "\n" if cmd.keys else "")
     p = _Parser(prog=f"{prog} {cmd.name}", description=cmd.help, epilog=epilog + _GLOBAL_HELP,
                 allow_abbrev=False)
+    for f in cmd.flags:
+        p.add_argument(f, action="store_true", dest=f.lstrip("-").replace("-", "_"))
     for a in cmd.args:
         p.add_argument(a.name.replace("-", "_"), nargs=a.nargs, help=a.help,
                        metavar=a.metavar or a.name.upper())

@@ -1,8 +1,12 @@
-"""SSH transport: Fabric connections, pooled per host for the life of one command.
+"""SSH transport: paramiko connections, pooled per host for the life of one command.
+
+Why paramiko and not Fabric's ``Connection``: Fabric is paramiko plus invoke, and we use
+none of invoke; importing it costs ~0.15 s of a map whose whole budget is 3x one
+``ssh host true`` (~0.3 s here), and Fabric's default host-key policy (AutoAdd) is the one
+thing we must not have.  Measured in bench/bench_map.py.
 
 * Host keys are verified: the config's known_hosts is loaded and unknown keys are rejected
-  (paramiko ``RejectPolicy``; Fabric's default would be ``AutoAddPolicy``), unless the
-  config says ``accept_unknown_host_keys = true``.
+  (paramiko ``RejectPolicy``), unless the config says ``accept_unknown_host_keys = true``.
 * A command is an argv list; it becomes text exactly once, here, with ``shlex.join``.
 * ``step(host, name, **args)`` runs a node step through the node zipapp (uploaded when the
   node lacks this version, keyed by content hash) and returns its result, or raises the
@@ -56,6 +60,7 @@ class Cluster:
         self._locks: dict[str, threading.Lock] = {}
         self._glock = threading.Lock()
         self._uploaded: set[str] = set()
+        self._conn_errors: dict[str, ImgstorError] = {}
         self._print_lock = threading.Lock()
 
     # ------------------------------------------------------------ connections
@@ -64,10 +69,13 @@ class Cluster:
             return self._locks.setdefault(host, threading.Lock())
 
     def connection(self, host: str):
-        """The pooled, open Fabric connection to ``host`` (a configured host name)."""
+        """The pooled, open SSH client (paramiko) to ``host`` (a configured host name)."""
         with self._lock(host):
+            if host in self._conn_errors:
+                raise self._conn_errors.pop(host)
             conn = self._conns.get(host)
-            if conn is not None and conn.is_connected:
+            if conn is not None and conn.get_transport() is not None \
+                    and conn.get_transport().is_active():
                 return conn
             conn = self._open(host)
             self._conns[host] = conn
@@ -75,18 +83,10 @@ class Cluster:
 
     def _open(self, host: str):
         import paramiko
-        from fabric import Config, Connection
         hc = self.config.host(host)
         ssh = self.config.ssh
-        kwargs: dict[str, Any] = {"allow_agent": False, "look_for_keys": not ssh.identity,
-                                  "banner_timeout": ssh.connect_timeout,
-                                  "auth_timeout": ssh.connect_timeout}
-        if ssh.identity:
-            kwargs["key_filename"] = [ssh.identity]
-        conn = Connection(host=hc.address, user=ssh.user, port=hc.port or ssh.port,
-                          connect_timeout=ssh.connect_timeout, connect_kwargs=kwargs,
-                          config=Config(overrides={"load_ssh_configs": False}))
-        # Our own client: only the configured known_hosts, unknown keys rejected.
+        port = hc.port or ssh.port
+        # Only the configured known_hosts; unknown keys rejected (not Fabric's AutoAdd).
         client = paramiko.SSHClient()
         if ssh.known_hosts:
             try:
@@ -100,10 +100,13 @@ class Cluster:
                 raise HostKeyError(f"{host}: cannot read known_hosts {ssh.known_hosts}: {e}")
         client.set_missing_host_key_policy(
             paramiko.WarningPolicy() if ssh.accept_unknown_host_keys else paramiko.RejectPolicy())
-        conn.client = client
-        where = f"{host} ({hc.address}:{hc.port or ssh.port})"
+        where = f"{host} ({hc.address}:{port})"
         try:
-            conn.open()
+            client.connect(hc.address, port=port, username=ssh.user,
+                           key_filename=[ssh.identity] if ssh.identity else None,
+                           look_for_keys=not ssh.identity, allow_agent=False,
+                           timeout=ssh.connect_timeout, banner_timeout=ssh.connect_timeout,
+                           auth_timeout=ssh.connect_timeout)
         except paramiko.BadHostKeyException as e:
             raise HostKeyError(f"{where}: host key does not match known_hosts "
                                f"{ssh.known_hosts} (got {e.key.get_name()} "
@@ -119,15 +122,25 @@ class Cluster:
             raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s")
         except OSError as e:
             raise TransportError(f"{where}: cannot connect: {e.strerror or e}")
-        return conn
+        return client
 
     def close(self) -> None:
-        for conn in self._conns.values():
+        for client in self._conns.values():
             try:
-                conn.close()
+                client.close()
             except Exception:  # closing is best effort
                 pass
         self._conns.clear()
+
+    def warm(self, hosts: Iterable[str]) -> None:
+        """Start connecting to hosts in the background (errors surface on first use)."""
+        def one(h: str) -> None:
+            try:
+                self.connection(h)
+            except ImgstorError as e:
+                self._conn_errors[h] = e      # raised on first use, not retried
+        for h in hosts:
+            threading.Thread(target=one, args=(h,), daemon=True).start()
 
     def __enter__(self) -> "Cluster":
         return self
@@ -149,7 +162,7 @@ class Cluster:
             self.echo(host, "$ " + cmd)
         timeout = timeout or self.config.ssh.command_timeout
         try:
-            chan = conn.client.get_transport().open_session(timeout=self.config.ssh.connect_timeout)
+            chan = conn.get_transport().open_session(timeout=self.config.ssh.connect_timeout)
             chan.exec_command(cmd)
             if stdin:
                 chan.sendall(stdin)
@@ -204,7 +217,7 @@ class Cluster:
         if host in self._uploaded:
             return False
         conn = self.connection(host)
-        sftp = conn.client.open_sftp()
+        sftp = conn.open_sftp()
         try:
             try:
                 st = sftp.stat(app.remote_path)
@@ -233,7 +246,9 @@ class Cluster:
         """Run node step ``name`` on host with JSON args; raise its error if it failed."""
         from imgstor.zipapp import node_app
         app = node_app()
-        argv = [PYTHON, app.remote_path, "node", name]
+        # -I: isolated (no PYTHON* variables, no user site); -S: no site import.  The node
+        # code needs only the standard library, and this saves ~15 ms a step.
+        argv = [PYTHON, "-I", "-S", app.remote_path, "node", name]
         req = json.dumps({"args": args, "dry_run": self.dry_run}).encode()
         r = self.exec(host, argv, stdin=req)
         if r.rc == 2 and "can't open file" in r.stderr:
@@ -257,6 +272,15 @@ class Cluster:
         if err.get("bug"):
             raise RuntimeError(f"{host}: {err.get('message')}\n{err.get('traceback', '')}")
         raise from_wire(err, host=host)
+
+    def steps(self, host: str, steps: list[tuple[str, dict]], *,
+              stop_after: int | None = None) -> list[StepOutcome]:
+        """Run several node steps in one round trip, in order; the first error raises."""
+        out = self.step(host, "batch", steps=[{"step": n, "args": a} for n, a in steps],
+                        stop_after=stop_after)
+        return [StepOutcome(host, n, bool(r.get("changed")), r.get("facts") or {},
+                            r.get("message") or "")
+                for (n, _), r in zip(steps, out.facts["results"])]
 
     # ------------------------------------------------------------ parallel
     def parallel(self, hosts: Iterable[str], fn: Callable[[str], Any]) -> dict[str, Any]:

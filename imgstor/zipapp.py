@@ -45,15 +45,33 @@ def _files() -> list[tuple[str, Path]]:
     return out
 
 
+def _pyc(source: bytes, name: str) -> bytes:
+    """Bytecode as an unchecked-hash .pyc (PEP 552): zipimport uses it without comparing
+    timestamps when the node's Python has the frontend's magic number, and falls back to
+    the .py beside it otherwise.  Saves compiling every module on every step (measured
+    ~0.1 s of a ~0.25 s node step)."""
+    import importlib.util
+    import marshal
+    code = compile(source, name, "exec", dont_inherit=True)
+    flags = 0b01          # hash-based, check_source = 0
+    return (importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little")
+            + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
 @lru_cache(maxsize=1)
 def node_app() -> NodeApp:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, path in [("__main__.py", None), *_files()]:
-            info = zipfile.ZipInfo(name, _EPOCH)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, _MAIN if path is None else path.read_bytes())
+            src = _MAIN if path is None else path.read_bytes()
+            entries = [(name, src)]
+            if name != "__main__.py":
+                entries.append((name + "c", _pyc(src, name)))
+            for n, data in entries:
+                info = zipfile.ZipInfo(n, _EPOCH)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, data)
     data = buf.getvalue()
     return NodeApp(data, hashlib.sha256(data).hexdigest())
 

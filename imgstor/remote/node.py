@@ -20,8 +20,22 @@ from imgstor.remote.executor import DryRunExecutor, Executor, LocalExecutor
 __all__ = ["main", "run_step"]
 
 
+def run_batch(steps: list[dict], ex: Executor, stop_after: int | None = None) -> dict:
+    """Several steps in one node process (one SSH round trip); the first error stops it.
+    ``stop_after``: index of the last step to run (fault injection at a step boundary)."""
+    results = []
+    for i, s in enumerate(steps):
+        results.append(run_step(s["step"], s.get("args") or {}, ex))
+        if stop_after is not None and i >= stop_after:
+            break
+    return {"ok": True, "changed": any(r["changed"] for r in results),
+            "facts": {"results": results}, "message": ""}
+
+
 def run_step(name: str, args: dict, ex: Executor) -> dict:
     from imgstor.remote.steps import load_all
+    if name == "batch":
+        return run_batch(args.get("steps") or [], ex, args.get("stop_after"))
     steps = load_all()
     fn = steps.get(name)
     if fn is None:

@@ -71,6 +71,7 @@ class Store:
         self.holder_path = self.path + ".lock.holder"
         # Test hook: called between writing the temp file and replacing the state file.
         self._before_replace: Callable[[str], None] | None = None
+        self._last_read: bytes | None = None       # raw bytes of the last read()
 
     # ---- reading ----
     def read(self) -> State:
@@ -79,9 +80,11 @@ class Store:
             with open(self.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
+            self._last_read = None
             return State()
         except OSError as e:
             raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
+        self._last_read = data
         return self._parse(data)
 
     def _parse(self, data: bytes) -> State:
@@ -106,8 +109,9 @@ class Store:
         """Lock, load, yield the state, write it back atomically unless the body raised."""
         with self._locked():
             state = self.read()
+            before = self._last_read
             yield state
-            self._write(state)
+            self._write(state, unless=before)
 
     def _ensure_dir(self) -> None:
         d = os.path.dirname(self.path)
@@ -153,10 +157,12 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             return "an unknown process"
 
-    def _write(self, state: State) -> None:
+    def _write(self, state: State, *, unless: bytes | None = None) -> None:
         state.schema = SCHEMA
         # No sort_keys: State.to_dict orders vms and volumes naturally (readers rely on it).
         data = json.dumps(state.to_dict(), indent=1).encode() + b"\n"
+        if unless is not None and data == unless:
+            return            # nothing changed: no rewrite, no fsync
         # Under the lock any other temp file is left over from a killed writer.
         import glob
         for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):

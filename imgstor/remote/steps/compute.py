@@ -1,0 +1,152 @@
+"""Steps that run on a compute node: its initiator name, attaching and detaching LUNs.
+
+Initiators: ``iscsiadm`` (the kernel's open-iscsi: a session and a /dev/sdX) and
+``userspace`` (libiscsi/qemu: no kernel session; the "device" is the qemu spec a VM opens,
+checked by logging in with the node's initiator name).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from imgstor.errors import NotFound, RemoteCommandError, UsageError
+from imgstor.remote.drivers import iscsiadm, userspace
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
+
+__all__ = ["initiator", "attach", "detach", "devices"]
+
+DEVICE_WAIT = 30.0
+
+
+def _initiator(ex: Executor) -> str:
+    name = read_initiator_name()
+    if not name:
+        raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE} "
+                       "(install open-iscsi or write InitiatorName=iqn.… there)")
+    return name
+
+
+@step("compute.initiator")
+def initiator(ex: Executor) -> StepResult:
+    """Read-only: this node's iSCSI initiator name (IQN)."""
+    return StepResult(False, {"initiator": _initiator(ex)}, "")
+
+
+def _split(portal: str) -> tuple[str, int]:
+    addr, _, port = portal.rpartition(":")
+    if not addr:
+        return portal, 3260
+    return addr, int(port)
+
+
+@step("compute.attach")
+def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1) -> StepResult:
+    """Ensure this node reaches LUN ``lun`` of target IQN at PORTAL.
+
+    iscsiadm: discovery, login (15 = session exists is success), wait for the by-path link;
+    device = /dev/sdX.  userspace: iscsi-readcapacity16 under the node's IQN;
+    device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts."""
+    addr, port = _split(portal)
+    me = _initiator(ex)
+    if kind == "userspace":
+        try:   # one login that reads the capacity proves the ACL admits us and the LUN
+            cap = userspace.read_capacity(ex, addr, iqn, me, lun, port)
+        except RemoteCommandError as e:
+            raise userspace.classify(e) from e
+        facts = {"device": userspace.url(addr, iqn, lun, port), "size": _cap_bytes(cap),
+                 "qemu_json": userspace.json_spec(addr, iqn, me, lun, port),
+                 "image_opts": userspace.image_opts(addr, iqn, me, lun, port),
+                 "initiator": me}
+        return StepResult(False, facts, f"LUN {lun} of {iqn} readable as {me}")
+    if kind != "iscsiadm":
+        raise UsageError(f"unknown initiator kind {kind!r}")
+    changed = False
+    if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+        try:
+            ex.run(iscsiadm.discovery(addr, port))
+            ex.run(iscsiadm.login(iqn, addr, port),
+                   ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
+        except RemoteCommandError as e:
+            raise iscsiadm.classify(e) from e
+        changed = True
+    link = iscsiadm.by_path(addr, iqn, lun, port)
+    if not ex.dry_run:
+        ex.run(["udevadm", "settle", "--timeout=30"], read_only=True, check=False)
+        deadline = time.monotonic() + DEVICE_WAIT
+        while not os.path.exists(link):
+            if time.monotonic() > deadline:
+                raise NotFound(f"{ex.host}: logged in to {iqn} but {link} did not appear "
+                               f"within {DEVICE_WAIT:.0f}s")
+            time.sleep(0.1)
+    dev = os.path.realpath(link) if os.path.exists(link) else link
+    size = _blockdev_size(dev)
+    return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me},
+                      f"{iqn} lun {lun} is {dev}")
+
+
+def _cap_bytes(cap: userspace.Capacity) -> int:
+    return cap.size
+
+
+def _blockdev_size(dev: str) -> int | None:
+    try:
+        fd = os.open(dev, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+@step("compute.detach")
+def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
+    """Ensure no session to target IQN remains (iscsiadm: logout, 21 = none is success;
+    then delete the node record).  userspace: nothing persists on the node."""
+    if kind == "userspace":
+        return StepResult(False, {}, "userspace initiator keeps no session")
+    if kind != "iscsiadm":
+        raise UsageError(f"unknown initiator kind {kind!r}")
+    addr, port = _split(portal)
+    changed = False
+    if any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+        try:
+            ex.run(iscsiadm.logout(iqn, addr, port),
+                   ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
+        except RemoteCommandError as e:
+            raise iscsiadm.classify(e) from e
+        changed = True
+    r = ex.run(iscsiadm.node_delete(iqn, addr, port), check=False,
+               ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
+    changed = changed or r.rc == 0 and not r.skipped
+    return StepResult(changed, {}, f"no session to {iqn}")
+
+
+@step("compute.devices")
+def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
+    """Read-only: for each {"iqn", "portal", "lun"} what this node sees now."""
+    me = read_initiator_name()
+    rows = []
+    if kind == "iscsiadm":
+        sess = {s.iqn for s in iscsiadm.sessions(ex)}
+    for t in targets:
+        addr, port = _split(t["portal"])
+        row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
+        if kind == "userspace":
+            try:
+                cap = userspace.read_capacity(ex, addr, t["iqn"], me or "", t.get("lun", 1), port)
+                row.update(device=userspace.url(addr, t["iqn"], t.get("lun", 1), port),
+                           status="ok", size=_cap_bytes(cap))
+            except RemoteCommandError as e:
+                row.update(status=f"error: {userspace.classify(e)}")
+        elif t["iqn"] in sess:
+            link = iscsiadm.by_path(addr, t["iqn"], t.get("lun", 1), port)
+            if os.path.exists(link):
+                dev = os.path.realpath(link)
+                row.update(device=dev, status="ok", size=_blockdev_size(dev))
+            else:
+                row.update(status="session, no device")
+        rows.append(row)
+    return StepResult(False, {"devices": rows, "initiator": me}, "")

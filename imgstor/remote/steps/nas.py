@@ -1,0 +1,307 @@
+"""Steps that run on a NAS: volumes, their imgstor properties, and iSCSI targets.
+
+Each step reads the facts first and runs only what is missing; a re-run after a crash at
+any point finishes the job.  Volume kinds: ``zvol`` (OpenZFS) and ``file`` (a dataset
+holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target drivers:
+``tgt`` (tgtadm) and ``lio`` (rtslib-fb when importable, else targetcli).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
+from imgstor.remote.drivers import tgt, zfs
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult, step
+
+__all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "destroy_volume",
+           "volume_facts", "FILE_NAME", "PROP_PREFIX"]
+
+FILE_NAME = "disk.raw"            # the LUN's backing file in a `file` volume's dataset
+PROP_PREFIX = "imgstor:"
+DEVICE_WAIT = 30.0                # seconds for /dev/zvol/… to appear after create
+
+
+def _check_pool(ex: Executor, pool: str) -> None:
+    r = ex.run(["zpool", "list", "-H", "-o", "name", pool], read_only=True, check=False)
+    if r.rc != 0:
+        raise NotFound(f"{ex.host}: zpool {pool!r} not found ({r.stderr.strip() or r.rc})")
+
+
+def _zfs(ex: Executor, argv: list[str]) -> None:
+    try:
+        ex.run(argv)
+    except RemoteCommandError as e:
+        raise zfs.classify(e) from e
+
+
+def _wait_device(ex: Executor, path: str) -> None:
+    """zvol links appear asynchronously (udev) after `zfs create -V` and `zfs receive`."""
+    if ex.dry_run:
+        return
+    ex.run(["udevadm", "settle", "--timeout=30"], read_only=True, check=False)
+    deadline = time.monotonic() + DEVICE_WAIT
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise NotFound(f"{ex.host}: {path} did not appear within {DEVICE_WAIT:.0f}s")
+        time.sleep(0.1)
+
+
+_VOL_PROPS = ("type", "volsize", "mountpoint")
+
+
+def _read_volume(ex: Executor, name: str, extra: tuple[str, ...] = ()) -> dict | None:
+    """One `zfs get` for existence, type, size, mountpoint (and ``extra`` properties)."""
+    try:
+        props = zfs.get_props(ex, name, list(_VOL_PROPS + extra))
+    except NotFound:
+        return None
+    return props
+
+
+def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
+                 props: dict | None = None) -> dict | None:
+    """What is there: {"path", "size"} or None when the volume does not exist."""
+    name = f"{pool}/{vol}"
+    props = props if props is not None else _read_volume(ex, name)
+    if props is None:
+        return None
+    if kind == "zvol":
+        p = props.get("volsize")
+        return {"path": zfs.zvol_device(pool, vol), "size": p.as_int() if p else None}
+    mp = props.get("mountpoint")
+    if mp is None or not mp.value or mp.value in ("none", "legacy", "-"):
+        return {"path": None, "size": None}
+    path = os.path.join(mp.value, FILE_NAME)
+    if not os.path.exists(path):
+        return {"path": path, "size": None}
+    return {"path": path, "size": os.path.getsize(path)}
+
+
+@step("nas.ensure_volume")
+def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) -> StepResult:
+    """Ensure volume POOL/VOL exists; an existing one is kept as it is.
+
+    zvol: ``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL``, then waits for
+    /dev/zvol/POOL/VOL.  file: ``zfs create POOL/VOL`` and ``truncate -s SIZE disk.raw``."""
+    if kind not in ("zvol", "file"):
+        raise UsageError(f"unknown volume kind {kind!r}")
+    name = f"{pool}/{vol}"
+    have = volume_facts(ex, pool, vol, kind)
+    if have is None:
+        _check_pool(ex, pool)
+    changed = False
+    if kind == "zvol":
+        if have is None:
+            _zfs(ex, zfs.create_zvol(pool, vol, size))
+            changed = True
+        path = zfs.zvol_device(pool, vol)
+        _wait_device(ex, path)
+        actual = have["size"] if have else size
+    else:
+        if have is None:
+            _zfs(ex, zfs.create_dataset(name))
+            changed = True
+        path = have["path"] if have else None
+        if path is None and not (ex.dry_run and have is None):
+            path = (volume_facts(ex, pool, vol, kind) or {}).get("path")
+        if path is None and not ex.dry_run:
+            raise Conflict(f"{ex.host}: dataset {name} has no mountpoint; a file volume needs one")
+        path = path or f"<mountpoint of {name}>/{FILE_NAME}"
+        if have is None or have["size"] is None:
+            ex.run(["truncate", "-s", str(int(size)), path])
+            changed = True
+            actual = size
+        else:
+            actual = have["size"]
+    if have is not None and have["size"] is not None and have["size"] != size:
+        msg = (f"volume {name} exists with size {have['size']} "
+               f"(requested {size}; kept as it is)")
+    elif changed:
+        msg = f"created volume {name} ({size} bytes)"
+    else:
+        msg = f"volume {name} exists"
+    return StepResult(changed, {"path": path, "size": actual, "created": have is None}, msg)
+
+
+@step("nas.set_props")
+def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
+    """Ensure the volume's ``imgstor:*`` user properties: a value sets, None clears
+    (``zfs set`` / ``zfs inherit``), so the store can be rebuilt from the NAS alone."""
+    name = f"{pool}/{vol}"
+    keys = [PROP_PREFIX + k for k in props]
+    if any(not k[len(PROP_PREFIX):].replace("_", "").isalnum() for k in keys):
+        raise UsageError(f"bad property names: {sorted(props)}")
+    try:
+        have = zfs.get_props(ex, name, keys)
+    except NotFound:
+        if ex.dry_run:
+            return StepResult(True, {}, f"would set {', '.join(keys)} on {name}")
+        raise NotFound(f"{ex.host}: volume {name} does not exist") from None
+    changed = False
+    for k, v in props.items():
+        full = PROP_PREFIX + k
+        cur = have.get(full)
+        cur_val = cur.value if cur is not None and cur.source in ("local", "received") else None
+        if v is None and cur_val is not None:
+            _zfs(ex, zfs.inherit(full, name))
+            changed = True
+        elif v is not None and cur_val != str(v):
+            for argv in zfs.set_props(name, {full: str(v)}):
+                _zfs(ex, argv)
+            changed = True
+    return StepResult(changed, {}, f"properties of {name} {'updated' if changed else 'as wanted'}")
+
+
+@step("nas.get_props")
+def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
+    """Read-only: the volume's imgstor properties and size (None facts if it is missing)."""
+    name = f"{pool}/{vol}"
+    keys = tuple(PROP_PREFIX + k for k in ("host", "target", "mode", "state"))
+    props = _read_volume(ex, name, keys)
+    if props is None:
+        return StepResult(False, {"exists": False}, f"no volume {name}")
+    have = volume_facts(ex, pool, vol, kind, props)
+    out = {k[len(PROP_PREFIX):]: (props[k].value if k in props and props[k].source
+                                  in ("local", "received") else None) for k in keys}
+    return StepResult(False, {"exists": True, **have, "props": out}, "")
+
+
+# ------------------------------------------------------------------ targets
+@step("nas.ensure_target")
+def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: str,
+                  path: str | None = None, pool: str | None = None, vol: str | None = None,
+                  kind: str | None = None) -> StepResult:
+    """Ensure target IQN exports PATH (or volume POOL/VOL of KIND) as LUN 1 to exactly one
+    initiator, by name."""
+    if path is None:
+        have = volume_facts(ex, pool, vol, kind) if pool and vol and kind else None
+        if have is None or not have["path"]:
+            if not ex.dry_run:
+                raise NotFound(f"{ex.host}: volume {pool}/{vol} does not exist")
+            path = f"<path of {pool}/{vol}>"
+        else:
+            path = have["path"]
+    if driver == "tgt":
+        return _tgt_ensure(ex, iqn, path, initiator, portal)
+    if driver == "lio":
+        from imgstor.remote.steps import lio_steps
+        return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator, portal=portal)
+    raise UsageError(f"unknown target driver {driver!r}")
+
+
+def _tgt_run(ex: Executor, argv: list[str]) -> None:
+    try:
+        ex.run(argv)
+    except RemoteCommandError as e:
+        raise tgt.classify(e) from e
+
+
+def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str) -> StepResult:
+    found = tgt.targets(ex)
+    for t in found:
+        if t.iqn != iqn and any(l.backing_store_path == path for l in t.luns):
+            raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
+    t = tgt.find_target(found, iqn)
+    changed = False
+    created = False
+    if t is None:
+        tid = tgt.next_free_tid(found)
+        _tgt_run(ex, tgt.new_target(tid, iqn))
+        changed = created = True
+        lun = None
+        acls: tuple[str, ...] = ()
+    else:
+        tid = t.tid
+        lun = t.lun(1)
+        acls = t.acls
+    try:
+        if lun is None:
+            _tgt_run(ex, tgt.add_lun(tid, path, lun=1))
+            changed = True
+        elif lun.backing_store_path != path:
+            raise Conflict(f"{ex.host}: target {iqn} exports {lun.backing_store_path}, "
+                           f"not {path}; remove it first")
+        # One initiator, by name.  An address ACL would admit anyone from that address
+        # (tgt admits when either matches), so every other entry goes.
+        for acl in acls:
+            if acl != initiator:
+                if acl.startswith("iqn.") or acl.startswith("eui.") or acl.startswith("naa."):
+                    _tgt_run(ex, tgt.unbind_initiator(tid, acl))
+                else:
+                    _tgt_run(ex, ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op",
+                                  "unbind", "--tid", str(tid), "-I", acl])
+                changed = True
+        if initiator not in acls:
+            _tgt_run(ex, tgt.bind_initiator(tid, initiator))
+            changed = True
+    except Exception:
+        if created and not ex.dry_run:       # create-then-configure: undo what we made
+            ex.run(tgt.delete_target(tid, force=True), check=False)
+        raise
+    return StepResult(changed, {"iqn": iqn, "tid": tid, "lun": 1, "portal": portal},
+                      f"target {iqn} {'configured' if changed else 'as wanted'} for {initiator}")
+
+
+@step("nas.remove_target")
+def remove_target(ex: Executor, *, driver: str, iqn: str) -> StepResult:
+    """Ensure target IQN is gone (its sessions are dropped with it)."""
+    if driver == "lio":
+        from imgstor.remote.steps import lio_steps
+        return lio_steps.remove(ex, iqn=iqn)
+    if driver != "tgt":
+        raise UsageError(f"unknown target driver {driver!r}")
+    t = tgt.find_target(tgt.targets(ex), iqn)
+    if t is None:
+        return StepResult(False, {}, f"no target {iqn}")
+    _tgt_run(ex, tgt.delete_target(t.tid, force=True))
+    return StepResult(True, {"tid": t.tid}, f"removed target {iqn}")
+
+
+@step("nas.target_facts")
+def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepResult:
+    """Read-only: the targets (or the one IQN) with their LUN paths, ACLs and sessions."""
+    if driver == "lio":
+        from imgstor.remote.steps import lio_steps
+        rows = lio_steps.facts(ex)
+    else:
+        rows = [{"iqn": t.iqn, "tid": t.tid,
+                 "paths": [l.backing_store_path for l in t.luns if l.backing_store_path],
+                 "acls": list(t.acls), "sessions": list(t.connected_initiators)}
+                for t in tgt.targets(ex)]
+    if iqn is not None:
+        rows = [r for r in rows if r["iqn"] == iqn]
+    return StepResult(False, {"targets": rows}, "")
+
+
+@step("nas.destroy_volume")
+def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str) -> StepResult:
+    """Ensure POOL/VOL is gone; refused while a target exports it."""
+    name = f"{pool}/{vol}"
+    have = volume_facts(ex, pool, vol, kind)
+    if have is None:
+        return StepResult(False, {}, f"no volume {name}")
+    for t in target_facts(ex, driver=driver).facts["targets"]:
+        if have["path"] and have["path"] in t["paths"]:
+            raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
+                           "unmap it first (remove host storagemap)")
+    # zfs-fuse quirk (seen in the lab): `zfs destroy` right after use says "dataset is
+    # busy" for a second or two, and may still complete a moment later.  Unmount first,
+    # then retry a bounded number of times; "does not exist" means it is done.
+    if kind == "file":
+        ex.run(["zfs", "umount", name], check=False)
+    last: Exception | None = None
+    for _ in range(20):
+        try:
+            ex.run(zfs.destroy(name, recursive=True))
+            return StepResult(True, {}, f"destroyed {name}")
+        except RemoteCommandError as e:
+            err = zfs.classify(e)
+            if isinstance(err, NotFound):
+                return StepResult(True, {}, f"destroyed {name}")
+            if not isinstance(err, Conflict) or "busy" not in e.stderr:
+                raise err from e
+            last = err
+            time.sleep(0.5)
+    raise last  # type: ignore[misc]
