@@ -112,16 +112,16 @@ class Cluster:
                                f"{ssh.known_hosts} (got {e.key.get_name()} "
                                f"{e.key.get_fingerprint().hex()}); refusing to connect")
         except paramiko.AuthenticationException as e:
-            raise TransportError(f"{where}: SSH authentication failed as {ssh.user}: {e}")
+            raise TransportError(f"{where}: SSH authentication failed as {ssh.user}: {e}", stage="connect")
         except paramiko.SSHException as e:
             if "known_hosts" in str(e):
                 raise HostKeyError(f"{where}: host key is not in {ssh.known_hosts}; "
                                    "refusing to connect (verify the host's key and add it)")
-            raise TransportError(f"{where}: SSH failed: {e}")
+            raise TransportError(f"{where}: SSH failed: {e}", stage="connect")
         except (socket.timeout, TimeoutError):
-            raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s")
+            raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s", stage="connect")
         except OSError as e:
-            raise TransportError(f"{where}: cannot connect: {e.strerror or e}")
+            raise TransportError(f"{where}: cannot connect: {e.strerror or e}", stage="connect")
         return client
 
     def close(self) -> None:

@@ -36,7 +36,11 @@ TRANSITIONAL = ("NAS->VM", "merging", "NAS<-VM")
 
 
 def fault(point: str) -> None:
-    """Fault injection: SIGKILL ourselves (no cleanup runs) right after ``point``."""
+    """Fault injection: SIGKILL ourselves (no cleanup runs) right after ``point``.
+    ``IMGSTOR_PAUSE=<point>:<seconds>`` sleeps there instead (to make runs overlap)."""
+    pause = os.environ.get("IMGSTOR_PAUSE", "")
+    if pause.partition(":")[0] == point:
+        time.sleep(float(pause.partition(":")[2] or 1))
     if os.environ.get(FAULT_ENV) == point:
         print(f"{FAULT_ENV}={point}: killing this process now", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -75,7 +79,10 @@ def _record(ctx, key: str, **changes: Any) -> None:
 
 
 def _fail(ctx, key: str, e: ImgstorError) -> None:
-    if ctx.dry_run:
+    """Record a step's error on the volume (shown by list host storagemap).  Not for an
+    unreachable host or bad input: nothing happened, so nothing changes."""
+    from imgstor.errors import TransportError
+    if ctx.dry_run or isinstance(e, (TransportError, UsageError)):
         return
     try:
         with ctx.store.transaction() as st:
@@ -105,7 +112,12 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     if ctx.dry_run:
         return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                               note_size)
-    new = lambda: Volume(nas=nas, zpool=zpool, vol=vol, size=nbytes, since=time.time())
+    created: list[bool] = []
+
+    def new() -> Volume:
+        created.append(True)
+        return Volume(nas=nas, zpool=zpool, vol=vol, size=nbytes, since=time.time())
+
     with ctx.store.busy(key, "map", create=new) as v:
         _check_map(v, key, zpool, host)
         fault("busy")
@@ -113,6 +125,15 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
             return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                               note_size)
         except ImgstorError as e:
+            from imgstor.errors import TransportError
+            if created and isinstance(e, TransportError) and e.details.get("stage") == "connect":
+                # A host could not be reached, so nothing was made: leave no record.  (The
+                # node is read with `cat` before the NAS is first contacted, and a
+                # connection, once open, stays open for the whole command.)
+                with ctx.store.transaction() as st:
+                    rec = st.volumes.get(key)
+                    if rec is not None and rec.state == "unmapped" and not rec.host:
+                        del st.volumes[key]
             _fail(ctx, key, e)
             raise
 

@@ -50,6 +50,11 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1) -> S
     device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts."""
     addr, port = _split(portal)
     me = _initiator(ex)
+    if kind == "userspace" and ex.dry_run:
+        # the target a dry run "made" does not exist: show the login instead of doing it
+        ex.run(userspace.readcapacity16(addr, iqn, me, lun, port))
+        return StepResult(True, {"device": userspace.url(addr, iqn, lun, port), "size": None,
+                                 "initiator": me}, f"would check LUN {lun} of {iqn} as {me}")
     if kind == "userspace":
         try:   # one login that reads the capacity proves the ACL admits us and the LUN
             cap = userspace.read_capacity(ex, addr, iqn, me, lun, port)
