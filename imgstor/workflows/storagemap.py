@@ -217,7 +217,7 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
         raise NotFound(f"no volume {vol} on {nas} in the state store")
     if v.state == "unmapped" and not v.host and not v.busy:
         return f"{nas}:{vol} is not mapped"
-    ctx.cluster.warm([nas] + ([v.host] if v.host else []))
+    ctx.cluster.warm([nas] + ([v.host] if v.host and _needs_detach(ctx, v.host) else []))
     if ctx.dry_run:
         return _unmap_steps(ctx, key, nas, nas_cfg, v, force)
     with ctx.store.busy(key, "unmap") as v:
@@ -229,16 +229,24 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
             raise
 
 
+def _needs_detach(ctx, host: str) -> bool:
+    """The userspace initiator keeps no session on the node (a VM's qemu logs in itself),
+    so unmapping it needs only the NAS; the kernel initiator must log out."""
+    try:
+        return ctx.config.host(host).initiator != "userspace"
+    except ImgstorError:
+        return True
+
+
 def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     cl = ctx.cluster
     iqn = v.target or target_iqn(nas, v.vol)
     errors: list[ImgstorError] = []
     host = v.host
-    if host:
-        host_cfg = ctx.config.host(host)
+    if host and _needs_detach(ctx, host):
         try:
-            cl.step(host, "compute.detach", kind=host_cfg.initiator, portal=_portal(nas_cfg),
-                    iqn=iqn)
+            cl.step(host, "compute.detach", kind=ctx.config.host(host).initiator,
+                    portal=_portal(nas_cfg), iqn=iqn)
         except ImgstorError as e:
             if not force:
                 raise
