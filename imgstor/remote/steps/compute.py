@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from imgstor.errors import NotFound, RemoteCommandError, UsageError
+from imgstor.errors import ImgstorError, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
@@ -56,10 +56,9 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1) -> S
         return StepResult(True, {"device": userspace.url(addr, iqn, lun, port), "size": None,
                                  "initiator": me}, f"would check LUN {lun} of {iqn} as {me}")
     if kind == "userspace":
-        try:   # one login that reads the capacity proves the ACL admits us and the LUN
-            cap = userspace.read_capacity(ex, addr, iqn, me, lun, port)
-        except RemoteCommandError as e:
-            raise userspace.classify(e) from e
+        # one login that reads the capacity proves the ACL admits us and the LUN;
+        # read_capacity maps libiscsi's failures itself (userspace.classify)
+        cap = userspace.read_capacity(ex, addr, iqn, me, lun, port)
         facts = {"device": userspace.url(addr, iqn, lun, port), "size": _cap_bytes(cap),
                  "qemu_json": userspace.json_spec(addr, iqn, me, lun, port),
                  "image_opts": userspace.image_opts(addr, iqn, me, lun, port),
@@ -132,6 +131,8 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
 @step("compute.devices")
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     """Read-only: for each {"iqn", "portal", "lun"} what this node sees now."""
+    if kind not in ("iscsiadm", "userspace"):
+        raise UsageError(f"unknown initiator kind {kind!r}")
     me = read_initiator_name()
     rows = []
     if kind == "iscsiadm":
@@ -144,8 +145,8 @@ def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
                 cap = userspace.read_capacity(ex, addr, t["iqn"], me or "", t.get("lun", 1), port)
                 row.update(device=userspace.url(addr, t["iqn"], t.get("lun", 1), port),
                            status="ok", size=_cap_bytes(cap))
-            except RemoteCommandError as e:
-                row.update(status=f"error: {userspace.classify(e)}")
+            except ImgstorError as e:   # already mapped by userspace.classify (NotFound…)
+                row.update(status=f"error: {e}")
         elif t["iqn"] in sess:
             link = iscsiadm.by_path(addr, t["iqn"], t.get("lun", 1), port)
             if os.path.exists(link):
