@@ -106,7 +106,8 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
         path = have["path"] if have else None
         if path is None and not (ex.dry_run and have is None):
             path = (volume_facts(ex, pool, vol, kind) or {}).get("path")
-        if path is None and not ex.dry_run:
+        # an existing dataset's facts are real: a dry run refuses it as the real run does
+        if path is None and not (ex.dry_run and have is None):
             raise Conflict(f"{ex.host}: dataset {name} has no mountpoint; a file volume needs one")
         path = path or f"<mountpoint of {name}>/{FILE_NAME}"
         if have is None or have["size"] is None:
