@@ -1,0 +1,206 @@
+"""Node steps, driven by the scenario files scn_nas_volume.py, scn_nas_target.py and
+scn_compute.py.
+
+Each scenario runs one registered step on a ``ScriptedExecutor``: the step must run exactly
+the scripted commands, in order (``assert_done``), and its ``StepResult`` (or error) must be
+the expected one.  Keys a scenario may have:
+
+  id, step, args, tags    what runs; tags: changes | done | read | dry-run | error
+  dry_run                 run on ScriptedExecutor(dry_run=True): the script holds only the
+                          read-only commands; ``skipped`` lists the argv of the others,
+                          which must show up as "SKIP> …" and never be executed
+  env                     the node around the step (see NodeEnv)
+  script                  [{"argv", "rc", "stdout", "stderr"}, …] (scn_common.cmd)
+  changed, facts, facts_include, message
+  raises, details         (error class name, regex on the message), detail subset
+  mutating                argv of every command that ran *without* read_only=True; a
+                          ``done`` scenario must have it (usually [])
+  sleeps                  how many times the step slept (retries)
+  note                    why the scenario exists
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import types
+
+import pytest
+
+import scn_compute
+import scn_nas_target
+import scn_nas_volume
+from imgstor import errors
+from imgstor.remote.executor import Expect, ScriptedExecutor
+from imgstor.remote.steps import compute, load_all, nas, probe
+
+SCENARIOS = scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
+
+WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
+               "nas.destroy_volume", "compute.attach", "compute.detach")
+READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
+              "probe")
+KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
+              "facts_include", "message", "raises", "details", "mutating", "skipped",
+              "sleeps", "note"}
+
+
+class RecordingExecutor(ScriptedExecutor):
+    """ScriptedExecutor that also notes whether each command was declared read-only."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.modes: list[tuple[list[str], bool]] = []
+
+    def run(self, argv, *, read_only=False, **kw):
+        self.modes.append(([str(a) for a in argv], read_only))
+        return super().run(argv, read_only=read_only, **kw)
+
+
+class NodeEnv:
+    """What the step modules see of the node instead of ``os``/``time``/``shutil``.
+
+    env keys: ``files`` {path: size} (exist, os.path.getsize), ``paths`` [path] (exist),
+    ``links`` {link: target} (exist, os.path.realpath), ``devices`` {dev: size} (what
+    open + lseek(SEEK_END) say), ``initiator``, ``tools`` {name: path} (shutil.which),
+    ``node`` (IMGSTOR_NODE).  Everything else does not exist."""
+
+    def __init__(self, env: dict) -> None:
+        self.files = dict(env.get("files", {}))
+        self.links = dict(env.get("links", {}))
+        self.devices = dict(env.get("devices", {}))
+        self.paths = set(env.get("paths", ()))
+        self.initiator = env.get("initiator")
+        self.tools = dict(env.get("tools", {}))
+        self.node = env.get("node")
+        self.clock = 0.0
+        self.sleeps: list[float] = []
+        self._fds: dict[int, str] = {}
+
+        path = types.SimpleNamespace(
+            join=os.path.join, exists=self.exists, getsize=self.getsize,
+            realpath=lambda p: self.links.get(p, p))
+        self.os = types.SimpleNamespace(path=path, open=self.open, lseek=self.lseek,
+                                        close=self._fds.pop, O_RDONLY=os.O_RDONLY,
+                                        SEEK_END=os.SEEK_END)
+        self.time = types.SimpleNamespace(monotonic=self.monotonic, sleep=self.sleeps.append)
+        self.shutil = types.SimpleNamespace(which=self.tools.get)
+
+    def exists(self, p: str) -> bool:
+        return p in self.files or p in self.paths or p in self.links
+
+    def getsize(self, p: str) -> int:
+        if p not in self.files:
+            raise FileNotFoundError(p)
+        return self.files[p]
+
+    def open(self, p: str, flags: int) -> int:
+        if p not in self.devices:
+            raise FileNotFoundError(p)
+        fd = 1000 + len(self._fds)
+        self._fds[fd] = p
+        return fd
+
+    def lseek(self, fd: int, pos: int, how: int) -> int:
+        assert (pos, how) == (0, os.SEEK_END)
+        return self.devices[self._fds[fd]]
+
+    def monotonic(self) -> float:       # every look at the clock is a second later
+        self.clock += 1.0
+        return self.clock
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        for mod in (nas, compute):
+            mp.setattr(mod, "os", self.os)
+            mp.setattr(mod, "time", self.time)
+        mp.setattr(probe, "shutil", self.shutil)
+        mp.setattr(compute, "read_initiator_name", lambda *a: self.initiator)
+        mp.setattr(probe, "read_initiator_name", lambda *a: self.initiator)
+        if self.node:
+            mp.setenv("IMGSTOR_NODE", self.node)
+
+
+def _run(sc: dict, mp: pytest.MonkeyPatch) -> tuple[RecordingExecutor, NodeEnv, object]:
+    node = NodeEnv(sc.get("env", {}))
+    node.install(mp)
+    ex = RecordingExecutor([Expect(**e) for e in sc["script"]], dry_run=sc.get("dry_run", False))
+    fn = load_all()[sc["step"]]
+    if "raises" in sc:
+        name, pattern = sc["raises"]
+        with pytest.raises(getattr(errors, name), match=pattern) as ei:
+            fn(ex, **sc["args"])
+        assert type(ei.value).__name__ == name, "a subclass is not the error wanted"
+        out: object = ei.value
+    else:
+        out = fn(ex, **sc["args"])
+    ex.assert_done()
+    return ex, node, out
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=lambda s: f"{s['step']}:{s['id']}")
+def test_scenario(sc: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex, node, out = _run(sc, monkeypatch)
+
+    if "raises" in sc:
+        for k, v in sc.get("details", {}).items():
+            assert out.details.get(k) == v, (k, out.details)
+        json.dumps(out.to_wire())                       # goes back to the frontend
+    else:
+        if "changed" in sc:
+            assert out.changed is sc["changed"]
+        if "facts" in sc:
+            assert out.facts == sc["facts"]
+        for k, v in sc.get("facts_include", {}).items():
+            assert out.facts.get(k) == v, k
+        if "message" in sc:
+            assert out.message == sc["message"]
+        assert json.loads(json.dumps(out.to_dict())) == out.to_dict()
+
+    texts = [shlex.join(a) for a in sc.get("skipped", [])]
+    assert ex.skipped == texts
+    for t in texts:
+        assert "SKIP> " + t in ex.log
+    for argv in sc.get("skipped", []):
+        assert argv not in ex.calls, f"a dry run executed {shlex.join(argv)}"
+    if not sc.get("dry_run"):
+        assert not any(line.startswith("SKIP> ") for line in ex.log)
+    if "mutating" in sc:
+        ran = [argv for argv, ro in ex.modes if not ro and not ex.dry_run]
+        assert ran == sc["mutating"]
+    if "sleeps" in sc:
+        assert len(node.sleeps) == sc["sleeps"]
+
+
+# ------------------------------------------------------------------- the scenario files
+def test_scenario_ids_unique_and_keys_known():
+    seen = set()
+    for sc in SCENARIOS:
+        key = (sc["step"], sc["id"])
+        assert key not in seen, key
+        seen.add(key)
+        assert set(sc) <= KNOWN_KEYS, (key, set(sc) - KNOWN_KEYS)
+        assert ("raises" in sc) != ("changed" in sc or "facts" in sc
+                                    or "facts_include" in sc), key
+        assert "skipped" not in sc or sc.get("dry_run"), key
+
+
+@pytest.mark.parametrize("step", WRITE_STEPS + READ_STEPS)
+def test_every_step_has_the_required_cases(step: str):
+    scs = [s for s in SCENARIOS if s["step"] == step]
+    tags = set().union(*(s["tags"] for s in scs))
+    need = {"changes", "done", "dry-run", "error"} if step in WRITE_STEPS else {"read", "dry-run"}
+    assert need <= tags, f"{step} lacks {need - tags}"
+    for s in scs:
+        if "done" in s["tags"]:
+            assert "mutating" in s or s.get("dry_run"), f"{step}:{s['id']} must say mutating"
+            assert s.get("changed") is False, s["id"]
+        if s.get("dry_run"):
+            assert "skipped" in s or "raises" in s, f"{step}:{s['id']} must say skipped"
+    if step in WRITE_STEPS:
+        assert any(s.get("skipped") for s in scs), f"{step}: no dry run skipping a change"
+
+
+def test_every_step_of_these_modules_has_scenarios():
+    mods = {m.__name__ for m in (nas, compute, probe)}
+    mine = {name for name, fn in load_all().items() if fn.__module__ in mods}
+    assert mine == set(WRITE_STEPS + READ_STEPS)
