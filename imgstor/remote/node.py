@@ -40,6 +40,11 @@ def run_step(name: str, args: dict, ex: Executor) -> dict:
     fn = steps.get(name)
     if fn is None:
         raise UsageError(f"unknown node step {name!r}; known: {', '.join(sorted(steps))}")
+    import inspect
+    try:
+        inspect.signature(fn).bind(ex, **args)
+    except TypeError as e:      # the frontend sent arguments the step does not take
+        raise UsageError(f"node step {name}: bad arguments: {e}") from None
     res = fn(ex, **args)
     return {"ok": True, **res.to_dict()}
 

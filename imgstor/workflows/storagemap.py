@@ -190,11 +190,13 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
                                              initiator=initiator, portal=portal))])
     if volf.message and "kept as it is" in volf.message and note_size:
         print(f"note: {volf.message}", file=sys.stderr)
-    att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn, lun=1)
+    lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
+    att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
+                  lun=lun)
     device = att.facts.get("device")
     _record(ctx, key, host=host, target=iqn, state="mapped", mode="direct", device=device,
             size=volf.facts.get("size") or nbytes, error=None, busy=None,
-            extra={**_extra(ctx, key), "initiator": initiator,
+            extra={**_extra(ctx, key), "initiator": initiator, "lun": lun,
                    **({"qemu_json": att.facts["qemu_json"]} if "qemu_json" in att.facts else {})})
     fault("attach")
     if ctx.dry_run:
@@ -365,7 +367,8 @@ def list_devs(ctx, host: str) -> Output:
     host_cfg = _role(ctx, host, "compute")
     st = ctx.store.read()
     vols = sorted((v for v in st.volumes.values() if v.host == host), key=lambda v: v.vol)
-    targets = [{"iqn": v.target, "portal": _portal(ctx.config.host(v.nas)), "lun": 1}
+    targets = [{"iqn": v.target, "portal": _portal(ctx.config.host(v.nas)),
+                "lun": int(v.extra.get("lun", 1))}
                for v in vols if v.target]
     seen = {}
     if targets:

@@ -217,10 +217,12 @@ def test_two_concurrent_maps_one_gets_busy(lab: Lab) -> None:
 
 
 def _snapshot(lab: Lab) -> tuple:
-    state = lab.config_path.parent / "state.json"
-    return (state.read_bytes() if state.exists() else None,
+    from imgstor.state.store import Store
+    state = Store(str(lab.config_path.parent / "state.json")).read().to_dict()
+    return (state,
             lab.out(NAS, "zfs list -H -o name -t all"), targets(lab),
-            lab.out("compute-0-0", "ls /tmp"))
+            lab.out(NAS, "zfs get -H -o name,property,value -s local all"),
+            lab.out("compute-0-0", "zfs list -H -o name -t all"))
 
 
 HOSTILE = [

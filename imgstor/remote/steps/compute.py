@@ -134,6 +134,8 @@ def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     if kind not in ("iscsiadm", "userspace"):
         raise UsageError(f"unknown initiator kind {kind!r}")
     me = read_initiator_name()
+    if kind == "userspace" and not me:
+        raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE}")
     rows = []
     if kind == "iscsiadm":
         sess = {s.iqn for s in iscsiadm.sessions(ex)}

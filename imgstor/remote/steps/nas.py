@@ -176,8 +176,10 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
                   kind: str | None = None) -> StepResult:
     """Ensure target IQN exports PATH (or volume POOL/VOL of KIND) as LUN 1 to exactly one
     initiator, by name."""
+    if path is None and not (pool and vol and kind):
+        raise UsageError("nas.ensure_target needs path, or pool, vol and kind")
     if path is None:
-        have = volume_facts(ex, pool, vol, kind) if pool and vol and kind else None
+        have = volume_facts(ex, pool, vol, kind)
         if have is None or not have["path"]:
             if not ex.dry_run:
                 raise NotFound(f"{ex.host}: volume {pool}/{vol} does not exist")
@@ -256,7 +258,10 @@ def remove_target(ex: Executor, *, driver: str, iqn: str) -> StepResult:
     t = tgt.find_target(tgt.targets(ex), iqn)
     if t is None:
         return StepResult(False, {}, f"no target {iqn}")
-    _tgt_run(ex, tgt.delete_target(t.tid, force=True))
+    try:
+        _tgt_run(ex, tgt.delete_target(t.tid, force=True))
+    except NotFound:            # gone between `show` and `delete`: that is what we want
+        return StepResult(False, {}, f"no target {iqn}")
     return StepResult(True, {"tid": t.tid}, f"removed target {iqn}")
 
 

@@ -100,12 +100,21 @@ def test_bad_command_line(run):
     assert rc == 2 and out["error"]["code"] == "UsageError"
 
 
-def test_bug_in_a_step_keeps_traceback(run):
+def test_bad_step_arguments_are_a_usage_error(run):
     rc, out = run("compute.detach", {"args": {"kind": "userspace", "bogus": 1}})
+    assert rc == 1 and out["ok"] is False
+    assert out["error"]["code"] == "UsageError" and "bogus" in out["error"]["message"]
+
+
+def test_bug_in_a_step_keeps_traceback(run, monkeypatch):
+    def broken(*a):
+        raise ZeroDivisionError("boom")
+    monkeypatch.setattr(compute, "read_initiator_name", broken)
+    rc, out = run("compute.initiator", {"args": {}})
     assert rc == 70 and out["ok"] is False
     err = out["error"]
     assert err["code"] == "StepError" and err["bug"] is True
-    assert "TypeError" in err["traceback"] and "bogus" in err["message"]
+    assert "ZeroDivisionError" in err["traceback"] and "boom" in err["message"]
 
 
 def test_real_local_executor_for_a_step_that_runs_nothing(monkeypatch, capsys):

@@ -1,0 +1,140 @@
+"""LIO targets for the NAS steps: rtslib-fb in this process when the node has it (one
+process, no per-command cost: under TCG each targetcli call costs ~2 s), else targetcli.
+
+A target is right when it has LUN 0 backed by the volume's device, one portal on the NAS's
+storage address (never 0.0.0.0), ``generate_node_acls=0`` and exactly one node ACL: the
+compute node's initiator.  A target that exists but is not right is deleted and made again
+(that also drops a session of an initiator that must no longer be admitted).  Changes are
+saved (`saveconfig`) so they survive a reboot of the NAS.
+"""
+from __future__ import annotations
+
+import re
+
+from imgstor.errors import RemoteCommandError
+from imgstor.remote.drivers import lio
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult
+
+__all__ = ["ensure", "remove", "facts", "backstore_name"]
+
+LUN = 0
+
+
+def backstore_name(iqn: str) -> str:
+    """A block backstore name derived from the target name (``nas-0-0-vm1-vol``)."""
+    tail = iqn.split("com.", 1)[-1] if iqn.startswith("iqn.2001-04.com.") else iqn
+    return re.sub(r"[^A-Za-z0-9_-]", "_", tail)[:64]
+
+
+def _portal(portal: str) -> tuple[str, int]:
+    ip, _, port = portal.rpartition(":")
+    return (ip, int(port)) if ip else (portal, 3260)
+
+
+def _read(ex: Executor, lib) -> list[lio.LioTarget]:
+    if lib is not None:
+        return lio.rts_targets(lib.RTSRoot())
+    try:
+        return lio.targetcli_targets(ex)
+    except RemoteCommandError as e:
+        raise lio.classify(e) from e
+
+
+def _right(t: lio.LioTarget, path: str, initiator: str, ip: str, port: int) -> bool:
+    if len(t.tpgs) != 1:
+        return False
+    g = t.tpgs[0]
+    return ([l.udev_path for l in g.luns] == [path]
+            and [a.initiator for a in g.acls] == [initiator]
+            and [(p.ip, p.port) for p in g.portals] == [(ip, port)]
+            and g.generate_node_acls in (False, None))
+
+
+def _skip(ex: Executor, text: str) -> None:
+    ex.log.append("SKIP> " + text)
+    ex.skipped.append(text)
+
+
+def _delete(ex: Executor, lib, iqn: str) -> None:
+    bs = backstore_name(iqn)
+    if lib is not None:
+        if ex.dry_run:
+            _skip(ex, f"rtslib: delete target {iqn} and backstore {bs}")
+            return
+        ex.log.append(f"rtslib: delete target {iqn} and backstore {bs}")
+        lio.rts_delete_target(lib, iqn, backstore=bs)
+        return
+    for argv in lio.targetcli_delete_target(iqn, backstore=bs):
+        ex.run(argv, check=False)   # a part already gone is fine
+
+
+def _save(ex: Executor, lib) -> None:
+    if lib is not None:
+        if ex.dry_run:
+            _skip(ex, "rtslib: saveconfig")
+            return
+        ex.log.append("rtslib: saveconfig")
+        lio.rts_save_config(lib)
+        return
+    ex.run(lio.targetcli_saveconfig())
+
+
+def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str) -> StepResult:
+    lib = lio.rtslib_module()
+    ip, port = _portal(portal)
+    found = _read(ex, lib)
+    for t in found:
+        if t.iqn != iqn and any(l.udev_path == path for g in t.tpgs for l in g.luns):
+            from imgstor.errors import Conflict
+            raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
+    t = lio.find_target(found, iqn)
+    if t is not None and _right(t, path, initiator, ip, port):
+        return StepResult(False, {"iqn": iqn, "lun": LUN, "portal": portal},
+                          f"target {iqn} as wanted for {initiator}")
+    if t is not None:
+        _delete(ex, lib, iqn)
+    bs = backstore_name(iqn)
+    if lib is not None:
+        text = (f"rtslib: create target {iqn}: block backstore {bs} on {path}, LUN {LUN}, "
+                f"portal {ip}:{port}, ACL {initiator}")
+        if ex.dry_run:
+            _skip(ex, text)
+        else:
+            ex.log.append(text)
+            lio.rts_create_target(lib, iqn=iqn, device=path, backstore=bs, portal_ip=ip,
+                                  portal_port=port, initiator=initiator, lun=LUN)
+    else:
+        for argv in lio.targetcli_create_target(iqn=iqn, device=path, backstore=bs,
+                                                portal_ip=ip, portal_port=port,
+                                                initiator=initiator, lun=LUN):
+            try:
+                ex.run(argv)
+            except RemoteCommandError as e:
+                if not ex.dry_run:
+                    _delete(ex, None, iqn)      # create-then-configure: undo, re-raise
+                raise lio.classify(e) from e
+    _save(ex, lib)
+    return StepResult(True, {"iqn": iqn, "lun": LUN, "portal": portal},
+                      f"target {iqn} {'re' if t is not None else ''}made for {initiator}")
+
+
+def remove(ex: Executor, *, iqn: str) -> StepResult:
+    lib = lio.rtslib_module()
+    if lio.find_target(_read(ex, lib), iqn) is None:
+        return StepResult(False, {}, f"no target {iqn}")
+    _delete(ex, lib, iqn)
+    _save(ex, lib)
+    return StepResult(True, {}, f"removed target {iqn}")
+
+
+def facts(ex: Executor) -> list[dict]:
+    lib = lio.rtslib_module()
+    rows = []
+    for t in _read(ex, lib):
+        rows.append({"iqn": t.iqn,
+                     "paths": [l.udev_path for g in t.tpgs for l in g.luns if l.udev_path],
+                     "acls": [a.initiator for g in t.tpgs for a in g.acls],
+                     "portals": [f"{p.ip}:{p.port}" for g in t.tpgs for p in g.portals],
+                     "sessions": []})
+    return rows
