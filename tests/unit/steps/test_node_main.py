@@ -101,7 +101,8 @@ def test_bad_command_line(run):
 
 
 def test_bad_step_arguments_are_a_usage_error(run):
-    rc, out = run("compute.detach", {"args": {"kind": "userspace", "bogus": 1}})
+    rc, out = run("compute.detach", {"args": {"kind": "userspace", "portal": "a:3260",
+                                              "iqn": "iqn.2001-04.com.x", "bogus": 1}})
     assert rc == 1 and out["ok"] is False
     assert out["error"]["code"] == "UsageError" and "bogus" in out["error"]["message"]
 
