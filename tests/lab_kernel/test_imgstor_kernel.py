@@ -1,0 +1,158 @@
+"""imgstor on the kernel lab: the production drivers (OpenZFS zvols, LIO, open-iscsi, dm)
+in QEMU guests, data checked by sha256."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imgstor.workflows.storagemap import target_iqn
+
+pytestmark = pytest.mark.kernel_lab
+ROOT = Path(__file__).resolve().parents[2]
+NAS = "nas-0-0"
+MiB = 1 << 20
+
+
+def cli(klab, *args: str, env: dict | None = None, check: bool = True):
+    p = subprocess.run([sys.executable, "-m", "imgstor", "--config", str(klab.config_path), *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, **(env or {})})
+    if check and p.returncode != 0:
+        raise AssertionError(f"imgstor {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def sha_of(klab, host: str, dev: str, nbytes: int) -> str:
+    return klab.out(host, f"head -c {nbytes} {dev} | sha256sum").split()[0]
+
+
+def write_random(klab, host: str, dev: str, mib: int, seek_mib: int = 0) -> None:
+    klab.out(host, f"head -c {mib * MiB} /dev/urandom > /tmp/w.bin && "
+                   f"dd if=/tmp/w.bin of={dev} bs=1M seek={seek_mib} conv=notrunc,fsync "
+                   f"oflag=direct status=none && rm /tmp/w.bin")
+
+
+def sessions(klab, host: str) -> str:
+    return klab.ssh(host, "iscsiadm -m session").stdout.decode()
+
+
+def login_as(klab, host: str, initiator: str, iqn: str) -> subprocess.CompletedProcess:
+    """Try a login to IQN from HOST under another initiator name (an iscsiadm iface)."""
+    portal = klab.host(NAS)["address"]
+    iface = "intr" + uuid.uuid4().hex[:4]
+    klab.ssh(host, f"iscsiadm -m iface -I {iface} -o new && "
+                   f"iscsiadm -m iface -I {iface} -o update -n iface.initiatorname -v {initiator}",
+             check=True)
+    try:
+        klab.ssh(host, f"iscsiadm -m discovery -t st -p {portal} -I {iface}")
+        return klab.ssh(host, f"iscsiadm -m node -T {iqn} -p {portal}:3260 -I {iface} --login")
+    finally:
+        klab.ssh(host, f"iscsiadm -m node -T {iqn} -p {portal}:3260 -I {iface} --logout; "
+                       f"iscsiadm -m node -T {iqn} -p {portal}:3260 -I {iface} -o delete; "
+                       f"iscsiadm -m iface -I {iface} -o delete")
+
+
+def test_ping_sees_the_production_tools(kernel_lab) -> None:
+    out = cli(kernel_lab, "ping").stdout
+    for host in kernel_lab.names():
+        line = next(l for l in out.splitlines() if l.startswith(host + " "))
+        for tool in ("zfs", "targetcli", "iscsiadm", "dmsetup"):
+            assert tool in line, line
+        assert "rtslib" in line and "tank(ONLINE)" in line
+
+
+def test_direct_walkthrough_zvol_lio_iscsiadm(kernel_lab) -> None:
+    klab = kernel_lab
+    m = re.match(r"added VM (\S+) on", cli(klab, "add", "host", "vm", "compute-0-0").stdout)
+    vm = m.group(1)
+    vol = f"{vm}-vol"
+    iqn = target_iqn(NAS, vol)
+    cli(klab, "set", "host", "vm", "nas", vm, f"nas={NAS}", "zpool=tank")
+    out = cli(klab, "start", "host", "vm", vm, "size=64M").stdout
+    dev = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", out).group(1)
+    assert iqn in sessions(klab, "compute-0-0")
+    assert klab.out(NAS, f"zfs get -H -o value volsize,imgstor:host tank/{vol}").split() == \
+        ["64M", "compute-0-0"]
+
+    write_random(klab, "compute-0-0", dev, 6)
+    want = sha_of(klab, "compute-0-0", dev, 6 * MiB)
+    # another initiator name is refused by LIO (iscsiadm 24: authorization failure)
+    bad = login_as(klab, "compute-0-0", "iqn.1999-01.org.example:intruder", iqn)
+    assert bad.returncode == 24, bad.stderr
+
+    cli(klab, "stop", "host", "vm", vm)
+    assert iqn not in sessions(klab, "compute-0-0")
+    assert iqn not in klab.out(NAS, "targetcli ls /iscsi")
+    assert sha_of(klab, NAS, f"/dev/zvol/tank/{vol}", 6 * MiB) == want
+
+    out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, "compute-0-1", "64M").stdout
+    dev1 = re.search(r"mapped to compute-0-1:(/dev/sd[a-z]+)", out).group(1)
+    assert sha_of(klab, "compute-0-1", dev1, 6 * MiB) == want
+    # compute-0-0's own name is not admitted any more
+    bad = login_as(klab, "compute-0-0", klab.out("compute-0-0",
+                   "sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi"), iqn)
+    assert bad.returncode == 24, bad.stderr
+    assert cli(klab, "list", "host", "storagemap", NAS, "--verify").returncode == 0
+
+    cli(klab, "remove", "host", "storagemap", NAS, vol)
+    assert iqn not in sessions(klab, "compute-0-1")
+    assert iqn not in klab.out(NAS, "targetcli ls /iscsi")
+    assert cli(klab, "remove", "host", "storageimg", NAS, "tank", vol).stdout.strip() == "Success"
+    assert klab.ssh(NAS, f"zfs list tank/{vol}").returncode != 0
+    cli(klab, "remove", "host", "vm", vm)
+
+
+def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
+    """The sync-mode overlay, step by step as node steps: VM writes land in the temp-write
+    zvol while the origin is the iSCSI disk; the NAS copies the volume to the node; the
+    overlay merges onto the local copy and becomes linear; sha256 = origin + writes."""
+    from imgstor.config import load_config
+    from imgstor.transport import Cluster
+    klab = kernel_lab
+    node = "compute-0-0"
+    vol = f"ovl-{uuid.uuid4().hex[:6]}"
+    size = 64 * MiB
+    out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, node, "64M").stdout
+    origin = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", out).group(1)
+    # the NAS volume gets some data first (through the initiator)
+    write_random(klab, node, origin, 8)
+    name, cow, local = f"{vol}-snap", f"/dev/zvol/tank/{vol}-temp-write", f"/dev/zvol/tank/{vol}"
+    with Cluster(load_config(str(klab.config_path))) as c:
+        assert c.step(node, "compute.ensure_zvol", pool="tank", vol=f"{vol}-temp-write",
+                      size=size).changed
+        r = c.step(node, "overlay.create", name=name, origin=origin, cow=cow)
+        assert r.changed and r.facts["device"] == f"/dev/mapper/{name}"
+        assert not c.step(node, "overlay.create", name=name, origin=origin, cow=cow).changed
+        # the VM writes through the overlay; the origin stays untouched
+        before = sha_of(klab, node, origin, size)
+        write_random(klab, node, f"/dev/mapper/{name}", 4, seek_mib=6)
+        want = sha_of(klab, node, f"/dev/mapper/{name}", size)
+        assert sha_of(klab, node, origin, size) == before != want
+        # the NAS copies its volume (= the origin) to the node
+        c.step(NAS, "nas.send_volume", pool="tank", vol=vol, snapshot="imgstor-sync-1",
+               to_host=node, to_pool="tank")
+        c.step(node, "compute.ensure_zvol", pool="tank", vol=vol, size=size)
+        assert sha_of(klab, node, local, size) == before
+        # merge onto the local copy, wait, go linear
+        assert c.step(node, "overlay.merge", name=name, local=local, cow=cow).changed
+        assert not c.step(node, "overlay.merge", name=name, local=local, cow=cow).changed
+        deadline = time.monotonic() + 300
+        while not c.step(node, "overlay.status", name=name).facts["merged"]:
+            assert time.monotonic() < deadline, "merge did not finish"
+            time.sleep(1)
+        assert c.step(node, "overlay.linear", name=name, local=local).changed
+        assert c.step(node, "overlay.status", name=name).facts["target"] == "linear"
+        # the iSCSI disk is no longer needed: unmap it; the VM's device keeps working
+        cli(klab, "remove", "host", "storagemap", NAS, vol)
+        assert sha_of(klab, node, f"/dev/mapper/{name}", size) == want
+        assert sha_of(klab, node, local, size) == want
+        assert c.step(node, "overlay.remove", name=name).changed
+    klab.ssh(node, f"zfs destroy -r tank/{vol}-temp-write; zfs destroy -r tank/{vol}")
+    cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
