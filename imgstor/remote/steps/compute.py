@@ -7,12 +7,12 @@ checked by logging in with the node's initiator name).
 from __future__ import annotations
 
 import os
-import time
 
 from imgstor.errors import ImgstorError, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps._util import wait_path
 from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
 
 __all__ = ["initiator", "attach", "detach", "devices"]
@@ -76,14 +76,7 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1) -> S
             raise iscsiadm.classify(e) from e
         changed = True
     link = iscsiadm.by_path(addr, iqn, lun, port)
-    if not ex.dry_run:
-        ex.run(["udevadm", "settle", "--timeout=30"], read_only=True, check=False)
-        deadline = time.monotonic() + DEVICE_WAIT
-        while not os.path.exists(link):
-            if time.monotonic() > deadline:
-                raise NotFound(f"{ex.host}: logged in to {iqn} but {link} did not appear "
-                               f"within {DEVICE_WAIT:.0f}s")
-            time.sleep(0.1)
+    wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
     dev = os.path.realpath(link) if os.path.exists(link) else link
     size = _blockdev_size(dev)
     return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me},

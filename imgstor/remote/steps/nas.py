@@ -14,6 +14,7 @@ from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import tgt, zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps._util import run_mapped, wait_path
 
 __all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "destroy_volume",
            "volume_facts", "FILE_NAME", "PROP_PREFIX"]
@@ -30,22 +31,11 @@ def _check_pool(ex: Executor, pool: str) -> None:
 
 
 def _zfs(ex: Executor, argv: list[str]) -> None:
-    try:
-        ex.run(argv)
-    except RemoteCommandError as e:
-        raise zfs.classify(e) from e
+    run_mapped(ex, argv, zfs.classify)
 
 
 def _wait_device(ex: Executor, path: str) -> None:
-    """zvol links appear asynchronously (udev) after `zfs create -V` and `zfs receive`."""
-    if ex.dry_run:
-        return
-    ex.run(["udevadm", "settle", "--timeout=30"], read_only=True, check=False)
-    deadline = time.monotonic() + DEVICE_WAIT
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise NotFound(f"{ex.host}: {path} did not appear within {DEVICE_WAIT:.0f}s")
-        time.sleep(0.1)
+    wait_path(ex, path, timeout=DEVICE_WAIT)
 
 
 _VOL_PROPS = ("type", "volsize", "mountpoint")
@@ -195,10 +185,7 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
 
 
 def _tgt_run(ex: Executor, argv: list[str]) -> None:
-    try:
-        ex.run(argv)
-    except RemoteCommandError as e:
-        raise tgt.classify(e) from e
+    run_mapped(ex, argv, tgt.classify)
 
 
 def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str) -> StepResult:

@@ -17,14 +17,13 @@ Each step reads ``dmsetup table`` first and does only what is missing.
 """
 from __future__ import annotations
 
-import os
 import shlex
-import time
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import dm, zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps._util import run_mapped, wait_path
 
 __all__ = ["ensure_zvol", "create", "merge", "status", "linear", "remove", "send_volume"]
 
@@ -46,23 +45,9 @@ def _table(ex: Executor, name: str) -> dm.Device | None:
     return found[0] if found else None
 
 
-def _wait_path(ex: Executor, path: str, timeout: float = 30) -> None:
-    if ex.dry_run:
-        return
-    ex.run(["udevadm", "settle", "--timeout=30"], read_only=True, check=False)
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise NotFound(f"{ex.host}: {path} did not appear within {timeout:.0f}s")
-        time.sleep(0.1)
-
-
 def _run_all(ex: Executor, argvs: list[list[str]]) -> None:
     for argv in argvs:
-        try:
-            ex.run(argv)
-        except RemoteCommandError as e:
-            raise dm.classify(e) from e
+        run_mapped(ex, argv, dm.classify)
 
 
 @step("compute.ensure_zvol")
@@ -71,13 +56,13 @@ def ensure_zvol(ex: Executor, *, pool: str, vol: str, size: int) -> StepResult:
     name = f"{pool}/{vol}"
     dev = zfs.zvol_device(pool, vol)
     if zfs.exists(ex, name):
-        _wait_path(ex, dev)
+        wait_path(ex, dev)
         return StepResult(False, {"device": dev}, f"zvol {name} exists")
     try:
         ex.run(zfs.create_zvol(pool, vol, size))
     except RemoteCommandError as e:
         raise zfs.classify(e) from e
-    _wait_path(ex, dev)
+    wait_path(ex, dev)
     return StepResult(True, {"device": dev}, f"created zvol {name}")
 
 
@@ -94,7 +79,7 @@ def create(ex: Executor, *, name: str, origin: str, cow: str) -> StepResult:
                           f"{name} exists ({seg.target})")
     sectors = _sectors(ex, origin)
     _run_all(ex, [dm.create_snapshot(name, origin, cow, sectors)])
-    _wait_path(ex, f"/dev/mapper/{name}")
+    wait_path(ex, f"/dev/mapper/{name}")
     return StepResult(True, {"device": f"/dev/mapper/{name}", "target": "snapshot",
                              "sectors": sectors}, f"created overlay {name} over {origin}")
 

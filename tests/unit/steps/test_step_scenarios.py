@@ -32,7 +32,7 @@ import scn_nas_target
 import scn_nas_volume
 from imgstor import errors
 from imgstor.remote.executor import Expect, ScriptedExecutor
-from imgstor.remote.steps import compute, load_all, nas, probe
+from imgstor.remote.steps import _util, compute, load_all, nas, probe
 
 SCENARIOS = scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
 
@@ -110,9 +110,10 @@ class NodeEnv:
         return self.clock
 
     def install(self, mp: pytest.MonkeyPatch) -> None:
-        for mod in (nas, compute):
+        for mod in (nas, compute, _util):
             mp.setattr(mod, "os", self.os)
-            mp.setattr(mod, "time", self.time)
+            if hasattr(mod, "time"):
+                mp.setattr(mod, "time", self.time)
         mp.setattr(probe, "shutil", self.shutil)
         mp.setattr(compute, "read_initiator_name", lambda *a: self.initiator)
         mp.setattr(probe, "read_initiator_name", lambda *a: self.initiator)
