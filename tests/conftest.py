@@ -19,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "lab" / "lab"
 
 
+LAB_TIMES: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if LAB_TIMES:
+        terminalreporter.write_line("userspace lab: " + ", ".join(
+            f"{k} {v:.1f}s" for k, v in LAB_TIMES.items()))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "lab: needs the userspace lab (root, namespaces)")
     config.addinivalue_line("markers", "kernel_lab: needs the QEMU kernel lab")
@@ -82,9 +91,12 @@ def lab() -> Lab:
         p = _lab_cmd("up")
         if p.returncode != 0:
             pytest.fail(f"lab/lab up failed:\n{p.stdout}\n{p.stderr}")
-        print(f"\n[lab] up in {time.monotonic() - t0:.1f}s")
+        LAB_TIMES[f"up ({len(json.loads((labdir / 'lab.json').read_text())['hosts'])} hosts)"] = \
+            time.monotonic() - t0
     state = json.loads((labdir / "lab.json").read_text())
     yield Lab(dir=labdir, config_path=labdir / "imgstor.toml", hosts=state["hosts"])
     if not reuse and not os.environ.get("LAB_KEEP"):
+        t0 = time.monotonic()
         p = _lab_cmd("down")
+        LAB_TIMES["down"] = time.monotonic() - t0
         assert p.returncode == 0, f"lab/lab down failed:\n{p.stderr}"
