@@ -73,17 +73,17 @@ class SnapshotStatus:
 @dataclass(frozen=True)
 class DeviceInfo:
     name: str
-    major: int
-    minor: int
-    attr: str                       # e.g. "L--w": (L)ive (I)nactive (s)uspended (r)o/(w)
-    open: int
-    segments: int
-    events: int
-    uuid: str
+    major: int | None               # None: field not asked for (``-o``)
+    minor: int | None
+    attr: str | None                # e.g. "L--w": (L)ive (I)nactive (s)uspended (r)o/(w)
+    open: int | None
+    segments: int | None
+    events: int | None
+    uuid: str | None                # "" when the device has none
 
     @property
     def suspended(self) -> bool:
-        return len(self.attr) > 2 and self.attr[2] == "s"
+        return bool(self.attr) and len(self.attr) > 2 and self.attr[2] == "s"
 
 
 # ---------------------------------------------------------------------------- parsers
@@ -155,20 +155,50 @@ def parse_snapshot_status(seg: Segment | str) -> SnapshotStatus:
     return SnapshotStatus(int(used), int(total), meta)
 
 
-def parse_info(text: str) -> list[DeviceInfo]:
-    """``dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid``
-    (default ``:`` separator; the uuid is last and may be empty)."""
+# ``dmsetup info -c`` column headings (default columns) -> our field names.
+_INFO_HEADINGS = {"Name": "name", "Maj": "major", "Min": "minor", "Stat": "attr",
+                  "Open": "open", "Targ": "segments", "Event": "events", "UUID": "uuid"}
+
+
+def parse_info(text: str, fields: tuple[str, ...] | list[str] = INFO_FIELDS) -> list[DeviceInfo]:
+    """``dmsetup info -c [--noheadings] [--separator :] [-o FIELDS]``; ``fields`` is the
+    ``-o`` list (default: the driver's own, which is also dmsetup's default column order).
+
+    Both output forms are read.  Without ``--separator`` dmsetup prints *aligned columns*
+    separated by blanks, with a heading line unless ``--noheadings`` -- captured:
+    tests/fixtures/kernel/dmsetup_info_c (``Name  Maj Min Stat …`` then
+    ``vm1-vol-snap  253  0 L--w …``, the empty uuid as trailing blanks); only
+    ``--separator :`` gives ``:``-separated fields (dmsetup_info_c_o:
+    ``vm1-vol-snap::0:1:L--w:253:0``).  ``info()`` runs without ``--separator``, so the
+    blank-separated form is the one it gets.  Fields not in ``fields`` are None."""
+    fields = tuple(fields)
     out = []
     for line in text.splitlines():
-        line = line.strip()
-        if not line or line == "No devices found":
+        stripped = line.strip()
+        if not stripped or stripped == "No devices found":
             continue
-        f = line.split(":")
-        if len(f) < len(INFO_FIELDS):
+        words = stripped.split()
+        if words and all(w in _INFO_HEADINGS for w in words):
+            continue                                # the heading line
+        f = stripped.split(":")
+        if len(f) >= len(fields) and len(fields) > 1:
+            if len(f) > len(fields) and fields[-1] == "uuid":
+                f = f[:len(fields) - 1] + [":".join(f[len(fields) - 1:])]
+            elif len(f) > len(fields):
+                raise ValueError(f"unexpected dmsetup info line: {line!r}")
+            f = [x.strip() for x in f]
+        elif len(words) == len(fields):
+            f = words
+        elif len(words) == len(fields) - 1 and fields[-1] == "uuid":
+            f = words + [""]                        # empty uuid: only trailing blanks
+        else:
             raise ValueError(f"unexpected dmsetup info line: {line!r}")
-        uuid = ":".join(f[7:])
-        out.append(DeviceInfo(f[0], int(f[1]), int(f[2]), f[3], int(f[4]), int(f[5]),
-                              int(f[6]), uuid))
+        row = dict(zip(fields, f))
+        if "name" not in row:
+            raise ValueError("dmsetup info fields must include name")
+        num = lambda k: int(row[k]) if k in row else None  # noqa: E731
+        out.append(DeviceInfo(row["name"], num("major"), num("minor"), row.get("attr"),
+                              num("open"), num("segments"), num("events"), row.get("uuid")))
     return out
 
 
@@ -195,7 +225,10 @@ def status(ex, name: str | None = None) -> list[Device]:
 
 
 def info(ex, name: str | None = None) -> list[DeviceInfo]:
-    """Runs ``dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid [NAME]``."""
+    """Runs ``dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid [NAME]``.
+
+    No ``--separator``: the output is blank-aligned columns (kernel-lab capture
+    dmsetup_info_c), which ``parse_info`` reads; names are validated (no blanks)."""
     argv = ["dmsetup", "info", "-c", "--noheadings", "-o", ",".join(INFO_FIELDS)]
     return parse_info(_read(ex, argv + _name(name)).stdout)
 

@@ -266,9 +266,12 @@ def by_path(address: str, iqn: str, lun: int, port: int = ISCSI_PORT) -> str:
 
 
 # ---------------------------------------------------------------------------- errors
+# Order matters: a refused login's stderr also says "(15 - session exists)" -- two login
+# attempts, two errors, rc 24 (kernel-lab capture iscsiadm_login_refused) -- so the
+# authorization rule comes first.
 _RULES = [
-    (r"session exists|already present", AlreadyExists, None),
     (r"authorization failure|authentication failure", Conflict, "access-denied"),
+    (r"session exists|already present", AlreadyExists, None),
     (r"No records found|No active sessions|No matching sessions|no record found|"
      r"No portals found|Could not find session", NotFound, None),
     (r"iscsid.*not running|can not connect to iSCSI daemon|Could not connect to iscsid",
@@ -289,7 +292,12 @@ def classify(err: RemoteCommandError) -> ImgstorError:
     if err.rc in _BY_RC:
         cls, reason = _BY_RC[err.rc]
         tail = (err.details.get("stderr") or "").strip().splitlines()
-        msg = f"{err.host}: {tail[-1] if tail else 'iscsiadm exit ' + str(err.rc)}"
+        # The line naming the rc says why ("initiator reported error (24 - iSCSI login
+        # failed due to authorization failure)"); the last line is often only "Could not
+        # log into all portals" (iscsiadm_login_refused).
+        why = [l for l in tail if f"({err.rc} - " in l]
+        line = why[-1] if why else tail[-1] if tail else f"iscsiadm exit {err.rc}"
+        msg = f"{err.host}: {line}"
         details = {"host": err.host, "argv": list(err.argv), "rc": err.rc,
                    "stderr": err.details.get("stderr", "")}
         if reason:

@@ -318,7 +318,11 @@ def _tpg_from_ls(g: dict) -> LioTpg:
     tokens = [t.strip() for t in g["info"].split(",") if t.strip()]
     gen = True if "gen-acls" in tokens else False if "no-gen-acls" in tokens else None
     auth = False if "no-auth" in tokens else True if any("auth" in t for t in tokens) else None
-    enabled = False if "disabled" in tokens else None
+    # targetcli's UITPG.summary prints just "disabled" for a disabled TPG and the ACL/auth
+    # tokens only for an enabled one, so "[no-gen-acls, no-auth]" means enabled -- as
+    # rtslib says for the same target (kernel-lab captures targetcli_ls_iscsi and
+    # rtslib_dump: "enable": true), so both backends give the same LioTpg.
+    enabled = False if "disabled" in tokens else True if tokens else None
     acls = tuple(LioAcl(a["initiator"], tuple(sorted(a["mapped"]))) for a in g["acls"])
     return LioTpg(g["tag"], enabled, gen, auth, tuple(g["luns"]), acls, tuple(g["portals"]))
 

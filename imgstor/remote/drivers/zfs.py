@@ -32,6 +32,7 @@ from imgstor.remote.drivers._common import classify_by_text, positional
 
 __all__ = [
     "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
+    "LIST_FIELDS", "POOL_FIELDS", "POOL_DEFAULT_FIELDS",
     "capabilities", "zfs_flavor", "parse_capabilities", "parse_size", "parse_list",
     "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
@@ -115,6 +116,11 @@ def parse_size(text: str | None) -> int | None:
     m = _HUMAN.fullmatch(text.upper())
     if not m:
         raise ValueError(f"not a ZFS size: {text!r}")
+    if "." not in m.group(1):
+        # exact (``-p``) numbers stay exact: through a float, values above 2**53 are
+        # rounded -- OpenZFS prints snapshot_limit "none" as 18446744073709551615 with -p
+        # (kernel-lab capture zfs_get_all), which came back as ...616.
+        return int(m.group(1)) * _UNIT[m.group(2)]
     return int(round(float(m.group(1)) * _UNIT[m.group(2)]))
 
 
@@ -122,21 +128,27 @@ def _opt(text: str) -> str | None:
     return None if text in ("-", "none", "legacy", "") else text
 
 
-def parse_list(text: str, *, exact: bool) -> list[Dataset]:
-    """Parse ``zfs list -H [-p] -o name,type,used,available,referenced,volsize,mountpoint``."""
+def parse_list(text: str, *, exact: bool,
+               fields: tuple[str, ...] | list[str] = LIST_FIELDS) -> list[Dataset]:
+    """Parse ``zfs list -H [-p] -o FIELDS`` (default: ``LIST_FIELDS``, what
+    ``list_datasets`` asks for).  ``fields`` must include name and type; the others may be
+    left out and are then None (e.g. the kernel lab's ``-o name,type,volsize,used,mountpoint``,
+    tests/fixtures/kernel/zfs_list)."""
+    fields = tuple(fields)
     out = []
     for line in text.splitlines():
         if not line.strip():
             continue
         f = line.split("\t")
-        if len(f) != len(LIST_FIELDS):
+        if len(f) != len(fields):
             raise ValueError(f"unexpected zfs list line: {line!r}")
-        row = dict(zip(LIST_FIELDS, f))
+        row = dict(zip(fields, f))
         out.append(Dataset(name=row["name"], type=row["type"],
-                           used=parse_size(row["used"]), available=parse_size(row["available"]),
-                           referenced=parse_size(row["referenced"]),
-                           volsize=parse_size(row["volsize"]),
-                           mountpoint=_opt(row["mountpoint"]), exact=exact))
+                           used=parse_size(row.get("used")),
+                           available=parse_size(row.get("available")),
+                           referenced=parse_size(row.get("referenced")),
+                           volsize=parse_size(row.get("volsize")),
+                           mountpoint=_opt(row.get("mountpoint", "-")), exact=exact))
     return out
 
 
@@ -155,15 +167,27 @@ def parse_get(text: str) -> dict[str, Property]:
     return props
 
 
-def parse_pools(text: str, *, exact: bool) -> list[Pool]:
-    """Parse ``zpool list -H [-p] -o name,size,allocated,free,health``."""
+# ``zpool list -H`` without ``-o`` (OpenZFS 2.1: tests/fixtures/kernel/zpool_list).
+POOL_DEFAULT_FIELDS = ("name", "size", "allocated", "free", "checkpoint", "expandsize",
+                       "fragmentation", "capacity", "dedupratio", "health", "altroot")
+
+
+def parse_pools(text: str, *, exact: bool,
+                fields: tuple[str, ...] | list[str] = POOL_FIELDS) -> list[Pool]:
+    """Parse ``zpool list -H [-p] -o FIELDS`` (default: ``POOL_FIELDS``, what ``pools``
+    asks for; ``POOL_DEFAULT_FIELDS`` for a plain ``zpool list -H``)."""
+    fields = tuple(fields)
     out = []
     for line in text.splitlines():
         if not line.strip():
             continue
-        name, size, alloc, free, health = line.split("\t")
-        out.append(Pool(name, parse_size(size), parse_size(alloc), parse_size(free), health,
-                        exact=exact))
+        f = line.split("\t")
+        if len(f) != len(fields):
+            raise ValueError(f"unexpected zpool list line: {line!r}")
+        row = dict(zip(fields, f))
+        out.append(Pool(row["name"], parse_size(row.get("size")),
+                        parse_size(row.get("allocated")), parse_size(row.get("free")),
+                        row.get("health", ""), exact=exact))
     return out
 
 
