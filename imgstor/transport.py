@@ -242,13 +242,13 @@ class Cluster:
         self._uploaded.add(host)
         return True
 
-    def step(self, host: str, name: str, **args: Any) -> StepOutcome:
+    def step(self, host: str, name: str, /, **args: Any) -> StepOutcome:
         """Run node step ``name`` on host with JSON args; raise its error if it failed."""
         from imgstor.zipapp import node_app
         app = node_app()
-        # -I: isolated (no PYTHON* variables, no user site); -S: no site import.  The node
-        # code needs only the standard library, and this saves ~15 ms a step.
-        argv = [PYTHON, "-I", "-S", app.remote_path, "node", name]
+        # -I: isolated (no PYTHON* variables, no user site).  Not -S: `site` is what puts
+        # the distribution's packages (rtslib-fb, pyzfs) on the path.
+        argv = [PYTHON, "-I", app.remote_path, "node", name]
         req = json.dumps({"args": args, "dry_run": self.dry_run}).encode()
         r = self.exec(host, argv, stdin=req)
         if r.rc == 2 and "can't open file" in r.stderr:
@@ -273,7 +273,7 @@ class Cluster:
             raise RuntimeError(f"{host}: {err.get('message')}\n{err.get('traceback', '')}")
         raise from_wire(err, host=host)
 
-    def steps(self, host: str, steps: list[tuple[str, dict]], *,
+    def steps(self, host: str, steps: list[tuple[str, dict]], /, *,
               stop_after: int | None = None) -> list[StepOutcome]:
         """Run several node steps in one round trip, in order; the first error raises."""
         out = self.step(host, "batch", steps=[{"step": n, "args": a} for n, a in steps],
