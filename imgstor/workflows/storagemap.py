@@ -11,6 +11,12 @@ store lock, runs idempotent node steps, and records the outcome.  A crash at any
 boundary leaves a state that re-running the same command completes: the busy marker of
 the dead process is stale and taken over, and every step ensures rather than creates.
 ``IMGSTOR_FAULT=<point>`` kills this process right after that point (tests use it).
+
+CHAP (the NAS's ``chap = true``): the map makes the volume's credentials once
+(imgstor.chap: a 0600 file beside the state file, never in the state), and hands them to
+``nas.ensure_target`` and ``compute.attach`` in the JSON on stdin; the unmap names the
+CHAP user to ``nas.remove_target`` (tgt accounts are global); ``remove host storageimg``
+removes the file.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
 from imgstor.output import Output, format_duration
@@ -174,10 +181,24 @@ def _nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]]):
     return res
 
 
+def _state_path(ctx) -> str:
+    return ctx.store.path
+
+
+def _chap_args(ctx, nas: str, vol: str, nas_cfg) -> dict:
+    """``{"chap": {...}}`` for the node steps when the NAS wants CHAP, else {}.  A dry run
+    shows the plan with throw-away credentials and keeps nothing."""
+    if not nas_cfg.chap:
+        return {}
+    creds = chapstore.ensure(_state_path(ctx), nas, vol, write=not ctx.dry_run)
+    return {"chap": creds.wire()}
+
+
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool) -> str:
     portal = _portal(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
+    chap = _chap_args(ctx, nas, vol, nas_cfg)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
     # its imgstor properties, the target), the attach on the node.
     initiator = _initiator(cl, host)
@@ -187,17 +208,20 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
         ("props", "nas.set_props", dict(pool=zpool, vol=vol,
                                         props={"host": host, "target": iqn, "mode": "direct"})),
         ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
-                                             initiator=initiator, portal=portal))])
+                                             initiator=initiator, portal=portal, **chap))])
     if volf.message and "kept as it is" in volf.message and note_size:
         print(f"note: {volf.message}", file=sys.stderr)
     lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
     att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
-                  lun=lun)
+                  lun=lun, **chap)
     device = att.facts.get("device")
+    extra = {**_extra(ctx, key), "initiator": initiator, "lun": lun,
+             **({"qemu_json": att.facts["qemu_json"]} if "qemu_json" in att.facts else {})}
+    extra.pop("chap_user", None)
+    if chap:                          # the user only: the password stays in its 0600 file
+        extra["chap_user"] = chap["chap"]["user"]
     _record(ctx, key, host=host, target=iqn, state="mapped", mode="direct", device=device,
-            size=volf.facts.get("size") or nbytes, error=None, busy=None,
-            extra={**_extra(ctx, key), "initiator": initiator, "lun": lun,
-                   **({"qemu_json": att.facts["qemu_json"]} if "qemu_json" in att.facts else {})})
+            size=volf.facts.get("size") or nbytes, error=None, busy=None, extra=extra)
     fault("attach")
     if ctx.dry_run:
         return f"dry run: {nas}:{vol} would be mapped to {host}"
@@ -254,8 +278,10 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
                 raise
             errors.append(e)           # os-brick style: --force goes on, reports at the end
     fault("detach")
+    creds = chapstore.load(_state_path(ctx), nas, v.vol)
     _nas_batch(cl, nas, [
-        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn)),
+        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn,
+                                               **({"chap_user": creds.user} if creds else {}))),
         ("props", "nas.set_props", dict(pool=v.zpool, vol=v.vol,
                                         props={"host": None, "target": None, "mode": None}))])
     _record(ctx, key, host=None, target=None, state="unmapped", mode=None, device=None,
@@ -289,6 +315,7 @@ def remove_image(ctx, nas: str, zpool: str, vol: str) -> str:
         ctx.cluster.step(nas, "nas.destroy_volume", **args)
         with ctx.store.transaction() as st:
             st.volumes.pop(key, None)
+    chapstore.remove(_state_path(ctx), nas, vol)       # the image is gone: its CHAP too
     return "Success"
 
 
@@ -367,9 +394,16 @@ def list_devs(ctx, host: str) -> Output:
     host_cfg = _role(ctx, host, "compute")
     st = ctx.store.read()
     vols = sorted((v for v in st.volumes.values() if v.host == host), key=lambda v: v.vol)
-    targets = [{"iqn": v.target, "portal": _portal(ctx.config.host(v.nas)),
-                "lun": int(v.extra.get("lun", 1))}
-               for v in vols if v.target]
+    targets = []
+    for v in vols:
+        if not v.target:
+            continue
+        t = {"iqn": v.target, "portal": _portal(ctx.config.host(v.nas)),
+             "lun": int(v.extra.get("lun", 1))}
+        creds = chapstore.load(_state_path(ctx), v.nas, v.vol) if v.extra.get("chap_user") else None
+        if creds:
+            t["chap"] = creds.wire()
+        targets.append(t)
     seen = {}
     if targets:
         facts = ctx.cluster.step(host, "compute.devices", kind=host_cfg.initiator,

@@ -33,6 +33,7 @@ from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, token
 
 __all__ = [
     "Portal", "LioLun", "LioAcl", "LioTpg", "LioTarget", "Chap", "rtslib_module",
+    "targetcli_acl_userid", "parse_targetcli_get",
     "rts_targets", "rts_create_target", "rts_delete_target", "rts_save_config",
     "parse_targetcli_ls", "targetcli_targets", "targetcli_ls", "targetcli_create_target",
     "targetcli_delete_target", "targetcli_saveconfig", "find_target", "classify",
@@ -89,6 +90,9 @@ class LioTarget:
 class Chap:
     userid: str
     password: str
+
+    def __repr__(self) -> str:          # never in a log or a traceback
+        return f"Chap(userid={self.userid!r}, password='***')"
 
 
 def find_target(found: list[LioTarget], iqn: str) -> LioTarget | None:
@@ -245,6 +249,23 @@ def targetcli_create_target(*, iqn: str, device: str, backstore: str, portal_ip:
                      f"password={token(chap.password, 'chap password')}"])
     plan.append(targetcli_saveconfig())
     return plan
+
+
+def targetcli_acl_userid(iqn: str, initiator: str) -> list[str]:
+    """``targetcli /iscsi/IQN/tpg1/acls/INITIATOR get auth userid`` (``ls`` does not show
+    CHAP users).  Read-only; parse with ``parse_targetcli_get``."""
+    return ["targetcli", f"/iscsi/{token(iqn, 'iqn')}/tpg1/acls/{token(initiator, 'initiator')}",
+            "get", "auth", "userid"]
+
+
+def parse_targetcli_get(text: str, key: str) -> str | None:
+    """targetcli's ``get GROUP KEY`` prints ``KEY=VALUE`` (configshell's ui_command_get;
+    an unset value prints nothing after ``=``).  Not captured in a lab yet."""
+    for line in text.splitlines():
+        k, sep, v = line.strip().partition("=")
+        if sep and k.strip() == key:
+            return v.strip() or None
+    return None
 
 
 def targetcli_delete_target(iqn: str, *, backstore: str | None = None) -> list[list[str]]:

@@ -27,7 +27,8 @@ __all__ = [
     "Lun", "Nexus", "Target", "TGTADM_RC_ERROR", "TGTADM_RC_NO_DAEMON", "parse_show",
     "targets", "find_target", "next_free_tid", "show", "new_target", "add_lun", "delete_lun",
     "bind_initiator", "unbind_initiator", "delete_target", "new_account", "bind_account",
-    "delete_account", "delete_system", "classify",
+    "unbind_account", "delete_account", "show_accounts", "parse_accounts", "accounts",
+    "delete_system", "classify",
 ]
 
 # tgtadm exit codes observed here (tests/fixtures/userspace/tgt_*.cmd; tgtadm(8) documents
@@ -64,7 +65,7 @@ class Target:
     state: str
     luns: tuple[Lun, ...] = ()
     acls: tuple[str, ...] = ()       # as printed: initiator names and/or addresses
-    accounts: tuple[str, ...] = ()   # CHAP users bound (incoming)
+    accounts: tuple[str, ...] = ()   # CHAP users bound, as printed ("U (outgoing)")
     nexuses: tuple[Nexus, ...] = ()  # connected initiators
 
     @property
@@ -191,6 +192,22 @@ def targets(ex, *, control_port: int | None = None) -> list[Target]:
     return parse_show(res.stdout)
 
 
+def accounts(ex, *, control_port: int | None = None) -> list[str]:
+    """tgtd's CHAP account names.  Runs ``tgtadm --lld iscsi --mode account --op show``."""
+    try:
+        res = ex.run(show_accounts(control_port=control_port), read_only=True)
+    except RemoteCommandError as e:
+        raise classify(e) from e
+    return parse_accounts(res.stdout)
+
+
+def parse_accounts(text: str) -> list[str]:
+    """``Account list:`` then one indented user per line (tgt 1.0.85 in the lab; no
+    accounts: empty output)."""
+    return [ln.strip() for ln in text.splitlines()
+            if ln.strip() and ln.startswith(" ") and not ln.strip().endswith(":")]
+
+
 def find_target(found: list[Target], iqn: str) -> Target | None:
     return next((t for t in found if t.iqn == iqn), None)
 
@@ -266,7 +283,18 @@ def bind_account(tid: int, user: str, *, control_port: int | None = None) -> lis
                                   "--user", user]
 
 
+def unbind_account(tid: int, user: str, *, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "account", "--op", "unbind", "--tid", _tid(tid),
+                                  "--user", user]
+
+
+def show_accounts(*, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "account", "--op", "show"]
+
+
 def delete_account(user: str, *, control_port: int | None = None) -> list[str]:
+    """Deleting an account also unbinds it from every target (seen in the lab, tgt 1.0.85);
+    a second delete says "can't find the account" (NotFound)."""
     return _base(control_port) + ["--mode", "account", "--op", "delete", "--user", user]
 
 

@@ -13,6 +13,7 @@ from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import wait_path
+from imgstor.remote.steps.nas import chap_pair, run_secret
 from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
 
 __all__ = ["initiator", "attach", "detach", "devices"]
@@ -42,34 +43,51 @@ def _split(portal: str) -> tuple[str, int]:
 
 
 @step("compute.attach")
-def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1) -> StepResult:
-    """Ensure this node reaches LUN ``lun`` of target IQN at PORTAL.
+def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
+           chap: dict | None = None) -> StepResult:
+    """Ensure this node reaches LUN ``lun`` of target IQN at PORTAL, with ``chap``
+    ({"user", "password"}) when the target asks for it.
 
-    iscsiadm: discovery, login (15 = session exists is success), wait for the by-path link;
-    device = /dev/sdX.  userspace: iscsi-readcapacity16 under the node's IQN;
-    device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts."""
+    iscsiadm: discovery, CHAP on the node record (``-o update`` x3: the password is in that
+    argv on the node and in the 0600 record; masked in logs), login (15 = session exists is
+    success), wait for the by-path link; device = /dev/sdX.  userspace: iscsi-readcapacity16
+    under the node's IQN (CHAP user in the URL, password in LIBISCSI_CHAP_PASSWORD);
+    device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts
+    (these carry no CHAP: a VM's qemu needs ``user=`` and a ``password-secret`` object)."""
     addr, port = _split(portal)
+    pair = chap_pair(chap)
+    user, password = pair if pair else (None, None)
     me = _initiator(ex)
+    extra = {"chap_user": user} if user else {}
     if kind == "userspace" and ex.dry_run:
         # the target a dry run "made" does not exist: show the login instead of doing it
-        ex.run(userspace.readcapacity16(addr, iqn, me, lun, port))
+        ex.run(userspace.readcapacity16(addr, iqn, me, lun, port, chap_user=user))
         return StepResult(True, {"device": userspace.url(addr, iqn, lun, port), "size": None,
-                                 "initiator": me}, f"would check LUN {lun} of {iqn} as {me}")
+                                 "initiator": me, **extra},
+                          f"would check LUN {lun} of {iqn} as {me}")
     if kind == "userspace":
-        # one login that reads the capacity proves the ACL admits us and the LUN;
-        # read_capacity maps libiscsi's failures itself (userspace.classify)
-        cap = userspace.read_capacity(ex, addr, iqn, me, lun, port)
+        # one login that reads the capacity proves the ACL (and CHAP) admits us and the
+        # LUN; read_capacity maps libiscsi's failures itself (userspace.classify)
+        cap = userspace.read_capacity(ex, addr, iqn, me, lun, port, chap_user=user,
+                                      chap_password=password)
         facts = {"device": userspace.url(addr, iqn, lun, port), "size": _cap_bytes(cap),
                  "qemu_json": userspace.json_spec(addr, iqn, me, lun, port),
                  "image_opts": userspace.image_opts(addr, iqn, me, lun, port),
-                 "initiator": me}
-        return StepResult(False, facts, f"LUN {lun} of {iqn} readable as {me}")
+                 "initiator": me, **extra}
+        return StepResult(False, facts, f"LUN {lun} of {iqn} readable as {me}"
+                          + (f" with CHAP user {user}" if user else ""))
     if kind != "iscsiadm":
         raise UsageError(f"unknown initiator kind {kind!r}")
     changed = False
     if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
         try:
             ex.run(iscsiadm.discovery(addr, port))
+        except RemoteCommandError as e:
+            raise iscsiadm.classify(e) from e
+        if pair:
+            for argv in iscsiadm.chap_settings(iqn, addr, user, password, port):
+                run_secret(ex, argv, [password], iscsiadm.classify)
+        try:
             ex.run(iscsiadm.login(iqn, addr, port),
                    ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
         except RemoteCommandError as e:
@@ -79,7 +97,8 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1) -> S
     wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
     dev = os.path.realpath(link) if os.path.exists(link) else link
     size = _blockdev_size(dev)
-    return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me},
+    return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me,
+                                **extra},
                       f"{iqn} lun {lun} is {dev}")
 
 
@@ -123,7 +142,7 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
 
 @step("compute.devices")
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
-    """Read-only: for each {"iqn", "portal", "lun"} what this node sees now."""
+    """Read-only: for each {"iqn", "portal", "lun"[, "chap"]} what this node sees now."""
     if kind not in ("iscsiadm", "userspace"):
         raise UsageError(f"unknown initiator kind {kind!r}")
     me = read_initiator_name()
@@ -136,8 +155,11 @@ def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
         addr, port = _split(t["portal"])
         row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
         if kind == "userspace":
+            pair = chap_pair(t.get("chap"))
             try:
-                cap = userspace.read_capacity(ex, addr, t["iqn"], me or "", t.get("lun", 1), port)
+                cap = userspace.read_capacity(ex, addr, t["iqn"], me or "", t.get("lun", 1), port,
+                                              chap_user=pair[0] if pair else None,
+                                              chap_password=pair[1] if pair else None)
                 row.update(device=userspace.url(addr, t["iqn"], t.get("lun", 1), port),
                            status="ok", size=_cap_bytes(cap))
             except ImgstorError as e:   # already mapped by userspace.classify (NotFound…)

@@ -3,7 +3,10 @@ process, no per-command cost: under TCG each targetcli call costs ~2 s), else ta
 
 A target is right when it has LUN 0 backed by the volume's device, one portal on the NAS's
 storage address (never 0.0.0.0), ``generate_node_acls=0`` and exactly one node ACL: the
-compute node's initiator.  A target that exists but is not right is deleted and made again
+compute node's initiator; with CHAP, ``authentication=1`` and that ACL's chap_userid /
+chap_password set (without, ``authentication=0``).  The ACL's CHAP user stands for its
+password (imgstor.chap derives the user from it; neither backend shows a password), so a
+different user means stale credentials.  A target that exists but is not right is deleted and made again
 (that also drops a session of an initiator that must no longer be admitted).  Changes are
 saved (`saveconfig`) so they survive a reboot of the NAS.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from imgstor.errors import RemoteCommandError
+from imgstor.errors import ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult
@@ -41,14 +44,28 @@ def _read(ex: Executor, lib) -> list[lio.LioTarget]:
         raise lio.classify(e) from e
 
 
-def _right(t: lio.LioTarget, path: str, initiator: str, ip: str, port: int) -> bool:
+def _right(t: lio.LioTarget, path: str, initiator: str, ip: str, port: int,
+           chap_user: str | None = None) -> bool:
+    """Shape, portal, ACL and authentication as wanted.  The ACL's CHAP user is compared
+    only where the backend shows it (rtslib); targetcli's is read by ``_acl_userid``."""
     if len(t.tpgs) != 1:
         return False
     g = t.tpgs[0]
+    auth_ok = g.authentication is True if chap_user else g.authentication in (False, None)
     return ([l.udev_path for l in g.luns] == [path]
             and [a.initiator for a in g.acls] == [initiator]
             and [(p.ip, p.port) for p in g.portals] == [(ip, port)]
-            and g.generate_node_acls in (False, None))
+            and g.generate_node_acls in (False, None) and auth_ok)
+
+
+def _acl_userid(ex: Executor, lib, t: lio.LioTarget, iqn: str, initiator: str) -> str | None:
+    if lib is not None:
+        return t.tpgs[0].acls[0].chap_userid
+    try:
+        r = ex.run(lio.targetcli_acl_userid(iqn, initiator), read_only=True)
+    except RemoteCommandError as e:
+        raise lio.classify(e) from e
+    return lio.parse_targetcli_get(r.stdout, "userid")
 
 
 def _skip(ex: Executor, text: str) -> None:
@@ -80,8 +97,15 @@ def _save(ex: Executor, lib) -> None:
     ex.run(lio.targetcli_saveconfig())
 
 
-def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str) -> StepResult:
+def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
+           chap: tuple[str, str] | None = None) -> StepResult:
+    """Ensure the target (module doc); ``chap`` is (user, password), already checked."""
+    from imgstor.remote.steps.nas import run_secret
     lib = lio.rtslib_module()
+    chap_user = chap[0] if chap else None
+    secrets = [chap[1]] if chap else []
+    facts = {"iqn": iqn, "lun": LUN, "portal": portal, **({"chap_user": chap_user} if chap else {})}
+    how = f" with CHAP user {chap_user}" if chap else ""
     ip, port = _portal(portal)
     found = _read(ex, lib)
     for t in found:
@@ -89,34 +113,38 @@ def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str) ->
             from imgstor.errors import Conflict
             raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
     t = lio.find_target(found, iqn)
-    if t is not None and _right(t, path, initiator, ip, port):
-        return StepResult(False, {"iqn": iqn, "lun": LUN, "portal": portal},
-                          f"target {iqn} as wanted for {initiator}")
+    if (t is not None and _right(t, path, initiator, ip, port, chap_user)
+            and (not chap or _acl_userid(ex, lib, t, iqn, initiator) == chap_user)):
+        return StepResult(False, facts, f"target {iqn} as wanted for {initiator}{how}")
     if t is not None:
         _delete(ex, lib, iqn)
     bs = backstore_name(iqn)
     if lib is not None:
         text = (f"rtslib: create target {iqn}: block backstore {bs} on {path}, LUN {LUN}, "
-                f"portal {ip}:{port}, ACL {initiator}")
+                f"portal {ip}:{port}, ACL {initiator}"
+                + (f", CHAP user {chap_user} (authentication=1)" if chap else ""))
         if ex.dry_run:
             _skip(ex, text)
         else:
             ex.log.append(text)
             lio.rts_create_target(lib, iqn=iqn, device=path, backstore=bs, portal_ip=ip,
-                                  portal_port=port, initiator=initiator, lun=LUN)
+                                  portal_port=port, initiator=initiator, lun=LUN,
+                                  chap=lio.Chap(*chap) if chap else None)
     else:
         for argv in lio.targetcli_create_target(iqn=iqn, device=path, backstore=bs,
                                                 portal_ip=ip, portal_port=port,
-                                                initiator=initiator, lun=LUN):
+                                                initiator=initiator, lun=LUN,
+                                                chap=lio.Chap(*chap) if chap else None):
             try:
-                ex.run(argv)
-            except RemoteCommandError as e:
+                # the CHAP password is in targetcli's argv on the NAS; masked in logs
+                run_secret(ex, argv, secrets, lio.classify)
+            except ImgstorError:
                 if not ex.dry_run:
                     _delete(ex, None, iqn)      # create-then-configure: undo, re-raise
-                raise lio.classify(e) from e
+                raise
     _save(ex, lib)
-    return StepResult(True, {"iqn": iqn, "lun": LUN, "portal": portal},
-                      f"target {iqn} {'re' if t is not None else ''}made for {initiator}")
+    return StepResult(True, facts,
+                      f"target {iqn} {'re' if t is not None else ''}made for {initiator}{how}")
 
 
 def remove(ex: Executor, *, iqn: str) -> StepResult:

@@ -8,16 +8,20 @@ holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target 
 from __future__ import annotations
 
 import os
+import re
 import time
+from typing import Any, Callable, Iterable
 
-from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
+from imgstor.errors import (AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError,
+                            UsageError)
 from imgstor.remote.drivers import tgt, zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import run_mapped, wait_path
 
 __all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "destroy_volume",
-           "volume_facts", "FILE_NAME", "PROP_PREFIX"]
+           "volume_facts", "FILE_NAME", "PROP_PREFIX", "MASK", "chap_pair", "run_secret",
+           "mask_error"]
 
 FILE_NAME = "disk.raw"            # the LUN's backing file in a `file` volume's dataset
 PROP_PREFIX = "imgstor:"
@@ -159,13 +163,80 @@ def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
     return StepResult(False, {"exists": True, **have, "props": out}, "")
 
 
+# ------------------------------------------------------------------ CHAP secrets
+MASK = "***"
+OUR_ACCOUNT = "imgstor-"          # tgt accounts imgstor made (imgstor.chap); others are kept
+_CHAP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_CHAP_PASSWORD = re.compile(r"^[A-Za-z0-9]{12,64}$")
+
+
+def chap_pair(chap: dict | None) -> tuple[str, str] | None:
+    """``{"user", "password"}`` from the frontend (JSON on stdin) -> (user, password), or
+    None.  The password is never quoted in an error."""
+    if not chap:
+        return None
+    user, password = chap.get("user"), chap.get("password")
+    if not isinstance(user, str) or not _CHAP_USER.match(user):
+        raise UsageError(f"bad CHAP user {user!r}", field="chap.user")
+    if not isinstance(password, str) or not _CHAP_PASSWORD.match(password):
+        raise UsageError("bad CHAP password (12-64 characters of [A-Za-z0-9]; not shown)",
+                         field="chap.password")
+    return user, password
+
+
+def _mask(value: Any, secrets: Iterable[str]) -> Any:
+    if isinstance(value, str):
+        for s in secrets:
+            if s:
+                value = value.replace(s, MASK)
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_mask(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask(v, secrets) for k, v in value.items()}
+    return value
+
+
+def mask_error(e: ImgstorError, secrets: Iterable[str]) -> ImgstorError:
+    """The same error with every secret replaced by ``***`` (message and details)."""
+    secrets = [s for s in secrets if s]
+    if isinstance(e, RemoteCommandError):
+        return RemoteCommandError(e.host, _mask(e.argv, secrets), e.rc, _mask(e.stderr, secrets),
+                                  _mask(e.stdout or "", secrets),
+                                  message=_mask(e.message, secrets))
+    return type(e)(_mask(e.message, secrets), **_mask(e.details, secrets))
+
+
+def run_secret(ex: Executor, argv: list[str], secrets: Iterable[str],
+               classify: Callable[[RemoteCommandError], ImgstorError], **kw):
+    """``ex.run(argv)`` for a command that carries a secret in its argv (tgtadm, iscsiadm
+    and targetcli take a CHAP password on the command line only: it is visible in ``ps`` on
+    the node while the command runs).  What the executor logs for it (``--debug``, the
+    ``SKIP>`` lines of a dry run) and any error show ``***`` instead."""
+    secrets = [s for s in secrets if s]
+    nlog, nskip = len(ex.log), len(ex.skipped)
+    try:
+        return ex.run(argv, **kw)
+    except RemoteCommandError as e:
+        raise mask_error(classify(e), secrets) from None
+    finally:
+        ex.log[nlog:] = _mask(ex.log[nlog:], secrets)
+        ex.skipped[nskip:] = _mask(ex.skipped[nskip:], secrets)
+
+
 # ------------------------------------------------------------------ targets
 @step("nas.ensure_target")
 def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: str,
                   path: str | None = None, pool: str | None = None, vol: str | None = None,
-                  kind: str | None = None) -> StepResult:
+                  kind: str | None = None, chap: dict | None = None) -> StepResult:
     """Ensure target IQN exports PATH (or volume POOL/VOL of KIND) as LUN 1 to exactly one
-    initiator, by name."""
+    initiator, by name; with ``chap`` ({"user", "password"}) that initiator must also log
+    in with that CHAP account, without it no account is required.
+
+    tgt: ``tgtadm`` target new / logicalunit new / account new+bind (the password is in
+    that argv on the NAS, masked in logs) / account unbind (+ delete of a stale
+    ``imgstor-`` account) / bind -Q.  LIO: see ``lio_steps.ensure``."""
+    pair = chap_pair(chap)
     if path is None and not (pool and vol and kind):
         raise UsageError("nas.ensure_target needs path, or pool, vol and kind")
     if path is None:
@@ -177,10 +248,11 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
         else:
             path = have["path"]
     if driver == "tgt":
-        return _tgt_ensure(ex, iqn, path, initiator, portal)
+        return _tgt_ensure(ex, iqn, path, initiator, portal, pair)
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
-        return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator, portal=portal)
+        return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator, portal=portal,
+                                chap=pair)
     raise UsageError(f"unknown target driver {driver!r}")
 
 
@@ -188,7 +260,41 @@ def _tgt_run(ex: Executor, argv: list[str]) -> None:
     run_mapped(ex, argv, tgt.classify)
 
 
-def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str) -> StepResult:
+def _incoming(accounts: Iterable[str]) -> list[str]:
+    """Incoming CHAP users of a target (``tgtadm … show`` prints outgoing ones as
+    ``USER (outgoing)``; imgstor never sets those)."""
+    return [a for a in accounts if not a.endswith("(outgoing)")]
+
+
+def _tgt_chap(ex: Executor, tid: int, bound: list[str], pair: tuple[str, str] | None) -> bool:
+    """With CHAP: ensure exactly the wanted incoming account is bound to tid.  Without:
+    ensure none of ours (``imgstor-``) is; an account someone else bound is left alone.
+    tgt asks for CHAP from every initiator of a target that has an incoming account."""
+    want = pair[0] if pair else None
+    changed = False
+    for user in bound:
+        if user == want or (want is None and not user.startswith(OUR_ACCOUNT)):
+            continue
+        _tgt_run(ex, tgt.unbind_account(tid, user))
+        if user.startswith(OUR_ACCOUNT):   # a stale one of ours (regenerated credentials)
+            try:
+                _tgt_run(ex, tgt.delete_account(user))
+            except NotFound:
+                pass
+        changed = True
+    if pair and want not in bound:
+        if want not in tgt.accounts(ex):
+            try:
+                run_secret(ex, tgt.new_account(pair[0], pair[1]), [pair[1]], tgt.classify)
+            except AlreadyExists:       # made between `show` and `new`: same user, ours
+                pass
+        _tgt_run(ex, tgt.bind_account(tid, want))
+        changed = True
+    return changed
+
+
+def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
+                pair: tuple[str, str] | None = None) -> StepResult:
     found = tgt.targets(ex)
     for t in found:
         if t.iqn != iqn and any(l.backing_store_path == path for l in t.luns):
@@ -202,10 +308,12 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str) 
         changed = created = True
         lun = None
         acls: tuple[str, ...] = ()
+        bound: list[str] = []
     else:
         tid = t.tid
         lun = t.lun(1)
         acls = t.acls
+        bound = _incoming(t.accounts)
     try:
         if lun is None:
             _tgt_run(ex, tgt.add_lun(tid, path, lun=1))
@@ -213,6 +321,8 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str) 
         elif lun.backing_store_path != path:
             raise Conflict(f"{ex.host}: target {iqn} exports {lun.backing_store_path}, "
                            f"not {path}; remove it first")
+        # CHAP before the ACL, so a new target never admits the initiator without it
+        changed = _tgt_chap(ex, tid, bound, pair) or changed
         # One initiator, by name.  An address ACL would admit anyone from that address
         # (tgt admits when either matches), so every other entry goes.
         for acl in acls:
@@ -230,26 +340,53 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str) 
         if created and not ex.dry_run:       # create-then-configure: undo what we made
             ex.run(tgt.delete_target(tid, force=True), check=False)
         raise
-    return StepResult(changed, {"iqn": iqn, "tid": tid, "lun": 1, "portal": portal},
-                      f"target {iqn} {'configured' if changed else 'as wanted'} for {initiator}")
+    facts = {"iqn": iqn, "tid": tid, "lun": 1, "portal": portal}
+    if pair:
+        facts["chap_user"] = pair[0]
+    return StepResult(changed, facts,
+                      f"target {iqn} {'configured' if changed else 'as wanted'} for {initiator}"
+                      + (f" with CHAP user {pair[0]}" if pair else ""))
 
 
 @step("nas.remove_target")
-def remove_target(ex: Executor, *, driver: str, iqn: str) -> StepResult:
-    """Ensure target IQN is gone (its sessions are dropped with it)."""
+def remove_target(ex: Executor, *, driver: str, iqn: str,
+                  chap_user: str | None = None) -> StepResult:
+    """Ensure target IQN is gone (its sessions are dropped with it), and with tgt the
+    ``imgstor-`` CHAP accounts bound to it and ``chap_user`` (accounts are global in tgtd;
+    LIO keeps CHAP in the ACL, which goes with the target)."""
+    if chap_user is not None and not _CHAP_USER.match(str(chap_user)):
+        raise UsageError(f"bad CHAP user {chap_user!r}", field="chap_user")
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
         return lio_steps.remove(ex, iqn=iqn)
     if driver != "tgt":
         raise UsageError(f"unknown target driver {driver!r}")
     t = tgt.find_target(tgt.targets(ex), iqn)
-    if t is None:
-        return StepResult(False, {}, f"no target {iqn}")
-    try:
-        _tgt_run(ex, tgt.delete_target(t.tid, force=True))
-    except NotFound:            # gone between `show` and `delete`: that is what we want
-        return StepResult(False, {}, f"no target {iqn}")
-    return StepResult(True, {"tid": t.tid}, f"removed target {iqn}")
+    users = [u for u in _incoming(t.accounts) if u.startswith(OUR_ACCOUNT)] if t else []
+    if chap_user and chap_user not in users:
+        users.append(chap_user)
+    changed = False
+    if t is not None:
+        try:
+            _tgt_run(ex, tgt.delete_target(t.tid, force=True))
+            changed = True
+        except NotFound:        # gone between `show` and `delete`: that is what we want
+            pass
+    gone = []
+    if users:
+        have = set(tgt.accounts(ex))
+        for u in users:
+            if u in have:
+                try:
+                    _tgt_run(ex, tgt.delete_account(u))
+                except NotFound:
+                    continue
+                gone.append(u)
+                changed = True
+    msg = f"removed target {iqn}" if changed and t is not None else f"no target {iqn}"
+    if gone:
+        msg += f"; removed CHAP account {', '.join(gone)}"
+    return StepResult(changed, {"tid": t.tid} if t is not None and changed else {}, msg)
 
 
 @step("nas.target_facts")

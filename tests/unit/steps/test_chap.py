@@ -1,0 +1,349 @@
+"""CHAP per target (issue 4): the frontend credential store and the node steps.
+
+Step cases run on a ScriptedExecutor like the scenario files (the argv are written out);
+every one of them also checks that the password never shows in the executor's log, its
+``SKIP>`` lines, the result or an error."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+
+import pytest
+
+from imgstor import chap as chapstore
+from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateError, UsageError
+from imgstor.remote.drivers import lio, tgt
+from imgstor.remote.executor import Expect, ScriptedExecutor
+from imgstor.remote.steps import compute, lio_steps, nas
+from scn_common import (INIT0, IQN1, PATH1, PORTAL, TGT, TGT_SHOW, by_path, cmd,
+                        fixture_text, tgt_bind, tgt_delete, tgt_lun, tgt_new)
+
+USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
+CHAP = {"user": USER, "password": PW}
+OLD = "imgstor-ffffffffffff"
+
+
+# ------------------------------------------------------------------ credential store
+def test_credentials_file_is_0600_in_0700_dirs_and_reused(tmp_path):
+    state = str(tmp_path / "state.json")
+    c1 = chapstore.ensure(state, "nas-0-0", "vm1-vol")
+    path = tmp_path / "chap" / "nas-0-0" / "vm1-vol.json"
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+    assert json.loads(path.read_text()) == c1.wire()
+    assert len(c1.password) == chapstore.PASSWORD_LEN and c1.password.isalnum()
+    assert chapstore.USER_RE.match(c1.user)
+    assert chapstore.ensure(state, "nas-0-0", "vm1-vol") == c1          # reused
+    assert chapstore.load(state, "nas-0-0", "vm1-vol") == c1
+    assert c1.password not in repr(c1) and c1.password not in str(c1)
+    c2 = chapstore.ensure(state, "nas-0-0", "vm2-vol")
+    assert c2.password != c1.password and c2.user != c1.user
+    assert not list(path.parent.glob("*.tmp-*"))
+    assert chapstore.remove(state, "nas-0-0", "vm1-vol") is True
+    assert chapstore.remove(state, "nas-0-0", "vm1-vol") is False
+    assert chapstore.load(state, "nas-0-0", "vm1-vol") is None
+
+
+def test_credentials_permissions_tightened_and_dry_run_keeps_nothing(tmp_path):
+    state = str(tmp_path / "state.json")
+    c = chapstore.ensure(state, "nas-0-0", "vm1-vol", write=False)
+    assert not (tmp_path / "chap").exists() and chapstore.PASSWORD_RE.match(c.password)
+    c = chapstore.ensure(state, "nas-0-0", "vm1-vol")
+    path = chapstore.path_for(state, "nas-0-0", "vm1-vol")
+    os.chmod(path, 0o644)
+    assert chapstore.ensure(state, "nas-0-0", "vm1-vol") == c
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_malformed_credentials_file_is_an_error_without_its_content(tmp_path):
+    state = str(tmp_path / "state.json")
+    chapstore.ensure(state, "nas-0-0", "vm1-vol")
+    path = chapstore.path_for(state, "nas-0-0", "vm1-vol")
+    with open(path, "w") as f:
+        f.write('{"user": "x", "password": "s3cret with space"}')
+    with pytest.raises(StateError) as ei:
+        chapstore.load(state, "nas-0-0", "vm1-vol")
+    assert "s3cret" not in str(ei.value)
+
+
+def test_bad_names_refused_before_any_file(tmp_path):
+    with pytest.raises(UsageError):
+        chapstore.ensure(str(tmp_path / "s.json"), "../etc", "vm1-vol")
+    with pytest.raises(UsageError):
+        chapstore.ensure(str(tmp_path / "s.json"), "nas-0-0", "../../x")
+
+
+# ------------------------------------------------------------------ step helpers
+def run(fn, script, *, dry_run=False, **args):
+    ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run)
+    try:
+        out = fn(ex, **args)
+    except ImgstorError as e:
+        assert_no_secret(ex, e)
+        raise
+    ex.assert_done()
+    assert_no_secret(ex, out)
+    return ex, out
+
+
+def assert_no_secret(ex, out) -> None:
+    text = "\n".join(ex.log + ex.skipped)
+    if isinstance(out, ImgstorError):
+        text += str(out) + json.dumps(out.to_wire())
+    else:
+        text += json.dumps(out.to_dict())
+    assert PW not in text, text
+
+
+def show_with(accounts: list[str] = (), acl: str = INIT0) -> str:
+    """tgt_show (tid 1 = IQN1 on PATH1, ACL INIT0) with these accounts bound to tid 1."""
+    text = fixture_text("tgt_show")
+    head, tail = text.split("    Account information:\n", 1)
+    lines = "".join(f"        {a}\n" for a in accounts)
+    return head + "    Account information:\n" + lines + tail
+
+
+ACCT_SHOW = TGT + ["--mode", "account", "--op", "show"]
+NEW_ACCT = TGT + ["--mode", "account", "--op", "new", "--user", USER, "--password", PW]
+NEW_ACCT_MASKED = shlex.join(NEW_ACCT).replace(PW, "***")     # masked after shlex.join
+BIND_ACCT = TGT + ["--mode", "account", "--op", "bind", "--tid", "1", "--user", USER]
+
+
+def unbind_acct(user: str, tid: int = 1) -> list[str]:
+    return TGT + ["--mode", "account", "--op", "unbind", "--tid", str(tid), "--user", user]
+
+
+def delete_acct(user: str) -> list[str]:
+    return TGT + ["--mode", "account", "--op", "delete", "--user", user]
+
+
+def tgt_args(**kw):
+    return dict(driver="tgt", iqn=IQN1, initiator=INIT0, portal=PORTAL, path=PATH1, **kw)
+
+
+# ------------------------------------------------------------------ nas.ensure_target, tgt
+def test_tgt_new_target_with_chap_account_before_acl():
+    ex, out = run(nas.ensure_target, [
+        cmd(TGT_SHOW, capture="tgt_show_empty"), cmd(tgt_new(1, IQN1)), cmd(tgt_lun(1, PATH1)),
+        cmd(ACCT_SHOW), cmd(NEW_ACCT), cmd(BIND_ACCT), cmd(tgt_bind(1, INIT0))],
+        **tgt_args(chap=CHAP))
+    assert out.changed and out.facts["chap_user"] == USER
+    assert NEW_ACCT_MASKED in ex.log
+
+
+def test_tgt_account_exists_is_bound_not_recreated():
+    ex, out = run(nas.ensure_target, [
+        cmd(TGT_SHOW, stdout=show_with([])), cmd(ACCT_SHOW, stdout=f"Account list:\n    {USER}\n"),
+        cmd(BIND_ACCT)], **tgt_args(chap=CHAP))
+    assert out.changed
+
+
+def test_tgt_chap_as_wanted_is_a_no_op():
+    ex, out = run(nas.ensure_target, [cmd(TGT_SHOW, stdout=show_with([USER]))],
+                  **tgt_args(chap=CHAP))
+    assert not out.changed and "with CHAP user" in out.message
+
+
+def test_tgt_other_accounts_bound_are_fixed():
+    """A stale account of ours is unbound and deleted, a foreign one unbound only."""
+    ex, out = run(nas.ensure_target, [
+        cmd(TGT_SHOW, stdout=show_with([OLD, "someone"])),
+        cmd(unbind_acct(OLD)), cmd(delete_acct(OLD)), cmd(unbind_acct("someone")),
+        cmd(ACCT_SHOW, stdout="Account list:\n    someone\n"), cmd(NEW_ACCT), cmd(BIND_ACCT)],
+        **tgt_args(chap=CHAP))
+    assert out.changed
+
+
+def test_tgt_chap_turned_off_unbinds_ours_only():
+    ex, out = run(nas.ensure_target, [
+        cmd(TGT_SHOW, stdout=show_with([USER, "someone"])), cmd(unbind_acct(USER)),
+        cmd(delete_acct(USER))], **tgt_args())
+    assert out.changed
+
+
+def test_tgt_dry_run_masks_the_password_in_skip_lines():
+    ex, out = run(nas.ensure_target, [cmd(TGT_SHOW, capture="tgt_show_empty"), cmd(ACCT_SHOW)],
+                  dry_run=True, **tgt_args(chap=CHAP))
+    assert ex.skipped == [shlex.join(tgt_new(1, IQN1)), shlex.join(tgt_lun(1, PATH1)),
+                          NEW_ACCT_MASKED, shlex.join(BIND_ACCT), shlex.join(tgt_bind(1, INIT0))]
+    assert "SKIP> " + NEW_ACCT_MASKED in ex.log
+
+
+def test_tgt_account_error_is_masked_and_new_target_undone():
+    with pytest.raises(RemoteCommandError) as ei:
+        run(nas.ensure_target, [
+            cmd(TGT_SHOW, capture="tgt_show_empty"), cmd(tgt_new(1, IQN1)),
+            cmd(tgt_lun(1, PATH1)), cmd(ACCT_SHOW),
+            cmd(NEW_ACCT, rc=22, stderr=f"tgtadm: bad password {PW}\n"),
+            cmd(tgt_delete(1))], **tgt_args(chap=CHAP))
+    assert "***" in str(ei.value) and PW not in repr(ei.value.details)
+    assert PW not in " ".join(ei.value.argv)
+
+
+@pytest.mark.parametrize("bad", [{"user": USER, "password": "short"},
+                                 {"user": USER, "password": "has space 123456"},
+                                 {"user": "-rf", "password": PW}])
+def test_bad_chap_refused_before_any_command_and_not_quoted(bad):
+    with pytest.raises(UsageError) as ei:
+        run(nas.ensure_target, [], **tgt_args(chap=bad))
+    assert bad["password"] not in str(ei.value)
+
+
+# ------------------------------------------------------------------ nas.remove_target, tgt
+def test_remove_target_deletes_our_accounts_with_it():
+    ex, out = run(nas.remove_target, [
+        cmd(TGT_SHOW, stdout=show_with([USER, "someone"])), cmd(tgt_delete(1)),
+        cmd(ACCT_SHOW, stdout=f"Account list:\n    someone\n    {USER}\n"),
+        cmd(delete_acct(USER))], driver="tgt", iqn=IQN1, chap_user=USER)
+    assert out.changed and USER in out.message
+
+
+def test_remove_target_after_a_crash_still_removes_the_account():
+    ex, out = run(nas.remove_target, [
+        cmd(TGT_SHOW, capture="tgt_show_empty"),
+        cmd(ACCT_SHOW, stdout=f"Account list:\n    {USER}\n"), cmd(delete_acct(USER))],
+        driver="tgt", iqn=IQN1, chap_user=USER)
+    assert out.changed
+
+
+def test_remove_target_done():
+    ex, out = run(nas.remove_target, [cmd(TGT_SHOW, capture="tgt_show_empty"), cmd(ACCT_SHOW)],
+                  driver="tgt", iqn=IQN1, chap_user=USER)
+    assert not out.changed
+
+
+def test_parse_accounts():
+    assert tgt.parse_accounts("Account list:\n    a\n    imgstor-1\n") == ["a", "imgstor-1"]
+    assert tgt.parse_accounts("") == []
+
+
+# ------------------------------------------------------------------ compute.attach
+@pytest.fixture
+def node(monkeypatch):
+    monkeypatch.setattr(compute, "read_initiator_name", lambda *a: INIT0)
+    seen = {}
+
+    class Rec(ScriptedExecutor):
+        def _run(self, argv, *, input, timeout, env):
+            seen.setdefault("env", []).append(env)
+            return super()._run(argv, input=input, timeout=timeout, env=env)
+    return Rec, seen
+
+
+def test_userspace_attach_logs_in_with_user_in_url_password_in_env(node):
+    Rec, seen = node
+    argv = ["iscsi-readcapacity16", "-i", INIT0, f"iscsi://{USER}@{PORTAL}/{IQN1}/1"]
+    ex = Rec([Expect(argv, stdout=fixture_text("iscsi_readcap16"))])
+    out = compute.attach(ex, kind="userspace", portal=PORTAL, iqn=IQN1, chap=CHAP)
+    ex.assert_done()
+    assert seen["env"] == [{"LIBISCSI_CHAP_PASSWORD": PW}]
+    assert out.facts["chap_user"] == USER and PW not in json.dumps(out.to_dict())
+    assert PW not in "\n".join(ex.log)
+
+
+def test_userspace_attach_refused_by_chap_is_conflict(node):
+    Rec, _ = node
+    argv = ["iscsi-readcapacity16", "-i", INIT0, f"iscsi://{USER}@{PORTAL}/{IQN1}/1"]
+    ex = Rec([Expect(argv, rc=10, stderr=fixture_text("iscsi_inq_chap_wrong", "err"))])
+    with pytest.raises(Conflict) as ei:
+        compute.attach(ex, kind="userspace", portal=PORTAL, iqn=IQN1, chap=CHAP)
+    assert ei.value.details["reason"] == "access-denied"
+
+
+def test_userspace_attach_dry_run(node):
+    Rec, _ = node
+    argv = ["iscsi-readcapacity16", "-i", INIT0, f"iscsi://{USER}@{PORTAL}/{IQN1}/1"]
+    ex = Rec([], dry_run=True)
+    out = compute.attach(ex, kind="userspace", portal=PORTAL, iqn=IQN1, chap=CHAP)
+    assert ex.skipped == [shlex.join(argv)] and out.changed
+
+
+def _ia_update(name: str, value: str) -> list[str]:
+    return ["iscsiadm", "-m", "node", "-T", IQN1, "-p", PORTAL, "-o", "update", "-n", name,
+            "-v", value]
+
+
+def test_iscsiadm_attach_sets_chap_before_login_masked(node, monkeypatch):
+    monkeypatch.setattr(compute, "wait_path", lambda *a, **k: None)
+    script = [cmd(["iscsiadm", "-m", "session"], rc=21,
+                  stderr="iscsiadm: No active sessions.\n"),
+              cmd(["iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", PORTAL]),
+              cmd(_ia_update("node.session.auth.authmethod", "CHAP")),
+              cmd(_ia_update("node.session.auth.username", USER)),
+              cmd(_ia_update("node.session.auth.password", PW)),
+              cmd(["iscsiadm", "-m", "node", "-T", IQN1, "-p", PORTAL, "--login"])]
+    ex, out = run(compute.attach, script, kind="iscsiadm", portal=PORTAL, iqn=IQN1, chap=CHAP)
+    assert out.changed and out.facts["by_path"] == by_path()
+    assert shlex.join(_ia_update("node.session.auth.password", PW)).replace(PW, "***") in ex.log
+
+
+# ------------------------------------------------------------------ LIO (unit only)
+def test_lio_rtslib_create_with_chap(monkeypatch):
+    made = {}
+    monkeypatch.setattr(lio, "rtslib_module", lambda: object())
+    monkeypatch.setattr(lio, "rts_targets", lambda root: [])
+    monkeypatch.setattr(lio, "rts_create_target", lambda lib, **kw: made.update(kw))
+    monkeypatch.setattr(lio, "rts_save_config", lambda lib: None)
+    lib = type("L", (), {"RTSRoot": staticmethod(lambda: None)})
+    monkeypatch.setattr(lio, "rtslib_module", lambda: lib)
+    ex = ScriptedExecutor([])
+    out = lio_steps.ensure(ex, iqn=IQN1, path="/dev/zvol/tank/vm1-vol", initiator=INIT0,
+                           portal="10.0.0.1:3260", chap=(USER, PW))
+    assert made["chap"] == lio.Chap(USER, PW) and out.facts["chap_user"] == USER
+    assert PW not in "\n".join(ex.log) and PW not in repr(made["chap"])
+
+
+def _lio_target(auth: bool | None, userid: str | None) -> lio.LioTarget:
+    acl = lio.LioAcl(INIT0, (0,), userid)
+    lun = lio.LioLun(0, "block", "bs", "/dev/zvol/tank/vm1-vol")
+    tpg = lio.LioTpg(1, True, False, auth, (lun,), (acl,), (lio.Portal("10.0.0.1", 3260),))
+    return lio.LioTarget(IQN1, (tpg,))
+
+
+@pytest.mark.parametrize("auth,userid,chap,right", [
+    (True, USER, (USER, PW), True),
+    (False, None, (USER, PW), False),            # CHAP turned on: remade
+    (True, OLD, (USER, PW), False),              # stale credentials: remade
+    (True, USER, None, False),                   # CHAP turned off: remade
+    (False, None, None, True)])
+def test_lio_rtslib_right_or_remade(monkeypatch, auth, userid, chap, right):
+    lib = type("L", (), {"RTSRoot": staticmethod(lambda: None)})
+    monkeypatch.setattr(lio, "rtslib_module", lambda: lib)
+    monkeypatch.setattr(lio, "rts_targets", lambda root: [_lio_target(auth, userid)])
+    calls = []
+    monkeypatch.setattr(lio, "rts_delete_target", lambda *a, **k: calls.append("delete"))
+    monkeypatch.setattr(lio, "rts_create_target", lambda lib, **kw: calls.append(kw["chap"]))
+    monkeypatch.setattr(lio, "rts_save_config", lambda lib: None)
+    out = lio_steps.ensure(ScriptedExecutor([]), iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
+                           initiator=INIT0, portal="10.0.0.1:3260", chap=chap)
+    assert out.changed is (not right)
+    assert calls == ([] if right else ["delete", lio.Chap(*chap) if chap else None])
+
+
+def test_lio_targetcli_plan_masks_password(monkeypatch):
+    monkeypatch.setattr(lio, "rtslib_module", lambda: None)
+    plan = lio.targetcli_create_target(iqn=IQN1, device="/dev/zvol/tank/vm1-vol",
+                                       backstore=lio_steps.backstore_name(IQN1),
+                                       portal_ip="10.0.0.1", initiator=INIT0,
+                                       chap=lio.Chap(USER, PW))
+    script = [cmd(["targetcli", "ls", "/iscsi"], stdout="o- iscsi ... [Targets: 0]\n")]
+    ex, out = run(lio_steps.ensure, script, dry_run=True, iqn=IQN1,
+                  path="/dev/zvol/tank/vm1-vol", initiator=INIT0, portal="10.0.0.1:3260",
+                  chap=(USER, PW))
+    auth = [a for a in plan if "auth" in a and "set" in a][0]
+    assert shlex.join(auth).replace(PW, "***") in ex.skipped
+    assert any("authentication=1" in s for s in ex.skipped)
+
+
+def test_lio_targetcli_as_wanted_reads_the_acl_userid(monkeypatch):
+    monkeypatch.setattr(lio, "rtslib_module", lambda: None)
+    monkeypatch.setattr(lio, "parse_targetcli_ls", lambda text: [_lio_target(True, None)])
+    script = [cmd(["targetcli", "ls", "/iscsi"]),
+              cmd(lio.targetcli_acl_userid(IQN1, INIT0), stdout=f"userid={USER}\n")]
+    ex, out = run(lio_steps.ensure, script, iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
+                  initiator=INIT0, portal="10.0.0.1:3260", chap=(USER, PW))
+    assert not out.changed
