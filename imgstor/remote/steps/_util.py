@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import os
+import re
 import time
-from typing import Callable
+from typing import Any, Callable, Iterable
 
-from imgstor.errors import ImgstorError, NotFound, RemoteCommandError
+from imgstor.errors import ImgstorError, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.executor import Executor
 
-__all__ = ["run_mapped", "wait_path"]
+__all__ = ["run_mapped", "wait_path", "chap_pair", "mask_error", "run_secret", "MASK",
+           "CHAP_USER"]
+
+MASK = "***"
 
 
 def run_mapped(ex: Executor, argv: list[str],
@@ -33,3 +37,62 @@ def wait_path(ex: Executor, path: str, *, timeout: float = 30.0, why: str = "") 
         if time.monotonic() > deadline:
             raise NotFound(f"{ex.host}: {why}{path} did not appear within {timeout:.0f}s")
         time.sleep(0.1)
+
+
+# ------------------------------------------------------------------ CHAP secrets
+CHAP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_CHAP_PASSWORD = re.compile(r"^[A-Za-z0-9]{12,64}$")
+
+
+def chap_pair(chap: dict | None) -> tuple[str, str] | None:
+    """``{"user", "password"}`` from the frontend (JSON on stdin) -> (user, password), or
+    None.  The password is never quoted in an error."""
+    if not chap:
+        return None
+    user, password = chap.get("user"), chap.get("password")
+    if not isinstance(user, str) or not CHAP_USER.match(user):
+        raise UsageError(f"bad CHAP user {user!r}", field="chap.user")
+    if not isinstance(password, str) or not _CHAP_PASSWORD.match(password):
+        raise UsageError("bad CHAP password (12-64 characters of [A-Za-z0-9]; not shown)",
+                         field="chap.password")
+    return user, password
+
+
+def _mask(value: Any, secrets: Iterable[str]) -> Any:
+    if isinstance(value, str):
+        for s in secrets:
+            if s:
+                value = value.replace(s, MASK)
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_mask(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask(v, secrets) for k, v in value.items()}
+    return value
+
+
+def mask_error(e: ImgstorError, secrets: Iterable[str]) -> ImgstorError:
+    """The same error with every secret replaced by ``***`` (message and details)."""
+    secrets = [s for s in secrets if s]
+    if isinstance(e, RemoteCommandError):
+        return RemoteCommandError(e.host, _mask(e.argv, secrets), e.rc, _mask(e.stderr, secrets),
+                                  _mask(e.stdout or "", secrets),
+                                  message=_mask(e.message, secrets))
+    return type(e)(_mask(e.message, secrets), **_mask(e.details, secrets))
+
+
+def run_secret(ex: Executor, argv: list[str], secrets: Iterable[str],
+               classify: Callable[[RemoteCommandError], ImgstorError], **kw):
+    """``ex.run(argv)`` for a command that carries a secret in its argv (tgtadm, iscsiadm
+    and targetcli take a CHAP password on the command line only: it is visible in ``ps`` on
+    the node while the command runs).  What the executor logs for it (``--debug``, the
+    ``SKIP>`` lines of a dry run) and any error show ``***`` instead."""
+    secrets = [s for s in secrets if s]
+    nlog, nskip = len(ex.log), len(ex.skipped)
+    try:
+        return ex.run(argv, **kw)
+    except RemoteCommandError as e:
+        raise mask_error(classify(e), secrets) from None
+    finally:
+        ex.log[nlog:] = _mask(ex.log[nlog:], secrets)
+        ex.skipped[nskip:] = _mask(ex.skipped[nskip:], secrets)

@@ -12,8 +12,7 @@ from imgstor.errors import ImgstorError, NotFound, RemoteCommandError, UsageErro
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import wait_path
-from imgstor.remote.steps.nas import chap_pair, run_secret
+from imgstor.remote.steps._util import chap_pair, run_secret, wait_path
 from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
 
 __all__ = ["initiator", "attach", "detach", "devices"]

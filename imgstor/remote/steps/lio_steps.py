@@ -100,7 +100,7 @@ def _save(ex: Executor, lib) -> None:
 def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
            chap: tuple[str, str] | None = None) -> StepResult:
     """Ensure the target (module doc); ``chap`` is (user, password), already checked."""
-    from imgstor.remote.steps.nas import run_secret
+    from imgstor.remote.steps._util import run_secret
     lib = lio.rtslib_module()
     chap_user = chap[0] if chap else None
     secrets = [chap[1]] if chap else []

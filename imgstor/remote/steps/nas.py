@@ -8,16 +8,16 @@ holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target 
 from __future__ import annotations
 
 import os
-import re
 import time
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
-from imgstor.errors import (AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError,
+from imgstor.errors import (AlreadyExists, Conflict, NotFound, RemoteCommandError,
                             UsageError)
 from imgstor.remote.drivers import tgt, zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import run_mapped, wait_path
+from imgstor.remote.steps._util import (CHAP_USER, MASK, chap_pair, mask_error, run_mapped,
+                                        run_secret, wait_path)
 
 __all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "destroy_volume",
            "volume_facts", "FILE_NAME", "PROP_PREFIX", "MASK", "chap_pair", "run_secret",
@@ -164,66 +164,7 @@ def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
 
 
 # ------------------------------------------------------------------ CHAP secrets
-MASK = "***"
 OUR_ACCOUNT = "imgstor-"          # tgt accounts imgstor made (imgstor.chap); others are kept
-_CHAP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_CHAP_PASSWORD = re.compile(r"^[A-Za-z0-9]{12,64}$")
-
-
-def chap_pair(chap: dict | None) -> tuple[str, str] | None:
-    """``{"user", "password"}`` from the frontend (JSON on stdin) -> (user, password), or
-    None.  The password is never quoted in an error."""
-    if not chap:
-        return None
-    user, password = chap.get("user"), chap.get("password")
-    if not isinstance(user, str) or not _CHAP_USER.match(user):
-        raise UsageError(f"bad CHAP user {user!r}", field="chap.user")
-    if not isinstance(password, str) or not _CHAP_PASSWORD.match(password):
-        raise UsageError("bad CHAP password (12-64 characters of [A-Za-z0-9]; not shown)",
-                         field="chap.password")
-    return user, password
-
-
-def _mask(value: Any, secrets: Iterable[str]) -> Any:
-    if isinstance(value, str):
-        for s in secrets:
-            if s:
-                value = value.replace(s, MASK)
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_mask(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: _mask(v, secrets) for k, v in value.items()}
-    return value
-
-
-def mask_error(e: ImgstorError, secrets: Iterable[str]) -> ImgstorError:
-    """The same error with every secret replaced by ``***`` (message and details)."""
-    secrets = [s for s in secrets if s]
-    if isinstance(e, RemoteCommandError):
-        return RemoteCommandError(e.host, _mask(e.argv, secrets), e.rc, _mask(e.stderr, secrets),
-                                  _mask(e.stdout or "", secrets),
-                                  message=_mask(e.message, secrets))
-    return type(e)(_mask(e.message, secrets), **_mask(e.details, secrets))
-
-
-def run_secret(ex: Executor, argv: list[str], secrets: Iterable[str],
-               classify: Callable[[RemoteCommandError], ImgstorError], **kw):
-    """``ex.run(argv)`` for a command that carries a secret in its argv (tgtadm, iscsiadm
-    and targetcli take a CHAP password on the command line only: it is visible in ``ps`` on
-    the node while the command runs).  What the executor logs for it (``--debug``, the
-    ``SKIP>`` lines of a dry run) and any error show ``***`` instead."""
-    secrets = [s for s in secrets if s]
-    nlog, nskip = len(ex.log), len(ex.skipped)
-    try:
-        return ex.run(argv, **kw)
-    except RemoteCommandError as e:
-        raise mask_error(classify(e), secrets) from None
-    finally:
-        ex.log[nlog:] = _mask(ex.log[nlog:], secrets)
-        ex.skipped[nskip:] = _mask(ex.skipped[nskip:], secrets)
-
-
 # ------------------------------------------------------------------ targets
 @step("nas.ensure_target")
 def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: str,
@@ -354,7 +295,7 @@ def remove_target(ex: Executor, *, driver: str, iqn: str,
     """Ensure target IQN is gone (its sessions are dropped with it), and with tgt the
     ``imgstor-`` CHAP accounts bound to it and ``chap_user`` (accounts are global in tgtd;
     LIO keeps CHAP in the ACL, which goes with the target)."""
-    if chap_user is not None and not _CHAP_USER.match(str(chap_user)):
+    if chap_user is not None and not CHAP_USER.match(str(chap_user)):
         raise UsageError(f"bad CHAP user {chap_user!r}", field="chap_user")
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
