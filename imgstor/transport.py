@@ -47,6 +47,22 @@ class StepOutcome:
     commands: list[str] = field(default_factory=list)
 
 
+def _paramiko():
+    """Import paramiko without invoke.  paramiko.config imports invoke (~0.1 s, a third of
+    paramiko's import) only to run ssh_config `Match exec`; imgstor never reads ssh_config,
+    so invoke's import is made to fail for that one import, and paramiko records it as
+    unavailable (its documented fallback).  Later `import invoke` works as usual."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        import paramiko
+        return paramiko
+    sys.modules["invoke"] = None          # `import invoke` raises ImportError
+    try:
+        import paramiko
+    finally:
+        del sys.modules["invoke"]
+    return paramiko
+
+
 class Cluster:
     """The hosts of one config, reached over SSH."""
 
@@ -82,7 +98,7 @@ class Cluster:
             return conn
 
     def _open(self, host: str):
-        import paramiko
+        paramiko = _paramiko()
         hc = self.config.host(host)
         ssh = self.config.ssh
         port = hc.port or ssh.port
@@ -191,8 +207,7 @@ class Cluster:
             self._conns.pop(host, None)
             raise TransportError(f"{host}: connection lost running {cmd}: {e}")
         except Exception as e:
-            import paramiko
-            if isinstance(e, paramiko.SSHException):
+            if isinstance(e, _paramiko().SSHException):
                 self._conns.pop(host, None)
                 raise TransportError(f"{host}: SSH error running {cmd}: {e}")
             raise
