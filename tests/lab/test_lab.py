@@ -109,6 +109,15 @@ def test_lab_down_leaves_nothing(tmp_path: Path) -> None:
     rec = json.loads((tmp_path / "lab2" / "lab.json").read_text())["hosts"][0]
     pids = [rec[k] for k in ("anchor", "unshare", "sshd", "zfs_fuse", "tgtd")]
     assert run("status").returncode == 0
+    # half broken (its sshd killed): status says so, and `up` rebuilds it
+    os.kill(rec["sshd"], 9)
+    time.sleep(0.5)
+    assert run("status").returncode == 1
+    p = run("up", "--hosts", "nas-9-9")
+    assert p.returncode == 0 and "rebuilding" in p.stderr, p.stderr
+    assert run("status").returncode == 0
+    rec = json.loads((tmp_path / "lab2" / "lab.json").read_text())["hosts"][0]
+    pids += [rec[k] for k in ("anchor", "unshare", "sshd", "zfs_fuse", "tgtd")]
     p = run("down")
     assert p.returncode == 0, p.stderr
     assert run("down").returncode == 0          # idempotent
