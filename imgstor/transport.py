@@ -126,16 +126,20 @@ class Cluster:
         except paramiko.BadHostKeyException as e:
             raise HostKeyError(f"{where}: host key does not match known_hosts "
                                f"{ssh.known_hosts} (got {e.key.get_name()} "
-                               f"{e.key.get_fingerprint().hex()}); refusing to connect")
+                               f"{e.key.get_fingerprint().hex()}); refusing to connect",
+                               stage="connect")
         except paramiko.AuthenticationException as e:
-            raise TransportError(f"{where}: SSH authentication failed as {ssh.user}: {e}", stage="connect")
+            raise TransportError(f"{where}: SSH authentication failed as {ssh.user}: {e}",
+                                 stage="connect")
         except paramiko.SSHException as e:
             if "known_hosts" in str(e):
                 raise HostKeyError(f"{where}: host key is not in {ssh.known_hosts}; "
-                                   "refusing to connect (verify the host's key and add it)")
+                                   "refusing to connect (verify the host's key and add it)",
+                                   stage="connect")
             raise TransportError(f"{where}: SSH failed: {e}", stage="connect")
         except (socket.timeout, TimeoutError):
-            raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s", stage="connect")
+            raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s",
+                                 stage="connect")
         except OSError as e:
             raise TransportError(f"{where}: cannot connect: {e.strerror or e}", stage="connect")
         return client

@@ -28,7 +28,7 @@ from typing import Any
 
 from imgstor import chap as chapstore
 from imgstor import validate
-from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
+from imgstor.errors import Conflict, ImgstorError, NotFound, TransportError, UsageError
 from imgstor.output import Output, format_duration
 from imgstor.state.model import Volume, volume_key
 
@@ -88,7 +88,6 @@ def _record(ctx, key: str, **changes: Any) -> None:
 def _fail(ctx, key: str, e: ImgstorError) -> None:
     """Record a step's error on the volume (shown by list host storagemap).  Not for an
     unreachable host or bad input: nothing happened, so nothing changes."""
-    from imgstor.errors import TransportError
     if ctx.dry_run or isinstance(e, (TransportError, UsageError)):
         return
     try:
@@ -117,8 +116,8 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     cl = ctx.cluster
     cl.warm([nas, host])          # connect while the store is being updated
     if ctx.dry_run:
-        return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
-                              note_size)
+        return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
+                          iqn, note_size)
     created: list[bool] = []
 
     def new() -> Volume:
@@ -129,10 +128,9 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
         _check_map(v, key, zpool, host)
         fault("busy")
         try:
-            return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
-                              note_size)
+            return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
+                              iqn, note_size)
         except ImgstorError as e:
-            from imgstor.errors import TransportError
             if created and isinstance(e, TransportError) and e.details.get("stage") == "connect":
                 # A host could not be reached, so nothing was made: leave no record.  (The
                 # node is read with `cat` before the NAS is first contacted, and a
