@@ -156,3 +156,36 @@ def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
         assert c.step(node, "overlay.remove", name=name).changed
     klab.ssh(node, f"zfs destroy -r tank/{vol}-temp-write; zfs destroy -r tank/{vol}")
     cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+def test_chap_on_lio_and_iscsiadm(kernel_lab, tmp_path: Path) -> None:
+    """CHAP per target on the production stack: LIO's ACL requires the volume's CHAP
+    account; iscsiadm logs in with it; the same initiator without it is refused."""
+    import json
+    klab = kernel_lab
+    text = klab.config_path.read_text()
+    text = re.sub(r'(?m)^path = ".*"$', f'path = "{tmp_path / "state.json"}"', text, count=1)
+    text = text.replace(f"[hosts.{NAS}]\n", f"[hosts.{NAS}]\nchap = true\n", 1)
+    cfg = tmp_path / "imgstor.toml"
+    cfg.write_text(text)
+    run = lambda *a, **kw: subprocess.run(
+        [sys.executable, "-m", "imgstor", "--config", str(cfg), *a], capture_output=True,
+        text=True, cwd=ROOT, timeout=600, **kw)
+    vol = f"chap-{uuid.uuid4().hex[:6]}"
+    iqn = target_iqn(NAS, vol)
+    p = run("-v", "add", "host", "storagemap", NAS, "tank", vol, "compute-0-0", "32M")
+    assert p.returncode == 0, p.stderr
+    cred = json.loads((tmp_path / "chap" / NAS / f"{vol}.json").read_text())
+    assert cred["password"] not in p.stdout + p.stderr
+    dev = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", p.stdout).group(1)
+    write_random(klab, "compute-0-0", dev, 2)
+    want = sha_of(klab, "compute-0-0", dev, 2 * MiB)
+    # the node's own initiator name, but no CHAP: refused by LIO (iscsiadm 24)
+    me = klab.out("compute-0-0", "sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi")
+    bad = login_as(klab, "compute-0-0", me, iqn)
+    assert bad.returncode == 24, bad.stderr
+    assert run("remove", "host", "storagemap", NAS, vol).returncode == 0
+    assert iqn not in sessions(klab, "compute-0-0")
+    assert sha_of(klab, NAS, f"/dev/zvol/tank/{vol}", 2 * MiB) == want
+    assert run("remove", "host", "storageimg", NAS, "tank", vol).returncode == 0
+    assert not (tmp_path / "chap" / NAS / f"{vol}.json").exists()
