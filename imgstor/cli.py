@@ -1,7 +1,8 @@
 """The ``imgstor`` command line: grammar only, no logic.
 
     imgstor [--json] [-n|--dry-run] [-v|--debug] [--config PATH] <verb> host <noun...> [args] [key=value...]
-    imgstor ping | hosts | refresh | repair | monitor JOB | unbusy NAS VOL
+    imgstor ping | hosts | unbusy NAS VOL
+    (refresh, repair and monitor JOB come with sync mode)
 
 Global flags may also come after the command.  The command words are matched against
 ``COMMANDS`` by longest prefix (``list host vm nas`` beats ``list host vm``); what follows

@@ -1,6 +1,6 @@
 """The context a command handler gets: flags plus lazily built config, store and cluster.
 
-Nothing heavy is imported until a handler touches it: ``ctx.cluster`` (Fabric, paramiko)
+Nothing heavy is imported until a handler touches it: ``ctx.cluster`` (paramiko)
 is only built by commands that reach hosts.
 """
 from __future__ import annotations
