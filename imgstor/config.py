@@ -91,13 +91,19 @@ class Config:
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
 
-    def host(self, name: str) -> HostConfig:
+    def host(self, name: str, role: str | None = None, what: str = "host") -> HostConfig:
+        """The configured host ``name`` (``NotFound`` if unknown); with ``role``, a
+        ``UsageError`` unless it has that role (``what`` names it in the message)."""
         try:
-            return self.hosts[name]
+            hc = self.hosts[name]
         except KeyError:
             known = ", ".join(sorted(self.hosts)) or "none"
             raise NotFound(f"unknown host {name!r}: not in {self.path}; known: {known}",
                            host=name) from None
+        if role is not None and hc.role != role:
+            raise UsageError(f"{what} {name!r} is a {hc.role} host in {self.path}, "
+                             f"not a {role} host")
+        return hc
 
     def nas_hosts(self) -> list[HostConfig]:
         return [h for h in self.hosts.values() if h.role == "nas"]

@@ -54,10 +54,7 @@ def add_vm(ctx: Ctx, container: str, name: str | None = None) -> str:
     validate.host(container, "container")
     if name is not None:
         validate.vm(name)
-    host = ctx.config.host(container)
-    if host.role != "compute":
-        raise UsageError(f"container {container!r} is a {host.role} host in "
-                         f"{ctx.config.path}, not a compute host")
+    ctx.config.host(container, role="compute", what="container")
     if name is not None and name in ctx.config.hosts:
         raise Conflict(f"VM name {name!r} is already a host in {ctx.config.path}")
     with ctx.transaction() as st:
@@ -118,10 +115,7 @@ def set_vm_nas(ctx: Ctx, vm: str, nas: str | None = None, zpool: str | None = No
     validate.host(nas, "nas")
     if zpool is not None:
         validate.zpool(zpool)
-    host = ctx.config.host(nas)
-    if host.role != "nas":
-        raise UsageError(f"nas {nas!r} is a {host.role} host in {ctx.config.path}, "
-                         "not a nas host")
+    host = ctx.config.host(nas, role="nas", what="nas")
     if zpool is not None and zpool not in host.img_zpools:
         raise UsageError(f"zpool {zpool!r} is not in the img_zpools of {nas} "
                          f"({', '.join(host.img_zpools)})")
