@@ -62,19 +62,13 @@ def target_iqn(nas: str, vol: str) -> str:
                          "(use letters, digits, '.', '-')") from None
 
 
-def _role(ctx, name: str, role: str):
-    hc = ctx.config.host(name)
-    if hc.role != role:
-        raise UsageError(f"{name} is a {hc.role} host, not a {role}")
-    return hc
-
-
 def _portal(nas_cfg) -> str:
     return f"{nas_cfg.data_address}:3260"
 
 
-def _record(ctx, key: str, **changes: Any) -> None:
-    """Write the outcome of a step into the store (a short transaction of its own)."""
+def _record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
+    """Write the outcome of a step into the store (a short transaction of its own).
+    ``extra`` is merged into the volume's extra facts; a None value removes that key."""
     if ctx.dry_run:
         return
     with ctx.store.transaction() as st:
@@ -83,6 +77,11 @@ def _record(ctx, key: str, **changes: Any) -> None:
             v.since = time.time()
         for k, val in changes.items():
             setattr(v, k, val)
+        for k, val in (extra or {}).items():
+            if val is None:
+                v.extra.pop(k, None)
+            else:
+                v.extra[k] = val
 
 
 def _fail(ctx, key: str, e: ImgstorError) -> None:
@@ -105,7 +104,8 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     nas, host = validate.host(nas, "NAS"), validate.host(host, "host")
     zpool, vol = validate.zpool(zpool), validate.volume(vol)
     nbytes = validate.parse_size(size)
-    nas_cfg, host_cfg = _role(ctx, nas, "nas"), _role(ctx, host, "compute")
+    nas_cfg = ctx.config.host(nas, role="nas")
+    host_cfg = ctx.config.host(host, role="compute")
     sync = host_cfg.img_sync if img_sync is None else img_sync
     if sync:
         raise UsageError(f"{host} uses img_sync (sync mode), which this version does not "
@@ -213,11 +213,11 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
                   lun=lun, **chap)
     device = att.facts.get("device")
-    extra = {**_extra(ctx, key), "initiator": initiator, "lun": lun,
-             **({"qemu_json": att.facts["qemu_json"]} if "qemu_json" in att.facts else {})}
-    extra.pop("chap_user", None)
-    if chap:                          # the user only: the password stays in its 0600 file
-        extra["chap_user"] = chap["chap"]["user"]
+    extra = {"initiator": initiator, "lun": lun,
+             # the CHAP user only: the password stays in its 0600 file
+             "chap_user": chap["chap"]["user"] if chap else None}
+    if "qemu_json" in att.facts:
+        extra["qemu_json"] = att.facts["qemu_json"]
     _record(ctx, key, host=host, target=iqn, state="mapped", mode="direct", device=device,
             size=volf.facts.get("size") or nbytes, error=None, busy=None, extra=extra)
     fault("attach")
@@ -226,15 +226,10 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     return f"{nas}:{vol} mapped to {host}:{device}"
 
 
-def _extra(ctx, key: str) -> dict:
-    v = ctx.store.read().volumes.get(key)
-    return dict(v.extra) if v else {}
-
-
 # ------------------------------------------------------------------ unmap
 def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
-    nas_cfg = _role(ctx, nas, "nas")
+    nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
     v = ctx.store.read().volumes.get(key)
     if v is None:
@@ -296,7 +291,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
 # ------------------------------------------------------------------ remove image
 def remove_image(ctx, nas: str, zpool: str, vol: str) -> str:
     nas, zpool, vol = validate.host(nas, "NAS"), validate.zpool(zpool), validate.volume(vol)
-    nas_cfg = _role(ctx, nas, "nas")
+    nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
     v = ctx.store.read().volumes.get(key)
     if v is not None and (v.state != "unmapped" or v.host):
@@ -325,7 +320,7 @@ _MAP_COLUMNS = [("zvol", "ZVOL"), ("host", "HOST"), ("zpool", "ZPOOL"), ("target
 def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
     if nas is not None:
         nas = validate.host(nas, "NAS")
-        _role(ctx, nas, "nas")
+        ctx.config.host(nas, role="nas")
     st = ctx.store.read()
     vols = sorted((v for v in st.volumes.values() if nas is None or v.nas == nas),
                   key=lambda v: (v.nas, v.vol))
@@ -338,7 +333,8 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
         rows.append({"nas": v.nas, "zvol": v.vol, "host": v.host, "zpool": v.zpool,
                      "target": v.target, "state": state, "raw_state": v.state,
                      "time": format_duration(now - v.since) if v.state in TRANSITIONAL else None,
-                     "device": v.device, "error": v.error})
+                     "device": v.device, "error": v.error,
+                     "initiator": v.extra.get("initiator")})
     columns = list(_MAP_COLUMNS)
     if nas is None:
         columns.insert(0, ("nas", "NAS"))
@@ -371,10 +367,7 @@ def _verify(ctx, rows: list[dict]) -> int:
                 continue
             iqn = r["target"] or target_iqn(nas, r["zvol"])
             t = next((t for t in res if t["iqn"] == iqn), None)
-            want_ini = None
-            v = ctx.store.read().volumes.get(volume_key(nas, r["zvol"]))
-            if v is not None:
-                want_ini = v.extra.get("initiator")
+            want_ini = r["initiator"]
             if r["raw_state"] == "unmapped":
                 r["live"] = "ok" if t is None else f"DIFFERS: target {iqn} exists"
             elif t is None:
@@ -389,7 +382,7 @@ def _verify(ctx, rows: list[dict]) -> int:
 
 def list_devs(ctx, host: str) -> Output:
     host = validate.host(host, "host")
-    host_cfg = _role(ctx, host, "compute")
+    host_cfg = ctx.config.host(host, role="compute")
     st = ctx.store.read()
     vols = sorted((v for v in st.volumes.values() if v.host == host), key=lambda v: v.vol)
     targets = []
