@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
 from imgstor.remote.drivers._common import classify_by_text, positional
@@ -128,21 +128,25 @@ def _opt(text: str) -> str | None:
     return None if text in ("-", "none", "legacy", "") else text
 
 
+def _rows(text: str, fields: tuple[str, ...], what: str) -> Iterator[dict[str, str]]:
+    """The lines of ``-H`` output (tab-separated, one column per field) as dicts."""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        if len(f) != len(fields):
+            raise ValueError(f"unexpected {what} line: {line!r}")
+        yield dict(zip(fields, f))
+
+
 def parse_list(text: str, *, exact: bool,
                fields: tuple[str, ...] | list[str] = LIST_FIELDS) -> list[Dataset]:
     """Parse ``zfs list -H [-p] -o FIELDS`` (default: ``LIST_FIELDS``, what
     ``list_datasets`` asks for).  ``fields`` must include name and type; the others may be
     left out and are then None (e.g. the kernel lab's ``-o name,type,volsize,used,mountpoint``,
     tests/fixtures/kernel/zfs_list)."""
-    fields = tuple(fields)
     out = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        f = line.split("\t")
-        if len(f) != len(fields):
-            raise ValueError(f"unexpected zfs list line: {line!r}")
-        row = dict(zip(fields, f))
+    for row in _rows(text, tuple(fields), "zfs list"):
         out.append(Dataset(name=row["name"], type=row["type"],
                            used=parse_size(row.get("used")),
                            available=parse_size(row.get("available")),
@@ -155,13 +159,8 @@ def parse_list(text: str, *, exact: bool,
 def parse_get(text: str) -> dict[str, Property]:
     """Parse ``zfs get -H -p -o name,property,value,source PROPS NAME`` (one dataset)."""
     props: dict[str, Property] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        f = line.split("\t")
-        if len(f) != 4:
-            raise ValueError(f"unexpected zfs get line: {line!r}")
-        _, prop, value, source = f
+    for row in _rows(text, ("name", "property", "value", "source"), "zfs get"):
+        prop, value, source = row["property"], row["value"], row["source"]
         unset = value == "-" and source == "-"
         props[prop] = Property(prop, None if unset else value, None if source == "-" else source)
     return props
@@ -176,15 +175,8 @@ def parse_pools(text: str, *, exact: bool,
                 fields: tuple[str, ...] | list[str] = POOL_FIELDS) -> list[Pool]:
     """Parse ``zpool list -H [-p] -o FIELDS`` (default: ``POOL_FIELDS``, what ``pools``
     asks for; ``POOL_DEFAULT_FIELDS`` for a plain ``zpool list -H``)."""
-    fields = tuple(fields)
     out = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        f = line.split("\t")
-        if len(f) != len(fields):
-            raise ValueError(f"unexpected zpool list line: {line!r}")
-        row = dict(zip(fields, f))
+    for row in _rows(text, tuple(fields), "zpool list"):
         out.append(Pool(row["name"], parse_size(row.get("size")),
                         parse_size(row.get("allocated")), parse_size(row.get("free")),
                         row.get("health", ""), exact=exact))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 
-from imgstor.errors import ImgstorError, NotFound, RemoteCommandError, UsageError
+from imgstor.errors import ImgstorError, NotFound, UsageError
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import chap_pair, run_secret, wait_path
+from imgstor.remote.steps._util import chap_pair, run_mapped, run_secret, wait_path
 from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
 
 __all__ = ["initiator", "attach", "detach", "devices"]
@@ -79,18 +79,12 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
         raise UsageError(f"unknown initiator kind {kind!r}")
     changed = False
     if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
-        try:
-            ex.run(iscsiadm.discovery(addr, port))
-        except RemoteCommandError as e:
-            raise iscsiadm.classify(e) from e
+        run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
         if pair:
             for argv in iscsiadm.chap_settings(iqn, addr, user, password, port):
                 run_secret(ex, argv, [password], iscsiadm.classify)
-        try:
-            ex.run(iscsiadm.login(iqn, addr, port),
+        run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
                    ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
-        except RemoteCommandError as e:
-            raise iscsiadm.classify(e) from e
         changed = True
     link = iscsiadm.by_path(addr, iqn, lun, port)
     wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
@@ -127,11 +121,8 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
     addr, port = _split(portal)
     changed = False
     if any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
-        try:
-            ex.run(iscsiadm.logout(iqn, addr, port),
+        run_mapped(ex, iscsiadm.logout(iqn, addr, port), iscsiadm.classify,
                    ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
-        except RemoteCommandError as e:
-            raise iscsiadm.classify(e) from e
         changed = True
     r = ex.run(iscsiadm.node_delete(iqn, addr, port), check=False,
                ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))

@@ -18,6 +18,7 @@ from imgstor.errors import ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult
+from imgstor.remote.steps._util import run_mapped, run_secret
 
 __all__ = ["ensure", "remove", "facts", "backstore_name"]
 
@@ -61,10 +62,7 @@ def _right(t: lio.LioTarget, path: str, initiator: str, ip: str, port: int,
 def _acl_userid(ex: Executor, lib, t: lio.LioTarget, iqn: str, initiator: str) -> str | None:
     if lib is not None:
         return t.tpgs[0].acls[0].chap_userid
-    try:
-        r = ex.run(lio.targetcli_acl_userid(iqn, initiator), read_only=True)
-    except RemoteCommandError as e:
-        raise lio.classify(e) from e
+    r = run_mapped(ex, lio.targetcli_acl_userid(iqn, initiator), lio.classify, read_only=True)
     return lio.parse_targetcli_get(r.stdout, "userid")
 
 
@@ -100,7 +98,6 @@ def _save(ex: Executor, lib) -> None:
 def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
            chap: tuple[str, str] | None = None) -> StepResult:
     """Ensure the target (module doc); ``chap`` is (user, password), already checked."""
-    from imgstor.remote.steps._util import run_secret
     lib = lio.rtslib_module()
     chap_user = chap[0] if chap else None
     secrets = [chap[1]] if chap else []

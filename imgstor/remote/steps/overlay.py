@@ -58,10 +58,7 @@ def ensure_zvol(ex: Executor, *, pool: str, vol: str, size: int) -> StepResult:
     if zfs.exists(ex, name):
         wait_path(ex, dev)
         return StepResult(False, {"device": dev}, f"zvol {name} exists")
-    try:
-        ex.run(zfs.create_zvol(pool, vol, size))
-    except RemoteCommandError as e:
-        raise zfs.classify(e) from e
+    run_mapped(ex, zfs.create_zvol(pool, vol, size), zfs.classify)
     wait_path(ex, dev)
     return StepResult(True, {"device": dev}, f"created zvol {name}")
 
