@@ -81,8 +81,10 @@ COMMANDS: list[Cmd] = [
     Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
         "print the commands that recreate the NAS assignments"),
     Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
-        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")], {"img_sync": bool},
-        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI"),
+        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
+        {"img_sync": bool, "adopt": bool},
+        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI "
+        "(adopt=yes exports an existing dataset imgstor did not make)"),
     Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
         {}, "unmap volume VOL of NAS from its host (--force goes past node errors)",
         flags=("--force",)),

@@ -190,13 +190,16 @@ class Store:
 
     # ---- busy markers ----
     def acquire_busy(self, key: str, op: str, *,
-                     create: Callable[[], Volume] | None = None) -> Volume:
+                     create: Callable[[], Volume] | None = None,
+                     update: Callable[[State, Volume], None] | None = None) -> Volume:
         """Mark volume ``key`` busy with ``op`` for this process; return the volume.
 
         A live marker (this host: the pid runs, is no zombie, has the recorded start time;
         another host: always, we cannot check) is a ``BusyError``; a stale one of this host
         is taken over with a warning.  A missing volume is created with ``create()`` or is
-        ``NotFound``."""
+        ``NotFound``.  ``update(state, volume)`` runs in the same transaction once the
+        marker is taken (checks against the whole store, an intent record); if it raises,
+        nothing is written."""
         me = this_host()
         with self.transaction() as st:
             vol = st.volumes.get(key)
@@ -212,6 +215,8 @@ class Store:
                       f"{b.pid} on {b.host}, no longer running)", file=sys.stderr)
             vol.busy = Busy(op=op, pid=os.getpid(), host=me, since=time.time(),
                             starttime=proc_starttime(os.getpid()))
+            if update is not None:
+                update(st, vol)
             return vol
 
     @staticmethod
@@ -243,11 +248,12 @@ class Store:
 
     @contextlib.contextmanager
     def busy(self, key: str, op: str, *,
-             create: Callable[[], Volume] | None = None) -> Iterator[Volume]:
+             create: Callable[[], Volume] | None = None,
+             update: Callable[[State, Volume], None] | None = None) -> Iterator[Volume]:
         """``acquire_busy`` on entry, ``release_busy`` on exit (also on an exception).
         A process killed or leaving with ``os._exit`` leaves a stale marker that the next
         ``acquire_busy`` on this host takes over."""
-        vol = self.acquire_busy(key, op, create=create)
+        vol = self.acquire_busy(key, op, create=create, update=update)
         try:
             yield vol
         finally:

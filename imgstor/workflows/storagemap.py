@@ -27,10 +27,12 @@ import time
 from typing import Any
 
 from imgstor import chap as chapstore
-from imgstor import validate
-from imgstor.errors import Conflict, ImgstorError, NotFound, TransportError, UsageError
+from imgstor import names, validate
+from imgstor.errors import (AlreadyExists, Conflict, ImgstorError, NotFound, TransportError,
+                            UsageError)
+from imgstor.names import target_iqn
 from imgstor.output import Output, format_duration
-from imgstor.state.model import Volume, volume_key
+from imgstor.state.model import State, Volume, volume_key
 
 __all__ = ["map_volume", "unmap_volume", "remove_image", "list_maps", "list_devs",
            "target_iqn", "MAP_POINTS", "UNMAP_POINTS", "fault"]
@@ -51,15 +53,6 @@ def fault(point: str) -> None:
     if os.environ.get(FAULT_ENV) == point:
         print(f"{FAULT_ENV}={point}: killing this process now", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def target_iqn(nas: str, vol: str) -> str:
-    """``iqn.2001-04.com.<nas>-<vol>``, as the Rocks img-storage guide names targets."""
-    try:
-        return validate.iqn(f"iqn.2001-04.com.{nas}-{vol}".lower())
-    except UsageError:
-        raise UsageError(f"volume name {vol!r} cannot form an iSCSI target name "
-                         "(use letters, digits, '.', '-')") from None
 
 
 def _portal(nas_cfg) -> str:
@@ -84,10 +77,15 @@ def _record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None
                 v.extra[k] = val
 
 
+def _connect_error(e: ImgstorError) -> bool:
+    return isinstance(e, TransportError) and e.details.get("stage") == "connect"
+
+
 def _fail(ctx, key: str, e: ImgstorError) -> None:
-    """Record a step's error on the volume (shown by list host storagemap).  Not for an
-    unreachable host or bad input: nothing happened, so nothing changes."""
-    if ctx.dry_run or isinstance(e, (TransportError, UsageError)):
+    """Record a step's error on the volume (shown by list host storagemap).  Not for a
+    host that could not be reached or bad input: nothing happened, so nothing changes.  A
+    command that timed out or lost its connection may have changed the host: recorded."""
+    if ctx.dry_run or isinstance(e, UsageError) or _connect_error(e):
         return
     try:
         with ctx.store.transaction() as st:
@@ -98,11 +96,22 @@ def _fail(ctx, key: str, e: ImgstorError) -> None:
 
 
 # ------------------------------------------------------------------ map
+def _store_owns(v: Volume | None) -> bool:
+    """A volume the store knew before this operation as mapped once by imgstor: made by a
+    version before the ``imgstor:role`` mark, it gets the mark at its next operation.  A
+    record a map created and nothing else (an interrupted first map) does not count: it
+    proves nothing about a dataset of that name."""
+    return v is not None and bool(v.extra.get("initiator") or v.extra.get("marked"))
+
+
 def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
-               img_sync: bool | None = None, *, note_size: bool = True) -> str:
-    """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created."""
+               img_sync: bool | None = None, adopt: bool = False, *,
+               note_size: bool = True) -> str:
+    """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
+    ``adopt``: export an existing dataset imgstor did not make (it gets imgstor's mark)."""
     nas, host = validate.host(nas, "NAS"), validate.host(host, "host")
     zpool, vol = validate.zpool(zpool), validate.volume(vol)
+    names.check_name(vol)
     nbytes = validate.parse_size(size)
     nas_cfg = ctx.config.host(nas, role="nas")
     host_cfg = ctx.config.host(host, role="compute")
@@ -112,42 +121,73 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                          "provide yet; map with img_sync=false for direct mode")
     iqn = target_iqn(nas, vol)
     key = volume_key(nas, vol)
-    _check_map(ctx.store.read().volumes.get(key), key, zpool, host)
+    st = ctx.store.read()
+    v0 = st.volumes.get(key)
+    _check_pool(nas_cfg, zpool, v0)
+    if v0 is None or v0.busy is None:      # a busy one: "busy" is the answer, below
+        _check_map(v0, key, zpool, host)
+    names.check_collisions(st.volumes.values(), nas, vol, host)
+    owned = _store_owns(v0)
     cl = ctx.cluster
     cl.warm([nas, host])          # connect while the store is being updated
+    chap = _chap_args(ctx, nas, vol, nas_cfg)
+    chap_user = chap["chap"]["user"] if chap else None
     if ctx.dry_run:
         return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
-                          iqn, note_size)
+                          iqn, note_size, chap, owned=owned, adopt=adopt, done={})
     created: list[bool] = []
 
     def new() -> Volume:
         created.append(True)
         return Volume(nas=nas, zpool=zpool, vol=vol, size=nbytes, since=time.time())
 
-    with ctx.store.busy(key, "map", create=new) as v:
+    def intent(st: State, v: Volume) -> None:
+        # Checked again under the store's lock (a concurrent map of a colliding name or
+        # to another host), and the intent recorded before any host is touched: a kill
+        # from here on leaves a record that `remove host storagemap` undoes.
         _check_map(v, key, zpool, host)
+        names.check_collisions(st.volumes.values(), nas, vol, host, chap_user)
+        done["had_host"] = bool(v.host)
+        v.host, v.target = host, iqn
+        v.extra["intent"] = "map"
+
+    done: dict[str, bool] = {}
+    with ctx.store.busy(key, "map", create=new, update=intent) as v:
         fault("busy")
         try:
             return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
-                              iqn, note_size)
+                              iqn, note_size, chap, owned=owned or _store_owns(v),
+                              adopt=adopt, done=done)
         except ImgstorError as e:
-            if created and isinstance(e, TransportError) and e.details.get("stage") == "connect":
-                # A host could not be reached, so nothing was made: leave no record.  (The
-                # node is read with `cat` before the NAS is first contacted, and a
-                # connection, once open, stays open for the whole command.)
-                with ctx.store.transaction() as st:
-                    rec = st.volumes.get(key)
-                    if rec is not None and rec.state == "unmapped" and not rec.host:
-                        del st.volumes[key]
+            if not done.get("nas") and not done.get("had_host"):
+                # Only the node's initiator name was read: nothing changed on any host, so
+                # the store goes back to what it was (no record if this run made it).
+                with ctx.store.transaction() as st2:
+                    rec = st2.volumes.get(key)
+                    if rec is not None and created and rec.state == "unmapped":
+                        del st2.volumes[key]
+                    elif rec is not None and rec.state == "unmapped":
+                        rec.host = rec.target = None
+                        rec.extra.pop("intent", None)
             _fail(ctx, key, e)
             raise
+
+
+def _check_pool(nas_cfg, zpool: str, v: Volume | None) -> None:
+    """Volumes live only on the NAS's img_zpools (a volume the store records elsewhere,
+    from a changed config, is still reachable)."""
+    if zpool not in nas_cfg.img_zpools and not (v is not None and v.zpool == zpool):
+        raise UsageError(f"zpool {zpool!r} is not one of {nas_cfg.name}'s img_zpools "
+                         f"({', '.join(nas_cfg.img_zpools)}): imgstor keeps volumes only "
+                         "there", field="zpool")
 
 
 def _check_map(v: Volume | None, key: str, zpool: str, host: str) -> None:
     if v is None:
         return
-    if v.host and v.host != host and v.state != "unmapped":
-        raise Conflict(f"{key} is mapped to {v.host} ({v.state}); unmap it first "
+    if v.host and v.host != host:
+        what = v.state if v.state != "unmapped" else "a map that did not finish"
+        raise Conflict(f"{key} is mapped to {v.host} ({what}); unmap it first "
                        f"(imgstor remove host storagemap {v.nas} {v.vol})")
     if v.zpool != zpool:
         raise Conflict(f"{key} lives on zpool {v.zpool}, not {zpool}")
@@ -193,27 +233,49 @@ def _chap_args(ctx, nas: str, vol: str, nas_cfg) -> dict:
 
 
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
-               note_size: bool) -> str:
+               note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict) -> str:
     portal = _portal(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
-    chap = _chap_args(ctx, nas, vol, nas_cfg)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
     # its imgstor properties, the target), the attach on the node.
     initiator = _initiator(cl, host)
     fault("initiator")
-    volf, _props, _target = _nas_batch(cl, nas, [
-        ("volume", "nas.ensure_volume", dict(vol_args, size=nbytes)),
-        ("props", "nas.set_props", dict(pool=zpool, vol=vol,
-                                        props={"host": host, "target": iqn, "mode": "direct"})),
-        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
-                                             initiator=initiator, portal=portal, **chap))])
-    if volf.message and "kept as it is" in volf.message and note_size:
+    cl.connection(nas)            # a NAS that cannot be reached: nothing asked of it yet
+    done["nas"] = True
+    try:
+        volf, _props, _target = _nas_batch(cl, nas, _map_batch(
+            nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
+            owned=owned, adopt=adopt))
+    except (Conflict, NotFound, AlreadyExists, UsageError) as e:
+        if e.details.get("batch_index") == 0:
+            # The volume step refused (not imgstor's, wrong type, no room, no pool)
+            # before it made anything: the NAS is as it was.
+            done["nas"] = False
+        raise
+    if volf.facts.get("size_differs") and note_size:
         print(f"note: {volf.message}", file=sys.stderr)
     lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
     att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
                   lun=lun, **chap)
+    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes)
+
+
+def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
+               *, owned: bool, adopt: bool) -> list[tuple[str, str, dict]]:
+    """The map's NAS batch: the volume, its imgstor properties, the target."""
+    return [
+        ("volume", "nas.ensure_volume", dict(vol_args, size=nbytes, owned=owned,
+                                             adopt=adopt, overcommit=nas_cfg.overcommit)),
+        ("props", "nas.set_props", dict(pool=zpool, vol=vol,
+                                        props={"host": host, "target": iqn, "mode": "direct"})),
+        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
+                                             initiator=initiator, portal=portal, **chap))]
+
+
+def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes) -> str:
+    """Record a finished map (clears the intent and the busy marker)."""
     device = att.facts.get("device")
-    extra = {"initiator": initiator, "lun": lun,
+    extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
              # the CHAP user only: the password stays in its 0600 file
              "chap_user": chap["chap"]["user"] if chap else None}
     if "qemu_json" in att.facts:
@@ -236,6 +298,8 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
         raise NotFound(f"no volume {vol} on {nas} in the state store")
     if v.state == "unmapped" and not v.host and not v.busy:
         return f"{nas}:{vol} is not mapped"
+    # A record with a host but state unmapped is a map that did not finish (its intent):
+    # undone like a mapping, since the node may hold a session and the NAS a target.
     ctx.cluster.warm([nas] + ([v.host] if v.host and _needs_detach(ctx, v.host) else []))
     if ctx.dry_run:
         return _unmap_steps(ctx, key, nas, nas_cfg, v, force)
@@ -278,7 +342,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
         ("props", "nas.set_props", dict(pool=v.zpool, vol=v.vol,
                                         props={"host": None, "target": None, "mode": None}))])
     _record(ctx, key, host=None, target=None, state="unmapped", mode=None, device=None,
-            error=None, busy=None)
+            error=None, busy=None, extra={"intent": None})
     fault("recorded")
     if ctx.dry_run:
         return f"dry run: {nas}:{v.vol} would be unmapped from {host}"
@@ -290,6 +354,8 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
 
 # ------------------------------------------------------------------ remove image
 def remove_image(ctx, nas: str, zpool: str, vol: str) -> str:
+    """Destroy volume NAS:ZPOOL/VOL if it is imgstor's (its mark, or the store's record of
+    a past map) and unmapped; anything else on the NAS is refused and left alone."""
     nas, zpool, vol = validate.host(nas, "NAS"), validate.zpool(zpool), validate.volume(vol)
     nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
@@ -299,13 +365,26 @@ def remove_image(ctx, nas: str, zpool: str, vol: str) -> str:
                        f"unmap it first (imgstor remove host storagemap {nas} {vol})")
     if v is not None and v.zpool != zpool:
         raise Conflict(f"{key} lives on zpool {v.zpool}, not {zpool}")
-    args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind, driver=nas_cfg.target)
+    _check_pool(nas_cfg, zpool, v)
+    args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind, driver=nas_cfg.target,
+                owned=_store_owns(v))
     if ctx.dry_run:
         ctx.cluster.step(nas, "nas.destroy_volume", **args)
         return f"dry run: {nas}:{zpool}/{vol} would be destroyed"
-    new = lambda: Volume(nas=nas, zpool=zpool, vol=vol, since=time.time())
+    created: list[bool] = []
+
+    def new() -> Volume:              # a record to hold the busy marker while it runs
+        created.append(True)
+        return Volume(nas=nas, zpool=zpool, vol=vol, since=time.time())
+
     with ctx.store.busy(key, "remove", create=new):
-        ctx.cluster.step(nas, "nas.destroy_volume", **args)
+        try:
+            ctx.cluster.step(nas, "nas.destroy_volume", **args)
+        except ImgstorError:
+            if created:               # refused or failed: leave no record behind
+                with ctx.store.transaction() as st:
+                    st.volumes.pop(key, None)
+            raise
         with ctx.store.transaction() as st:
             st.volumes.pop(key, None)
     chapstore.remove(_state_path(ctx), nas, vol)       # the image is gone: its CHAP too
