@@ -258,7 +258,8 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
 
 
 def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
-    print(f"error: {e.message}", file=sys.stderr)
+    from imgstor.output import printable
+    print(f"error: {printable(e.message)}", file=sys.stderr)
     if "-v" in argv or "--debug" in argv:
         import traceback
         traceback.print_exc()

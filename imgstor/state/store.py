@@ -120,6 +120,11 @@ class Store:
                 os.makedirs(d, mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StateError(f"cannot create state directory {d}: {e.strerror}") from None
+        st = os.stat(d)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StateError(f"state directory {d} must be owned by uid {os.geteuid()} and "
+                             f"not writable by group or others (mode {st.st_mode & 0o777:o}); "
+                             "imgstor will not write its state there")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -144,7 +149,10 @@ class Store:
     def _write_holder(self) -> None:
         info = {"pid": os.getpid(), "cmd": " ".join(sys.argv), "host": this_host(),
                 "since": time.time()}
-        fd = os.open(self.holder_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.holder_path)          # ours to replace: we hold the lock
+        fd = os.open(self.holder_path,
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
 
@@ -169,7 +177,9 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(stale)
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -262,3 +262,17 @@ def test_marker_from_other_host_refused(store):
         v.busy = Busy(op="map", pid=999999999, host="other-frontend", since=time.time())
     with pytest.raises(BusyError, match="on other-frontend"):
         store.acquire_busy("nas-0-0/vm1-vol", "unmap")
+
+
+def test_state_directory_writable_by_others_is_refused(tmp_path) -> None:
+    """Audit L13: root does not write its state into a directory others can write."""
+    import os
+    from imgstor.errors import StateError
+    from imgstor.state.store import Store
+    d = tmp_path / "st"
+    d.mkdir(mode=0o777)
+    os.chmod(d, 0o777)
+    with pytest.raises(StateError, match="not writable by group or others"):
+        with Store(str(d / "state.json")).transaction():
+            pass
+    assert not (d / "state.json").exists()
