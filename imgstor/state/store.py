@@ -24,7 +24,7 @@ import time
 from typing import Callable, Iterator
 
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
-from imgstor.state.model import SCHEMA, Busy, State, Volume
+from imgstor.state.model import READS_SCHEMAS, SCHEMA, Busy, State, Volume, migrate
 
 __all__ = ["Store", "pid_alive", "proc_starttime", "this_host"]
 
@@ -94,9 +94,16 @@ class Store:
             raise StateError(f"state file {self.path} is not valid JSON ({e}); "
                              "fix or restore it, imgstor will not overwrite it") from None
         schema = raw.get("schema") if isinstance(raw, dict) else None
-        if schema != SCHEMA:
+        if type(schema) is not int or schema not in READS_SCHEMAS:
             raise StateError(f"state file {self.path} has schema {schema!r}; this imgstor "
-                             f"reads schema {SCHEMA} only (newer imgstor? restore a backup)")
+                             f"reads schemas {', '.join(map(str, READS_SCHEMAS))} (newer "
+                             "imgstor? restore a backup)")
+        if schema != SCHEMA:
+            try:
+                raw = migrate(raw)
+            except StateError as e:
+                raise StateError(f"state file {self.path}: {e.message}; imgstor will not "
+                                 "overwrite it") from None
         try:
             return State.from_dict(raw)
         except StateError as e:

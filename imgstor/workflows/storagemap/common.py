@@ -14,6 +14,7 @@ from typing import Any
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError, NotFound, TransportError, UsageError
+from imgstor.state import transitions
 from imgstor.state.model import Volume
 
 __all__ = ["FAULT_ENV", "MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "fault", "portal_of",
@@ -49,8 +50,8 @@ def record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
         return
     with ctx.store.transaction() as st:
         v = st.volumes[key]
-        if "state" in changes and changes["state"] != v.state:
-            v.since = time.time()
+        if "state" in changes:
+            transitions.move(v, changes.pop("state"))
         for k, val in changes.items():
             setattr(v, k, val)
         for k, val in (extra or {}).items():
