@@ -2,7 +2,7 @@
 
     imgstor [--json] [-n|--dry-run] [-v|--debug] [--config PATH] <verb> host <noun...> [args] [key=value...]
     imgstor ping | hosts | unbusy NAS VOL
-    (refresh, repair and monitor JOB come with sync mode)
+    imgstor monitor JOB | monitor --resume
 
 Global flags may also come after the command.  The command words are matched against
 ``COMMANDS`` by longest prefix (``list host vm nas`` beats ``list host vm``); what follows
@@ -102,6 +102,9 @@ COMMANDS: list[Cmd] = [
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
+    Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
+        "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
+        "for every job whose monitor is gone", flags=("--resume",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]
