@@ -129,6 +129,23 @@ def _safe_connection_class() -> type:
     return SafeConnection
 
 
+def _keepalive(transport: Any) -> None:
+    """SSH keepalives every KEEPALIVE idle seconds; TCP keepalives and a TCP user
+    timeout (unacknowledged data, e.g. those keepalives) so that the kernel closes a
+    connection whose peer is gone within ~KEEPALIVE + 15 s / 45 s, instead of the command
+    waiting for its timeout: a dead NAS then fails the command with "connection lost"."""
+    transport.set_keepalive(KEEPALIVE)
+    sock = transport.sock
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 3 * KEEPALIVE * 1000)
+    except (AttributeError, OSError):     # not a TCP socket, or an OS without these
+        pass
+
+
 class Cluster:
     """The hosts of one config, reached over SSH."""
 
@@ -170,7 +187,7 @@ class Cluster:
         import paramiko
         try:
             conn.open()
-            conn.transport.set_keepalive(KEEPALIVE)
+            _keepalive(conn.transport)
             return conn
         except ImgstorError:
             raise
@@ -275,6 +292,8 @@ class Cluster:
                 raise TransportError(f"{host}: command timed out after {timeout}s: {text}",
                                      host=host, stage="command")
             rc = chan.recv_exit_status()
+            if rc == -1 and not conn.transport.is_active():
+                raise EOFError("the connection closed before the command's exit status came")
         except ImgstorError:
             raise
         except (OSError, EOFError, paramiko.SSHException) as e:

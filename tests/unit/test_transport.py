@@ -260,9 +260,13 @@ class _ChattyChannel:
 class _Conn:
     is_connected = True
 
-    def __init__(self, chan) -> None:
+    def __init__(self, chan, *, active: bool = True) -> None:
         self.chan = chan
         self.transport = self
+        self.active = active
+
+    def is_active(self) -> bool:
+        return self.active
 
     def open_session(self, timeout=None):
         return self.chan
@@ -278,6 +282,28 @@ def test_command_timeout_holds_against_endless_output(tmp_path: Path) -> None:
         c.exec("nas-0-0", ["yes"], timeout=0.3)
     assert time.monotonic() - t < 5
     assert ei.value.details["stage"] == "command" and chan.closed
+
+
+class _DroppedChannel(_ChattyChannel):
+    """The transport died mid-command: paramiko closes the channel, exit status -1."""
+
+    closed = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status_event.set()
+
+    def recv_ready(self): return False
+    def recv_exit_status(self): return -1
+
+
+def test_a_connection_lost_mid_command_is_a_transport_error(tmp_path: Path) -> None:
+    c = Cluster(load_config(str(cluster_config(tmp_path))))
+    c._conns["nas-0-0"] = _Conn(_DroppedChannel(), active=False)
+    with pytest.raises(TransportError, match="connection lost") as ei:
+        c.exec("nas-0-0", ["zfs", "list"])
+    assert ei.value.details["stage"] == "command"
+    assert "nas-0-0" not in c._conns             # the next use reconnects
 
 
 # ------------------------------------------------------------ node boot check (L1)
