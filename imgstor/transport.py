@@ -1,12 +1,10 @@
 """SSH transport: Fabric connections, pooled per host for the life of one command.
 
-* A connection is a ``fabric.Connection`` made by ``_connection()``: its Fabric config is
-  built from imgstor's ``[ssh]`` only (``lazy=True``: no /etc/fabric.yml, ~/.fabric.*,
-  ~/.invoke.*, no environment; an explicit empty ``SSHConfig``: no ~/.ssh/config nor
-  /etc/ssh/ssh_config), and the AutoAddPolicy that ``Connection.__init__`` installs is
-  replaced by ``hostkeys.Policy`` (refuse, or pin on first use) before ``open()``, which
-  refuses to run under any other policy.  Host keys come from the configured known_hosts
-  only (``hostkeys.load_known_hosts``: ``@revoked`` honoured, ``@cert-authority`` skipped).
+* A connection is a ``fabric.Connection`` made by ``connections.connection()``: Fabric
+  config from imgstor's ``[ssh]`` only (no Fabric/Invoke/ssh_config file is read), and the
+  AutoAddPolicy that ``Connection.__init__`` installs replaced by ``hostkeys.Policy``
+  (refuse, or pin on first use) before ``open()``, which refuses any other policy.  Host
+  keys come from the configured known_hosts only (``@revoked`` honoured).
 * Commands use the connection's paramiko transport directly (one channel per command):
   Fabric's ``run`` goes through invoke's Runner (threads, pty/encoding machinery), which
   costs time on a path whose budget is a few ``ssh host true`` (bench/bench_map.py).
@@ -34,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TextIO
 
+from imgstor import connections
 from imgstor.errors import (HostKeyError, ImgstorError, RemoteCommandError, StepError,
                             TransportError, from_wire)
 from imgstor.remote.executor import Result
@@ -41,7 +40,6 @@ from imgstor.remote.executor import Result
 __all__ = ["Cluster", "StepOutcome"]
 
 PYTHON = "python3"
-KEEPALIVE = 15          # seconds: a dead host is noticed long before command_timeout
 
 
 @dataclass
@@ -52,98 +50,6 @@ class StepOutcome:
     facts: dict = field(default_factory=dict)
     message: str = ""
     commands: list[str] = field(default_factory=list)
-
-
-def fabric_config(ssh: Any) -> Any:
-    """A ``fabric.Config`` from imgstor's [ssh] section and nothing else: no Fabric/Invoke
-    config file (system, user, project, runtime), no environment, no ssh_config file."""
-    import fabric
-    import paramiko
-    return fabric.Config(
-        lazy=True,                          # invoke: load no system/user config files
-        ssh_config=paramiko.SSHConfig(),    # explicit and empty: no ssh_config is read
-        runtime_ssh_path=None,
-        overrides={"load_ssh_configs": False, "user": ssh.user, "port": ssh.port,
-                   "forward_agent": False, "gateway": None, "connect_kwargs": {},
-                   "timeouts": {"connect": None}, "authentication": {
-                       "identities": [], "strategy_class": None}})
-
-
-def _connection(config: Any, host: str, *, err: TextIO) -> Any:
-    """A not yet opened ``fabric.Connection`` to configured ``host``, with imgstor's host
-    key policy and known_hosts in place (raises ``HostKeyError`` if the file is unusable)."""
-    import fabric
-    from imgstor import hostkeys
-    hc = config.host(host)
-    ssh = config.ssh
-    port = hc.port or ssh.port
-    conn = _safe_connection_class()(
-        hc.address, user=ssh.user, port=port, config=fabric_config(ssh),
-        connect_kwargs={
-            "key_filename": [ssh.identity] if ssh.identity else None,
-            "look_for_keys": not ssh.identity, "allow_agent": False,
-            "timeout": ssh.connect_timeout, "banner_timeout": ssh.connect_timeout,
-            "auth_timeout": ssh.connect_timeout})
-    # Connection.__init__ installed AutoAddPolicy; nothing has connected yet.  Only the
-    # configured file goes into the client (Fabric loads no system host keys).
-    kh = hostkeys.load_known_hosts(ssh.known_hosts, missing_ok=ssh.accept_unknown_host_keys,
-                                   into=conn.client.get_host_keys())
-    for w in kh.warnings:
-        _warn_once(err, f"imgstor: warning: {w}")
-    conn.client.set_missing_host_key_policy(hostkeys.Policy(
-        kh, pin=ssh.accept_unknown_host_keys, host=host, address=hc.address, port=port,
-        err=err))
-    conn._imgstor_ready = True
-    return conn
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(err: TextIO, text: str) -> None:
-    if text not in _warned:
-        _warned.add(text)
-        print(text, file=err, flush=True)
-
-
-_cls: list[type] = []
-
-
-def _safe_connection_class() -> type:
-    """``fabric.Connection`` that will not open unless imgstor's policy is in place
-    (built on first use so that importing this module does not import Fabric)."""
-    if _cls:
-        return _cls[0]
-    import fabric
-    from imgstor.hostkeys import Policy
-
-    class SafeConnection(fabric.Connection):
-        def open(self):  # noqa: D401  (fabric's signature)
-            policy = getattr(self.client, "_policy", None)
-            if not getattr(self, "_imgstor_ready", False) or not isinstance(policy, Policy):
-                raise HostKeyError(f"{self.host}: refusing to connect without imgstor's "
-                                   "host key policy", stage="connect")
-            return super().open()
-
-    _cls.append(SafeConnection)
-    return SafeConnection
-
-
-def _keepalive(transport: Any) -> None:
-    """SSH keepalives every KEEPALIVE idle seconds; TCP keepalives and a TCP user
-    timeout (unacknowledged data, e.g. those keepalives) so that the kernel closes a
-    connection whose peer is gone within ~KEEPALIVE + 15 s / 45 s, instead of the command
-    waiting for its timeout: a dead NAS then fails the command with "connection lost"."""
-    transport.set_keepalive(KEEPALIVE)
-    sock = transport.sock
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 3 * KEEPALIVE * 1000)
-    except (AttributeError, OSError):     # not a TCP socket, or an OS without these
-        pass
 
 
 class Cluster:
@@ -183,11 +89,11 @@ class Cluster:
         hc = self.config.host(host)
         ssh = self.config.ssh
         where = f"{host} ({hc.address}:{hc.port or ssh.port})"
-        conn = _connection(self.config, host, err=self.err)
+        conn = connections.connection(self.config, host, err=self.err)
         import paramiko
         try:
             conn.open()
-            _keepalive(conn.transport)
+            connections.keepalive(conn.transport)
             return conn
         except ImgstorError:
             raise
@@ -344,7 +250,6 @@ class Cluster:
     def upload_node_app(self, host: str) -> bool:
         """Put this version's zipapp on host unless it is there with the right content;
         True if it was sent.  Refuses (``StepError``) an unsafe /run/imgstor."""
-        from imgstor.zipapp import REMOTE_DIR  # noqa: F401
         app = self._app()
         conn = self.connection(host)
         sftp = conn.sftp()

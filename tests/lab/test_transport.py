@@ -61,7 +61,7 @@ def test_zipapp_uploaded_once_then_reused(lab: Lab) -> None:
         lab.ssh(host, f"head -c {len(app.data)} /dev/zero > {app.remote_path}")
         assert c.step(host, "probe").facts["hostname"] == host
     assert lab.out(host, f"sha256sum {app.remote_path}").split()[0] == app.sha256
-    assert lab.out(host, f"ls /run/imgstor | grep -c tmp- || true") == "0"
+    assert lab.out(host, "ls /run/imgstor | grep -c tmp- || true") == "0"
 
 
 def test_unsafe_node_app_dir_is_refused(lab: Lab) -> None:
