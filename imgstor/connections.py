@@ -37,15 +37,16 @@ def fabric_config(ssh: Any) -> Any:
                        "identities": [], "strategy_class": None}})
 
 
-def connection(config: Any, host: str, *, err: TextIO) -> Any:
+def connection(config: Any, host: str, *, err: TextIO, fabric_cfg: Any = None) -> Any:
     """A not yet opened ``fabric.Connection`` to configured ``host``, with imgstor's host
-    key policy and known_hosts in place (raises ``HostKeyError`` if the file is unusable)."""
+    key policy and known_hosts in place (raises ``HostKeyError`` if the file is unusable).
+    ``fabric_cfg``: a ``fabric_config(config.ssh)`` to share (Fabric's groups share one)."""
     from imgstor import hostkeys
     hc = config.host(host)
     ssh = config.ssh
     port = hc.port or ssh.port
     conn = _safe_connection_class()(
-        hc.address, user=ssh.user, port=port, config=fabric_config(ssh),
+        hc.address, user=ssh.user, port=port, config=fabric_cfg or fabric_config(ssh),
         connect_kwargs={
             "key_filename": [ssh.identity] if ssh.identity else None,
             "look_for_keys": not ssh.identity, "allow_agent": False,

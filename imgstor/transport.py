@@ -67,6 +67,8 @@ class Cluster:
         self._uploaded: set[str] = set()
         self._conn_errors: dict[str, ImgstorError] = {}
         self._print_lock = threading.Lock()
+        self._fabric_cfg: Any = None           # one Fabric config for every connection
+        self._cfg_lock = threading.Lock()
 
     # ------------------------------------------------------------ connections
     def _lock(self, host: str) -> threading.Lock:
@@ -89,7 +91,11 @@ class Cluster:
         hc = self.config.host(host)
         ssh = self.config.ssh
         where = f"{host} ({hc.address}:{hc.port or ssh.port})"
-        conn = connections.connection(self.config, host, err=self.err)
+        with self._cfg_lock:
+            if self._fabric_cfg is None:
+                self._fabric_cfg = connections.fabric_config(ssh)
+        conn = connections.connection(self.config, host, err=self.err,
+                                      fabric_cfg=self._fabric_cfg)
         import paramiko
         try:
             conn.open()
