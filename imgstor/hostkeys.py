@@ -60,6 +60,9 @@ def load_known_hosts(path: str, *, missing_ok: bool, into: Any = None) -> KnownH
     """Parse ``path`` into ``into`` (a ``paramiko.HostKeys``, e.g. an SSHClient's, or a
     new one).  A missing file is empty if ``missing_ok`` (pinning will create it), else a
     ``HostKeyError``.  Revoked keys are never among the keys."""
+    if not path:
+        raise HostKeyError("[ssh] known_hosts is empty: name the file that holds the hosts' "
+                           "keys (imgstor trusts no other)", stage="connect")
     kh = KnownHosts(path, paramiko.HostKeys() if into is None else into)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

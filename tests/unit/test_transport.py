@@ -198,6 +198,11 @@ def test_missing_known_hosts_is_refused_without_pinning(tmp_path: Path) -> None:
     assert "accept_unknown" not in str(ei.value) and "ssh-keyscan" in str(ei.value)
 
 
+def test_an_empty_known_hosts_setting_is_refused() -> None:
+    with pytest.raises(HostKeyError, match="known_hosts is empty"):
+        hostkeys.load_known_hosts("", missing_ok=True)
+
+
 def test_unknown_key_refused_message_says_verify_not_accept(tmp_path: Path) -> None:
     loaded = hostkeys.load_known_hosts(str(tmp_path / "kh"), missing_ok=True)
     pol = hostkeys.Policy(loaded, pin=False, host="nas-0-0", address="192.0.2.10", port=22)
