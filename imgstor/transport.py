@@ -248,6 +248,7 @@ class Cluster:
             st = sftp.lstat(REMOTE_DIR)
         except FileNotFoundError:
             sftp.mkdir(REMOTE_DIR, 0o700)
+            sftp.chmod(REMOTE_DIR, 0o700)        # whatever sftp-server's umask made of it
             st = sftp.lstat(REMOTE_DIR)
         mode = st.st_mode or 0
         if not stat.S_ISDIR(mode) or st.st_uid != 0 or stat.S_IMODE(mode) != 0o700:
