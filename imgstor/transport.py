@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -30,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from imgstor import connections
 from imgstor.errors import (HostKeyError, ImgstorError, RemoteCommandError, StepError,
@@ -247,8 +248,11 @@ class Cluster:
         try:
             st = sftp.lstat(REMOTE_DIR)
         except FileNotFoundError:
-            sftp.mkdir(REMOTE_DIR, 0o700)
-            sftp.chmod(REMOTE_DIR, 0o700)        # whatever sftp-server's umask made of it
+            try:
+                sftp.mkdir(REMOTE_DIR, 0o700)
+                sftp.chmod(REMOTE_DIR, 0o700)    # whatever sftp-server's umask made of it
+            except OSError:
+                pass          # made meanwhile by another run: checked below like any other
             st = sftp.lstat(REMOTE_DIR)
         mode = st.st_mode or 0
         if not stat.S_ISDIR(mode) or st.st_uid != 0 or stat.S_IMODE(mode) != 0o700:
@@ -257,6 +261,21 @@ class Cluster:
     def upload_node_app(self, host: str) -> bool:
         """Put this version's zipapp on host unless it is there with the right content;
         True if it was sent.  Refuses (``StepError``) an unsafe /run/imgstor."""
+        with self._sftp_errors(host):
+            return self._upload(host)
+
+    @contextlib.contextmanager
+    def _sftp_errors(self, host: str) -> Iterator[None]:
+        """SFTP failures (no space, no sftp-server, lost connection) as TransportError."""
+        import paramiko
+        try:
+            yield
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            from imgstor.zipapp import REMOTE_DIR
+            raise TransportError(f"{host}: cannot upload imgstor's node app to {REMOTE_DIR} "
+                                 f"over SFTP: {e}", host=host, stage="upload") from None
+
+    def _upload(self, host: str) -> bool:
         app = self._app()
         conn = self.connection(host)
         sftp = conn.sftp()
@@ -305,7 +324,8 @@ class Cluster:
         r = self.exec(host, argv, stdin=req, shown=shown)
         boot = r.stderr.startswith("imgstor-boot: ")
         if boot and r.rc == BOOT_MISSING:
-            self._send(host, self.connection(host).sftp(), app)
+            with self._sftp_errors(host):
+                self._send(host, self.connection(host).sftp(), app)
             r = self.exec(host, argv, stdin=req, shown=shown)
             boot = r.stderr.startswith("imgstor-boot: ")
         if boot and r.rc == BOOT_UNSAFE:
