@@ -20,6 +20,8 @@ Facts this module relies on, seen with this machine's QEMU 7.2 (qemu-storage-dae
   the base in for ovl under every parent: ``query-block-exports`` then names the base as
   the export's node.  Writes made before, during and after the commit all land in the
   base (sha256-checked).
+* While the commit runs the export serves the job's implicit filter node (named like
+  ``#block044`` in ``query-block-exports``), the base itself once completed.
 * A base opened ``read-only`` is reopened read-write by the commit itself (the cancel
   path commits into the iSCSI origin, which is opened read-only until then).
 * ``blockdev-reopen`` (7.2: ``{"options": [...]}``, the node's full options) swaps ovl's

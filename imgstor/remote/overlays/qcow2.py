@@ -121,7 +121,10 @@ class Qcow2Overlay(Overlay):
             detail.update(job=job.id, job_status=job.status)
             if job.error:
                 detail["job_error"] = job.error
-        if exported == qsd.NODE_OVL:
+        # while a commit runs, the export serves the job's implicit filter node
+        # ("#block044", seen in the lab): that is still the overlay
+        on_ovl = exported == qsd.NODE_OVL or (job is not None and (exported or "").startswith("#"))
+        if on_ovl:
             if job is None or job.error or job.status not in _LIVE + _DONE:
                 phase = SNAPSHOT
                 into = None if job is None or job.error else into
