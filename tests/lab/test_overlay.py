@@ -220,3 +220,21 @@ def test_qcow2_overlay_cancel_merges_into_the_nas_volume(lab: Lab, mapped) -> No
     assert sessions_to(lab, vol) == 0
     assert sha_on(lab, NAS, nas_file(lab, vol)) == img.sha()
     assert qsd_pids(lab, vol) == ""
+
+
+def test_qcow2_overlay_survives_its_daemon(lab: Lab, mapped) -> None:
+    """The daemon killed (a node's OOM killer, a reboot of /run): overlay.create starts a
+    new one on the same overlay file, and the VM's writes are all still there."""
+    vol, img = mapped
+    args = {"driver": "qcow2", "pool": "tank", "vol": vol}
+    with Cluster(load_config(str(lab.config_path))) as c:
+        pid = c.step(NODE, "overlay.create", origin=qemu_json(lab, vol), **args).facts["pid"]
+        put(lab, img, vol, 7 * MiB, os.urandom(3 * MiB), "k1")
+        lab.ssh(NODE, f"kill -9 {pid}")
+        st = c.step(NODE, "overlay.status", **args).facts
+        assert not st["exists"]
+        r = c.step(NODE, "overlay.create", origin=qemu_json(lab, vol), **args)
+        assert r.changed and r.facts["pid"] != pid and not r.facts["overlay_created"]
+        got = lab.out(NODE, f"qemu-img convert -O raw '{nbd(vol)}' /tmp/ovl-{vol}-r.raw && "
+                            f"sha256sum < /tmp/ovl-{vol}-r.raw; rm -f /tmp/ovl-{vol}-r.raw")
+        assert got.split()[0] == img.sha()
