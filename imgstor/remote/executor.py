@@ -115,43 +115,81 @@ class LocalExecutor(Executor):
         return Result(argv, p.returncode, p.stdout, p.stderr)
 
     def _pipe(self, stages, *, timeout):
+        """Start every stage, then drain the last one's stdout and reap them all under ONE
+        deadline armed at the start (code review Z2: it used to be armed only after the
+        drain, so a hung stage blocked forever).  At the deadline every stage still running
+        is killed and reported with rc 124; the others keep their own exit status."""
+        import selectors
+        import tempfile
+        deadline = None if timeout is None else time.monotonic() + timeout
         procs: list[subprocess.Popen] = []
         errfiles = []
         prev = subprocess.DEVNULL
-        import tempfile
         try:
-            for i, argv in enumerate(stages):
+            for argv in stages:
                 ef = tempfile.TemporaryFile()
                 errfiles.append(ef)
-                last = i == len(stages) - 1
                 try:
-                    p = subprocess.Popen(argv, stdin=prev, stderr=ef,
-                                         stdout=subprocess.PIPE)
+                    p = subprocess.Popen(argv, stdin=prev, stderr=ef, stdout=subprocess.PIPE)
                 except FileNotFoundError:
                     for q in procs:
                         q.kill()
-                    return [Result(a, 127 if a is argv else -9, "", f"{argv[0]}: command not found")
+                        q.wait()
+                    return [Result(a, 127 if a is argv else -9, "",
+                                   f"{argv[0]}: command not found" if a is argv else "")
                             for a in stages]
                 if prev is not subprocess.DEVNULL:
                     prev.close()      # the child holds it now; lets SIGPIPE work
                 procs.append(p)
                 prev = p.stdout
-                if last:
-                    break
-            out = procs[-1].stdout.read().decode(errors="replace") if procs[-1].stdout else ""
-            deadline = None if timeout is None else time.monotonic() + timeout
+            out = bytearray()
+            timed_out = False
+            last = procs[-1].stdout
+            with selectors.DefaultSelector() as sel:
+                sel.register(last, selectors.EVENT_READ)
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        timed_out = True
+                        break
+                    if not sel.select(left):
+                        continue
+                    chunk = os.read(last.fileno(), 65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            last.close()
+            killed: set[int] = set()
+            for p in procs:
+                if not timed_out:
+                    try:
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        p.wait(left)
+                        continue
+                    except subprocess.TimeoutExpired:
+                        timed_out = True
+                # the deadline passed: every stage still running now is killed, together
+                # (one at a time would let a later stage see EOF and exit 0)
+                running = [j for j, q in enumerate(procs) if q.poll() is None]
+                for j in running:
+                    procs[j].kill()
+                killed.update(running)
+                break
             results = []
-            for p, argv, ef in zip(procs, stages, errfiles):
-                try:
-                    rc = p.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    rc = 124
+            for i, (p, argv, ef) in enumerate(zip(procs, stages, errfiles)):
+                rc = p.wait()
+                extra = ""
+                if i in killed:
+                    rc, extra = 124, f"\ntimed out after {timeout}s (killed)"
                 ef.seek(0)
-                results.append(Result(argv, rc, "", ef.read().decode(errors="replace")))
-            results[-1].stdout = out
+                results.append(Result(argv, rc, "", ef.read().decode(errors="replace") + extra))
+            results[-1].stdout = out.decode(errors="replace")
             return results
         finally:
+            for p in procs:
+                if p.poll() is None:           # an exception above: leave nothing running
+                    p.kill()
+                    p.wait()
             for ef in errfiles:
                 ef.close()
 
