@@ -90,6 +90,22 @@ class Executor:
                     raise RemoteCommandError(self.host, r.argv, r.rc, r.stderr)
         return results
 
+    def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Replace file ``path`` with ``data`` atomically (temp file, fsync, rename) with
+        ``mode``; its directory is made 0700 if missing.  A change like a command: logged
+        as ``write-file PATH MODE``, skipped (``SKIP> …``) in a dry run."""
+        argv = ["write-file", str(path), f"{mode:04o}"]
+        text = shlex.join(argv)
+        if self.dry_run:
+            self.log.append("SKIP> " + text)
+            self.skipped.append(text)
+            return
+        self.log.append(text)
+        self._write_file(argv, data, mode)
+
+    def _write_file(self, argv: list[str], data: bytes, mode: int) -> None:
+        raise NotImplementedError
+
     def _run(self, argv: list[str], *, input: str | None, timeout: float | None,
              env: dict | None) -> Result:
         raise NotImplementedError
@@ -99,6 +115,20 @@ class Executor:
 
 
 class LocalExecutor(Executor):
+    def _write_file(self, argv, data, mode):
+        path = argv[1]
+        d = os.path.dirname(path) or "."
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
     def _run(self, argv, *, input, timeout, env):
         full_env = None
         if env:
@@ -216,6 +246,7 @@ class ScriptedExecutor(Executor):
     def __post_init__(self) -> None:
         Executor.__init__(self, "scripted")
         self.calls: list[list[str]] = []
+        self.files: dict[str, bytes] = {}       # what write_file wrote
 
     def _next(self, argv: list[str]) -> Result:
         self.calls.append(argv)
@@ -228,6 +259,10 @@ class ScriptedExecutor(Executor):
 
     def _run(self, argv, *, input, timeout, env):
         return self._next(argv)
+
+    def _write_file(self, argv, data, mode):
+        self._next(argv)
+        self.files[argv[1]] = data
 
     def _pipe(self, stages, *, timeout):
         return [self._next(s) for s in stages]

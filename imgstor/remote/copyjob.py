@@ -1,0 +1,472 @@
+"""The copy engine of sync mode: ``zfs send`` on this (sending) host straight into the
+receiving host's sync gate, run as a detached job (imgstor.remote.jobs).
+
+The pipeline, every stage's exit status kept::
+
+    zfs send [-i BASE | -t TOKEN] SNAP  ->  [count]  ->  [zstd -qc]  ->  [throttle]
+        ->  ssh -F /dev/null -o BatchMode=yes … -i KEY_DIR/id_ed25519 ADDRESS
+                imgstor-sync-gate receive [-s] [--zstd] [--incremental] DATASET
+
+``count`` and ``throttle`` are not programs: the job process itself moves the bytes between
+the stages' pipes (``os.splice``, no copy through Python), counts them (logical bytes
+before zstd, wire bytes after) and sleeps when it is ahead of ``bwlimit`` (bytes per second
+on the wire).  No ``pv`` needed.
+
+Resume: the job first asks the gate for the destination's state.  A partial receive
+(OpenZFS ``receive -s`` left a ``receive_resume_token``) is resumed with ``zfs send -t``
+after checking that the token's ``toname`` is this job's snapshot; zfs-fuse has no tokens
+and leaves nothing behind when a full receive breaks (seen in the userspace lab), so a
+restart there sends again from byte 0 ("resume" = the job's phase).  A destination that
+exists and is not this job's partial receive is refused (audit L15): imgstor never uses
+``receive -F``.
+
+Progress: ``bytes_done`` (logical, this attempt plus what a resumed receive already had)
+against ``bytes_total`` (``zfs send -nP`` on OpenZFS; on zfs-fuse, which lacks it, the
+snapshot's ``referenced``: approximate, ``total_exact`` false).
+
+Standard library only: shipped to nodes in the zipapp.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from imgstor.errors import UsageError
+from imgstor.remote.drivers._common import positional
+
+__all__ = ["KEY_DIR", "GATE", "Peer", "job_name", "ssh_argv", "gate_argv", "send_argv",
+           "size_argv", "parse_send_size", "parse_token_info", "parse_rate", "Meter",
+           "relay", "run", "DATASET"]
+
+KEY_DIR = "/root/.ssh/imgstor-sync"
+GATE = "imgstor-sync-gate"
+ZSTD = ["zstd", "-qc"]
+_COMPONENT = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+DATASET = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})+$", re.ASCII)
+SNAPSHOT = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*@{_COMPONENT}$", re.ASCII)
+ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The receiving host as the sending host reaches it."""
+    address: str                   # data address (``<name>.<ib_net>`` when set)
+    alias: str                     # host name; known_hosts entry ``imgstor-<alias>``
+    dataset: str                   # where the stream goes
+    port: int = 22
+    user: str = "root"
+
+    def __post_init__(self) -> None:
+        positional(self.address, "address")
+        if any(c.isspace() or c in "@;'\"`$\\" for c in self.address):
+            raise UsageError(f"bad address {self.address!r}")
+        if not ALIAS.match(self.alias):
+            raise UsageError(f"bad host name {self.alias!r}")
+        check_dataset(self.dataset)
+        if not ALIAS.match(self.user):
+            raise UsageError(f"bad user {self.user!r}")
+        if not (isinstance(self.port, int) and 0 < self.port < 65536):
+            raise UsageError(f"bad port {self.port!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Peer":
+        return cls(d["address"], d["alias"], d["dataset"], int(d.get("port", 22)),
+                   d.get("user", "root"))
+
+    def to_dict(self) -> dict:
+        return {"address": self.address, "alias": self.alias, "dataset": self.dataset,
+                "port": self.port, "user": self.user}
+
+
+def check_dataset(ds: str) -> str:
+    if not isinstance(ds, str) or not DATASET.match(ds) or ".." in ds:
+        raise UsageError(f"bad dataset name {ds!r} (want POOL/NAME)")
+    return ds
+
+
+def check_snapshot(snap: str) -> str:
+    if not isinstance(snap, str) or not SNAPSHOT.match(snap) or ".." in snap:
+        raise UsageError(f"bad snapshot name {snap!r} (want POOL/NAME@SNAP)")
+    return snap
+
+
+def job_name(alias: str, dataset: str) -> str:
+    """One job (and one lock) per destination: host alias + dataset."""
+    if not ALIAS.match(alias):
+        raise UsageError(f"bad host name {alias!r}")
+    return f"copy@{alias}:{check_dataset(dataset).replace('/', '%')}"
+
+
+_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$", re.ASCII)
+
+
+def parse_rate(value: int | str | None) -> int:
+    """``sync_bwlimit``: bytes per second, an int or written like sizes (``12M`` =
+    12 MiB/s); 0, "" or None = unlimited."""
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, bool):
+        raise UsageError(f"bad bandwidth limit {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise UsageError(f"bad bandwidth limit {value!r}")
+        return value
+    m = _RATE.match(str(value).strip().upper())
+    if not m:
+        raise UsageError(f"bad bandwidth limit {value!r} (bytes per second, e.g. 12M)")
+    return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+                                     "T": 1 << 40}[m.group(2)])
+
+
+# ------------------------------------------------------------------ argv builders
+def ssh_argv(peer: Peer, *, key_dir: str = KEY_DIR, connect_timeout: int = 10) -> list[str]:
+    """ssh with imgstor's own key and pinned host key only: no user ssh_config (``-F
+    /dev/null``), no agent, no other identities, the receiver's key looked up under the
+    alias ``imgstor-<name>`` (so the storage network address verifies too), a connect
+    timeout and keepalives (a dead peer ends the stream within a minute)."""
+    positional(key_dir, "key directory")
+    return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes",
+            "-o", f"ConnectTimeout={int(connect_timeout)}",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={key_dir}/known_hosts",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"HostKeyAlias=imgstor-{peer.alias}",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-i", f"{key_dir}/id_ed25519",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+            "-o", "Compression=no", "-p", str(peer.port), "-l", peer.user,
+            "--", peer.address]
+
+
+def gate_argv(peer: Peer, verb: str, *opts: str, key_dir: str = KEY_DIR,
+              connect_timeout: int = 10) -> list[str]:
+    """``ssh … ADDRESS 'imgstor-sync-gate VERB [OPTS] DATASET'``: the remote command becomes
+    text exactly once, here (ssh would join the words with spaces anyway)."""
+    return ssh_argv(peer, key_dir=key_dir, connect_timeout=connect_timeout) + [
+        shlex.join([GATE, verb, *opts, peer.dataset])]
+
+
+def send_argv(snapshot: str, *, base: str | None = None, token: str | None = None) -> list[str]:
+    if token:
+        return ["zfs", "send", "-t", positional(token, "resume token")]
+    argv = ["zfs", "send"]
+    if base:
+        argv += ["-i", check_snapshot(base)]
+    return argv + [check_snapshot(snapshot)]
+
+
+def size_argv(snapshot: str, *, base: str | None = None, token: str | None = None) -> list[str]:
+    """``zfs send -nP …``: the stream size, without sending (OpenZFS only)."""
+    argv = send_argv(snapshot, base=base, token=token)
+    return argv[:2] + ["-nP"] + argv[2:]
+
+
+def token_info_argv(token: str) -> list[str]:
+    return ["zfs", "send", "-nvt", positional(token, "resume token")]
+
+
+def parse_send_size(text: str) -> int | None:
+    """The ``size`` line of ``zfs send -nP`` (OpenZFS: ``size\\t12345``; the last one wins
+    when several snapshots are listed)."""
+    size = None
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 2 and f[0] == "size" and f[1].isdigit():
+            size = int(f[1])
+    return size
+
+
+def parse_token_info(text: str) -> dict:
+    """``zfs send -nvt TOKEN``: the token's nvlist (``\\ttoname = pool/fs@snap``,
+    ``\\tbytes = 0x1e4a18``) as a dict; numbers as ints."""
+    out: dict = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s+(\w+) = (.+)$", line)
+        if not m:
+            continue
+        key, val = m.group(1), m.group(2).strip()
+        try:
+            out[key] = int(val, 0)
+        except ValueError:
+            out[key] = val
+    return out
+
+
+# ------------------------------------------------------------------ moving bytes
+class Meter:
+    """Bytes through a relay; with ``rate`` > 0, ``throttle()`` sleeps while the relay is
+    ahead of ``rate`` bytes per second since it started (a token bucket of ~0.1 s)."""
+
+    def __init__(self, rate: int = 0) -> None:
+        self.rate = rate
+        self.bytes = 0
+        self.t0 = time.monotonic()
+
+    def chunk(self) -> int:
+        return max(16384, min(1 << 20, self.rate // 10)) if self.rate else 1 << 20
+
+    def throttle(self) -> None:
+        if self.rate:
+            ahead = self.bytes / self.rate - (time.monotonic() - self.t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _bigger_pipe(fd: int) -> None:
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (OSError, AttributeError):
+        pass                                   # the default 64 KiB works too
+
+
+def relay(src: int, dst: int, *, count: Meter, limit: Meter | None = None) -> None:
+    """Move bytes from pipe ``src`` to pipe ``dst`` until EOF (or a closed ``dst``), counting
+    them in ``count`` and throttling with ``limit``.  Closes both ends when done, so the
+    writer before gets SIGPIPE and the reader after gets EOF."""
+    _bigger_pipe(src)
+    _bigger_pipe(dst)
+    splice = getattr(os, "splice", None)
+    try:
+        while True:
+            n = (limit or count).chunk()
+            if splice is not None:
+                moved = splice(src, dst, n)
+            else:                                  # no splice (not Linux / old Python)
+                data = os.read(src, n)
+                moved = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(dst, view):]
+            if not moved:
+                break
+            count.bytes += moved
+            if limit is not None:
+                if limit is not count:
+                    limit.bytes += moved
+                limit.throttle()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        for fd in (src, dst):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------------ the job body
+class CopyFailed(Exception):
+    pass
+
+
+def _zfs(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=timeout)
+
+
+def _tail(text: str, n: int = 1500) -> str:
+    text = text.strip()
+    return text if len(text) <= n else "…" + text[-n:]
+
+
+def gate_state(peer: Peer, *, key_dir: str, connect_timeout: int) -> dict:
+    argv = gate_argv(peer, "state", key_dir=key_dir, connect_timeout=connect_timeout)
+    r = _zfs(argv, timeout=connect_timeout + 120)
+    if r.returncode != 0:
+        raise CopyFailed(f"asking {peer.alias} for {peer.dataset}'s state failed "
+                         f"(rc {r.returncode}): {_tail(r.stderr, 600)}")
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise CopyFailed(f"{peer.alias}: unreadable answer from the sync gate: "
+                         f"{_tail(r.stdout, 300)!r}") from None
+
+
+def _guid(snap: str) -> str:
+    r = _zfs(["zfs", "get", "-H", "-p", "-o", "value", "guid", snap])
+    if r.returncode != 0:
+        raise CopyFailed(f"{snap}: {_tail(r.stderr, 300)}")
+    return r.stdout.strip()
+
+
+def _flavor_openzfs() -> bool:
+    return _zfs(["zfs", "version"]).returncode == 0 or \
+        "feature flags" in _zfs(["zpool", "upgrade", "-v"]).stdout
+
+
+def plan(spec: dict, st: dict, *, openzfs: bool) -> dict:
+    """Decide what to send from the destination's state ``st`` (the gate's answer):
+    ``{"done": True}`` when the snapshot is there already, else send argv, resume token
+    and flags.  Raises CopyFailed when the destination is not ours to write."""
+    snap, base = spec["snapshot"], spec.get("base")
+    peer = Peer.from_dict(spec["to"])
+    short = snap.split("@", 1)[1]
+    guid = spec["guid"]
+    have = st.get("snapshots") or {}
+    if have.get(short) == guid:
+        return {"done": True}
+    if short in have:
+        raise CopyFailed(f"{peer.alias}:{peer.dataset}@{short} exists but is another "
+                         "snapshot (guid differs); refusing")
+    token = st.get("token")
+    out = {"done": False, "resumable": bool(st.get("resume")) and openzfs,
+           "incremental": bool(base), "token": None}
+    if token:
+        if not openzfs:
+            raise CopyFailed("the destination holds a resumable receive but this zfs "
+                             "cannot resume (zfs send -t)")
+        out["token"] = token
+        out["send"] = send_argv(snap, token=token)
+    elif st.get("exists") and not base:
+        raise CopyFailed(f"{peer.alias}:{peer.dataset} exists and is not a partial receive "
+                         "of this job: imgstor never overwrites a dataset (no receive -F)")
+    elif base:
+        bshort = base.split("@", 1)[1]
+        if not st.get("exists"):
+            raise CopyFailed(f"{peer.alias}:{peer.dataset} does not exist: an incremental "
+                             f"from {base} needs it")
+        if have.get(bshort) != spec.get("base_guid"):
+            raise CopyFailed(f"{peer.alias}:{peer.dataset} lacks @{bshort} (or it is "
+                             "another snapshot): no common snapshot to send from")
+        out["send"] = send_argv(snap, base=base)
+    else:
+        out["send"] = send_argv(snap)
+    return out
+
+
+def run(job) -> dict:
+    """The job body (runs detached, see imgstor.remote.jobs)."""
+    spec = job.spec
+    peer = Peer.from_dict(spec["to"])
+    kd, cto = spec.get("key_dir", KEY_DIR), int(spec.get("connect_timeout", 10))
+    snap, base = spec["snapshot"], spec.get("base")
+    stall = float(spec.get("stall_timeout", 600))
+    job.update(phase="probe", snapshot=snap, force=True)
+    openzfs = _flavor_openzfs()
+    spec = dict(spec, guid=_guid(snap), base_guid=_guid(base) if base else None)
+    st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+    p = plan(spec, st, openzfs=openzfs)
+    if p["done"]:
+        return {"state": "done", "phase": "done", "already": True}
+    resume_offset, total, exact = 0, None, False
+    if p["token"]:
+        info = parse_token_info(_zfs(token_info_argv(p["token"])).stdout)
+        if info.get("toname") != snap:
+            raise CopyFailed(f"the partial receive on {peer.alias}:{peer.dataset} is of "
+                             f"{info.get('toname')!r}, not {snap}; cancel it (copy.cancel) "
+                             "to drop it")
+        resume_offset = int(info.get("bytes") or 0)
+    if openzfs:
+        r = _zfs(size_argv(snap, base=base, token=p["token"]))
+        size = parse_send_size(r.stdout + "\n" + r.stderr)
+        total, exact = (resume_offset + size, True) if size is not None else (None, False)
+    else:
+        r = _zfs(["zfs", "get", "-H", "-p", "-o", "value", "referenced", snap])
+        total = int(r.stdout.strip()) if r.stdout.strip().isdigit() else None
+        if base and total is not None:
+            rb = _zfs(["zfs", "get", "-H", "-p", "-o", "value", "referenced", base])
+            total = max(0, total - int(rb.stdout.strip() or 0))
+    zstd = spec.get("compress") == "zstd"
+    opts = (["-s"] if p["resumable"] else []) + (["--zstd"] if zstd else []) + \
+        (["--incremental"] if p["incremental"] else [])
+    stages = [p["send"]] + ([ZSTD] if zstd else []) + \
+        [gate_argv(peer, "receive", *opts, key_dir=kd, connect_timeout=cto)]
+    job.update(phase="send", bytes_total=total, total_exact=exact, resumed=bool(p["token"]),
+               resume_offset=resume_offset, bytes_done=resume_offset,
+               stages=[{"argv": a, "rc": None} for a in stages], force=True)
+    return _pump(job, stages, zstd=zstd, rate=int(spec.get("bwlimit") or 0),
+                 offset=resume_offset, stall=stall, peer=peer, kd=kd, cto=cto, snap=snap,
+                 guid=spec["guid"])
+
+
+def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) -> dict:
+    keep = (job.lock_fd,)
+    errs = [tempfile.TemporaryFile() for _ in stages]
+    procs: list[subprocess.Popen] = []
+    t0 = time.monotonic()
+    logical, wire = Meter(), Meter(rate)
+    try:
+        send = subprocess.Popen(stages[0], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=errs[0], pass_fds=keep)
+        procs.append(send)
+        if zstd:
+            z = subprocess.Popen(stages[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=errs[1], pass_fds=keep)
+            procs.append(z)
+        ssh = subprocess.Popen(stages[-1], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=errs[-1], pass_fds=keep)
+        procs.append(ssh)
+        # the job keeps only the relay ends; closing our copies lets EOF and SIGPIPE flow
+        src = os.dup(send.stdout.fileno())
+        send.stdout.close()
+        threads = []
+        if zstd:
+            zin, zout, sin = (os.dup(z.stdin.fileno()), os.dup(z.stdout.fileno()),
+                              os.dup(ssh.stdin.fileno()))
+            z.stdin.close(), z.stdout.close(), ssh.stdin.close()
+            threads.append(threading.Thread(target=relay, args=(src, zin),
+                                            kwargs={"count": logical}, daemon=True))
+            threads.append(threading.Thread(target=relay, args=(zout, sin),
+                                            kwargs={"count": wire, "limit": wire},
+                                            daemon=True))
+        else:
+            sin = os.dup(ssh.stdin.fileno())
+            ssh.stdin.close()
+            wire = logical
+            logical.rate = rate
+            threads.append(threading.Thread(target=relay, args=(src, sin),
+                                            kwargs={"count": logical, "limit": logical},
+                                            daemon=True))
+        for t in threads:
+            t.start()
+        last, last_change, stalled = -1, time.monotonic(), False
+        while any(t.is_alive() for t in threads) or any(p.poll() is None for p in procs):
+            time.sleep(0.25)
+            now = time.monotonic()
+            if logical.bytes != last or wire.bytes != last:
+                last, last_change = logical.bytes, now
+            elif now - last_change > stall:
+                stalled = True
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            job.update(bytes_done=offset + logical.bytes, wire_bytes=wire.bytes,
+                       seconds=round(now - t0, 2))
+        rcs = [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    tails = []
+    for f in errs:
+        f.seek(0)
+        tails.append(f.read().decode(errors="replace"))
+        f.close()
+    secs = time.monotonic() - t0
+    result = {"bytes_done": offset + logical.bytes, "wire_bytes": wire.bytes,
+              "seconds": round(secs, 2),
+              "rate": round(logical.bytes / secs) if secs > 0 else None,
+              "stages": [{"argv": a, "rc": rc, "stderr": _tail(t, 400)}
+                         for a, rc, t in zip(stages, rcs, tails)]}
+    bad = [(a, rc, t) for a, rc, t in zip(stages, rcs, tails) if rc]
+    if stalled or bad:
+        why = f"no progress for {stall:.0f}s; killed. " if stalled else ""
+        why += "; ".join(f"{a[0]} exited {rc}: {_tail(t, 500)}" for a, rc, t in bad)
+        return {**result, "state": "failed", "phase": "send", "error": _tail(why, 1500)}
+    job.update(phase="verify", force=True, **result)
+    st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+    short = snap.split("@", 1)[1]
+    if (st.get("snapshots") or {}).get(short) != guid:
+        return {**result, "state": "failed", "phase": "verify",
+                "error": f"the stream ended but {peer.dataset}@{short} is not on "
+                         f"{peer.alias}"}
+    return {**result, "state": "done", "phase": "done"}

@@ -1,0 +1,134 @@
+"""Copy jobs: the node steps the sync workflow and its monitor call on the SENDING host
+(the NAS for NAS->VM, the compute node for the pull back).
+
+* ``copy.start``   ensure a copy of SNAPSHOT to TO_ADDRESS:TO_DATASET runs or has run:
+                   starts a detached job (imgstor.remote.jobs + copyjob) unless one for
+                   that destination runs already (then its status comes back, nothing
+                   starts) or the last one finished this very snapshot.
+* ``copy.status``  read-only: the job's progress (state running|done|failed|cancelled|
+                   died|none, phase, bytes_done/bytes_total, stages with rc, error tail).
+* ``copy.cancel``  stop the job's process group and, unless ``keep_partial``, drop the
+                   destination's partial receive through the sync gate (``zfs receive -A``).
+
+One job per destination (receiving host alias + dataset): ``copy@ALIAS:POOL%VOL``.
+The receiving side runs nothing of imgstor but the sync gate (imgstor.remote.syncgate),
+reached with imgstor's own key (steps ``sync.install_key`` / ``sync.authorize``).
+"""
+from __future__ import annotations
+
+from imgstor.errors import NotFound, RemoteCommandError, UsageError
+from imgstor.remote import copyjob, jobs
+from imgstor.remote.copyjob import Peer
+from imgstor.remote.drivers import zfs
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps._util import run_mapped
+
+__all__ = ["start", "status", "cancel"]
+
+# the launcher; unit tests replace it (a scenario must not fork a real job)
+_launch = jobs.start
+JOBS_BASE: str | None = None          # None: jobs.JOBS_DIR
+
+
+def _peer(to_address: str, to_alias: str, to_dataset: str, port: int, user: str) -> Peer:
+    return Peer(to_address, to_alias, to_dataset, int(port), user)
+
+
+@step("copy.start")
+def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dataset: str,
+          base: str | None = None, port: int = 22, user: str = "root", bwlimit: int | str = 0,
+          compress: str = "", create_snapshot: bool = False, key_dir: str = copyjob.KEY_DIR,
+          connect_timeout: int = 10, stall_timeout: int = 600) -> StepResult:
+    """Ensure SNAPSHOT (POOL/DS@SNAP on this host) is being, or has been, copied to
+    TO_DATASET on TO_ALIAS (reached at TO_ADDRESS) — incrementally from BASE if given.
+    Runs ``zfs list`` (and ``zfs snapshot`` with CREATE_SNAPSHOT) here, then starts the
+    job; the job does the rest (see imgstor.remote.copyjob)."""
+    copyjob.check_snapshot(snapshot)
+    if base is not None:
+        copyjob.check_snapshot(base)
+        if base.split("@")[0] != snapshot.split("@")[0]:
+            raise UsageError(f"base {base} is not a snapshot of {snapshot.split('@')[0]}")
+    if compress not in ("", "zstd"):
+        raise UsageError(f"bad compress {compress!r}: \"\" or \"zstd\"")
+    peer = _peer(to_address, to_alias, to_dataset, port, user)
+    rate = copyjob.parse_rate(bwlimit)
+    name = copyjob.job_name(to_alias, to_dataset)
+    st = jobs.status(name, base=JOBS_BASE)
+    if st["state"] == "running":
+        return StepResult(False, {**st, "started": False},
+                          f"copy to {to_alias}:{to_dataset} is running already")
+    if st["state"] == "done" and st.get("snapshot") == snapshot:
+        return StepResult(False, {**st, "started": False},
+                          f"{snapshot} is on {to_alias}:{to_dataset} already")
+    made = False
+    for snap in ([base] if base else []) + [snapshot]:
+        if not zfs.exists(ex, snap):
+            if snap == snapshot and create_snapshot:
+                run_mapped(ex, zfs.snapshot(snap), zfs.classify)
+                made = True
+            else:
+                raise NotFound(f"{ex.host}: snapshot {snap} does not exist")
+    spec = {"snapshot": snapshot, "base": base, "to": peer.to_dict(), "bwlimit": rate,
+            "compress": compress, "key_dir": key_dir, "connect_timeout": int(connect_timeout),
+            "stall_timeout": int(stall_timeout)}
+    plan = [copyjob.send_argv(snapshot, base=base)] + \
+        ([copyjob.ZSTD] if compress else []) + \
+        [copyjob.gate_argv(peer, "receive", *(["--zstd"] if compress else []),
+                           *(["--incremental"] if base else []), key_dir=key_dir,
+                           connect_timeout=int(connect_timeout))]
+    if ex.dry_run:
+        ex.pipe(plan)                     # SKIP> zfs send … | … | ssh …
+        return StepResult(True, {"job": name, "state": "none", "started": False,
+                                 "snapshot_created": made}, f"would start job {name}")
+    ex.log.append(f"job {name}: " + " | ".join(" ".join(a) for a in plan))
+    started, st = _launch(name, spec, copyjob.run, base=JOBS_BASE)
+    facts = {**st, "started": started, "snapshot_created": made}
+    if started:
+        return StepResult(True, facts, f"started copy job {name} (pid {st.get('pid')})")
+    return StepResult(made, facts, f"copy job {name} is {st.get('state')}")
+
+
+@step("copy.status")
+def status(ex: Executor, *, to_alias: str, to_dataset: str) -> StepResult:
+    """Read-only: the copy job's progress file and whether its process lives (``died``:
+    ended without a result; the caller starts it again)."""
+    name = copyjob.job_name(to_alias, to_dataset)
+    st = jobs.status(name, base=JOBS_BASE)
+    total, done = st.get("bytes_total"), st.get("bytes_done") or 0
+    if total:
+        st["percent"] = min(100.0, round(100.0 * done / total, 1))
+    return StepResult(False, st, f"{name}: {st['state']}")
+
+
+@step("copy.cancel")
+def cancel(ex: Executor, *, to_alias: str, to_dataset: str,
+           keep_partial: bool = False) -> StepResult:
+    """Ensure no copy job to TO_ALIAS:TO_DATASET runs (SIGTERM, then SIGKILL, to its
+    process group) and, unless KEEP_PARTIAL, that the destination holds no partial
+    receive (``imgstor-sync-gate abort``: ``zfs receive -A``; a complete dataset is never
+    touched)."""
+    name = copyjob.job_name(to_alias, to_dataset)
+    st = jobs.status(name, base=JOBS_BASE)
+    spec = jobs.read_json(jobs.job_dir(name, JOBS_BASE) + "/spec")
+    changed = False
+    if st["state"] == "running":
+        if ex.dry_run:
+            ex.log.append(f"SKIP> kill job {name} (pid {st.get('pid')})")
+            ex.skipped.append(f"kill job {name}")
+        else:
+            st = jobs.cancel(name, base=JOBS_BASE)
+        changed = True
+    facts = {**st, "aborted_partial": False}
+    if not keep_partial and spec:
+        peer = Peer.from_dict(spec["to"])
+        argv = copyjob.gate_argv(peer, "abort", key_dir=spec.get("key_dir", copyjob.KEY_DIR),
+                                 connect_timeout=int(spec.get("connect_timeout", 10)))
+        r = ex.run(argv, check=False, timeout=120)
+        if r.rc != 0 and not r.skipped:
+            raise RemoteCommandError(ex.host, argv, r.rc, r.stderr, r.stdout)
+        if '"aborted": true' in r.stdout:
+            facts["aborted_partial"] = True
+            changed = True
+    return StepResult(changed, facts, f"{name}: {facts['state']}"
+                      + ("; partial receive dropped" if facts["aborted_partial"] else ""))
