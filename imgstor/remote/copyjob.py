@@ -377,6 +377,8 @@ def run(job) -> dict:
     zstd = spec.get("compress") == "zstd"
     opts = (["-s"] if p["resumable"] else []) + (["--zstd"] if zstd else []) + \
         (["--incremental"] if p["incremental"] else [])
+    if p["incremental"] and spec.get("rollback"):
+        opts.append(f"--rollback={base.split('@', 1)[1]}")
     stages = [p["send"]] + ([ZSTD] if zstd else []) + \
         [gate_argv(peer, "receive", *opts, key_dir=kd, connect_timeout=cto)]
     job.update(phase="send", bytes_total=total, total_exact=exact, resumed=bool(p["token"]),

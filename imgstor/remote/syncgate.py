@@ -11,12 +11,17 @@ sshd runs it whatever the client asked for and passes the request in
 ``SSH_ORIGINAL_COMMAND``, which must be one of (dataset names under a ``--pool`` only)::
 
     imgstor-sync-gate state DATASET            JSON: resume support, exists, token, snapshots
-    imgstor-sync-gate receive [-s] [--zstd] [--incremental] DATASET
+    imgstor-sync-gate receive [-s] [--zstd] [--incremental [--rollback=SNAP]] DATASET
                                                [zstd -dc |] zfs receive [-s] DATASET
     imgstor-sync-gate abort DATASET            zfs receive -A DATASET (drop a partial receive)
 
 Never ``receive -F`` (audit L15): a full stream is refused when DATASET exists and is not a
-partial (resumable) receive, an incremental one needs DATASET to exist.  One receive per
+partial (resumable) receive, an incremental one needs DATASET to exist.  An incremental
+into a dataset touched since its last snapshot (a mounted filesystem's atime is enough)
+fails "destination has been modified"; ``--rollback=SNAP`` (asked for by the pull back,
+whose destination is the NAS copy nobody writes while the VM runs on the node) first runs
+``zfs rollback DATASET@SNAP`` — only if SNAP is the newest snapshot there, and without
+``-r``, so no snapshot is ever destroyed.  One receive per
 dataset at a time: an ``flock`` on /run/imgstor/recv/<dataset>.lock held by the gate and
 its children for the life of the receive (its pid is written in the file).
 
@@ -110,7 +115,8 @@ def _take_lock(ds: str) -> int:
     return fd
 
 
-def receive(ds: str, *, resumable: bool, zstd: bool, incremental: bool) -> int:
+def receive(ds: str, *, resumable: bool, zstd: bool, incremental: bool,
+            rollback: str | None = None) -> int:
     fd = _take_lock(ds)
     st = state(ds)
     if resumable and not st["resume"]:
@@ -120,6 +126,14 @@ def receive(ds: str, *, resumable: bool, zstd: bool, incremental: bool) -> int:
     if not incremental and st["exists"] and not st["token"]:
         raise Refused(f"{ds} exists and is not a partial receive: imgstor never overwrites "
                       "a dataset (no receive -F); remove it or receive elsewhere")
+    if rollback:
+        newest = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-s", "creation", "-r", ds)
+        mine = [n for n in newest.stdout.split() if n.startswith(ds + "@")]
+        if not mine or mine[-1] != f"{ds}@{rollback}":
+            raise Refused(f"{ds}@{rollback} is not the newest snapshot of {ds}; not rolling back")
+        r = zfs("rollback", f"{ds}@{rollback}")
+        if r.returncode:
+            raise RuntimeError(f"zfs rollback {ds}@{rollback}: {r.stderr.strip()}")
     recv = ["zfs", "receive"] + (["-s"] if resumable else []) + [ds]
     procs = []
     stdin = 0
@@ -159,11 +173,18 @@ def parse(words: list[str], pools: list[str]) -> tuple[str, dict, str]:
     if ds.split("/", 1)[0] not in pools:
         raise Refused(f"{ds} is not in an allowed pool ({', '.join(pools) or 'none'})")
     allowed = {"state": set(), "abort": set(),
-               "receive": {"-s", "--zstd", "--incremental"}}.get(verb)
-    if allowed is None or not set(args) <= allowed or len(set(args)) != len(args):
+               "receive": {"-s", "--zstd", "--incremental", "--rollback"}}.get(verb)
+    rollback = None
+    for a in args:
+        if a.startswith("--rollback="):
+            rollback = a.split("=", 1)[1]
+            if not re.match(rf"^{_COMPONENT}$", rollback, re.ASCII) or "--incremental" not in args:
+                raise Refused(f"refused request: {shlex.join(words)[:200]!r}")
+    keys = [a.split("=", 1)[0] for a in args]
+    if allowed is None or not set(keys) <= allowed or len(set(keys)) != len(keys):
         raise Refused(f"refused request: {shlex.join(words)[:200]!r}")
     return verb, {"-s": "-s" in args, "zstd": "--zstd" in args,
-                  "incremental": "--incremental" in args}, ds
+                  "incremental": "--incremental" in args, "rollback": rollback}, ds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(abort(ds)))
             return 0
         return receive(ds, resumable=opts["-s"], zstd=opts["zstd"],
-                       incremental=opts["incremental"])
+                       incremental=opts["incremental"], rollback=opts["rollback"])
     except Refused as e:
         print(f"{NAME}: {e}", file=sys.stderr)
         return e.code

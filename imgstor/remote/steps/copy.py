@@ -4,7 +4,9 @@
 * ``copy.start``   ensure a copy of SNAPSHOT to TO_ADDRESS:TO_DATASET runs or has run:
                    starts a detached job (imgstor.remote.jobs + copyjob) unless one for
                    that destination runs already (then its status comes back, nothing
-                   starts) or the last one finished this very snapshot.
+                   starts).  A job whose snapshot is on the destination already (same
+                   guid) ends at once as ``done`` with ``already: true``: a finished
+                   progress file alone is not trusted (the destination may be gone).
 * ``copy.status``  read-only: the job's progress (state running|done|failed|cancelled|
                    died|none, phase, bytes_done/bytes_total, stages with rc, error tail).
 * ``copy.cancel``  stop the job's process group and, unless ``keep_partial``, drop the
@@ -39,16 +41,21 @@ def _peer(to_address: str, to_alias: str, to_dataset: str, port: int, user: str)
 def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dataset: str,
           base: str | None = None, port: int = 22, user: str = "root", bwlimit: int | str = 0,
           compress: str = "", create_snapshot: bool = False, key_dir: str = copyjob.KEY_DIR,
-          connect_timeout: int = 10, stall_timeout: int = 600) -> StepResult:
+          connect_timeout: int = 10, stall_timeout: int = 600,
+          rollback: bool = False) -> StepResult:
     """Ensure SNAPSHOT (POOL/DS@SNAP on this host) is being, or has been, copied to
     TO_DATASET on TO_ALIAS (reached at TO_ADDRESS) — incrementally from BASE if given.
     Runs ``zfs list`` (and ``zfs snapshot`` with CREATE_SNAPSHOT) here, then starts the
-    job; the job does the rest (see imgstor.remote.copyjob)."""
+    job; the job does the rest (see imgstor.remote.copyjob).  ROLLBACK (incremental only,
+    for the pull back): the receiver first rolls the destination back to BASE, its newest
+    snapshot, discarding changes made there since (a NAS copy's atime)."""
     copyjob.check_snapshot(snapshot)
     if base is not None:
         copyjob.check_snapshot(base)
         if base.split("@")[0] != snapshot.split("@")[0]:
             raise UsageError(f"base {base} is not a snapshot of {snapshot.split('@')[0]}")
+    if rollback and not base:
+        raise UsageError("rollback needs base (it is for incremental streams only)")
     if compress not in ("", "zstd"):
         raise UsageError(f"bad compress {compress!r}: \"\" or \"zstd\"")
     peer = _peer(to_address, to_alias, to_dataset, port, user)
@@ -58,9 +65,6 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
     if st["state"] == "running":
         return StepResult(False, {**st, "started": False},
                           f"copy to {to_alias}:{to_dataset} is running already")
-    if st["state"] == "done" and st.get("snapshot") == snapshot:
-        return StepResult(False, {**st, "started": False},
-                          f"{snapshot} is on {to_alias}:{to_dataset} already")
     made = False
     for snap in ([base] if base else []) + [snapshot]:
         if not zfs.exists(ex, snap):
@@ -71,11 +75,13 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
                 raise NotFound(f"{ex.host}: snapshot {snap} does not exist")
     spec = {"snapshot": snapshot, "base": base, "to": peer.to_dict(), "bwlimit": rate,
             "compress": compress, "key_dir": key_dir, "connect_timeout": int(connect_timeout),
-            "stall_timeout": int(stall_timeout)}
+            "stall_timeout": int(stall_timeout), "rollback": bool(rollback)}
     plan = [copyjob.send_argv(snapshot, base=base)] + \
         ([copyjob.ZSTD] if compress else []) + \
         [copyjob.gate_argv(peer, "receive", *(["--zstd"] if compress else []),
-                           *(["--incremental"] if base else []), key_dir=key_dir,
+                           *(["--incremental"] if base else []),
+                           *([f"--rollback={base.split('@', 1)[1]}"] if rollback else []),
+                           key_dir=key_dir,
                            connect_timeout=int(connect_timeout))]
     if ex.dry_run:
         ex.pipe(plan)                     # SKIP> zfs send … | … | ssh …

@@ -132,7 +132,14 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
     changed = _ensure_file(ex, gate_path, gate, 0o700)
     have = (_read(authorized_keys) or b"").decode(errors="replace").splitlines()
     tag = f" imgstor-sync:{sender}"
-    lines = [ln for ln in have if not ln.rstrip().endswith(tag)] + [line]
+    lines: list[str] = []
+    for ln in have:                       # the sender's line is replaced where it stands
+        if not ln.rstrip().endswith(tag):
+            lines.append(ln)
+        elif line not in lines:
+            lines.append(line)
+    if line not in lines:
+        lines.append(line)
     data = ("\n".join(lines) + "\n").encode()
     if (_read(authorized_keys) or b"") != data:
         # authorized_keys keeps its mode if it exists (sshd wants it not group-writable)
