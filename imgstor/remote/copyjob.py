@@ -67,10 +67,10 @@ class Peer:
         positional(self.address, "address")
         if any(c.isspace() or c in "@;'\"`$\\" for c in self.address):
             raise UsageError(f"bad address {self.address!r}")
-        if not ALIAS.match(self.alias):
+        if not ALIAS.fullmatch(self.alias):
             raise UsageError(f"bad host name {self.alias!r}")
         check_dataset(self.dataset)
-        if not ALIAS.match(self.user):
+        if not ALIAS.fullmatch(self.user):
             raise UsageError(f"bad user {self.user!r}")
         if not (isinstance(self.port, int) and 0 < self.port < 65536):
             raise UsageError(f"bad port {self.port!r}")
@@ -86,20 +86,20 @@ class Peer:
 
 
 def check_dataset(ds: str) -> str:
-    if not isinstance(ds, str) or not DATASET.match(ds) or ".." in ds:
+    if not isinstance(ds, str) or not DATASET.fullmatch(ds) or ".." in ds:
         raise UsageError(f"bad dataset name {ds!r} (want POOL/NAME)")
     return ds
 
 
 def check_snapshot(snap: str) -> str:
-    if not isinstance(snap, str) or not SNAPSHOT.match(snap) or ".." in snap:
+    if not isinstance(snap, str) or not SNAPSHOT.fullmatch(snap) or ".." in snap:
         raise UsageError(f"bad snapshot name {snap!r} (want POOL/NAME@SNAP)")
     return snap
 
 
 def job_name(alias: str, dataset: str) -> str:
     """One job (and one lock) per destination: host alias + dataset."""
-    if not ALIAS.match(alias):
+    if not ALIAS.fullmatch(alias):
         raise UsageError(f"bad host name {alias!r}")
     return f"copy@{alias}:{check_dataset(dataset).replace('/', '%')}"
 
@@ -118,7 +118,7 @@ def parse_rate(value: int | str | None) -> int:
         if value < 0:
             raise UsageError(f"bad bandwidth limit {value!r}")
         return value
-    m = _RATE.match(str(value).strip().upper())
+    m = _RATE.fullmatch(str(value).strip().upper())
     if not m:
         raise UsageError(f"bad bandwidth limit {value!r} (bytes per second, e.g. 12M)")
     return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,

@@ -48,7 +48,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:%@+-]{0,250}$", re.ASCII)
 
 
 def job_dir(name: str, base: str | None = None) -> str:
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise UsageError(f"bad job name {name!r}")
     return os.path.join(base or JOBS_DIR, name)
 

@@ -168,7 +168,7 @@ def parse(words: list[str], pools: list[str]) -> tuple[str, dict, str]:
     if len(words) < 3 or words[0] != NAME:
         raise Refused(f"not an {NAME} request: {shlex.join(words)[:200]!r}")
     verb, args, ds = words[1], words[2:-1], words[-1]
-    if not DATASET.match(ds) or ".." in ds:
+    if not DATASET.fullmatch(ds) or ".." in ds:
         raise Refused(f"bad dataset name {ds!r}")
     if ds.split("/", 1)[0] not in pools:
         raise Refused(f"{ds} is not in an allowed pool ({', '.join(pools) or 'none'})")
@@ -178,7 +178,7 @@ def parse(words: list[str], pools: list[str]) -> tuple[str, dict, str]:
     for a in args:
         if a.startswith("--rollback="):
             rollback = a.split("=", 1)[1]
-            if not re.match(rf"^{_COMPONENT}$", rollback, re.ASCII) or "--incremental" not in args:
+            if not re.fullmatch(_COMPONENT, rollback, re.ASCII) or "--incremental" not in args:
                 raise Refused(f"refused request: {shlex.join(words)[:200]!r}")
     keys = [a.split("=", 1)[0] for a in args]
     if allowed is None or not set(keys) <= allowed or len(set(keys)) != len(keys):

@@ -18,6 +18,8 @@ reached with imgstor's own key (steps ``sync.install_key`` / ``sync.authorize``)
 """
 from __future__ import annotations
 
+import json
+
 from imgstor.errors import NotFound, RemoteCommandError, UsageError
 from imgstor.remote import copyjob, jobs
 from imgstor.remote.copyjob import Peer
@@ -28,8 +30,10 @@ from imgstor.remote.steps._util import run_mapped
 
 __all__ = ["start", "status", "cancel"]
 
-# the launcher; unit tests replace it (a scenario must not fork a real job)
+# the launcher and the killer; unit tests replace them (a scenario must not fork a real
+# job nor signal a process group)
 _launch = jobs.start
+_cancel = jobs.cancel
 JOBS_BASE: str | None = None          # None: jobs.JOBS_DIR
 
 
@@ -112,8 +116,9 @@ def cancel(ex: Executor, *, to_alias: str, to_dataset: str,
            keep_partial: bool = False) -> StepResult:
     """Ensure no copy job to TO_ALIAS:TO_DATASET runs (SIGTERM, then SIGKILL, to its
     process group) and, unless KEEP_PARTIAL, that the destination holds no partial
-    receive (``imgstor-sync-gate abort``: ``zfs receive -A``; a complete dataset is never
-    touched)."""
+    receive: asks the gate for the destination's state and, if it holds a resume token,
+    runs ``imgstor-sync-gate abort`` (``zfs receive -A``).  A complete dataset is never
+    touched; zfs-fuse leaves no partial dataset when a receive breaks."""
     name = copyjob.job_name(to_alias, to_dataset)
     st = jobs.status(name, base=JOBS_BASE)
     spec = jobs.read_json(jobs.job_dir(name, JOBS_BASE) + "/spec")
@@ -123,17 +128,27 @@ def cancel(ex: Executor, *, to_alias: str, to_dataset: str,
             ex.log.append(f"SKIP> kill job {name} (pid {st.get('pid')})")
             ex.skipped.append(f"kill job {name}")
         else:
-            st = jobs.cancel(name, base=JOBS_BASE)
+            st = _cancel(name, base=JOBS_BASE)
         changed = True
     facts = {**st, "aborted_partial": False}
     if not keep_partial and spec:
         peer = Peer.from_dict(spec["to"])
-        argv = copyjob.gate_argv(peer, "abort", key_dir=spec.get("key_dir", copyjob.KEY_DIR),
-                                 connect_timeout=int(spec.get("connect_timeout", 10)))
-        r = ex.run(argv, check=False, timeout=120)
-        if r.rc != 0 and not r.skipped:
+        kw = {"key_dir": spec.get("key_dir", copyjob.KEY_DIR),
+              "connect_timeout": int(spec.get("connect_timeout", 10))}
+        argv = copyjob.gate_argv(peer, "state", **kw)
+        r = ex.run(argv, read_only=True, check=False, timeout=120)
+        if r.rc != 0:
             raise RemoteCommandError(ex.host, argv, r.rc, r.stderr, r.stdout)
-        if '"aborted": true' in r.stdout:
+        try:
+            dest = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise RemoteCommandError(ex.host, argv, r.rc, "unreadable sync gate answer",
+                                     r.stdout) from None
+        if dest.get("token"):            # a partial, resumable receive: drop it
+            argv = copyjob.gate_argv(peer, "abort", **kw)
+            r = ex.run(argv, check=False, timeout=120)
+            if r.rc != 0 and not r.skipped:
+                raise RemoteCommandError(ex.host, argv, r.rc, r.stderr, r.stdout)
             facts["aborted_partial"] = True
             changed = True
     return StepResult(changed, facts, f"{name}: {facts['state']}"

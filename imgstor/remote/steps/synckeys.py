@@ -76,12 +76,12 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
     new = []
     for p in pins:
         alias, keys = p.get("alias"), p.get("keys") or []
-        if not isinstance(alias, str) or not _ALIAS.match(alias):
+        if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
             raise UsageError(f"bad host name {alias!r}")
         if not keys:
             raise UsageError(f"no host key to pin for {alias}")
         for k in keys:
-            if not isinstance(k, str) or not _PUBKEY.match(k):
+            if not isinstance(k, str) or not _PUBKEY.fullmatch(k):
                 raise UsageError(f"bad host key for {alias}: {str(k)[:60]!r}")
             new.append(f"imgstor-{alias} {k}")
     kh = ("\n".join(keep + new) + "\n").encode()
@@ -99,14 +99,14 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
 def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
                     pools: list[str], python: str, gate_path: str) -> str:
     """The authorized_keys line for SENDER's sync key (see the module docstring)."""
-    if not _PUBKEY.match(public_key or ""):
+    if not _PUBKEY.fullmatch(public_key or ""):
         raise UsageError(f"bad public key {str(public_key)[:60]!r}")
-    if not isinstance(sender, str) or not _ALIAS.match(sender):
+    if not isinstance(sender, str) or not _ALIAS.fullmatch(sender):
         raise UsageError(f"bad sender name {sender!r}")
-    if not from_addresses or not all(isinstance(a, str) and _ADDR.match(a)
+    if not from_addresses or not all(isinstance(a, str) and _ADDR.fullmatch(a)
                                      for a in from_addresses):
         raise UsageError(f"bad from addresses {from_addresses!r}")
-    if not pools or not all(isinstance(p, str) and _POOL.match(p) for p in pools):
+    if not pools or not all(isinstance(p, str) and _POOL.fullmatch(p) for p in pools):
         raise UsageError(f"bad pools {pools!r}")
     _abs(python, "python path")
     _abs(gate_path, "gate path")
