@@ -19,8 +19,9 @@ reached with imgstor's own key (steps ``sync.install_key`` / ``sync.authorize``)
 from __future__ import annotations
 
 import json
+import time
 
-from imgstor.errors import NotFound, RemoteCommandError, UsageError
+from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import copyjob, jobs
 from imgstor.remote.copyjob import Peer
 from imgstor.remote.drivers import zfs
@@ -35,6 +36,7 @@ __all__ = ["start", "status", "cancel"]
 _launch = jobs.start
 _cancel = jobs.cancel
 JOBS_BASE: str | None = None          # None: jobs.JOBS_DIR
+RECEIVER_WAIT = 30                    # seconds copy.cancel waits for the receiver's end
 
 
 def _peer(to_address: str, to_alias: str, to_dataset: str, port: int, user: str) -> Peer:
@@ -136,14 +138,23 @@ def cancel(ex: Executor, *, to_alias: str, to_dataset: str,
         kw = {"key_dir": spec.get("key_dir", copyjob.KEY_DIR),
               "connect_timeout": int(spec.get("connect_timeout", 10))}
         argv = copyjob.gate_argv(peer, "state", **kw)
-        r = ex.run(argv, read_only=True, check=False, timeout=120)
-        if r.rc != 0:
-            raise RemoteCommandError(ex.host, argv, r.rc, r.stderr, r.stdout)
-        try:
-            dest = json.loads(r.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise RemoteCommandError(ex.host, argv, r.rc, "unreadable sync gate answer",
-                                     r.stdout) from None
+        # the receiver notices the broken stream a moment after our side is gone: wait
+        # (bounded) until its receive has ended, so a partial it leaves is seen and dropped
+        for _ in range(RECEIVER_WAIT):
+            r = ex.run(argv, read_only=True, check=False, timeout=120)
+            if r.rc != 0:
+                raise RemoteCommandError(ex.host, argv, r.rc, r.stderr, r.stdout)
+            try:
+                dest = json.loads(r.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise RemoteCommandError(ex.host, argv, r.rc, "unreadable sync gate answer",
+                                         r.stdout) from None
+            if not dest.get("receiving") or ex.dry_run:
+                break
+            time.sleep(1)
+        else:
+            raise Conflict(f"{peer.alias}: a receive into {peer.dataset} still runs "
+                           f"{RECEIVER_WAIT}s after the job stopped; try again")
         if dest.get("token"):            # a partial, resumable receive: drop it
             argv = copyjob.gate_argv(peer, "abort", **kw)
             r = ex.run(argv, check=False, timeout=120)

@@ -90,6 +90,8 @@ def test_scenario(sc: dict, tmp_path, monkeypatch) -> None:
         jobs.write_json(os.path.join(d, "progress"), {**prog, "state": "cancelled"})
         return jobs.status(name, base=base)
 
+    sleeps: list[float] = []
+    monkeypatch.setattr(copy_steps.time, "sleep", sleeps.append)
     monkeypatch.setattr(copy_steps, "_launch", fake_launch)
     monkeypatch.setattr(copy_steps, "_cancel", fake_cancel)
     ex = RecordingExecutor([Expect(**e) for e in sc["script"]], dry_run=sc.get("dry_run", False))
@@ -122,6 +124,8 @@ def test_scenario(sc: dict, tmp_path, monkeypatch) -> None:
         assert not launched, "a dry run started a job"
     if "mutating" in sc:
         assert [a for a, ro in ex.modes if not ro] == sc["mutating"]
+    if "sleeps" in sc:
+        assert len(sleeps) == sc["sleeps"]
     if "launched" in sc:
         if sc["launched"] is None:
             assert not launched
