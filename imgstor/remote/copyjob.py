@@ -349,6 +349,7 @@ def run(job) -> dict:
     kd, cto = spec.get("key_dir", KEY_DIR), int(spec.get("connect_timeout", 10))
     snap, base = spec["snapshot"], spec.get("base")
     stall = float(spec.get("stall_timeout", 600))
+    t_start = time.monotonic()
     job.update(phase="probe", snapshot=snap, force=True)
     openzfs = _flavor_openzfs()
     spec = dict(spec, guid=_guid(snap), base_guid=_guid(base) if base else None)
@@ -382,6 +383,7 @@ def run(job) -> dict:
     stages = [p["send"]] + ([ZSTD] if zstd else []) + \
         [gate_argv(peer, "receive", *opts, key_dir=kd, connect_timeout=cto)]
     job.update(phase="send", bytes_total=total, total_exact=exact, resumed=bool(p["token"]),
+               probe_seconds=round(time.monotonic() - t_start, 3),
                resume_offset=resume_offset, bytes_done=resume_offset,
                stages=[{"argv": a, "rc": None} for a in stages], force=True)
     return _pump(job, stages, zstd=zstd, rate=int(spec.get("bwlimit") or 0),
@@ -403,7 +405,8 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
             z = subprocess.Popen(stages[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=errs[1], pass_fds=keep)
             procs.append(z)
-        ssh = subprocess.Popen(stages[-1], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        answer = tempfile.TemporaryFile()       # the gate's state after the receive
+        ssh = subprocess.Popen(stages[-1], stdin=subprocess.PIPE, stdout=answer,
                                stderr=errs[-1], pass_fds=keep)
         procs.append(ssh)
         # the job keeps only the relay ends; closing our copies lets EOF and SIGPIPE flow
@@ -465,8 +468,17 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
         why += "; ".join(f"{a[0]} exited {rc}: {_tail(t, 500)}" for a, rc, t in bad)
         return {**result, "state": "failed", "phase": "send", "error": _tail(why, 1500)}
     job.update(phase="verify", force=True, **result)
-    st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+    # the gate answers a receive with the dataset's state (one JSON line): no second
+    # connection to verify; an older gate that does not, or an unreadable answer, is asked
+    answer.seek(0)
+    try:
+        st = json.loads(answer.read().decode(errors="replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+    finally:
+        answer.close()
     short = snap.split("@", 1)[1]
+    result["verify_seconds"] = round(time.monotonic() - t0 - secs, 3)
     if (st.get("snapshots") or {}).get(short) != guid:
         return {**result, "state": "failed", "phase": "verify",
                 "error": f"the stream ended but {peer.dataset}@{short} is not on "

@@ -12,7 +12,8 @@ sshd runs it whatever the client asked for and passes the request in
 
     imgstor-sync-gate state DATASET            JSON: resume support, exists, token, snapshots
     imgstor-sync-gate receive [-s] [--zstd] [--incremental [--rollback=SNAP]] DATASET
-                                               [zstd -dc |] zfs receive [-s] DATASET
+                                               [zstd -dc |] zfs receive [-s] DATASET,
+                                               then (ok) the same JSON as state
     imgstor-sync-gate abort DATASET            zfs receive -A DATASET (drop a partial receive)
 
 Never ``receive -F`` (audit L15): a full stream is refused when DATASET exists and is not a
@@ -148,7 +149,8 @@ def receive(ds: str, *, resumable: bool, zstd: bool, incremental: bool,
         procs.append(subprocess.Popen(["zstd", "-dcq"], stdin=0, stdout=subprocess.PIPE,
                                       pass_fds=(fd,)))
         stdin = procs[0].stdout
-    procs.append(subprocess.Popen(recv, stdin=stdin, pass_fds=(fd,)))
+    # zfs receive prints nothing on stdout; stderr (its errors) goes back to the sender
+    procs.append(subprocess.Popen(recv, stdin=stdin, stdout=subprocess.DEVNULL, pass_fds=(fd,)))
     if zstd:
         procs[0].stdout.close()
     rcs = [p.wait() for p in procs]
@@ -156,7 +158,10 @@ def receive(ds: str, *, resumable: bool, zstd: bool, incremental: bool,
     for argv, rc in zip(names, rcs):
         if rc:
             print(f"{NAME}: {shlex.join(argv)} exited {rc}", file=sys.stderr)
-    return next((rc for rc in rcs if rc), 0)
+    rc = next((rc for rc in rcs if rc), 0)
+    if rc == 0:                      # the sender verifies from this, no second connection
+        print(json.dumps(state(ds)), flush=True)
+    return rc
 
 
 def abort(ds: str) -> dict:
