@@ -153,18 +153,21 @@ def gate_argv(peer: Peer, verb: str, *opts: str, key_dir: str = KEY_DIR,
         shlex.join([GATE, verb, *opts, peer.dataset])]
 
 
-def send_argv(snapshot: str, *, base: str | None = None, token: str | None = None) -> list[str]:
+def send_argv(snapshot: str, *, base: str | None = None, token: str | None = None,
+              intermediate: bool = False) -> list[str]:
+    """``zfs send [-i|-I BASE | -t TOKEN] SNAP`` (``-I``: the snapshots between too)."""
     if token:
         return ["zfs", "send", "-t", positional(token, "resume token")]
     argv = ["zfs", "send"]
     if base:
-        argv += ["-i", check_snapshot(base)]
+        argv += ["-I" if intermediate else "-i", check_snapshot(base)]
     return argv + [check_snapshot(snapshot)]
 
 
-def size_argv(snapshot: str, *, base: str | None = None, token: str | None = None) -> list[str]:
+def size_argv(snapshot: str, *, base: str | None = None, token: str | None = None,
+              intermediate: bool = False) -> list[str]:
     """``zfs send -nP …``: the stream size, without sending (OpenZFS only)."""
-    argv = send_argv(snapshot, base=base, token=token)
+    argv = send_argv(snapshot, base=base, token=token, intermediate=intermediate)
     return argv[:2] + ["-nP"] + argv[2:]
 
 
@@ -336,10 +339,53 @@ def plan(spec: dict, st: dict, *, openzfs: bool) -> dict:
         if have.get(bshort) != spec.get("base_guid"):
             raise CopyFailed(f"{peer.alias}:{peer.dataset} lacks @{bshort} (or it is "
                              "another snapshot): no common snapshot to send from")
-        out["send"] = send_argv(snap, base=base)
+        out["send"] = send_argv(snap, base=base, intermediate=bool(spec.get("intermediate")))
     else:
         out["send"] = send_argv(snap)
     return out
+
+
+def parse_snapshot_guids(text: str, dataset: str) -> list[tuple[str, str]]:
+    """``zfs get -H -p -o name,value guid -r DATASET`` (taken in creation order from
+    ``zfs list -s creation``) -> [(short name, guid)] of DATASET's own snapshots."""
+    out = []
+    for line in text.splitlines():
+        f = line.split("\t")
+        if len(f) == 2 and f[0].startswith(dataset + "@"):
+            out.append((f[0].split("@", 1)[1], f[1]))
+    return out
+
+
+def common_base(snap: str, local: list[tuple[str, str]], st: dict) -> tuple[str, str] | None:
+    """``base="auto"``: the newest of SNAP's older local snapshots (creation order) that
+    the destination has with the same guid, as (full name, guid); None if none."""
+    ds, short = snap.split("@", 1)
+    have = st.get("snapshots") or {}
+    names = [n for n, _ in local]
+    older = local[:names.index(short)] if short in names else local
+    for name, guid in reversed(older):
+        if have.get(name) == guid:
+            return f"{ds}@{name}", guid
+    return None
+
+
+def _resolve_auto(spec: dict, st: dict) -> dict:
+    snap = spec["snapshot"]
+    ds = snap.split("@", 1)[0]
+    order = _zfs(["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-s", "creation",
+                  "-r", ds]).stdout.split()
+    mine = [n for n in order if n.startswith(ds + "@")]
+    guids = dict(parse_snapshot_guids(
+        _zfs(["zfs", "get", "-H", "-p", "-o", "name,value", "guid", *mine]).stdout
+        if mine else "", ds))
+    local = [(n.split("@", 1)[1], guids.get(n.split("@", 1)[1], "")) for n in mine]
+    found = common_base(snap, local, st)
+    if found is None:
+        if st.get("exists") and not st.get("token"):
+            raise CopyFailed(f"no common snapshot of {ds} on the destination: "
+                             "nothing to send an incremental from")
+        return dict(spec, base=None, base_guid=None)       # a fresh (or resumed) full copy
+    return dict(spec, base=found[0], base_guid=found[1])
 
 
 def run(job) -> dict:
@@ -352,8 +398,13 @@ def run(job) -> dict:
     t_start = time.monotonic()
     job.update(phase="probe", snapshot=snap, force=True)
     openzfs = _flavor_openzfs()
-    spec = dict(spec, guid=_guid(snap), base_guid=_guid(base) if base else None)
+    spec = dict(spec, guid=_guid(snap),
+                base_guid=_guid(base) if base and base != "auto" else None)
     st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+    if base == "auto":
+        spec = _resolve_auto(spec, st)
+        base = spec["base"]
+        job.update(base=base)
     p = plan(spec, st, openzfs=openzfs)
     if p["done"]:
         return {"state": "done", "phase": "done", "already": True}
@@ -366,7 +417,8 @@ def run(job) -> dict:
                              "to drop it")
         resume_offset = int(info.get("bytes") or 0)
     if openzfs:
-        r = _zfs(size_argv(snap, base=base, token=p["token"]))
+        r = _zfs(size_argv(snap, base=base, token=p["token"],
+                           intermediate=bool(spec.get("intermediate"))))
         size = parse_send_size(r.stdout + "\n" + r.stderr)
         total, exact = (resume_offset + size, True) if size is not None else (None, False)
     else:

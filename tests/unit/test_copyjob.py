@@ -226,3 +226,17 @@ def test_two_racing_starts_run_one_job(tmp_path) -> None:
         t.join()
     assert sorted(s for s, _ in out) == [False, True]
     jobs.cancel("r", base=base)
+
+
+def test_intermediate_and_auto_base() -> None:
+    assert copyjob.send_argv("tank/v@s2", base="tank/v@s0", intermediate=True) == \
+        ["zfs", "send", "-I", "tank/v@s0", "tank/v@s2"]
+    got = copyjob.parse_snapshot_guids(
+        "tank/v@a\t1\ntank/v/child@a\t9\ntank/v@b\t2\ntank/v@c\t3\n", "tank/v")
+    assert got == [("a", "1"), ("b", "2"), ("c", "3")]
+    st = {"exists": True, "snapshots": {"a": "1", "b": "2"}}
+    assert copyjob.common_base("tank/v@c", got, st) == ("tank/v@b", "2")
+    assert copyjob.common_base("tank/v@c", got, {"snapshots": {"a": "1", "b": "x"}}) == \
+        ("tank/v@a", "1")
+    assert copyjob.common_base("tank/v@b", got, st) == ("tank/v@a", "1")   # older only
+    assert copyjob.common_base("tank/v@c", got, {"snapshots": {}}) is None

@@ -48,15 +48,17 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
           base: str | None = None, port: int = 22, user: str = "root", bwlimit: int | str = 0,
           compress: str = "", create_snapshot: bool = False, key_dir: str = copyjob.KEY_DIR,
           connect_timeout: int = 10, stall_timeout: int = 600,
-          rollback: bool = False) -> StepResult:
+          rollback: bool = False, intermediate: bool = False) -> StepResult:
     """Ensure SNAPSHOT (POOL/DS@SNAP on this host) is being, or has been, copied to
-    TO_DATASET on TO_ALIAS (reached at TO_ADDRESS) — incrementally from BASE if given.
+    TO_DATASET on TO_ALIAS (reached at TO_ADDRESS) — incrementally from BASE if given
+    (``-I`` with INTERMEDIATE; ``base="auto"``: from the newest snapshot both sides have,
+    same guid, or a full copy when the destination does not exist).
     Runs ``zfs list`` (and ``zfs snapshot`` with CREATE_SNAPSHOT) here, then starts the
     job; the job does the rest (see imgstor.remote.copyjob).  ROLLBACK (incremental only,
     for the pull back): the receiver first rolls the destination back to BASE, its newest
     snapshot, discarding changes made there since (a NAS copy's atime)."""
     copyjob.check_snapshot(snapshot)
-    if base is not None:
+    if base is not None and base != "auto":
         copyjob.check_snapshot(base)
         if base.split("@")[0] != snapshot.split("@")[0]:
             raise UsageError(f"base {base} is not a snapshot of {snapshot.split('@')[0]}")
@@ -72,7 +74,7 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
         return StepResult(False, {**st, "started": False},
                           f"copy to {to_alias}:{to_dataset} is running already")
     made = False
-    for snap in ([base] if base else []) + [snapshot]:
+    for snap in ([base] if base and base != "auto" else []) + [snapshot]:
         if not zfs.exists(ex, snap):
             if snap == snapshot and create_snapshot:
                 run_mapped(ex, zfs.snapshot(snap), zfs.classify)
@@ -81,12 +83,15 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
                 raise NotFound(f"{ex.host}: snapshot {snap} does not exist")
     spec = {"snapshot": snapshot, "base": base, "to": peer.to_dict(), "bwlimit": rate,
             "compress": compress, "key_dir": key_dir, "connect_timeout": int(connect_timeout),
-            "stall_timeout": int(stall_timeout), "rollback": bool(rollback)}
-    plan = [copyjob.send_argv(snapshot, base=base)] + \
+            "stall_timeout": int(stall_timeout), "rollback": bool(rollback),
+            "intermediate": bool(intermediate)}
+    shown_base = None if base == "auto" else base       # decided by the job
+    plan = [copyjob.send_argv(snapshot, base=shown_base, intermediate=intermediate)] + \
         ([copyjob.ZSTD] if compress else []) + \
         [copyjob.gate_argv(peer, "receive", *(["--zstd"] if compress else []),
                            *(["--incremental"] if base else []),
-                           *([f"--rollback={base.split('@', 1)[1]}"] if rollback else []),
+                           *([f"--rollback={base.split('@', 1)[1]}"]
+                             if rollback and shown_base else []),
                            key_dir=key_dir,
                            connect_timeout=int(connect_timeout))]
     if ex.dry_run:
