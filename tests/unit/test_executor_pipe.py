@@ -49,3 +49,15 @@ def test_missing_command_is_127_and_nothing_is_left_running() -> None:
     ex = LocalExecutor("t")
     res = ex.pipe([["sleep", "30"], ["no-such-tool-xyz"]], check=False, timeout=5)
     assert [r.rc for r in res] == [-9, 127]
+
+
+def test_write_file_is_atomic_with_mode_and_skipped_in_a_dry_run(tmp_path) -> None:
+    from imgstor.remote.executor import DryRunExecutor
+    p = tmp_path / "d" / "f"
+    LocalExecutor("t").write_file(str(p), b"one", mode=0o600)
+    assert p.read_bytes() == b"one" and oct(p.stat().st_mode & 0o777) == "0o600"
+    assert oct(p.parent.stat().st_mode & 0o777) == "0o700"
+    dry = DryRunExecutor("t")
+    dry.write_file(str(p), b"two")
+    assert p.read_bytes() == b"one" and dry.skipped == [f"write-file {p} 0600"]
+    assert [x.name for x in p.parent.iterdir()] == ["f"]      # no temp file left
