@@ -410,7 +410,9 @@ def run(job) -> dict:
         return {"state": "done", "phase": "done", "already": True}
     resume_offset, total, exact = 0, None, False
     if p["token"]:
-        info = parse_token_info(_zfs(token_info_argv(p["token"])).stdout)
+        r = _zfs(token_info_argv(p["token"]))
+        # OpenZFS prints the token's nvlist to stdout with -n (stderr without it)
+        info = parse_token_info(r.stdout + "\n" + r.stderr)
         if info.get("toname") != snap:
             raise CopyFailed(f"the partial receive on {peer.alias}:{peer.dataset} is of "
                              f"{info.get('toname')!r}, not {snap}; cancel it (copy.cancel) "
