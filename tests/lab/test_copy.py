@@ -171,6 +171,14 @@ def test_second_start_while_running_starts_no_second_receive(lab: Lab, env: Clus
     assert second.changed is False and second.facts["started"] is False
     assert second.facts["state"] == "running" and second.facts["pid"] == first.facts["pid"]
     assert _receives(lab, ds) == 1
+    # and the receiving side refuses a second receive into the dataset by itself (another
+    # sender, a stale job): the gate's lock, exit 3
+    kd = _kd(NAS)
+    p = lab.ssh(NAS, f"ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes "
+                     f"-i {kd}/id_ed25519 -o UserKnownHostsFile={kd}/known_hosts "
+                     f"-o HostKeyAlias=imgstor-{NODE} {lab.host(NODE)['address']} "
+                     f"imgstor-sync-gate receive {ds} < /dev/null", check=False)
+    assert p.returncode == 3 and b"running already" in p.stderr, p.stderr
     assert _wait(env, ds)["state"] == "done"
     assert _sha(lab, NODE, ds) == sha
 
