@@ -45,7 +45,7 @@ def test_resume_from_token_after_the_receive_is_killed(kernel_lab, capsys) -> No
     with Cluster(cfg) as c:
         synctrust.ensure(c, NAS, NODE)
         args = synctrust.copy_args(cfg, NAS, NODE, snapshot=f"{ds}@s1", to_dataset=ds)
-        first = c.step(NAS, "copy.start", **args, bwlimit="2M")
+        first = c.step(NAS, "copy.start", **{**args, "bwlimit": "2M"})
         assert first.facts["started"]
         st = _wait(c, ds, lambda s: (s.get("bytes_done") or 0) >= 12 * MiB
                    or s["state"] != "running")
