@@ -264,12 +264,12 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
                                             daemon=True))
         for t in threads:
             t.start()
-        last, last_change, stalled = -1, time.monotonic(), False
+        last, last_change, stalled = (-1, -1), time.monotonic(), False
         while any(t.is_alive() for t in threads) or any(p.poll() is None for p in procs):
             time.sleep(0.25)
             now = time.monotonic()
-            if logical.bytes != last or wire.bytes != last:
-                last, last_change = logical.bytes, now
+            if (logical.bytes, wire.bytes) != last:
+                last, last_change = (logical.bytes, wire.bytes), now
             elif now - last_change > stall:
                 stalled = True
                 for p in procs:
