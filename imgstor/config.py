@@ -29,6 +29,8 @@ overlay = "dm"        # dm|qcow2
 chap = false
 sync_frequency = 3600
 overcommit = 1.0      # NAS: imgstor's volumes on a pool may promise pool size x this
+sync_bwlimit = 0      # copy throttle, bytes/s on the wire: 0 = none, or like a size: "12M"
+sync_compress = ""    # "" | "zstd": compress the copy stream in transit
 [hosts.nas-0-0]
 role = "nas"          # nas|compute (required)
 address = "10.1.1.1"  # SSH address; default: the host name
@@ -82,6 +84,8 @@ class HostConfig:
     chap: bool = False
     sync_frequency: int = 3600
     overcommit: float = 1.0
+    sync_bwlimit: int = 0          # bytes per second, 0 = unlimited
+    sync_compress: str = ""        # "" | "zstd"
 
 
 @dataclass
@@ -173,6 +177,15 @@ def _zpools(v: Any) -> tuple[str, ...]:
     return tuple(_validated(validate.zpool)(p) for p in v)
 
 
+def _bwlimit(v: Any) -> int:
+    """``sync_bwlimit``: bytes per second, an int or written like a size (``"12M"``)."""
+    from imgstor.remote.copyjob import parse_rate
+    try:
+        return parse_rate(v)
+    except UsageError as e:
+        raise ValueError(e.message) from None
+
+
 def _opt_host(v: Any) -> str:
     s = _str(v)
     return _validated(validate.host)(s) if s else s
@@ -197,6 +210,8 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
     "chap": _bool,
     "sync_frequency": _positive_int,
     "overcommit": lambda v: float(_positive(v)),
+    "sync_bwlimit": lambda v: _bwlimit(v),
+    "sync_compress": _choice("", "zstd"),
 }
 _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
