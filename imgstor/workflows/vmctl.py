@@ -22,18 +22,18 @@ def _vm(ctx, name: str):
     return vm
 
 
-def start_vm(ctx, vm: str, size: str | None = None) -> str:
+def start_vm(ctx, vm: str, size: str | None = None, wait: bool = False) -> str:
     v = _vm(ctx, vm)
     if not v.nas:
         return (f"{v.name} has no NAS assignment: it keeps its own local disks on "
                 f"{v.container}; nothing to map")
     validate.parse_size(size or DEFAULT_DISK_SIZE)
     return map_volume(ctx, v.nas, v.zpool, f"{v.name}-vol", v.container,
-                      size or DEFAULT_DISK_SIZE, note_size=size is not None)
+                      size or DEFAULT_DISK_SIZE, wait=wait, note_size=size is not None)
 
 
-def stop_vm(ctx, vm: str, force: bool = False) -> str:
+def stop_vm(ctx, vm: str, force: bool = False, wait: bool = False) -> str:
     v = _vm(ctx, vm)
     if not v.nas:
         return f"{v.name} has no NAS assignment: nothing to unmap"
-    return unmap_volume(ctx, v.nas, f"{v.name}-vol", force=force)
+    return unmap_volume(ctx, v.nas, f"{v.name}-vol", force=force, wait=wait)

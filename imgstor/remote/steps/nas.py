@@ -84,10 +84,11 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
 
 
 def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
-          adopt: bool) -> bool:
-    """Check that existing dataset NAME may be used (or destroyed) as an imgstor volume of
-    KIND; return True when the mark must still be set.  Conflict otherwise: the wrong type,
-    or no mark and neither known to the store (``owned``) nor adopted on purpose."""
+          adopt: bool, role_wanted: str = ROLE_VOLUME) -> bool:
+    """Check that existing dataset NAME may be used (or destroyed) as an imgstor dataset of
+    KIND and role ROLE_WANTED (a NAS volume; a node's local copy); return True when the
+    mark must still be set.  Conflict otherwise: the wrong type, another role, or no mark
+    and neither known to the store (``owned``) nor adopted on purpose."""
     t = props.get("type")
     have = t.value if t is not None else None
     if have != _TYPES[kind]:
@@ -96,10 +97,11 @@ def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
                        f"{what}: imgstor will not use or destroy it", dataset=name)
     m = props.get(MARK)
     role = m.value if m is not None and m.source in ("local", "received") else None
-    if role == ROLE_VOLUME:
+    if role == role_wanted:
         return False
     if role is not None:
-        raise Conflict(f"{ex.host}: {name} is imgstor's {role}, not a volume", dataset=name)
+        raise Conflict(f"{ex.host}: {name} is imgstor's {role}, not a {role_wanted}",
+                       dataset=name)
     if owned or adopt:
         return True
     raise Conflict(f"{ex.host}: {name} exists and is not imgstor's (no {MARK} property, "
@@ -440,22 +442,26 @@ def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepRe
 
 
 @step("nas.destroy_volume")
-def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str,
-                   owned: bool = False) -> StepResult:
+def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str | None,
+                   owned: bool = False, role: str = ROLE_VOLUME) -> StepResult:
     """Ensure imgstor volume POOL/VOL is gone, with imgstor's own snapshots
-    (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.
+    (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.  ``role``: what the
+    dataset must be (``volume`` on a NAS; ``local-copy``: a sync volume's copy on its node,
+    where there is no target driver to ask, ``driver`` None).
 
     Refused (Conflict, nothing destroyed) when the dataset is not imgstor's (see
     ``ensure_volume``; ``owned``: the frontend's store knows it), is exported by a target,
     or has children, snapshots or holds that imgstor did not make, or clones.  Never
     ``zfs destroy -r``: each snapshot of ours, then the volume, by name."""
+    if role not in (ROLE_VOLUME, "local-copy"):
+        raise UsageError(f"bad role {role!r}", field="role")
     name = f"{pool}/{vol}"
     props = _read_volume(ex, name)
     if props is None:
         return StepResult(False, {}, f"no volume {name}")
-    _ours(ex, name, kind, props, owned=owned, adopt=False)
+    _ours(ex, name, kind, props, owned=owned, adopt=False, role_wanted=role)
     have = volume_facts(ex, pool, vol, kind, props) or {}
-    for t in target_facts(ex, driver=driver).facts["targets"]:
+    for t in (target_facts(ex, driver=driver).facts["targets"] if driver else ()):
         if have.get("path") and have["path"] in t["paths"]:
             raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
                            "unmap it first (remove host storagemap)")

@@ -19,7 +19,10 @@ from imgstor.workflows.storagemap.common import (
 __all__ = ["unmap_volume"]
 
 
-def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
+def unmap_volume(ctx, nas: str, vol: str, force: bool = False, wait: bool = False) -> str:
+    """Unmap NAS:VOL.  Direct mode: at once.  Sync mode: returns at once, a job brings the
+    VM's last writes to the NAS (NAS<-VM) and removes the volume from the node; ``wait``
+    blocks until it is done."""
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
     nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
@@ -28,6 +31,16 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
         raise NotFound(f"no volume {vol} on {nas} in the state store")
     if v.state == "unmapped" and not v.host and not v.busy:
         return f"{nas}:{vol} is not mapped"
+    if v.mode == "sync" and v.state != "unmapped":
+        from imgstor.workflows.storagemap import sync
+        if ctx.dry_run:
+            return sync.unmap_sync(ctx, key, v, force)
+        with ctx.store.busy(key, "unmap"):
+            msg = sync.unmap_sync(ctx, key, v, force)
+        if wait:
+            sync.wait_for_jobs(ctx, key)
+            msg += f"\n{nas}:{vol} unmapped"
+        return msg
     # A record with a host but state unmapped is a map that did not finish (its intent):
     # undone like a mapping, since the node may hold a session and the NAS a target.
     ctx.cluster.warm([nas] + ([v.host] if v.host and _needs_detach(ctx, v.host) else []))
@@ -56,6 +69,11 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     iqn = v.target or target_iqn(nas, v.vol)
     errors: list[ImgstorError] = []
     host = v.host
+    if host and v.extra.get("intent") == "map-sync":
+        # a sync map that did not finish may have made the overlay (the VM never got it)
+        hc = ctx.config.host(host)
+        cl.step(host, "overlay.remove", driver=hc.overlay, pool=hc.vm_container_zpool,
+                vol=v.vol)
     if host and _needs_detach(ctx, host):
         try:
             cl.step(host, "compute.detach", kind=ctx.config.host(host).initiator,
