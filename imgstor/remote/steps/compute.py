@@ -28,7 +28,7 @@ def _initiator(ex: Executor) -> str:
     return name
 
 
-@step("compute.initiator")
+@step("compute.initiator", read_only=True)
 def initiator(ex: Executor) -> StepResult:
     """Read-only: this node's iSCSI initiator name (IQN)."""
     return StepResult(False, {"initiator": _initiator(ex)}, "")
@@ -130,7 +130,7 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
     return StepResult(changed, {}, f"no session to {iqn}")
 
 
-@step("compute.devices")
+@step("compute.devices", read_only=True)
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     """Read-only: for each {"iqn", "portal", "lun"[, "chap"]} what this node sees now."""
     if kind not in ("iscsiadm", "userspace"):

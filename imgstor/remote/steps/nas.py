@@ -149,7 +149,7 @@ def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
     return StepResult(changed, {}, f"properties of {name} {'updated' if changed else 'as wanted'}")
 
 
-@step("nas.get_props")
+@step("nas.get_props", read_only=True)
 def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
     """Read-only: the volume's imgstor properties and size (None facts if it is missing)."""
     name = f"{pool}/{vol}"
@@ -330,7 +330,7 @@ def remove_target(ex: Executor, *, driver: str, iqn: str,
     return StepResult(changed, {"tid": t.tid} if t is not None and changed else {}, msg)
 
 
-@step("nas.target_facts")
+@step("nas.target_facts", read_only=True)
 def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepResult:
     """Read-only: the targets (or the one IQN) with their LUN paths, ACLs and sessions."""
     if driver == "lio":

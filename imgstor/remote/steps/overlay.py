@@ -96,7 +96,7 @@ def merge(ex: Executor, *, name: str, local: str, cow: str) -> StepResult:
     return StepResult(True, {"target": "snapshot-merge"}, f"{name} merging into {local}")
 
 
-@step("overlay.status")
+@step("overlay.status", read_only=True)
 def status(ex: Executor, *, name: str) -> StepResult:
     """Read-only: the overlay's table type and, while merging, whether it is done."""
     t = _table(ex, name)
