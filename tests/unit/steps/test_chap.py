@@ -17,7 +17,7 @@ from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateErro
 from imgstor.remote.drivers import lio, tgt
 from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import compute, lio_steps, nas
-from scn_common import (INIT0, IQN1, PATH1, PORTAL, TGT, TGT_SHOW, by_path, cmd,
+from scn_common import (INIT0, IQN1, PATH1, PORTAL, PORTALS, TGT, TGT_SHOW, by_path, cmd,
                         fixture_text, tgt_bind, tgt_delete, tgt_lun, tgt_new)
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
@@ -79,6 +79,8 @@ def test_bad_names_refused_before_any_file(tmp_path):
 
 # ------------------------------------------------------------------ step helpers
 def run(fn, script, *, dry_run=False, **args):
+    if fn is nas.ensure_target and args.get("driver") == "tgt":
+        script = [PORTALS] + list(script)     # tgtd's portals are read first (M4)
     ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run)
     try:
         out = fn(ex, **args)
