@@ -349,3 +349,17 @@ def test_lio_targetcli_as_wanted_reads_the_acl_userid(monkeypatch):
     ex, out = run(lio_steps.ensure, script, iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
                   initiator=INIT0, portal="10.0.0.1:3260", chap=(USER, PW))
     assert not out.changed
+
+
+@pytest.mark.parametrize("chap", [{"user": USER + "\n", "password": PW},
+                                  {"user": USER, "password": PW + "\n"}])
+def test_trailing_newline_refused_on_the_node(chap):
+    """L5: ``re.match`` with ``$`` accepted a trailing newline."""
+    from imgstor.remote.steps._util import chap_pair
+    with pytest.raises(UsageError):
+        chap_pair(chap)
+
+
+def test_trailing_newline_refused_on_the_frontend():
+    assert not chapstore.USER_RE.fullmatch("imgstor-0123456789ab\n")
+    assert chapstore.USER_RE.fullmatch("imgstor-0123456789ab")
