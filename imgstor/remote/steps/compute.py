@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-from imgstor.errors import ImgstorError, NotFound, UsageError
+from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
 from imgstor.remote.drivers import iscsiadm, userspace
+from imgstor.remote.drivers.blockdev import users as device_users
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import chap_pair, run_mapped, run_secret, wait_path
@@ -110,24 +111,50 @@ def _blockdev_size(dev: str) -> int | None:
         os.close(fd)
 
 
+def _in_use(ex: Executor, iqn: str, addr: str, port: int) -> list[str]:
+    """What holds the disks of the session to IQN at ADDR:PORT (blockdev.users)."""
+    held = []
+    for s in iscsiadm.session_details(ex):
+        if s.iqn != iqn or (s.address, s.port) != (addr, port):
+            continue
+        for d in s.disks:
+            held += device_users("/dev/" + d.device)
+    return held
+
+
 @step("compute.detach")
-def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
+def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = False) -> StepResult:
     """Ensure no session to target IQN remains (iscsiadm: logout, 21 = none is success;
-    then delete the node record).  userspace: nothing persists on the node."""
+    then delete the node record).  userspace: nothing persists on the node (a VM's qemu
+    logs in itself; the NAS sees that login, nas.remove_target checks it).
+
+    Refused (Conflict, saying who holds it) while a disk of that session is in use on this
+    node -- a dm device stacked on it, a process (a VM's qemu) with it open, or an
+    exclusive claim (``iscsiadm -m session -P 3`` names the disks; drivers.blockdev) --
+    unless ``force``: then the VM loses its disk."""
     if kind == "userspace":
         return StepResult(False, {}, "userspace initiator keeps no session")
     if kind != "iscsiadm":
         raise UsageError(f"unknown initiator kind {kind!r}")
     addr, port = _split(portal)
     changed = False
+    held: list[str] = []
     if any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+        held = _in_use(ex, iqn, addr, port)
+        if held and not force:
+            raise Conflict(f"{ex.host}: the disk of {iqn} is in use: {'; '.join(held)}; "
+                           "stop its VM first, or unmap with --force", reason="in-use",
+                           users=held)
         run_mapped(ex, iscsiadm.logout(iqn, addr, port), iscsiadm.classify,
                    ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
         changed = True
     r = ex.run(iscsiadm.node_delete(iqn, addr, port), check=False,
                ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
     changed = changed or r.rc == 0 and not r.skipped
-    return StepResult(changed, {}, f"no session to {iqn}")
+    msg = f"no session to {iqn}"
+    if held:
+        msg += f" (--force: it was in use: {'; '.join(held)})"
+    return StepResult(changed, {"forced_users": held} if held else {}, msg)
 
 
 @step("compute.devices", read_only=True)
