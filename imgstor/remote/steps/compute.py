@@ -6,9 +6,11 @@ checked by logging in with the node's initiator name).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
+from imgstor.remote import locks
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.drivers.blockdev import users as device_users
 from imgstor.remote.drivers.iscsiadm import write_node_password
@@ -80,15 +82,16 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     if kind != "iscsiadm":
         raise UsageError(f"unknown initiator kind {kind!r}")
     changed = False
-    if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
-        run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
-        if pair:
-            for argv in iscsiadm.chap_settings(iqn, addr, user, port):
-                run_mapped(ex, argv, iscsiadm.classify)
-            _node_password(ex, iqn, addr, port, password)
-        run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
-                   ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
-        changed = True
+    with _db_lock(ex):
+        if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+            run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
+            if pair:
+                for argv in iscsiadm.chap_settings(iqn, addr, user, port):
+                    run_mapped(ex, argv, iscsiadm.classify)
+                _node_password(ex, iqn, addr, port, password)
+            run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
+                       ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
+            changed = True
     link = iscsiadm.by_path(addr, iqn, lun, port)
     wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
     dev = os.path.realpath(link) if os.path.exists(link) else link
@@ -96,6 +99,15 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me,
                                 **extra},
                       f"{iqn} lun {lun} is {dev}")
+
+
+def _db_lock(ex: Executor):
+    """The node's lock around changes of open-iscsi's node database (imgstor.remote.locks:
+    concurrent discoveries fail with exit 11).  A dry run changes nothing and takes none."""
+    if ex.dry_run:
+        return contextlib.nullcontext()
+    return locks.hold([locks.INITIATOR], timeout=locks.VOLUME_WAIT,
+                      what="the initiator database lock")
 
 
 def _node_password(ex: Executor, iqn: str, addr: str, port: int, password: str) -> None:
@@ -151,6 +163,11 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = Fals
     if kind != "iscsiadm":
         raise UsageError(f"unknown initiator kind {kind!r}")
     addr, port = _split(portal)
+    with _db_lock(ex):
+        return _detach(ex, addr, port, iqn, force)
+
+
+def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepResult:
     changed = False
     held: list[str] = []
     if any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
