@@ -83,7 +83,7 @@ def merge(ex: Executor, *, driver: str, pool: str, vol: str, into: str = "local"
     return _result(ovl.merge(local) if into == "local" else ovl.merge_into_origin())
 
 
-@step("overlay.status")
+@step("overlay.status", read_only=True)
 def status(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
     """Read-only: exists, phase (snapshot|merging|merged|pivoted), into (local|origin),
     done/total (qcow2: the commit's offset/len), status (snapshot|snapshot-merge|linear)

@@ -77,7 +77,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     if host and _needs_detach(ctx, host):
         try:
             cl.step(host, "compute.detach", kind=ctx.config.host(host).initiator,
-                    portal=portal_of(nas_cfg), iqn=iqn)
+                    portal=portal_of(nas_cfg), iqn=iqn, force=force)
         except ImgstorError as e:
             if not force:
                 raise
@@ -85,7 +85,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     fault("detach")
     creds = chapstore.load(state_path(ctx), nas, v.vol)
     nas_batch(cl, nas, [
-        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn,
+        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn, force=force,
                                                **({"chap_user": creds.user} if creds else {}))),
         ("props", "nas.set_props", dict(pool=v.zpool, vol=v.vol,
                                         props={"host": None, "target": None, "mode": None}))])

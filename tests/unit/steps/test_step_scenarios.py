@@ -70,7 +70,8 @@ class NodeEnv:
     env keys: ``files`` {path: size} (exist, os.path.getsize), ``paths`` [path] (exist),
     ``links`` {link: target} (exist, os.path.realpath), ``devices`` {dev: size} (what
     open + lseek(SEEK_END) say), ``initiator``, ``tools`` {name: path} (shutil.which),
-    ``node`` (IMGSTOR_NODE).  Everything else does not exist."""
+    ``node`` (IMGSTOR_NODE), ``users`` {dev: [what holds it]} (drivers.blockdev.users).
+    Everything else does not exist."""
 
     def __init__(self, env: dict) -> None:
         self.files = dict(env.get("files", {}))
@@ -80,6 +81,7 @@ class NodeEnv:
         self.initiator = env.get("initiator")
         self.tools = dict(env.get("tools", {}))
         self.node = env.get("node")
+        self.users = dict(env.get("users", {}))
         self.clock = 0.0
         self.sleeps: list[float] = []
         self._fds: dict[int, str] = {}
@@ -123,6 +125,7 @@ class NodeEnv:
                 mp.setattr(mod, "time", self.time)
         mp.setattr(probe, "shutil", self.shutil)
         mp.setattr(compute, "read_initiator_name", lambda *a: self.initiator)
+        mp.setattr(compute, "device_users", lambda dev: list(self.users.get(dev, [])))
         mp.setattr(probe, "read_initiator_name", lambda *a: self.initiator)
         if self.node:
             mp.setenv("IMGSTOR_NODE", self.node)
