@@ -174,7 +174,10 @@ def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
     with ctx.store.transaction() as st:
         v = st.volumes[job.volume]
         if state is not None:
-            transitions.move(v, state)
+            old = v.state
+            if transitions.move(v, state):
+                print(f"{time.strftime('%H:%M:%S')} {job.volume}: state {old} -> {state}",
+                      file=sys.stderr, flush=True)
         extra = changes.pop("extra", {})
         for k, val in changes.items():
             setattr(v, k, val)

@@ -1,0 +1,115 @@
+"""Sync mode end to end on the userspace lab (zfs-fuse file volumes, tgtd, libiscsi, a
+qcow2 overlay in qemu-storage-daemon exported over NBD): the VM (qemu-io through the
+export) writes during the copy, the merge and after; the NAS gets every byte back."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from imgstor.workflows.storagemap import target_iqn
+from tests.conftest import Lab
+from tests.lab.test_direct import NAS, cli, maps, nas_file, opts, read_through, targets
+from tests.lab.test_overlay import SIZE, Image, nbd, pattern_writer, put
+
+pytestmark = pytest.mark.lab
+NODE, OTHER = "compute-0-0", "compute-0-1"
+MiB = 1 << 20
+
+
+def prefilled(lab: Lab, tag: str) -> tuple[str, Image]:
+    """A SIZE volume full of random data, written over direct mode from OTHER, unmapped."""
+    vol = f"{tag}-{uuid.uuid4().hex[:6]}"
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, OTHER, f"{SIZE // MiB}M")
+    data = os.urandom(SIZE)
+    path = f"/tmp/prefill-{vol}.bin"
+    with open(path, "wb") as f:
+        f.write(data)
+    try:
+        lab.ssh(OTHER, f"qemu-img convert -n -f raw {path} --target-image-opts "
+                       f"'{opts(lab, vol, OTHER)}'")
+    finally:
+        os.unlink(path)
+    cli(lab, "remove", "host", "storagemap", NAS, vol)
+    return vol, Image(data)
+
+
+def wait_state(lab: Lab, vol: str, want: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = maps(lab)[vol]
+        if row["state"] == want:
+            return row
+        assert time.monotonic() < deadline, f"{vol} still {row['state']}, not {want}"
+        time.sleep(0.3)
+
+
+def job_logs(lab: Lab) -> str:
+    return "".join(open(p).read() for p in sorted(glob.glob(str(lab.dir / "jobs" / "*.log"))))
+
+
+def node_sha(lab: Lab, vol: str) -> str:
+    mp = lab.mountpoint(NODE, f"tank/{vol}")
+    return lab.out(NODE, f"sha256sum < {mp}/disk.raw").split()[0]
+
+
+def nothing_left_on_node(lab: Lab, vol: str) -> None:
+    ds = lab.out(NODE, "zfs list -H -o name -t all")
+    assert f"tank/{vol}" not in ds.split() and f"tank/{vol}-temp-write" not in ds
+    assert vol not in lab.out(NODE, "ps -eo args | grep [q]emu-storage-daemon || true")
+    assert lab.ssh(NODE, f"test -e /run/imgstor/nbd/{vol}.sock", check=False).returncode != 0
+
+
+def test_sync_walkthrough(lab: Lab) -> None:
+    vol, img = prefilled(lab, "sync")
+    out = cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M",
+              "img_sync=yes").stdout
+    assert out.strip() == f"{NAS}:{vol} mapped to {NODE}:{nbd(vol)}", out
+    assert maps(lab)[vol]["state"] in ("NAS->VM", "merging", "mapped")
+    # the VM writes while the copy and the merge run ...
+    w = pattern_writer(lab, img, vol, 80, seed=3)
+    row = wait_state(lab, vol, "mapped")
+    assert w.wait(timeout=120) == 0, w.stderr.read()
+    # ... and after the pivot, on the local copy alone
+    put(lab, img, vol, 5 * MiB, os.urandom(MiB), "after")
+    assert row["target"] is None and target_iqn(NAS, vol) not in targets(lab)
+    logs = job_logs(lab)
+    assert "state NAS->VM -> merging" in logs and "state merging -> mapped" in logs, logs
+    assert node_sha(lab, vol) == img.sha()
+    assert lab.out(NODE, f"zfs get -H -o value imgstor:role tank/{vol}") == "local-copy"
+
+    # unmap: returns at once; NAS<-VM, then unmapped with the NAS holding every write
+    out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
+    assert "NAS<-VM" in out, out
+    wait_state(lab, vol, "unmapped")
+    assert maps(lab)[vol]["host"] is None
+    assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
+    nothing_left_on_node(lab, vol)
+
+    # mapped direct elsewhere: the same bytes
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, OTHER, "32M")
+    assert read_through(lab, OTHER, vol, SIZE) == img.sha()
+    cli(lab, "remove", "host", "storagemap", NAS, vol)
+    assert cli(lab, "list", "host", "storagemap", NAS, "--verify").returncode == 0
+    cli(lab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+def test_unmap_during_copy_merges_into_the_nas(lab: Lab) -> None:
+    """Unmap while NAS->VM: the copy is cancelled and the VM's writes go to the origin."""
+    vol, img = prefilled(lab, "cancel")
+    env = {"IMGSTOR_PAUSE": "job:trust:30"}     # the monitor waits before its copy
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        env=env)
+    put(lab, img, vol, 3 * MiB, os.urandom(2 * MiB), "during")
+    assert maps(lab)[vol]["state"] == "NAS->VM"
+    out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
+    assert "cancel" in out, out
+    wait_state(lab, vol, "unmapped")
+    assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
+    nothing_left_on_node(lab, vol)
+    assert target_iqn(NAS, vol) not in targets(lab)
+    cli(lab, "remove", "host", "storageimg", NAS, "tank", vol)
