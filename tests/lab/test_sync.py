@@ -113,3 +113,92 @@ def test_unmap_during_copy_merges_into_the_nas(lab: Lab) -> None:
     nothing_left_on_node(lab, vol)
     assert target_iqn(NAS, vol) not in targets(lab)
     cli(lab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+def test_unmap_during_merging_waits_for_the_merge(lab: Lab) -> None:
+    vol, img = prefilled(lab, "mrg")
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        env={"IMGSTOR_PAUSE": "job:merge:8"})      # the monitor rests once merging
+    wait_state(lab, vol, "merging")
+    put(lab, img, vol, 7 * MiB, os.urandom(MiB), "merging")
+    out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
+    assert "merge finishes first" in out, out
+    wait_state(lab, vol, "unmapped")
+    assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
+    nothing_left_on_node(lab, vol)
+    cli(lab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+SYNC_IN = ("trust", "copy", "merge", "merged", "pivot")
+SYNC_BACK = ("quiesce", "trust", "send", "cleanup")
+
+
+@pytest.fixture
+def crash_vol(lab: Lab):
+    vol, img = prefilled(lab, "crash")
+    yield vol, img
+    cli(lab, "remove", "host", "storagemap", NAS, vol, "--wait", check=False)
+    cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
+
+
+def resume(lab: Lab) -> None:
+    cli(lab, "monitor", "--resume")
+
+
+@pytest.mark.parametrize("phase", SYNC_IN)
+def test_map_monitor_killed_after_each_phase_then_resumed(lab: Lab, crash_vol, phase) -> None:
+    """The monitor SIGKILLed right after recording each phase: `monitor --resume` (what
+    cron's refresh runs) continues from it, and the data is intact."""
+    vol, img = crash_vol
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        env={"IMGSTOR_FAULT": f"job:{phase}"})
+    put(lab, img, vol, MiB, os.urandom(MiB), "before")
+    deadline = time.monotonic() + 60
+    while True:                  # the monitor dies: its job stays, owned by a dead pid
+        st = json.loads((lab.dir / "state.json").read_text())
+        js = [j for j in st["jobs"].values() if j["volume"] == f"{NAS}/{vol}"]
+        row = maps(lab)[vol]
+        if phase == SYNC_IN[-1] and not js:
+            break                # the last phase recorded: the job is done already
+        if js and js[0]["owner"] and not os.path.exists(f"/proc/{js[0]['owner']['pid']}"):
+            break
+        assert time.monotonic() < deadline, (phase, js, row)
+        time.sleep(0.3)
+    resume(lab)
+    wait_state(lab, vol, "mapped")
+    put(lab, img, vol, 9 * MiB, os.urandom(MiB), "after")
+    assert node_sha(lab, vol) == img.sha()
+
+
+@pytest.mark.parametrize("phase", SYNC_BACK)
+def test_unmap_monitor_killed_after_each_phase_then_resumed(lab: Lab, crash_vol,
+                                                            phase) -> None:
+    vol, img = crash_vol
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        "--wait")
+    put(lab, img, vol, 2 * MiB, os.urandom(MiB), "mapped")
+    cli(lab, "remove", "host", "storagemap", NAS, vol, env={"IMGSTOR_FAULT": f"job:{phase}"})
+    time.sleep(3)
+    resume(lab)
+    wait_state(lab, vol, "unmapped")
+    assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
+    nothing_left_on_node(lab, vol)
+
+
+def test_copy_receiver_killed_mid_stream_is_started_again(lab: Lab, crash_vol,
+                                                           tmp_path) -> None:
+    """`zfs receive` killed on the node during the copy (sync_bwlimit slows the copy so
+    the kill lands mid-stream): the monitor starts the copy again and converges."""
+    vol, img = crash_vol
+    cfg = tmp_path / "imgstor.toml"
+    cfg.write_text(lab.config_path.read_text().replace(
+        "overcommit = 100.0", 'overcommit = 100.0\nsync_bwlimit = "4M"'))
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        config=cfg)
+    deadline = time.monotonic() + 30
+    while lab.ssh(NODE, "pkill -KILL -f '^zfs (receive|recv) '", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "no zfs receive ran on the node"
+        time.sleep(0.2)
+    wait_state(lab, vol, "mapped", timeout=180)
+    assert "starting it again" in job_logs(lab)
+    assert node_sha(lab, vol) == img.sha()

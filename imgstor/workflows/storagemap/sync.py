@@ -219,15 +219,20 @@ def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_datase
                               rate=st.get("rate"), exact=st.get("total_exact", True))
         if state == "done":
             return st
-        if state in ("failed", "cancelled"):
-            raise RemoteCommandError(sender, ["copy", snapshot, f"{receiver}:{to_dataset}"],
-                                     1, str(st.get("error") or state),
-                                     message=f"{sender}: copy of {snapshot} to {receiver}:"
-                                             f"{to_dataset} {state}: {st.get('error')}")
-        if state in ("died", "none"):
+        if state in ("failed", "cancelled", "died", "none"):
+            # a broken stream (a receiver killed, a network blip) is started again: it
+            # resumes from its token where the pool has them, else from its beginning
             restarts += 1
-            if restarts > COPY_RESTARTS:
-                raise StepError(f"{sender}: copy of {snapshot} died {restarts - 1} times")
+            if state == "cancelled" or restarts > COPY_RESTARTS:
+                raise RemoteCommandError(
+                    sender, ["copy", snapshot, f"{receiver}:{to_dataset}"], 1,
+                    str(st.get("error") or state),
+                    message=f"{sender}: copy of {snapshot} to {receiver}:{to_dataset} "
+                            f"{state} ({restarts} attempts): {st.get('error')}")
+            print(f"{time.strftime('%H:%M:%S')} {job.id}: copy {state} "
+                  f"({st.get('error') or 'no result'}); starting it again", file=sys.stderr,
+                  flush=True)
+            time.sleep(min(POLL * restarts, 10))
             st = cl.step(sender, "copy.start", **args).facts
             continue
         time.sleep(POLL)
