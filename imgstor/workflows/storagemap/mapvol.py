@@ -8,6 +8,7 @@ import time
 from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
 from imgstor.names import target_iqn
+from imgstor.output import Message
 from imgstor.state.model import State, Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     chap_args,
@@ -38,8 +39,11 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     host_cfg = ctx.config.host(host, role="compute")
     sync = host_cfg.img_sync if img_sync is None else img_sync
     if sync:
-        raise UsageError(f"{host} uses img_sync (sync mode), which this version does not "
-                         "provide yet; map with img_sync=false for direct mode")
+        why = ("img_sync=true given" if img_sync else
+               f"{host} has img_sync=true ({ctx.config.source(host, 'img_sync')})")
+        raise UsageError(f"{why}: sync mode is not in this version yet; for direct mode "
+                         f"`imgstor set host attr {host} img_sync value=false`, or map "
+                         "with img_sync=false")
     iqn = target_iqn(nas, vol)
     key = volume_key(nas, vol)
     st = ctx.store.read()
@@ -119,7 +123,8 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
     att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
                   lun=lun, **chap)
-    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes)
+    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes,
+                   zpool=zpool, portal=portal)
 
 
 def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
@@ -134,10 +139,13 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
                                              initiator=initiator, portal=portal, **chap))]
 
 
-def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes) -> str:
-    """Record a finished map (clears the intent and the busy marker)."""
+def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
+            zpool: str, portal: str) -> Message | str:
+    """Record a finished map (clears the intent and the busy marker).  The portal is
+    recorded: an ib_net changed later applies to the next map, not to this one's unmap."""
     device = att.facts.get("device")
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
+             "portal": portal,
              # the CHAP user only: the password stays in its 0600 file
              "chap_user": chap["chap"]["user"] if chap else None}
     if "qemu_json" in att.facts:
@@ -147,6 +155,9 @@ def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbyt
     fault("attach")
     if ctx.dry_run:
         return f"dry run: {nas}:{vol} would be mapped to {host}"
-    return f"{nas}:{vol} mapped to {host}:{device}"
+    # The guide's `rocks add host storagemap` output (Python 2 `print a, b` spacing);
+    # --json and `start host vm` keep the one-line message.
+    return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
+                   f"{nas}:{vol} mapped to {host}:{device}")
 
 

@@ -6,6 +6,7 @@ from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import ImgstorError, NotFound
 from imgstor.names import target_iqn
+from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     fault,
@@ -19,7 +20,7 @@ from imgstor.workflows.storagemap.common import (
 __all__ = ["unmap_volume"]
 
 
-def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
+def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> Message | str:
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
     nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
@@ -51,15 +52,16 @@ def _needs_detach(ctx, host: str) -> bool:
         return True
 
 
-def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
+def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | str:
     cl = ctx.cluster
     iqn = v.target or target_iqn(nas, v.vol)
+    portal = v.extra.get("portal") or portal_of(nas_cfg)     # what the map used
     errors: list[ImgstorError] = []
     host = v.host
     if host and _needs_detach(ctx, host):
         try:
             cl.step(host, "compute.detach", kind=ctx.config.host(host).initiator,
-                    portal=portal_of(nas_cfg), iqn=iqn)
+                    portal=portal, iqn=iqn)
         except ImgstorError as e:
             if not force:
                 raise
@@ -77,8 +79,9 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     if ctx.dry_run:
         return f"dry run: {nas}:{v.vol} would be unmapped from {host}"
     msg = f"{nas}:{v.vol} unmapped from {host}"
-    if errors:
-        msg += "\nwarning: --force went past: " + "; ".join(str(e) for e in errors)
-    return msg
+    warn = ("\nwarning: --force went past: " + "; ".join(str(e) for e in errors)
+            if errors else "")
+    # The guide's `rocks remove host storagemap` output; --json keeps the one-line message.
+    return Message(f"unmapping   {nas} : {v.vol}\nSuccess{warn}", msg + warn)
 
 
