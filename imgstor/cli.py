@@ -106,14 +106,17 @@ COMMANDS: list[Cmd] = [
     Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm", [Arg("vm")], {},
         "unmap the VM's disk", flags=("--force",)),
     Cmd(("set", "host", "attr"), f"{_ATTRS}:set_attr",
-        [Arg("args", nargs="+", metavar="HOST... ATTR [VALUE]")], {"attr": str, "value": str},
+        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR [VALUE], or HOST... with "
+             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
         "set a storage attribute (img_sync, vm_container_zpool, img_zpools, ib_net) on hosts: "
         "set host attr nas-0-0 img_zpools value=tank1,tank2"),
     Cmd(("list", "host", "attr"), f"{_ATTRS}:list_attrs",
-        [Arg("args", nargs="*", metavar="HOST|ATTR")], {"attr": str},
+        [Arg("args", nargs="*", metavar="HOST_OR_ATTR", help="hosts and attribute names, "
+             "in any order (default: all)")], {"attr": str},
         "each host's storage attributes and where each value comes from"),
     Cmd(("remove", "host", "attr"), f"{_ATTRS}:remove_attr",
-        [Arg("args", nargs="+", metavar="HOST... ATTR")], {"attr": str},
+        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR, or HOST... with attr=ATTR")],
+        {"attr": str},
         "drop an attribute set by command: the config's value applies again"),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
