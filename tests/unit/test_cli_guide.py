@@ -322,3 +322,67 @@ def test_rocks_refuses_other_commands_and_attrs(guide):
     assert r.rc == 2 and "'kvm' is not a storage attribute imgstor keeps" in r.err
     r = guide("add", "appliance", "attr", "compute", "img_storage_vm", "true", rocks=True)
     assert r.rc == 2 and "is not an imgstor storage command" in r.err and "IB_net" in r.err
+
+
+# ---- every rocks line of both guides parses, verbatim ----
+
+GUIDE_LINES = {   # line as printed -> (command, the arguments it gives the handler)
+    "rocks add host vm vm-container-0-14 compute":
+        ("add host vm", {"container": "vm-container-0-14", "membership": "compute"}),
+    "rocks set host vm nas compute-0-14-0 nas=nas-0-0 zpool=tank":
+        ("set host vm nas", {"vm": "compute-0-14-0", "nas": "nas-0-0", "zpool": "tank"}),
+    "rocks set host vm nas compute-0-14-0 nas=nas-0-0":
+        ("set host vm nas", {"vm": "compute-0-14-0", "nas": "nas-0-0"}),
+    "rocks start host vm compute-0-14-0": ("start host vm", {"vm": "compute-0-14-0"}),
+    "rocks start host vm vm-hpcdev-pub03-3": ("start host vm", {"vm": "vm-hpcdev-pub03-3"}),
+    "rocks stop host vm compute-0-14-0": ("stop host vm", {"vm": "compute-0-14-0"}),
+    "rocks list host vm nas": ("list host vm nas", {"vms": []}),
+    "rocks list host vm showdisks=1": ("list host vm", {"vms": [], "showdisks": True}),
+    'rocks set host attr nas-0-0 img_zpools value="tank1,tank2"':
+        ("set host attr", {"args": ["nas-0-0", "img_zpools"], "value": "tank1,tank2"}),
+    "rocks set host attr compute-0-1 img_sync value=true":
+        ("set host attr", {"args": ["compute-0-1", "img_sync"], "value": "true"}),
+    "rocks list host storagemap nas-0-0": ("list host storagemap", {"nas": "nas-0-0"}),
+    "rocks list host storagedev compute-0-3": ("list host storagedev", {"host": "compute-0-3"}),
+    "rocks add host storagemap nas-0-0 tank vol1 compute-0-3 10":
+        ("add host storagemap", {"nas": "nas-0-0", "zpool": "tank", "vol": "vol1",
+                                 "host": "compute-0-3", "size": "10"}),
+    "rocks remove host storagemap nas-0-0 vol1":
+        ("remove host storagemap", {"nas": "nas-0-0", "vol": "vol1"}),
+    "rocks remove host storagemap nas-0-0 compute-0-14-0-vol":
+        ("remove host storagemap", {"nas": "nas-0-0", "vol": "compute-0-14-0-vol"}),
+    "rocks remove host storageimg nas-0-0 tank vol1":
+        ("remove host storageimg", {"nas": "nas-0-0", "zpool": "tank", "vol": "vol1"}),
+}
+
+
+@pytest.mark.parametrize("line", GUIDE_LINES)
+def test_guide_line_parses_verbatim(line):
+    import shlex
+    argv = shlex.split(line)[1:]
+    assert (argv[2],) in cli.ROCKS_NOUNS              # the shim forwards it
+    _, cmd, kwargs = cli.parse(argv, cli.COMMANDS, "imgstor")
+    name, want = GUIDE_LINES[line]
+    assert cmd.name == name
+    assert {k: v for k, v in kwargs.items() if v not in (None, False)} == want
+
+
+def test_guide_lines_cover_the_guides():
+    """Every `rocks` line the guides print (shared/reference/guide/, when present) is in
+    GUIDE_LINES, except the ones that are not imgstor's."""
+    from pathlib import Path
+    d = Path("/work/shared/reference/guide")
+    if not d.is_dir():
+        pytest.skip("the reference guides are not on this machine")
+    lines = set()
+    for f in d.iterdir():
+        text = f.read_text()
+        for ln in text.splitlines():                    # the transcripts
+            ln = ln.strip().removeprefix("# ").removeprefix("/opt/rocks/bin/")
+            if re.match(r"rocks (add|set|list|remove|start|stop) host ", ln):
+                lines.add(ln)
+        # and the prose's examples: (rocks list host vm showdisks=1), (e.g.: rocks set …)
+        lines.update(m.group(1) for m in re.finditer(
+            r"(?:``|\(e\.g\.: |\()(rocks (?:add|set|list|remove|start|stop) host [^`)\n]*)", text))
+    lines.discard("rocks stop host vm")               # named in prose, without a VM
+    assert len(lines) >= 14 and lines <= set(GUIDE_LINES), lines - set(GUIDE_LINES)
