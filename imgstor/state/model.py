@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from imgstor.errors import StateError
+from imgstor import validate
+from imgstor.errors import StateError, UsageError
 
 __all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS",
            "HOST_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume", "HostAttrs", "State",
@@ -262,8 +263,6 @@ class HostAttrs:
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "") -> "HostAttrs":
-        from imgstor import validate          # stdlib only, no cycle
-        from imgstor.errors import UsageError
         try:
             a = cls(**_from(cls, d, what))
         except TypeError as e:
@@ -360,8 +359,6 @@ def attrs_from_dict(d: Any) -> dict[str, HostAttrs]:
     """The ``attrs`` section: host name -> HostAttrs, strictly checked."""
     if not isinstance(d, dict):
         raise StateError("attrs: expected an object")
-    from imgstor import validate
-    from imgstor.errors import UsageError
     for k in d:
         try:
             validate.host(k)

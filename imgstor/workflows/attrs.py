@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from imgstor import validate
-from imgstor.config import SOURCES, HostConfig
+from imgstor.config import HostConfig
 from imgstor.errors import NotFound, UsageError
 from imgstor.output import Output
 from imgstor.state.model import HOST_ATTR_NAMES, HostAttrs
@@ -86,7 +86,7 @@ def _shown(attr: str, value: Any) -> str | None:
     return str(value)
 
 
-def _split(ctx, args: list[str], attr: str | None, value: str | None, *, verb: str,
+def _split(args: list[str], attr: str | None, value: str | None, *, verb: str,
            want_value: bool) -> tuple[list[str], str, str | None]:
     """Rocks' argument shapes: HOST... ATTR [VALUE] | HOST... attr=ATTR [value=VALUE]."""
     args = list(args)
@@ -128,7 +128,7 @@ def _pools_exist(ctx, host: str, pools: list[str]) -> None:
 
 def set_attr(ctx, args: list[str], attr: str | None = None, value: str | None = None) -> str:
     """Set a storage attribute on hosts; recorded only once every host checks out."""
-    hosts, attr, text = _split(ctx, args, attr, value, verb="set", want_value=True)
+    hosts, attr, text = _split(args, attr, value, verb="set", want_value=True)
     parsed = parse_value(attr, text)
     cfg = ctx.file_config
     for h in hosts:
@@ -149,7 +149,12 @@ def set_attr(ctx, args: list[str], attr: str | None = None, value: str | None = 
 
 def remove_attr(ctx, args: list[str], attr: str | None = None) -> str:
     """Drop what ``set host attr`` set: the config's value applies again."""
-    hosts, attr, _ = _split(ctx, args, attr, None, verb="remove", want_value=False)
+    hosts, attr, _ = _split(args, attr, None, verb="remove", want_value=False)
+    cfg = ctx.file_config
+    kept = ctx.store.read_attrs()
+    for h in hosts:                   # a host neither configured nor kept: NotFound first
+        if h not in kept:
+            cfg.host(h)
     removed, absent = [], []
     with ctx.transaction() as st:
         for h in hosts:
@@ -161,7 +166,6 @@ def remove_attr(ctx, args: list[str], attr: str | None = None) -> str:
             if not a.values():
                 del st.attrs[h]
             removed.append(h)
-    cfg = ctx.file_config
     lines = []
     for h in removed:
         back = ""
@@ -170,7 +174,6 @@ def remove_attr(ctx, args: list[str], attr: str | None = None) -> str:
                     f"({cfg.source(h, attr)})")
         lines.append(f"{h}: removed {attr}{back}")
     for h in absent:
-        cfg.host(h)                       # an unknown host is NotFound, not "not set"
         lines.append(f"{h}: {attr} was not set by command ({cfg.source(h, attr)} applies)")
     text = "\n".join(lines)
     return f"dry run, nothing saved: {text}" if ctx.dry_run and removed else text
@@ -201,5 +204,3 @@ def list_attrs(ctx, args: list[str] | None = None, attr: str | None = None) -> O
     return Output(rows, [("host", "HOST"), ("attr", "ATTR"), ("value", "VALUE"),
                          ("source", "SOURCE")], footer=footer)
 
-
-assert set(ROLES) == set(HOST_ATTR_NAMES) and len(SOURCES) == 4

@@ -386,3 +386,19 @@ def test_guide_lines_cover_the_guides():
             r"(?:``|\(e\.g\.: |\()(rocks (?:add|set|list|remove|start|stop) host [^`)\n]*)", text))
     lines.discard("rocks stop host vm")               # named in prose, without a VM
     assert len(lines) >= 14 and lines <= set(GUIDE_LINES), lines - set(GUIDE_LINES)
+
+
+def test_attrs_of_a_host_gone_from_the_config(guide, config_path, state_path):
+    from imgstor.state.model import HostAttrs
+    with store(config_path).transaction() as st:
+        st.attrs["compute-9-9"] = HostAttrs(img_sync=True)
+    r = guide("list", "host", "attr")
+    assert r.rc == 0 and "compute-9-9" not in r.out.split("\nnote:")[0]
+    assert "note: the store keeps attributes for compute-9-9, which is not in" in r.out
+    r = guide("remove", "host", "attr", "compute-9-9", "IB_net")
+    assert r.out == "compute-9-9: ib_net was not set by command (built-in default applies)\n"
+    r = guide("remove", "host", "attr", "compute-9-9", "img_sync", rocks=True)
+    assert (r.rc, r.out) == (0, "compute-9-9: removed img_sync\n")
+    assert store(config_path).read().attrs == {}
+    r = guide("remove", "host", "attr", "compute-9-9", "img_sync")
+    assert r.rc == 6 and "unknown host 'compute-9-9'" in r.err
