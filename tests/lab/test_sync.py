@@ -68,7 +68,7 @@ def test_sync_walkthrough(lab: Lab) -> None:
     vol, img = prefilled(lab, "sync")
     out = cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M",
               "img_sync=yes").stdout
-    assert out.strip() == f"{NAS}:{vol} mapped to {NODE}:{nbd(vol)}", out
+    assert out == f"mapping  {NAS} : tank / {vol}  on  {NODE}\n{nbd(vol)}\n", out
     assert maps(lab)[vol]["state"] in ("NAS->VM", "merging", "mapped")
     # the VM writes while the copy and the merge run ...
     w = pattern_writer(lab, img, vol, 80, seed=3)
@@ -84,7 +84,8 @@ def test_sync_walkthrough(lab: Lab) -> None:
 
     # unmap: returns at once; NAS<-VM, then unmapped with the NAS holding every write
     out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
-    assert "NAS<-VM" in out, out
+    assert out == f"unmapping   {NAS} : {vol}\nSuccess\n", out
+    assert maps(lab)[vol]["state"] in ("NAS<-VM", "unmapped")
     wait_state(lab, vol, "unmapped")
     assert maps(lab)[vol]["host"] is None
     assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
@@ -106,8 +107,8 @@ def test_unmap_during_copy_merges_into_the_nas(lab: Lab) -> None:
         env=env)
     put(lab, img, vol, 3 * MiB, os.urandom(2 * MiB), "during")
     assert maps(lab)[vol]["state"] == "NAS->VM"
-    out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
-    assert "cancel" in out, out
+    out = json.loads(cli(lab, "remove", "host", "storagemap", NAS, vol, "--json").stdout)
+    assert "NAS<-VM (cancel" in out["message"], out
     wait_state(lab, vol, "unmapped")
     assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
     nothing_left_on_node(lab, vol)
@@ -121,8 +122,8 @@ def test_unmap_during_merging_waits_for_the_merge(lab: Lab) -> None:
         env={"IMGSTOR_PAUSE": "job:merge:8"})      # the monitor rests once merging
     wait_state(lab, vol, "merging")
     put(lab, img, vol, 7 * MiB, os.urandom(MiB), "merging")
-    out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
-    assert "merge finishes first" in out, out
+    out = json.loads(cli(lab, "remove", "host", "storagemap", NAS, vol, "--json").stdout)
+    assert "merge finishes first" in out["message"], out
     wait_state(lab, vol, "unmapped")
     assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
     nothing_left_on_node(lab, vol)

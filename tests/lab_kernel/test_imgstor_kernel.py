@@ -93,7 +93,8 @@ def test_direct_walkthrough_zvol_lio_iscsiadm(kernel_lab) -> None:
     assert sha_of(klab, NAS, f"/dev/zvol/tank/{vol}", 6 * MiB) == want
 
     out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, "compute-0-1", "64M").stdout
-    dev1 = re.search(r"mapped to compute-0-1:(/dev/sd[a-z]+)", out).group(1)
+    dev1 = re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  compute-0-1\n(/dev/sd[a-z]+)\n",
+                        out).group(1)
     assert sha_of(klab, "compute-0-1", dev1, 6 * MiB) == want
     # compute-0-0's own name is not admitted any more
     bad = login_as(klab, "compute-0-0", klab.out("compute-0-0",
@@ -104,7 +105,8 @@ def test_direct_walkthrough_zvol_lio_iscsiadm(kernel_lab) -> None:
     cli(klab, "remove", "host", "storagemap", NAS, vol)
     assert iqn not in sessions(klab, "compute-0-1")
     assert iqn not in klab.out(NAS, "targetcli ls /iscsi")
-    assert cli(klab, "remove", "host", "storageimg", NAS, "tank", vol).stdout.strip() == "Success"
+    assert cli(klab, "remove", "host", "storageimg", NAS, "tank", vol).stdout == \
+        f"removing   {NAS} : tank / {vol}\nSuccess\n"
     assert klab.ssh(NAS, f"zfs list tank/{vol}").returncode != 0
     cli(klab, "remove", "host", "vm", vm)
 
@@ -130,7 +132,8 @@ def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
     vol = f"ovl-{uuid.uuid4().hex[:6]}"
     size = 64 * MiB
     out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, node, "64M").stdout
-    origin = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", out).group(1)
+    origin = re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  {node}\n(/dev/sd[a-z]+)\n",
+                          out).group(1)
     # the NAS volume gets some data first (through the initiator)
     write_random(klab, node, origin, 8)
     name, local = f"{vol}-snap", f"/dev/zvol/tank/{vol}"
@@ -227,7 +230,8 @@ def test_chap_on_lio_and_iscsiadm(kernel_lab, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     cred = json.loads((tmp_path / "chap" / NAS / f"{vol}.json").read_text())
     assert cred["password"] not in p.stdout + p.stderr
-    dev = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", p.stdout).group(1)
+    dev = re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  compute-0-0\n(/dev/sd[a-z]+)\n",
+                       p.stdout).group(1)
     write_random(klab, "compute-0-0", dev, 2)
     want = sha_of(klab, "compute-0-0", dev, 2 * MiB)
     # the node's own initiator name, but no CHAP: refused by LIO (iscsiadm 24)
@@ -269,8 +273,8 @@ def test_data_safety_zvol_type_and_lio_names(kernel_lab) -> None:
         # imgstor's own volume has its mark; its remove leaves the others alone
         assert klab.out(NAS, f"zfs get -H -o value imgstor:role tank/a.{tag}") == "volume"
         cli(klab, "remove", "host", "storagemap", NAS, f"a.{tag}")
-        assert cli(klab, "remove", "host", "storageimg", NAS, "tank", f"a.{tag}").stdout.strip() \
-            == "Success"
+        assert cli(klab, "remove", "host", "storageimg", NAS, "tank", f"a.{tag}").stdout \
+            == f"removing   {NAS} : tank / a.{tag}\nSuccess\n"
         assert klab.ssh(NAS, f"zfs list tank/{fs} tank/{zv}", check=False).returncode == 0
     finally:
         cli(klab, "remove", "host", "storagemap", NAS, f"a.{tag}", check=False)

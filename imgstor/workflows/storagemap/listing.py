@@ -89,7 +89,7 @@ def list_devs(ctx, host: str) -> Output:
     for v in vols:
         if not v.target:
             continue
-        t = {"iqn": v.target, "portal": portal_of(ctx.config.host(v.nas)),
+        t = {"iqn": v.target, "portal": v.extra.get("portal") or portal_of(ctx.config.host(v.nas)),
              "lun": int(v.extra.get("lun", 1))}
         creds = chapstore.load(state_path(ctx), v.nas, v.vol) if v.extra.get("chap_user") else None
         if creds:
@@ -108,7 +108,12 @@ def list_devs(ctx, host: str) -> Output:
                      "status": d.get("status", "absent") if v.target else v.state,
                      "size_gb": round(size / 2**30, 2) if size else None,
                      "block_dev": d.get("device") if host_cfg.initiator == "iscsiadm" else None,
-                     "nas": v.nas, "target": v.target, "state": v.state})
-    return Output(rows, [("zvol", "ZVOL"), ("device", "DEVICE/LVM"), ("status", "STATUS"),
-                         ("size_gb", "SIZE(GB)"), ("block_dev", "BLOCK DEV"), ("nas", "NAS"),
-                         ("state", "STATE")])
+                     "nas": v.nas, "target": v.target, "state": v.state,
+                     # sync mode's overlay: dm name, merge started, dmsetup status, time
+                     "lvm": None, "is_started": None, "synced": None, "time": None})
+    # The guide's columns (ZVOL LVM STATUS SIZE (GB) BLOCK DEV IS STARTED SYNCED TIME),
+    # then what direct mode adds: the device a VM opens, the NAS, the mapping's state.
+    return Output(rows, [("zvol", "ZVOL"), ("lvm", "LVM"), ("status", "STATUS"),
+                         ("size_gb", "SIZE (GB)"), ("block_dev", "BLOCK DEV"),
+                         ("is_started", "IS STARTED"), ("synced", "SYNCED"), ("time", "TIME"),
+                         ("device", "DEVICE"), ("nas", "NAS"), ("state", "STATE")])

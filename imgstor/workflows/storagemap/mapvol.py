@@ -8,6 +8,7 @@ import time
 from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
 from imgstor.names import target_iqn
+from imgstor.output import Message
 from imgstor.state.model import State, Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     chap_args,
@@ -93,17 +94,10 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                         rec.extra.pop("intent", None)
             record_error(ctx, key, e)
             raise
-    if sync and wait:
+    if sync and wait and not ctx.dry_run:
         from imgstor.workflows.storagemap.sync import wait_for_jobs
         wait_for_jobs(ctx, key)
-        out += "\n" + _now(ctx, key)
     return out
-
-
-def _now(ctx, key: str) -> str:
-    v = ctx.store.read().volumes.get(key)
-    return f"{key}: {v.state}" + (f" on {v.host}:{v.device}" if v and v.host else "") \
-        if v else f"{key}: not in the store"
 
 
 def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
@@ -158,8 +152,9 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
         from imgstor.workflows.storagemap.sync import map_sync
         fault("attach")
         return map_sync(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, iqn,
-                        (volf, att, initiator, lun, chap))
-    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes)
+                        (volf, att, initiator, lun, chap), portal=portal)
+    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes,
+                   zpool=zpool, portal=portal)
 
 
 def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
@@ -174,10 +169,13 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
                                              initiator=initiator, portal=portal, **chap))]
 
 
-def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes) -> str:
-    """Record a finished map (clears the intent and the busy marker)."""
+def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
+            zpool: str, portal: str) -> Message | str:
+    """Record a finished map (clears the intent and the busy marker).  The portal is
+    recorded: an ib_net changed later applies to the next map, not to this one's unmap."""
     device = att.facts.get("device")
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
+             "portal": portal,
              # the CHAP user only: the password stays in its 0600 file
              "chap_user": chap["chap"]["user"] if chap else None}
     if "qemu_json" in att.facts:
@@ -187,6 +185,9 @@ def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbyt
     fault("attach")
     if ctx.dry_run:
         return f"dry run: {nas}:{vol} would be mapped to {host}"
-    return f"{nas}:{vol} mapped to {host}:{device}"
+    # The guide's `rocks add host storagemap` output (Python 2 `print a, b` spacing);
+    # --json and `start host vm` keep the one-line message.
+    return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
+                   f"{nas}:{vol} mapped to {host}:{device}")
 
 

@@ -37,6 +37,7 @@ from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import (BusyError, NotFound, RemoteCommandError,
                             StateError, StepError)
+from imgstor.output import Message
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
 from imgstor.workflows import monitor
@@ -51,7 +52,7 @@ LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 # ------------------------------------------------------------------ the map
 def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
-             host_cfg, iqn: str, attach_result: tuple) -> str:
+             host_cfg, iqn: str, attach_result: tuple, *, portal: str) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
     (NAS->VM and a sync-in job, one transaction) and the monitor."""
     volf, att, initiator, lun, chap = attach_result
@@ -64,7 +65,7 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
         return f"dry run: {nas}:{vol} would be mapped to {host}:{device} (sync mode)"
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
              "chap_user": chap["chap"]["user"] if chap else None,
-             "origin": origin, "overlay": host_cfg.overlay,
+             "origin": origin, "overlay": host_cfg.overlay, "portal": portal,
              "local_pool": host_cfg.vm_container_zpool}
     with ctx.store.transaction() as st:
         v = st.volumes[key]
@@ -81,7 +82,8 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
         job = running[0] if running else jobmod.new_job(st, "sync-in", key, "trust")
     fault("recorded")
     _spawn(ctx, job)
-    return f"{nas}:{vol} mapped to {host}:{device}"
+    return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
+                   f"{nas}:{vol} mapped to {host}:{device}")
 
 
 def _spawn(ctx, job: Job) -> None:
@@ -96,7 +98,7 @@ def _spawn(ctx, job: Job) -> None:
 
 
 # ------------------------------------------------------------------ the unmap
-def unmap_sync(ctx, key: str, v: Volume, force: bool) -> str:
+def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
     """Unmap a sync volume: returns at once; a job finishes it (NAS<-VM until done)."""
     nas, vol = v.nas, v.vol
     if ctx.dry_run:
@@ -135,7 +137,8 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> str:
             raise StateError(f"{key} is {v.state}: see `imgstorageadmin list`")
         v.busy = None
     _spawn(ctx, job)
-    return msg
+    # the guide's lines (the state shows NAS<-VM until the job is done)
+    return Message(f"unmapping   {nas} : {vol}\nSuccess", msg)
 
 
 def _copy_done(jobs: list[Job]) -> bool:
@@ -270,7 +273,8 @@ def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
     iqn = v.target
     if iqn and n["host_cfg"].initiator != "userspace":
         cl.step(n["host"], "compute.detach", kind=n["host_cfg"].initiator,
-                portal=portal_of(n["nas_cfg"]), iqn=iqn, force=force)
+                portal=v.extra.get("portal") or portal_of(n["nas_cfg"]), iqn=iqn,
+                force=force)
     from imgstor import chap as chapstore
     from imgstor.workflows.storagemap.common import state_path
     creds = chapstore.load(state_path(ctx), v.nas, v.vol)

@@ -6,6 +6,7 @@ from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import ImgstorError, NotFound
 from imgstor.names import target_iqn
+from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     fault,
@@ -19,7 +20,8 @@ from imgstor.workflows.storagemap.common import (
 __all__ = ["unmap_volume"]
 
 
-def unmap_volume(ctx, nas: str, vol: str, force: bool = False, wait: bool = False) -> str:
+def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
+                 wait: bool = False) -> Message | str:
     """Unmap NAS:VOL.  Direct mode: at once.  Sync mode: returns at once, a job brings the
     VM's last writes to the NAS (NAS<-VM) and removes the volume from the node; ``wait``
     blocks until it is done."""
@@ -39,7 +41,6 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False, wait: bool = Fals
             msg = sync.unmap_sync(ctx, key, v, force)
         if wait:
             sync.wait_for_jobs(ctx, key)
-            msg += f"\n{nas}:{vol} unmapped"
         return msg
     # A record with a host but state unmapped is a map that did not finish (its intent):
     # undone like a mapping, since the node may hold a session and the NAS a target.
@@ -64,9 +65,10 @@ def _needs_detach(ctx, host: str) -> bool:
         return True
 
 
-def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
+def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | str:
     cl = ctx.cluster
     iqn = v.target or target_iqn(nas, v.vol)
+    portal = v.extra.get("portal") or portal_of(nas_cfg)     # what the map used
     errors: list[ImgstorError] = []
     host = v.host
     if host and v.extra.get("intent") == "map-sync":
@@ -77,7 +79,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     if host and _needs_detach(ctx, host):
         try:
             cl.step(host, "compute.detach", kind=ctx.config.host(host).initiator,
-                    portal=portal_of(nas_cfg), iqn=iqn, force=force)
+                    portal=portal, iqn=iqn, force=force)
         except ImgstorError as e:
             if not force:
                 raise
@@ -95,8 +97,9 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
     if ctx.dry_run:
         return f"dry run: {nas}:{v.vol} would be unmapped from {host}"
     msg = f"{nas}:{v.vol} unmapped from {host}"
-    if errors:
-        msg += "\nwarning: --force went past: " + "; ".join(str(e) for e in errors)
-    return msg
+    warn = ("\nwarning: --force went past: " + "; ".join(str(e) for e in errors)
+            if errors else "")
+    # The guide's `rocks remove host storagemap` output; --json keeps the one-line message.
+    return Message(f"unmapping   {nas} : {v.vol}\nSuccess{warn}", msg + warn)
 
 
