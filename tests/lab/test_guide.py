@@ -3,8 +3,7 @@
 printed in the guide with the lab's host names in place of the guide's (nas-0-0 stays;
 vm-container-0-14 and compute-0-3 become compute-0-1 and compute-0-0), checking each
 output's shape and the states in between.  Not replayed: `rocks add appliance attr`,
-`ssh`, `zfs list` (not imgstor's), and the sync-mode lines (``SYNC_MODE`` below, skipped
-until sync mode lands)."""
+`ssh`, `zfs list` (not imgstor's)."""
 from __future__ import annotations
 
 import json
@@ -197,21 +196,61 @@ def _transcript(lab: Lab, made: list[str]) -> None:
 
 # The guide's sync-mode lines, replayed once sync mode lands (the transcript's states
 # NAS->VM with a TIME, NAS<-VM, storagedev while merging).  Skipped, not forgotten.
-SYNC_MODE = [
-    "rocks set host attr compute-0-1 img_sync value=true",
-    "rocks start host vm compute-0-1-0",        # -> nas-0-0:…-vol mapped to compute-0-1:/dev/mapper/…-vol-snap
-    "rocks list host storagemap nas-0-0",       # -> … NAS->VM 0:00:04
-    "rocks list host storagedev compute-0-1",   # -> … -snap snapshot / snapshot-merge, IS STARTED, SYNCED, TIME
-    "rocks add host storagemap nas-0-0 tank vol1 compute-0-1 10",   # -> mapping … then /dev/mapper/vol1-snap
-    "rocks list host storagemap nas-0-0",       # -> vol1 … NAS->VM 0:00:06, then mapped with no TARGET
-    "rocks remove host storagemap nas-0-0 vol1",  # -> unmapping   nas-0-0 : vol1 / Success
-    "rocks list host storagemap nas-0-0",       # -> vol1 … NAS<-VM 0:00:07, then unmapped
-    "rocks remove host storageimg nas-0-0 tank vol1",
-]
+def _wait(lab: Lab, vol: str, state: str, timeout: float = 180) -> list[str]:
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        head, rows = table(rocks(lab, f"rocks list host storagemap {NAS}").stdout)
+        if rows[vol][4] == state:
+            return rows[vol]
+        assert time.monotonic() < deadline, (vol, rows[vol])
+        time.sleep(0.5)
 
 
-@pytest.mark.skip(reason="sync mode is not built yet (img_sync=true is refused); these guide "
-                         "lines are replayed when it lands")
-@pytest.mark.parametrize("line", SYNC_MODE)
-def test_guide_sync_mode_transcript(lab: Lab, line: str) -> None:  # pragma: no cover
-    rocks(lab, line)
+def test_guide_sync_mode_transcript(lab: Lab) -> None:
+    """The guide's "VM boot workflow with image sync", line by line through bin/rocks."""
+    _clean(lab, "vol1")
+    out = rocks(lab, "rocks add host vm compute-0-1 compute").stdout
+    vm = re.fullmatch(r"added VM (compute-0-1-[0-9]+) on physical node compute-0-1\n",
+                      out).group(1)
+    vol = f"{vm}-vol"
+    try:
+        rocks(lab, f"rocks set host vm nas {vm} nas=nas-0-0 zpool=tank")
+        rocks(lab, "rocks set host attr compute-0-1 img_sync value=true")
+        out = rocks(lab, f"rocks start host vm {vm}").stdout
+        nbd = f"nbd+unix:///{vol}?socket=/run/imgstor/nbd/{vol}.sock"
+        assert out == f"{NAS}:{vol} mapped to compute-0-1:{nbd}\n", out
+        head, rows = table(rocks(lab, f"rocks list host storagemap {NAS}").stdout)
+        assert head[:6] == ["ZVOL", "HOST", "ZPOOL", "TARGET", "STATE", "TIME"]
+        assert rows[vol][4] in ("NAS->VM", "merging", "mapped"), rows[vol]
+        head, rows = table(rocks(lab, "rocks list host storagedev compute-0-1").stdout.replace(
+            "SIZE (GB)", "SIZE_(GB)").replace("BLOCK DEV", "BLOCK_DEV").replace(
+            "IS STARTED", "IS_STARTED"))
+        assert head[:8] == ["ZVOL", "LVM", "STATUS", "SIZE_(GB)", "BLOCK_DEV", "IS_STARTED",
+                            "SYNCED", "TIME"]
+        assert rows[vol][1] == nbd and rows[vol][2] in ("snapshot", "snapshot-merge", "linear")
+
+        out = rocks(lab, "rocks add host storagemap nas-0-0 tank vol1 compute-0-1 10").stdout
+        assert out == ("mapping  nas-0-0 : tank / vol1  on  compute-0-1\n"
+                       "nbd+unix:///vol1?socket=/run/imgstor/nbd/vol1.sock\n"), out
+        r = _wait(lab, "vol1", "mapped")
+        assert r[1:4] == ["compute-0-1", "tank", r[3]] and DASHES.fullmatch(r[3]), r   # no TARGET
+        assert rocks(lab, "rocks remove host storagemap nas-0-0 vol1").stdout == \
+            "unmapping   nas-0-0 : vol1\nSuccess\n"
+        r = table(rocks(lab, f"rocks list host storagemap {NAS}").stdout)[1]["vol1"]
+        assert r[4] in ("NAS<-VM", "unmapped"), r
+        _wait(lab, "vol1", "unmapped")
+        assert rocks(lab, "rocks remove host storageimg nas-0-0 tank vol1").stdout == \
+            "removing   nas-0-0 : tank / vol1\nSuccess\n"
+        _wait(lab, vol, "mapped")
+        rocks(lab, f"rocks stop host vm {vm} --wait")
+        assert table(rocks(lab, f"rocks list host storagemap {NAS}").stdout)[1][vol][4] == \
+            "unmapped"
+    finally:
+        rocks(lab, "rocks remove host attr compute-0-1 img_sync")
+        for line in (f"rocks stop host vm {vm} --wait", f"rocks remove host vm {vm}",
+                     f"rocks remove host storageimg nas-0-0 tank {vol}"):
+            subprocess.run([sys.executable, str(ROOT / "bin" / "rocks"),
+                            *shlex.split(line)[1:]], capture_output=True, timeout=300,
+                           env={**os.environ, "IMGSTOR_CONFIG": str(lab.config_path)})
+        _clean(lab, "vol1")
