@@ -2,6 +2,7 @@
 in QEMU guests, data checked by sha256."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -111,6 +112,17 @@ def test_direct_walkthrough_zvol_lio_iscsiadm(kernel_lab) -> None:
     cli(klab, "remove", "host", "vm", vm)
 
 
+@pytest.fixture
+def own_state(kernel_lab, tmp_path: Path):
+    """The kernel lab is shared: these tests keep their own state file (another branch's
+    imgstor may have written the lab's with a newer schema)."""
+    text = kernel_lab.config_path.read_text()
+    text = re.sub(r'(?m)^path = ".*"$', f'path = "{tmp_path / "state.json"}"', text, count=1)
+    cfg = tmp_path / "imgstor.toml"
+    cfg.write_text(text)
+    return dataclasses.replace(kernel_lab, config_path=cfg)
+
+
 def wait_phase(c, node: str, args: dict, phase: str) -> dict:
     deadline = time.monotonic() + 300
     while True:
@@ -121,13 +133,13 @@ def wait_phase(c, node: str, args: dict, phase: str) -> dict:
         time.sleep(1)
 
 
-def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
+def test_dm_overlay_steps_for_sync_mode(own_state) -> None:
     """The sync-mode overlay, step by step as node steps: VM writes land in the temp-write
     zvol while the origin is the iSCSI disk; the NAS copies the volume to the node; the
     overlay merges onto the local copy and becomes linear; sha256 = origin + writes."""
     from imgstor.config import load_config
     from imgstor.transport import Cluster
-    klab = kernel_lab
+    klab = own_state
     node = "compute-0-0"
     vol = f"ovl-{uuid.uuid4().hex[:6]}"
     size = 64 * MiB
@@ -173,13 +185,13 @@ def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
     cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
 
 
-def test_dm_overlay_cancel_merges_into_the_nas_volume(kernel_lab) -> None:
+def test_dm_overlay_cancel_merges_into_the_nas_volume(own_state) -> None:
     """Unmap during the copy: the overlay merges its writes back into the origin (the NAS
     zvol over iSCSI) while the VM writes on, goes linear on the iSCSI disk; after the
     unmap the NAS zvol's sha256 = prefill + every write."""
     from imgstor.config import load_config
     from imgstor.transport import Cluster
-    klab = kernel_lab
+    klab = own_state
     node = "compute-0-1"
     vol = f"ovc-{uuid.uuid4().hex[:6]}"
     size = 32 * MiB
