@@ -148,7 +148,19 @@ def crash_vol(lab: Lab):
     cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
 
 
-def resume(lab: Lab) -> None:
+def resume_after_death(lab: Lab, vol: str, *, last: bool) -> None:
+    """Wait until the volume's monitor died (its job owned by a dead pid; with ``last``
+    the job may be done already), then `imgstor monitor --resume` (cron's refresh)."""
+    deadline = time.monotonic() + 90
+    while True:
+        st = json.loads((lab.dir / "state.json").read_text())
+        js = [j for j in st["jobs"].values() if j["volume"] == f"{NAS}/{vol}"]
+        if last and not js:
+            break
+        if js and js[0]["owner"] and not os.path.exists(f"/proc/{js[0]['owner']['pid']}"):
+            break
+        assert time.monotonic() < deadline, (vol, js, maps(lab)[vol])
+        time.sleep(0.3)
     cli(lab, "monitor", "--resume")
 
 
@@ -160,18 +172,7 @@ def test_map_monitor_killed_after_each_phase_then_resumed(lab: Lab, crash_vol, p
     cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
         env={"IMGSTOR_FAULT": f"job:{phase}"})
     put(lab, img, vol, MiB, os.urandom(MiB), "before")
-    deadline = time.monotonic() + 60
-    while True:                  # the monitor dies: its job stays, owned by a dead pid
-        st = json.loads((lab.dir / "state.json").read_text())
-        js = [j for j in st["jobs"].values() if j["volume"] == f"{NAS}/{vol}"]
-        row = maps(lab)[vol]
-        if phase == SYNC_IN[-1] and not js:
-            break                # the last phase recorded: the job is done already
-        if js and js[0]["owner"] and not os.path.exists(f"/proc/{js[0]['owner']['pid']}"):
-            break
-        assert time.monotonic() < deadline, (phase, js, row)
-        time.sleep(0.3)
-    resume(lab)
+    resume_after_death(lab, vol, last=phase == SYNC_IN[-1])
     wait_state(lab, vol, "mapped")
     put(lab, img, vol, 9 * MiB, os.urandom(MiB), "after")
     assert node_sha(lab, vol) == img.sha()
@@ -185,8 +186,7 @@ def test_unmap_monitor_killed_after_each_phase_then_resumed(lab: Lab, crash_vol,
         "--wait")
     put(lab, img, vol, 2 * MiB, os.urandom(MiB), "mapped")
     cli(lab, "remove", "host", "storagemap", NAS, vol, env={"IMGSTOR_FAULT": f"job:{phase}"})
-    time.sleep(3)
-    resume(lab)
+    resume_after_death(lab, vol, last=phase == SYNC_BACK[-1])
     wait_state(lab, vol, "unmapped")
     assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
     nothing_left_on_node(lab, vol)
