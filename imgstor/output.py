@@ -32,6 +32,7 @@ class Output:
     columns: list[tuple[str, str]]
     footer: list[str] = field(default_factory=list)   # extra lines after the table
     exit_code: int = 0        # non-zero: the command printed its table but did not succeed
+    json_extra: list[str] = field(default_factory=list)  # keys --json adds to the columns
 
 
 @dataclass
@@ -100,12 +101,14 @@ def _visible(cell: str) -> int:
 
 
 def print_rows(rows: Sequence[dict[str, Any]], columns: Columns, *, json: bool,
-               file: TextIO | None = None) -> None:
-    """Print ``rows`` as a Rocks-style table, or as a JSON list with ``json=True``."""
+               file: TextIO | None = None, json_extra: Sequence[str] = ()) -> None:
+    """Print ``rows`` as a Rocks-style table, or as a JSON list with ``json=True`` (the
+    columns' keys, then ``json_extra``'s)."""
     out = file or sys.stdout
     if json:
         import json as _json
-        keys = [k for k, _ in columns]
+        keys = [k for k, _ in columns] + [k for k in json_extra
+                                          if k not in {c for c, _ in columns}]
         out.write(_json.dumps([{k: r.get(k) for k in keys} for r in rows], indent=2) + "\n")
     else:
         out.write(format_table(rows, columns) + "\n")
@@ -119,7 +122,8 @@ def emit(result: Output | str | None, *, json: bool, file: TextIO | None = None)
     if isinstance(result, Message):
         result = result.message if json else result.text
     if isinstance(result, Output):
-        print_rows(result.rows, result.columns, json=json, file=out)
+        print_rows(result.rows, result.columns, json=json, file=out,
+                   json_extra=result.json_extra)
         if not json:
             for line in result.footer:
                 out.write(printable(line) + "\n")

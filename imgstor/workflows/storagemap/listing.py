@@ -51,7 +51,8 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
     if verify:
         columns.append(("live", "LIVE"))
         exit_code = _verify(ctx, rows)
-    return Output(rows, columns, footer=footer, exit_code=exit_code)
+    return Output(rows, columns, footer=footer, exit_code=exit_code,
+                  json_extra=["mode", "job", "progress"])
 
 
 def _gib(n: float) -> str:
