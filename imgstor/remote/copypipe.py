@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 
@@ -206,19 +208,36 @@ def _bigger_pipe(fd: int) -> None:
         pass                                   # the default 64 KiB works too
 
 
-def relay(src: int, dst: int, *, count: Meter, limit: Meter | None = None) -> None:
-    """Move bytes from pipe ``src`` to pipe ``dst`` until EOF (or a closed ``dst``), counting
-    them in ``count`` and throttling with ``limit``.  Closes both ends when done, so the
-    writer before gets SIGPIPE and the reader after gets EOF."""
+def relay(src: int, dst: int, *, count: Meter, limit: Meter | None = None,
+          stop: "threading.Event | None" = None) -> None:
+    """Move bytes from pipe ``src`` to pipe ``dst`` until EOF (or a closed ``dst``, or
+    ``stop``), counting them in ``count`` and throttling with ``limit``.  Closes both ends
+    when done, so the writer before gets SIGPIPE and the reader after gets EOF.
+
+    ``os.splice`` moves the bytes kernel-side; it runs non-blocking and waits in
+    ``select`` so that ``stop`` (a stalled pipeline) is seen within half a second even
+    when a stage neither writes nor reads."""
     _bigger_pipe(src)
     _bigger_pipe(dst)
     splice = getattr(os, "splice", None)
+    nonblock = getattr(os, "SPLICE_F_NONBLOCK", 0)
     try:
-        while True:
+        while not (stop is not None and stop.is_set()):
             n = (limit or count).chunk()
             if splice is not None:
-                moved = splice(src, dst, n)
+                try:
+                    moved = splice(src, dst, n, flags=nonblock)
+                except BlockingIOError:
+                    # nothing to read, or no room to write: wait for the one that blocks
+                    readable = select.select([src], [], [], 0)[0]
+                    if readable:
+                        select.select([], [dst], [], 0.5)
+                    else:
+                        select.select([src], [], [], 0.5)
+                    continue
             else:                                  # no splice (not Linux / old Python)
+                if not select.select([src], [], [], 0.5)[0]:
+                    continue
                 data = os.read(src, n)
                 moved = len(data)
                 view = memoryview(data)
