@@ -7,6 +7,8 @@ same run (ratios only: these machines are noisy).
    gate's state probe before and after, the in-process counter).  Goal: engine/raw >= 0.95.
    Reported twice: end to end (start step to "done" seen by polling) and the stream alone
    (the job's own "seconds": zfs send to zfs receive's exit).
+0. the relay alone (this machine): 2 GiB from `head -c` to `cat`, through the job's
+   splice relay vs a plain pipe.
 2. compression: with sync_bwlimit 20M, compressible data (a tar of /usr: binaries,
    libraries, text, like a VM's root disk) copied with sync_compress=zstd and without.
    Goal: zstd/plain >= 1.5.
@@ -69,6 +71,27 @@ def engine(c: Cluster, src: str, dst: str, **kw) -> tuple[float, float, dict]:
     return wall, float(st["seconds"]), st
 
 
+def relay_alone(n: int = 2 << 30) -> tuple[float, float]:
+    """MiB/s of a plain pipe and of the same pipe through copypipe.relay."""
+    import os
+    import threading
+    from imgstor.remote import copypipe
+    t0 = time.perf_counter()
+    subprocess.run(f"head -c {n} /dev/zero | cat > /dev/null", shell=True, check=True)
+    plain = n / (time.perf_counter() - t0) / 2**20
+    src = subprocess.Popen(["head", "-c", str(n), "/dev/zero"], stdout=subprocess.PIPE)
+    dst = subprocess.Popen(["sh", "-c", "cat > /dev/null"], stdin=subprocess.PIPE)
+    a, b = os.dup(src.stdout.fileno()), os.dup(dst.stdin.fileno())
+    src.stdout.close()
+    dst.stdin.close()
+    t0 = time.perf_counter()
+    m = copypipe.Meter()
+    copypipe.relay(a, b, count=m, limit=m, stop=threading.Event())
+    dst.wait()
+    src.wait()
+    return plain, n / (time.perf_counter() - t0) / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mib", type=int, default=256)
@@ -76,6 +99,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     require_lab()
+    plain, rel = relay_alone()
+    print(f"relay alone: plain pipe {plain:7.0f} MiB/s, through the job's relay {rel:7.0f} MiB/s "
+          f"(ratio {rel / plain:.2f})")
     cfg = load_config(str(CONFIG))
     tag = uuid.uuid4().hex[:6]
     src, zsrc = f"tank/bc-{tag}", f"tank/bz-{tag}"
