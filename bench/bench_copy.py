@@ -2,13 +2,13 @@
 """The copy engine against raw `zfs send | ssh | zfs receive`, NAS -> compute node, in the
 same run (ratios only: these machines are noisy).
 
-1. throughput: the same snapshot of random data, copied raw (root's ssh, as bench_lab.py)
-   and by the engine (copy.start ... until copy.status says done: a detached job, the
-   gate's state probe before and after, the in-process counter).  Goal: engine/raw >= 0.95.
-   Reported twice: end to end (start step to "done" seen by polling) and the stream alone
-   (the job's own "seconds": zfs send to zfs receive's exit).
 0. the relay alone (this machine): 2 GiB from `head -c` to `cat`, through the job's
    splice relay vs a plain pipe.
+1. throughput: the same snapshot of random data, copied raw (root's ssh, as bench_lab.py)
+   and by the engine (copy.start ... until copy.status says done: a detached job, the
+   gate's state probe, the in-process counter, the gate's receive).  Goal: engine/raw >=
+   0.95.  Reported twice: end to end (start step to "done" seen by polling) and the stream
+   alone (the job's own "seconds": zfs send to zfs receive's exit).
 2. compression: with sync_bwlimit 20M, compressible data (a tar of /usr: binaries,
    libraries, text, like a VM's root disk) copied with sync_compress=zstd and without.
    Goal: zstd/plain >= 1.5.
