@@ -274,3 +274,17 @@ def test_pump_reports_the_failing_stage() -> None:
                 snap="tank/v@s1", guid="1")
     assert out["state"] == "failed" and "boom" in out["error"]
     assert [s["rc"] for s in out["stages"]] == [0, 1] and out["bytes_done"] == 5010
+
+
+def test_gate_incremental_only_from_the_mapped_host(monkeypatch) -> None:
+    answers = {"tank/v": "compute-0-14\n", "tank/w": "compute-0-1\n", "tank/x": "-\n"}
+
+    def fake_zfs(*args):
+        return subprocess.CompletedProcess(args, 0, answers[args[-1]], "")
+    monkeypatch.setattr(syncgate, "zfs", fake_zfs)
+    syncgate.check_incremental("tank/v", "compute-0-14")
+    for ds in ("tank/w", "tank/x"):
+        with pytest.raises(syncgate.Refused, match="not mapped to compute-0-14"):
+            syncgate.check_incremental(ds, "compute-0-14")
+    with pytest.raises(syncgate.Refused, match="not allowed for this key"):
+        syncgate.check_incremental("tank/v", None)
