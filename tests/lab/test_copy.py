@@ -310,3 +310,21 @@ def test_dry_run_prints_the_pipeline(lab: Lab, env: Cluster, tmp_path: Path) -> 
     skip = [x for x in o.commands if x.startswith("SKIP> ")]
     assert len(skip) == 1 and "zfs send tank/cp1@s1 | zstd -qc | ssh " in skip[0]
     assert _status(env, "tank/cpx")["state"] == "none"
+
+
+def test_job_killed_is_died_and_the_restart_converges(lab: Lab, env: Cluster) -> None:
+    """The job process itself SIGKILLed (no chance to write a result): its stages go with
+    it (SIGPIPE / EOF), the lock comes free, status says "died", a restart finishes."""
+    ds = "tank/cp10"
+    lab.destroy(NODE, ds)
+    sha = _dataset(lab, NAS, ds)
+    o = _start(env, ds, bwlimit=4 * MiB)
+    _wait_bytes(env, ds, 2 * MiB)
+    lab.ssh(NAS, f"kill -9 {int(o.facts['pid'])}")
+    st = _wait(env, ds)
+    assert st["state"] == "died", st
+    assert _receives(lab, ds) == 0
+    _start(env, ds)
+    st = _wait(env, ds)
+    assert st["state"] == "done" and st["previous"]["phase"] == "send", st
+    assert _sha(lab, NODE, ds) == sha
