@@ -267,7 +267,10 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
             t.start()
         last, last_change, stalled = (-1, -1), time.monotonic(), False
         while any(t.is_alive() for t in threads) or any(p.poll() is None for p in procs):
-            time.sleep(0.25)
+            try:                                # wakes as soon as ssh (the last) exits
+                procs[-1].wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                pass
             now = time.monotonic()
             if (logical.bytes, wire.bytes) != last:
                 last, last_change = (logical.bytes, wire.bytes), now
