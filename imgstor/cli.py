@@ -2,7 +2,7 @@
 
     imgstor [--json] [-n|--dry-run] [-v|--debug] [--config PATH] <verb> host <noun...> [args] [key=value...]
     imgstor ping | hosts | unbusy NAS VOL
-    (refresh, repair and monitor JOB come with sync mode)
+    imgstor monitor JOB | monitor --resume
 
 Global flags may also come after the command.  The command words are matched against
 ``COMMANDS`` by longest prefix (``list host vm nas`` beats ``list host vm``); what follows
@@ -64,11 +64,17 @@ class Cmd:
 
 _VMS = "imgstor.workflows.vms"
 _MAP = "imgstor.workflows.storagemap"
+_ATTRS = "imgstor.workflows.attrs"
 COMMANDS: list[Cmd] = [
-    Cmd(("add", "host", "vm"), f"{_VMS}:add_vm", [Arg("container", help="compute node")],
-        {"name": str}, "add a VM on compute node CONTAINER (name defaults to CONTAINER-N)"),
+    Cmd(("add", "host", "vm"), f"{_VMS}:add_vm",
+        [Arg("container", help="compute node"),
+         Arg("membership", nargs="?", help="names the VM as Rocks does: compute on "
+             "vm-container-0-14 -> compute-0-14-0")],
+        {"name": str, "membership": str},
+        "add a VM on compute node CONTAINER (name: MEMBERSHIP-RACK-RANK-N, else CONTAINER-N)"),
     Cmd(("list", "host", "vm"), f"{_VMS}:list_vms", [Arg("vms", nargs="*", metavar="VM")],
-        {}, "list VMs with their container, NAS, zpool and mode"),
+        {"showdisks": bool}, "list VMs with their container, NAS, zpool and mode "
+        "(showdisks=1: each VM's disk NAS:pool/volume or local, and its size)"),
     Cmd(("remove", "host", "vm"), f"{_VMS}:remove_vm", [Arg("vm")], {},
         "remove a VM (refused while its volume is mapped)"),
     Cmd(("set", "host", "vm", "nas"), f"{_VMS}:set_vm_nas", [Arg("vm")],
@@ -81,11 +87,16 @@ COMMANDS: list[Cmd] = [
     Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
         "print the commands that recreate the NAS assignments"),
     Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
-        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")], {"img_sync": bool},
-        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI"),
+        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
+        {"img_sync": bool, "adopt": bool},
+        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI "
+        "(adopt=yes exports an existing dataset imgstor did not make; img_sync=yes|no "
+        "overrides HOST's; --wait: until a sync copy and merge are done)",
+        flags=("--wait",)),
     Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
-        {}, "unmap volume VOL of NAS from its host (--force goes past node errors)",
-        flags=("--force",)),
+        {}, "unmap volume VOL of NAS from its host (--force goes past node errors and a "
+        "disk in use; --wait: until a sync volume is back on the NAS)",
+        flags=("--force", "--wait")),
     Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
         [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume"),
     Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},
@@ -94,12 +105,29 @@ COMMANDS: list[Cmd] = [
     Cmd(("list", "host", "storagedev"), f"{_MAP}:list_devs", [Arg("host")], {},
         "what is mapped on compute node HOST, read live from the node"),
     Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm", [Arg("vm")],
-        {"size": str}, "map the VM's disk <vm>-vol on its container (size= if new)"),
+        {"size": str}, "map the VM's disk <vm>-vol on its container (size= if new)",
+        flags=("--wait",)),
     Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm", [Arg("vm")], {},
-        "unmap the VM's disk", flags=("--force",)),
+        "unmap the VM's disk", flags=("--force", "--wait")),
+    Cmd(("set", "host", "attr"), f"{_ATTRS}:set_attr",
+        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR [VALUE], or HOST... with "
+             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
+        "set a storage attribute (img_sync, vm_container_zpool, img_zpools, ib_net) on hosts: "
+        "set host attr nas-0-0 img_zpools value=tank1,tank2"),
+    Cmd(("list", "host", "attr"), f"{_ATTRS}:list_attrs",
+        [Arg("args", nargs="*", metavar="HOST_OR_ATTR", help="hosts and attribute names, "
+             "in any order (default: all)")], {"attr": str},
+        "each host's storage attributes and where each value comes from"),
+    Cmd(("remove", "host", "attr"), f"{_ATTRS}:remove_attr",
+        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR, or HOST... with attr=ATTR")],
+        {"attr": str},
+        "drop an attribute set by command: the config's value applies again"),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
+    Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
+        "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
+        "for every job whose monitor is gone", flags=("--resume",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]
@@ -230,6 +258,9 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
         if e.code == 0:
             return opts, None, {}
         raise
+    for k in keys:                      # `add host vm C compute membership=compute`
+        if vars(ns).get(k) not in (None, []):
+            raise UsageError(f"{cmd.name}: {k} given twice (as an argument and as {k}=)")
     return opts, cmd, {**vars(ns), **keys}
 
 
@@ -256,7 +287,8 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
 
 
 def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
-    print(f"error: {e.message}", file=sys.stderr)
+    from imgstor.output import printable
+    print(f"error: {printable(e.message)}", file=sys.stderr)
     if "-v" in argv or "--debug" in argv:
         import traceback
         traceback.print_exc()
@@ -271,9 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(e, argv)
 
 
-ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",))
+ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",))
 ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
-              "rocks start|stop host vm ...")
+              "rocks start|stop host vm ..., rocks set|list|remove host attr with "
+              "img_sync, vm_container_zpool, img_zpools, IB_net")
 
 
 def rocks_main(argv: Sequence[str] | None = None) -> int:

@@ -88,15 +88,11 @@ def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str
 def host_keys(config: Any, host: str) -> list[str]:
     """``["ssh-ed25519 AAAA…", …]``: what this frontend's known_hosts holds for HOST's
     address (``[address]:port`` off port 22).  None known: ``HostKeyError``."""
-    from imgstor.transport import _paramiko
-    paramiko = _paramiko()
-    hc = config.host(host)
+    from imgstor.hostkeys import load_known_hosts     # the transport's own reader:
+    hc = config.host(host)                            # @revoked keys never pinned
     port = hc.port or config.ssh.port
     lookup = hc.address if port == 22 else f"[{hc.address}]:{port}"
-    try:
-        hk = paramiko.HostKeys(config.ssh.known_hosts)
-    except (OSError, paramiko.SSHException) as e:
-        raise HostKeyError(f"cannot read known_hosts {config.ssh.known_hosts}: {e}") from None
+    hk = load_known_hosts(config.ssh.known_hosts, missing_ok=False).keys
     found = hk.lookup(lookup) or {}
     keys = sorted(f"{k.get_name()} {k.get_base64()}" for k in found.values())
     if not keys:

@@ -1,4 +1,5 @@
-"""What the state store holds: VMs, volumes (with their mapping and busy marker), jobs.
+"""What the state store holds: VMs, volumes (with their mapping and busy marker), jobs,
+and the storage attributes set per host by ``set host attr`` (``attrs``).
 
 Dataclasses with ``to_dict()`` / ``from_dict()``.  ``from_dict`` is strict: a missing
 field, an unknown field or a bad value is a ``StateError`` (the store never rewrites a file
@@ -10,14 +11,22 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from imgstor.errors import StateError
+from imgstor import validate
+from imgstor.errors import StateError, UsageError
 
-__all__ = ["SCHEMA", "VOLUME_STATES", "VOLUME_MODES", "Busy", "Vm", "Volume", "State",
-           "volume_key", "split_key", "natural_key"]
+__all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS",
+           "HOST_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume", "HostAttrs", "State",
+           "volume_key", "split_key", "natural_key", "migrate"]
 
-SCHEMA = 1
+# Schema 2 adds jobs (sync mode's long work, finished by monitors).  A schema 1 file is
+# read and written back as 2 at the next change; a newer one is refused.
+SCHEMA = 2
+READS_SCHEMAS = (1, 2)
 VOLUME_STATES = ("unmapped", "mapped", "NAS->VM", "merging", "NAS<-VM", "error")
 VOLUME_MODES = ("direct", "sync", None)
+# sync-in: copy NAS->node, merge, pivot; sync-back: final pull node->NAS then tear down;
+# cancel: merge the overlay into the origin (unmap during NAS->VM); pull: periodic pull.
+JOB_KINDS = ("sync-in", "sync-back", "cancel", "pull")
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -85,6 +94,75 @@ class Busy:
             return cls(**_from(cls, d, what))
         except TypeError as e:
             raise _err(what, str(e)) from None
+
+
+@dataclass
+class Lease:
+    """The monitor process that owns a job: only one can (pid + /proc start time, so a
+    reused pid is not mistaken for it)."""
+    pid: int
+    host: str
+    since: float
+    starttime: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"pid": self.pid, "host": self.host, "since": self.since,
+                "starttime": self.starttime}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "Lease":
+        try:
+            lease = cls(**_from(cls, d, what))
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        if not _is_int(lease.pid) or not isinstance(lease.host, str):
+            raise _err(what, "pid must be an integer and host a string")
+        return lease
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class Job:
+    """Long work on one volume, done by a detached monitor (``imgstor monitor ID``).
+    ``phase`` is the kind's current phase (imgstor.jobs names them); a restarted monitor
+    continues from it.  Progress lives in a side file, not here (no store rewrite per
+    update)."""
+    id: str
+    kind: str
+    volume: str                      # the volume's store key NAS/VOL
+    phase: str
+    created: float
+    updated: float
+    attempts: int = 0
+    last_error: str | None = None
+    owner: Lease | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "volume": self.volume, "phase": self.phase,
+                "created": self.created, "updated": self.updated, "attempts": self.attempts,
+                "last_error": self.last_error,
+                "owner": self.owner.to_dict() if self.owner else None,
+                **({"extra": self.extra} if self.extra else {})}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "Job":
+        kw = dict(_from(cls, d, what))
+        if kw.get("owner") is not None:
+            kw["owner"] = Lease.from_dict(kw["owner"], f"{what}.owner" if what else "owner")
+        try:
+            job = cls(**kw)
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        if job.kind not in JOB_KINDS:
+            raise _err(what, f"unknown job kind {job.kind!r}")
+        if not all(isinstance(x, str) for x in (job.id, job.volume, job.phase)) \
+                or not _is_int(job.attempts) or not isinstance(job.extra, dict):
+            raise _err(what, "bad field types")
+        return job
 
 
 @dataclass
@@ -163,6 +241,51 @@ class Volume:
         return v
 
 
+HOST_ATTR_NAMES = ("img_sync", "vm_container_zpool", "img_zpools", "ib_net")
+
+
+@dataclass
+class HostAttrs:
+    """The storage attributes ``set host attr`` set on one host: overrides of the config's
+    values (None: not set, the config's value applies).  Checked as strictly as the config
+    checks them: a bad value in the file is a StateError, never a command argument."""
+    img_sync: bool | None = None
+    vm_container_zpool: str | None = None
+    img_zpools: list[str] | None = None
+    ib_net: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The attributes that are set, by name."""
+        return {k: getattr(self, k) for k in HOST_ATTR_NAMES if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if k == "img_zpools" else v for k, v in self.values().items()}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "HostAttrs":
+        try:
+            a = cls(**_from(cls, d, what))
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        try:
+            if a.img_sync is not None and type(a.img_sync) is not bool:
+                raise _err(what, "img_sync must be true or false")
+            if a.vm_container_zpool is not None:
+                validate.zpool(a.vm_container_zpool, "vm_container_zpool")
+            if a.img_zpools is not None:
+                if type(a.img_zpools) is not list or not a.img_zpools:
+                    raise _err(what, "img_zpools must be a non-empty list of zpool names")
+                for z in a.img_zpools:
+                    validate.zpool(z, "img_zpools entry")
+            if a.ib_net is not None:
+                validate.host(a.ib_net, "ib_net")
+        except UsageError as e:
+            raise _err(what, e.message) from None
+        if not a.values():
+            raise _err(what, "no attribute set (an empty entry is removed, not kept)")
+        return a
+
+
 def _load_all(cls: Any, items: dict, section: str) -> dict:
     # One try around the loop, no f-string per entry: 10,000 VMs load in milliseconds.
     out: dict = {}
@@ -179,26 +302,33 @@ def _load_all(cls: Any, items: dict, section: str) -> dict:
 class State:
     vms: dict[str, Vm] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
-    jobs: dict[str, dict] = field(default_factory=dict)   # reserved for monitors
+    jobs: dict[str, Job] = field(default_factory=dict)
+    attrs: dict[str, HostAttrs] = field(default_factory=dict)     # host -> its overrides
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
         """vms and volumes come out in natural key order, so a reader can list them in
-        file order without sorting (``State.from_dict`` keeps the order)."""
-        return {"schema": self.schema,
+        file order without sorting (``State.from_dict`` keeps the order).  ``attrs`` is
+        written only when some host has one (a file without any reads as before), and
+        right after ``schema``, where ``Store.read_attrs`` finds it without parsing the
+        rest of the file (every command reads it to build its config)."""
+        attrs = ({"attrs": {k: self.attrs[k].to_dict()
+                            for k in sorted(self.attrs, key=natural_key)}}
+                 if self.attrs else {})
+        return {"schema": self.schema, **attrs,
                 "vms": {k: self.vms[k].to_dict() for k in sorted(self.vms, key=natural_key)},
                 "volumes": {k: self.volumes[k].to_dict()
                             for k in sorted(self.volumes, key=natural_key)},
-                "jobs": self.jobs}
+                "jobs": {k: self.jobs[k].to_dict() for k in sorted(self.jobs)}}
 
     @classmethod
     def from_dict(cls, d: Any) -> "State":
         if not isinstance(d, dict):
             raise StateError("top level: expected an object")
-        unknown = set(d) - {"schema", "vms", "volumes", "jobs"}
+        unknown = set(d) - {"schema", "vms", "volumes", "jobs", "attrs"}
         if unknown:
             raise StateError(f"top level: unknown field(s) {', '.join(sorted(unknown))}")
-        for name in ("vms", "volumes", "jobs"):
+        for name in ("vms", "volumes", "jobs", "attrs"):
             if not isinstance(d.get(name, {}), dict):
                 raise StateError(f"{name}: expected an object")
         vms = _load_all(Vm, d.get("vms", {}), "vms")
@@ -206,11 +336,43 @@ class State:
         for k, v in vols.items():
             if k != v.key:
                 raise StateError(f"volumes[{k!r}]: key does not match {v.key!r}")
-        return cls(vms=vms, volumes=vols, jobs=dict(d.get("jobs", {})),
+        jobs = _load_all(Job, d.get("jobs", {}), "jobs")
+        for k, j in jobs.items():
+            if k != j.id:
+                raise StateError(f"jobs[{k!r}]: key does not match id {j.id!r}")
+        return cls(vms=vms, volumes=vols, jobs=jobs, attrs=attrs_from_dict(d.get("attrs", {})),
                    schema=d.get("schema", SCHEMA))
+
+    def jobs_of(self, key: str) -> list[Job]:
+        """The jobs of volume ``key`` (NAS/VOL), oldest first."""
+        return sorted((j for j in self.jobs.values() if j.volume == key),
+                      key=lambda j: j.created)
 
     def vm_volume(self, vm: Vm) -> Volume | None:
         """The volume record of ``vm`` on its assigned NAS, if any."""
         if not vm.nas:
             return None
         return self.volumes.get(volume_key(vm.nas, vm.vol))
+
+
+def attrs_from_dict(d: Any) -> dict[str, HostAttrs]:
+    """The ``attrs`` section: host name -> HostAttrs, strictly checked."""
+    if not isinstance(d, dict):
+        raise StateError("attrs: expected an object")
+    for k in d:
+        try:
+            validate.host(k)
+        except UsageError as e:
+            raise StateError(f"attrs[{k!r}]: {e.message}") from None
+    return _load_all(HostAttrs, d, "attrs")
+
+
+def migrate(raw: dict) -> dict:
+    """A parsed state file of an older schema, brought to ``SCHEMA`` (pure).
+    1 -> 2: "jobs" was reserved and always empty; it now holds Job records."""
+    if raw.get("schema") == 1:
+        jobs = raw.get("jobs") or {}
+        if jobs:
+            raise StateError("schema 1 file with jobs: imgstor never wrote those")
+        raw = {**raw, "schema": 2, "jobs": {}}
+    return raw

@@ -63,3 +63,11 @@ def imgstor(config_path: Path, capsys: pytest.CaptureFixture) -> Callable[..., C
         out, err = capsys.readouterr()
         return CliResult(rc, out, err)
     return run
+
+
+@pytest.fixture(autouse=True)
+def _node_lock_dir(tmp_path_factory, monkeypatch) -> None:
+    """Node steps run in-process take their locks (imgstor.remote.locks) in a temp dir,
+    never in this machine's /run/imgstor/lock."""
+    d = tmp_path_factory.mktemp("locks") / "lock"
+    monkeypatch.setenv("IMGSTOR_LOCK_DIR", str(d))

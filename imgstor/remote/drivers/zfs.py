@@ -36,7 +36,7 @@ __all__ = [
     "capabilities", "zfs_flavor", "parse_capabilities", "parse_size", "parse_list",
     "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
-    "snapshot", "send", "receive", "inherit", "classify",
+    "snapshot", "send", "receive", "inherit", "classify", "list_columns", "holds", "release",
 ]
 
 ZVOL_BLOCKSIZE = 128 * 1024
@@ -257,6 +257,36 @@ def mountpoint(ex, name: str) -> str | None:
     return _opt(res.stdout.strip())
 
 
+def list_columns(ex, root: str, columns: tuple[str, ...], *,
+                 types: str = "all") -> list[dict[str, str | None]]:
+    """Rows of ``zfs list -H -o COLUMNS -t TYPES -r ROOT`` (user properties allowed as
+    columns; "-" becomes None).  No ``-p`` (zfs-fuse lacks it): sizes come human-readable.
+    A missing root raises ``NotFound``."""
+    argv = ["zfs", "list", "-H", "-o", ",".join(_prop_name(c) for c in columns),
+            "-t", types, "-r", positional(root, "dataset")]
+    return [{k: _opt(v) for k, v in r.items()}
+            for r in _rows(_run(ex, argv).stdout, columns, "zfs list")]
+
+
+def holds(ex, snap: str) -> list[str] | None:
+    """The hold tags on snapshot SNAP (``zfs holds -H SNAP``), or None when this zfs
+    cannot list them (zfs-fuse, seen in the lab: rc 255 and "internal error:
+    /usr/lib/zfs/pyzfs.py not found" on stdout; it can hold and release, not list)."""
+    res = ex.run(["zfs", "holds", "-H", positional(snap, "snapshot")], read_only=True,
+                 check=False)
+    if res.rc != 0:
+        text = res.stdout + res.stderr
+        if "pyzfs.py" in text or "invalid" in text or "unrecognized" in text:
+            return None
+        raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr, res.stdout))
+    return [ln.split("\t")[1] for ln in res.stdout.splitlines() if ln.count("\t") >= 2]
+
+
+def release(tag: str, snap: str) -> list[str]:
+    """``zfs release TAG SNAP``."""
+    return ["zfs", "release", positional(tag, "hold tag"), positional(snap, "snapshot")]
+
+
 def exists(ex, name: str) -> bool:
     """Runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
     res = ex.run(["zfs", "list", "-H", "-o", "name", positional(name, "dataset")],
@@ -293,13 +323,17 @@ def _size_arg(size: int | str, *, round_to: int = 1) -> str:
     return size
 
 
-def create_zvol(pool: str, vol: str, size: int | str) -> list[str]:
-    """``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL`` (sparse).
+def create_zvol(pool: str, vol: str, size: int | str,
+                props: Mapping[str, str] | None = None) -> list[str]:
+    """``zfs create -s -o volblocksize=128K [-o K=V]… -V SIZE POOL/VOL`` (sparse).
 
     An int size in bytes is rounded up to a multiple of 128K: zfs refuses a volsize that is
     not a multiple of volblocksize.  (zfs-fuse has no zvols: rc 134.)"""
-    return ["zfs", "create", "-s", "-o", "volblocksize=128K", "-V",
-            _size_arg(size, round_to=ZVOL_BLOCKSIZE), positional(f"{pool}/{vol}", "dataset")]
+    argv = ["zfs", "create", "-s", "-o", "volblocksize=128K"]
+    for k, v in (props or {}).items():
+        argv += ["-o", f"{_prop_name(k)}={v}"]
+    return argv + ["-V", _size_arg(size, round_to=ZVOL_BLOCKSIZE),
+                   positional(f"{pool}/{vol}", "dataset")]
 
 
 def create_dataset(name: str, props: Mapping[str, str] | None = None, *,

@@ -106,7 +106,7 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
     return StepResult(made, facts, f"copy job {name} is {st.get('state')}")
 
 
-@step("copy.status")
+@step("copy.status", read_only=True)
 def status(ex: Executor, *, to_alias: str, to_dataset: str) -> StepResult:
     """Read-only: the copy job's progress file and whether its process lives (``died``:
     ended without a result; the caller starts it again)."""

@@ -7,12 +7,14 @@ holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Iterable
 
 from imgstor.errors import (AlreadyExists, Conflict, NotFound, RemoteCommandError,
                             UsageError)
+from imgstor.remote import locks
 from imgstor.remote.drivers import tgt, zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
@@ -26,6 +28,16 @@ __all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "dest
 FILE_NAME = "disk.raw"            # the LUN's backing file in a `file` volume's dataset
 PROP_PREFIX = "imgstor:"
 DEVICE_WAIT = 30.0                # seconds for /dev/zvol/… to appear after create
+# Ownership.  imgstor's datasets carry MARK, set at creation (``zfs create -o``) or when a
+# volume is adopted on purpose (adopt=yes) or known from the frontend's store (volumes
+# made before the mark existed).  A dataset without it is never exported, changed or
+# destroyed.  Values: "volume" on a NAS; sync mode's node datasets use their own roles.
+MARK = PROP_PREFIX + "role"
+ROLE_VOLUME = "volume"
+SIZE_PROP = PROP_PREFIX + "size"  # bytes promised at creation (the capacity check)
+SNAP_PREFIX = "imgstor-"          # imgstor's own snapshots: POOL/VOL@imgstor-…
+HOLD_PREFIX = "imgstor"           # imgstor's own `zfs hold` tags
+_TYPES = {"zvol": "volume", "file": "filesystem"}
 
 
 def _check_pool(ex: Executor, pool: str) -> None:
@@ -42,7 +54,7 @@ def _wait_device(ex: Executor, path: str) -> None:
     wait_path(ex, path, timeout=DEVICE_WAIT)
 
 
-_VOL_PROPS = ("type", "volsize", "mountpoint")
+_VOL_PROPS = ("type", "volsize", "mountpoint", MARK)
 
 
 def _read_volume(ex: Executor, name: str, extra: tuple[str, ...] = ()) -> dict | None:
@@ -73,29 +85,101 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
     return {"path": path, "size": os.path.getsize(path)}
 
 
-@step("nas.ensure_volume")
-def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) -> StepResult:
-    """Ensure volume POOL/VOL exists; an existing one is kept as it is.
+def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
+          adopt: bool, role_wanted: str = ROLE_VOLUME) -> bool:
+    """Check that existing dataset NAME may be used (or destroyed) as an imgstor dataset of
+    KIND and role ROLE_WANTED (a NAS volume; a node's local copy); return True when the
+    mark must still be set.  Conflict otherwise: the wrong type, another role, or no mark
+    and neither known to the store (``owned``) nor adopted on purpose."""
+    t = props.get("type")
+    have = t.value if t is not None else None
+    if have != _TYPES[kind]:
+        what = "a zvol" if kind == "zvol" else "a filesystem dataset (file volume)"
+        raise Conflict(f"{ex.host}: {name} is a {have or 'dataset of unknown type'}, not "
+                       f"{what}: imgstor will not use or destroy it", dataset=name)
+    m = props.get(MARK)
+    role = m.value if m is not None and m.source in ("local", "received") else None
+    if role == role_wanted:
+        return False
+    if role is not None:
+        raise Conflict(f"{ex.host}: {name} is imgstor's {role}, not a {role_wanted}",
+                       dataset=name)
+    if owned or adopt:
+        return True
+    raise Conflict(f"{ex.host}: {name} exists and is not imgstor's (no {MARK} property, "
+                   "not in imgstor's state store): imgstor will not export, change or "
+                   "destroy it; to export it anyway, map it with adopt=yes", dataset=name)
 
-    zvol: ``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL``, then waits for
-    /dev/zvol/POOL/VOL.  file: ``zfs create POOL/VOL`` and ``truncate -s SIZE disk.raw``."""
-    if kind not in ("zvol", "file"):
+
+def _promised(ex: Executor, pool: str) -> int:
+    """Bytes promised to imgstor's volumes on POOL: their ``imgstor:size`` (set at
+    creation), else their volsize.  One ``zfs list -r`` of the pool."""
+    total = 0
+    for r in zfs.list_columns(ex, pool, ("name", MARK, SIZE_PROP, "volsize"),
+                              types="filesystem,volume"):
+        if r[MARK] == ROLE_VOLUME:
+            total += zfs.parse_size(r[SIZE_PROP]) or zfs.parse_size(r["volsize"]) or 0
+    return total
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _check_capacity(ex: Executor, pool: str, size: int, overcommit: float) -> None:
+    """Refuse a new volume when imgstor's volumes on POOL plus SIZE would exceed the pool's
+    size times ``overcommit`` (volumes stay sparse; this bounds the promise)."""
+    p = next((p for p in zfs.pools(ex) if p.name == pool), None)
+    if p is None or p.size is None:
+        raise NotFound(f"{ex.host}: zpool {pool!r} not found")
+    promised = _promised(ex, pool)
+    limit = p.size * overcommit
+    if promised + size > limit:
+        raise Conflict(
+            f"{ex.host}: zpool {pool} cannot take a {_gib(size)} volume: imgstor's volumes "
+            f"there are promised {_gib(promised)}, the pool is {_gib(p.size)} "
+            f"({_gib(p.free or 0)} free) and overcommit is {overcommit:g} (limit "
+            f"{_gib(limit)}); raise `overcommit` for this NAS in the config, or use another "
+            "pool", pool=pool, promised=promised, free=p.free)
+
+
+@step("nas.ensure_volume")
+def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
+                  owned: bool = False, adopt: bool = False,
+                  overcommit: float | None = None) -> StepResult:
+    """Ensure imgstor volume POOL/VOL exists; an existing one is kept as it is.
+
+    A new one carries imgstor's mark (``imgstor:role=volume``) and its promised size
+    (``imgstor:size``), after the capacity check when ``overcommit`` is given.  An existing
+    dataset is used only if it is of KIND's type and carries the mark, or is known to the
+    store (``owned``) or adopted on purpose (``adopt``): then the mark is set now.
+    zvol: ``zfs create -s -o volblocksize=128K -o imgstor:…=… -V SIZE POOL/VOL``, then waits
+    for /dev/zvol/POOL/VOL.  file: ``zfs create -o imgstor:…=… POOL/VOL`` and
+    ``truncate -s SIZE disk.raw``."""
+    if kind not in _TYPES:
         raise UsageError(f"unknown volume kind {kind!r}")
     name = f"{pool}/{vol}"
-    have = volume_facts(ex, pool, vol, kind)
+    props = _read_volume(ex, name)
+    mark_now = props is not None and _ours(ex, name, kind, props, owned=owned, adopt=adopt)
+    have = volume_facts(ex, pool, vol, kind, props) if props is not None else None
     if have is None:
         _check_pool(ex, pool)
+        if overcommit is not None:
+            _check_capacity(ex, pool, size, overcommit)
+    if kind == "zvol":            # zfs rounds a volsize up to the volblocksize
+        size = -(-int(size) // zfs.ZVOL_BLOCKSIZE) * zfs.ZVOL_BLOCKSIZE
+    marks = {MARK: ROLE_VOLUME, SIZE_PROP: str(int(size))}
     changed = False
     if kind == "zvol":
         if have is None:
-            _zfs(ex, zfs.create_zvol(pool, vol, size))
+            _zfs(ex, zfs.create_zvol(pool, vol, size, props=marks))
             changed = True
         path = zfs.zvol_device(pool, vol)
         _wait_device(ex, path)
         actual = have["size"] if have else size
     else:
         if have is None:
-            _zfs(ex, zfs.create_dataset(name))
+            _zfs(ex, zfs.create_dataset(name, marks))
             changed = True
         path = have["path"] if have else None
         if path is None and not (ex.dry_run and have is None):
@@ -105,19 +189,30 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
             raise Conflict(f"{ex.host}: dataset {name} has no mountpoint; a file volume needs one")
         path = path or f"<mountpoint of {name}>/{FILE_NAME}"
         if have is None or have["size"] is None:
+            if os.path.islink(path):       # never follow a link planted in the dataset
+                raise Conflict(f"{ex.host}: {path} is a symbolic link; refusing to use it")
             ex.run(["truncate", "-s", str(int(size)), path])
             changed = True
             actual = size
         else:
             actual = have["size"]
+    if mark_now:
+        for argv in zfs.set_props(name, {MARK: ROLE_VOLUME, SIZE_PROP: str(int(actual))}):
+            _zfs(ex, argv)
+        changed = True
     if have is not None and have["size"] is not None and have["size"] != size:
         msg = (f"volume {name} exists with size {have['size']} "
                f"(requested {size}; kept as it is)")
-    elif changed:
+    elif have is None and changed:
         msg = f"created volume {name} ({size} bytes)"
     else:
         msg = f"volume {name} exists"
-    return StepResult(changed, {"path": path, "size": actual, "created": have is None}, msg)
+    if mark_now:
+        msg += f"; marked as imgstor's ({'adopted' if adopt and not owned else 'known to the store'})"
+    return StepResult(changed, {"path": path, "size": actual, "created": have is None,
+                                "size_differs": bool(have and have["size"] is not None
+                                                     and have["size"] != size),
+                                "marked": mark_now}, msg)
 
 
 @step("nas.set_props")
@@ -131,6 +226,8 @@ def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
     try:
         have = zfs.get_props(ex, name, keys)
     except NotFound:
+        if all(v is None for v in props.values()):      # nothing to clear on no volume
+            return StepResult(False, {}, f"no volume {name}: nothing to clear")
         if ex.dry_run:
             return StepResult(True, {}, f"would set {', '.join(keys)} on {name}")
         raise NotFound(f"{ex.host}: volume {name} does not exist") from None
@@ -149,7 +246,7 @@ def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
     return StepResult(changed, {}, f"properties of {name} {'updated' if changed else 'as wanted'}")
 
 
-@step("nas.get_props")
+@step("nas.get_props", read_only=True)
 def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
     """Read-only: the volume's imgstor properties and size (None facts if it is missing)."""
     name = f"{pool}/{vol}"
@@ -192,8 +289,9 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
         return _tgt_ensure(ex, iqn, path, initiator, portal, pair)
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
-        return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator, portal=portal,
-                                chap=pair)
+        with _targets_lock(ex):
+            return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator,
+                                    portal=portal, chap=pair)
     raise UsageError(f"unknown target driver {driver!r}")
 
 
@@ -234,18 +332,120 @@ def _tgt_chap(ex: Executor, tid: int, bound: list[str], pair: tuple[str, str] | 
     return changed
 
 
+def _targets_lock(ex: Executor):
+    """The node's lock around a read-modify-save of the target configuration (tgt tids,
+    LIO's saveconfig; audit M11).  A dry run changes nothing and takes none."""
+    if ex.dry_run:
+        return contextlib.nullcontext()
+    return locks.hold([locks.TARGETS], timeout=locks.TARGETS_WAIT,
+                      what="the target configuration lock")
+
+
+def _split_portal(portal: str) -> tuple[str, int]:
+    addr, _, port = portal.rpartition(":")
+    if not addr or not port.isdigit():
+        raise UsageError(f"bad portal {portal!r} (ADDR:PORT)", field="portal")
+    return addr.strip("[]") if addr.startswith("[") else addr, int(port)
+
+
+def _tgt_portal(ex: Executor, portal: str, chap: bool) -> tuple[bool, list[str]]:
+    """Ensure tgtd listens on the NAS's storage address (audit M4).  Portals are global
+    to tgtd, so a wildcard one (tgt's default: every address of the NAS) is never removed
+    -- other targets on a shared NAS may use it; while it is there a target without CHAP
+    is refused (its only guard would be the initiator name, on every network of the NAS),
+    one with CHAP gets a warning."""
+    addr, port = _split_portal(portal)
+    have = tgt.portals(ex)
+    if (addr, port) in have:
+        return False, []
+    wild = [f"{a}:{p}" for a, p in have if a in tgt.WILDCARDS and p == port]
+    if wild:
+        text = (f"tgtd on {ex.host} listens on {', '.join(wild)} (every address of the NAS), "
+                f"not only on the storage address {portal}")
+        if not chap:
+            raise Conflict(f"{ex.host}: refusing a target without CHAP: {text}; start tgtd "
+                           f"with '--iscsi portal={portal}' (or use chap = true for this NAS)",
+                           reason="wildcard-portal")
+        return False, [text]
+    _tgt_run(ex, tgt.new_portal(addr, port))
+    return True, []
+
+
+def _foreign(t: tgt.Target | None, initiator: str) -> list[tuple[tgt.Nexus, int]]:
+    """(nexus, cid) of every connection of an initiator other than ``initiator`` (iSCSI
+    names compare case-insensitively, RFC 3720 3.2.6.1)."""
+    if t is None:
+        return []
+    want = initiator.lower()
+    return [(n, c.cid) for n in t.nexuses if n.initiator.lower() != want
+            for c in (n.connections or (tgt.Connection(0),))]
+
+
+def _who(nexuses: Iterable[tgt.Nexus]) -> str:
+    return "; ".join(f"{n.initiator} from {','.join(n.addresses) or '?'} (I_T nexus {n.nexus})"
+                     for n in nexuses)
+
+
+END_TRIES = 3
+
+
+def _tgt_end_foreign(ex: Executor, iqn: str, initiator: str) -> list[str]:
+    """One writer: close the connections of every initiator but ``initiator`` (tgt checks
+    the ACL only at login; one whose connection is closed logs in again and is refused
+    now).  Re-reads after closing until none is left (bounded); Conflict if one stays."""
+    ended: list[str] = []
+    for _ in range(END_TRIES):
+        t = tgt.find_target(tgt.targets(ex), iqn)
+        conns = _foreign(t, initiator)
+        if not conns or ex.dry_run and ended:
+            return ended
+        for n, cid in conns:
+            try:
+                _tgt_run(ex, tgt.delete_connection(t.tid, n.nexus, cid))
+            except NotFound:            # closed already
+                pass
+            ended.append(f"{n.initiator} (I_T nexus {n.nexus}, connection {cid})")
+    raise Conflict(f"{ex.host}: target {iqn}: {_who(n for n, _ in conns)} still connected "
+                   f"after closing its connections {END_TRIES} times")
+
+
 def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
                 pair: tuple[str, str] | None = None) -> StepResult:
+    with _targets_lock(ex):
+        return _tgt_ensure_locked(ex, iqn, path, initiator, portal, pair)
+
+
+NEW_TARGET_TRIES = 5
+
+
+def _tgt_new(ex: Executor, found: list[tgt.Target], iqn: str) -> int:
+    """``--op new`` at the next free tid; on a tid clash (another tgtadm user between our
+    show and new: tgtd says "this target already exists" for a tid as for a name) read
+    again and take the next free tid; the IQN itself appearing is an AlreadyExists."""
+    for _ in range(NEW_TARGET_TRIES):
+        tid = tgt.next_free_tid(found)
+        try:
+            _tgt_run(ex, tgt.new_target(tid, iqn))
+            return tid
+        except AlreadyExists:
+            found = tgt.targets(ex)
+            if tgt.find_target(found, iqn) is not None:
+                raise
+    raise AlreadyExists(f"{ex.host}: no free tgt tid for {iqn} after {NEW_TARGET_TRIES} tries")
+
+
+def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
+                       pair: tuple[str, str] | None = None) -> StepResult:
+    changed, warnings = _tgt_portal(ex, portal, pair is not None)
     found = tgt.targets(ex)
     for t in found:
         if t.iqn != iqn and any(l.backing_store_path == path for l in t.luns):
             raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
     t = tgt.find_target(found, iqn)
-    changed = False
     created = False
+    moved = False               # an initiator lost its place in the ACL
     if t is None:
-        tid = tgt.next_free_tid(found)
-        _tgt_run(ex, tgt.new_target(tid, iqn))
+        tid = _tgt_new(ex, found, iqn)
         changed = created = True
         lun = None
         acls: tuple[str, ...] = ()
@@ -273,7 +473,7 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
                 else:
                     _tgt_run(ex, ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op",
                                   "unbind", "--tid", str(tid), "-I", acl])
-                changed = True
+                changed = moved = True
         if initiator not in acls:
             _tgt_run(ex, tgt.bind_initiator(tid, initiator))
             changed = True
@@ -281,28 +481,53 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
         if created and not ex.dry_run:       # create-then-configure: undo what we made
             ex.run(tgt.delete_target(tid, force=True), check=False)
         raise
+    # one writer per disk (audit M2): after the ACL admits only `initiator`, end the
+    # connections of everyone else (a re-run finds none: nothing to do)
+    ended = (_tgt_end_foreign(ex, iqn, initiator)
+             if not created and (moved or _foreign(t, initiator)) else [])
+    changed = changed or bool(ended)
     facts = {"iqn": iqn, "tid": tid, "lun": 1, "portal": portal}
     if pair:
         facts["chap_user"] = pair[0]
+    if ended:
+        facts["ended"] = ended
+    if warnings:
+        facts["warnings"] = warnings
     return StepResult(changed, facts,
                       f"target {iqn} {'configured' if changed else 'as wanted'} for {initiator}"
-                      + (f" with CHAP user {pair[0]}" if pair else ""))
+                      + (f" with CHAP user {pair[0]}" if pair else "")
+                      + (f"; ended the connections of {', '.join(ended)}" if ended else "")
+                      + "".join(f"; warning: {w}" for w in warnings))
 
 
 @step("nas.remove_target")
-def remove_target(ex: Executor, *, driver: str, iqn: str,
-                  chap_user: str | None = None) -> StepResult:
+def remove_target(ex: Executor, *, driver: str, iqn: str, chap_user: str | None = None,
+                  force: bool = False) -> StepResult:
     """Ensure target IQN is gone (its sessions are dropped with it), and with tgt the
     ``imgstor-`` CHAP accounts bound to it and ``chap_user`` (accounts are global in tgtd;
-    LIO keeps CHAP in the ACL, which goes with the target)."""
-    if chap_user is not None and not CHAP_USER.match(str(chap_user)):
+    LIO keeps CHAP in the ACL, which goes with the target).
+
+    Refused (Conflict, naming the initiators) while an initiator is logged in to the
+    target -- with the userspace initiator that is how a VM's qemu holding the disk shows
+    (audit M9) -- unless ``force``: then their sessions end with the target."""
+    if chap_user is not None and not CHAP_USER.fullmatch(str(chap_user)):
         raise UsageError(f"bad CHAP user {chap_user!r}", field="chap_user")
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
-        return lio_steps.remove(ex, iqn=iqn)
+        with _targets_lock(ex):
+            return lio_steps.remove(ex, iqn=iqn, force=force)
     if driver != "tgt":
         raise UsageError(f"unknown target driver {driver!r}")
+    with _targets_lock(ex):
+        return _tgt_remove(ex, iqn, chap_user, force)
+
+
+def _tgt_remove(ex: Executor, iqn: str, chap_user: str | None, force: bool) -> StepResult:
     t = tgt.find_target(tgt.targets(ex), iqn)
+    if t is not None and t.nexuses and not force:
+        raise Conflict(f"{ex.host}: target {iqn} is in use by {_who(t.nexuses)}; stop what "
+                       "uses the disk (its VM) first, or unmap with --force",
+                       reason="in-use", initiators=list(t.connected_initiators))
     users = [u for u in _incoming(t.accounts) if u.startswith(OUR_ACCOUNT)] if t else []
     if chap_user and chap_user not in users:
         users.append(chap_user)
@@ -325,12 +550,14 @@ def remove_target(ex: Executor, *, driver: str, iqn: str,
                 gone.append(u)
                 changed = True
     msg = f"removed target {iqn}" if changed and t is not None else f"no target {iqn}"
+    if changed and t is not None and t.nexuses:
+        msg += f" (--force: ended the sessions of {_who(t.nexuses)})"
     if gone:
         msg += f"; removed CHAP account {', '.join(gone)}"
     return StepResult(changed, {"tid": t.tid} if t is not None and changed else {}, msg)
 
 
-@step("nas.target_facts")
+@step("nas.target_facts", read_only=True)
 def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepResult:
     """Read-only: the targets (or the one IQN) with their LUN paths, ACLs and sessions."""
     if driver == "lio":
@@ -347,16 +574,60 @@ def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepRe
 
 
 @step("nas.destroy_volume")
-def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str) -> StepResult:
-    """Ensure POOL/VOL is gone; refused while a target exports it."""
+def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str | None,
+                   owned: bool = False, role: str = ROLE_VOLUME) -> StepResult:
+    """Ensure imgstor volume POOL/VOL is gone, with imgstor's own snapshots
+    (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.  ``role``: what the
+    dataset must be (``volume`` on a NAS; ``local-copy``: a sync volume's copy on its node,
+    where there is no target driver to ask, ``driver`` None).
+
+    Refused (Conflict, nothing destroyed) when the dataset is not imgstor's (see
+    ``ensure_volume``; ``owned``: the frontend's store knows it), is exported by a target,
+    or has children, snapshots or holds that imgstor did not make, or clones.  Never
+    ``zfs destroy -r``: each snapshot of ours, then the volume, by name."""
+    if role not in (ROLE_VOLUME, "local-copy"):
+        raise UsageError(f"bad role {role!r}", field="role")
     name = f"{pool}/{vol}"
-    have = volume_facts(ex, pool, vol, kind)
-    if have is None:
+    props = _read_volume(ex, name)
+    if props is None:
         return StepResult(False, {}, f"no volume {name}")
-    for t in target_facts(ex, driver=driver).facts["targets"]:
-        if have["path"] and have["path"] in t["paths"]:
+    _ours(ex, name, kind, props, owned=owned, adopt=False, role_wanted=role)
+    have = volume_facts(ex, pool, vol, kind, props) or {}
+    for t in (target_facts(ex, driver=driver).facts["targets"] if driver else ()):
+        if have.get("path") and have["path"] in t["paths"]:
             raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
                            "unmap it first (remove host storagemap)")
+    below = zfs.list_columns(ex, name, ("name", "type"), types="all")
+    children = [r["name"] for r in below if r["name"] != name and "@" not in str(r["name"])]
+    snaps = [str(r["name"]) for r in below if str(r["name"]).startswith(name + "@")]
+    foreign = [sn for sn in snaps if not sn.split("@", 1)[1].startswith(SNAP_PREFIX)]
+    held: list[str] = []
+    ours_held: list[tuple[str, str]] = []
+    for sn in snaps:
+        if sn in foreign:
+            continue
+        tags = zfs.holds(ex, sn)
+        for tag in tags or ():
+            (ours_held.append((tag, sn)) if tag.startswith(HOLD_PREFIX)
+             else held.append(f"{sn} (hold {tag})"))
+    in_way = children + foreign + held
+    if in_way:
+        raise Conflict(f"{ex.host}: refusing to destroy {name}: "
+                       f"{', '.join(in_way[:10])}{' …' if len(in_way) > 10 else ''} "
+                       "not made by imgstor; move or destroy them yourself first",
+                       dataset=name, in_the_way=in_way)
+    for tag, sn in ours_held:
+        _zfs(ex, zfs.release(tag, sn))
+    for sn in snaps:
+        try:
+            ex.run(zfs.destroy(sn))
+        except RemoteCommandError as e:
+            err = zfs.classify(e)
+            if isinstance(err, NotFound):
+                continue
+            raise Conflict(f"{ex.host}: cannot destroy snapshot {sn} ({e.stderr.strip()}): "
+                           f"clones or holds that imgstor did not make?; {name} is kept",
+                           dataset=name) from e
     # zfs-fuse quirk (seen in the lab): `zfs destroy` right after use says "dataset is
     # busy" for a second or two, and may still complete a moment later.  Unmount first,
     # then retry a bounded number of times; "does not exist" means it is done.
@@ -365,12 +636,12 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str)
     last: Exception | None = None
     for _ in range(20):
         try:
-            ex.run(zfs.destroy(name, recursive=True))
-            return StepResult(True, {}, f"destroyed {name}")
+            ex.run(zfs.destroy(name))
+            return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
         except RemoteCommandError as e:
             err = zfs.classify(e)
             if isinstance(err, NotFound):
-                return StepResult(True, {}, f"destroyed {name}")
+                return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
             if not isinstance(err, Conflict) or "busy" not in e.stderr:
                 raise err from e
             last = err
