@@ -131,9 +131,12 @@ def ensure(cluster: Any, sender: str, receiver: str, *, pools: list[str] | None 
     a = cluster.step(sender, "sync.install_key", private_key=priv, pins=pins, key_dir=key_dir)
     extra = {k: v for k, v in (("authorized_keys", authorized_keys),
                                 ("gate_path", gate_path)) if v}
+    # a NAS takes incrementals (the pull back) from a node, only into that node's volumes;
+    # a node takes only new datasets from a NAS
     b = cluster.step(receiver, "sync.authorize", public_key=pub, sender=sender,
                      from_addresses=from_addresses(config, sender),
-                     pools=pools or receiver_pools(config, receiver), **extra)
+                     pools=pools or receiver_pools(config, receiver),
+                     incremental=config.host(receiver).role == "nas", **extra)
     return {"changed": a.changed or b.changed, "sender": a.facts, "receiver": b.facts}
 
 

@@ -229,6 +229,7 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
     procs: list[subprocess.Popen] = []
     t0 = time.monotonic()
     logical, wire = Meter(), Meter(rate)
+    stop = threading.Event()
     try:
         send = subprocess.Popen(stages[0], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=errs[0], pass_fds=keep)
@@ -250,28 +251,32 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
                               os.dup(ssh.stdin.fileno()))
             z.stdin.close(), z.stdout.close(), ssh.stdin.close()
             threads.append(threading.Thread(target=relay, args=(src, zin),
-                                            kwargs={"count": logical}, daemon=True))
+                                            kwargs={"count": logical, "stop": stop}, daemon=True))
             threads.append(threading.Thread(target=relay, args=(zout, sin),
-                                            kwargs={"count": wire, "limit": wire},
-                                            daemon=True))
+                                            kwargs={"count": wire, "limit": wire,
+                                                    "stop": stop}, daemon=True))
         else:
             sin = os.dup(ssh.stdin.fileno())
             ssh.stdin.close()
             wire = logical
             logical.rate = rate
             threads.append(threading.Thread(target=relay, args=(src, sin),
-                                            kwargs={"count": logical, "limit": logical},
-                                            daemon=True))
+                                            kwargs={"count": logical, "limit": logical,
+                                                    "stop": stop}, daemon=True))
         for t in threads:
             t.start()
         last, last_change, stalled = (-1, -1), time.monotonic(), False
         while any(t.is_alive() for t in threads) or any(p.poll() is None for p in procs):
-            time.sleep(0.25)
+            try:                                # wakes as soon as ssh (the last) exits
+                procs[-1].wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                pass
             now = time.monotonic()
             if (logical.bytes, wire.bytes) != last:
                 last, last_change = (logical.bytes, wire.bytes), now
             elif now - last_change > stall:
                 stalled = True
+                stop.set()                      # the relays let go of their pipes
                 for p in procs:
                     if p.poll() is None:
                         p.kill()
@@ -279,6 +284,7 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
                        seconds=round(now - t0, 2))
         rcs = [p.wait() for p in procs]
     finally:
+        stop.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 
@@ -198,27 +200,69 @@ class Meter:
                 time.sleep(ahead)
 
 
-def _bigger_pipe(fd: int) -> None:
+def _bigger_pipe(fd: int) -> int:
+    """Grow the pipe to 1 MiB (fewer wake-ups); return its capacity."""
     try:
         import fcntl
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     except (OSError, AttributeError):
-        pass                                   # the default 64 KiB works too
+        return 65536                           # the default works too
 
 
-def relay(src: int, dst: int, *, count: Meter, limit: Meter | None = None) -> None:
-    """Move bytes from pipe ``src`` to pipe ``dst`` until EOF (or a closed ``dst``), counting
-    them in ``count`` and throttling with ``limit``.  Closes both ends when done, so the
-    writer before gets SIGPIPE and the reader after gets EOF."""
-    _bigger_pipe(src)
-    _bigger_pipe(dst)
-    splice = getattr(os, "splice", None)
+def _queued(fd: int) -> int:
+    """Bytes waiting in pipe ``fd`` (FIONREAD works on either end of a Linux pipe)."""
+    import fcntl
+    import struct
+    import termios
     try:
-        while True:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
+
+def _wait_drained(fd: int, target: int, stop) -> None:
+    """Wait (up to 50 ms) until the reader has drained pipe ``fd`` to ``target`` bytes:
+    moving a few KiB each time the reader (ssh, in 16-32 KiB reads) makes room would wake
+    this thread thousands of times a second; half a pipe at a time costs little."""
+    deadline = time.monotonic() + 0.05
+    while _queued(fd) > target and time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            return
+        time.sleep(0.001)
+
+
+def relay(src: int, dst: int, *, count: Meter, limit: Meter | None = None,
+          stop: "threading.Event | None" = None) -> None:
+    """Move bytes from pipe ``src`` to pipe ``dst`` until EOF (or a closed ``dst``, or
+    ``stop``), counting them in ``count`` and throttling with ``limit``.  Closes both ends
+    when done, so the writer before gets SIGPIPE and the reader after gets EOF.
+
+    ``os.splice`` moves the bytes kernel-side; it runs non-blocking and waits in
+    ``select`` so that ``stop`` (a stalled pipeline) is seen within half a second even
+    when a stage neither writes nor reads."""
+    _bigger_pipe(src)
+    cap = _bigger_pipe(dst)
+    splice = getattr(os, "splice", None)
+    nonblock = getattr(os, "SPLICE_F_NONBLOCK", 0)
+    try:
+        while not (stop is not None and stop.is_set()):
             n = (limit or count).chunk()
             if splice is not None:
-                moved = splice(src, dst, n)
+                try:
+                    moved = splice(src, dst, n, flags=nonblock)
+                except BlockingIOError:
+                    # nothing to read, or no room to write: wait for the one that blocks
+                    readable = select.select([src], [], [], 0)[0]
+                    if readable:
+                        select.select([], [dst], [], 0.5)
+                        _wait_drained(dst, cap // 2, stop)
+                    else:
+                        select.select([src], [], [], 0.5)
+                    continue
             else:                                  # no splice (not Linux / old Python)
+                if not select.select([src], [], [], 0.5)[0]:
+                    continue
                 data = os.read(src, n)
                 moved = len(data)
                 view = memoryview(data)

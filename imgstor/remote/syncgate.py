@@ -16,6 +16,13 @@ sshd runs it whatever the client asked for and passes the request in
                                                then (ok) the same JSON as state
     imgstor-sync-gate abort DATASET            zfs receive -A DATASET (drop a partial receive)
 
+Options of the forced command: ``--pool P`` (repeatable: the only pools it touches) and
+``--incremental-from HOST`` (the receiver is a NAS and the key is HOST's, a compute node
+that sends its snapshots back): without it incremental streams and rollbacks are refused,
+so a NAS key can only create datasets on a node (a full stream into a name that does not
+exist); with it they are allowed only into datasets whose ``imgstor:host`` property is
+HOST.
+
 Never ``receive -F`` (audit L15): a full stream is refused when DATASET exists and is not a
 partial (resumable) receive, an incremental one needs DATASET to exist.  An incremental
 into a dataset touched since its last snapshot (a mounted filesystem's atime is enough)
@@ -199,13 +206,32 @@ def parse(words: list[str], pools: list[str]) -> tuple[str, dict, str]:
                   "incremental": "--incremental" in args, "rollback": rollback}, ds
 
 
+HOST_PROP = "imgstor:host"
+
+
+def check_incremental(ds: str, peer: str | None) -> None:
+    """An incremental (and its rollback) may only go into a dataset recorded as mapped to
+    the sending host (the ``imgstor:host`` property the NAS keeps on each volume): a
+    compromised node cannot roll back or overwrite another VM's volume."""
+    if not peer:
+        raise Refused("incremental streams are not allowed for this key")
+    r = zfs("get", "-H", "-o", "value", HOST_PROP, ds)
+    if r.returncode != 0 or r.stdout.strip() != peer:
+        raise Refused(f"{ds} is not mapped to {peer} ({HOST_PROP} is "
+                      f"{r.stdout.strip() or 'unset'}); refusing an incremental into it")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ["PATH"] = PATH
     pools: list[str] = []
+    peer: str | None = None            # --incremental-from HOST: pull backs from HOST
     rest = list(argv)
-    while rest and rest[0] == "--pool" and len(rest) >= 2:
-        pools.append(rest[1])
+    while len(rest) >= 2 and rest[0] in ("--pool", "--incremental-from"):
+        if rest[0] == "--pool":
+            pools.append(rest[1])
+        else:
+            peer = rest[1]
         rest = rest[2:]
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -213,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         words = shlex.split(orig) if orig is not None else rest
         verb, opts, ds = parse(words, pools)
+        if verb == "receive" and opts["incremental"]:
+            check_incremental(ds, peer)
         if verb == "state":
             print(json.dumps(state(ds)))
             return 0

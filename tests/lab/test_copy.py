@@ -112,6 +112,10 @@ def test_trust_is_imgstors_own_and_restricted(lab: Lab, env: Cluster) -> None:
     # only the configured pool
     p = lab.ssh(NAS, f"{ssh} imgstor-sync-gate state other/x", check=False)
     assert p.returncode == 2 and b"not in an allowed pool" in p.stderr
+    # a NAS key creates datasets on a node, nothing else: no incremental, no rollback
+    p = lab.ssh(NAS, f"{ssh} imgstor-sync-gate receive --incremental --rollback=s1 tank/cp1 "
+                     "< /dev/null", check=False)
+    assert p.returncode == 2 and b"not allowed for this key" in p.stderr, p.stderr
     assert lab.out(NAS, f"stat -c %a {kd} {kd}/id_ed25519 {kd}/known_hosts").split() == \
         ["700", "600", "600"]
     # idempotent: a second ensure changes nothing
@@ -248,6 +252,11 @@ def test_pull_back_incremental_node_to_nas(lab: Lab, env: Cluster) -> None:
     lab.ssh(NODE, f"head -c {4 * MiB} /dev/urandom | dd of={mp}/f bs=1M seek=2 conv=notrunc "
                   f"status=none && zfs snapshot {ds}@s2")
     sha = _sha(lab, NODE, ds)
+    # the NAS takes an incremental from the node only into a volume mapped to it
+    o = _start(env, ds, sender=NODE, receiver=NAS, snap="s2", base=f"{ds}@s1")
+    st = _wait(env, ds, sender=NODE, receiver=NAS)
+    assert st["state"] == "failed" and "is not mapped to compute-0-0" in st["error"], st
+    lab.ssh(NAS, f"zfs set imgstor:host={NODE} {ds}")
     o = _start(env, ds, sender=NODE, receiver=NAS, snap="s2", base=f"{ds}@s1")
     assert o.facts["started"]
     st = _wait(env, ds, sender=NODE, receiver=NAS)
@@ -301,3 +310,21 @@ def test_dry_run_prints_the_pipeline(lab: Lab, env: Cluster, tmp_path: Path) -> 
     skip = [x for x in o.commands if x.startswith("SKIP> ")]
     assert len(skip) == 1 and "zfs send tank/cp1@s1 | zstd -qc | ssh " in skip[0]
     assert _status(env, "tank/cpx")["state"] == "none"
+
+
+def test_job_killed_is_died_and_the_restart_converges(lab: Lab, env: Cluster) -> None:
+    """The job process itself SIGKILLed (no chance to write a result): its stages go with
+    it (SIGPIPE / EOF), the lock comes free, status says "died", a restart finishes."""
+    ds = "tank/cp10"
+    lab.destroy(NODE, ds)
+    sha = _dataset(lab, NAS, ds)
+    o = _start(env, ds, bwlimit=4 * MiB)
+    _wait_bytes(env, ds, 2 * MiB)
+    lab.ssh(NAS, f"kill -9 {int(o.facts['pid'])}")
+    st = _wait(env, ds)
+    assert st["state"] == "died", st
+    assert _receives(lab, ds) == 0
+    _start(env, ds)
+    st = _wait(env, ds)
+    assert st["state"] == "done" and st["previous"]["phase"] == "send", st
+    assert _sha(lab, NODE, ds) == sha

@@ -240,3 +240,51 @@ def test_intermediate_and_auto_base() -> None:
         ("tank/v@a", "1")
     assert copyjob.common_base("tank/v@b", got, st) == ("tank/v@a", "1")   # older only
     assert copyjob.common_base("tank/v@c", got, {"snapshots": {}}) is None
+
+
+class _FakeJob:
+    def __init__(self) -> None:
+        self.lock_fd = os.open(os.devnull, os.O_RDONLY)
+        self.progress: dict = {}
+
+    def update(self, *, force: bool = False, **kw) -> None:
+        self.progress.update(kw)
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_pump_kills_a_stalled_pipeline_and_keeps_every_status(zstd: bool) -> None:
+    from imgstor.remote.copyjob import _pump
+    stages = [["sh", "-c", "head -c 100000 /dev/zero; sleep 30"]] + \
+        ([copyjob.ZSTD] if zstd else []) + [["sh", "-c", "cat > /dev/null"]]
+    t0 = time.monotonic()
+    out = _pump(_FakeJob(), stages, zstd=zstd, rate=0, offset=0, stall=1, peer=PEER,
+                kd="/k", cto=1, snap="tank/v@s1", guid="1")
+    assert time.monotonic() - t0 < 15
+    assert out["state"] == "failed" and "no progress for 1s" in out["error"]
+    assert out["bytes_done"] == 100000
+    assert out["stages"][0]["rc"] == -9 and len(out["stages"]) == len(stages)
+
+
+def test_pump_reports_the_failing_stage() -> None:
+    from imgstor.remote.copyjob import _pump
+    out = _pump(_FakeJob(), [["sh", "-c", "head -c 5000 /dev/zero"],
+                             ["sh", "-c", "cat >/dev/null; echo 'cannot receive: boom' >&2; "
+                                          "exit 1"]],
+                zstd=False, rate=0, offset=10, stall=30, peer=PEER, kd="/k", cto=1,
+                snap="tank/v@s1", guid="1")
+    assert out["state"] == "failed" and "boom" in out["error"]
+    assert [s["rc"] for s in out["stages"]] == [0, 1] and out["bytes_done"] == 5010
+
+
+def test_gate_incremental_only_from_the_mapped_host(monkeypatch) -> None:
+    answers = {"tank/v": "compute-0-14\n", "tank/w": "compute-0-1\n", "tank/x": "-\n"}
+
+    def fake_zfs(*args):
+        return subprocess.CompletedProcess(args, 0, answers[args[-1]], "")
+    monkeypatch.setattr(syncgate, "zfs", fake_zfs)
+    syncgate.check_incremental("tank/v", "compute-0-14")
+    for ds in ("tank/w", "tank/x"):
+        with pytest.raises(syncgate.Refused, match="not mapped to compute-0-14"):
+            syncgate.check_incremental(ds, "compute-0-14")
+    with pytest.raises(syncgate.Refused, match="not allowed for this key"):
+        syncgate.check_incremental("tank/v", None)

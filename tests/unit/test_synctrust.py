@@ -37,7 +37,7 @@ data_address = "10.2.1.14"
 @pytest.fixture
 def cfg(tmp_path: Path):
     (tmp_path / "imgstor.toml").write_text(TOML)
-    (tmp_path / "known_hosts").write_text(f"10.1.1.14 {HOSTKEY}\n")
+    (tmp_path / "known_hosts").write_text(f"10.1.1.14 {HOSTKEY}\n10.1.1.1 {HOSTKEY}\n")
     return load_config(str(tmp_path / "imgstor.toml"))
 
 
@@ -57,6 +57,11 @@ def test_key_made_once_0600_in_0700(cfg, tmp_path: Path) -> None:
 
 def test_pins_come_from_the_frontends_known_hosts(cfg) -> None:
     assert synctrust.host_keys(cfg, "compute-0-14") == [HOSTKEY]
+    # an empty known_hosts (the config's ssh section is a frozen dataclass)
+    empty = Path(cfg.state_path).parent / "empty_known_hosts"
+    empty.write_text("")
+    import dataclasses
+    cfg.ssh = dataclasses.replace(cfg.ssh, known_hosts=str(empty))
     with pytest.raises(HostKeyError, match="no host key"):
         synctrust.host_keys(cfg, "nas-0-0")
 
@@ -88,5 +93,9 @@ def test_ensure_runs_the_two_steps(cfg) -> None:
     assert a1["pins"] == [{"alias": "compute-0-14", "keys": [HOSTKEY]}]
     assert (h2, s2) == ("compute-0-14", "sync.authorize")
     assert a2["pools"] == ["vmpool"] and a2["from_addresses"] == ["10.1.1.1", "127.0.0.1"]
+    assert a2["incremental"] is False                  # a NAS key only creates datasets
+    c2 = FakeCluster(cfg)
+    synctrust.ensure(c2, "compute-0-14", "nas-0-0")
+    assert c2.calls[1][2]["incremental"] is True       # the pull back
     assert a2["public_key"] == synctrust.ensure_key(cfg.state_path, "nas-0-0")[1]
     assert "PRIVATE" not in repr(a2)

@@ -97,7 +97,8 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
 
 
 def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
-                    pools: list[str], python: str, gate_path: str) -> str:
+                    pools: list[str], python: str, gate_path: str,
+                    incremental: bool = False) -> str:
     """The authorized_keys line for SENDER's sync key (see the module docstring)."""
     if not _PUBKEY.fullmatch(public_key or ""):
         raise UsageError(f"bad public key {str(public_key)[:60]!r}")
@@ -110,7 +111,8 @@ def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
         raise UsageError(f"bad pools {pools!r}")
     _abs(python, "python path")
     _abs(gate_path, "gate path")
-    command = " ".join([python, "-I", gate_path] + [w for p in pools for w in ("--pool", p)])
+    command = " ".join([python, "-I", gate_path] + [w for p in pools for w in ("--pool", p)]
+                       + (["--incremental-from", sender] if incremental else []))
     if any(c in command for c in '"\\'):
         raise UsageError(f"refusing a forced command with quotes: {command!r}")
     return (f'restrict,from="{",".join(from_addresses)}",command="{command}" '
@@ -120,14 +122,17 @@ def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
 @step("sync.authorize")
 def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: list[str],
               pools: list[str], authorized_keys: str = AUTHORIZED_KEYS,
-              gate_path: str = GATE_PATH, python: str | None = None) -> StepResult:
+              gate_path: str = GATE_PATH, python: str | None = None,
+              incremental: bool = False) -> StepResult:
     """Ensure the sync gate is GATE_PATH and AUTHORIZED_KEYS lets SENDER's sync key run
-    it (and nothing else) from FROM_ADDRESSES on datasets of POOLS."""
+    it (and nothing else) from FROM_ADDRESSES on datasets of POOLS.  INCREMENTAL (this
+    host is a NAS, SENDER a node sending its snapshots back): the gate also takes
+    incremental streams, only into datasets whose ``imgstor:host`` is SENDER."""
     authorized_keys = _abs(authorized_keys, "authorized_keys path")
     python = python or shutil.which("python3") or "/usr/bin/python3"
     line = authorized_line(public_key=public_key, sender=sender,
                            from_addresses=from_addresses, pools=pools, python=python,
-                           gate_path=gate_path)
+                           gate_path=gate_path, incremental=incremental)
     gate = pkgutil.get_data("imgstor.remote", "syncgate.py")
     changed = _ensure_file(ex, gate_path, gate, 0o700)
     have = (_read(authorized_keys) or b"").decode(errors="replace").splitlines()

@@ -201,6 +201,11 @@ SCENARIOS += [
     {"id": "newline-in-from-address", "step": "sync.authorize", "tags": ["error"],
      "args": {**AUTH, "from_addresses": ["10.1.1.1\n"]}, "script": [],
      "raises": ("UsageError", "bad from addresses")},
+    {"id": "pull-back-key-on-a-nas", "step": "sync.authorize", "tags": ["changes"],
+     "args": {**AUTH, "incremental": True}, "script": [cmd(["write-file", GATE, "0700"]),
+                                                      cmd(["write-file", AK, "0600"])],
+     "written": {AK: LINE.replace(" --pool tank", " --pool tank --incremental-from nas-0-0")
+                 + "\n"}, "changed": True},
     {"id": "pool-with-space", "step": "sync.authorize", "tags": ["error"],
      "args": {**AUTH, "pools": ["tank --pool x"]}, "script": [],
      "raises": ("UsageError", "bad pools")},
