@@ -11,7 +11,6 @@ import pytest
 from imgstor.config import load_config
 from imgstor.errors import HostKeyError, NotFound, StepError, TransportError, UsageError
 from imgstor.transport import Cluster
-from imgstor.zipapp import node_app
 from tests.conftest import Lab
 
 pytestmark = pytest.mark.lab
@@ -40,9 +39,11 @@ def test_ping_shows_every_host_and_its_tools(lab: Lab) -> None:
 
 def test_zipapp_uploaded_once_then_reused(lab: Lab) -> None:
     host = lab.names("compute")[-1]
-    app = node_app()
-    lab.ssh(host, f"rm -f {app.remote_path}")
     cfg = load_config(str(lab.config_path))
+    # the app the CLI uses: built once into the state directory's cache (two builds of the
+    # same sources may differ byte for byte: marshal's output is not deterministic)
+    app = Cluster(cfg)._app()
+    lab.ssh(host, f"rm -f {app.remote_path}")
     with Cluster(cfg) as c:
         assert c.step(host, "probe").facts["hostname"] == host
         assert host in c._uploaded
@@ -66,8 +67,8 @@ def test_zipapp_uploaded_once_then_reused(lab: Lab) -> None:
 
 def test_unsafe_node_app_dir_is_refused(lab: Lab) -> None:
     host = lab.names("compute")[-1]
-    app = node_app()
     cfg = load_config(str(lab.config_path))
+    app = Cluster(cfg)._app()
     before = lab.out(host, f"sha256sum {app.remote_path} || true")
     try:
         lab.ssh(host, "chmod 755 /run/imgstor")
