@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 import uuid
 
@@ -89,9 +90,13 @@ def test_sync_walkthrough(lab: Lab) -> None:
     assert cli(lab, "list", "host", "storagemap", NAS, "--verify").returncode == 0
 
     # unmap: returns at once; NAS<-VM, then unmapped with the NAS holding every write
-    out = cli(lab, "remove", "host", "storagemap", NAS, vol).stdout
+    out = cli(lab, "remove", "host", "storagemap", NAS, vol,
+              env={"IMGSTOR_PAUSE": "job:quiesce:6"}).stdout   # hold NAS<-VM a moment
     assert out == f"unmapping   {NAS} : {vol}\nSuccess\n", out
-    assert maps(lab)[vol]["state"] in ("NAS<-VM", "unmapped")
+    assert maps(lab)[vol]["state"] == "NAS<-VM"
+    # a map while the sync back runs is "busy" (exit 5), with the reason
+    p = cli(lab, "add", "host", "storagemap", NAS, "tank", vol, OTHER, "32M", check=False)
+    assert p.returncode == 5 and "being synced back" in p.stderr, p.stderr
     wait_state(lab, vol, "unmapped")
     assert maps(lab)[vol]["host"] is None
     assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
@@ -209,3 +214,30 @@ def test_copy_receiver_killed_mid_stream_is_started_again(lab: Lab, crash_vol,
     wait_state(lab, vol, "mapped", timeout=180)
     assert "starting it again" in job_logs(lab)
     assert node_sha(lab, vol) == img.sha()
+
+
+def test_storage_network_carries_the_iscsi_session_and_the_copy(lab: Lab, tmp_path) -> None:
+    """ib_net: the lab's second network (each host's data_address in the config): the
+    node's iSCSI session to the NAS and the NAS's copy to the node use it (`ss` on the
+    node), never the management addresses."""
+    nas_data, node_data = lab.host(NAS)["data_address"], lab.host(NODE)["data_address"]
+    nas_mgmt = lab.host(NAS)["address"]
+    vol, img = prefilled(lab, "ibnet")
+    cfg = tmp_path / "imgstor.toml"
+    cfg.write_text(lab.config_path.read_text().replace(
+        "overcommit = 100.0", 'overcommit = 100.0\nsync_bwlimit = "2M"'))   # a slow copy
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        config=cfg)
+    iscsi = copy = False
+    deadline = time.monotonic() + 60
+    while not (iscsi and copy):
+        ss = lab.out(NODE, "ss -Htn state established")
+        iscsi |= f"{nas_data}:3260" in ss
+        copy |= bool(re.search(rf"{re.escape(node_data)}:22\s+{re.escape(nas_data)}:\d+", ss))
+        assert f"{nas_mgmt}:3260" not in ss, ss
+        assert time.monotonic() < deadline, (iscsi, copy, ss)
+        time.sleep(0.2)
+    wait_state(lab, vol, "mapped", timeout=180)
+    assert node_sha(lab, vol) == img.sha()
+    cli(lab, "remove", "host", "storagemap", NAS, vol, "--wait")
+    cli(lab, "remove", "host", "storageimg", NAS, "tank", vol)
