@@ -38,7 +38,7 @@ def step(name: str):
 
 def load_all() -> dict[str, Callable[..., StepResult]]:
     from imgstor.remote.steps import probe  # noqa: F401
-    for mod in ("nas", "compute", "overlay"):
+    for mod in ("nas", "compute", "overlay", "snapshot"):
         try:
             __import__(f"imgstor.remote.steps.{mod}")
         except ModuleNotFoundError as e:     # not written yet in this version

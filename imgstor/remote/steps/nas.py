@@ -77,8 +77,10 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
 def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) -> StepResult:
     """Ensure volume POOL/VOL exists; an existing one is kept as it is.
 
-    zvol: ``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL``, then waits for
-    /dev/zvol/POOL/VOL.  file: ``zfs create POOL/VOL`` and ``truncate -s SIZE disk.raw``."""
+    zvol: ``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL`` (or libzfs_core's
+    ``lzc_create``, see ``zfs.create``), then waits for /dev/zvol/POOL/VOL.  file: ``zfs
+    create POOL/VOL`` (or ``lzc_create`` + ``zfs mount``) and ``truncate -s SIZE disk.raw``.
+    ``facts["zfs_backend"]``: ``lzc`` or ``cli``."""
     if kind not in ("zvol", "file"):
         raise UsageError(f"unknown volume kind {kind!r}")
     name = f"{pool}/{vol}"
@@ -88,14 +90,14 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
     changed = False
     if kind == "zvol":
         if have is None:
-            _zfs(ex, zfs.create_zvol(pool, vol, size))
+            zfs.create(ex, name, kind="volume", size=size)
             changed = True
         path = zfs.zvol_device(pool, vol)
         _wait_device(ex, path)
         actual = have["size"] if have else size
     else:
         if have is None:
-            _zfs(ex, zfs.create_dataset(name))
+            zfs.create(ex, name, kind="filesystem")
             changed = True
         path = have["path"] if have else None
         if path is None and not (ex.dry_run and have is None):
@@ -117,7 +119,8 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
         msg = f"created volume {name} ({size} bytes)"
     else:
         msg = f"volume {name} exists"
-    return StepResult(changed, {"path": path, "size": actual, "created": have is None}, msg)
+    return StepResult(changed, {"path": path, "size": actual, "created": have is None,
+                                "zfs_backend": zfs.backend(ex)}, msg)
 
 
 @step("nas.set_props")

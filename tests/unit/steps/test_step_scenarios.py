@@ -8,8 +8,12 @@ the expected one.  Keys a scenario may have:
   id, step, args, tags    what runs; tags: changes | done | read | dry-run | error
   dry_run                 run on ScriptedExecutor(dry_run=True): the script holds only the
                           read-only commands; ``skipped`` lists the argv of the others,
-                          which must show up as "SKIP> …" and never be executed
-  env                     the node around the step (see NodeEnv)
+                          which must show up as "SKIP> …" and never be executed (a str is
+                          the text of a skipped in-process call: "lzc_create tank/x …")
+  env                     the node around the step (see NodeEnv); ``env["lzc"]`` (kwargs
+                          of fake_lzc.FakeLzc) gives it pyzfs and /dev/zfs, else the zfs
+                          driver uses the CLI
+  lzc_calls               [(function, first argument)] the fake libzfs_core saw, in order
   script                  [{"argv", "rc", "stdout", "stderr"}, …] (scn_common.cmd)
   changed, facts, facts_include, message
   raises, details         (error class name, regex on the message), detail subset
@@ -27,22 +31,26 @@ import types
 
 import pytest
 
+import fake_lzc
 import scn_compute
+import scn_nas_snapshot
 import scn_nas_target
 import scn_nas_volume
 from imgstor import errors
 from imgstor.remote.executor import Expect, ScriptedExecutor
-from imgstor.remote.steps import _util, compute, load_all, nas, probe
+from imgstor.remote.steps import _util, compute, load_all, nas, probe, snapshot
 
-SCENARIOS = scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
+SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
+             + scn_nas_snapshot.SCENARIOS)
 
 WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
-               "nas.destroy_volume", "compute.attach", "compute.detach")
+               "nas.destroy_volume", "compute.attach", "compute.detach", "nas.snapshot",
+               "nas.destroy_snapshot")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
               "probe")
 KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
               "facts_include", "message", "raises", "details", "mutating", "skipped",
-              "sleeps", "note"}
+              "sleeps", "note", "lzc_calls"}
 
 
 class RecordingExecutor(ScriptedExecutor):
@@ -73,6 +81,7 @@ class NodeEnv:
         self.initiator = env.get("initiator")
         self.tools = dict(env.get("tools", {}))
         self.node = env.get("node")
+        self.lzc = fake_lzc.FakeLzc(**env["lzc"]) if "lzc" in env else None
         self.clock = 0.0
         self.sleeps: list[float] = []
         self._fds: dict[int, str] = {}
@@ -119,6 +128,7 @@ class NodeEnv:
         mp.setattr(probe, "read_initiator_name", lambda *a: self.initiator)
         if self.node:
             mp.setenv("IMGSTOR_NODE", self.node)
+        fake_lzc.install(mp, self.lzc)
 
 
 def _run(sc: dict, mp: pytest.MonkeyPatch) -> tuple[RecordingExecutor, NodeEnv, object]:
@@ -157,12 +167,15 @@ def test_scenario(sc: dict, monkeypatch: pytest.MonkeyPatch) -> None:
             assert out.message == sc["message"]
         assert json.loads(json.dumps(out.to_dict())) == out.to_dict()
 
-    texts = [shlex.join(a) for a in sc.get("skipped", [])]
+    texts = [a if isinstance(a, str) else shlex.join(a) for a in sc.get("skipped", [])]
     assert ex.skipped == texts
     for t in texts:
         assert "SKIP> " + t in ex.log
     for argv in sc.get("skipped", []):
-        assert argv not in ex.calls, f"a dry run executed {shlex.join(argv)}"
+        assert argv not in ex.calls, f"a dry run executed {argv}"
+    if "lzc_calls" in sc:
+        assert node.lzc is not None, "lzc_calls needs env['lzc']"
+        assert node.lzc.calls == [tuple(c) for c in sc["lzc_calls"]]
     if not sc.get("dry_run"):
         assert not any(line.startswith("SKIP> ") for line in ex.log)
     if "mutating" in sc:
@@ -202,6 +215,6 @@ def test_every_step_has_the_required_cases(step: str):
 
 
 def test_every_step_of_these_modules_has_scenarios():
-    mods = {m.__name__ for m in (nas, compute, probe)}
+    mods = {m.__name__ for m in (nas, compute, probe, snapshot)}
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods}
     assert mine == set(WRITE_STEPS + READ_STEPS)
