@@ -69,7 +69,9 @@ def encode_props(props: Mapping[str, Any]) -> dict[bytes, Any]:
 # Class names from pyzfs's exceptions.py (2.1.11); the first name found in an error's MRO
 # decides.  Note SnapshotIsCloned and SnapshotNotLatest carry errno EEXIST: by errno alone
 # they would read as "exists".
-_BY_NAME: dict[str, type[ImgstorError]] = {
+_BY_NAME: dict[str, type[ImgstorError] | None] = {
+    # errno ENOENT when /dev/zfs cannot be opened: not "not found", a broken node
+    "ZFSInitializationFailed": None,
     "DatasetNotFound": NotFound,            # FilesystemNotFound, SnapshotNotFound
     "ParentNotFound": NotFound,
     "PoolNotFound": NotFound,
@@ -103,9 +105,9 @@ def classify(host: str, fn: str, target: str, e: BaseException) -> ImgstorError:
     errors = getattr(e, "errors", None)           # MultipleOperationsFailure: the first
     first = errors[0] if errors else e
     code = getattr(first, "errno", None)
-    cls = next((_BY_NAME[c.__name__] for c in type(first).__mro__ if c.__name__ in _BY_NAME),
-               None)
-    if cls is None and isinstance(code, int):
+    known = next((c.__name__ for c in type(first).__mro__ if c.__name__ in _BY_NAME), None)
+    cls = _BY_NAME[known] if known else None
+    if known is None and isinstance(code, int):
         cls = _BY_ERRNO.get(code)
     text = f"{type(first).__name__}: {_text(first)}"
     if first is not e:

@@ -566,7 +566,7 @@ def release(ex, snap: str, tag: str) -> str:
 
 
 # zfs-fuse's `zfs holds` runs a Python helper it does not ship (seen in the lab):
-# rc 255, "internal error: /usr/lib/zfs/pyzfs.py not found".  Holds themselves work there.
+# rc 255, "internal error: /usr/lib/zfs/pyzfs.py not found" on stdout.  Holds work there.
 _HOLDS_UNAVAILABLE = "pyzfs.py not found"
 
 
@@ -579,7 +579,7 @@ def holds(ex, snap: str) -> list[str] | None:
     if lib is None:
         res = ex.run(["zfs", "holds", "-H", snap], read_only=True, check=False)
         if res.rc != 0:
-            if _HOLDS_UNAVAILABLE in res.stderr:
+            if _HOLDS_UNAVAILABLE in res.stdout + res.stderr:
                 return None
             raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr,
                                               res.stdout))

@@ -4,7 +4,7 @@ through libzfs_core.
 ``env["lzc"]`` gives the node a fake pyzfs (tests/unit/fake_lzc.py) and /dev/zfs: the zfs
 driver then calls it in-process (``lzc_calls``) and runs only the reads that stay on the
 CLI (``zfs get``).  Without it the node has the CLI only.  zfs-fuse texts below were seen
-in the userspace lab (zfs-fuse 0.7): ``zfs holds`` needs a Python helper it does not ship,
+in the userspace lab (zfs-fuse 0.7): ``zfs holds`` needs a Python helper it does not ship (says so on stdout),
 ``zfs hold``/``release`` say "tag already exists" / "no such tag on this dataset".
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ HOLDS = ["zfs", "holds", "-H", SNAP]
 HOLD = ["zfs", "hold", "imgstor", SNAP]
 RELEASE = ["zfs", "release", "imgstor", SNAP]
 DESTROY = ["zfs", "destroy", SNAP]
-FUSE_HOLDS = cmd(HOLDS, rc=255, stderr="internal error: /usr/lib/zfs/pyzfs.py not found\n")
+FUSE_HOLDS = cmd(HOLDS, rc=255, stdout="internal error: /usr/lib/zfs/pyzfs.py not found\n")
 
 
 def holds_out(*tags: str) -> str:            # `zfs holds -H`: NAME TAB TAG TAB TIMESTAMP
