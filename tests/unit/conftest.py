@@ -63,3 +63,12 @@ def imgstor(config_path: Path, capsys: pytest.CaptureFixture) -> Callable[..., C
         out, err = capsys.readouterr()
         return CliResult(rc, out, err)
     return run
+
+
+@pytest.fixture(autouse=True)
+def _zfs_cli_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zfs driver uses libzfs_core where pyzfs imports and /dev/zfs exists: on a
+    machine with OpenZFS that would be this one.  Unit tests see the CLI unless a test
+    installs a fake pyzfs (fake_lzc.install)."""
+    import fake_lzc
+    fake_lzc.install(monkeypatch, None)
