@@ -87,6 +87,7 @@ class FakeLzc(types.ModuleType):
         self.fail = dict(fail or {})
         self.space = space
         self.calls: list[tuple[str, object]] = []
+        self.imported = False
 
     def _enter(self, fn: str, arg) -> None:
         self.calls.append((fn, arg))
@@ -175,10 +176,21 @@ class FakeLzc(types.ModuleType):
 
 def install(monkeypatch, fake: FakeLzc | None) -> None:
     """Make the zfs driver see ``fake`` as an importable pyzfs with /dev/zfs present or,
-    with None, no pyzfs and no /dev/zfs (the CLI), whatever this machine has."""
+    with None, no pyzfs and no /dev/zfs (the CLI), whatever this machine has.  The fake is
+    not loaded until the driver imports it (``_lzc._import``), as on a node, where a fresh
+    step process has not imported pyzfs yet (``_lzc.loaded``); ``fake.imported`` says
+    whether it was."""
     import sys
 
     from imgstor.remote.drivers import _lzc
     monkeypatch.setattr(_lzc, "DEV_ZFS", __file__ if fake is not None
                         else "/nonexistent-imgstor-test/dev/zfs")
-    monkeypatch.setitem(sys.modules, "libzfs_core", fake)   # None: the import fails
+    monkeypatch.delitem(sys.modules, _lzc.MODULE, raising=False)
+
+    def _import():
+        if fake is None:
+            return None
+        fake.imported = True
+        monkeypatch.setitem(sys.modules, _lzc.MODULE, fake)
+        return fake
+    monkeypatch.setattr(_lzc, "_import", _import)

@@ -260,9 +260,9 @@ def mountpoint(ex, name: str) -> str | None:
 
 
 def exists(ex, name: str) -> bool:
-    """``lzc_exists`` where libzfs_core is used (``backend``), else runs
-    ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
-    lib = _lzc.module()
+    """``lzc_exists`` if libzfs_core is loaded already (``_lzc.loaded``: a read never
+    imports it), else runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
+    lib = _lzc.loaded()
     if lib is not None:
         return bool(_lzc_call(ex, lib, "lzc_exists", positional(name, "dataset"),
                               _lzc.b(name), read_only=True))
@@ -389,12 +389,15 @@ def classify(err: RemoteCommandError) -> ImgstorError:
 
 
 # ---------------------------------------------------------------------------- backends
-# Changes that run here, on the node, through libzfs_core (pyzfs) in-process when
+# Changes run here, on the node, through libzfs_core (pyzfs) in-process when
 # ``_lzc.module()`` says it is usable (pyzfs imports and /dev/zfs exists: the kernel's
-# OpenZFS), else through the ``zfs`` CLI as argv lists.  Both paths do the same thing and
-# raise the same NotFound / AlreadyExists / Conflict; in a dry run a change is logged as
-# ``SKIP> lzc_… NAME …`` (``Executor.call``) or ``SKIP> zfs …`` and not made.  Reads that
-# parse output (list, get, pools) stay on the CLI.
+# OpenZFS), else through the ``zfs`` CLI as argv lists; each returns the backend it used.
+# Both paths do the same thing and raise the same NotFound / AlreadyExists / Conflict; in a
+# dry run a change is logged as ``SKIP> lzc_… NAME …`` (``Executor.call``) or ``SKIP> zfs
+# …`` and not made.  Reads (``exists``, ``holds``) use libzfs_core only once a change (or
+# the probe) has loaded it in this process (``_lzc.loaded``: its import is dearer than a
+# command); ``send_space`` imports it (a copy follows).  Reads that parse output (list,
+# get, pools) stay on the CLI.
 __all__ += ["backend", "create", "create_snapshot", "destroy_snapshots", "hold", "release",
             "holds", "send_space", "HOLD_TAG"]
 
@@ -408,7 +411,8 @@ _RULES += [
 
 
 def backend(ex=None) -> str:
-    """``"lzc"`` (libzfs_core in this process) or ``"cli"`` (the zfs command)."""
+    """``"lzc"`` (libzfs_core in this process) or ``"cli"`` (the zfs command): what a
+    change would use here.  Imports pyzfs to find out (see ``_lzc.loaded`` for the cost)."""
     return "lzc" if _lzc.module() is not None else "cli"
 
 
@@ -572,10 +576,10 @@ _HOLDS_UNAVAILABLE = "pyzfs.py not found"
 
 def holds(ex, snap: str) -> list[str] | None:
     """Tags of the user holds on SNAP, or None where this zfs cannot list them (zfs-fuse).
-    ``lzc_get_holds`` or ``zfs holds -H SNAP`` (lines: NAME TAB TAG TAB TIMESTAMP).
-    No snapshot: ``NotFound``."""
+    ``lzc_get_holds`` if libzfs_core is loaded already (a read never imports it), else
+    ``zfs holds -H SNAP`` (lines: NAME TAB TAG TAB TIMESTAMP).  No snapshot: ``NotFound``."""
     snap = _snap_name(snap)
-    lib = _lzc.module()
+    lib = _lzc.loaded()
     if lib is None:
         res = ex.run(["zfs", "holds", "-H", snap], read_only=True, check=False)
         if res.rc != 0:

@@ -80,7 +80,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
     zvol: ``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL`` (or libzfs_core's
     ``lzc_create``, see ``zfs.create``), then waits for /dev/zvol/POOL/VOL.  file: ``zfs
     create POOL/VOL`` (or ``lzc_create`` + ``zfs mount``) and ``truncate -s SIZE disk.raw``.
-    ``facts["zfs_backend"]``: ``lzc`` or ``cli``."""
+    ``facts["zfs_backend"]``: ``lzc`` or ``cli`` when it created the volume, else None."""
     if kind not in ("zvol", "file"):
         raise UsageError(f"unknown volume kind {kind!r}")
     name = f"{pool}/{vol}"
@@ -88,16 +88,17 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
     if have is None:
         _check_pool(ex, pool)
     changed = False
+    backend = None
     if kind == "zvol":
         if have is None:
-            zfs.create(ex, name, kind="volume", size=size)
+            backend = zfs.create(ex, name, kind="volume", size=size)
             changed = True
         path = zfs.zvol_device(pool, vol)
         _wait_device(ex, path)
         actual = have["size"] if have else size
     else:
         if have is None:
-            zfs.create(ex, name, kind="filesystem")
+            backend = zfs.create(ex, name, kind="filesystem")
             changed = True
         path = have["path"] if have else None
         if path is None and not (ex.dry_run and have is None):
@@ -120,7 +121,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
     else:
         msg = f"volume {name} exists"
     return StepResult(changed, {"path": path, "size": actual, "created": have is None,
-                                "zfs_backend": zfs.backend(ex)}, msg)
+                                "zfs_backend": backend}, msg)
 
 
 @step("nas.set_props")

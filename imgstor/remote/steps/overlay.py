@@ -147,8 +147,9 @@ def send_volume(ex: Executor, *, pool: str, vol: str, snapshot: str, to_host: st
         raise UsageError(f"bad snapshot name {snapshot!r}")
     snap = f"{pool}/{vol}@{snapshot}"
     changed = False
+    backend = None
     if not zfs.exists(ex, snap):
-        zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
+        backend = zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
         changed = True
     # copy progress: the stream's size as zfs estimates it (None where it cannot: zfs-fuse)
     estimate = None if ex.dry_run and changed else zfs.send_space(ex, snap)
@@ -158,4 +159,4 @@ def send_volume(ex: Executor, *, pool: str, vol: str, snapshot: str, to_host: st
     ex.pipe([zfs.send(snap), ssh])
     return StepResult(True, {"snapshot": snap, "to": f"{to_host}:{to_pool}/{vol}",
                              "snapshot_created": changed, "estimated_bytes": estimate,
-                             "zfs_backend": zfs.backend(ex)}, f"sent {snap} to {to_host}")
+                             "zfs_backend": backend}, f"sent {snap} to {to_host}")

@@ -10,7 +10,9 @@ it (``Conflict``).  ``hold=True`` puts the user hold ``imgstor`` on the snapshot
 releases that hold and refuses a snapshot someone else holds.
 
 The zfs driver runs the changes through libzfs_core in this process where it can (pyzfs and
-/dev/zfs) and the zfs CLI otherwise; ``facts["zfs_backend"]`` says which (``lzc``/``cli``).
+/dev/zfs) and the zfs CLI otherwise; ``facts["zfs_backend"]`` says which ran the step's
+changes (``lzc``/``cli``; None when it changed nothing: reads that find everything done
+never load pyzfs, see ``_lzc.loaded``).
 """
 from __future__ import annotations
 
@@ -62,13 +64,13 @@ def snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str,
     -H -o name``, ``zfs snapshot -o imgstor:role=snapshot``, ``zfs holds -H``, ``zfs hold``.
     ``zfs get`` reads the mark of an existing snapshot."""
     snap = _name(pool, vol, snapshot)
-    be = zfs.backend(ex)
+    be = None
     changed = created = False
     if zfs.exists(ex, snap):
         _check_ours(ex, snap)
     else:
         try:
-            zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
+            be = zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
         except NotFound:
             raise NotFound(f"{ex.host}: volume {pool}/{vol} does not exist") from None
         changed = created = True
@@ -77,7 +79,7 @@ def snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str,
         tags = [] if created and ex.dry_run else zfs.holds(ex, snap)
         if tags is None or HOLD_TAG not in tags:
             try:
-                zfs.hold(ex, snap, HOLD_TAG)
+                be = zfs.hold(ex, snap, HOLD_TAG)
                 changed = True
             except AlreadyExists:       # zfs-fuse: held already, found by trying
                 pass
@@ -95,10 +97,9 @@ def destroy_snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str) -> Ste
     lzc: ``lzc_exists``, ``lzc_get_holds``, ``lzc_release``, ``lzc_destroy_snaps``; cli:
     ``zfs list -H -o name``, ``zfs holds -H``, ``zfs release``, ``zfs destroy SNAP``."""
     snap = _name(pool, vol, snapshot)
-    be = zfs.backend(ex)
-    facts = {"snapshot": snap, "zfs_backend": be}
     if not zfs.exists(ex, snap):
-        return StepResult(False, facts, f"no snapshot {snap}")
+        return StepResult(False, {"snapshot": snap, "zfs_backend": None},
+                          f"no snapshot {snap}")
     _check_ours(ex, snap)
     tags = zfs.holds(ex, snap)
     others = sorted(set(tags or ()) - {HOLD_TAG})
@@ -110,5 +111,5 @@ def destroy_snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str) -> Ste
             zfs.release(ex, snap, HOLD_TAG)
         except NotFound:                # zfs-fuse: not held by us, found by trying
             pass
-    zfs.destroy_snapshots(ex, [snap])
-    return StepResult(True, facts, f"destroyed {snap}")
+    be = zfs.destroy_snapshots(ex, [snap])
+    return StepResult(True, {"snapshot": snap, "zfs_backend": be}, f"destroyed {snap}")

@@ -16,6 +16,7 @@ from imgstor.remote.drivers import _lzc, zfs
 from imgstor.remote.executor import DryRunExecutor, Expect, ScriptedExecutor
 
 SNAP = "tank/v@imgstor-1"
+REAL_IMPORT = _lzc._import          # before the autouse fixture replaces it
 
 
 @pytest.fixture
@@ -36,16 +37,26 @@ def test_backend_lzc_when_pyzfs_imports_and_dev_zfs_exists(lzc):
     assert _lzc.module() is lzc
 
 
+def test_real_import_path_finds_an_installed_module(monkeypatch):
+    fake = FakeLzc()
+    monkeypatch.setattr(_lzc, "_import", REAL_IMPORT)
+    monkeypatch.setattr(_lzc, "DEV_ZFS", fake_lzc.__file__)
+    monkeypatch.setitem(sys.modules, "libzfs_core", fake)
+    assert _lzc.module() is fake and _lzc.loaded() is fake and zfs.backend() == "lzc"
+
+
 def test_backend_cli_without_dev_zfs_even_if_pyzfs_imports(monkeypatch, tmp_path):
     # a userspace-lab node: the host's pyzfs is importable, zfs-fuse has no /dev/zfs
+    monkeypatch.setattr(_lzc, "_import", REAL_IMPORT)
     monkeypatch.setitem(sys.modules, "libzfs_core", FakeLzc())
     monkeypatch.setattr(_lzc, "DEV_ZFS", str(tmp_path / "zfs"))
-    assert zfs.backend() == "cli"
+    assert zfs.backend() == "cli" and _lzc.loaded() is None
     assert _lzc.status() == "no /dev/zfs"
 
 
 def test_backend_cli_when_pyzfs_does_not_import(monkeypatch, tmp_path):
     (tmp_path / "zfs").touch()
+    monkeypatch.setattr(_lzc, "_import", REAL_IMPORT)
     monkeypatch.setattr(_lzc, "DEV_ZFS", str(tmp_path / "zfs"))
     monkeypatch.setitem(sys.modules, "libzfs_core", None)
     assert zfs.backend() == "cli"
@@ -57,6 +68,7 @@ def test_backend_cli_when_pyzfs_import_breaks(monkeypatch, tmp_path):
     (tmp_path / "zfs").touch()
     (tmp_path / "libzfs_core.py").write_text("raise OSError('libzfs_core.so.2: cannot open')\n")
     monkeypatch.setattr(_lzc, "DEV_ZFS", str(tmp_path / "zfs"))
+    monkeypatch.setattr(_lzc, "_import", REAL_IMPORT)
     monkeypatch.delitem(sys.modules, "libzfs_core", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert zfs.backend() == "cli"
@@ -152,6 +164,7 @@ def test_dry_run_makes_no_lzc_change_and_logs_skip(lzc):
 
 
 def test_dry_run_still_reads_through_lzc(lzc):
+    _lzc.module()                               # loaded (by a change, the probe…)
     ex = DryRunExecutor()
     assert zfs.exists(ex, SNAP) and not zfs.exists(ex, "tank/nope")
     assert zfs.send_space(ex, SNAP) == 4096
@@ -169,6 +182,7 @@ def test_dry_run_filesystem_mount_is_skipped_too(lzc):
 
 # ---------------------------------------------------------------- snapshots, holds
 def test_snapshot_hold_release_destroy_lzc(lzc):
+    _lzc.module()
     ex = ScriptedExecutor()
     zfs.create_snapshot(ex, "tank/v@imgstor-2", props={"imgstor:role": "snapshot"})
     assert lzc.props["tank/v@imgstor-2"] == {"imgstor:role": b"snapshot"}
@@ -262,11 +276,18 @@ def test_send_space_cli_openzfs_and_zfs_fuse(no_lzc):
     ex.assert_done()
 
 
-def test_exists_lzc(lzc):
-    ex = ScriptedExecutor()
+def test_reads_do_not_import_pyzfs_but_use_it_once_loaded(lzc):
+    ex = ScriptedExecutor([Expect(["zfs", "list", "-H", "-o", "name", "tank/v"],
+                                  stdout="tank/v\n"),
+                           Expect(["zfs", "holds", "-H", SNAP])])
+    assert zfs.exists(ex, "tank/v") is True and zfs.holds(ex, SNAP) == []
+    assert not lzc.imported and lzc.calls == []
+    zfs.create_snapshot(ex, "tank/v@imgstor-2")      # a change imports it
     assert zfs.exists(ex, "tank/v") is True
     assert zfs.exists(ex, "tank/nope") is False
-    assert ex.log == ["lzc_exists tank/v", "lzc_exists tank/nope"]
+    assert zfs.holds(ex, SNAP) == []
+    assert ex.log[-3:] == ["lzc_exists tank/v", "lzc_exists tank/nope", f"lzc_get_holds {SNAP}"]
+    ex.assert_done()
 
 
 # ---------------------------------------------------------------- lzc errors
@@ -311,6 +332,7 @@ def test_lzc_error_raised_through_the_driver(lzc):
 
 
 def test_non_zfs_exceptions_are_bugs_not_mapped(lzc):
+    _lzc.module()
     lzc.fail["lzc_exists"] = TypeError("a bug")
     with pytest.raises(TypeError):
         zfs.exists(ScriptedExecutor(), "tank/v")

@@ -10,7 +10,8 @@ from scn_common import (FILE_VOL_GET, GiB, IQN1, NAME, NO_DATASET, PATH1, POOL, 
 
 FILE = dict(pool=POOL, vol=VOL, size=GiB, kind="file")
 ZVOL = dict(pool=POOL, vol=VOL, size=GiB, kind="zvol")
-CLI = {"zfs_backend": "cli"}           # no pyzfs (or no /dev/zfs): the zfs CLI
+CLI = {"zfs_backend": "cli"}           # no pyzfs (or no /dev/zfs): the zfs CLI made it
+KEPT = {"zfs_backend": None}           # no zfs change: no backend ran
 
 MISSING = cmd(ZGET_VOL, capture="zfs_get_missing", sub=NO_DATASET)
 POOL_OK = cmd(ZPOOL_CHECK, stdout="tank\n")
@@ -31,18 +32,18 @@ ENSURE_VOLUME = [
          mutating=[CREATE_FS, TRUNCATE]),
     dict(id="file/exists", tags={"done"}, args=FILE, env={"files": {PATH1: GiB}},
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET)],
-         changed=False, facts={"path": PATH1, "size": GiB, "created": False, **CLI},
+         changed=False, facts={"path": PATH1, "size": GiB, "created": False, **KEPT},
          message=f"volume {NAME} exists", mutating=[]),
     dict(id="file/exists-other-size-kept", tags={"done"}, args=FILE,
          env={"files": {PATH1: 2 * GiB}},
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET)],
-         changed=False, facts={"path": PATH1, "size": 2 * GiB, "created": False, **CLI},
+         changed=False, facts={"path": PATH1, "size": 2 * GiB, "created": False, **KEPT},
          message=f"volume {NAME} exists with size {2 * GiB} (requested {GiB}; kept as it is)",
          mutating=[]),
     dict(id="file/dataset-without-disk-file", tags={"changes"}, args=FILE,
          note="a crash between `zfs create` and `truncate`: the re-run makes the file",
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), cmd(TRUNCATE)],
-         changed=True, facts={"path": PATH1, "size": GiB, "created": False, **CLI},
+         changed=True, facts={"path": PATH1, "size": GiB, "created": False, **KEPT},
          mutating=[TRUNCATE]),
     dict(id="file/dry-run-fresh", tags={"dry-run"}, args=FILE, dry_run=True,
          script=[MISSING, POOL_OK],
@@ -54,7 +55,7 @@ ENSURE_VOLUME = [
     dict(id="file/dry-run-exists", tags={"dry-run", "done"}, args=FILE, dry_run=True,
          env={"files": {PATH1: GiB}},
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET)], skipped=[], mutating=[],
-         changed=False, facts={"path": PATH1, "size": GiB, "created": False, **CLI}),
+         changed=False, facts={"path": PATH1, "size": GiB, "created": False, **KEPT}),
     dict(id="file/no-such-pool", tags={"error"}, args=FILE,
          script=[MISSING, cmd(ZPOOL_CHECK, rc=1,
                               stderr="cannot open 'tank': no such pool\n")],
@@ -84,11 +85,11 @@ ENSURE_VOLUME = [
          changed=True),
     dict(id="zvol/exists", tags={"done"}, args=ZVOL, env={"paths": [ZVOL1]},
          script=[cmd(ZGET_VOL, stdout=zvol_get(GiB)), cmd(UDEV)],
-         changed=False, facts={"path": ZVOL1, "size": GiB, "created": False, **CLI},
+         changed=False, facts={"path": ZVOL1, "size": GiB, "created": False, **KEPT},
          message=f"volume {NAME} exists", mutating=[]),
     dict(id="zvol/exists-other-size-kept", tags={"done"}, args=ZVOL, env={"paths": [ZVOL1]},
          script=[cmd(ZGET_VOL, stdout=zvol_get(4 * GiB)), cmd(UDEV)],
-         changed=False, facts={"path": ZVOL1, "size": 4 * GiB, "created": False, **CLI},
+         changed=False, facts={"path": ZVOL1, "size": 4 * GiB, "created": False, **KEPT},
          message=f"volume {NAME} exists with size {4 * GiB} (requested {GiB}; kept as it is)",
          mutating=[]),
     dict(id="zvol/dry-run-fresh", tags={"dry-run"}, args=ZVOL, dry_run=True,

@@ -188,13 +188,15 @@ def test_dry_run_lists_skipped_libzfs_core_calls(run, monkeypatch):
     import fake_lzc
     lzc = fake_lzc.FakeLzc(datasets=["tank", NAME])
     fake_lzc.install(monkeypatch, lzc)
+    snap = f"{NAME}@imgstor-1"
+    listing = ["zfs", "list", "-H", "-o", "name", snap]
     rc, out = run("nas.snapshot", {"args": {"pool": "tank", "vol": "vm1-vol",
                                             "snapshot": "imgstor-1", "hold": True},
-                                   "dry_run": True})
+                                   "dry_run": True},
+                  [cmd(listing, rc=1, stderr=f"cannot open '{snap}': dataset does not exist\n")])
     assert rc == 0 and out["changed"] is True
     assert out["facts"]["zfs_backend"] == "lzc"
-    snap = f"{NAME}@imgstor-1"
-    assert out["commands"] == [f"lzc_exists {snap}",
+    assert out["commands"] == [" ".join(listing),
                                f'SKIP> lzc_snapshot {snap} {{"imgstor:role": "snapshot"}}',
                                f"SKIP> lzc_hold {snap} imgstor"]
-    assert lzc.calls == [("lzc_exists", snap)] and lzc.datasets == {"tank", NAME}
+    assert lzc.calls == [] and lzc.datasets == {"tank", NAME}

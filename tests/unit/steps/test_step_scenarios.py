@@ -176,6 +176,10 @@ def test_scenario(sc: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     if "lzc_calls" in sc:
         assert node.lzc is not None, "lzc_calls needs env['lzc']"
         assert node.lzc.calls == [tuple(c) for c in sc["lzc_calls"]]
+    if node.lzc is not None and "done" in sc["tags"]:
+        # reads never import pyzfs (its import is dearer than a zfs command): a step that
+        # finds everything done does not pay it
+        assert not node.lzc.imported, "a done step imported libzfs_core"
     if not sc.get("dry_run"):
         assert not any(line.startswith("SKIP> ") for line in ex.log)
     if "mutating" in sc:
