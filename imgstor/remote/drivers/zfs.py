@@ -443,7 +443,17 @@ def _snap_name(name: str) -> str:
 
 
 def _user_props(props: Mapping[str, str] | None) -> dict[str, str]:
-    return {_prop_name(k): str(v) for k, v in (props or {}).items()}
+    """User properties only (``module:name``, e.g. ``imgstor:role``): a caller's props must
+    never override what the driver sets (volsize, volblocksize, no refreservation)."""
+    out = {}
+    for k, v in (props or {}).items():
+        if ":" not in _prop_name(k):
+            raise ValueError(f"not a user property (module:name): {k!r}")
+        v = str(v)
+        if any(c in v for c in "\0\n\r"):
+            raise ValueError(f"bad value for {k}: {v!r}")
+        out[k] = v
+    return out
 
 
 def _create_argv(name: str, kind: str, size, props: dict[str, str]) -> list[str]:

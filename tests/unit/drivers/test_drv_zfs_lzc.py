@@ -138,7 +138,9 @@ def test_create_cli_exists_is_already_exists(no_lzc):
 
 
 @pytest.mark.parametrize("kw", [dict(kind="zvol", size=1), dict(kind="volume"),
-                                dict(kind="volume", size=1, props={"Bad Prop": "x"})])
+                                dict(kind="volume", size=1, props={"Bad Prop": "x"}),
+                                dict(kind="volume", size=1, props={"refreservation": "1G"}),
+                                dict(kind="filesystem", props={"imgstor:role": "a\nb"})])
 def test_create_refuses_bad_arguments(lzc, kw):
     with pytest.raises(ValueError):
         zfs.create(ScriptedExecutor(), "tank/x", **kw)
