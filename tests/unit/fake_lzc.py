@@ -50,8 +50,10 @@ def _exc(name, base, code, message):
 
 DatasetNotFound = _exc("DatasetNotFound", ZFSError, errno.ENOENT, "Dataset not found")
 DatasetExists = _exc("DatasetExists", ZFSError, errno.EEXIST, "Dataset already exists")
-FilesystemExists = _exc("FilesystemExists", DatasetExists, errno.EEXIST, "Filesystem already exists")
-FilesystemNotFound = _exc("FilesystemNotFound", DatasetNotFound, errno.ENOENT, "Filesystem not found")
+FilesystemExists = _exc("FilesystemExists", DatasetExists, errno.EEXIST,
+                        "Filesystem already exists")
+FilesystemNotFound = _exc("FilesystemNotFound", DatasetNotFound, errno.ENOENT,
+                          "Filesystem not found")
 ParentNotFound = _exc("ParentNotFound", ZFSError, errno.ENOENT, "Parent not found")
 SnapshotExists = _exc("SnapshotExists", DatasetExists, errno.EEXIST, "Snapshot already exists")
 SnapshotNotFound = _exc("SnapshotNotFound", DatasetNotFound, errno.ENOENT, "Snapshot not found")

@@ -4,9 +4,10 @@ through libzfs_core.
 ``env["lzc"]`` gives the node a fake pyzfs (tests/unit/fake_lzc.py) and /dev/zfs: the zfs
 driver then makes its changes in-process (``lzc_calls``); reads take the CLI until a change
 has imported pyzfs (its import costs more than a command), and ``zfs get`` always.
-Without it the node has the CLI only.  zfs-fuse texts below were seen
-in the userspace lab (zfs-fuse 0.7): ``zfs holds`` needs a Python helper it does not ship (says so on stdout),
-``zfs hold``/``release`` say "tag already exists" / "no such tag on this dataset".
+Without it the node has the CLI only.  zfs-fuse texts below were seen in the userspace
+lab (zfs-fuse 0.7): ``zfs holds`` needs a Python helper it does not ship (it says so on
+stdout, rc 255); ``zfs hold``/``release`` say "tag already exists on this dataset" / "no
+such tag on this dataset".
 """
 from __future__ import annotations
 
