@@ -17,6 +17,7 @@ from imgstor import validate
 from imgstor.cli import Arg, Cmd, report_error, run
 from imgstor.errors import ImgstorError, NotFound, UsageError
 from imgstor.output import Output, format_duration
+from imgstor.state import transitions
 from imgstor.state.model import VOLUME_STATES, volume_key
 from imgstor.workflows.context import Ctx
 
@@ -65,7 +66,8 @@ def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
         v = st.volumes.get(key)
         if v is None:
             raise NotFound(f"no volume {key} in the state store {ctx.store.path}")
-        old, v.state, v.since = v.state, state, time.time()
+        old = v.state
+        transitions.move(v, state, force=True)     # the admin's override of the table
         if state != "error":
             v.error = None
         if state == "unmapped":

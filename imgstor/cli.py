@@ -2,7 +2,7 @@
 
     imgstor [--json] [-n|--dry-run] [-v|--debug] [--config PATH] <verb> host <noun...> [args] [key=value...]
     imgstor ping | hosts | unbusy NAS VOL
-    (refresh, repair and monitor JOB come with sync mode)
+    imgstor monitor JOB | monitor --resume
 
 Global flags may also come after the command.  The command words are matched against
 ``COMMANDS`` by longest prefix (``list host vm nas`` beats ``list host vm``); what follows
@@ -81,8 +81,10 @@ COMMANDS: list[Cmd] = [
     Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
         "print the commands that recreate the NAS assignments"),
     Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
-        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")], {"img_sync": bool},
-        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI"),
+        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
+        {"img_sync": bool, "adopt": bool},
+        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI "
+        "(adopt=yes exports an existing dataset imgstor did not make)"),
     Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
         {}, "unmap volume VOL of NAS from its host (--force goes past node errors)",
         flags=("--force",)),
@@ -100,6 +102,9 @@ COMMANDS: list[Cmd] = [
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
+    Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
+        "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
+        "for every job whose monitor is gone", flags=("--resume",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]
@@ -256,7 +261,8 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
 
 
 def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
-    print(f"error: {e.message}", file=sys.stderr)
+    from imgstor.output import printable
+    print(f"error: {printable(e.message)}", file=sys.stderr)
     if "-v" in argv or "--debug" in argv:
         import traceback
         traceback.print_exc()

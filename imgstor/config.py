@@ -28,6 +28,7 @@ initiator = "iscsiadm"  # iscsiadm|userspace
 overlay = "dm"        # dm|qcow2
 chap = false
 sync_frequency = 3600
+overcommit = 1.0      # NAS: imgstor's volumes on a pool may promise pool size x this
 [hosts.nas-0-0]
 role = "nas"          # nas|compute (required)
 address = "10.1.1.1"  # SSH address; default: the host name
@@ -80,6 +81,7 @@ class HostConfig:
     overlay: str = "dm"
     chap: bool = False
     sync_frequency: int = 3600
+    overcommit: float = 1.0
 
 
 @dataclass
@@ -194,6 +196,7 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
     "overlay": _choice("dm", "qcow2"),
     "chap": _bool,
     "sync_frequency": _positive_int,
+    "overcommit": lambda v: float(_positive(v)),
 }
 _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {

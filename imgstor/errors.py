@@ -125,16 +125,23 @@ def from_wire(err: dict, *, host: str | None = None) -> ImgstorError:
     """Rebuild the exception a node step raised from its JSON form."""
     code = err.get("code", "StepError")
     message = err.get("message", "unknown error")
-    details = dict(err.get("details") or {})
+    details = err.get("details")
+    details = dict(details) if isinstance(details, dict) else {}
+    if not isinstance(message, str):
+        message = str(message)
     if host and not message.startswith(host + ":"):
         message = f"{host}: {message}"
     if code == "RemoteCommandError":
-        return RemoteCommandError(details.get("host") or host or "?",
-                                  details.get("argv") or [], int(details.get("rc", -1)),
-                                  details.get("stderr", ""), message=message)
+        rc = details.get("rc")
+        argv = details.get("argv")
+        return RemoteCommandError(str(details.get("host") or host or "?"),
+                                  [str(a) for a in argv] if isinstance(argv, list) else [],
+                                  rc if isinstance(rc, int) and not isinstance(rc, bool) else -1,
+                                  str(details.get("stderr", "")), message=message)
     cls = {c.__name__: c for c in ImgstorError.__subclasses__()}.get(code)
     if cls is None:
-        cls = _all_subclasses().get(code, StepError)
+        cls = _all_subclasses().get(str(code), StepError)
+    details.pop("message", None)             # a crafted detail must not break the call
     return cls(message, **details)
 
 

@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
 
-__all__ = ["Output", "print_rows", "format_table", "format_duration", "emit", "MISSING"]
+__all__ = ["Output", "print_rows", "format_table", "format_duration", "emit", "MISSING",
+           "printable"]
 
 MISSING = "----"
 Columns = Sequence[tuple[str, str]]
@@ -32,9 +33,21 @@ class Output:
     exit_code: int = 0        # non-zero: the command printed its table but did not succeed
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text that may come from hosts (messages, stderr tails, facts) with control
+    characters (terminal escape sequences) shown as ``\\xNN`` instead of acting on the
+    terminal; newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _cell(v: Any) -> str | None:
-    if v is None or type(v) is str:
+    if v is None:
         return v
+    if type(v) is str:
+        return printable(v) if _CONTROL.search(v) else v
     if isinstance(v, bool):
         return "yes" if v else "no"
     return str(v)
@@ -84,13 +97,13 @@ def emit(result: Output | str | None, *, json: bool, file: TextIO | None = None)
         print_rows(result.rows, result.columns, json=json, file=out)
         if not json:
             for line in result.footer:
-                out.write(line + "\n")
+                out.write(printable(line) + "\n")
         return
     if json:
         import json as _json
         out.write(_json.dumps({"message": str(result)}) + "\n")
     else:
-        out.write(str(result).rstrip("\n") + "\n")
+        out.write(printable(str(result)).rstrip("\n") + "\n")
 
 
 def format_duration(seconds: float | None) -> str | None:

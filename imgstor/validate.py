@@ -25,7 +25,7 @@ _IQN_RE = re.compile(r"iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(?::[A-Za-z0-9._:-]+)?
 _SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)", re.ASCII | re.IGNORECASE)
 _UNITS = {"": 1024 ** 3, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4,
           "P": 1024 ** 5}
-MAX_SIZE = 2 ** 63
+MAX_SIZE = 2 ** 63 - 1           # what truncate(1) and zfs can make
 
 
 def bad(field: str, value: object, why: str) -> UsageError:
@@ -101,9 +101,11 @@ def parse_size(value: object, field: str = "size") -> int:
     if not m:
         raise bad(field, s, "expected a positive number with an optional unit K, M, G, T "
                             "(no unit means GiB), e.g. 10 or 512M")
-    from decimal import Decimal, InvalidOperation  # lazy: only sizes need it
+    from decimal import Decimal, InvalidOperation, localcontext  # lazy: only sizes need it
     try:
-        n = Decimal(m.group(1)) * _UNITS[m.group(2).upper()]
+        with localcontext() as dc:
+            dc.prec = 80             # exact for 40 digits x 2**50: no silent rounding
+            n = Decimal(m.group(1)) * _UNITS[m.group(2).upper()]
     except InvalidOperation:  # pragma: no cover - the regex admits only digits
         raise bad(field, s, "not a number") from None
     if n != n.to_integral_value():
@@ -112,5 +114,5 @@ def parse_size(value: object, field: str = "size") -> int:
     if size <= 0:
         raise bad(field, s, "must be greater than zero")
     if size > MAX_SIZE:
-        raise bad(field, s, "is too large (more than 2**63 bytes)")
+        raise bad(field, s, "is too large (2**63 bytes or more)")
     return size

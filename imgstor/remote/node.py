@@ -25,7 +25,11 @@ def run_batch(steps: list[dict], ex: Executor, stop_after: int | None = None) ->
     ``stop_after``: index of the last step to run (fault injection at a step boundary)."""
     results = []
     for i, s in enumerate(steps):
-        results.append(run_step(s["step"], s.get("args") or {}, ex))
+        try:
+            results.append(run_step(s["step"], s.get("args") or {}, ex))
+        except ImgstorError as e:      # the frontend learns which step of the batch failed
+            e.details.setdefault("batch_index", i)
+            raise
         if stop_after is not None and i >= stop_after:
             break
     return {"ok": True, "changed": any(r["changed"] for r in results),

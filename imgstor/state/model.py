@@ -12,12 +12,19 @@ from typing import Any
 
 from imgstor.errors import StateError
 
-__all__ = ["SCHEMA", "VOLUME_STATES", "VOLUME_MODES", "Busy", "Vm", "Volume", "State",
-           "volume_key", "split_key", "natural_key"]
+__all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS", "Busy",
+           "Lease", "Job", "Vm", "Volume", "State", "volume_key", "split_key", "natural_key",
+           "migrate"]
 
-SCHEMA = 1
+# Schema 2 adds jobs (sync mode's long work, finished by monitors).  A schema 1 file is
+# read and written back as 2 at the next change; a newer one is refused.
+SCHEMA = 2
+READS_SCHEMAS = (1, 2)
 VOLUME_STATES = ("unmapped", "mapped", "NAS->VM", "merging", "NAS<-VM", "error")
 VOLUME_MODES = ("direct", "sync", None)
+# sync-in: copy NAS->node, merge, pivot; sync-back: final pull node->NAS then tear down;
+# cancel: merge the overlay into the origin (unmap during NAS->VM); pull: periodic pull.
+JOB_KINDS = ("sync-in", "sync-back", "cancel", "pull")
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -85,6 +92,75 @@ class Busy:
             return cls(**_from(cls, d, what))
         except TypeError as e:
             raise _err(what, str(e)) from None
+
+
+@dataclass
+class Lease:
+    """The monitor process that owns a job: only one can (pid + /proc start time, so a
+    reused pid is not mistaken for it)."""
+    pid: int
+    host: str
+    since: float
+    starttime: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"pid": self.pid, "host": self.host, "since": self.since,
+                "starttime": self.starttime}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "Lease":
+        try:
+            lease = cls(**_from(cls, d, what))
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        if not _is_int(lease.pid) or not isinstance(lease.host, str):
+            raise _err(what, "pid must be an integer and host a string")
+        return lease
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class Job:
+    """Long work on one volume, done by a detached monitor (``imgstor monitor ID``).
+    ``phase`` is the kind's current phase (imgstor.jobs names them); a restarted monitor
+    continues from it.  Progress lives in a side file, not here (no store rewrite per
+    update)."""
+    id: str
+    kind: str
+    volume: str                      # the volume's store key NAS/VOL
+    phase: str
+    created: float
+    updated: float
+    attempts: int = 0
+    last_error: str | None = None
+    owner: Lease | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "volume": self.volume, "phase": self.phase,
+                "created": self.created, "updated": self.updated, "attempts": self.attempts,
+                "last_error": self.last_error,
+                "owner": self.owner.to_dict() if self.owner else None,
+                **({"extra": self.extra} if self.extra else {})}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "Job":
+        kw = dict(_from(cls, d, what))
+        if kw.get("owner") is not None:
+            kw["owner"] = Lease.from_dict(kw["owner"], f"{what}.owner" if what else "owner")
+        try:
+            job = cls(**kw)
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        if job.kind not in JOB_KINDS:
+            raise _err(what, f"unknown job kind {job.kind!r}")
+        if not all(isinstance(x, str) for x in (job.id, job.volume, job.phase)) \
+                or not _is_int(job.attempts) or not isinstance(job.extra, dict):
+            raise _err(what, "bad field types")
+        return job
 
 
 @dataclass
@@ -179,7 +255,7 @@ def _load_all(cls: Any, items: dict, section: str) -> dict:
 class State:
     vms: dict[str, Vm] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
-    jobs: dict[str, dict] = field(default_factory=dict)   # reserved for monitors
+    jobs: dict[str, Job] = field(default_factory=dict)
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
@@ -189,7 +265,7 @@ class State:
                 "vms": {k: self.vms[k].to_dict() for k in sorted(self.vms, key=natural_key)},
                 "volumes": {k: self.volumes[k].to_dict()
                             for k in sorted(self.volumes, key=natural_key)},
-                "jobs": self.jobs}
+                "jobs": {k: self.jobs[k].to_dict() for k in sorted(self.jobs)}}
 
     @classmethod
     def from_dict(cls, d: Any) -> "State":
@@ -206,11 +282,30 @@ class State:
         for k, v in vols.items():
             if k != v.key:
                 raise StateError(f"volumes[{k!r}]: key does not match {v.key!r}")
-        return cls(vms=vms, volumes=vols, jobs=dict(d.get("jobs", {})),
-                   schema=d.get("schema", SCHEMA))
+        jobs = _load_all(Job, d.get("jobs", {}), "jobs")
+        for k, j in jobs.items():
+            if k != j.id:
+                raise StateError(f"jobs[{k!r}]: key does not match id {j.id!r}")
+        return cls(vms=vms, volumes=vols, jobs=jobs, schema=d.get("schema", SCHEMA))
+
+    def jobs_of(self, key: str) -> list[Job]:
+        """The jobs of volume ``key`` (NAS/VOL), oldest first."""
+        return sorted((j for j in self.jobs.values() if j.volume == key),
+                      key=lambda j: j.created)
 
     def vm_volume(self, vm: Vm) -> Volume | None:
         """The volume record of ``vm`` on its assigned NAS, if any."""
         if not vm.nas:
             return None
         return self.volumes.get(volume_key(vm.nas, vm.vol))
+
+
+def migrate(raw: dict) -> dict:
+    """A parsed state file of an older schema, brought to ``SCHEMA`` (pure).
+    1 -> 2: "jobs" was reserved and always empty; it now holds Job records."""
+    if raw.get("schema") == 1:
+        jobs = raw.get("jobs") or {}
+        if jobs:
+            raise StateError("schema 1 file with jobs: imgstor never wrote those")
+        raw = {**raw, "schema": 2, "jobs": {}}
+    return raw

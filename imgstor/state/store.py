@@ -24,7 +24,7 @@ import time
 from typing import Callable, Iterator
 
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
-from imgstor.state.model import SCHEMA, Busy, State, Volume
+from imgstor.state.model import READS_SCHEMAS, SCHEMA, Busy, State, Volume, migrate
 
 __all__ = ["Store", "pid_alive", "proc_starttime", "this_host"]
 
@@ -94,9 +94,16 @@ class Store:
             raise StateError(f"state file {self.path} is not valid JSON ({e}); "
                              "fix or restore it, imgstor will not overwrite it") from None
         schema = raw.get("schema") if isinstance(raw, dict) else None
-        if schema != SCHEMA:
+        if type(schema) is not int or schema not in READS_SCHEMAS:
             raise StateError(f"state file {self.path} has schema {schema!r}; this imgstor "
-                             f"reads schema {SCHEMA} only (newer imgstor? restore a backup)")
+                             f"reads schemas {', '.join(map(str, READS_SCHEMAS))} (newer "
+                             "imgstor? restore a backup)")
+        if schema != SCHEMA:
+            try:
+                raw = migrate(raw)
+            except StateError as e:
+                raise StateError(f"state file {self.path}: {e.message}; imgstor will not "
+                                 "overwrite it") from None
         try:
             return State.from_dict(raw)
         except StateError as e:
@@ -120,6 +127,11 @@ class Store:
                 os.makedirs(d, mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StateError(f"cannot create state directory {d}: {e.strerror}") from None
+        st = os.stat(d)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise StateError(f"state directory {d} must be owned by uid {os.geteuid()} and "
+                             f"not writable by group or others (mode {st.st_mode & 0o777:o}); "
+                             "imgstor will not write its state there")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -144,7 +156,10 @@ class Store:
     def _write_holder(self) -> None:
         info = {"pid": os.getpid(), "cmd": " ".join(sys.argv), "host": this_host(),
                 "since": time.time()}
-        fd = os.open(self.holder_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.holder_path)          # ours to replace: we hold the lock
+        fd = os.open(self.holder_path,
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
 
@@ -169,7 +184,9 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(stale)
         tmp = f"{self.path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -190,13 +207,16 @@ class Store:
 
     # ---- busy markers ----
     def acquire_busy(self, key: str, op: str, *,
-                     create: Callable[[], Volume] | None = None) -> Volume:
+                     create: Callable[[], Volume] | None = None,
+                     update: Callable[[State, Volume], None] | None = None) -> Volume:
         """Mark volume ``key`` busy with ``op`` for this process; return the volume.
 
         A live marker (this host: the pid runs, is no zombie, has the recorded start time;
         another host: always, we cannot check) is a ``BusyError``; a stale one of this host
         is taken over with a warning.  A missing volume is created with ``create()`` or is
-        ``NotFound``."""
+        ``NotFound``.  ``update(state, volume)`` runs in the same transaction once the
+        marker is taken (checks against the whole store, an intent record); if it raises,
+        nothing is written."""
         me = this_host()
         with self.transaction() as st:
             vol = st.volumes.get(key)
@@ -212,6 +232,8 @@ class Store:
                       f"{b.pid} on {b.host}, no longer running)", file=sys.stderr)
             vol.busy = Busy(op=op, pid=os.getpid(), host=me, since=time.time(),
                             starttime=proc_starttime(os.getpid()))
+            if update is not None:
+                update(st, vol)
             return vol
 
     @staticmethod
@@ -243,11 +265,12 @@ class Store:
 
     @contextlib.contextmanager
     def busy(self, key: str, op: str, *,
-             create: Callable[[], Volume] | None = None) -> Iterator[Volume]:
+             create: Callable[[], Volume] | None = None,
+             update: Callable[[State, Volume], None] | None = None) -> Iterator[Volume]:
         """``acquire_busy`` on entry, ``release_busy`` on exit (also on an exception).
         A process killed or leaving with ``os._exit`` leaves a stale marker that the next
         ``acquire_busy`` on this host takes over."""
-        vol = self.acquire_busy(key, op, create=create)
+        vol = self.acquire_busy(key, op, create=create, update=update)
         try:
             yield vol
         finally:

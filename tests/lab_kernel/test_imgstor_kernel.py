@@ -189,3 +189,40 @@ def test_chap_on_lio_and_iscsiadm(kernel_lab, tmp_path: Path) -> None:
     assert sha_of(klab, NAS, f"/dev/zvol/tank/{vol}", 2 * MiB) == want
     assert run("remove", "host", "storageimg", NAS, "tank", vol).returncode == 0
     assert not (tmp_path / "chap" / NAS / f"{vol}.json").exists()
+
+
+def test_data_safety_zvol_type_and_lio_names(kernel_lab) -> None:
+    """Issue 8 on the production stack: a filesystem is never taken for a zvol (even with
+    adopt=yes), a hand-made zvol is not exported without adopt=yes, and names that would
+    share a LIO backstore are refused before anything runs."""
+    klab = kernel_lab
+    tag = uuid.uuid4().hex[:6]
+    fs, zv = f"fs{tag}", f"zv{tag}"
+    klab.out(NAS, f"zfs create tank/{fs} && zfs create -s -V 16M tank/{zv}")
+    try:
+        p = cli(klab, "add", "host", "storagemap", NAS, "tank", fs, "compute-0-0", "16M",
+                "adopt=yes", check=False)
+        assert p.returncode == 8 and "is a filesystem, not a zvol" in p.stderr, p.stderr
+        p = cli(klab, "remove", "host", "storageimg", NAS, "tank", zv, check=False)
+        assert p.returncode == 8 and "is not imgstor's" in p.stderr, p.stderr
+        p = cli(klab, "add", "host", "storagemap", NAS, "tank", zv, "compute-0-0", "16M",
+                check=False)
+        assert p.returncode == 8 and "adopt=yes" in p.stderr, p.stderr
+        assert target_iqn(NAS, zv) not in klab.out(NAS, "targetcli ls /iscsi")
+        # a.b is mapped; a:b would share its LIO backstore (nas-0-0-a_b…): refused
+        cli(klab, "add", "host", "storagemap", NAS, "tank", f"a.{tag}", "compute-0-0", "16M")
+        p = cli(klab, "add", "host", "storagemap", NAS, "tank", f"a:{tag}", "compute-0-1",
+                "16M", check=False)
+        assert p.returncode == 8 and "LIO backstore" in p.stderr, p.stderr
+        assert klab.ssh(NAS, f"zfs list tank/a:{tag}", check=False).returncode != 0
+        assert cli(klab, "list", "host", "storagemap", NAS, "--verify").returncode == 0
+        # imgstor's own volume has its mark; its remove leaves the others alone
+        assert klab.out(NAS, f"zfs get -H -o value imgstor:role tank/a.{tag}") == "volume"
+        cli(klab, "remove", "host", "storagemap", NAS, f"a.{tag}")
+        assert cli(klab, "remove", "host", "storageimg", NAS, "tank", f"a.{tag}").stdout.strip() \
+            == "Success"
+        assert klab.ssh(NAS, f"zfs list tank/{fs} tank/{zv}", check=False).returncode == 0
+    finally:
+        cli(klab, "remove", "host", "storagemap", NAS, f"a.{tag}", check=False)
+        cli(klab, "remove", "host", "storageimg", NAS, "tank", f"a.{tag}", check=False)
+        klab.ssh(NAS, f"zfs destroy tank/{fs}; zfs destroy tank/{zv}", check=False)

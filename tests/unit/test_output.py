@@ -80,3 +80,28 @@ def test_emit():
                                        (90061.7, "25:01:01"), (-5, "0:00:00"), (None, None)])
 def test_format_duration(secs, text):
     assert format_duration(secs) == text
+
+
+def test_text_from_hosts_cannot_drive_the_terminal(capsys) -> None:
+    """Audit L9: escape sequences in node messages, facts and errors are shown, not run."""
+    from imgstor.cli import report_error
+    from imgstor.errors import from_wire
+    from imgstor.output import Output, emit, printable
+    assert printable("ok\x1b]0;pwned\x07\n\tx") == "ok\\x1b]0;pwned\\x07\n\tx"
+    emit(Output([{"s": "a\x1b[2Jb"}], [("s", "S")], footer=["f\x9b"]), json=False)
+    emit("msg\x1b[31m", json=False)
+    e = from_wire({"code": "HostKeyError", "message": "\x1b]0;pwned\x07"})
+    assert report_error(e, []) == 12
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x9b" not in out
+    assert "a\\x1b[2Jb" in out and "\\x1b]0;pwned\\x07" in err
+
+
+def test_from_wire_survives_crafted_details() -> None:
+    from imgstor.errors import HostKeyError, RemoteCommandError, from_wire
+    e = from_wire({"code": "HostKeyError", "message": "m", "details": {"message": "x"}})
+    assert isinstance(e, HostKeyError) and e.message == "m"
+    e = from_wire({"code": "RemoteCommandError", "message": "m",
+                   "details": {"rc": "nope", "argv": "rm -rf /"}})
+    assert isinstance(e, RemoteCommandError) and e.rc == -1 and e.argv == []
+    assert from_wire({"code": 5, "message": 7, "details": []}).message == "7"

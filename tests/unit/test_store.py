@@ -13,6 +13,7 @@ import pytest
 
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
 from imgstor.state import Busy, State, Store, Vm, Volume
+from imgstor.state.model import Job
 from imgstor.state import store as store_mod
 
 FORK = multiprocessing.get_context("fork")
@@ -38,7 +39,7 @@ def test_missing_file_is_empty_and_modes(store, tmp_path):
     assert stat.S_IMODE(os.stat(store.lock_path).st_mode) == 0o600
     assert not os.path.exists(store.holder_path)
     raw = json.loads(open(store.path).read())
-    assert raw["schema"] == 1 and raw["vms"]["vm1"]["container"] == "compute-0-0"
+    assert raw["schema"] == 2 and raw["vms"]["vm1"]["container"] == "compute-0-0"
     assert store.read().vms["vm1"] == Vm(name="vm1", container="compute-0-0")
 
 
@@ -50,9 +51,11 @@ def test_roundtrip_full_model(store):
                extra={"chap_user": "u"})
     with store.transaction() as st:
         st.volumes[v.key] = v
-        st.jobs["j1"] = {"phase": "copy"}
+        st.jobs["j1"] = j = Job(id="j1", kind="sync-in", volume=v.key, phase="copy",
+                                created=1.0, updated=1.5, attempts=2, last_error="x",
+                                extra={"snapshot": "imgstor-1"})
     st = store.read()
-    assert st.volumes["nas-0-0/vm1-vol"] == v and st.jobs == {"j1": {"phase": "copy"}}
+    assert st.volumes["nas-0-0/vm1-vol"] == v and st.jobs == {"j1": j}
 
 
 def test_exception_writes_nothing(store):
@@ -70,7 +73,7 @@ def _worker(path, i, n):
     s = Store(path, lock_timeout=120)
     for j in range(n):
         with s.transaction() as st:
-            st.jobs[f"{i}-{j}"] = {"i": i, "j": j}
+            st.vms[f"vm{i}-{j}"] = Vm(name=f"vm{i}-{j}", container=f"c{i}")
     os._exit(0)
 
 
@@ -81,9 +84,9 @@ def test_concurrent_writers(store):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    jobs = store.read().jobs
-    assert len(jobs) == 1000
-    assert all(f"{i}-{j}" in jobs for i in range(50) for j in range(20))
+    vms = store.read().vms
+    assert len(vms) == 1000
+    assert all(f"vm{i}-{j}" in vms for i in range(50) for j in range(20))
 
 
 def _killed_writer(path):
@@ -112,7 +115,13 @@ def test_writer_killed_mid_write_leaves_old_file(store):
 
 
 @pytest.mark.parametrize("content,match", [
-    (b'{"schema": 2, "vms": {}}', "schema 2"),
+    (b'{"schema": 3, "vms": {}}', "schema 3"),
+    (b'{"schema": true, "vms": {}}', "schema True"),
+    (b'{"schema": 1, "jobs": {"j": {}}}', "never wrote"),
+    (b'{"schema": 2, "jobs": {"j": {"id": "j", "kind": "dance", "volume": "n/v", "phase": "a", '
+     b'"created": 0, "updated": 0}}}', "unknown job kind"),
+    (b'{"schema": 2, "jobs": {"j": {"id": "k", "kind": "pull", "volume": "n/v", "phase": "a", '
+     b'"created": 0, "updated": 0}}}', "does not match id"),
     (b'{"vms": {}}', "schema None"),
     (b'{"schema": 1, "vms": {"a": {"name": "a"}}}', "container"),
     (b'{"schema": 1, "vms": {}, "colour": 1}', "colour"),
@@ -262,3 +271,36 @@ def test_marker_from_other_host_refused(store):
         v.busy = Busy(op="map", pid=999999999, host="other-frontend", since=time.time())
     with pytest.raises(BusyError, match="on other-frontend"):
         store.acquire_busy("nas-0-0/vm1-vol", "unmap")
+
+
+def test_state_directory_writable_by_others_is_refused(tmp_path) -> None:
+    """Audit L13: root does not write its state into a directory others can write."""
+    import os
+    from imgstor.errors import StateError
+    from imgstor.state.store import Store
+    d = tmp_path / "st"
+    d.mkdir(mode=0o777)
+    os.chmod(d, 0o777)
+    with pytest.raises(StateError, match="not writable by group or others"):
+        with Store(str(d / "state.json")).transaction():
+            pass
+    assert not (d / "state.json").exists()
+
+
+def test_schema_1_is_read_and_written_back_as_2(tmp_path) -> None:
+    from imgstor.state.model import Job, Lease
+    from imgstor.state.store import Store
+    p = tmp_path / "state.json"
+    p.write_text('{"schema": 1, "vms": {"a": {"name": "a", "container": "c"}}, '
+                 '"volumes": {}, "jobs": {}}')
+    os.chmod(p, 0o600)
+    store = Store(str(p))
+    assert store.read().vms["a"].container == "c"
+    with store.transaction() as st:
+        st.jobs["j1"] = Job(id="j1", kind="sync-in", volume="nas-0-0/v", phase="copy",
+                            created=1.0, updated=2.0,
+                            owner=Lease(pid=7, host="fe", since=1.0, starttime=9))
+    raw = json.loads(p.read_text())
+    assert raw["schema"] == 2 and raw["jobs"]["j1"]["owner"]["pid"] == 7
+    again = store.read()
+    assert again.jobs["j1"].owner.starttime == 9 and again.jobs_of("nas-0-0/v")[0].id == "j1"

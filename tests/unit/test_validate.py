@@ -80,15 +80,20 @@ def test_iqn_bad(value):
 @pytest.mark.parametrize("text,expect", [
     ("10", 10 * 2**30), ("10G", 10 * 2**30), ("10g", 10 * 2**30), ("512M", 512 * 2**20),
     ("1T", 2**40), ("100K", 102400), ("1.5G", 3 * 2**29), (36, 36 * 2**30),
-    ("8589934592G", 2**63),
+    ("8589934591G", 2**63 - 2**30), ("9223372036854775807K", None),
 ])
 def test_parse_size_ok(text, expect):
+    if expect is None:                       # past the limit in bytes: refused
+        with pytest.raises(UsageError, match="too large"):
+            validate.parse_size(text)
+        return
     assert validate.parse_size(text) == expect
 
 
 @pytest.mark.parametrize("text", ["0", "0G", "-1", "-10G", "1.5x", "10GB", "10 G", " 10",
                                   "10 ", "", "G", "1e3", "0x10", "1,000", "\uff11\uff10",
-                                  "8589934593G", "9" * 40, "10\n", "1.", ".5", "nan",
+                                  "8589934593G", "8589934592G", "8192P", "9" * 40,
+                                  "1.0000000000000000000000000001G", "10\n", "1.", ".5", "nan",
                                   "inf", "0.0000000001K", True, 1.5, None, -3])
 def test_parse_size_bad(text):
     with pytest.raises(UsageError, match="size"):

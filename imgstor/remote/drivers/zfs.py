@@ -38,7 +38,7 @@ __all__ = [
     "capabilities", "zfs_flavor", "parse_capabilities", "parse_size", "parse_list",
     "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
-    "snapshot", "send", "receive", "inherit", "classify",
+    "snapshot", "send", "receive", "inherit", "classify", "list_columns", "holds", "release",
 ]
 
 ZVOL_BLOCKSIZE = 128 * 1024
@@ -259,6 +259,17 @@ def mountpoint(ex, name: str) -> str | None:
     return _opt(res.stdout.strip())
 
 
+def list_columns(ex, root: str, columns: tuple[str, ...], *,
+                 types: str = "all") -> list[dict[str, str | None]]:
+    """Rows of ``zfs list -H -o COLUMNS -t TYPES -r ROOT`` (user properties allowed as
+    columns; "-" becomes None).  No ``-p`` (zfs-fuse lacks it): sizes come human-readable.
+    A missing root raises ``NotFound``."""
+    argv = ["zfs", "list", "-H", "-o", ",".join(_prop_name(c) for c in columns),
+            "-t", types, "-r", positional(root, "dataset")]
+    return [{k: _opt(v) for k, v in r.items()}
+            for r in _rows(_run(ex, argv).stdout, columns, "zfs list")]
+
+
 def exists(ex, name: str) -> bool:
     """``lzc_exists`` if libzfs_core is loaded already (``_lzc.loaded``: a read never
     imports it), else runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
@@ -300,13 +311,17 @@ def _size_arg(size: int | str, *, round_to: int = 1) -> str:
     return size
 
 
-def create_zvol(pool: str, vol: str, size: int | str) -> list[str]:
-    """``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL`` (sparse).
+def create_zvol(pool: str, vol: str, size: int | str,
+                props: Mapping[str, str] | None = None) -> list[str]:
+    """``zfs create -s -o volblocksize=128K [-o K=V]… -V SIZE POOL/VOL`` (sparse).
 
     An int size in bytes is rounded up to a multiple of 128K: zfs refuses a volsize that is
     not a multiple of volblocksize.  (zfs-fuse has no zvols: rc 134.)"""
-    return ["zfs", "create", "-s", "-o", "volblocksize=128K", "-V",
-            _size_arg(size, round_to=ZVOL_BLOCKSIZE), positional(f"{pool}/{vol}", "dataset")]
+    argv = ["zfs", "create", "-s", "-o", "volblocksize=128K"]
+    for k, v in (props or {}).items():
+        argv += ["-o", f"{_prop_name(k)}={v}"]
+    return argv + ["-V", _size_arg(size, round_to=ZVOL_BLOCKSIZE),
+                   positional(f"{pool}/{vol}", "dataset")]
 
 
 def create_dataset(name: str, props: Mapping[str, str] | None = None, *,
@@ -398,8 +413,8 @@ def classify(err: RemoteCommandError) -> ImgstorError:
 # the probe) has loaded it in this process (``_lzc.loaded``: its import is dearer than a
 # command); ``send_space`` imports it (a copy follows).  Reads that parse output (list,
 # get, pools) stay on the CLI.
-__all__ += ["backend", "create", "create_snapshot", "destroy_snapshots", "hold", "release",
-            "holds", "send_space", "HOLD_TAG"]
+__all__ += ["backend", "create", "create_snapshot", "destroy_snapshots", "hold",
+            "send_space", "HOLD_TAG"]
 
 HOLD_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", re.ASCII)
 
@@ -543,10 +558,12 @@ def destroy_snapshots(ex, snaps: list[str]) -> str:
     return "lzc"
 
 
-def _tag(tag: str) -> str:
-    if not HOLD_TAG.fullmatch(tag):
+def _tag(tag: str, *, strict: bool = True) -> str:
+    """A tag imgstor puts on (``strict``: ``HOLD_TAG``), or one found on a snapshot that it
+    releases (any that is safe as an argument)."""
+    if strict and not HOLD_TAG.fullmatch(tag):
         raise ValueError(f"not a hold tag: {tag!r}")
-    return tag
+    return positional(tag, "hold tag")
 
 
 def hold(ex, snap: str, tag: str) -> str:
@@ -567,7 +584,7 @@ def hold(ex, snap: str, tag: str) -> str:
 def release(ex, snap: str, tag: str) -> str:
     """Release hold TAG on SNAP.  ``lzc_release`` or ``zfs release TAG SNAP``.  No such
     snapshot or hold: ``NotFound``."""
-    snap, tag = _snap_name(snap), _tag(tag)
+    snap, tag = _snap_name(snap), _tag(tag, strict=False)
     lib = _lzc.module()
     if lib is None:
         _cli(ex, ["zfs", "release", tag, snap])
@@ -581,7 +598,8 @@ def release(ex, snap: str, tag: str) -> str:
 
 # zfs-fuse's `zfs holds` runs a Python helper it does not ship (seen in the lab):
 # rc 255, "internal error: /usr/lib/zfs/pyzfs.py not found" on stdout.  Holds work there.
-_HOLDS_UNAVAILABLE = "pyzfs.py not found"
+# A zfs without `holds` (or its -H) says "invalid"/"unrecognized".
+_HOLDS_UNAVAILABLE = ("pyzfs.py", "invalid", "unrecognized")
 
 
 def holds(ex, snap: str) -> list[str] | None:
@@ -593,7 +611,7 @@ def holds(ex, snap: str) -> list[str] | None:
     if lib is None:
         res = ex.run(["zfs", "holds", "-H", snap], read_only=True, check=False)
         if res.rc != 0:
-            if _HOLDS_UNAVAILABLE in res.stdout + res.stderr:
+            if any(t in res.stdout + res.stderr for t in _HOLDS_UNAVAILABLE):
                 return None
             raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr,
                                               res.stdout))

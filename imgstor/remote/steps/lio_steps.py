@@ -12,11 +12,10 @@ saved (`saveconfig`) so they survive a reboot of the NAS.
 """
 from __future__ import annotations
 
-import re
-
 from imgstor.errors import ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
+from imgstor.remote.naming import backstore_name
 from imgstor.remote.steps import StepResult
 from imgstor.remote.steps._util import run_mapped, run_secret
 
@@ -25,10 +24,6 @@ __all__ = ["ensure", "remove", "facts", "backstore_name"]
 LUN = 0
 
 
-def backstore_name(iqn: str) -> str:
-    """A block backstore name derived from the target name (``nas-0-0-vm1-vol``)."""
-    tail = iqn.split("com.", 1)[-1] if iqn.startswith("iqn.2001-04.com.") else iqn
-    return re.sub(r"[^A-Za-z0-9_-]", "_", tail)[:64]
 
 
 def _portal(portal: str) -> tuple[str, int]:

@@ -26,6 +26,16 @@ __all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "dest
 FILE_NAME = "disk.raw"            # the LUN's backing file in a `file` volume's dataset
 PROP_PREFIX = "imgstor:"
 DEVICE_WAIT = 30.0                # seconds for /dev/zvol/… to appear after create
+# Ownership.  imgstor's datasets carry MARK, set at creation (``zfs create -o``) or when a
+# volume is adopted on purpose (adopt=yes) or known from the frontend's store (volumes
+# made before the mark existed).  A dataset without it is never exported, changed or
+# destroyed.  Values: "volume" on a NAS; sync mode's node datasets use their own roles.
+MARK = PROP_PREFIX + "role"
+ROLE_VOLUME = "volume"
+SIZE_PROP = PROP_PREFIX + "size"  # bytes promised at creation (the capacity check)
+SNAP_PREFIX = "imgstor-"          # imgstor's own snapshots: POOL/VOL@imgstor-…
+HOLD_PREFIX = "imgstor"           # imgstor's own `zfs hold` tags
+_TYPES = {"zvol": "volume", "file": "filesystem"}
 
 
 def _check_pool(ex: Executor, pool: str) -> None:
@@ -42,7 +52,7 @@ def _wait_device(ex: Executor, path: str) -> None:
     wait_path(ex, path, timeout=DEVICE_WAIT)
 
 
-_VOL_PROPS = ("type", "volsize", "mountpoint")
+_VOL_PROPS = ("type", "volsize", "mountpoint", MARK)
 
 
 def _read_volume(ex: Executor, name: str, extra: tuple[str, ...] = ()) -> dict | None:
@@ -73,32 +83,102 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
     return {"path": path, "size": os.path.getsize(path)}
 
 
-@step("nas.ensure_volume")
-def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) -> StepResult:
-    """Ensure volume POOL/VOL exists; an existing one is kept as it is.
+def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
+          adopt: bool) -> bool:
+    """Check that existing dataset NAME may be used (or destroyed) as an imgstor volume of
+    KIND; return True when the mark must still be set.  Conflict otherwise: the wrong type,
+    or no mark and neither known to the store (``owned``) nor adopted on purpose."""
+    t = props.get("type")
+    have = t.value if t is not None else None
+    if have != _TYPES[kind]:
+        what = "a zvol" if kind == "zvol" else "a filesystem dataset (file volume)"
+        raise Conflict(f"{ex.host}: {name} is a {have or 'dataset of unknown type'}, not "
+                       f"{what}: imgstor will not use or destroy it", dataset=name)
+    m = props.get(MARK)
+    role = m.value if m is not None and m.source in ("local", "received") else None
+    if role == ROLE_VOLUME:
+        return False
+    if role is not None:
+        raise Conflict(f"{ex.host}: {name} is imgstor's {role}, not a volume", dataset=name)
+    if owned or adopt:
+        return True
+    raise Conflict(f"{ex.host}: {name} exists and is not imgstor's (no {MARK} property, "
+                   "not in imgstor's state store): imgstor will not export, change or "
+                   "destroy it; to export it anyway, map it with adopt=yes", dataset=name)
 
-    zvol: ``zfs create -s -o volblocksize=128K -V SIZE POOL/VOL`` (or libzfs_core's
-    ``lzc_create``, see ``zfs.create``), then waits for /dev/zvol/POOL/VOL.  file: ``zfs
-    create POOL/VOL`` (or ``lzc_create`` + ``zfs mount``) and ``truncate -s SIZE disk.raw``.
-    ``facts["zfs_backend"]``: ``lzc`` or ``cli`` when it created the volume, else None."""
-    if kind not in ("zvol", "file"):
+
+def _promised(ex: Executor, pool: str) -> int:
+    """Bytes promised to imgstor's volumes on POOL: their ``imgstor:size`` (set at
+    creation), else their volsize.  One ``zfs list -r`` of the pool."""
+    total = 0
+    for r in zfs.list_columns(ex, pool, ("name", MARK, SIZE_PROP, "volsize"),
+                              types="filesystem,volume"):
+        if r[MARK] == ROLE_VOLUME:
+            total += zfs.parse_size(r[SIZE_PROP]) or zfs.parse_size(r["volsize"]) or 0
+    return total
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _check_capacity(ex: Executor, pool: str, size: int, overcommit: float) -> None:
+    """Refuse a new volume when imgstor's volumes on POOL plus SIZE would exceed the pool's
+    size times ``overcommit`` (volumes stay sparse; this bounds the promise)."""
+    p = next((p for p in zfs.pools(ex) if p.name == pool), None)
+    if p is None or p.size is None:
+        raise NotFound(f"{ex.host}: zpool {pool!r} not found")
+    promised = _promised(ex, pool)
+    limit = p.size * overcommit
+    if promised + size > limit:
+        raise Conflict(
+            f"{ex.host}: zpool {pool} cannot take a {_gib(size)} volume: imgstor's volumes "
+            f"there are promised {_gib(promised)}, the pool is {_gib(p.size)} "
+            f"({_gib(p.free or 0)} free) and overcommit is {overcommit:g} (limit "
+            f"{_gib(limit)}); raise `overcommit` for this NAS in the config, or use another "
+            "pool", pool=pool, promised=promised, free=p.free)
+
+
+@step("nas.ensure_volume")
+def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
+                  owned: bool = False, adopt: bool = False,
+                  overcommit: float | None = None) -> StepResult:
+    """Ensure imgstor volume POOL/VOL exists; an existing one is kept as it is.
+
+    A new one carries imgstor's mark (``imgstor:role=volume``) and its promised size
+    (``imgstor:size``), after the capacity check when ``overcommit`` is given.  An existing
+    dataset is used only if it is of KIND's type and carries the mark, or is known to the
+    store (``owned``) or adopted on purpose (``adopt``): then the mark is set now.
+    zvol: ``zfs create -s -o volblocksize=128K -o imgstor:…=… -V SIZE POOL/VOL`` (or
+    libzfs_core's ``lzc_create``, see ``zfs.create``), then waits for /dev/zvol/POOL/VOL.
+    file: ``zfs create -o imgstor:…=… POOL/VOL`` (or ``lzc_create`` + ``zfs mount``) and
+    ``truncate -s SIZE disk.raw``.  ``facts["zfs_backend"]``: ``lzc`` or ``cli`` when it
+    created the volume, else None."""
+    if kind not in _TYPES:
         raise UsageError(f"unknown volume kind {kind!r}")
     name = f"{pool}/{vol}"
-    have = volume_facts(ex, pool, vol, kind)
+    props = _read_volume(ex, name)
+    mark_now = props is not None and _ours(ex, name, kind, props, owned=owned, adopt=adopt)
+    have = volume_facts(ex, pool, vol, kind, props) if props is not None else None
     if have is None:
         _check_pool(ex, pool)
+        if overcommit is not None:
+            _check_capacity(ex, pool, size, overcommit)
+    if kind == "zvol":            # zfs rounds a volsize up to the volblocksize
+        size = -(-int(size) // zfs.ZVOL_BLOCKSIZE) * zfs.ZVOL_BLOCKSIZE
+    marks = {MARK: ROLE_VOLUME, SIZE_PROP: str(int(size))}
     changed = False
     backend = None
     if kind == "zvol":
         if have is None:
-            backend = zfs.create(ex, name, kind="volume", size=size)
+            backend = zfs.create(ex, name, kind="volume", size=size, props=marks)
             changed = True
         path = zfs.zvol_device(pool, vol)
         _wait_device(ex, path)
         actual = have["size"] if have else size
     else:
         if have is None:
-            backend = zfs.create(ex, name, kind="filesystem")
+            backend = zfs.create(ex, name, kind="filesystem", props=marks)
             changed = True
         path = have["path"] if have else None
         if path is None and not (ex.dry_run and have is None):
@@ -108,20 +188,30 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str) ->
             raise Conflict(f"{ex.host}: dataset {name} has no mountpoint; a file volume needs one")
         path = path or f"<mountpoint of {name}>/{FILE_NAME}"
         if have is None or have["size"] is None:
+            if os.path.islink(path):       # never follow a link planted in the dataset
+                raise Conflict(f"{ex.host}: {path} is a symbolic link; refusing to use it")
             ex.run(["truncate", "-s", str(int(size)), path])
             changed = True
             actual = size
         else:
             actual = have["size"]
+    if mark_now:
+        for argv in zfs.set_props(name, {MARK: ROLE_VOLUME, SIZE_PROP: str(int(actual))}):
+            _zfs(ex, argv)
+        changed = True
     if have is not None and have["size"] is not None and have["size"] != size:
         msg = (f"volume {name} exists with size {have['size']} "
                f"(requested {size}; kept as it is)")
-    elif changed:
+    elif have is None and changed:
         msg = f"created volume {name} ({size} bytes)"
     else:
         msg = f"volume {name} exists"
+    if mark_now:
+        msg += f"; marked as imgstor's ({'adopted' if adopt and not owned else 'known to the store'})"
     return StepResult(changed, {"path": path, "size": actual, "created": have is None,
-                                "zfs_backend": backend}, msg)
+                                "size_differs": bool(have and have["size"] is not None
+                                                     and have["size"] != size),
+                                "marked": mark_now, "zfs_backend": backend}, msg)
 
 
 @step("nas.set_props")
@@ -135,6 +225,8 @@ def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
     try:
         have = zfs.get_props(ex, name, keys)
     except NotFound:
+        if all(v is None for v in props.values()):      # nothing to clear on no volume
+            return StepResult(False, {}, f"no volume {name}: nothing to clear")
         if ex.dry_run:
             return StepResult(True, {}, f"would set {', '.join(keys)} on {name}")
         raise NotFound(f"{ex.host}: volume {name} does not exist") from None
@@ -351,16 +443,56 @@ def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepRe
 
 
 @step("nas.destroy_volume")
-def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str) -> StepResult:
-    """Ensure POOL/VOL is gone; refused while a target exports it."""
+def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str,
+                   owned: bool = False) -> StepResult:
+    """Ensure imgstor volume POOL/VOL is gone, with imgstor's own snapshots
+    (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.
+
+    Refused (Conflict, nothing destroyed) when the dataset is not imgstor's (see
+    ``ensure_volume``; ``owned``: the frontend's store knows it), is exported by a target,
+    or has children, snapshots or holds that imgstor did not make, or clones.  Never
+    ``zfs destroy -r``: each snapshot of ours, then the volume, by name."""
     name = f"{pool}/{vol}"
-    have = volume_facts(ex, pool, vol, kind)
-    if have is None:
+    props = _read_volume(ex, name)
+    if props is None:
         return StepResult(False, {}, f"no volume {name}")
+    _ours(ex, name, kind, props, owned=owned, adopt=False)
+    have = volume_facts(ex, pool, vol, kind, props) or {}
     for t in target_facts(ex, driver=driver).facts["targets"]:
-        if have["path"] and have["path"] in t["paths"]:
+        if have.get("path") and have["path"] in t["paths"]:
             raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
                            "unmap it first (remove host storagemap)")
+    below = zfs.list_columns(ex, name, ("name", "type"), types="all")
+    children = [r["name"] for r in below if r["name"] != name and "@" not in str(r["name"])]
+    snaps = [str(r["name"]) for r in below if str(r["name"]).startswith(name + "@")]
+    foreign = [sn for sn in snaps if not sn.split("@", 1)[1].startswith(SNAP_PREFIX)]
+    held: list[str] = []
+    ours_held: list[tuple[str, str]] = []
+    for sn in snaps:
+        if sn in foreign:
+            continue
+        tags = zfs.holds(ex, sn)
+        for tag in tags or ():
+            (ours_held.append((tag, sn)) if tag.startswith(HOLD_PREFIX)
+             else held.append(f"{sn} (hold {tag})"))
+    in_way = children + foreign + held
+    if in_way:
+        raise Conflict(f"{ex.host}: refusing to destroy {name}: "
+                       f"{', '.join(in_way[:10])}{' …' if len(in_way) > 10 else ''} "
+                       "not made by imgstor; move or destroy them yourself first",
+                       dataset=name, in_the_way=in_way)
+    for tag, sn in ours_held:
+        zfs.release(ex, sn, tag)
+    for sn in snaps:
+        try:
+            ex.run(zfs.destroy(sn))
+        except RemoteCommandError as e:
+            err = zfs.classify(e)
+            if isinstance(err, NotFound):
+                continue
+            raise Conflict(f"{ex.host}: cannot destroy snapshot {sn} ({e.stderr.strip()}): "
+                           f"clones or holds that imgstor did not make?; {name} is kept",
+                           dataset=name) from e
     # zfs-fuse quirk (seen in the lab): `zfs destroy` right after use says "dataset is
     # busy" for a second or two, and may still complete a moment later.  Unmount first,
     # then retry a bounded number of times; "does not exist" means it is done.
@@ -369,12 +501,12 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str)
     last: Exception | None = None
     for _ in range(20):
         try:
-            ex.run(zfs.destroy(name, recursive=True))
-            return StepResult(True, {}, f"destroyed {name}")
+            ex.run(zfs.destroy(name))
+            return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
         except RemoteCommandError as e:
             err = zfs.classify(e)
             if isinstance(err, NotFound):
-                return StepResult(True, {}, f"destroyed {name}")
+                return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
             if not isinstance(err, Conflict) or "busy" not in e.stderr:
                 raise err from e
             last = err

@@ -69,7 +69,7 @@ def zfs_get(props: str, name: str = NAME) -> list[str]:
     return ["zfs", "get", "-H", "-p", "-o", "name,property,value,source", props, name]
 
 
-ZGET_VOL = zfs_get("type,volsize,mountpoint")
+ZGET_VOL = zfs_get("type,volsize,mountpoint,imgstor:role")
 ZPOOL_CHECK = ["zpool", "list", "-H", "-o", "name", POOL]
 
 NO_DATASET = {"tank/nope": NAME}              # sub for the *_missing captures
@@ -82,14 +82,19 @@ def zget_lines(*props: str, rename: dict[str, str] | None = None) -> str:
     return "".join(_sub(rows[p], rename) + "\n" for p in props)
 
 
-# `type` is not in the capture; same format (zfs get -H: name TAB property TAB value TAB source)
-FILE_VOL_GET = f"{NAME}\ttype\tfilesystem\t-\n" + zget_lines("volsize", "mountpoint")
+# `type` and imgstor:role are not in the capture; same format (zfs get -H: name TAB property
+# TAB value TAB source); an unset user property as the captured imgstor:unset line.
+MARKED = f"{NAME}\timgstor:role\tvolume\tlocal\n"
+UNMARKED = zget_lines("imgstor:unset", rename={"imgstor:unset": "imgstor:role"})
+FILE_VOL_GET_UNMARKED = (f"{NAME}\ttype\tfilesystem\t-\n" + zget_lines("volsize", "mountpoint")
+                         + UNMARKED)
+FILE_VOL_GET = FILE_VOL_GET_UNMARKED.replace(UNMARKED, MARKED)
 
 
-def zvol_get(size: int) -> str:
+def zvol_get(size: int, *, marked: bool = True) -> str:
     """OpenZFS ``zfs get -H -p`` of a zvol (no capture: zfs-fuse has no zvols)."""
     return (f"{NAME}\ttype\tvolume\t-\n{NAME}\tvolsize\t{size}\tlocal\n"
-            f"{NAME}\tmountpoint\t-\t-\n")
+            f"{NAME}\tmountpoint\t-\t-\n" + (MARKED if marked else UNMARKED))
 
 
 # ------------------------------------------------------------------------------ tgt

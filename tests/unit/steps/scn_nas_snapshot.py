@@ -172,8 +172,10 @@ DESTROY_SNAPSHOT = [
 GET_MOUNT = zfs_get("canmount,mountpoint")
 FS_MOUNT = (f"{NAME}\tcanmount\ton\tdefault\n"
             f"{NAME}\tmountpoint\t/mnt/tank/vm1-vol\tinherited from tank\n")
+# sparse (no refreservation), 128K blocks, imgstor's mark and promised size set at creation
 LZC_CREATE_ZVOL = (f"lzc_create {NAME} zvol "
-                   + json.dumps({"volsize": GiB, "volblocksize": 128 * 1024}))
+                   + json.dumps({"volsize": GiB, "volblocksize": 128 * 1024,
+                                 "imgstor:role": "volume", "imgstor:size": str(GiB)}))
 
 ENSURE_VOLUME_LZC = [
     dict(id="lzc/zvol-fresh", tags={"changes"}, args=ZVOL,
@@ -181,12 +183,13 @@ ENSURE_VOLUME_LZC = [
          note="lzc_create sets volsize and volblocksize only: sparse, as `zfs create -s`",
          script=[MISSING, POOL_OK, cmd(UDEV)], mutating=[],
          changed=True, facts={"path": ZVOL1, "size": GiB, "created": True,
-                              "zfs_backend": "lzc"},
+                              "size_differs": False, "marked": False, "zfs_backend": "lzc"},
          lzc_calls=[("lzc_create", NAME)]),
     dict(id="lzc/zvol-dry-run", tags={"dry-run"}, args=ZVOL, dry_run=True,
          env={"lzc": {"datasets": [POOL]}}, script=[MISSING, POOL_OK],
          skipped=[LZC_CREATE_ZVOL], changed=True, lzc_calls=[],
-         facts={"path": ZVOL1, "size": GiB, "created": True, "zfs_backend": "lzc"}),
+         facts={"path": ZVOL1, "size": GiB, "created": True, "size_differs": False,
+                "marked": False, "zfs_backend": "lzc"}),
     dict(id="lzc/zvol-create-races-another", tags={"error"}, args=ZVOL,
          env={"lzc": {"datasets": [POOL, NAME]}}, script=[MISSING, POOL_OK],
          raises=("AlreadyExists", f"lzc_create {NAME}: FilesystemExists"),

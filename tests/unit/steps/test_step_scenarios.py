@@ -88,7 +88,7 @@ class NodeEnv:
 
         path = types.SimpleNamespace(
             join=os.path.join, exists=self.exists, getsize=self.getsize,
-            realpath=lambda p: self.links.get(p, p))
+            realpath=lambda p: self.links.get(p, p), islink=lambda p: p in self.links)
         self.os = types.SimpleNamespace(path=path, open=self.open, lseek=self.lseek,
                                         close=self._fds.pop, O_RDONLY=os.O_RDONLY,
                                         SEEK_END=os.SEEK_END)

@@ -1,0 +1,148 @@
+"""What the storagemap workflows share: fault injection, recording outcomes and errors,
+the NAS batch, CHAP arguments, and the checks every map makes.
+
+The map records its intent before it touches a host; every writer of a volume's state
+goes through ``record`` (or ``state.transitions``)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from imgstor import chap as chapstore
+from imgstor import validate
+from imgstor.errors import Conflict, ImgstorError, NotFound, TransportError, UsageError
+from imgstor.state import transitions
+from imgstor.state.model import Volume
+
+__all__ = ["FAULT_ENV", "MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "fault", "portal_of",
+           "record", "record_error", "connect_error", "store_owns", "check_pool",
+           "check_map", "read_initiator", "nas_batch", "state_path", "chap_args"]
+
+FAULT_ENV = "IMGSTOR_FAULT"
+# Step boundaries, in order; IMGSTOR_FAULT=<name> dies right after that one.
+MAP_POINTS = ("busy", "initiator", "volume", "props", "target", "attach")
+UNMAP_POINTS = ("busy", "detach", "untarget", "props", "recorded")
+TRANSITIONAL = ("NAS->VM", "merging", "NAS<-VM")
+
+
+def fault(point: str) -> None:
+    """Fault injection: SIGKILL ourselves (no cleanup runs) right after ``point``.
+    ``IMGSTOR_PAUSE=<point>:<seconds>`` sleeps there instead (to make runs overlap)."""
+    pause = os.environ.get("IMGSTOR_PAUSE", "")
+    if pause.partition(":")[0] == point:
+        time.sleep(float(pause.partition(":")[2] or 1))
+    if os.environ.get(FAULT_ENV) == point:
+        print(f"{FAULT_ENV}={point}: killing this process now", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def portal_of(nas_cfg) -> str:
+    return f"{nas_cfg.data_address}:3260"
+
+
+def record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
+    """Write the outcome of a step into the store (a short transaction of its own).
+    ``extra`` is merged into the volume's extra facts; a None value removes that key."""
+    if ctx.dry_run:
+        return
+    with ctx.store.transaction() as st:
+        v = st.volumes[key]
+        if "state" in changes:
+            transitions.move(v, changes.pop("state"))
+        for k, val in changes.items():
+            setattr(v, k, val)
+        for k, val in (extra or {}).items():
+            if val is None:
+                v.extra.pop(k, None)
+            else:
+                v.extra[k] = val
+
+
+def connect_error(e: ImgstorError) -> bool:
+    return isinstance(e, TransportError) and e.details.get("stage") == "connect"
+
+
+def record_error(ctx, key: str, e: ImgstorError) -> None:
+    """Record a step's error on the volume (shown by list host storagemap).  Not for a
+    host that could not be reached or bad input: nothing happened, so nothing changes.  A
+    command that timed out or lost its connection may have changed the host: recorded."""
+    if ctx.dry_run or isinstance(e, UsageError) or connect_error(e):
+        return
+    try:
+        with ctx.store.transaction() as st:
+            if key in st.volumes:
+                st.volumes[key].error = str(e)
+    except ImgstorError:
+        pass
+
+
+def store_owns(v: Volume | None) -> bool:
+    """A volume the store knew before this operation as mapped once by imgstor: made by a
+    version before the ``imgstor:role`` mark, it gets the mark at its next operation.  A
+    record a map created and nothing else (an interrupted first map) does not count: it
+    proves nothing about a dataset of that name."""
+    return v is not None and bool(v.extra.get("initiator") or v.extra.get("marked"))
+
+
+def check_pool(nas_cfg, zpool: str, v: Volume | None) -> None:
+    """Volumes live only on the NAS's img_zpools (a volume the store records elsewhere,
+    from a changed config, is still reachable)."""
+    if zpool not in nas_cfg.img_zpools and not (v is not None and v.zpool == zpool):
+        raise UsageError(f"zpool {zpool!r} is not one of {nas_cfg.name}'s img_zpools "
+                         f"({', '.join(nas_cfg.img_zpools)}): imgstor keeps volumes only "
+                         "there", field="zpool")
+
+
+def check_map(v: Volume | None, key: str, zpool: str, host: str) -> None:
+    if v is None:
+        return
+    if v.host and v.host != host:
+        what = v.state if v.state != "unmapped" else "a map that did not finish"
+        raise Conflict(f"{key} is mapped to {v.host} ({what}); unmap it first "
+                       f"(imgstor remove host storagemap {v.nas} {v.vol})")
+    if v.zpool != zpool:
+        raise Conflict(f"{key} lives on zpool {v.zpool}, not {zpool}")
+
+
+def read_initiator(cl, host: str) -> str:
+    """The compute node's initiator name, read with a plain `cat` (no node Python start)."""
+    from imgstor.remote.drivers.iscsiadm import read_initiator_name
+    from imgstor.remote.steps.probe import INITIATOR_NAME_FILE
+    r = cl.run(host, ["cat", INITIATOR_NAME_FILE], read_only=True, check=False)
+    try:
+        name = read_initiator_name(r.stdout) if r.rc == 0 else None
+    except NotFound:
+        name = None
+    if not name:
+        raise NotFound(f"{host}: no initiator name in {INITIATOR_NAME_FILE} (install "
+                       "open-iscsi or write InitiatorName=iqn.… there)")
+    return validate.iqn(name, f"{host}'s initiator name")
+
+
+def nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]]):
+    """Run (point, step, args) on the NAS in one round trip; honour IMGSTOR_FAULT at each
+    point by stopping the batch there, then dying."""
+    at = os.environ.get(FAULT_ENV)
+    idx = next((i for i, (p, _, _) in enumerate(steps) if p == at), None)
+    res = cl.steps(nas, [(n, a) for _, n, a in steps], stop_after=idx)
+    for (p, _, _), _r in zip(steps, res):
+        fault(p)
+    return res
+
+
+def state_path(ctx) -> str:
+    return ctx.store.path
+
+
+def chap_args(ctx, nas: str, vol: str, nas_cfg) -> dict:
+    """``{"chap": {...}}`` for the node steps when the NAS wants CHAP, else {}.  A dry run
+    shows the plan with throw-away credentials and keeps nothing."""
+    if not nas_cfg.chap:
+        return {}
+    creds = chapstore.ensure(state_path(ctx), nas, vol, write=not ctx.dry_run)
+    return {"chap": creds.wire()}
+
+

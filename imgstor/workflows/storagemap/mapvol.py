@@ -1,0 +1,152 @@
+"""``add host storagemap NAS ZPOOL VOL HOST SIZE [img_sync=…] [adopt=yes]``: create the
+volume if needed and map it to HOST (direct mode: an iSCSI target for HOST's initiator)."""
+from __future__ import annotations
+
+import sys
+import time
+
+from imgstor import names, validate
+from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
+from imgstor.names import target_iqn
+from imgstor.state.model import State, Volume, volume_key
+from imgstor.workflows.storagemap.common import (
+    chap_args,
+    check_map,
+    check_pool,
+    fault,
+    nas_batch,
+    portal_of,
+    read_initiator,
+    record,
+    record_error,
+    store_owns,
+)
+
+__all__ = ["map_volume"]
+
+
+def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
+               img_sync: bool | None = None, adopt: bool = False, *,
+               note_size: bool = True) -> str:
+    """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
+    ``adopt``: export an existing dataset imgstor did not make (it gets imgstor's mark)."""
+    nas, host = validate.host(nas, "NAS"), validate.host(host, "host")
+    zpool, vol = validate.zpool(zpool), validate.volume(vol)
+    names.check_name(vol)
+    nbytes = validate.parse_size(size)
+    nas_cfg = ctx.config.host(nas, role="nas")
+    host_cfg = ctx.config.host(host, role="compute")
+    sync = host_cfg.img_sync if img_sync is None else img_sync
+    if sync:
+        raise UsageError(f"{host} uses img_sync (sync mode), which this version does not "
+                         "provide yet; map with img_sync=false for direct mode")
+    iqn = target_iqn(nas, vol)
+    key = volume_key(nas, vol)
+    st = ctx.store.read()
+    v0 = st.volumes.get(key)
+    check_pool(nas_cfg, zpool, v0)
+    if v0 is None or v0.busy is None:      # a busy one: "busy" is the answer, below
+        check_map(v0, key, zpool, host)
+    names.check_collisions(st.volumes.values(), nas, vol, host)
+    owned = store_owns(v0)
+    cl = ctx.cluster
+    cl.warm([nas, host])          # connect while the store is being updated
+    chap = chap_args(ctx, nas, vol, nas_cfg)
+    chap_user = chap["chap"]["user"] if chap else None
+    if ctx.dry_run:
+        return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
+                          iqn, note_size, chap, owned=owned, adopt=adopt, done={})
+    created: list[bool] = []
+
+    def new() -> Volume:
+        created.append(True)
+        return Volume(nas=nas, zpool=zpool, vol=vol, size=nbytes, since=time.time())
+
+    def intent(st: State, v: Volume) -> None:
+        # Checked again under the store's lock (a concurrent map of a colliding name or
+        # to another host), and the intent recorded before any host is touched: a kill
+        # from here on leaves a record that `remove host storagemap` undoes.
+        check_map(v, key, zpool, host)
+        names.check_collisions(st.volumes.values(), nas, vol, host, chap_user)
+        done["had_host"] = bool(v.host)
+        v.host, v.target = host, iqn
+        v.extra["intent"] = "map"
+
+    done: dict[str, bool] = {}
+    with ctx.store.busy(key, "map", create=new, update=intent) as v:
+        fault("busy")
+        try:
+            return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
+                              iqn, note_size, chap, owned=owned or store_owns(v),
+                              adopt=adopt, done=done)
+        except ImgstorError as e:
+            if not done.get("nas") and not done.get("had_host"):
+                # Only the node's initiator name was read: nothing changed on any host, so
+                # the store goes back to what it was (no record if this run made it).
+                with ctx.store.transaction() as st2:
+                    rec = st2.volumes.get(key)
+                    if rec is not None and created and rec.state == "unmapped":
+                        del st2.volumes[key]
+                    elif rec is not None and rec.state == "unmapped":
+                        rec.host = rec.target = None
+                        rec.extra.pop("intent", None)
+            record_error(ctx, key, e)
+            raise
+
+
+def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
+               note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict) -> str:
+    portal = portal_of(nas_cfg)
+    vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
+    # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
+    # its imgstor properties, the target), the attach on the node.
+    initiator = read_initiator(cl, host)
+    fault("initiator")
+    cl.connection(nas)            # a NAS that cannot be reached: nothing asked of it yet
+    done["nas"] = True
+    try:
+        volf, _props, _target = nas_batch(cl, nas, _map_batch(
+            nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
+            owned=owned, adopt=adopt))
+    except (Conflict, NotFound, AlreadyExists, UsageError) as e:
+        if e.details.get("batch_index") == 0:
+            # The volume step refused (not imgstor's, wrong type, no room, no pool)
+            # before it made anything: the NAS is as it was.
+            done["nas"] = False
+        raise
+    if volf.facts.get("size_differs") and note_size:
+        print(f"note: {volf.message}", file=sys.stderr)
+    lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
+    att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
+                  lun=lun, **chap)
+    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes)
+
+
+def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
+               *, owned: bool, adopt: bool) -> list[tuple[str, str, dict]]:
+    """The map's NAS batch: the volume, its imgstor properties, the target."""
+    return [
+        ("volume", "nas.ensure_volume", dict(vol_args, size=nbytes, owned=owned,
+                                             adopt=adopt, overcommit=nas_cfg.overcommit)),
+        ("props", "nas.set_props", dict(pool=zpool, vol=vol,
+                                        props={"host": host, "target": iqn, "mode": "direct"})),
+        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
+                                             initiator=initiator, portal=portal, **chap))]
+
+
+def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes) -> str:
+    """Record a finished map (clears the intent and the busy marker)."""
+    device = att.facts.get("device")
+    extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
+             # the CHAP user only: the password stays in its 0600 file
+             "chap_user": chap["chap"]["user"] if chap else None}
+    if "qemu_json" in att.facts:
+        extra["qemu_json"] = att.facts["qemu_json"]
+    record(ctx, key, host=host, target=iqn, state="mapped", mode="direct", device=device,
+            size=volf.facts.get("size") or nbytes, error=None, busy=None, extra=extra)
+    fault("attach")
+    if ctx.dry_run:
+        return f"dry run: {nas}:{vol} would be mapped to {host}"
+    return f"{nas}:{vol} mapped to {host}:{device}"
+
+

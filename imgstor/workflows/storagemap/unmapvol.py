@@ -1,0 +1,84 @@
+"""``remove host storagemap NAS VOL [--force]``: undo a mapping (or an interrupted map):
+log the node out, remove the target, clear the NAS's properties, record unmapped."""
+from __future__ import annotations
+
+from imgstor import chap as chapstore
+from imgstor import validate
+from imgstor.errors import ImgstorError, NotFound
+from imgstor.names import target_iqn
+from imgstor.state.model import Volume, volume_key
+from imgstor.workflows.storagemap.common import (
+    fault,
+    nas_batch,
+    portal_of,
+    record,
+    record_error,
+    state_path,
+)
+
+__all__ = ["unmap_volume"]
+
+
+def unmap_volume(ctx, nas: str, vol: str, force: bool = False) -> str:
+    nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
+    nas_cfg = ctx.config.host(nas, role="nas")
+    key = volume_key(nas, vol)
+    v = ctx.store.read().volumes.get(key)
+    if v is None:
+        raise NotFound(f"no volume {vol} on {nas} in the state store")
+    if v.state == "unmapped" and not v.host and not v.busy:
+        return f"{nas}:{vol} is not mapped"
+    # A record with a host but state unmapped is a map that did not finish (its intent):
+    # undone like a mapping, since the node may hold a session and the NAS a target.
+    ctx.cluster.warm([nas] + ([v.host] if v.host and _needs_detach(ctx, v.host) else []))
+    if ctx.dry_run:
+        return _unmap_steps(ctx, key, nas, nas_cfg, v, force)
+    with ctx.store.busy(key, "unmap") as v:
+        fault("busy")
+        try:
+            return _unmap_steps(ctx, key, nas, nas_cfg, v, force)
+        except ImgstorError as e:
+            record_error(ctx, key, e)
+            raise
+
+
+def _needs_detach(ctx, host: str) -> bool:
+    """The userspace initiator keeps no session on the node (a VM's qemu logs in itself),
+    so unmapping it needs only the NAS; the kernel initiator must log out."""
+    try:
+        return ctx.config.host(host).initiator != "userspace"
+    except ImgstorError:
+        return True
+
+
+def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> str:
+    cl = ctx.cluster
+    iqn = v.target or target_iqn(nas, v.vol)
+    errors: list[ImgstorError] = []
+    host = v.host
+    if host and _needs_detach(ctx, host):
+        try:
+            cl.step(host, "compute.detach", kind=ctx.config.host(host).initiator,
+                    portal=portal_of(nas_cfg), iqn=iqn)
+        except ImgstorError as e:
+            if not force:
+                raise
+            errors.append(e)           # os-brick style: --force goes on, reports at the end
+    fault("detach")
+    creds = chapstore.load(state_path(ctx), nas, v.vol)
+    nas_batch(cl, nas, [
+        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn,
+                                               **({"chap_user": creds.user} if creds else {}))),
+        ("props", "nas.set_props", dict(pool=v.zpool, vol=v.vol,
+                                        props={"host": None, "target": None, "mode": None}))])
+    record(ctx, key, host=None, target=None, state="unmapped", mode=None, device=None,
+            error=None, busy=None, extra={"intent": None})
+    fault("recorded")
+    if ctx.dry_run:
+        return f"dry run: {nas}:{v.vol} would be unmapped from {host}"
+    msg = f"{nas}:{v.vol} unmapped from {host}"
+    if errors:
+        msg += "\nwarning: --force went past: " + "; ".join(str(e) for e in errors)
+    return msg
+
+
