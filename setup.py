@@ -7,7 +7,7 @@ setup(
                 "(the Rocks img-storage commands, over SSH)",
     python_requires=">=3.11",
     packages=find_packages(include=["imgstor", "imgstor.*"]),
-    install_requires=["paramiko", "tabulate", "filelock"],
+    install_requires=["fabric", "paramiko", "tabulate", "filelock"],
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": [
         "imgstor=imgstor.cli:main",

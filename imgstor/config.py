@@ -16,7 +16,7 @@ known_hosts = "/root/.ssh/known_hosts"
 identity = ""
 connect_timeout = 10
 command_timeout = 3600
-accept_unknown_host_keys = false
+accept_unknown_host_keys = false   # true: trust on first use (pinned in known_hosts)
 [defaults]            # host attributes; each may be overridden in [hosts.NAME]
 img_sync = false
 vm_container_zpool = "tank"

@@ -1,35 +1,41 @@
-"""SSH transport: paramiko connections, pooled per host for the life of one command.
+"""SSH transport: Fabric connections, pooled per host for the life of one command.
 
-Why paramiko and not Fabric's ``Connection``: Fabric is paramiko plus invoke, and we use
-none of invoke; importing it costs ~0.15 s of a map whose whole budget is 3x one
-``ssh host true`` (~0.3 s here), and Fabric's default host-key policy (AutoAdd) is the one
-thing we must not have.  Measured in bench/bench_map.py.
-
-* Host keys are verified: the config's known_hosts is loaded and unknown keys are rejected
-  (paramiko ``RejectPolicy``), unless the config says ``accept_unknown_host_keys = true``.
+* A connection is a ``fabric.Connection`` made by ``connections.connection()``: Fabric
+  config from imgstor's ``[ssh]`` only (no Fabric/Invoke/ssh_config file is read), and the
+  AutoAddPolicy that ``Connection.__init__`` installs replaced by ``hostkeys.Policy``
+  (refuse, or pin on first use) before ``open()``, which refuses any other policy.  Host
+  keys come from the configured known_hosts only (``@revoked`` honoured).
+* Commands use the connection's paramiko transport directly (one channel per command):
+  Fabric's ``run`` goes through invoke's Runner (threads, pty/encoding machinery), which
+  costs time on a path whose budget is a few ``ssh host true`` (bench/bench_map.py).
 * A command is an argv list; it becomes text exactly once, here, with ``shlex.join``.
-* ``step(host, name, **args)`` runs a node step through the node zipapp (uploaded when the
-  node lacks this version, keyed by content hash) and returns its result, or raises the
-  node's error as the same ``ImgstorError`` class.
+* ``step(host, name, **args)`` runs a node step through the node zipapp, started by
+  ``zipapp.BOOT``, which checks /run/imgstor and the app's sha256 before running it; a node
+  that lacks this version gets it over SFTP (temp name, then ``posix_rename``).
 * ``parallel(hosts, fn)`` runs ``fn(host)`` on a thread pool, one thread per host.
-* Failures: ``TransportError`` / ``HostKeyError`` (cannot reach or trust the host),
-  ``RemoteCommandError`` (host, argv, rc, stderr tail).
+* Failures: ``TransportError`` / ``HostKeyError`` (cannot reach or trust the host;
+  ``details["stage"] == "connect"`` when no command ran), ``RemoteCommandError`` (host,
+  argv, rc, stderr tail).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import select
 import shlex
 import socket
+import stat
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
-from imgstor.errors import (HostKeyError, ImgstorError, RemoteCommandError, TransportError,
-                            from_wire)
+from imgstor import connections
+from imgstor.errors import (HostKeyError, ImgstorError, RemoteCommandError, StepError,
+                            TransportError, from_wire)
 from imgstor.remote.executor import Result
 
 __all__ = ["Cluster", "StepOutcome"]
@@ -47,22 +53,6 @@ class StepOutcome:
     commands: list[str] = field(default_factory=list)
 
 
-def _paramiko():
-    """Import paramiko without invoke.  paramiko.config imports invoke (~0.1 s, a third of
-    paramiko's import) only to run ssh_config `Match exec`; imgstor never reads ssh_config,
-    so invoke's import is made to fail for that one import, and paramiko records it as
-    unavailable (its documented fallback).  Later `import invoke` works as usual."""
-    if "paramiko" in sys.modules or "invoke" in sys.modules:
-        import paramiko
-        return paramiko
-    sys.modules["invoke"] = None          # `import invoke` raises ImportError
-    try:
-        import paramiko
-    finally:
-        del sys.modules["invoke"]
-    return paramiko
-
-
 class Cluster:
     """The hosts of one config, reached over SSH."""
 
@@ -78,6 +68,8 @@ class Cluster:
         self._uploaded: set[str] = set()
         self._conn_errors: dict[str, ImgstorError] = {}
         self._print_lock = threading.Lock()
+        self._fabric_cfg: Any = None           # one Fabric config for every connection
+        self._cfg_lock = threading.Lock()
 
     # ------------------------------------------------------------ connections
     def _lock(self, host: str) -> threading.Lock:
@@ -85,69 +77,60 @@ class Cluster:
             return self._locks.setdefault(host, threading.Lock())
 
     def connection(self, host: str):
-        """The pooled, open SSH client (paramiko) to ``host`` (a configured host name)."""
+        """The pooled, open ``fabric.Connection`` to ``host`` (a configured host name)."""
         with self._lock(host):
             if host in self._conn_errors:
                 raise self._conn_errors.pop(host)
             conn = self._conns.get(host)
-            if conn is not None and conn.get_transport() is not None \
-                    and conn.get_transport().is_active():
+            if conn is not None and conn.is_connected:
                 return conn
             conn = self._open(host)
             self._conns[host] = conn
             return conn
 
     def _open(self, host: str):
-        paramiko = _paramiko()
         hc = self.config.host(host)
         ssh = self.config.ssh
-        port = hc.port or ssh.port
-        # Only the configured known_hosts; unknown keys rejected (not Fabric's AutoAdd).
-        client = paramiko.SSHClient()
-        if ssh.known_hosts:
-            try:
-                client.load_host_keys(ssh.known_hosts)
-            except FileNotFoundError:
-                if not ssh.accept_unknown_host_keys:
-                    raise HostKeyError(f"{host}: known_hosts file {ssh.known_hosts} does not "
-                                       "exist; add the hosts' keys (ssh-keyscan, then verify "
-                                       "them) or set accept_unknown_host_keys")
-            except (OSError, paramiko.SSHException) as e:
-                raise HostKeyError(f"{host}: cannot read known_hosts {ssh.known_hosts}: {e}")
-        client.set_missing_host_key_policy(
-            paramiko.WarningPolicy() if ssh.accept_unknown_host_keys else paramiko.RejectPolicy())
-        where = f"{host} ({hc.address}:{port})"
+        where = f"{host} ({hc.address}:{hc.port or ssh.port})"
+        with self._cfg_lock:
+            if self._fabric_cfg is None:
+                self._fabric_cfg = connections.fabric_config(ssh)
+        conn = connections.connection(self.config, host, err=self.err,
+                                      fabric_cfg=self._fabric_cfg)
+        import paramiko
         try:
-            client.connect(hc.address, port=port, username=ssh.user,
-                           key_filename=[ssh.identity] if ssh.identity else None,
-                           look_for_keys=not ssh.identity, allow_agent=False,
-                           timeout=ssh.connect_timeout, banner_timeout=ssh.connect_timeout,
-                           auth_timeout=ssh.connect_timeout)
+            conn.open()
+            connections.keepalive(conn.transport)
+            return conn
+        except ImgstorError:
+            raise
         except paramiko.BadHostKeyException as e:
-            raise HostKeyError(f"{where}: host key does not match known_hosts "
-                               f"{ssh.known_hosts} (got {e.key.get_name()} "
-                               f"{e.key.get_fingerprint().hex()}); refusing to connect",
-                               stage="connect")
+            from imgstor.hostkeys import fingerprint, verify_hint
+            raise HostKeyError(
+                f"{where}: host key does not match known_hosts {ssh.known_hosts} (got "
+                f"{e.key.get_name()} {fingerprint(e.key)}, known "
+                f"{e.expected_key.get_name()} {fingerprint(e.expected_key)}); refusing to "
+                f"connect.  If the host was reinstalled, {verify_hint(hc.address, hc.port)}, "
+                f"then replace its line in {ssh.known_hosts}", stage="connect", host=host)
         except paramiko.AuthenticationException as e:
             raise TransportError(f"{where}: SSH authentication failed as {ssh.user}: {e}",
-                                 stage="connect")
+                                 stage="connect", host=host)
         except paramiko.SSHException as e:
-            if "known_hosts" in str(e):
-                raise HostKeyError(f"{where}: host key is not in {ssh.known_hosts}; "
-                                   "refusing to connect (verify the host's key and add it)",
-                                   stage="connect")
-            raise TransportError(f"{where}: SSH failed: {e}", stage="connect")
+            raise TransportError(f"{where}: SSH failed: {e}", stage="connect", host=host)
         except (socket.timeout, TimeoutError):
             raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s",
-                                 stage="connect")
+                                 stage="connect", host=host)
         except OSError as e:
-            raise TransportError(f"{where}: cannot connect: {e.strerror or e}", stage="connect")
-        return client
+            raise TransportError(f"{where}: cannot connect: {e.strerror or e}",
+                                 stage="connect", host=host)
+        finally:
+            if not conn.is_connected:
+                conn.client.close()          # a refused key leaves paramiko's thread up
 
     def close(self) -> None:
-        for client in self._conns.values():
+        for conn in self._conns.values():
             try:
-                client.close()
+                conn.close()
             except Exception:  # closing is best effort
                 pass
         self._conns.clear()
@@ -174,48 +157,67 @@ class Cluster:
             print(f"[{host}] {text}", file=self.err, flush=True)
 
     def exec(self, host: str, argv: list[str], *, stdin: bytes | None = None,
-             timeout: float | None = None) -> Result:
-        """Run argv on host; return its Result (never raises for a non-zero rc)."""
+             timeout: float | None = None, shown: list[str] | None = None) -> Result:
+        """Run argv on host; return its Result (never raises for a non-zero rc).  The
+        timeout bounds the whole command, however chatty; ``shown`` replaces argv in
+        messages."""
         conn = self.connection(host)
         cmd = shlex.join(str(a) for a in argv)
+        text = shlex.join(shown) if shown is not None else cmd
         if self.debug:
-            self.echo(host, "$ " + cmd)
+            self.echo(host, "$ " + text)
         timeout = timeout or self.config.ssh.command_timeout
+        import paramiko
+        deadline = time.monotonic() + timeout
+        chan = None
         try:
-            chan = conn.get_transport().open_session(timeout=self.config.ssh.connect_timeout)
+            chan = conn.transport.open_session(timeout=self.config.ssh.connect_timeout)
             chan.exec_command(cmd)
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
-            deadline = time.monotonic() + timeout
+            # Read until the server's EOF (stdout and stderr are complete then), checking
+            # the deadline on every turn.  select() wakes on stdout data and on EOF;
+            # stderr-only data is picked up within the 0.2 s tick.
             while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(f"{host}: command timed out after {timeout}s: "
+                                         f"{text}", host=host, stage="command")
+                got = False
                 if chan.recv_ready():
                     out += chan.recv(65536)
-                    continue
+                    got = True
                 if chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
+                    got = True
+                if got:
                     continue
-                if chan.exit_status_ready() and not chan.recv_ready() \
-                        and not chan.recv_stderr_ready():
+                if chan.eof_received or chan.closed:
                     break
-                if time.monotonic() > deadline:
-                    chan.close()
-                    raise TransportError(f"{host}: command timed out after {timeout}s: {cmd}")
-                select.select([chan], [], [], 0.2)
+                select.select([chan], [], [], min(0.2, left))
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                raise TransportError(f"{host}: command timed out after {timeout}s: {text}",
+                                     host=host, stage="command")
             rc = chan.recv_exit_status()
-            chan.close()
+            if rc == -1 and not conn.transport.is_active():
+                raise EOFError("the connection closed before the command's exit status came")
         except ImgstorError:
             raise
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, paramiko.SSHException) as e:
             self._conns.pop(host, None)
-            raise TransportError(f"{host}: connection lost running {cmd}: {e}")
-        except Exception as e:
-            if isinstance(e, _paramiko().SSHException):
-                self._conns.pop(host, None)
-                raise TransportError(f"{host}: SSH error running {cmd}: {e}")
-            raise
-        return Result(list(argv), rc, out.decode(errors="replace"), err.decode(errors="replace"))
+            raise TransportError(f"{host}: connection lost running {text}: {e}", host=host,
+                                 stage="command")
+        finally:
+            if chan is not None:
+                chan.close()
+        return Result(list(argv) if shown is None else list(shown), rc,
+                      out.decode(errors="replace"), err.decode(errors="replace"))
 
     def run(self, host: str, argv: list[str], *, read_only: bool = False, check: bool = True,
             timeout: float | None = None) -> Result:
@@ -229,57 +231,114 @@ class Cluster:
         return r
 
     # ------------------------------------------------------------ node steps
-    def upload_node_app(self, host: str) -> bool:
-        """Put this version's zipapp on host unless it is there; True if it was sent."""
-        from imgstor.zipapp import REMOTE_DIR, node_app
-        app = node_app()
-        if host in self._uploaded:
-            return False
-        conn = self.connection(host)
-        sftp = conn.open_sftp()
-        try:
+    def _app(self):
+        from imgstor.zipapp import node_app
+        cache = os.path.join(os.path.dirname(os.path.abspath(self.config.state_path)),
+                             "cache")
+        if not os.path.isdir(cache) and os.path.isdir(os.path.dirname(cache)):
             try:
-                st = sftp.stat(app.remote_path)
-                if st.st_size == len(app.data):
-                    self._uploaded.add(host)
-                    return False
-            except FileNotFoundError:
+                os.mkdir(cache, 0o700)
+            except OSError:
                 pass
+        return node_app(cache)
+
+    def _check_dir(self, host: str, sftp: Any) -> None:
+        """/run/imgstor must be a real directory, root's, mode 0700 (made so if absent)."""
+        from imgstor.zipapp import REMOTE_DIR
+        try:
+            st = sftp.lstat(REMOTE_DIR)
+        except FileNotFoundError:
             try:
                 sftp.mkdir(REMOTE_DIR, 0o700)
+                sftp.chmod(REMOTE_DIR, 0o700)    # whatever sftp-server's umask made of it
             except OSError:
-                pass                              # exists
-            tmp = f"{app.remote_path}.tmp-{id(self)}"
-            with sftp.open(tmp, "wb") as f:
+                pass          # made meanwhile by another run: checked below like any other
+            st = sftp.lstat(REMOTE_DIR)
+        mode = st.st_mode or 0
+        if not stat.S_ISDIR(mode) or st.st_uid != 0 or stat.S_IMODE(mode) != 0o700:
+            raise StepError(_unsafe_dir(host, f"mode {mode:o}, uid {st.st_uid}"), host=host)
+
+    def upload_node_app(self, host: str) -> bool:
+        """Put this version's zipapp on host unless it is there with the right content;
+        True if it was sent.  Refuses (``StepError``) an unsafe /run/imgstor."""
+        with self._sftp_errors(host):
+            return self._upload(host)
+
+    @contextlib.contextmanager
+    def _sftp_errors(self, host: str) -> Iterator[None]:
+        """SFTP failures (no space, no sftp-server, lost connection) as TransportError."""
+        import paramiko
+        try:
+            yield
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            from imgstor.zipapp import REMOTE_DIR
+            raise TransportError(f"{host}: cannot upload imgstor's node app to {REMOTE_DIR} "
+                                 f"over SFTP: {e}", host=host, stage="upload") from None
+
+    def _upload(self, host: str) -> bool:
+        app = self._app()
+        conn = self.connection(host)
+        sftp = conn.sftp()
+        self._check_dir(host, sftp)
+        try:
+            st = sftp.lstat(app.remote_path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode or 0) and st.st_uid == 0 \
+                and st.st_size == len(app.data):
+            r = self.exec(host, ["sha256sum", "--", app.remote_path])
+            if r.rc == 0 and r.stdout.split()[:1] == [app.sha256]:
+                self._uploaded.add(host)
+                return False
+        self._send(host, sftp, app)
+        return True
+
+    def _send(self, host: str, sftp: Any, app: Any) -> None:
+        self._check_dir(host, sftp)
+        tmp = f"{app.remote_path}.tmp-{os.getpid()}-{os.urandom(6).hex()}"
+        try:
+            with sftp.open(tmp, "wx") as f:
+                f.set_pipelined(True)
                 f.write(app.data)
             sftp.chmod(tmp, 0o600)
             sftp.posix_rename(tmp, app.remote_path)
-        finally:
-            sftp.close()
+        except BaseException:
+            try:
+                sftp.remove(tmp)
+            except Exception:  # best effort; a leftover temp name is harmless
+                pass
+            raise
         if self.debug:
             self.echo(host, f"uploaded {app.remote_path} ({len(app.data)} bytes)")
         self._uploaded.add(host)
-        return True
 
     def step(self, host: str, name: str, /, **args: Any) -> StepOutcome:
         """Run node step ``name`` on host with JSON args; raise its error if it failed."""
-        from imgstor.zipapp import node_app
-        app = node_app()
-        # -I: isolated (no PYTHON* variables, no user site).  Not -S: `site` is what puts
-        # the distribution's packages (rtslib-fb, pyzfs) on the path.
-        argv = [PYTHON, "-I", app.remote_path, "node", name]
+        from imgstor.zipapp import BOOT, BOOT_MISSING, BOOT_UNSAFE
+        app = self._app()
+        # -I: isolated (no PYTHON* variables, no user site, no cwd on sys.path).  Not -S:
+        # `site` is what puts the distribution's packages (rtslib-fb, pyzfs) on the path.
+        argv = [PYTHON, "-I", "-c", BOOT, app.remote_path, app.sha256, "node", name]
+        shown = [PYTHON, "-I", app.remote_path, "node", name]
         req = json.dumps({"args": args, "dry_run": self.dry_run}).encode()
-        r = self.exec(host, argv, stdin=req)
-        if r.rc == 2 and "can't open file" in r.stderr:
-            self.upload_node_app(host)
-            r = self.exec(host, argv, stdin=req)
-        else:
-            self._uploaded.add(host)
+        r = self.exec(host, argv, stdin=req, shown=shown)
+        boot = r.stderr.startswith("imgstor-boot: ")
+        if boot and r.rc == BOOT_MISSING:
+            with self._sftp_errors(host):
+                self._send(host, self.connection(host).sftp(), app)
+            r = self.exec(host, argv, stdin=req, shown=shown)
+            boot = r.stderr.startswith("imgstor-boot: ")
+        if boot and r.rc == BOOT_UNSAFE:
+            raise StepError(_unsafe_dir(host, r.stderr.strip()[len("imgstor-boot: "):]),
+                            host=host)
+        if boot:
+            raise RemoteCommandError(host, shown, r.rc, r.stderr, r.stdout)
+        self._uploaded.add(host)
         lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
         try:
             out = json.loads(lines[-1])
         except (IndexError, json.JSONDecodeError):
-            raise RemoteCommandError(host, argv, r.rc, r.stderr or r.stdout)
+            raise RemoteCommandError(host, shown, r.rc, r.stderr or r.stdout)
         cmds = out.get("commands") or []
         for c in cmds:
             if self.debug or c.startswith("SKIP> "):
@@ -319,3 +378,11 @@ class Cluster:
             for h, v in pool.map(one, hosts):
                 out[h] = v
         return out
+
+
+def _unsafe_dir(host: str, why: str) -> str:
+    from imgstor.zipapp import REMOTE_DIR
+    return (f"{host}: {REMOTE_DIR} is not safe to run imgstor's node code from ({why}): it "
+            f"must be a directory (not a symlink) owned by root with mode 0700, holding "
+            f"root's files only; refusing.  Check who made it, then remove it "
+            f"(imgstor makes it again) or fix it (chown root:root, chmod 700)")
