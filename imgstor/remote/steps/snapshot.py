@@ -22,17 +22,20 @@ from imgstor.errors import AlreadyExists, Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps.nas import HOLD_PREFIX, SNAP_PREFIX
 
 __all__ = ["snapshot", "destroy_snapshot", "SNAPSHOT_NAME", "ROLE_PROP", "SNAP_ROLE",
            "HOLD_TAG"]
 
-SNAPSHOT_NAME = re.compile(r"imgstor-[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
+# nas.destroy_volume takes snapshots named SNAP_PREFIX… and holds tagged HOLD_PREFIX… for
+# imgstor's own: the names made here must match
+SNAPSHOT_NAME = re.compile(re.escape(SNAP_PREFIX) + r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
 # the same patterns as imgstor.validate (not shipped to nodes) for zpool and volume names
 _POOL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _VOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", re.ASCII)
 ROLE_PROP = "imgstor:role"
 SNAP_ROLE = "snapshot"
-HOLD_TAG = "imgstor"
+HOLD_TAG = HOLD_PREFIX
 
 
 def _name(pool: object, vol: object, snapshot: object) -> str:
