@@ -76,8 +76,8 @@ def load(state_path: str, nas: str, vol: str) -> Credentials | None:
         raise StateError(f"CHAP credentials file {path} is unreadable "
                          f"({type(e).__name__}); remove it to generate new ones") from None
     user, password = d.get("user"), d.get("password")
-    if not (isinstance(user, str) and USER_RE.match(user) and isinstance(password, str)
-            and PASSWORD_RE.match(password)):
+    if not (isinstance(user, str) and USER_RE.fullmatch(user) and isinstance(password, str)
+            and PASSWORD_RE.fullmatch(password)):
         raise StateError(f"CHAP credentials file {path} is malformed; remove it to "
                          "generate new ones")
     return Credentials(user, password)

@@ -64,11 +64,17 @@ class Cmd:
 
 _VMS = "imgstor.workflows.vms"
 _MAP = "imgstor.workflows.storagemap"
+_ATTRS = "imgstor.workflows.attrs"
 COMMANDS: list[Cmd] = [
-    Cmd(("add", "host", "vm"), f"{_VMS}:add_vm", [Arg("container", help="compute node")],
-        {"name": str}, "add a VM on compute node CONTAINER (name defaults to CONTAINER-N)"),
+    Cmd(("add", "host", "vm"), f"{_VMS}:add_vm",
+        [Arg("container", help="compute node"),
+         Arg("membership", nargs="?", help="names the VM as Rocks does: compute on "
+             "vm-container-0-14 -> compute-0-14-0")],
+        {"name": str, "membership": str},
+        "add a VM on compute node CONTAINER (name: MEMBERSHIP-RACK-RANK-N, else CONTAINER-N)"),
     Cmd(("list", "host", "vm"), f"{_VMS}:list_vms", [Arg("vms", nargs="*", metavar="VM")],
-        {}, "list VMs with their container, NAS, zpool and mode"),
+        {"showdisks": bool}, "list VMs with their container, NAS, zpool and mode "
+        "(showdisks=1: each VM's disk NAS:pool/volume or local, and its size)"),
     Cmd(("remove", "host", "vm"), f"{_VMS}:remove_vm", [Arg("vm")], {},
         "remove a VM (refused while its volume is mapped)"),
     Cmd(("set", "host", "vm", "nas"), f"{_VMS}:set_vm_nas", [Arg("vm")],
@@ -84,10 +90,13 @@ COMMANDS: list[Cmd] = [
         [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
         {"img_sync": bool, "adopt": bool},
         "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI "
-        "(adopt=yes exports an existing dataset imgstor did not make)"),
+        "(adopt=yes exports an existing dataset imgstor did not make; img_sync=yes|no "
+        "overrides HOST's; --wait: until a sync copy and merge are done)",
+        flags=("--wait",)),
     Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
-        {}, "unmap volume VOL of NAS from its host (--force goes past node errors)",
-        flags=("--force",)),
+        {}, "unmap volume VOL of NAS from its host (--force goes past node errors and a "
+        "disk in use; --wait: until a sync volume is back on the NAS)",
+        flags=("--force", "--wait")),
     Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
         [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume"),
     Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},
@@ -96,9 +105,23 @@ COMMANDS: list[Cmd] = [
     Cmd(("list", "host", "storagedev"), f"{_MAP}:list_devs", [Arg("host")], {},
         "what is mapped on compute node HOST, read live from the node"),
     Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm", [Arg("vm")],
-        {"size": str}, "map the VM's disk <vm>-vol on its container (size= if new)"),
+        {"size": str}, "map the VM's disk <vm>-vol on its container (size= if new)",
+        flags=("--wait",)),
     Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm", [Arg("vm")], {},
-        "unmap the VM's disk", flags=("--force",)),
+        "unmap the VM's disk", flags=("--force", "--wait")),
+    Cmd(("set", "host", "attr"), f"{_ATTRS}:set_attr",
+        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR [VALUE], or HOST... with "
+             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
+        "set a storage attribute (img_sync, vm_container_zpool, img_zpools, ib_net) on hosts: "
+        "set host attr nas-0-0 img_zpools value=tank1,tank2"),
+    Cmd(("list", "host", "attr"), f"{_ATTRS}:list_attrs",
+        [Arg("args", nargs="*", metavar="HOST_OR_ATTR", help="hosts and attribute names, "
+             "in any order (default: all)")], {"attr": str},
+        "each host's storage attributes and where each value comes from"),
+    Cmd(("remove", "host", "attr"), f"{_ATTRS}:remove_attr",
+        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR, or HOST... with attr=ATTR")],
+        {"attr": str},
+        "drop an attribute set by command: the config's value applies again"),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
@@ -235,6 +258,9 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
         if e.code == 0:
             return opts, None, {}
         raise
+    for k in keys:                      # `add host vm C compute membership=compute`
+        if vars(ns).get(k) not in (None, []):
+            raise UsageError(f"{cmd.name}: {k} given twice (as an argument and as {k}=)")
     return opts, cmd, {**vars(ns), **keys}
 
 
@@ -277,9 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(e, argv)
 
 
-ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",))
+ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",))
 ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
-              "rocks start|stop host vm ...")
+              "rocks start|stop host vm ..., rocks set|list|remove host attr with "
+              "img_sync, vm_container_zpool, img_zpools, IB_net")
 
 
 def rocks_main(argv: Sequence[str] | None = None) -> int:

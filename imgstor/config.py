@@ -29,25 +29,32 @@ overlay = "dm"        # dm|qcow2
 chap = false
 sync_frequency = 3600
 overcommit = 1.0      # NAS: imgstor's volumes on a pool may promise pool size x this
+sync_bwlimit = 0      # copy throttle, bytes/s on the wire: 0 = none, or like a size: "12M"
+sync_compress = ""    # "" | "zstd": compress the copy stream in transit
 [hosts.nas-0-0]
 role = "nas"          # nas|compute (required)
 address = "10.1.1.1"  # SSH address; default: the host name
 port = 22
 data_address = ""     # default: "<name>.<ib_net>" if ib_net, else address
 ```
+
+Storage attributes set with ``set host attr HOST ATTR value=…`` (img_sync,
+vm_container_zpool, img_zpools, ib_net) are kept in the state store and override the file
+for that host: ``Config.with_overrides`` makes the Config every command sees (``ctx.config``),
+and ``Config.source(host, attr)`` says where a value comes from.
 """
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from imgstor import validate
 from imgstor.errors import ConfigError, NotFound, UsageError
 
 __all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "HostConfig", "load_config",
-           "config_path", "HOST_ATTRS"]
+           "config_path", "HOST_ATTRS", "SOURCES"]
 
 DEFAULT_PATH = "/etc/imgstor/imgstor.toml"
 ENV_VAR = "IMGSTOR_CONFIG"
@@ -82,6 +89,8 @@ class HostConfig:
     chap: bool = False
     sync_frequency: int = 3600
     overcommit: float = 1.0
+    sync_bwlimit: int = 0          # bytes per second, 0 = unlimited
+    sync_compress: str = ""        # "" | "zstd"
 
 
 @dataclass
@@ -92,6 +101,39 @@ class Config:
     ssh: SshConfig = field(default_factory=SshConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    # host -> the keys its [hosts.NAME] table sets; host -> the attributes set by command
+    host_keys: dict[str, frozenset[str]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def source(self, host: str, attr: str) -> str:
+        """Where ``host``'s value of ``attr`` comes from: one of ``SOURCES``."""
+        if attr in self.overrides.get(host, {}):
+            return SOURCES[3]
+        if attr in self.host_keys.get(host, ()):
+            return SOURCES[2]
+        return SOURCES[1] if attr in self.defaults else SOURCES[0]
+
+    def with_overrides(self, overrides: dict[str, dict[str, Any]]) -> "Config":
+        """This config with the store's per-host attributes applied (``set host attr``):
+        host -> {attr: value}, values as the store keeps them.  Hosts not in the file are
+        ignored (a host removed from the config keeps its entry in the store until
+        ``remove host attr``).  ``data_address`` follows an overridden ``ib_net`` unless
+        the file sets it."""
+        if not overrides:
+            return self
+        hosts = dict(self.hosts)
+        kept: dict[str, dict[str, Any]] = {}
+        for name, attrs in overrides.items():
+            hc = hosts.get(name)
+            if hc is None or not attrs:
+                continue
+            kept[name] = dict(attrs)
+            change = {k: tuple(v) if k == "img_zpools" else v for k, v in attrs.items()}
+            if "ib_net" in change and "data_address" not in self.host_keys.get(name, ()):
+                ib = change["ib_net"]
+                change["data_address"] = f"{name}.{ib}" if ib else hc.address
+            hosts[name] = replace(hc, **change)
+        return replace(self, hosts=hosts, overrides=kept)
 
     def host(self, name: str, role: str | None = None, what: str = "host") -> HostConfig:
         """The configured host ``name`` (``NotFound`` if unknown); with ``role``, a
@@ -173,6 +215,15 @@ def _zpools(v: Any) -> tuple[str, ...]:
     return tuple(_validated(validate.zpool)(p) for p in v)
 
 
+def _bwlimit(v: Any) -> int:
+    """``sync_bwlimit``: bytes per second, an int or written like a size (``"12M"``)."""
+    from imgstor.remote.copyjob import parse_rate
+    try:
+        return parse_rate(v)
+    except UsageError as e:
+        raise ValueError(e.message) from None
+
+
 def _opt_host(v: Any) -> str:
     s = _str(v)
     return _validated(validate.host)(s) if s else s
@@ -197,7 +248,11 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
     "chap": _bool,
     "sync_frequency": _positive_int,
     "overcommit": lambda v: float(_positive(v)),
+    "sync_bwlimit": lambda v: _bwlimit(v),
+    "sync_compress": _choice("", "zstd"),
 }
+# Where a host attribute's value comes from (``list host attr``, column SOURCE).
+SOURCES = ("built-in default", "config default", "config host", "set by command")
 _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
@@ -281,7 +336,9 @@ def _build(path: str, raw: dict) -> Config:
             raise _err(path, prefix, e.message) from None
         if not isinstance(sec, dict):
             raise _err(path, prefix, "must be a table")
-        attrs = {**defaults, **_check(path, prefix, sec, _HOST_KEYS)}
+        own = _check(path, prefix, sec, _HOST_KEYS)
+        cfg.host_keys[name] = frozenset(own)
+        attrs = {**defaults, **own}
         if "role" not in attrs:
             raise _err(path, prefix + ".role", "missing; must be one of nas, compute")
         attrs.setdefault("address", name)

@@ -1,9 +1,10 @@
 """Tables and JSON for command results, in the Rocks layout.
 
-A handler returns ``Output(rows, columns)``, a message string or None; ``emit`` prints it.
-Tables are tabulate's ``plain`` format with upper-case headers, every cell left-aligned and
-``----`` for a missing value (as Rocks prints).  ``--json`` prints the same rows as a JSON
-list of objects whose keys are the column keys (None stays null).
+A handler returns ``Output(rows, columns)``, a ``Message``, a message string or None;
+``emit`` prints it.  Tables are tabulate's ``plain`` format with upper-case headers, every
+cell left-aligned and a missing value shown as dashes the width of its column (as Rocks
+prints: ``---------------`` under HOST).  ``--json`` prints the same rows as a JSON list of
+objects whose keys are the column keys (None stays null); a message is ``{"message": …}``.
 
 For speed (``list host vm nas`` on 10,000 VMs) plain ASCII tables are laid out here with the
 exact rules of tabulate's plain format (column width = max(header + 2, widest cell), cells
@@ -17,10 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TextIO
 
-__all__ = ["Output", "print_rows", "format_table", "format_duration", "emit", "MISSING",
-           "printable"]
+__all__ = ["Output", "Message", "print_rows", "format_table", "format_duration", "emit",
+           "MISSING", "printable"]
 
-MISSING = "----"
+MISSING = "-"                 # a missing cell: this, repeated to the column's width
 Columns = Sequence[tuple[str, str]]
 
 
@@ -31,6 +32,18 @@ class Output:
     columns: list[tuple[str, str]]
     footer: list[str] = field(default_factory=list)   # extra lines after the table
     exit_code: int = 0        # non-zero: the command printed its table but did not succeed
+
+
+@dataclass
+class Message:
+    """A result whose text differs from its ``--json`` form: the Rocks guide's lines for a
+    person (``mapping  nas-0-0 : tank / vol1  on  compute-0-3`` then the device) and the
+    one-line ``message`` scripts already read (``{"message": "nas-0-0:vol1 mapped to …"}``)."""
+    text: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -60,20 +73,30 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
     """The plain table text (no trailing newline)."""
     headers = [h.upper() for _, h in columns]
     cols = [[_cell(r.get(k)) for r in rows] for k, _ in columns]
-    shown = [[MISSING if c is None else c for c in col] for col in cols]
-    text = "".join(headers) + "".join("".join(col) for col in shown)
+    text = "".join(headers) + "".join("".join(c for c in col if c) for col in cols)
     if not (text.isascii() and text.isprintable()) or _WS.search(text):
         # multi-line, unicode or padded cells: let tabulate decide (wcwidth, stripping)
         import tabulate
-        return tabulate.tabulate([list(r) for r in zip(*cols)], headers=headers,
-                                 tablefmt="plain", missingval=MISSING,
-                                 disable_numparse=True)
-    widths = [max(len(h) + 2, max(map(len, col), default=0))
-              for h, col in zip(headers, shown)]
+        widths = [max(_visible(h) + 2, max((_visible(c) for c in col if c is not None),
+                                           default=0)) for h, col in zip(headers, cols)]
+        return tabulate.tabulate(
+            [list(r) for r in zip(*[[MISSING * w if c is None else c for c in col]
+                                    for w, col in zip(widths, cols)])],
+            headers=headers, tablefmt="plain", disable_numparse=True)
+    widths = [max(len(h) + 2, max((len(c) for c in col if c is not None), default=0))
+              for h, col in zip(headers, cols)]
+    shown = [[MISSING * w if c is None else c for c in col] for w, col in zip(widths, cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers).rstrip()]
     lines.extend(fmt.format(*cells).rstrip() for cells in zip(*shown))
     return "\n".join(lines)
+
+
+def _visible(cell: str) -> int:
+    """The width tabulate gives ``cell``: its widest line, stripped (wcwidth if present)."""
+    import tabulate
+    return max((tabulate._visible_width(line.strip()) for line in cell.splitlines()),
+               default=0)
 
 
 def print_rows(rows: Sequence[dict[str, Any]], columns: Columns, *, json: bool,
@@ -93,6 +116,8 @@ def emit(result: Output | str | None, *, json: bool, file: TextIO | None = None)
     out = file or sys.stdout
     if result is None:
         return
+    if isinstance(result, Message):
+        result = result.message if json else result.text
     if isinstance(result, Output):
         print_rows(result.rows, result.columns, json=json, file=out)
         if not json:

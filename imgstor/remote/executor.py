@@ -105,6 +105,22 @@ class Executor:
                     raise RemoteCommandError(self.host, r.argv, r.rc, r.stderr)
         return results
 
+    def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Replace file ``path`` with ``data`` atomically (temp file, fsync, rename) with
+        ``mode``; its directory is made 0700 if missing.  A change like a command: logged
+        as ``write-file PATH MODE``, skipped (``SKIP> …``) in a dry run."""
+        argv = ["write-file", str(path), f"{mode:04o}"]
+        text = shlex.join(argv)
+        if self.dry_run:
+            self.log.append("SKIP> " + text)
+            self.skipped.append(text)
+            return
+        self.log.append(text)
+        self._write_file(argv, data, mode)
+
+    def _write_file(self, argv: list[str], data: bytes, mode: int) -> None:
+        raise NotImplementedError
+
     def _run(self, argv: list[str], *, input: str | None, timeout: float | None,
              env: dict | None) -> Result:
         raise NotImplementedError
@@ -114,6 +130,20 @@ class Executor:
 
 
 class LocalExecutor(Executor):
+    def _write_file(self, argv, data, mode):
+        path = argv[1]
+        d = os.path.dirname(path) or "."
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
     def _run(self, argv, *, input, timeout, env):
         full_env = None
         if env:
@@ -130,43 +160,81 @@ class LocalExecutor(Executor):
         return Result(argv, p.returncode, p.stdout, p.stderr)
 
     def _pipe(self, stages, *, timeout):
+        """Start every stage, then drain the last one's stdout and reap them all under ONE
+        deadline armed at the start (code review Z2: it used to be armed only after the
+        drain, so a hung stage blocked forever).  At the deadline every stage still running
+        is killed and reported with rc 124; the others keep their own exit status."""
+        import selectors
+        import tempfile
+        deadline = None if timeout is None else time.monotonic() + timeout
         procs: list[subprocess.Popen] = []
         errfiles = []
         prev = subprocess.DEVNULL
-        import tempfile
         try:
-            for i, argv in enumerate(stages):
+            for argv in stages:
                 ef = tempfile.TemporaryFile()
                 errfiles.append(ef)
-                last = i == len(stages) - 1
                 try:
-                    p = subprocess.Popen(argv, stdin=prev, stderr=ef,
-                                         stdout=subprocess.PIPE)
+                    p = subprocess.Popen(argv, stdin=prev, stderr=ef, stdout=subprocess.PIPE)
                 except FileNotFoundError:
                     for q in procs:
                         q.kill()
-                    return [Result(a, 127 if a is argv else -9, "", f"{argv[0]}: command not found")
+                        q.wait()
+                    return [Result(a, 127 if a is argv else -9, "",
+                                   f"{argv[0]}: command not found" if a is argv else "")
                             for a in stages]
                 if prev is not subprocess.DEVNULL:
                     prev.close()      # the child holds it now; lets SIGPIPE work
                 procs.append(p)
                 prev = p.stdout
-                if last:
-                    break
-            out = procs[-1].stdout.read().decode(errors="replace") if procs[-1].stdout else ""
-            deadline = None if timeout is None else time.monotonic() + timeout
+            out = bytearray()
+            timed_out = False
+            last = procs[-1].stdout
+            with selectors.DefaultSelector() as sel:
+                sel.register(last, selectors.EVENT_READ)
+                while True:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        timed_out = True
+                        break
+                    if not sel.select(left):
+                        continue
+                    chunk = os.read(last.fileno(), 65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            last.close()
+            killed: set[int] = set()
+            for p in procs:
+                if not timed_out:
+                    try:
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        p.wait(left)
+                        continue
+                    except subprocess.TimeoutExpired:
+                        timed_out = True
+                # the deadline passed: every stage still running now is killed, together
+                # (one at a time would let a later stage see EOF and exit 0)
+                running = [j for j, q in enumerate(procs) if q.poll() is None]
+                for j in running:
+                    procs[j].kill()
+                killed.update(running)
+                break
             results = []
-            for p, argv, ef in zip(procs, stages, errfiles):
-                try:
-                    rc = p.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    rc = 124
+            for i, (p, argv, ef) in enumerate(zip(procs, stages, errfiles)):
+                rc = p.wait()
+                extra = ""
+                if i in killed:
+                    rc, extra = 124, f"\ntimed out after {timeout}s (killed)"
                 ef.seek(0)
-                results.append(Result(argv, rc, "", ef.read().decode(errors="replace")))
-            results[-1].stdout = out
+                results.append(Result(argv, rc, "", ef.read().decode(errors="replace") + extra))
+            results[-1].stdout = out.decode(errors="replace")
             return results
         finally:
+            for p in procs:
+                if p.poll() is None:           # an exception above: leave nothing running
+                    p.kill()
+                    p.wait()
             for ef in errfiles:
                 ef.close()
 
@@ -193,6 +261,7 @@ class ScriptedExecutor(Executor):
     def __post_init__(self) -> None:
         Executor.__init__(self, "scripted")
         self.calls: list[list[str]] = []
+        self.files: dict[str, bytes] = {}       # what write_file wrote
 
     def _next(self, argv: list[str]) -> Result:
         self.calls.append(argv)
@@ -205,6 +274,10 @@ class ScriptedExecutor(Executor):
 
     def _run(self, argv, *, input, timeout, env):
         return self._next(argv)
+
+    def _write_file(self, argv, data, mode):
+        self._next(argv)
+        self.files[argv[1]] = data
 
     def _pipe(self, stages, *, timeout):
         return [self._next(s) for s in stages]

@@ -7,6 +7,11 @@ stdout: exactly one JSON object:
      "commands": [...]}
 "commands" lists what ran (and "SKIP> …" for what a dry run did not run), for --debug.
 Exit code 0 when ok, 1 for an ImgstorError, 70 for a bug (with a traceback in the error).
+
+Every step that may change something runs under the node's lock of its volume (or of its
+target when it names no volume), held by this process for the whole step or batch
+(imgstor.remote.locks): a step orphaned by a killed frontend and the re-run of the same
+command never run at once.  A dry run changes nothing and takes no lock.
 """
 from __future__ import annotations
 
@@ -36,6 +41,30 @@ def run_batch(steps: list[dict], ex: Executor, stop_after: int | None = None) ->
             "facts": {"results": results}, "message": ""}
 
 
+def lock_names(name: str, args: dict) -> list[str]:
+    """The volume locks a request needs: those of every mutating step in it."""
+    from imgstor.remote import locks
+    from imgstor.remote.steps import load_all
+    if name == "batch":
+        out: list[str] = []
+        for s in args.get("steps") or []:
+            if isinstance(s, dict):
+                out += lock_names(str(s.get("step")), s.get("args") or {})
+        return out
+    fn = load_all().get(name)
+    if fn is None or getattr(fn, "read_only", False) or not isinstance(args, dict):
+        return []
+    return locks.volume_lock_names(args)
+
+
+def run_locked(name: str, args: dict, ex: Executor) -> dict:
+    """``run_step`` holding the request's volume locks (none in a dry run)."""
+    from imgstor.remote import locks
+    names = [] if ex.dry_run else lock_names(name, args)
+    with locks.hold(names, what=f"volume lock of node step {name}"):
+        return run_step(name, args, ex)
+
+
 def run_step(name: str, args: dict, ex: Executor) -> dict:
     from imgstor.remote.steps import load_all
     if name == "batch":
@@ -63,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         req = json.loads(sys.stdin.read() or "{}")
         ex = DryRunExecutor() if req.get("dry_run") else LocalExecutor()
-        out = run_step(argv[1], req.get("args") or {}, ex)
+        out = run_locked(argv[1], req.get("args") or {}, ex)
         rc = 0
     except ImgstorError as e:
         out, rc = {"ok": False, "error": e.to_wire()}, 1

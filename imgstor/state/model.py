@@ -1,4 +1,5 @@
-"""What the state store holds: VMs, volumes (with their mapping and busy marker), jobs.
+"""What the state store holds: VMs, volumes (with their mapping and busy marker), jobs,
+and the storage attributes set per host by ``set host attr`` (``attrs``).
 
 Dataclasses with ``to_dict()`` / ``from_dict()``.  ``from_dict`` is strict: a missing
 field, an unknown field or a bad value is a ``StateError`` (the store never rewrites a file
@@ -10,11 +11,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from imgstor.errors import StateError
+from imgstor import validate
+from imgstor.errors import StateError, UsageError
 
-__all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS", "Busy",
-           "Lease", "Job", "Vm", "Volume", "State", "volume_key", "split_key", "natural_key",
-           "migrate"]
+__all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS",
+           "HOST_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume", "HostAttrs", "State",
+           "volume_key", "split_key", "natural_key", "migrate"]
 
 # Schema 2 adds jobs (sync mode's long work, finished by monitors).  A schema 1 file is
 # read and written back as 2 at the next change; a newer one is refused.
@@ -239,6 +241,51 @@ class Volume:
         return v
 
 
+HOST_ATTR_NAMES = ("img_sync", "vm_container_zpool", "img_zpools", "ib_net")
+
+
+@dataclass
+class HostAttrs:
+    """The storage attributes ``set host attr`` set on one host: overrides of the config's
+    values (None: not set, the config's value applies).  Checked as strictly as the config
+    checks them: a bad value in the file is a StateError, never a command argument."""
+    img_sync: bool | None = None
+    vm_container_zpool: str | None = None
+    img_zpools: list[str] | None = None
+    ib_net: str | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The attributes that are set, by name."""
+        return {k: getattr(self, k) for k in HOST_ATTR_NAMES if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if k == "img_zpools" else v for k, v in self.values().items()}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "HostAttrs":
+        try:
+            a = cls(**_from(cls, d, what))
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        try:
+            if a.img_sync is not None and type(a.img_sync) is not bool:
+                raise _err(what, "img_sync must be true or false")
+            if a.vm_container_zpool is not None:
+                validate.zpool(a.vm_container_zpool, "vm_container_zpool")
+            if a.img_zpools is not None:
+                if type(a.img_zpools) is not list or not a.img_zpools:
+                    raise _err(what, "img_zpools must be a non-empty list of zpool names")
+                for z in a.img_zpools:
+                    validate.zpool(z, "img_zpools entry")
+            if a.ib_net is not None:
+                validate.host(a.ib_net, "ib_net")
+        except UsageError as e:
+            raise _err(what, e.message) from None
+        if not a.values():
+            raise _err(what, "no attribute set (an empty entry is removed, not kept)")
+        return a
+
+
 def _load_all(cls: Any, items: dict, section: str) -> dict:
     # One try around the loop, no f-string per entry: 10,000 VMs load in milliseconds.
     out: dict = {}
@@ -256,12 +303,19 @@ class State:
     vms: dict[str, Vm] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
+    attrs: dict[str, HostAttrs] = field(default_factory=dict)     # host -> its overrides
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
         """vms and volumes come out in natural key order, so a reader can list them in
-        file order without sorting (``State.from_dict`` keeps the order)."""
-        return {"schema": self.schema,
+        file order without sorting (``State.from_dict`` keeps the order).  ``attrs`` is
+        written only when some host has one (a file without any reads as before), and
+        right after ``schema``, where ``Store.read_attrs`` finds it without parsing the
+        rest of the file (every command reads it to build its config)."""
+        attrs = ({"attrs": {k: self.attrs[k].to_dict()
+                            for k in sorted(self.attrs, key=natural_key)}}
+                 if self.attrs else {})
+        return {"schema": self.schema, **attrs,
                 "vms": {k: self.vms[k].to_dict() for k in sorted(self.vms, key=natural_key)},
                 "volumes": {k: self.volumes[k].to_dict()
                             for k in sorted(self.volumes, key=natural_key)},
@@ -271,10 +325,10 @@ class State:
     def from_dict(cls, d: Any) -> "State":
         if not isinstance(d, dict):
             raise StateError("top level: expected an object")
-        unknown = set(d) - {"schema", "vms", "volumes", "jobs"}
+        unknown = set(d) - {"schema", "vms", "volumes", "jobs", "attrs"}
         if unknown:
             raise StateError(f"top level: unknown field(s) {', '.join(sorted(unknown))}")
-        for name in ("vms", "volumes", "jobs"):
+        for name in ("vms", "volumes", "jobs", "attrs"):
             if not isinstance(d.get(name, {}), dict):
                 raise StateError(f"{name}: expected an object")
         vms = _load_all(Vm, d.get("vms", {}), "vms")
@@ -286,7 +340,8 @@ class State:
         for k, j in jobs.items():
             if k != j.id:
                 raise StateError(f"jobs[{k!r}]: key does not match id {j.id!r}")
-        return cls(vms=vms, volumes=vols, jobs=jobs, schema=d.get("schema", SCHEMA))
+        return cls(vms=vms, volumes=vols, jobs=jobs, attrs=attrs_from_dict(d.get("attrs", {})),
+                   schema=d.get("schema", SCHEMA))
 
     def jobs_of(self, key: str) -> list[Job]:
         """The jobs of volume ``key`` (NAS/VOL), oldest first."""
@@ -298,6 +353,18 @@ class State:
         if not vm.nas:
             return None
         return self.volumes.get(volume_key(vm.nas, vm.vol))
+
+
+def attrs_from_dict(d: Any) -> dict[str, HostAttrs]:
+    """The ``attrs`` section: host name -> HostAttrs, strictly checked."""
+    if not isinstance(d, dict):
+        raise StateError("attrs: expected an object")
+    for k in d:
+        try:
+            validate.host(k)
+        except UsageError as e:
+            raise StateError(f"attrs[{k!r}]: {e.message}") from None
+    return _load_all(HostAttrs, d, "attrs")
 
 
 def migrate(raw: dict) -> dict:

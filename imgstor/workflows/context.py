@@ -26,14 +26,24 @@ class Ctx:
     debug: bool = False
 
     @cached_property
-    def config(self) -> "Config":
+    def file_config(self) -> "Config":
+        """The config file as written, without the attributes set by command."""
         from imgstor.config import load_config
         return load_config(self.config_path)
 
     @cached_property
+    def config(self) -> "Config":
+        """The config every workflow uses: the file, with the storage attributes that
+        ``set host attr`` keeps in the store applied per host (read once, when the command
+        first needs its config; a change applies to the next command)."""
+        attrs = self.store.read_attrs()
+        return self.file_config.with_overrides({h: a.values() for h, a in attrs.items()})
+
+    @cached_property
     def store(self) -> "Store":
         from imgstor.state.store import Store
-        return Store(self.config.state_path, lock_timeout=self.config.lock_timeout)
+        cfg = self.file_config
+        return Store(cfg.state_path, lock_timeout=cfg.lock_timeout)
 
     @cached_property
     def cluster(self):  # -> imgstor.transport.Cluster (written by the transport owner)

@@ -83,6 +83,8 @@ def run_job(ctx, job: Job) -> None:
     current: Job | None = job
     while current is not None and i < len(phases):
         name, fn = phases[i]
+        print(f"{time.strftime('%H:%M:%S')} {job.id}: phase {name}", file=sys.stderr,
+              flush=True)
         fn(ctx, current)
         nxt = names[i + 1] if i + 1 < len(names) else DONE
         current = _advance(ctx, job.id, nxt)

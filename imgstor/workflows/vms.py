@@ -7,6 +7,7 @@ is mapped or busy.
 """
 from __future__ import annotations
 
+import re
 import shlex
 
 from imgstor import validate
@@ -16,7 +17,8 @@ from imgstor.state.model import State, Vm, natural_key
 from imgstor.workflows.context import Ctx
 
 __all__ = ["add_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
-           "remove_vm_nas", "dump_vm_nas", "natural_key", "pick_zpool"]
+           "remove_vm_nas", "dump_vm_nas", "natural_key", "pick_zpool", "vm_base",
+           "format_size"]
 
 def _saved(ctx: Ctx, msg: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
@@ -49,37 +51,83 @@ def _vms(st: State, names: list[str] | None) -> list[Vm]:
     return list(st.vms.values())
 
 
-def add_vm(ctx: Ctx, container: str, name: str | None = None) -> str:
-    """Record a VM on compute node ``container``; default name ``<container>-<n>``."""
+_RACK_RANK = re.compile(r".*?-([0-9]+)-([0-9]+)", re.ASCII)
+
+
+def vm_base(container: str, membership: str | None) -> str:
+    """The name a new VM gets before its ``-<n>``.  As Rocks names VMs: the membership's
+    base name, then the container's rack and rank (``compute`` on ``vm-container-0-14``
+    -> ``compute-0-14``); without a membership, the container's own name."""
+    if membership is None:
+        return container
+    m = _RACK_RANK.fullmatch(container)
+    if m is None:
+        raise UsageError(f"add host vm: container {container!r} has no rack and rank in its "
+                         f"name (NAME-RACK-RANK, as vm-container-0-14) to name a "
+                         f"{membership} VM after; give name=VM")
+    return f"{membership}-{m.group(1)}-{m.group(2)}"
+
+
+def add_vm(ctx: Ctx, container: str, membership: str | None = None,
+           name: str | None = None) -> str:
+    """Record a VM on compute node ``container``; default name ``<base>-<n>`` (see
+    ``vm_base``: ``compute-0-14-0`` for membership compute on vm-container-0-14, else
+    ``<container>-<n>``)."""
     validate.host(container, "container")
+    if membership is not None:
+        validate.host(membership.lower(), "membership")
+        membership = membership.lower()            # Rocks memberships: Compute, compute
     if name is not None:
         validate.vm(name)
     ctx.config.host(container, role="compute", what="container")
     if name is not None and name in ctx.config.hosts:
         raise Conflict(f"VM name {name!r} is already a host in {ctx.config.path}")
+    base = vm_base(container, membership) if name is None else ""
     with ctx.transaction() as st:
         if name is None:
             n = 0
-            while f"{container}-{n}" in st.vms or f"{container}-{n}" in ctx.config.hosts:
+            while f"{base}-{n}" in st.vms or f"{base}-{n}" in ctx.config.hosts:
                 n += 1
-            name = validate.vm(f"{container}-{n}")
+            name = validate.vm(f"{base}-{n}")
         elif name in st.vms:
             raise Conflict(f"VM {name!r} exists already (on {st.vms[name].container})")
-        st.vms[name] = Vm(name=name, container=container)
+        st.vms[name] = Vm(name=name, container=container,
+                          extra={"membership": membership} if membership else {})
     return _saved(ctx, f"added VM {name} on physical node {container}")
 
 
-def list_vms(ctx: Ctx, vms: list[str] | None = None) -> Output:
-    """Columns VM CONTAINER NAS ZPOOL MODE (sync if the container has img_sync)."""
+def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) -> Output:
+    """Columns VM CONTAINER NAS ZPOOL MODE; ``showdisks``: DISK (``NAS:pool/volume``, or
+    ``local`` for a VM without a NAS, which keeps its own disks) and DISKSIZE.  MODE is the
+    mode of the VM's mapping while it has one, else the one its next start would use
+    (sync if its container has img_sync)."""
     st = ctx.store.read()
     rows = []
     for v in _vms(st, vms):
         host = ctx.config.hosts.get(v.container)
         mode = None if host is None else ("sync" if host.img_sync else "direct")
-        rows.append({"vm": v.name, "container": v.container, "nas": v.nas,
-                     "zpool": v.zpool, "mode": mode})
-    return Output(rows, [("vm", "VM"), ("container", "CONTAINER"), ("nas", "NAS"),
-                         ("zpool", "ZPOOL"), ("mode", "MODE")])
+        vol = st.vm_volume(v)
+        if vol is not None and vol.mode:
+            mode = vol.mode                       # a live mapping keeps what it recorded
+        row = {"vm": v.name, "container": v.container, "nas": v.nas, "zpool": v.zpool,
+               "mode": mode}
+        if showdisks:
+            row["disk"] = f"{v.nas}:{v.zpool}/{v.vol}" if v.nas else "local"
+            row["disksize"] = format_size(vol.size) if vol is not None and vol.size else None
+        rows.append(row)
+    cols = [("vm", "VM"), ("container", "CONTAINER"), ("nas", "NAS"), ("zpool", "ZPOOL"),
+            ("mode", "MODE")]
+    if showdisks:
+        cols += [("disk", "DISK"), ("disksize", "DISKSIZE")]
+    return Output(rows, cols)
+
+
+def format_size(nbytes: int) -> str:
+    """``10737418240`` -> ``10G`` (the largest unit that divides it, as sizes are given)."""
+    for unit, n in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if nbytes % n == 0:
+            return f"{nbytes // n}{unit}"
+    return f"{nbytes}B"
 
 
 def remove_vm(ctx: Ctx, vm: str) -> str:

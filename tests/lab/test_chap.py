@@ -60,7 +60,8 @@ def test_chap_map_login_refusals_unmap_remove(lab: Lab, tmp_path: Path) -> None:
 
     # ---- map: credentials made once, 0600 in 0700 directories, never printed
     p = cli(lab, "-v", "add", "host", "storagemap", NAS, "tank", vol, HOST, "64M", config=cfg)
-    assert f"{NAS}:{vol} mapped to {HOST}:" in p.stdout, p.stdout
+    assert re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  {HOST}\niscsi://\S+\n", p.stdout), \
+        p.stdout
     creds = json.loads(cred.read_text())
     user, password = creds["user"], creds["password"]
     assert re.fullmatch(r"imgstor-[0-9a-f]{12}", user) and len(password) == 16

@@ -2,6 +2,7 @@
 names never collide, an interrupted map is undone by `remove host storagemap`."""
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -52,7 +53,8 @@ def test_adopt_marks_and_exports_then_remove_keeps_child_data(lab: Lab) -> None:
     try:
         out = cli(lab, "add", "host", "storagemap", NAS, "tank", name, "compute-0-0", "16M",
                   "adopt=yes").stdout
-        assert "mapped to compute-0-0" in out
+        assert re.fullmatch(rf"mapping  {NAS} : tank / {name}  on  compute-0-0\niscsi://\S+\n",
+                            out), out
         assert lab.out(NAS, f"zfs get -H -o value imgstor:role tank/{name}") == "volume"
         cli(lab, "remove", "host", "storagemap", NAS, name)
         # a child dataset made by hand inside imgstor's volume: destroy is refused, the
@@ -69,8 +71,8 @@ def test_adopt_marks_and_exports_then_remove_keeps_child_data(lab: Lab) -> None:
         lab.ssh(NAS, f"zfs destroy tank/{name}@backup")
         # imgstor's own snapshots go with the volume
         lab.ssh(NAS, f"zfs snapshot tank/{name}@imgstor-1")
-        assert cli(lab, "remove", "host", "storageimg", NAS, "tank", name).stdout.strip() \
-            == "Success"
+        assert cli(lab, "remove", "host", "storageimg", NAS, "tank", name).stdout \
+            == f"removing   {NAS} : tank / {name}\nSuccess\n"
         assert lab.ssh(NAS, f"zfs list tank/{name}", check=False).returncode != 0
     finally:
         cli(lab, "remove", "host", "storagemap", NAS, name, check=False)

@@ -2,6 +2,7 @@
 in QEMU guests, data checked by sha256."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -93,7 +94,8 @@ def test_direct_walkthrough_zvol_lio_iscsiadm(kernel_lab) -> None:
     assert sha_of(klab, NAS, f"/dev/zvol/tank/{vol}", 6 * MiB) == want
 
     out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, "compute-0-1", "64M").stdout
-    dev1 = re.search(r"mapped to compute-0-1:(/dev/sd[a-z]+)", out).group(1)
+    dev1 = re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  compute-0-1\n(/dev/sd[a-z]+)\n",
+                        out).group(1)
     assert sha_of(klab, "compute-0-1", dev1, 6 * MiB) == want
     # compute-0-0's own name is not admitted any more
     bad = login_as(klab, "compute-0-0", klab.out("compute-0-0",
@@ -104,32 +106,56 @@ def test_direct_walkthrough_zvol_lio_iscsiadm(kernel_lab) -> None:
     cli(klab, "remove", "host", "storagemap", NAS, vol)
     assert iqn not in sessions(klab, "compute-0-1")
     assert iqn not in klab.out(NAS, "targetcli ls /iscsi")
-    assert cli(klab, "remove", "host", "storageimg", NAS, "tank", vol).stdout.strip() == "Success"
+    assert cli(klab, "remove", "host", "storageimg", NAS, "tank", vol).stdout == \
+        f"removing   {NAS} : tank / {vol}\nSuccess\n"
     assert klab.ssh(NAS, f"zfs list tank/{vol}").returncode != 0
     cli(klab, "remove", "host", "vm", vm)
 
 
-def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
+@pytest.fixture
+def own_state(kernel_lab, tmp_path: Path):
+    """The kernel lab is shared: these tests keep their own state file (another branch's
+    imgstor may have written the lab's with a newer schema)."""
+    text = kernel_lab.config_path.read_text()
+    text = re.sub(r'(?m)^path = ".*"$', f'path = "{tmp_path / "state.json"}"', text, count=1)
+    cfg = tmp_path / "imgstor.toml"
+    cfg.write_text(text)
+    return dataclasses.replace(kernel_lab, config_path=cfg)
+
+
+def wait_phase(c, node: str, args: dict, phase: str) -> dict:
+    deadline = time.monotonic() + 300
+    while True:
+        st = c.step(node, "overlay.status", **args).facts
+        if st["phase"] == phase:
+            return st
+        assert time.monotonic() < deadline, f"overlay did not reach {phase}: {st}"
+        time.sleep(1)
+
+
+def test_dm_overlay_steps_for_sync_mode(own_state) -> None:
     """The sync-mode overlay, step by step as node steps: VM writes land in the temp-write
     zvol while the origin is the iSCSI disk; the NAS copies the volume to the node; the
     overlay merges onto the local copy and becomes linear; sha256 = origin + writes."""
     from imgstor.config import load_config
     from imgstor.transport import Cluster
-    klab = kernel_lab
+    klab = own_state
     node = "compute-0-0"
     vol = f"ovl-{uuid.uuid4().hex[:6]}"
     size = 64 * MiB
     out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, node, "64M").stdout
-    origin = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", out).group(1)
+    origin = re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  {node}\n(/dev/sd[a-z]+)\n",
+                          out).group(1)
     # the NAS volume gets some data first (through the initiator)
     write_random(klab, node, origin, 8)
-    name, cow, local = f"{vol}-snap", f"/dev/zvol/tank/{vol}-temp-write", f"/dev/zvol/tank/{vol}"
+    name, local = f"{vol}-snap", f"/dev/zvol/tank/{vol}"
+    args = {"driver": "dm", "pool": "tank", "vol": vol}
     with Cluster(load_config(str(klab.config_path))) as c:
-        assert c.step(node, "compute.ensure_zvol", pool="tank", vol=f"{vol}-temp-write",
-                      size=size).changed
-        r = c.step(node, "overlay.create", name=name, origin=origin, cow=cow)
+        r = c.step(node, "overlay.create", origin=origin, **args)
         assert r.changed and r.facts["device"] == f"/dev/mapper/{name}"
-        assert not c.step(node, "overlay.create", name=name, origin=origin, cow=cow).changed
+        assert not c.step(node, "overlay.create", origin=origin, **args).changed
+        assert klab.out(node, f"zfs get -H -o value imgstor:role tank/{vol}-temp-write") == \
+            "temp-write"
         # the VM writes through the overlay; the origin stays untouched
         before = sha_of(klab, node, origin, size)
         write_random(klab, node, f"/dev/mapper/{name}", 4, seek_mib=6)
@@ -141,21 +167,60 @@ def test_dm_overlay_steps_for_sync_mode(kernel_lab) -> None:
         c.step(node, "compute.ensure_zvol", pool="tank", vol=vol, size=size)
         assert sha_of(klab, node, local, size) == before
         # merge onto the local copy, wait, go linear
-        assert c.step(node, "overlay.merge", name=name, local=local, cow=cow).changed
-        assert not c.step(node, "overlay.merge", name=name, local=local, cow=cow).changed
-        deadline = time.monotonic() + 300
-        while not c.step(node, "overlay.status", name=name).facts["merged"]:
-            assert time.monotonic() < deadline, "merge did not finish"
-            time.sleep(1)
-        assert c.step(node, "overlay.linear", name=name, local=local).changed
-        assert c.step(node, "overlay.status", name=name).facts["target"] == "linear"
+        assert c.step(node, "overlay.merge", local=local, **args).changed
+        assert not c.step(node, "overlay.merge", local=local, **args).changed
+        st = wait_phase(c, node, args, "merged")
+        assert st["into"] == "local" and st["status"] == "snapshot-merge"
+        r = c.step(node, "overlay.linear", **args)
+        assert r.changed and r.facts["temp_write_destroyed"]
+        st = c.step(node, "overlay.status", **args).facts
+        assert (st["phase"], st["into"], st["status"]) == ("pivoted", "local", "linear")
+        assert klab.ssh(node, f"zfs list tank/{vol}-temp-write").returncode != 0
         # the iSCSI disk is no longer needed: unmap it; the VM's device keeps working
         cli(klab, "remove", "host", "storagemap", NAS, vol)
         assert sha_of(klab, node, f"/dev/mapper/{name}", size) == want
         assert sha_of(klab, node, local, size) == want
-        assert c.step(node, "overlay.remove", name=name).changed
+        assert c.step(node, "overlay.remove", **args).changed
     klab.ssh(node, f"zfs destroy -r tank/{vol}-temp-write; zfs destroy -r tank/{vol}")
     cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+def test_dm_overlay_cancel_merges_into_the_nas_volume(own_state) -> None:
+    """Unmap during the copy: the overlay merges its writes back into the origin (the NAS
+    zvol over iSCSI) while the VM writes on, goes linear on the iSCSI disk; after the
+    unmap the NAS zvol's sha256 = prefill + every write."""
+    from imgstor.config import load_config
+    from imgstor.transport import Cluster
+    klab = own_state
+    node = "compute-0-1"
+    vol = f"ovc-{uuid.uuid4().hex[:6]}"
+    size = 32 * MiB
+    out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, node, "32M").stdout
+    origin = re.search(r"mapped to compute-0-1:(/dev/sd[a-z]+)", out).group(1)
+    write_random(klab, node, origin, 8)
+    dev = f"/dev/mapper/{vol}-snap"
+    args = {"driver": "dm", "pool": "tank", "vol": vol}
+    try:
+        with Cluster(load_config(str(klab.config_path))) as c:
+            c.step(node, "overlay.create", origin=origin, **args)
+            write_random(klab, node, dev, 4, seek_mib=2)
+            r = c.step(node, "overlay.merge", into="origin", **args)
+            assert r.changed and r.facts["into"] == "origin"
+            write_random(klab, node, dev, 1, seek_mib=20)        # during the merge
+            st = wait_phase(c, node, args, "merged")
+            assert st["into"] == "origin"
+            want = sha_of(klab, node, dev, size)
+            assert c.step(node, "overlay.linear", **args).facts["into"] == "origin"
+            write_random(klab, node, dev, 1, seek_mib=28)        # on the iSCSI disk alone
+            want = sha_of(klab, node, dev, size)
+            assert c.step(node, "overlay.remove", **args).changed
+        cli(klab, "remove", "host", "storagemap", NAS, vol)
+        assert sha_of(klab, NAS, f"/dev/zvol/tank/{vol}", size) == want
+        assert klab.ssh(node, f"zfs list tank/{vol}-temp-write").returncode != 0
+    finally:
+        klab.ssh(node, f"dmsetup remove --retry {vol}-snap; zfs destroy tank/{vol}-temp-write")
+        cli(klab, "remove", "host", "storagemap", NAS, vol, check=False)
+        cli(klab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
 
 
 def test_chap_on_lio_and_iscsiadm(kernel_lab, tmp_path: Path) -> None:
@@ -177,7 +242,8 @@ def test_chap_on_lio_and_iscsiadm(kernel_lab, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     cred = json.loads((tmp_path / "chap" / NAS / f"{vol}.json").read_text())
     assert cred["password"] not in p.stdout + p.stderr
-    dev = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", p.stdout).group(1)
+    dev = re.fullmatch(rf"mapping  {NAS} : tank / {vol}  on  compute-0-0\n(/dev/sd[a-z]+)\n",
+                       p.stdout).group(1)
     write_random(klab, "compute-0-0", dev, 2)
     want = sha_of(klab, "compute-0-0", dev, 2 * MiB)
     # the node's own initiator name, but no CHAP: refused by LIO (iscsiadm 24)
@@ -219,8 +285,8 @@ def test_data_safety_zvol_type_and_lio_names(kernel_lab) -> None:
         # imgstor's own volume has its mark; its remove leaves the others alone
         assert klab.out(NAS, f"zfs get -H -o value imgstor:role tank/a.{tag}") == "volume"
         cli(klab, "remove", "host", "storagemap", NAS, f"a.{tag}")
-        assert cli(klab, "remove", "host", "storageimg", NAS, "tank", f"a.{tag}").stdout.strip() \
-            == "Success"
+        assert cli(klab, "remove", "host", "storageimg", NAS, "tank", f"a.{tag}").stdout \
+            == f"removing   {NAS} : tank / a.{tag}\nSuccess\n"
         assert klab.ssh(NAS, f"zfs list tank/{fs} tank/{zv}", check=False).returncode == 0
     finally:
         cli(klab, "remove", "host", "storagemap", NAS, f"a.{tag}", check=False)

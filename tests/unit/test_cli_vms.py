@@ -32,9 +32,9 @@ def test_add_list_remove_vm(imgstor):
     r = imgstor("list", "host", "vm")
     assert r.out.splitlines() == [
         "VM             CONTAINER    NAS    ZPOOL    MODE",
-        "compute-0-0-0  compute-0-0  ----   ----     direct",
-        "compute-0-0-1  compute-0-0  ----   ----     direct",
-        "web1           compute-0-1  ----   ----     sync",
+        "compute-0-0-0  compute-0-0  -----  -------  direct",
+        "compute-0-0-1  compute-0-0  -----  -------  direct",
+        "web1           compute-0-1  -----  -------  sync",
     ]
     r = imgstor("list", "host", "vm", "web1", "--json")     # global flag after the command
     assert json.loads(r.out) == [{"vm": "web1", "container": "compute-0-1", "nas": None,

@@ -143,3 +143,28 @@ def test_cli_reports_config_error(tmp_path, capsys):
     assert main(["--config", p, "list", "host", "vm"]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error: config file " + p) and "defaults.target" in err
+
+
+def test_with_overrides_and_sources(tmp_path):
+    """The store's `set host attr` values over the file, and where each value comes from."""
+    from imgstor.config import SOURCES
+    p = tmp_path / "c.toml"
+    p.write_text('[defaults]\nimg_zpools = ["tank"]\n'
+                 '[hosts.nas-0-0]\nrole = "nas"\nib_net = "ib"\n'
+                 '[hosts.nas-0-1]\nrole = "nas"\ndata_address = "10.9.9.9"\n'
+                 '[hosts.compute-0-0]\nrole = "compute"\n')
+    cfg = load_config(str(p))
+    assert cfg.with_overrides({}) is cfg
+    assert [cfg.source("nas-0-0", a) for a in ("img_zpools", "ib_net", "img_sync")] == \
+        ["config default", "config host", "built-in default"]
+    over = cfg.with_overrides({"nas-0-0": {"img_zpools": ["t1", "t2"], "ib_net": "ibnet"},
+                               "nas-0-1": {"ib_net": "ibnet"},
+                               "compute-0-0": {"img_sync": True},
+                               "gone-0-0": {"img_sync": True}})
+    assert over.hosts["nas-0-0"].img_zpools == ("t1", "t2")
+    assert over.hosts["nas-0-0"].data_address == "nas-0-0.ibnet"       # follows ib_net
+    assert over.hosts["nas-0-1"].data_address == "10.9.9.9"            # the file's stays
+    assert over.hosts["compute-0-0"].img_sync is True
+    assert over.source("nas-0-0", "img_zpools") == SOURCES[3] == "set by command"
+    assert "gone-0-0" not in over.hosts and "gone-0-0" not in over.overrides
+    assert cfg.hosts["nas-0-0"].img_zpools == ("tank",)                  # unchanged

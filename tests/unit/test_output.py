@@ -9,7 +9,7 @@ import random
 import pytest
 import tabulate
 
-from imgstor.output import Output, emit, format_duration, format_table, print_rows
+from imgstor.output import Message, Output, emit, format_duration, format_table, print_rows
 
 COLS = [("vm", "VM-HOST"), ("nas", "NAS"), ("zpool", "ZPOOL")]
 
@@ -20,8 +20,22 @@ def test_table_layout():
     assert format_table(rows, COLS).splitlines() == [
         "VM-HOST        NAS      ZPOOL",
         "compute-0-0-0  nas-0-0  tank",
-        "web1           ----     ----",
+        "web1           -------  -------",
     ]
+
+
+def test_missing_cells_are_dashes_as_wide_as_the_column():
+    """The guide's listings: an empty HOST or TARGET cell is a run of dashes."""
+    cols = [("zvol", "ZVOL"), ("host", "HOST"), ("target", "TARGET"), ("time", "TIME")]
+    rows = [{"zvol": "vol1", "host": "compute-0-3", "target": "iqn.2001-04.com.nas-0-0-vol1"},
+            {"zvol": "vm-hpcdev-pub03-4-vol"}]
+    assert format_table(rows, cols).splitlines() == [
+        "ZVOL                   HOST         TARGET                        TIME",
+        "vol1                   compute-0-3  iqn.2001-04.com.nas-0-0-vol1  ------",
+        "vm-hpcdev-pub03-4-vol  -----------  ----------------------------  ------"]
+    rows[0]["host"] = "compute-0-3 \u00e9"          # the tabulate path pads the same way
+    assert format_table(rows, cols).splitlines()[2].split() == ["vm-hpcdev-pub03-4-vol",
+                                                                "-" * 13, "-" * 28, "-" * 6]
 
 
 def test_headers_upper_cased_and_empty_table():
@@ -29,9 +43,14 @@ def test_headers_upper_cased_and_empty_table():
 
 
 def _tabulate(rows, cols):
-    table = [[None if r.get(k) is None else str(r.get(k)) for k, _ in cols] for r in rows]
+    """tabulate's plain table, a missing cell shown as dashes the column's width."""
+    table = [[None if r.get(k) is None else str(r.get(k)).strip() for k, _ in cols]
+             for r in rows]
+    widths = [max([len(h) + 2] + [len(row[i]) for row in table if row[i] is not None])
+              for i, (_, h) in enumerate(cols)]
+    table = [["-" * w if c is None else c for w, c in zip(widths, row)] for row in table]
     return tabulate.tabulate(table, headers=[h.upper() for _, h in cols], tablefmt="plain",
-                             missingval="----", disable_numparse=True)
+                             disable_numparse=True)
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -66,7 +85,7 @@ def test_json_rows():
 def test_emit():
     buf = io.StringIO()
     emit(Output([{"vm": "a"}], COLS, footer=["1 VM"]), json=False, file=buf)
-    assert buf.getvalue() == "VM-HOST    NAS    ZPOOL\na          ----   ----\n1 VM\n"
+    assert buf.getvalue() == "VM-HOST    NAS    ZPOOL\na          -----  -------\n1 VM\n"
     buf = io.StringIO()
     emit("done", json=False, file=buf)
     emit(None, json=False, file=buf)
@@ -74,6 +93,14 @@ def test_emit():
     buf = io.StringIO()
     emit("done", json=True, file=buf)
     assert json.loads(buf.getvalue()) == {"message": "done"}
+    m = Message("mapping  nas-0-0 : tank / vol1  on  compute-0-3\n/dev/sdc",
+                "nas-0-0:vol1 mapped to compute-0-3:/dev/sdc")
+    buf = io.StringIO()
+    emit(m, json=False, file=buf)
+    assert buf.getvalue() == "mapping  nas-0-0 : tank / vol1  on  compute-0-3\n/dev/sdc\n"
+    buf = io.StringIO()
+    emit(m, json=True, file=buf)       # --json: the one-line message, as before
+    assert json.loads(buf.getvalue()) == {"message": "nas-0-0:vol1 mapped to compute-0-3:/dev/sdc"}
 
 
 @pytest.mark.parametrize("secs,text", [(0, "0:00:00"), (83, "0:01:23"), (3600, "1:00:00"),

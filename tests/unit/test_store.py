@@ -304,3 +304,53 @@ def test_schema_1_is_read_and_written_back_as_2(tmp_path) -> None:
     assert raw["schema"] == 2 and raw["jobs"]["j1"]["owner"]["pid"] == 7
     again = store.read()
     assert again.jobs["j1"].owner.starttime == 9 and again.jobs_of("nas-0-0/v")[0].id == "j1"
+
+
+# ---- attrs: the storage attributes `set host attr` keeps (issue 12) ----
+
+def test_attrs_roundtrip_and_layout(store):
+    from imgstor.state.model import HostAttrs
+    with store.transaction() as st:
+        st.vms["vm1"] = Vm(name="vm1", container="compute-0-0")
+    assert b'"attrs"' not in open(store.path, "rb").read()      # none set: not written
+    assert store.read_attrs() == {}
+    with store.transaction() as st:
+        st.attrs["nas-0-0"] = HostAttrs(img_zpools=["tank1", "tank2"])
+        st.attrs["compute-0-1"] = HostAttrs(img_sync=True, ib_net="ibnet")
+    raw = json.loads(open(store.path).read())
+    assert list(raw)[:2] == ["schema", "attrs"]                  # where read_attrs looks
+    assert raw["attrs"] == {"compute-0-1": {"img_sync": True, "ib_net": "ibnet"},
+                            "nas-0-0": {"img_zpools": ["tank1", "tank2"]}}
+    assert store.read().attrs == store.read_attrs() == {
+        "compute-0-1": HostAttrs(img_sync=True, ib_net="ibnet"),
+        "nas-0-0": HostAttrs(img_zpools=["tank1", "tank2"])}
+    # a hand-edited file with attrs elsewhere is still read (a full parse)
+    raw = {k: raw[k] for k in ("schema", "vms", "volumes", "jobs", "attrs")}
+    with open(store.path, "w") as f:
+        json.dump(raw, f)
+    assert store.read_attrs()["nas-0-0"].img_zpools == ["tank1", "tank2"]
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"nas-0-0": {"img_zpool": ["t"]}}, "unknown field"),
+    ({"nas-0-0": {"img_zpools": []}}, "non-empty list"),
+    ({"nas-0-0": {"img_zpools": "tank"}}, "non-empty list"),
+    ({"nas-0-0": {"img_zpools": ["ta;nk"]}}, "img_zpools entry"),
+    ({"c": {"img_sync": "yes"}}, "true or false"),
+    ({"c": {"vm_container_zpool": "$(id)"}}, "vm_container_zpool"),
+    ({"c": {"ib_net": "a b"}}, "ib_net"),
+    ({"c": {}}, "no attribute set"),
+    ({"Bad_Host": {"img_sync": True}}, "host name"),
+    ({"c": ["img_sync"]}, "expected an object"),
+    ([], "attrs: expected an object"),
+])
+def test_attrs_strict(store, attrs, match):
+    os.makedirs(os.path.dirname(store.path), mode=0o700)
+    for layout in ("first", "last"):
+        raw = {"schema": 2, "attrs": attrs, "vms": {}} if layout == "first" else \
+            {"schema": 2, "vms": {}, "attrs": attrs}
+        with open(store.path, "w") as f:
+            json.dump(raw, f)
+        for read in (store.read, store.read_attrs):
+            with pytest.raises(StateError, match=match):
+                read()

@@ -13,6 +13,7 @@ tests/unit/drivers/samples.py (from documentation).
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ __all__ = [
     "NodeRecord", "parse_sessions", "parse_session_details", "parse_nodes", "parse_discovery",
     "read_initiator_name", "sessions", "session_details", "nodes", "discover", "discovery",
     "login", "logout", "node_delete", "chap_settings", "by_path_name", "by_path",
+    "node_record_files", "write_node_password", "NODES_DIR",
     "find_disk", "classify",
 ]
 
@@ -244,16 +246,70 @@ def node_delete(iqn: str, address: str, port: int = ISCSI_PORT) -> list[str]:
     return ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal(address, port), "-o", "delete"]
 
 
-def chap_settings(iqn: str, address: str, user: str, password: str,
-                  port: int = ISCSI_PORT) -> list[list[str]]:
-    """Three ``-o update`` commands setting CHAP on the node record (before login).
-
-    The password is an argv element here (iscsiadm has no other way); it is visible in
-    ``ps`` on the node while the command runs and lands in the node record (0600)."""
+def chap_settings(iqn: str, address: str, user: str, port: int = ISCSI_PORT) -> list[list[str]]:
+    """The ``-o update`` commands for the non-secret CHAP settings of the node record
+    (authmethod, username), before login.  The password is written into the record file
+    by ``write_node_password``: through ``-o update -v`` it would be in argv, readable by
+    every local user in /proc/PID/cmdline while iscsiadm runs (audit M5)."""
     base = ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal(address, port), "-o", "update"]
     return [base + ["-n", "node.session.auth.authmethod", "-v", "CHAP"],
-            base + ["-n", "node.session.auth.username", "-v", user],
-            base + ["-n", "node.session.auth.password", "-v", password]]
+            base + ["-n", "node.session.auth.username", "-v", user]]
+
+
+NODES_DIR = "/etc/iscsi/nodes"
+PASSWORD_KEY = "node.session.auth.password"
+
+
+def node_record_files(iqn: str, address: str, port: int = ISCSI_PORT,
+                      nodes_dir: str = NODES_DIR) -> list[str]:
+    """The node record files of IQN at ADDR:PORT: ``NODES_DIR/IQN/ADDR,PORT,TPGT/IFACE``
+    (open-iscsi's layout since 2.0-870; 2.1.8 on the kernel lab) or the older
+    ``NODES_DIR/IQN/ADDR,PORT,TPGT`` file."""
+    d = os.path.join(nodes_dir, iqn)
+    if "/" in iqn or iqn in (".", "..") or not os.path.isdir(d):
+        return []
+    out = []
+    for e in sorted(os.listdir(d)):
+        if not e.startswith(f"{address},{int(port)},"):
+            continue
+        p = os.path.join(d, e)
+        if os.path.isdir(p):
+            out += [os.path.join(p, f) for f in sorted(os.listdir(p))
+                    if os.path.isfile(os.path.join(p, f)) and not f.startswith(".")]
+        elif os.path.isfile(p):
+            out.append(p)
+    return out
+
+
+def write_node_password(iqn: str, address: str, password: str, port: int = ISCSI_PORT,
+                        nodes_dir: str = NODES_DIR) -> list[str]:
+    """Set ``node.session.auth.password`` in the node record files of IQN at ADDR:PORT
+    (made by discovery): the line is replaced or put before ``# END RECORD``; the file
+    is rewritten 0600 through a temp file and ``os.replace`` (iscsiadm's own records are
+    0600 root).  iscsiadm reads the record at login.  Returns the files written."""
+    if not password or any(c in password for c in "\0\r\n"):
+        raise ValueError("bad password for a node record")
+    files = node_record_files(iqn, address, port, nodes_dir)
+    if not files:
+        raise NotFound(f"no node record of {iqn} at {portal(address, port)} in {nodes_dir} "
+                       "(discovery makes it)")
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        lines = [l for l in lines if l.split("=", 1)[0].strip() != PASSWORD_KEY]
+        new = f"{PASSWORD_KEY} = {password}"
+        end = next((i for i, l in enumerate(lines) if l.strip() == "# END RECORD"), len(lines))
+        lines.insert(end, new)
+        tmp = f"{path}.imgstor-tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, ("\n".join(lines) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    return files
 
 
 def by_path_name(address: str, iqn: str, lun: int, port: int = ISCSI_PORT) -> str:

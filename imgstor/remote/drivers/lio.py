@@ -59,6 +59,8 @@ class LioAcl:
     initiator: str
     mapped_luns: tuple[int, ...] = ()
     chap_userid: str | None = None
+    session: str | None = None  # rtslib NodeACL.session["state"] ("LOGGED_IN"), None: none
+                                # or unknown (targetcli's ls does not show sessions)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def rts_targets(root) -> list[LioTarget]:
             luns = tuple(_rts_lun(l) for l in tpg.luns)
             acls = tuple(LioAcl(a.node_wwn,
                                 tuple(sorted(m.mapped_lun for m in a.mapped_luns)),
-                                getattr(a, "chap_userid", None) or None)
+                                getattr(a, "chap_userid", None) or None, _rts_session(a))
                          for a in tpg.node_acls)
             portals = tuple(Portal(p.ip_address, int(p.port)) for p in tpg.network_portals)
             tpgs.append(LioTpg(int(tpg.tag), bool(tpg.enable),
@@ -137,6 +139,18 @@ def rts_targets(root) -> list[LioTarget]:
                                _bool_attr(tpg, "authentication"), luns, acls, portals))
         out.append(LioTarget(t.wwn, tuple(tpgs)))
     return out
+
+
+def _rts_session(acl) -> str | None:
+    """rtslib's ``NodeACL.session`` (parsed from configfs ``info``; None when "No active
+    iSCSI Session") -> its state, e.g. "LOGGED_IN" (kernel-lab capture rtslib_dump_session)."""
+    try:
+        sess = getattr(acl, "session", None)
+    except Exception:       # configfs read failed: unknown
+        return None
+    if isinstance(sess, dict):
+        return str(sess.get("state") or "UNKNOWN")
+    return None
 
 
 def _rts_lun(l) -> LioLun:

@@ -14,6 +14,22 @@ Facts from running tgt 1.0.85 here (tests/fixtures/userspace/tgt_*, capture.sh):
   target already exists", …); tgtadm exits 107 when no tgtd listens on the control port.
 * ``-C N`` selects the control socket of the tgtd started with ``-C N`` (one per lab host).
 * ``Size: 1074 MB`` is in units of 10^6 bytes (1 GiB LUN, tgt_show).
+* tgt checks the ACL only at login (tgt usr/iscsi/iscsid.c): unbinding an initiator leaves
+  its established connections working.  ``--mode conn --op delete --tid T --sid S --cid C``
+  closes one; S is the ``I_T nexus`` number of the show and C its ``Connection`` number
+  (lab captures tgt_show_nexus, tgt_conn_show ("Session: 8 / Connection: 0"),
+  tgt_conn_delete; a second delete: "can't find the session", tgt_conn_delete_missing).
+  An initiator whose connection is closed logs in again at once (libiscsi/qemu does), so
+  the ACL must not admit it any more when its connections are closed.
+* tgtadm puts ``--targetname``, ``-b``, ``-Q``, ``--user``/``--password`` and ``--param``
+  values into one comma-separated parameter string that tgtd splits on ``,`` (tgt
+  usr/tgtadm.c, usr/target.c): a value with ``,`` could add parameters, so ``_param``
+  refuses it (audit L10).
+* Portals are global to one tgtd: ``--mode portal --op show`` prints ``Portal:
+  ADDR:PORT,TPGT`` (tgt_portal_show; tgt's own default, no ``portal=`` option, listens on
+  every address and shows ``0.0.0.0:3260`` and ``:::3260``, per usr/iscsi/iscsi_tcp.c);
+  ``--op new --param portal=A:P`` answers "invalid request" when it cannot listen there
+  (tgt_portal_new_inuse).
 """
 from __future__ import annotations
 
@@ -21,14 +37,16 @@ import re
 from dataclasses import dataclass
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import classify_by_text
+from imgstor.errors import UsageError
+from imgstor.remote.drivers._common import classify_by_text, positional
 
 __all__ = [
     "Lun", "Nexus", "Target", "TGTADM_RC_ERROR", "TGTADM_RC_NO_DAEMON", "parse_show",
     "targets", "find_target", "next_free_tid", "show", "new_target", "add_lun", "delete_lun",
     "bind_initiator", "unbind_initiator", "delete_target", "new_account", "bind_account",
     "unbind_account", "delete_account", "show_accounts", "parse_accounts", "accounts",
-    "delete_system", "classify",
+    "delete_system", "classify", "Connection", "delete_connection", "show_portals",
+    "parse_portals", "portals", "new_portal", "WILDCARDS",
 ]
 
 # tgtadm exit codes observed here (tests/fixtures/userspace/tgt_*.cmd; tgtadm(8) documents
@@ -51,11 +69,18 @@ class Lun:
 
 
 @dataclass(frozen=True)
+class Connection:
+    cid: int
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Nexus:
-    nexus: int
+    nexus: int                      # the session id tgtadm's --sid takes
     initiator: str
     alias: str | None
     addresses: tuple[str, ...] = ()
+    connections: tuple[Connection, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,8 +134,9 @@ def parse_show(text: str) -> list[Target]:
     def flush_nexus():
         nonlocal nexus
         if nexus is not None and cur is not None:
+            conns = tuple(Connection(c, tuple(a)) for c, a in nexus["conns"])
             cur["nexuses"].append(Nexus(nexus["id"], nexus.get("initiator", ""),
-                                        nexus.get("alias"), tuple(nexus["addrs"])))
+                                        nexus.get("alias"), tuple(nexus["addrs"]), conns))
         nexus = None
 
     def flush_target():
@@ -156,14 +182,18 @@ def parse_show(text: str) -> list[Target]:
             k = k.strip()
             if k == "I_T nexus":
                 flush_nexus()
-                nexus = {"id": int(v), "addrs": []}
+                nexus = {"id": int(v), "addrs": [], "conns": []}
             elif nexus is not None and k == "Initiator":
                 m2 = re.match(r"(\S+)(?: alias: (\S+))?", v.strip())
                 nexus["initiator"] = m2.group(1) if m2 else v.strip()
                 alias = m2.group(2) if m2 else None
                 nexus["alias"] = None if alias in (None, "none") else alias
+            elif nexus is not None and k == "Connection":
+                nexus["conns"].append((int(v), []))
             elif nexus is not None and k == "IP Address":
                 nexus["addrs"].append(v.strip())
+                if nexus["conns"]:
+                    nexus["conns"][-1][1].append(v.strip())
         elif section == "Account information":
             cur["accounts"].append(line)
         elif section == "ACL information":
@@ -236,13 +266,13 @@ def show(*, control_port: int | None = None) -> list[str]:
 def new_target(tid: int, iqn: str, *, control_port: int | None = None) -> list[str]:
     """``tgtadm --lld iscsi --mode target --op new --tid N --targetname IQN``."""
     return _base(control_port) + ["--mode", "target", "--op", "new", "--tid", _tid(tid),
-                                  "--targetname", iqn]
+                                  "--targetname", _param(iqn, "iqn")]
 
 
 def add_lun(tid: int, path: str, *, lun: int = 1, control_port: int | None = None) -> list[str]:
     """``tgtadm --lld iscsi --mode logicalunit --op new --tid N --lun 1 -b PATH``."""
     return _base(control_port) + ["--mode", "logicalunit", "--op", "new", "--tid", _tid(tid),
-                                  "--lun", str(int(lun)), "-b", path]
+                                  "--lun", str(int(lun)), "-b", _param(path, "backing path")]
 
 
 def delete_lun(tid: int, *, lun: int = 1, control_port: int | None = None) -> list[str]:
@@ -255,7 +285,7 @@ def bind_initiator(tid: int, initiator_iqn: str, *,
     """``tgtadm --lld iscsi --mode target --op bind --tid N -Q IQN`` (``-Q`` is
     ``--initiator-name``).  There is deliberately no address variant (``-I``)."""
     return _base(control_port) + ["--mode", "target", "--op", "bind", "--tid", _tid(tid),
-                                  "-Q", initiator_iqn]
+                                  "-Q", _param(initiator_iqn, "initiator")]
 
 
 def unbind_initiator(tid: int, initiator_iqn: str, *,
@@ -274,13 +304,14 @@ def delete_target(tid: int, *, force: bool = True, control_port: int | None = No
 def new_account(user: str, password: str, *, control_port: int | None = None) -> list[str]:
     """CHAP account.  Note: tgtadm takes the password on its command line (visible in
     ``ps`` on the NAS for the command's lifetime); there is no file or stdin form."""
-    return _base(control_port) + ["--mode", "account", "--op", "new", "--user", user,
-                                  "--password", password]
+    return _base(control_port) + ["--mode", "account", "--op", "new",
+                                  "--user", _param(user, "CHAP user"),
+                                  "--password", _param(password, "CHAP password")]
 
 
 def bind_account(tid: int, user: str, *, control_port: int | None = None) -> list[str]:
     return _base(control_port) + ["--mode", "account", "--op", "bind", "--tid", _tid(tid),
-                                  "--user", user]
+                                  "--user", _param(user, "CHAP user")]
 
 
 def unbind_account(tid: int, user: str, *, control_port: int | None = None) -> list[str]:
@@ -298,9 +329,63 @@ def delete_account(user: str, *, control_port: int | None = None) -> list[str]:
     return _base(control_port) + ["--mode", "account", "--op", "delete", "--user", user]
 
 
+def delete_connection(tid: int, sid: int, cid: int, *,
+                      control_port: int | None = None) -> list[str]:
+    """``tgtadm --lld iscsi --mode conn --op delete --tid T --sid S --cid C``: close one
+    connection of I_T nexus S (module doc); "can't find the session" -> NotFound."""
+    return _base(control_port) + ["--mode", "conn", "--op", "delete", "--tid", _tid(tid),
+                                  "--sid", str(int(sid)), "--cid", str(int(cid))]
+
+
+def show_portals(*, control_port: int | None = None) -> list[str]:
+    return _base(control_port) + ["--mode", "portal", "--op", "show"]
+
+
+def new_portal(address: str, port: int = 3260, *, control_port: int | None = None) -> list[str]:
+    """``tgtadm --lld iscsi --mode portal --op new --param portal=ADDR:PORT`` (tgtd-wide)."""
+    addr = _param(address, "portal address")
+    if ":" in addr and not addr.startswith("["):
+        addr = f"[{addr}]"
+    return _base(control_port) + ["--mode", "portal", "--op", "new",
+                                  "--param", f"portal={addr}:{int(port)}"]
+
+
+WILDCARDS = ("0.0.0.0", "::", "[::]")
+
+
+def parse_portals(text: str) -> list[tuple[str, int]]:
+    """``Portal: ADDR:PORT,TPGT`` lines -> [(ADDR, PORT)] (IPv6 without brackets)."""
+    out = []
+    for line in text.splitlines():
+        k, sep, v = line.strip().partition(":")
+        if not sep or k != "Portal":
+            continue
+        addr, _, port = v.strip().split(",", 1)[0].rpartition(":")
+        if addr and port.isdigit():
+            out.append((addr.strip("[]") if addr.startswith("[") else addr, int(port)))
+    return out
+
+
+def portals(ex, *, control_port: int | None = None) -> list[tuple[str, int]]:
+    """tgtd's listening portals.  Runs ``tgtadm --lld iscsi --mode portal --op show``."""
+    try:
+        res = ex.run(show_portals(control_port=control_port), read_only=True)
+    except RemoteCommandError as e:
+        raise classify(e) from e
+    return parse_portals(res.stdout)
+
+
 def delete_system(*, control_port: int | None = None) -> list[str]:
     """Stops tgtd (it ignores SIGTERM).  Delete the targets (``--force``) first."""
     return _base(control_port) + ["--mode", "system", "--op", "delete"]
+
+
+def _param(value: object, what: str) -> str:
+    """A value tgtadm folds into its comma-separated parameter string (module doc)."""
+    text = positional(value, what)
+    if "," in text:
+        raise UsageError(f"refusing {what} {text!r} for tgtadm: contains ','", field=what)
+    return text
 
 
 def _tid(tid: int) -> str:

@@ -26,19 +26,22 @@ class StepResult:
 STEPS: dict[str, Callable[..., StepResult]] = {}
 
 
-def step(name: str):
+def step(name: str, *, read_only: bool = False):
+    """Register a step.  ``read_only`` steps change nothing, so the node takes no volume
+    lock for them (imgstor.remote.locks); every other step runs under one."""
     def deco(fn):
         if name in STEPS:
             raise RuntimeError(f"step {name} registered twice")
         STEPS[name] = fn
         fn.step_name = name
+        fn.read_only = read_only
         return fn
     return deco
 
 
 def load_all() -> dict[str, Callable[..., StepResult]]:
     from imgstor.remote.steps import probe  # noqa: F401
-    for mod in ("nas", "compute", "overlay", "snapshot"):
+    for mod in ("nas", "compute", "overlay", "copy", "synckeys", "snapshot"):
         try:
             __import__(f"imgstor.remote.steps.{mod}")
         except ModuleNotFoundError as e:     # not written yet in this version

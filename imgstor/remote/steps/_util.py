@@ -40,6 +40,8 @@ def wait_path(ex: Executor, path: str, *, timeout: float = 30.0, why: str = "") 
 
 
 # ------------------------------------------------------------------ CHAP secrets
+# Always ``fullmatch``: with ``match``, ``$`` also matches before a trailing newline
+# (audit L5).
 CHAP_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _CHAP_PASSWORD = re.compile(r"^[A-Za-z0-9]{12,64}$")
 
@@ -50,9 +52,9 @@ def chap_pair(chap: dict | None) -> tuple[str, str] | None:
     if not chap:
         return None
     user, password = chap.get("user"), chap.get("password")
-    if not isinstance(user, str) or not CHAP_USER.match(user):
+    if not isinstance(user, str) or not CHAP_USER.fullmatch(user):
         raise UsageError(f"bad CHAP user {user!r}", field="chap.user")
-    if not isinstance(password, str) or not _CHAP_PASSWORD.match(password):
+    if not isinstance(password, str) or not _CHAP_PASSWORD.fullmatch(password):
         raise UsageError("bad CHAP password (12-64 characters of [A-Za-z0-9]; not shown)",
                          field="chap.password")
     return user, password

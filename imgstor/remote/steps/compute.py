@@ -6,13 +6,17 @@ checked by logging in with the node's initiator name).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
-from imgstor.errors import ImgstorError, NotFound, UsageError
+from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
+from imgstor.remote import locks
 from imgstor.remote.drivers import iscsiadm, userspace
+from imgstor.remote.drivers.blockdev import users as device_users
+from imgstor.remote.drivers.iscsiadm import write_node_password
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import chap_pair, run_mapped, run_secret, wait_path
+from imgstor.remote.steps._util import MASK, chap_pair, run_mapped, wait_path
 from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
 
 __all__ = ["initiator", "attach", "detach", "devices"]
@@ -28,7 +32,7 @@ def _initiator(ex: Executor) -> str:
     return name
 
 
-@step("compute.initiator")
+@step("compute.initiator", read_only=True)
 def initiator(ex: Executor) -> StepResult:
     """Read-only: this node's iSCSI initiator name (IQN)."""
     return StepResult(False, {"initiator": _initiator(ex)}, "")
@@ -47,9 +51,9 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     """Ensure this node reaches LUN ``lun`` of target IQN at PORTAL, with ``chap``
     ({"user", "password"}) when the target asks for it.
 
-    iscsiadm: discovery, CHAP on the node record (``-o update`` x3: the password is in that
-    argv on the node and in the 0600 record; masked in logs), login (15 = session exists is
-    success), wait for the by-path link; device = /dev/sdX.  userspace: iscsi-readcapacity16
+    iscsiadm: discovery, CHAP on the node record (``-o update`` of authmethod and username;
+    the password written into the 0600 record file, never in an argv), login (15 = session
+    exists is success), wait for the by-path link; device = /dev/sdX.  userspace: iscsi-readcapacity16
     under the node's IQN (CHAP user in the URL, password in LIBISCSI_CHAP_PASSWORD);
     device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts
     (these carry no CHAP: a VM's qemu needs ``user=`` and a ``password-secret`` object)."""
@@ -78,14 +82,16 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     if kind != "iscsiadm":
         raise UsageError(f"unknown initiator kind {kind!r}")
     changed = False
-    if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
-        run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
-        if pair:
-            for argv in iscsiadm.chap_settings(iqn, addr, user, password, port):
-                run_secret(ex, argv, [password], iscsiadm.classify)
-        run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
-                   ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
-        changed = True
+    with _db_lock(ex):
+        if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+            run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
+            if pair:
+                for argv in iscsiadm.chap_settings(iqn, addr, user, port):
+                    run_mapped(ex, argv, iscsiadm.classify)
+                _node_password(ex, iqn, addr, port, password)
+            run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
+                       ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
+            changed = True
     link = iscsiadm.by_path(addr, iqn, lun, port)
     wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
     dev = os.path.realpath(link) if os.path.exists(link) else link
@@ -93,6 +99,27 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me,
                                 **extra},
                       f"{iqn} lun {lun} is {dev}")
+
+
+def _db_lock(ex: Executor):
+    """The node's lock around changes of open-iscsi's node database (imgstor.remote.locks:
+    concurrent discoveries fail with exit 11).  A dry run changes nothing and takes none."""
+    if ex.dry_run:
+        return contextlib.nullcontext()
+    return locks.hold([locks.INITIATOR], timeout=locks.VOLUME_WAIT,
+                      what="the initiator database lock")
+
+
+def _node_password(ex: Executor, iqn: str, addr: str, port: int, password: str) -> None:
+    """The CHAP password into the node record file, never into an argv (audit M5)."""
+    text = (f"write {iscsiadm.PASSWORD_KEY} = {MASK} into the node record of {iqn} "
+            f"at {addr}:{port}")
+    if ex.dry_run:
+        ex.log.append("SKIP> " + text)
+        ex.skipped.append(text)
+        return
+    ex.log.append(text)
+    write_node_password(iqn, addr, password, port)
 
 
 def _cap_bytes(cap: userspace.Capacity) -> int:
@@ -110,27 +137,58 @@ def _blockdev_size(dev: str) -> int | None:
         os.close(fd)
 
 
+def _in_use(ex: Executor, iqn: str, addr: str, port: int) -> list[str]:
+    """What holds the disks of the session to IQN at ADDR:PORT (blockdev.users)."""
+    held = []
+    for s in iscsiadm.session_details(ex):
+        if s.iqn != iqn or (s.address, s.port) != (addr, port):
+            continue
+        for d in s.disks:
+            held += device_users("/dev/" + d.device)
+    return held
+
+
 @step("compute.detach")
-def detach(ex: Executor, *, kind: str, portal: str, iqn: str) -> StepResult:
+def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = False) -> StepResult:
     """Ensure no session to target IQN remains (iscsiadm: logout, 21 = none is success;
-    then delete the node record).  userspace: nothing persists on the node."""
+    then delete the node record).  userspace: nothing persists on the node (a VM's qemu
+    logs in itself; the NAS sees that login, nas.remove_target checks it).
+
+    Refused (Conflict, saying who holds it) while a disk of that session is in use on this
+    node -- a dm device stacked on it, a process (a VM's qemu) with it open, or an
+    exclusive claim (``iscsiadm -m session -P 3`` names the disks; drivers.blockdev) --
+    unless ``force``: then the VM loses its disk."""
     if kind == "userspace":
         return StepResult(False, {}, "userspace initiator keeps no session")
     if kind != "iscsiadm":
         raise UsageError(f"unknown initiator kind {kind!r}")
     addr, port = _split(portal)
+    with _db_lock(ex):
+        return _detach(ex, addr, port, iqn, force)
+
+
+def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepResult:
     changed = False
+    held: list[str] = []
     if any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+        held = _in_use(ex, iqn, addr, port)
+        if held and not force:
+            raise Conflict(f"{ex.host}: the disk of {iqn} is in use: {'; '.join(held)}; "
+                           "stop its VM first, or unmap with --force", reason="in-use",
+                           users=held)
         run_mapped(ex, iscsiadm.logout(iqn, addr, port), iscsiadm.classify,
                    ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
         changed = True
     r = ex.run(iscsiadm.node_delete(iqn, addr, port), check=False,
                ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
     changed = changed or r.rc == 0 and not r.skipped
-    return StepResult(changed, {}, f"no session to {iqn}")
+    msg = f"no session to {iqn}"
+    if held:
+        msg += f" (--force: it was in use: {'; '.join(held)})"
+    return StepResult(changed, {"forced_users": held} if held else {}, msg)
 
 
-@step("compute.devices")
+@step("compute.devices", read_only=True)
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     """Read-only: for each {"iqn", "portal", "lun"[, "chap"]} what this node sees now."""
     if kind not in ("iscsiadm", "userspace"):

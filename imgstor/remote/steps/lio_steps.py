@@ -48,10 +48,15 @@ def _right(t: lio.LioTarget, path: str, initiator: str, ip: str, port: int,
         return False
     g = t.tpgs[0]
     auth_ok = g.authentication is True if chap_user else g.authentication in (False, None)
+    # rtslib lower-cases every WWN (rtslib/utils.py normalize_wwn) and iSCSI names are
+    # case-insensitive (RFC 3720 3.2.6.1): compare lower-cased (audit M7).  A TPG that is
+    # not enabled (a create killed before `tpg.enable = True`) serves nothing, and
+    # generate_node_acls=1 would admit every initiator: neither is right (audit L8).
     return ([l.udev_path for l in g.luns] == [path]
-            and [a.initiator for a in g.acls] == [initiator]
+            and [a.initiator.lower() for a in g.acls] == [initiator.lower()]
             and [(p.ip, p.port) for p in g.portals] == [(ip, port)]
-            and g.generate_node_acls in (False, None) and auth_ok)
+            and g.enabled is True
+            and g.generate_node_acls is not True and auth_ok)
 
 
 def _acl_userid(ex: Executor, lib, t: lio.LioTarget, iqn: str, initiator: str) -> str | None:
@@ -139,13 +144,27 @@ def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
                       f"target {iqn} {'re' if t is not None else ''}made for {initiator}{how}")
 
 
-def remove(ex: Executor, *, iqn: str) -> StepResult:
+def _sessions(t: lio.LioTarget) -> list[str]:
+    return [f"{a.initiator} ({a.session})" for g in t.tpgs for a in g.acls if a.session]
+
+
+def remove(ex: Executor, *, iqn: str, force: bool = False) -> StepResult:
+    """Delete the target and its backstore; refused while an initiator is logged in
+    (rtslib shows sessions; targetcli's ls does not) unless ``force``."""
     lib = lio.rtslib_module()
-    if lio.find_target(_read(ex, lib), iqn) is None:
+    t = lio.find_target(_read(ex, lib), iqn)
+    if t is None:
         return StepResult(False, {}, f"no target {iqn}")
+    held = _sessions(t)
+    if held and not force:
+        from imgstor.errors import Conflict
+        raise Conflict(f"{ex.host}: target {iqn} is in use by {', '.join(held)}; stop what "
+                       "uses the disk (its VM) first, or unmap with --force",
+                       reason="in-use", initiators=[a.split(" ")[0] for a in held])
     _delete(ex, lib, iqn)
     _save(ex, lib)
-    return StepResult(True, {}, f"removed target {iqn}")
+    return StepResult(True, {}, f"removed target {iqn}"
+                      + (f" (--force: ended the sessions of {', '.join(held)})" if held else ""))
 
 
 def facts(ex: Executor) -> list[dict]:
@@ -156,5 +175,5 @@ def facts(ex: Executor) -> list[dict]:
                      "paths": [l.udev_path for g in t.tpgs for l in g.luns if l.udev_path],
                      "acls": [a.initiator for g in t.tpgs for a in g.acls],
                      "portals": [f"{p.ip}:{p.port}" for g in t.tpgs for p in g.portals],
-                     "sessions": []})
+                     "sessions": [a.initiator for g in t.tpgs for a in g.acls if a.session]})
     return rows

@@ -7,12 +7,14 @@ holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Iterable
 
 from imgstor.errors import (AlreadyExists, Conflict, NotFound, RemoteCommandError,
                             UsageError)
+from imgstor.remote import locks
 from imgstor.remote.drivers import tgt, zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
@@ -84,10 +86,11 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
 
 
 def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
-          adopt: bool) -> bool:
-    """Check that existing dataset NAME may be used (or destroyed) as an imgstor volume of
-    KIND; return True when the mark must still be set.  Conflict otherwise: the wrong type,
-    or no mark and neither known to the store (``owned``) nor adopted on purpose."""
+          adopt: bool, role_wanted: str = ROLE_VOLUME) -> bool:
+    """Check that existing dataset NAME may be used (or destroyed) as an imgstor dataset of
+    KIND and role ROLE_WANTED (a NAS volume; a node's local copy); return True when the
+    mark must still be set.  Conflict otherwise: the wrong type, another role, or no mark
+    and neither known to the store (``owned``) nor adopted on purpose."""
     t = props.get("type")
     have = t.value if t is not None else None
     if have != _TYPES[kind]:
@@ -96,10 +99,11 @@ def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
                        f"{what}: imgstor will not use or destroy it", dataset=name)
     m = props.get(MARK)
     role = m.value if m is not None and m.source in ("local", "received") else None
-    if role == ROLE_VOLUME:
+    if role == role_wanted:
         return False
     if role is not None:
-        raise Conflict(f"{ex.host}: {name} is imgstor's {role}, not a volume", dataset=name)
+        raise Conflict(f"{ex.host}: {name} is imgstor's {role}, not a {role_wanted}",
+                       dataset=name)
     if owned or adopt:
         return True
     raise Conflict(f"{ex.host}: {name} exists and is not imgstor's (no {MARK} property, "
@@ -245,7 +249,7 @@ def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
     return StepResult(changed, {}, f"properties of {name} {'updated' if changed else 'as wanted'}")
 
 
-@step("nas.get_props")
+@step("nas.get_props", read_only=True)
 def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
     """Read-only: the volume's imgstor properties and size (None facts if it is missing)."""
     name = f"{pool}/{vol}"
@@ -288,8 +292,9 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
         return _tgt_ensure(ex, iqn, path, initiator, portal, pair)
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
-        return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator, portal=portal,
-                                chap=pair)
+        with _targets_lock(ex):
+            return lio_steps.ensure(ex, iqn=iqn, path=path, initiator=initiator,
+                                    portal=portal, chap=pair)
     raise UsageError(f"unknown target driver {driver!r}")
 
 
@@ -330,18 +335,120 @@ def _tgt_chap(ex: Executor, tid: int, bound: list[str], pair: tuple[str, str] | 
     return changed
 
 
+def _targets_lock(ex: Executor):
+    """The node's lock around a read-modify-save of the target configuration (tgt tids,
+    LIO's saveconfig; audit M11).  A dry run changes nothing and takes none."""
+    if ex.dry_run:
+        return contextlib.nullcontext()
+    return locks.hold([locks.TARGETS], timeout=locks.TARGETS_WAIT,
+                      what="the target configuration lock")
+
+
+def _split_portal(portal: str) -> tuple[str, int]:
+    addr, _, port = portal.rpartition(":")
+    if not addr or not port.isdigit():
+        raise UsageError(f"bad portal {portal!r} (ADDR:PORT)", field="portal")
+    return addr.strip("[]") if addr.startswith("[") else addr, int(port)
+
+
+def _tgt_portal(ex: Executor, portal: str, chap: bool) -> tuple[bool, list[str]]:
+    """Ensure tgtd listens on the NAS's storage address (audit M4).  Portals are global
+    to tgtd, so a wildcard one (tgt's default: every address of the NAS) is never removed
+    -- other targets on a shared NAS may use it; while it is there a target without CHAP
+    is refused (its only guard would be the initiator name, on every network of the NAS),
+    one with CHAP gets a warning."""
+    addr, port = _split_portal(portal)
+    have = tgt.portals(ex)
+    if (addr, port) in have:
+        return False, []
+    wild = [f"{a}:{p}" for a, p in have if a in tgt.WILDCARDS and p == port]
+    if wild:
+        text = (f"tgtd on {ex.host} listens on {', '.join(wild)} (every address of the NAS), "
+                f"not only on the storage address {portal}")
+        if not chap:
+            raise Conflict(f"{ex.host}: refusing a target without CHAP: {text}; start tgtd "
+                           f"with '--iscsi portal={portal}' (or use chap = true for this NAS)",
+                           reason="wildcard-portal")
+        return False, [text]
+    _tgt_run(ex, tgt.new_portal(addr, port))
+    return True, []
+
+
+def _foreign(t: tgt.Target | None, initiator: str) -> list[tuple[tgt.Nexus, int]]:
+    """(nexus, cid) of every connection of an initiator other than ``initiator`` (iSCSI
+    names compare case-insensitively, RFC 3720 3.2.6.1)."""
+    if t is None:
+        return []
+    want = initiator.lower()
+    return [(n, c.cid) for n in t.nexuses if n.initiator.lower() != want
+            for c in (n.connections or (tgt.Connection(0),))]
+
+
+def _who(nexuses: Iterable[tgt.Nexus]) -> str:
+    return "; ".join(f"{n.initiator} from {','.join(n.addresses) or '?'} (I_T nexus {n.nexus})"
+                     for n in nexuses)
+
+
+END_TRIES = 3
+
+
+def _tgt_end_foreign(ex: Executor, iqn: str, initiator: str) -> list[str]:
+    """One writer: close the connections of every initiator but ``initiator`` (tgt checks
+    the ACL only at login; one whose connection is closed logs in again and is refused
+    now).  Re-reads after closing until none is left (bounded); Conflict if one stays."""
+    ended: list[str] = []
+    for _ in range(END_TRIES):
+        t = tgt.find_target(tgt.targets(ex), iqn)
+        conns = _foreign(t, initiator)
+        if not conns or ex.dry_run and ended:
+            return ended
+        for n, cid in conns:
+            try:
+                _tgt_run(ex, tgt.delete_connection(t.tid, n.nexus, cid))
+            except NotFound:            # closed already
+                pass
+            ended.append(f"{n.initiator} (I_T nexus {n.nexus}, connection {cid})")
+    raise Conflict(f"{ex.host}: target {iqn}: {_who(n for n, _ in conns)} still connected "
+                   f"after closing its connections {END_TRIES} times")
+
+
 def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
                 pair: tuple[str, str] | None = None) -> StepResult:
+    with _targets_lock(ex):
+        return _tgt_ensure_locked(ex, iqn, path, initiator, portal, pair)
+
+
+NEW_TARGET_TRIES = 5
+
+
+def _tgt_new(ex: Executor, found: list[tgt.Target], iqn: str) -> int:
+    """``--op new`` at the next free tid; on a tid clash (another tgtadm user between our
+    show and new: tgtd says "this target already exists" for a tid as for a name) read
+    again and take the next free tid; the IQN itself appearing is an AlreadyExists."""
+    for _ in range(NEW_TARGET_TRIES):
+        tid = tgt.next_free_tid(found)
+        try:
+            _tgt_run(ex, tgt.new_target(tid, iqn))
+            return tid
+        except AlreadyExists:
+            found = tgt.targets(ex)
+            if tgt.find_target(found, iqn) is not None:
+                raise
+    raise AlreadyExists(f"{ex.host}: no free tgt tid for {iqn} after {NEW_TARGET_TRIES} tries")
+
+
+def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
+                       pair: tuple[str, str] | None = None) -> StepResult:
+    changed, warnings = _tgt_portal(ex, portal, pair is not None)
     found = tgt.targets(ex)
     for t in found:
         if t.iqn != iqn and any(l.backing_store_path == path for l in t.luns):
             raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
     t = tgt.find_target(found, iqn)
-    changed = False
     created = False
+    moved = False               # an initiator lost its place in the ACL
     if t is None:
-        tid = tgt.next_free_tid(found)
-        _tgt_run(ex, tgt.new_target(tid, iqn))
+        tid = _tgt_new(ex, found, iqn)
         changed = created = True
         lun = None
         acls: tuple[str, ...] = ()
@@ -369,7 +476,7 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
                 else:
                     _tgt_run(ex, ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op",
                                   "unbind", "--tid", str(tid), "-I", acl])
-                changed = True
+                changed = moved = True
         if initiator not in acls:
             _tgt_run(ex, tgt.bind_initiator(tid, initiator))
             changed = True
@@ -377,28 +484,53 @@ def _tgt_ensure(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
         if created and not ex.dry_run:       # create-then-configure: undo what we made
             ex.run(tgt.delete_target(tid, force=True), check=False)
         raise
+    # one writer per disk (audit M2): after the ACL admits only `initiator`, end the
+    # connections of everyone else (a re-run finds none: nothing to do)
+    ended = (_tgt_end_foreign(ex, iqn, initiator)
+             if not created and (moved or _foreign(t, initiator)) else [])
+    changed = changed or bool(ended)
     facts = {"iqn": iqn, "tid": tid, "lun": 1, "portal": portal}
     if pair:
         facts["chap_user"] = pair[0]
+    if ended:
+        facts["ended"] = ended
+    if warnings:
+        facts["warnings"] = warnings
     return StepResult(changed, facts,
                       f"target {iqn} {'configured' if changed else 'as wanted'} for {initiator}"
-                      + (f" with CHAP user {pair[0]}" if pair else ""))
+                      + (f" with CHAP user {pair[0]}" if pair else "")
+                      + (f"; ended the connections of {', '.join(ended)}" if ended else "")
+                      + "".join(f"; warning: {w}" for w in warnings))
 
 
 @step("nas.remove_target")
-def remove_target(ex: Executor, *, driver: str, iqn: str,
-                  chap_user: str | None = None) -> StepResult:
+def remove_target(ex: Executor, *, driver: str, iqn: str, chap_user: str | None = None,
+                  force: bool = False) -> StepResult:
     """Ensure target IQN is gone (its sessions are dropped with it), and with tgt the
     ``imgstor-`` CHAP accounts bound to it and ``chap_user`` (accounts are global in tgtd;
-    LIO keeps CHAP in the ACL, which goes with the target)."""
-    if chap_user is not None and not CHAP_USER.match(str(chap_user)):
+    LIO keeps CHAP in the ACL, which goes with the target).
+
+    Refused (Conflict, naming the initiators) while an initiator is logged in to the
+    target -- with the userspace initiator that is how a VM's qemu holding the disk shows
+    (audit M9) -- unless ``force``: then their sessions end with the target."""
+    if chap_user is not None and not CHAP_USER.fullmatch(str(chap_user)):
         raise UsageError(f"bad CHAP user {chap_user!r}", field="chap_user")
     if driver == "lio":
         from imgstor.remote.steps import lio_steps
-        return lio_steps.remove(ex, iqn=iqn)
+        with _targets_lock(ex):
+            return lio_steps.remove(ex, iqn=iqn, force=force)
     if driver != "tgt":
         raise UsageError(f"unknown target driver {driver!r}")
+    with _targets_lock(ex):
+        return _tgt_remove(ex, iqn, chap_user, force)
+
+
+def _tgt_remove(ex: Executor, iqn: str, chap_user: str | None, force: bool) -> StepResult:
     t = tgt.find_target(tgt.targets(ex), iqn)
+    if t is not None and t.nexuses and not force:
+        raise Conflict(f"{ex.host}: target {iqn} is in use by {_who(t.nexuses)}; stop what "
+                       "uses the disk (its VM) first, or unmap with --force",
+                       reason="in-use", initiators=list(t.connected_initiators))
     users = [u for u in _incoming(t.accounts) if u.startswith(OUR_ACCOUNT)] if t else []
     if chap_user and chap_user not in users:
         users.append(chap_user)
@@ -421,12 +553,14 @@ def remove_target(ex: Executor, *, driver: str, iqn: str,
                 gone.append(u)
                 changed = True
     msg = f"removed target {iqn}" if changed and t is not None else f"no target {iqn}"
+    if changed and t is not None and t.nexuses:
+        msg += f" (--force: ended the sessions of {_who(t.nexuses)})"
     if gone:
         msg += f"; removed CHAP account {', '.join(gone)}"
     return StepResult(changed, {"tid": t.tid} if t is not None and changed else {}, msg)
 
 
-@step("nas.target_facts")
+@step("nas.target_facts", read_only=True)
 def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepResult:
     """Read-only: the targets (or the one IQN) with their LUN paths, ACLs and sessions."""
     if driver == "lio":
@@ -443,22 +577,26 @@ def target_facts(ex: Executor, *, driver: str, iqn: str | None = None) -> StepRe
 
 
 @step("nas.destroy_volume")
-def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str,
-                   owned: bool = False) -> StepResult:
+def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str | None,
+                   owned: bool = False, role: str = ROLE_VOLUME) -> StepResult:
     """Ensure imgstor volume POOL/VOL is gone, with imgstor's own snapshots
-    (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.
+    (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.  ``role``: what the
+    dataset must be (``volume`` on a NAS; ``local-copy``: a sync volume's copy on its node,
+    where there is no target driver to ask, ``driver`` None).
 
     Refused (Conflict, nothing destroyed) when the dataset is not imgstor's (see
     ``ensure_volume``; ``owned``: the frontend's store knows it), is exported by a target,
     or has children, snapshots or holds that imgstor did not make, or clones.  Never
     ``zfs destroy -r``: each snapshot of ours, then the volume, by name."""
+    if role not in (ROLE_VOLUME, "local-copy"):
+        raise UsageError(f"bad role {role!r}", field="role")
     name = f"{pool}/{vol}"
     props = _read_volume(ex, name)
     if props is None:
         return StepResult(False, {}, f"no volume {name}")
-    _ours(ex, name, kind, props, owned=owned, adopt=False)
+    _ours(ex, name, kind, props, owned=owned, adopt=False, role_wanted=role)
     have = volume_facts(ex, pool, vol, kind, props) or {}
-    for t in target_facts(ex, driver=driver).facts["targets"]:
+    for t in (target_facts(ex, driver=driver).facts["targets"] if driver else ()):
         if have.get("path") and have["path"] in t["paths"]:
             raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
                            "unmap it first (remove host storagemap)")

@@ -1,54 +1,37 @@
-"""The sync-mode building blocks on a compute node (dm) and the copy from the NAS.
+"""The sync-mode overlay steps on a compute node, and the copy from the NAS.
 
-The life of an overlay, as the kernel lab proves it (tests/lab_kernel/test_overlay.py):
+``overlay.create/merge/status/linear/remove`` take ``driver`` ("dm" | "qcow2", the node's
+``overlay`` setting), ``pool`` (the node's vm_container_zpool) and ``vol``, and dispatch
+through the overlay driver registry (imgstor/remote/overlays): no driver names here.
 
-1. ``compute.ensure_zvol``  a sparse local ``POOL/VOL-temp-write`` zvol;
-2. ``overlay.create``       ``VOL-snap`` = dm ``snapshot`` of the iSCSI disk (origin, never
-                            written again) with the temp-write zvol as COW: the VM runs on
-                            /dev/mapper/VOL-snap at once;
-3. ``nas.send_volume``      ``zfs send POOL/VOL@snap | ssh NODE zfs receive -F POOL/VOL``:
-                            the local copy equals the origin (which nobody writes);
-4. ``overlay.merge``        suspend, reload as ``snapshot-merge`` onto the local copy, resume;
-5. ``overlay.status``       poll until merged (allocated == metadata sectors);
-6. ``overlay.linear``       suspend, reload as ``linear`` on the local copy, resume: the iSCSI
-                            disk and the temp-write volume are no longer used.
-7. ``overlay.remove``       ``dmsetup remove`` when the VM is gone.
-Each step reads ``dmsetup table`` first and does only what is missing.
+The life of an overlay (the kernel lab proves dm, the userspace lab qcow2):
+
+1. ``overlay.create``  origin = the direct map of the NAS volume; writes go to the local
+                       ``POOL/VOL-temp-write``; the VM runs on ``facts.device`` at once;
+2. (the copy)          ``POOL/VOL`` on the node = the origin (which nobody writes);
+3. ``overlay.merge``   the writes merge into the local copy (``into="origin"``: cancel,
+                       back into the NAS volume) while the VM goes on writing;
+4. ``overlay.status``  poll until ``phase`` is ``merged`` (``done``/``total``);
+5. ``overlay.linear``  pivot: the device is the merge target alone; temp-write destroyed;
+                       the iSCSI disk is no longer used (unmap it);
+6. ``overlay.remove``  when the VM is gone.
+Each step reads what is there first and does only what is missing.
+
+``compute.ensure_zvol`` and ``nas.send_volume`` are the older building blocks of the copy.
 """
 from __future__ import annotations
 
 import shlex
 
-from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
-from imgstor.remote.drivers import dm, zfs
+from imgstor.errors import UsageError
+from imgstor.remote import overlays
+from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import run_mapped, wait_path
 from imgstor.remote.steps.snapshot import ROLE_PROP, SNAP_ROLE
 
 __all__ = ["ensure_zvol", "create", "merge", "status", "linear", "remove", "send_volume"]
-
-SECTOR = 512
-
-
-def _sectors(ex: Executor, dev: str) -> int:
-    r = ex.run(["blockdev", "--getsz", dev], read_only=True)
-    return int(r.stdout.strip())
-
-
-def _table(ex: Executor, name: str) -> dm.Device | None:
-    try:
-        found = dm.table(ex, name)
-    except (NotFound, RemoteCommandError) as e:
-        if isinstance(e, NotFound) or "No such device" in str(e) or "not exist" in str(e):
-            return None
-        raise
-    return found[0] if found else None
-
-
-def _run_all(ex: Executor, argvs: list[list[str]]) -> None:
-    for argv in argvs:
-        run_mapped(ex, argv, dm.classify)
 
 
 @step("compute.ensure_zvol")
@@ -64,78 +47,67 @@ def ensure_zvol(ex: Executor, *, pool: str, vol: str, size: int) -> StepResult:
     return StepResult(True, {"device": dev}, f"created zvol {name}")
 
 
+def _ovl(ex: Executor, driver: str, pool: str, vol: str) -> overlays.Overlay:
+    return overlays.get(driver, ex, pool=pool, vol=vol)
+
+
+def _result(out: overlays.Outcome) -> StepResult:
+    return StepResult(out.changed, out.facts, out.message)
+
+
 @step("overlay.create")
-def create(ex: Executor, *, name: str, origin: str, cow: str) -> StepResult:
-    """Ensure dm device NAME = snapshot of ORIGIN (the iSCSI disk) with COW as its store."""
-    t = _table(ex, name)
-    if t is not None:
-        seg = t.segments[0] if t.segments else None
-        if seg is None or seg.target not in ("snapshot", "snapshot-merge", "linear"):
-            raise Conflict(f"{ex.host}: dm device {name} exists with table "
-                           f"{seg.target if seg else 'empty'}; not an imgstor overlay")
-        return StepResult(False, {"device": f"/dev/mapper/{name}", "target": seg.target},
-                          f"{name} exists ({seg.target})")
-    sectors = _sectors(ex, origin)
-    _run_all(ex, [dm.create_snapshot(name, origin, cow, sectors)])
-    wait_path(ex, f"/dev/mapper/{name}")
-    return StepResult(True, {"device": f"/dev/mapper/{name}", "target": "snapshot",
-                             "sectors": sectors}, f"created overlay {name} over {origin}")
+def create(ex: Executor, *, driver: str, pool: str, vol: str, origin: str) -> StepResult:
+    """Ensure VOL's overlay over ORIGIN runs, its writes in ``POOL/VOL-temp-write``
+    (``imgstor:role=temp-write``; POOL = the node's vm_container_zpool).
+
+    dm: ORIGIN = the iSCSI disk (/dev/sdX); a sparse COW zvol, ``dmsetup create VOL-snap``
+    (``snapshot``).  qcow2: ORIGIN = the direct map's ``qemu_json`` spec; a filesystem
+    dataset with ``overlay.qcow2`` (``qemu-img create``), and ``qemu-storage-daemon
+    --daemonize`` exporting it over NBD.  facts: device (what the VM opens), phase …"""
+    return _result(_ovl(ex, driver, pool, vol).create(origin))
 
 
 @step("overlay.merge")
-def merge(ex: Executor, *, name: str, local: str, cow: str) -> StepResult:
-    """Ensure NAME merges its COW into LOCAL (the local copy of the origin)."""
-    t = _table(ex, name)
-    if t is None:
-        raise NotFound(f"{ex.host}: no dm device {name}")
-    target = t.segments[0].target
-    if target in ("snapshot-merge", "linear"):
-        return StepResult(False, {"target": target}, f"{name} is {target} already")
-    if target != "snapshot":
-        raise Conflict(f"{ex.host}: {name} is {target}, not a snapshot")
-    _run_all(ex, dm.start_merge(name, local, cow, t.sectors))
-    return StepResult(True, {"target": "snapshot-merge"}, f"{name} merging into {local}")
+def merge(ex: Executor, *, driver: str, pool: str, vol: str, into: str = "local",
+          local: str | None = None) -> StepResult:
+    """Ensure VOL's overlay merges its writes ``into`` the local copy (LOCAL: a zvol
+    device, default /dev/zvol/POOL/VOL for dm; the file volume's disk.raw on the lab) or
+    ``into="origin"`` (cancel: back into the NAS volume over iSCSI).
+
+    dm: suspend, reload ``snapshot-merge``, resume.  qcow2: QMP ``blockdev-add`` of the
+    local copy, ``blockdev-reopen`` of the overlay onto it, active ``block-commit``.
+    Merging into the other target already is a Conflict."""
+    if into not in overlays.INTO:
+        raise UsageError(f"into must be one of {', '.join(overlays.INTO)}, not {into!r}",
+                         field="into")
+    ovl = _ovl(ex, driver, pool, vol)
+    return _result(ovl.merge(local) if into == "local" else ovl.merge_into_origin())
 
 
-@step("overlay.status")
-def status(ex: Executor, *, name: str) -> StepResult:
-    """Read-only: the overlay's table type and, while merging, whether it is done."""
-    t = _table(ex, name)
-    if t is None:
-        return StepResult(False, {"exists": False}, f"no dm device {name}")
-    target = t.segments[0].target
-    facts: dict = {"exists": True, "target": target, "sectors": t.sectors}
-    if target in ("snapshot", "snapshot-merge"):
-        st = dm.parse_snapshot_status(dm.status(ex, name)[0].segments[0])
-        facts.update(allocated=st.allocated, total=st.total, metadata=st.metadata)
-        facts["merged"] = target == "snapshot-merge" and dm.merge_done(st)
-    else:
-        facts["merged"] = target == "linear"
-    return StepResult(False, facts, f"{name}: {target}")
+@step("overlay.status", read_only=True)
+def status(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
+    """Read-only: exists, phase (snapshot|merging|merged|pivoted), into (local|origin),
+    done/total (qcow2: the commit's offset/len), status (snapshot|snapshot-merge|linear)
+    and synced (the SYNCED column), device, and the driver's own details."""
+    st = _ovl(ex, driver, pool, vol).status()
+    return StepResult(False, st.facts(), f"{vol}: {st.phase or 'no overlay'}")
 
 
 @step("overlay.linear")
-def linear(ex: Executor, *, name: str, local: str) -> StepResult:
-    """Ensure NAME is a plain linear map of LOCAL (only once the merge is done)."""
-    st = status(ex, name=name).facts
-    if not st["exists"]:
-        raise NotFound(f"{ex.host}: no dm device {name}")
-    if st["target"] == "linear":
-        return StepResult(False, {"target": "linear"}, f"{name} is linear already")
-    if not st.get("merged"):
-        raise Conflict(f"{ex.host}: {name} is {st['target']} and not merged yet; "
-                       "wait for the merge (overlay.status) first")
-    _run_all(ex, dm.switch_to_linear(name, local, st["sectors"]))
-    return StepResult(True, {"target": "linear"}, f"{name} is linear on {local}")
+def linear(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
+    """Pivot, only once merged: the VM's device becomes the merge target alone (dm:
+    ``linear``; qcow2: ``job-complete``, the overlay and the unused origin or local node
+    deleted -- deleting the origin ends the iSCSI session); then ``POOL/VOL-temp-write``
+    is destroyed.  Not merged yet is a Conflict."""
+    return _result(_ovl(ex, driver, pool, vol).pivot())
 
 
 @step("overlay.remove")
-def remove(ex: Executor, *, name: str) -> StepResult:
-    """Ensure dm device NAME is gone."""
-    if _table(ex, name) is None:
-        return StepResult(False, {}, f"no dm device {name}")
-    _run_all(ex, [dm.remove(name, retry=True)])
-    return StepResult(True, {}, f"removed {name}")
+def remove(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
+    """Ensure VOL's overlay device is gone (dm: ``dmsetup remove``; qcow2: QMP ``quit``,
+    then TERM/KILL by pid, sockets and pid file removed).  The temp-write store is kept
+    when it still exists (it holds writes not merged): facts ``temp_write_kept``."""
+    return _result(_ovl(ex, driver, pool, vol).remove())
 
 
 @step("nas.send_volume")

@@ -26,7 +26,7 @@ def read_initiator_name(path: str = INITIATOR_NAME_FILE) -> str | None:
     return None
 
 
-@step("probe")
+@step("probe", read_only=True)
 def probe(ex: Executor) -> StepResult:
     """Facts only; runs `zpool list` (read-only).  ``rtslib``: importable; ``pyzfs``:
     its version when the zfs driver will use it, else "no" or "no /dev/zfs"."""

@@ -32,8 +32,9 @@ def fault(point: str) -> None:
     """Fault injection: SIGKILL ourselves (no cleanup runs) right after ``point``.
     ``IMGSTOR_PAUSE=<point>:<seconds>`` sleeps there instead (to make runs overlap)."""
     pause = os.environ.get("IMGSTOR_PAUSE", "")
-    if pause.partition(":")[0] == point:
-        time.sleep(float(pause.partition(":")[2] or 1))
+    where, _, secs = pause.rpartition(":")          # points may hold ':' (job:copy)
+    if pause and (where or pause) == point:
+        time.sleep(float(secs if where else 1))
     if os.environ.get(FAULT_ENV) == point:
         print(f"{FAULT_ENV}={point}: killing this process now", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -6,13 +6,14 @@ import time
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError
+from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
 from imgstor.workflows.storagemap.common import check_pool, state_path, store_owns
 
 __all__ = ["remove_image"]
 
 
-def remove_image(ctx, nas: str, zpool: str, vol: str) -> str:
+def remove_image(ctx, nas: str, zpool: str, vol: str) -> Message | str:
     """Destroy volume NAS:ZPOOL/VOL if it is imgstor's (its mark, or the store's record of
     a past map) and unmapped; anything else on the NAS is refused and left alone."""
     nas, zpool, vol = validate.host(nas, "NAS"), validate.zpool(zpool), validate.volume(vol)
@@ -47,6 +48,7 @@ def remove_image(ctx, nas: str, zpool: str, vol: str) -> str:
         with ctx.store.transaction() as st:
             st.volumes.pop(key, None)
     chapstore.remove(state_path(ctx), nas, vol)       # the image is gone: its CHAP too
-    return "Success"
+    # The guide's `rocks remove host storageimg` output; --json keeps {"message": "Success"}.
+    return Message(f"removing   {nas} : {zpool} / {vol}\nSuccess", "Success")
 
 

@@ -26,16 +26,24 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
                   key=lambda v: (v.nas, v.vol))
     now = time.time()
     rows = []
+    jobs_of: dict[str, list] = {}
+    for j in st.jobs.values():
+        jobs_of.setdefault(j.volume, []).append(j)
     for v in vols:
         state = v.state
         if v.busy:
             state += f" (busy: {v.busy.op})"
+        js = sorted(jobs_of.get(v.key, ()), key=lambda j: j.created)
         rows.append({"nas": v.nas, "zvol": v.vol, "host": v.host, "zpool": v.zpool,
                      "target": v.target, "state": state, "raw_state": v.state,
                      "time": format_duration(now - v.since) if v.state in TRANSITIONAL else None,
-                     "device": v.device, "error": v.error,
-                     "initiator": v.extra.get("initiator")})
+                     "device": v.device, "error": v.error, "mode": v.mode,
+                     "initiator": v.extra.get("initiator"),
+                     "job": js[0].id if js else None,
+                     "progress": _progress(ctx, js[0], now) if js else None})
     columns = list(_MAP_COLUMNS)
+    if any(r["progress"] for r in rows):
+        columns.append(("progress", "PROGRESS"))
     if nas is None:
         columns.insert(0, ("nas", "NAS"))
     footer = [f"{r['nas']}:{r['zvol']}: last error: {r['error']}" for r in rows if r["error"]]
@@ -44,6 +52,28 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
         columns.append(("live", "LIVE"))
         exit_code = _verify(ctx, rows)
     return Output(rows, columns, footer=footer, exit_code=exit_code)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def _progress(ctx, job, now: float) -> str:
+    """``41% 1.3/3.2 GiB, ETA 0:00:09`` from the job's progress file (a merge without
+    byte counters: its SYNCED text); a job that failed: its phase and error."""
+    from imgstor import jobs as jobmod
+    if job.last_error and not jobmod.owner_alive(job):
+        return f"{job.kind} {job.phase}: failed, `imgstor monitor --resume` retries"
+    p = jobmod.read_progress(ctx.store, job.id)
+    done, total, rate = p.get("done"), p.get("total"), p.get("rate")
+    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        text = f"{min(100, 100 * done / total):.0f}% {_gib(done)}/{_gib(total)} GiB"
+        if isinstance(rate, (int, float)) and rate > 0 and total > done:
+            text += f", ETA {format_duration((total - done) / rate)}"
+        return text
+    if p.get("synced"):
+        return f"{p.get('phase', job.phase)} {p['synced']}"
+    return f"{job.kind} {job.phase}"
 
 
 def _verify(ctx, rows: list[dict]) -> int:
@@ -68,7 +98,10 @@ def _verify(ctx, rows: list[dict]) -> int:
             iqn = r["target"] or target_iqn(nas, r["zvol"])
             t = next((t for t in res if t["iqn"] == iqn), None)
             want_ini = r["initiator"]
-            if r["raw_state"] == "unmapped":
+            if r["raw_state"] == "unmapped" or (r["mode"] == "sync" and
+                                                 r["raw_state"] in ("mapped", "NAS<-VM")
+                                                 and not r["target"]):
+                # no target: unmapped, or a sync volume running on its local copy
                 r["live"] = "ok" if t is None else f"DIFFERS: target {iqn} exists"
             elif t is None:
                 r["live"] = "DIFFERS: no target on the NAS"
@@ -89,7 +122,7 @@ def list_devs(ctx, host: str) -> Output:
     for v in vols:
         if not v.target:
             continue
-        t = {"iqn": v.target, "portal": portal_of(ctx.config.host(v.nas)),
+        t = {"iqn": v.target, "portal": v.extra.get("portal") or portal_of(ctx.config.host(v.nas)),
              "lun": int(v.extra.get("lun", 1))}
         creds = chapstore.load(state_path(ctx), v.nas, v.vol) if v.extra.get("chap_user") else None
         if creds:
@@ -100,15 +133,40 @@ def list_devs(ctx, host: str) -> Output:
         facts = ctx.cluster.step(host, "compute.devices", kind=host_cfg.initiator,
                                  targets=targets).facts
         seen = {d["iqn"]: d for d in facts["devices"]}
+    # sync mode: each overlay read live, in one round trip
+    syncs = [v for v in vols if v.mode == "sync" and v.state != "NAS<-VM"]
+    ovl: dict[str, dict] = {}
+    if syncs:
+        res = ctx.cluster.steps(host, [("overlay.status", {
+            "driver": v.extra.get("overlay") or host_cfg.overlay,
+            "pool": v.extra.get("local_pool") or host_cfg.vm_container_zpool,
+            "vol": v.vol}) for v in syncs])
+        ovl = {v.key: r.facts for v, r in zip(syncs, res)}
+    now = time.time()
     rows = []
     for v in vols:
         d = seen.get(v.target, {})
+        o = ovl.get(v.key)
         size = d.get("size") or v.size
-        rows.append({"zvol": v.vol, "device": d.get("device") or v.device,
-                     "status": d.get("status", "absent") if v.target else v.state,
+        status = d.get("status", "absent") if v.target else v.state
+        if o is not None:
+            status = o.get("status") or ("absent" if not o.get("exists") else status)
+        rows.append({"zvol": v.vol, "device": (o or {}).get("device") or d.get("device")
+                     or v.device,
+                     "status": status,
                      "size_gb": round(size / 2**30, 2) if size else None,
                      "block_dev": d.get("device") if host_cfg.initiator == "iscsiadm" else None,
-                     "nas": v.nas, "target": v.target, "state": v.state})
-    return Output(rows, [("zvol", "ZVOL"), ("device", "DEVICE/LVM"), ("status", "STATUS"),
-                         ("size_gb", "SIZE(GB)"), ("block_dev", "BLOCK DEV"), ("nas", "NAS"),
-                         ("state", "STATE")])
+                     "nas": v.nas, "target": v.target, "state": v.state,
+                     # sync mode's overlay: its device, merge started, SYNCED, time
+                     "lvm": (o or {}).get("device"),
+                     "is_started": (1 if o.get("phase") in ("merging", "merged", "pivoted")
+                                    else 0) if o else None,
+                     "synced": (o or {}).get("synced"),
+                     "time": format_duration(now - v.since) if o and v.state in TRANSITIONAL
+                     else None})
+    # The guide's columns (ZVOL LVM STATUS SIZE (GB) BLOCK DEV IS STARTED SYNCED TIME),
+    # then what direct mode adds: the device a VM opens, the NAS, the mapping's state.
+    return Output(rows, [("zvol", "ZVOL"), ("lvm", "LVM"), ("status", "STATUS"),
+                         ("size_gb", "SIZE (GB)"), ("block_dev", "BLOCK DEV"),
+                         ("is_started", "IS STARTED"), ("synced", "SYNCED"), ("time", "TIME"),
+                         ("device", "DEVICE"), ("nas", "NAS"), ("state", "STATE")])

@@ -8,6 +8,7 @@ import time
 from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
 from imgstor.names import target_iqn
+from imgstor.output import Message
 from imgstor.state.model import State, Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     chap_args,
@@ -26,9 +27,11 @@ __all__ = ["map_volume"]
 
 
 def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
-               img_sync: bool | None = None, adopt: bool = False, *,
+               img_sync: bool | None = None, adopt: bool = False, wait: bool = False, *,
                note_size: bool = True) -> str:
     """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
+    ``img_sync`` overrides the host's: sync mode (workflows/storagemap/sync.py) returns as
+    soon as the VM can boot on the overlay; ``wait``: until the copy and merge are done.
     ``adopt``: export an existing dataset imgstor did not make (it gets imgstor's mark)."""
     nas, host = validate.host(nas, "NAS"), validate.host(host, "host")
     zpool, vol = validate.zpool(zpool), validate.volume(vol)
@@ -37,13 +40,12 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     nas_cfg = ctx.config.host(nas, role="nas")
     host_cfg = ctx.config.host(host, role="compute")
     sync = host_cfg.img_sync if img_sync is None else img_sync
-    if sync:
-        raise UsageError(f"{host} uses img_sync (sync mode), which this version does not "
-                         "provide yet; map with img_sync=false for direct mode")
     iqn = target_iqn(nas, vol)
     key = volume_key(nas, vol)
     st = ctx.store.read()
     v0 = st.volumes.get(key)
+    if v0 is not None and v0.mode == "sync" and v0.state != "unmapped":
+        return _sync_again(ctx, st, v0, host, wait=wait)
     check_pool(nas_cfg, zpool, v0)
     if v0 is None or v0.busy is None:      # a busy one: "busy" is the answer, below
         check_map(v0, key, zpool, host)
@@ -55,7 +57,7 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     chap_user = chap["chap"]["user"] if chap else None
     if ctx.dry_run:
         return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
-                          iqn, note_size, chap, owned=owned, adopt=adopt, done={})
+                          iqn, note_size, chap, owned=owned, adopt=adopt, done={}, sync=sync)
     created: list[bool] = []
 
     def new() -> Volume:
@@ -70,15 +72,15 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
         names.check_collisions(st.volumes.values(), nas, vol, host, chap_user)
         done["had_host"] = bool(v.host)
         v.host, v.target = host, iqn
-        v.extra["intent"] = "map"
+        v.extra["intent"] = "map-sync" if sync else "map"
 
     done: dict[str, bool] = {}
     with ctx.store.busy(key, "map", create=new, update=intent) as v:
         fault("busy")
         try:
-            return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
-                              iqn, note_size, chap, owned=owned or store_owns(v),
-                              adopt=adopt, done=done)
+            out = _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
+                             iqn, note_size, chap, owned=owned or store_owns(v),
+                             adopt=adopt, done=done, sync=sync)
         except ImgstorError as e:
             if not done.get("nas") and not done.get("had_host"):
                 # Only the node's initiator name was read: nothing changed on any host, so
@@ -92,10 +94,37 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                         rec.extra.pop("intent", None)
             record_error(ctx, key, e)
             raise
+    if sync and wait and not ctx.dry_run:
+        from imgstor.workflows.storagemap.sync import wait_for_jobs
+        wait_for_jobs(ctx, key)
+    return out
+
+
+def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
+    """A map of a sync volume that is already mapped (or on its way): the same host gets
+    the same answer (and its job a monitor again if its monitor is gone); the sync back
+    running is "busy"; another host must wait for the unmap."""
+    from imgstor import jobs as jobmod
+    from imgstor.errors import BusyError
+    if v.state == "NAS<-VM":
+        js = st.jobs_of(v.key)
+        raise BusyError(f"{v.key} is being synced back to {v.nas} (NAS<-VM"
+                        + (f", job {js[0].id} {js[0].phase}" if js else "")
+                        + "); map it again when that is done", key=v.key)
+    check_map(v, v.key, v.zpool, host)
+    for j in st.jobs_of(v.key):
+        if not jobmod.owner_alive(j) and not ctx.dry_run:
+            from imgstor.workflows.storagemap.sync import _spawn
+            _spawn(ctx, j)
+    if wait and not ctx.dry_run:
+        from imgstor.workflows.storagemap.sync import wait_for_jobs
+        wait_for_jobs(ctx, v.key)
+    return f"{v.nas}:{v.vol} mapped to {v.host}:{v.device} ({v.state})"
 
 
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
-               note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict) -> str:
+               note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
+               sync: bool = False) -> str:
     portal = portal_of(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
@@ -107,7 +136,7 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     try:
         volf, _props, _target = nas_batch(cl, nas, _map_batch(
             nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
-            owned=owned, adopt=adopt))
+            owned=owned, adopt=adopt, mode="sync" if sync else "direct"))
     except (Conflict, NotFound, AlreadyExists, UsageError) as e:
         if e.details.get("batch_index") == 0:
             # The volume step refused (not imgstor's, wrong type, no room, no pool)
@@ -119,25 +148,34 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
     att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
                   lun=lun, **chap)
-    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes)
+    if sync:
+        from imgstor.workflows.storagemap.sync import map_sync
+        fault("attach")
+        return map_sync(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, iqn,
+                        (volf, att, initiator, lun, chap), portal=portal)
+    return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes,
+                   zpool=zpool, portal=portal)
 
 
 def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
-               *, owned: bool, adopt: bool) -> list[tuple[str, str, dict]]:
+               *, owned: bool, adopt: bool, mode: str) -> list[tuple[str, str, dict]]:
     """The map's NAS batch: the volume, its imgstor properties, the target."""
     return [
         ("volume", "nas.ensure_volume", dict(vol_args, size=nbytes, owned=owned,
                                              adopt=adopt, overcommit=nas_cfg.overcommit)),
         ("props", "nas.set_props", dict(pool=zpool, vol=vol,
-                                        props={"host": host, "target": iqn, "mode": "direct"})),
+                                        props={"host": host, "target": iqn, "mode": mode})),
         ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
                                              initiator=initiator, portal=portal, **chap))]
 
 
-def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes) -> str:
-    """Record a finished map (clears the intent and the busy marker)."""
+def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
+            zpool: str, portal: str) -> Message | str:
+    """Record a finished map (clears the intent and the busy marker).  The portal is
+    recorded: an ib_net changed later applies to the next map, not to this one's unmap."""
     device = att.facts.get("device")
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
+             "portal": portal,
              # the CHAP user only: the password stays in its 0600 file
              "chap_user": chap["chap"]["user"] if chap else None}
     if "qemu_json" in att.facts:
@@ -147,6 +185,9 @@ def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbyt
     fault("attach")
     if ctx.dry_run:
         return f"dry run: {nas}:{vol} would be mapped to {host}"
-    return f"{nas}:{vol} mapped to {host}:{device}"
+    # The guide's `rocks add host storagemap` output (Python 2 `print a, b` spacing);
+    # --json and `start host vm` keep the one-line message.
+    return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
+                   f"{nas}:{vol} mapped to {host}:{device}")
 
 

@@ -125,3 +125,48 @@ def test_no_address_acl_builder_and_tid_zero_refused():
     assert not hasattr(tgt, "bind_address")
     with pytest.raises(ValueError):
         tgt.new_target(0, IQN)
+
+
+# ---------------------------------------------------------------- connections (M2), portals (M4)
+def test_show_nexus_with_connection_lab_capture():
+    """Lab capture: a qemu-storage-daemon on compute-0-0 holds the LUN through libiscsi."""
+    (t,) = tgt.parse_show(U("tgt_show_nexus"))
+    (n,) = t.nexuses
+    assert (n.nexus, n.initiator, n.alias) == (8, "iqn.2005-03.org.open-iscsi:compute-0-0", None)
+    assert n.connections == (tgt.Connection(0, ("127.42.3.11",)),)
+    assert n.addresses == ("127.42.3.11",)
+    # the conn-mode listing of the same moment names the same session and connection
+    assert "Session: 8\n    Connection: 0\n" in U("tgt_conn_show")
+
+
+def test_delete_connection_argv_and_missing_session_is_notfound():
+    assert tgt.delete_connection(1, 8, 0) == ["tgtadm", "--lld", "iscsi", "--mode", "conn",
+                                              "--op", "delete", "--tid", "1", "--sid", "8",
+                                              "--cid", "0"]
+    assert samples.userspace_rc("tgt_conn_delete") == 0
+    rc = samples.userspace_rc("tgt_conn_delete_missing")
+    err = RemoteCommandError("nas", tgt.delete_connection(1, 8, 0), rc,
+                             U("tgt_conn_delete_missing", "err"))
+    assert rc == 22 and isinstance(tgt.classify(err), NotFound)
+
+
+def test_portals_lab_capture_and_wildcards():
+    assert tgt.parse_portals(U("tgt_portal_show")) == [("127.42.3.10", 3260)]
+    # tgt's default listeners (usr/iscsi/iscsi_tcp.c: getnameinfo, no brackets)
+    assert tgt.parse_portals("Portal: 0.0.0.0:3260,1\nPortal: :::3260,1\n") == [
+        ("0.0.0.0", 3260), ("::", 3260)]
+    assert tgt.new_portal("fd00::1", 3260)[-1] == "portal=[fd00::1]:3260"
+
+
+@pytest.mark.parametrize("build", [
+    lambda: tgt.add_lun(1, "/mnt/a,bstype=aio/disk.raw"),
+    lambda: tgt.new_target(1, "iqn.2001-04.com.x,y"),
+    lambda: tgt.bind_initiator(1, "iqn.x:a,initiator-address=1.2.3.4"),
+    lambda: tgt.new_account("u,x", "p" * 12),
+    lambda: tgt.new_portal("1.2.3.4,tpgt=2"),
+])
+def test_comma_refused_in_tgtadm_parameter_values(build):
+    """L10: tgtadm folds these values into a ','-separated string that tgtd splits."""
+    from imgstor.errors import UsageError
+    with pytest.raises(UsageError, match="','"):
+        build()

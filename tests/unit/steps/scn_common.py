@@ -102,6 +102,16 @@ TGT = ["tgtadm", "--lld", "iscsi"]
 TGT_SHOW = TGT + ["--mode", "target", "--op", "show"]
 
 
+TGT_PORTALS = TGT + ["--mode", "portal", "--op", "show"]
+# tgtd listening on the target's portal only (format: lab capture tgt_portal_show)
+PORTALS = {"argv": TGT_PORTALS, "rc": 0, "stdout": f"Portal: {PORTAL},1\n", "stderr": ""}
+
+
+def tgt_conn_delete(tid: int, sid: int, cid: int = 0) -> list[str]:
+    return TGT + ["--mode", "conn", "--op", "delete", "--tid", str(tid), "--sid", str(sid),
+                  "--cid", str(cid)]
+
+
 def tgt_new(tid: int, iqn: str) -> list[str]:
     return TGT + ["--mode", "target", "--op", "new", "--tid", str(tid), "--targetname", iqn]
 

@@ -9,6 +9,7 @@ iscsiadm(8) and tests/unit/drivers/samples.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from scn_common import (GiB, IA_DISCOVERY, INIT0, INIT1, IQN1, IQN2, IQN3, ISCSIADM_SESSIONS,
                         NO_SESSIONS, PORTAL, UDEV_SETTLE, by_path, cmd, ia_node,
@@ -23,6 +24,13 @@ LOGIN, LOGOUT, NODE_DELETE = (ia_node(IQN1, "--login"), ia_node(IQN1, "--logout"
                               ia_node(IQN1, "-o delete"))
 SESSION1 = cmd(ISCSIADM_SESSIONS, stdout=ia_session_line(1, IQN1))
 NONE = cmd(ISCSIADM_SESSIONS, **NO_SESSIONS)
+# `iscsiadm -m session -P 3`: the kernel-lab capture (session 1 to IQN1, disk sda), moved
+# to this file's portal
+_P3 = (Path(__file__).resolve().parents[2] / "fixtures" / "kernel" / "iscsiadm_session_P3.out")
+DETAILS1 = cmd(ISCSIADM_SESSIONS + ["-P", "3"],
+               stdout=_P3.read_text().replace("127.43.0.10:3260", PORTAL))
+IN_USE = {"/dev/sda": ["dm-0 (dm vm1-overlay) is stacked on /dev/sda",
+                       "pid 4242 (qemu-system-x86) has /dev/dm-0 open"]}
 # open-iscsi's texts (iscsiadm(8) EXIT STATUS: 15 session exists, 21 nothing found, 24 auth)
 LOGIN_OUT = (f"Logging in to [iface: default, target: {IQN1}, portal: 127.0.0.1,3261]\n"
              f"Login to [iface: default, target: {IQN1}, portal: 127.0.0.1,3261] successful.\n")
@@ -111,12 +119,12 @@ ATTACH = [
 DETACH = [
     dict(id="userspace", tags={"done"}, args=US, env=NODE, script=[], changed=False,
          facts={}, message="userspace initiator keeps no session", mutating=[]),
-    dict(id="iscsiadm/logged-in", tags={"changes"}, args=IA, script=[SESSION1, cmd(LOGOUT),
+    dict(id="iscsiadm/logged-in", tags={"changes"}, args=IA, script=[SESSION1, DETAILS1, cmd(LOGOUT),
          cmd(NODE_DELETE)], changed=True, facts={}, message=f"no session to {IQN1}",
          mutating=[LOGOUT, NODE_DELETE]),
     dict(id="iscsiadm/logout-rc21-nothing-found-is-success", tags={"changes"}, args=IA,
          note="the session went away between the read and the logout",
-         script=[SESSION1, cmd(LOGOUT, rc=21, stderr="iscsiadm: No matching sessions found\n"),
+         script=[SESSION1, DETAILS1, cmd(LOGOUT, rc=21, stderr="iscsiadm: No matching sessions found\n"),
                  cmd(NODE_DELETE, rc=21, stderr=NO_RECORDS)],
          changed=True, message=f"no session to {IQN1}"),
     dict(id="iscsiadm/nothing-there", tags={"done"}, args=IA,
@@ -125,16 +133,28 @@ DETACH = [
          changed=False, facts={}, mutating=[NODE_DELETE]),
     dict(id="iscsiadm/stale-node-record", tags={"changes"}, args=IA,
          script=[NONE, cmd(NODE_DELETE)], changed=True),
-    dict(id="iscsiadm/dry-run", tags={"dry-run"}, args=IA, dry_run=True, script=[SESSION1],
+    dict(id="iscsiadm/dry-run", tags={"dry-run"}, args=IA, dry_run=True, script=[SESSION1, DETAILS1],
          skipped=[LOGOUT, NODE_DELETE], changed=True, message=f"no session to {IQN1}"),
     dict(id="iscsiadm/dry-run-nothing-there", tags={"dry-run", "done"}, args=IA,
          dry_run=True, script=[NONE], skipped=[NODE_DELETE], changed=False),
+    dict(id="iscsiadm/in-use-refused", tags={"error"}, args=IA, env={"users": IN_USE},
+         note="M9: a dm device on the session's disk and a VM's qemu holding it: nothing "
+              "is logged out",
+         script=[SESSION1, DETAILS1],
+         raises=("Conflict", "the disk of .* is in use: dm-0 \\(dm vm1-overlay\\) is "
+                             "stacked on /dev/sda; pid 4242 .*--force"),
+         details={"reason": "in-use"}, mutating=[]),
+    dict(id="iscsiadm/in-use-forced", tags={"changes"}, args={**IA, "force": True},
+         env={"users": IN_USE},
+         script=[SESSION1, DETAILS1, cmd(LOGOUT), cmd(NODE_DELETE)], changed=True,
+         facts={"forced_users": IN_USE["/dev/sda"]},
+         message=f"no session to {IQN1} (--force: it was in use: {'; '.join(IN_USE['/dev/sda'])})"),
     dict(id="iscsiadm/iscsid-down", tags={"error"}, args=IA,
          script=[cmd(ISCSIADM_SESSIONS, rc=20,
                      stderr="iscsiadm: can not connect to iSCSI daemon (111)!\n")],
          raises=("RemoteCommandError", "iscsid is not running on the node")),
     dict(id="iscsiadm/logout-fails", tags={"error"}, args=IA,
-         script=[SESSION1, cmd(LOGOUT, rc=8, stderr="iscsiadm: Could not logout of all "
+         script=[SESSION1, DETAILS1, cmd(LOGOUT, rc=8, stderr="iscsiadm: Could not logout of all "
                                "requested sessions\n")],
          raises=("RemoteCommandError", "exit code 8")),
     dict(id="unknown-kind", tags={"error"}, args={**IA, "kind": "nvme"}, script=[],

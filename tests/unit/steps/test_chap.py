@@ -17,7 +17,7 @@ from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateErro
 from imgstor.remote.drivers import lio, tgt
 from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import compute, lio_steps, nas
-from scn_common import (INIT0, IQN1, PATH1, PORTAL, TGT, TGT_SHOW, by_path, cmd,
+from scn_common import (INIT0, IQN1, PATH1, PORTAL, PORTALS, TGT, TGT_SHOW, by_path, cmd,
                         fixture_text, tgt_bind, tgt_delete, tgt_lun, tgt_new)
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
@@ -79,6 +79,8 @@ def test_bad_names_refused_before_any_file(tmp_path):
 
 # ------------------------------------------------------------------ step helpers
 def run(fn, script, *, dry_run=False, **args):
+    if fn is nas.ensure_target and args.get("driver") == "tgt":
+        script = [PORTALS] + list(script)     # tgtd's portals are read first (M4)
     ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run)
     try:
         out = fn(ex, **args)
@@ -274,11 +276,42 @@ def test_iscsiadm_attach_sets_chap_before_login_masked(node, monkeypatch):
               cmd(["iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", PORTAL]),
               cmd(_ia_update("node.session.auth.authmethod", "CHAP")),
               cmd(_ia_update("node.session.auth.username", USER)),
-              cmd(_ia_update("node.session.auth.password", PW)),
               cmd(["iscsiadm", "-m", "node", "-T", IQN1, "-p", PORTAL, "--login"])]
+    written = []
+    monkeypatch.setattr(compute, "write_node_password",
+                        lambda *a: written.append(a) or ["/etc/iscsi/nodes/x"])
     ex, out = run(compute.attach, script, kind="iscsiadm", portal=PORTAL, iqn=IQN1, chap=CHAP)
     assert out.changed and out.facts["by_path"] == by_path()
-    assert shlex.join(_ia_update("node.session.auth.password", PW)).replace(PW, "***") in ex.log
+    # M5: the password is in no argv; it goes into the node record file (before login)
+    assert all(PW not in a for argv in ex.calls for a in argv)
+    assert written == [(IQN1, "127.0.0.1", PW, 3261)]
+    assert any("node.session.auth.password = ***" in l for l in ex.log)
+
+
+NODE_RECORD = """# BEGIN RECORD 2.1.8
+node.name = iqn.2001-04.com.nas-0-0-vm1-vol
+node.session.auth.authmethod = CHAP
+node.session.auth.username = imgstor-0123456789ab
+node.session.auth.password = old
+node.conn[0].address = 127.0.0.1
+# END RECORD
+"""
+
+
+def test_write_node_password_into_the_record_file(tmp_path):
+    from imgstor.remote.drivers import iscsiadm
+    d = tmp_path / IQN1 / "127.0.0.1,3261,1"
+    d.mkdir(parents=True)
+    (d / "default").write_text(NODE_RECORD)
+    (tmp_path / IQN1 / "127.0.0.2,3261,1").mkdir()
+    assert iscsiadm.write_node_password(IQN1, "127.0.0.1", PW, 3261, str(tmp_path)) == [
+        str(d / "default")]
+    lines = (d / "default").read_text().splitlines()
+    assert lines[-2:] == [f"node.session.auth.password = {PW}", "# END RECORD"]
+    assert "node.session.auth.password = old" not in lines and len(lines) == 7
+    assert stat.S_IMODE((d / "default").stat().st_mode) == 0o600
+    with pytest.raises(Exception, match="no node record"):
+        iscsiadm.write_node_password(IQN1, "127.0.0.9", PW, 3261, str(tmp_path))
 
 
 # ------------------------------------------------------------------ LIO (unit only)
@@ -347,3 +380,17 @@ def test_lio_targetcli_as_wanted_reads_the_acl_userid(monkeypatch):
     ex, out = run(lio_steps.ensure, script, iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
                   initiator=INIT0, portal="10.0.0.1:3260", chap=(USER, PW))
     assert not out.changed
+
+
+@pytest.mark.parametrize("chap", [{"user": USER + "\n", "password": PW},
+                                  {"user": USER, "password": PW + "\n"}])
+def test_trailing_newline_refused_on_the_node(chap):
+    """L5: ``re.match`` with ``$`` accepted a trailing newline."""
+    from imgstor.remote.steps._util import chap_pair
+    with pytest.raises(UsageError):
+        chap_pair(chap)
+
+
+def test_trailing_newline_refused_on_the_frontend():
+    assert not chapstore.USER_RE.fullmatch("imgstor-0123456789ab\n")
+    assert chapstore.USER_RE.fullmatch("imgstor-0123456789ab")

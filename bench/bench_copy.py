@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""The copy engine against raw `zfs send | ssh | zfs receive`, NAS -> compute node, in the
+same run (ratios only: these machines are noisy).
+
+1. throughput: the same snapshot of random data, copied raw (root's ssh, as bench_lab.py)
+   and by the engine (copy.start ... until copy.status says done: a detached job, the
+   gate's state probe before and after, the in-process counter).  Goal: engine/raw >= 0.95.
+   Reported twice: end to end (start step to "done" seen by polling) and the stream alone
+   (the job's own "seconds": zfs send to zfs receive's exit).
+2. compression: with sync_bwlimit 20M, compressible data (a tar of /usr: binaries,
+   libraries, text, like a VM's root disk) copied with sync_compress=zstd and without.
+   Goal: zstd/plain >= 1.5.
+
+    sudo LAB_DIR=… lab/lab up && python3 bench/bench_copy.py [--mib 256] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+from labbench import CONFIG, LAB_DIR, ROOT, require_lab, ssh
+
+sys.path.insert(0, str(ROOT))
+from imgstor import synctrust  # noqa: E402
+from imgstor.config import load_config  # noqa: E402
+from imgstor.transport import Cluster  # noqa: E402
+
+NAS, NODE = "nas-0-0", "compute-0-0"
+KD = f"/root/.ssh/imgstor-sync.{NAS}"      # the lab shares /root/.ssh between its hosts
+
+
+def run(host: str, cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(ssh(host, cmd), check=True, capture_output=True)
+
+
+def destroy(host: str, ds: str) -> None:
+    for _ in range(40):
+        p = subprocess.run(ssh(host, f"zfs umount -f {ds} 2>/dev/null; zfs destroy -r {ds}"),
+                           capture_output=True)
+        if p.returncode == 0 or b"does not exist" in p.stderr:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"bench: cannot destroy {host}:{ds}")
+
+
+def raw(src: str, dst: str) -> float:
+    t0 = time.perf_counter()
+    run(NAS, f"set -o pipefail; zfs send {src}@b | ssh {NODE} zfs receive {dst}")
+    return time.perf_counter() - t0
+
+
+def engine(c: Cluster, src: str, dst: str, **kw) -> tuple[float, float, dict]:
+    args = synctrust.copy_args(c.config, NAS, NODE, snapshot=f"{src}@b", to_dataset=dst,
+                               key_dir=KD, **kw)
+    t0 = time.perf_counter()
+    c.step(NAS, "copy.start", **args)
+    while True:
+        st = c.step(NAS, "copy.status", to_alias=NODE, to_dataset=dst).facts
+        if st["state"] != "running":
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    if st["state"] != "done":
+        raise SystemExit(f"bench: copy failed: {st.get('error')}")
+    return wall, float(st["seconds"]), st
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--zmib", type=int, default=192, help="compressible data, MiB")
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    require_lab()
+    cfg = load_config(str(CONFIG))
+    tag = uuid.uuid4().hex[:6]
+    src, zsrc = f"tank/bc-{tag}", f"tank/bz-{tag}"
+    with Cluster(cfg) as c:
+        synctrust.ensure(c, NAS, NODE, key_dir=KD, authorized_keys=str(LAB_DIR / "authorized_keys"),
+                         gate_path=str(LAB_DIR / "hosts" / NODE / "sync-gate.py"))
+        run(NAS, f"zfs create {src} && head -c {a.mib << 20} /dev/urandom > "
+                 f"$(zfs get -H -o value mountpoint {src})/data && zfs snapshot {src}@b")
+        # compressible like a VM's root disk: a tar of this machine's /usr (binaries,
+        # libraries, text), not a repeated line that compresses 1000:1
+        run(NAS, f"zfs create {zsrc} && (tar cf - /usr/lib /usr/share 2>/dev/null | head -c "
+                 f"{a.zmib << 20} > $(zfs get -H -o value mountpoint {zsrc})/data) && "
+                 f"zfs snapshot {zsrc}@b")
+        try:
+            r_raw, r_wall, r_pump = [], [], []
+            for i in range(a.rounds):
+                d = f"tank/bd-{tag}-{i}"
+                r_raw.append(raw(src, d))
+                destroy(NODE, d)
+                w, p, _ = engine(c, src, d)
+                r_wall.append(w)
+                r_pump.append(p)
+                destroy(NODE, d)
+            raw_t, wall_t, pump_t = (statistics.median(x) for x in (r_raw, r_wall, r_pump))
+            print(f"random data {a.mib} MiB, median of {a.rounds} interleaved rounds")
+            print(f"  raw zfs send | ssh | zfs receive   {raw_t:6.2f} s  {a.mib / raw_t:6.1f} MiB/s")
+            print(f"  engine, end to end                 {wall_t:6.2f} s  {a.mib / wall_t:6.1f} MiB/s"
+                  f"   ratio engine/raw {raw_t / wall_t:.2f}  (goal >= 0.95)")
+            print(f"  engine, stream only                {pump_t:6.2f} s  {a.mib / pump_t:6.1f} MiB/s"
+                  f"   ratio engine/raw {raw_t / pump_t:.2f}")
+            z_plain, z_zstd, wires = [], [], []
+            for i in range(a.rounds):
+                d = f"tank/bz-{tag}-{i}"
+                z_plain.append(engine(c, zsrc, d, bwlimit="20M")[0])
+                destroy(NODE, d)
+                w, _, st = engine(c, zsrc, d, bwlimit="20M", compress="zstd")
+                z_zstd.append(w)
+                wires.append(st["wire_bytes"] / max(1, st["bytes_done"]))
+                destroy(NODE, d)
+            zp, zz = statistics.median(z_plain), statistics.median(z_zstd)
+            print(f"compressible data {a.zmib} MiB, sync_bwlimit 20M, median of {a.rounds}")
+            print(f"  plain   {zp:6.2f} s  {a.zmib / zp:6.1f} MiB/s")
+            print(f"  zstd    {zz:6.2f} s  {a.zmib / zz:6.1f} MiB/s   wire/logical "
+                  f"{statistics.median(wires):.3f}   ratio zstd/plain {zp / zz:.2f}  "
+                  "(goal >= 1.5)")
+            print(f"  (end to end: each copy also pays ~{wall_t - pump_t:.1f} s of fixed cost: "
+                  "start step, probe, polling)")
+        finally:
+            for ds in (src, zsrc):
+                destroy(NAS, ds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The copy pipeline's parts: the destination (``Peer``), name checks, argv builders for
+``zfs send`` / ``ssh`` / the sync gate, parsers of ``zfs send -nP`` and ``-nvt`` output,
+and the in-process relay that counts and throttles (``Meter``, ``relay``).
+imgstor.remote.copyjob runs them as a job.
+
+Standard library only: shipped to nodes in the zipapp.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass
+
+from imgstor.errors import UsageError
+from imgstor.remote.drivers._common import positional
+
+__all__ = ["KEY_DIR", "GATE", "ZSTD", "DATASET", "SNAPSHOT", "ALIAS", "Peer", "check_dataset",
+           "check_snapshot", "job_name", "parse_rate", "ssh_argv", "gate_argv", "send_argv",
+           "size_argv", "token_info_argv", "parse_send_size", "parse_token_info", "Meter",
+           "relay"]
+
+KEY_DIR = "/root/.ssh/imgstor-sync"
+GATE = "imgstor-sync-gate"
+ZSTD = ["zstd", "-qc"]
+_COMPONENT = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+DATASET = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})+$", re.ASCII)
+SNAPSHOT = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*@{_COMPONENT}$", re.ASCII)
+ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The receiving host as the sending host reaches it."""
+    address: str                   # data address (``<name>.<ib_net>`` when set)
+    alias: str                     # host name; known_hosts entry ``imgstor-<alias>``
+    dataset: str                   # where the stream goes
+    port: int = 22
+    user: str = "root"
+
+    def __post_init__(self) -> None:
+        positional(self.address, "address")
+        if any(c.isspace() or c in "@;'\"`$\\" for c in self.address):
+            raise UsageError(f"bad address {self.address!r}")
+        if not ALIAS.fullmatch(self.alias):
+            raise UsageError(f"bad host name {self.alias!r}")
+        check_dataset(self.dataset)
+        if not ALIAS.fullmatch(self.user):
+            raise UsageError(f"bad user {self.user!r}")
+        if not (isinstance(self.port, int) and 0 < self.port < 65536):
+            raise UsageError(f"bad port {self.port!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Peer":
+        return cls(d["address"], d["alias"], d["dataset"], int(d.get("port", 22)),
+                   d.get("user", "root"))
+
+    def to_dict(self) -> dict:
+        return {"address": self.address, "alias": self.alias, "dataset": self.dataset,
+                "port": self.port, "user": self.user}
+
+
+def check_dataset(ds: str) -> str:
+    if not isinstance(ds, str) or not DATASET.fullmatch(ds) or ".." in ds:
+        raise UsageError(f"bad dataset name {ds!r} (want POOL/NAME)")
+    return ds
+
+
+def check_snapshot(snap: str) -> str:
+    if not isinstance(snap, str) or not SNAPSHOT.fullmatch(snap) or ".." in snap:
+        raise UsageError(f"bad snapshot name {snap!r} (want POOL/NAME@SNAP)")
+    return snap
+
+
+def job_name(alias: str, dataset: str) -> str:
+    """One job (and one lock) per destination: host alias + dataset."""
+    if not ALIAS.fullmatch(alias):
+        raise UsageError(f"bad host name {alias!r}")
+    return f"copy@{alias}:{check_dataset(dataset).replace('/', '%')}"
+
+
+_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$", re.ASCII)
+
+
+def parse_rate(value: int | str | None) -> int:
+    """``sync_bwlimit``: bytes per second, an int or written like sizes (``12M`` =
+    12 MiB/s); 0, "" or None = unlimited."""
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, bool):
+        raise UsageError(f"bad bandwidth limit {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise UsageError(f"bad bandwidth limit {value!r}")
+        return value
+    m = _RATE.fullmatch(str(value).strip().upper())
+    if not m:
+        raise UsageError(f"bad bandwidth limit {value!r} (bytes per second, e.g. 12M)")
+    return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+                                     "T": 1 << 40}[m.group(2)])
+
+
+# ------------------------------------------------------------------ argv builders
+def ssh_argv(peer: Peer, *, key_dir: str = KEY_DIR, connect_timeout: int = 10) -> list[str]:
+    """ssh with imgstor's own key and pinned host key only: no user ssh_config (``-F
+    /dev/null``), no agent, no other identities, the receiver's key looked up under the
+    alias ``imgstor-<name>`` (so the storage network address verifies too), a connect
+    timeout and keepalives (a dead peer ends the stream within a minute)."""
+    positional(key_dir, "key directory")
+    return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes",
+            "-o", f"ConnectTimeout={int(connect_timeout)}",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={key_dir}/known_hosts",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"HostKeyAlias=imgstor-{peer.alias}",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-i", f"{key_dir}/id_ed25519",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+            "-o", "Compression=no", "-p", str(peer.port), "-l", peer.user,
+            "--", peer.address]
+
+
+def gate_argv(peer: Peer, verb: str, *opts: str, key_dir: str = KEY_DIR,
+              connect_timeout: int = 10) -> list[str]:
+    """``ssh … ADDRESS 'imgstor-sync-gate VERB [OPTS] DATASET'``: the remote command becomes
+    text exactly once, here (ssh would join the words with spaces anyway)."""
+    return ssh_argv(peer, key_dir=key_dir, connect_timeout=connect_timeout) + [
+        shlex.join([GATE, verb, *opts, peer.dataset])]
+
+
+def send_argv(snapshot: str, *, base: str | None = None, token: str | None = None,
+              intermediate: bool = False) -> list[str]:
+    """``zfs send [-i|-I BASE | -t TOKEN] SNAP`` (``-I``: the snapshots between too)."""
+    if token:
+        return ["zfs", "send", "-t", positional(token, "resume token")]
+    argv = ["zfs", "send"]
+    if base:
+        argv += ["-I" if intermediate else "-i", check_snapshot(base)]
+    return argv + [check_snapshot(snapshot)]
+
+
+def size_argv(snapshot: str, *, base: str | None = None, token: str | None = None,
+              intermediate: bool = False) -> list[str]:
+    """``zfs send -nP …``: the stream size, without sending (OpenZFS only)."""
+    argv = send_argv(snapshot, base=base, token=token, intermediate=intermediate)
+    return argv[:2] + ["-nP"] + argv[2:]
+
+
+def token_info_argv(token: str) -> list[str]:
+    return ["zfs", "send", "-nvt", positional(token, "resume token")]
+
+
+def parse_send_size(text: str) -> int | None:
+    """The ``size`` line of ``zfs send -nP`` (OpenZFS: ``size\\t12345``; the last one wins
+    when several snapshots are listed)."""
+    size = None
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 2 and f[0] == "size" and f[1].isdigit():
+            size = int(f[1])
+    return size
+
+
+def parse_token_info(text: str) -> dict:
+    """``zfs send -nvt TOKEN``: the token's nvlist (``\\ttoname = pool/fs@snap``,
+    ``\\tbytes = 0x1e4a18``) as a dict; numbers as ints."""
+    out: dict = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s+(\w+) = (.+)$", line)
+        if not m:
+            continue
+        key, val = m.group(1), m.group(2).strip()
+        try:
+            out[key] = int(val, 0)
+        except ValueError:
+            out[key] = val
+    return out
+
+
+# ------------------------------------------------------------------ moving bytes
+class Meter:
+    """Bytes through a relay; with ``rate`` > 0, ``throttle()`` sleeps while the relay is
+    ahead of ``rate`` bytes per second since it started (a token bucket of ~0.1 s)."""
+
+    def __init__(self, rate: int = 0) -> None:
+        self.rate = rate
+        self.bytes = 0
+        self.t0 = time.monotonic()
+
+    def chunk(self) -> int:
+        return max(16384, min(1 << 20, self.rate // 10)) if self.rate else 1 << 20
+
+    def throttle(self) -> None:
+        if self.rate:
+            ahead = self.bytes / self.rate - (time.monotonic() - self.t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _bigger_pipe(fd: int) -> None:
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (OSError, AttributeError):
+        pass                                   # the default 64 KiB works too
+
+
+def relay(src: int, dst: int, *, count: Meter, limit: Meter | None = None) -> None:
+    """Move bytes from pipe ``src`` to pipe ``dst`` until EOF (or a closed ``dst``), counting
+    them in ``count`` and throttling with ``limit``.  Closes both ends when done, so the
+    writer before gets SIGPIPE and the reader after gets EOF."""
+    _bigger_pipe(src)
+    _bigger_pipe(dst)
+    splice = getattr(os, "splice", None)
+    try:
+        while True:
+            n = (limit or count).chunk()
+            if splice is not None:
+                moved = splice(src, dst, n)
+            else:                                  # no splice (not Linux / old Python)
+                data = os.read(src, n)
+                moved = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(dst, view):]
+            if not moved:
+                break
+            count.bytes += moved
+            if limit is not None:
+                if limit is not count:
+                    limit.bytes += moved
+                limit.throttle()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        for fd in (src, dst):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,152 @@
+"""Trust for the NAS <-> node copy hop, set up by imgstor itself (imgstor/synctrust.py is
+the frontend half; docs/DESIGN.md "Copy jobs" the whole story).
+
+* ``sync.install_key``  on the SENDING host: imgstor's sync key (made on the frontend) as
+                        KEY_DIR/id_ed25519 (0600, KEY_DIR 0700) and KEY_DIR/known_hosts with
+                        the receivers' host keys pinned under ``imgstor-<name>`` (the keys
+                        the frontend itself verified).  Root's own keys and known_hosts are
+                        not used or touched.
+* ``sync.authorize``    on the RECEIVING host: the sync gate (imgstor.remote.syncgate) as
+                        GATE_PATH (0700) and one line in AUTHORIZED_KEYS for the sender's key:
+                        ``restrict,from="ADDR…",command="python3 -I GATE --pool P…"``, so
+                        the key can only run the gate, only from the sender's addresses,
+                        only on datasets of the listed pools.  Other lines are kept; a line
+                        for the same sender (comment ``imgstor-sync:SENDER``) is replaced.
+"""
+from __future__ import annotations
+
+import os
+import pkgutil
+import re
+import shutil
+
+from imgstor.errors import UsageError
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult, step
+
+__all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line"]
+
+GATE_PATH = "/var/lib/imgstor/sync-gate.py"
+AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+_PUBKEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) "
+                     r"[A-Za-z0-9+/]+={0,3}$", re.ASCII)
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", re.ASCII)
+_ADDR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:*?-]{0,252}$", re.ASCII)
+_POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$", re.ASCII)
+_PRIV_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _abs(path: str, what: str) -> str:
+    if not isinstance(path, str) or not os.path.isabs(path) or "\n" in path or ".." in path:
+        raise UsageError(f"bad {what} {path!r}: an absolute path")
+    return path
+
+
+def _ensure_file(ex: Executor, path: str, data: bytes, mode: int) -> bool:
+    """Write ``path`` if its content or mode differs; True if it did (or would)."""
+    have = _read(path)
+    if have == data and (os.stat(path).st_mode & 0o7777) == mode:
+        return False
+    ex.write_file(path, data, mode=mode)
+    return True
+
+
+@step("sync.install_key")
+def install_key(ex: Executor, *, private_key: str, pins: list[dict],
+                key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:
+    """Ensure KEY_DIR/id_ed25519 is PRIVATE_KEY and KEY_DIR/known_hosts pins each
+    ``{"alias": NAME, "keys": ["ssh-ed25519 AAAA…", …]}`` as ``imgstor-NAME``."""
+    key_dir = _abs(key_dir, "key directory")
+    if not isinstance(private_key, str) or not private_key.startswith(_PRIV_BEGIN):
+        raise UsageError("private_key is not an OpenSSH private key (not shown)")
+    kh_path = os.path.join(key_dir, "known_hosts")
+    keep = []
+    for line in (_read(kh_path) or b"").decode(errors="replace").splitlines():
+        alias = line.split(" ", 1)[0]
+        if line.strip() and alias not in {f"imgstor-{p.get('alias')}" for p in pins}:
+            keep.append(line)
+    new = []
+    for p in pins:
+        alias, keys = p.get("alias"), p.get("keys") or []
+        if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
+            raise UsageError(f"bad host name {alias!r}")
+        if not keys:
+            raise UsageError(f"no host key to pin for {alias}")
+        for k in keys:
+            if not isinstance(k, str) or not _PUBKEY.fullmatch(k):
+                raise UsageError(f"bad host key for {alias}: {str(k)[:60]!r}")
+            new.append(f"imgstor-{alias} {k}")
+    kh = ("\n".join(keep + new) + "\n").encode()
+    changed = False
+    if os.path.isdir(key_dir) and (os.stat(key_dir).st_mode & 0o777) != 0o700:
+        ex.run(["chmod", "0700", key_dir])
+        changed = True
+    key = private_key.encode() if private_key.endswith("\n") else (private_key + "\n").encode()
+    changed |= _ensure_file(ex, os.path.join(key_dir, "id_ed25519"), key, 0o600)
+    changed |= _ensure_file(ex, kh_path, kh, 0o600)
+    return StepResult(changed, {"key_dir": key_dir, "pinned": sorted(p["alias"] for p in pins)},
+                      f"sync key in {key_dir} " + ("installed" if changed else "is current"))
+
+
+def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
+                    pools: list[str], python: str, gate_path: str) -> str:
+    """The authorized_keys line for SENDER's sync key (see the module docstring)."""
+    if not _PUBKEY.fullmatch(public_key or ""):
+        raise UsageError(f"bad public key {str(public_key)[:60]!r}")
+    if not isinstance(sender, str) or not _ALIAS.fullmatch(sender):
+        raise UsageError(f"bad sender name {sender!r}")
+    if not from_addresses or not all(isinstance(a, str) and _ADDR.fullmatch(a)
+                                     for a in from_addresses):
+        raise UsageError(f"bad from addresses {from_addresses!r}")
+    if not pools or not all(isinstance(p, str) and _POOL.fullmatch(p) for p in pools):
+        raise UsageError(f"bad pools {pools!r}")
+    _abs(python, "python path")
+    _abs(gate_path, "gate path")
+    command = " ".join([python, "-I", gate_path] + [w for p in pools for w in ("--pool", p)])
+    if any(c in command for c in '"\\'):
+        raise UsageError(f"refusing a forced command with quotes: {command!r}")
+    return (f'restrict,from="{",".join(from_addresses)}",command="{command}" '
+            f"{public_key} imgstor-sync:{sender}")
+
+
+@step("sync.authorize")
+def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: list[str],
+              pools: list[str], authorized_keys: str = AUTHORIZED_KEYS,
+              gate_path: str = GATE_PATH, python: str | None = None) -> StepResult:
+    """Ensure the sync gate is GATE_PATH and AUTHORIZED_KEYS lets SENDER's sync key run
+    it (and nothing else) from FROM_ADDRESSES on datasets of POOLS."""
+    authorized_keys = _abs(authorized_keys, "authorized_keys path")
+    python = python or shutil.which("python3") or "/usr/bin/python3"
+    line = authorized_line(public_key=public_key, sender=sender,
+                           from_addresses=from_addresses, pools=pools, python=python,
+                           gate_path=gate_path)
+    gate = pkgutil.get_data("imgstor.remote", "syncgate.py")
+    changed = _ensure_file(ex, gate_path, gate, 0o700)
+    have = (_read(authorized_keys) or b"").decode(errors="replace").splitlines()
+    tag = f" imgstor-sync:{sender}"
+    lines: list[str] = []
+    for ln in have:                       # the sender's line is replaced where it stands
+        if not ln.rstrip().endswith(tag):
+            lines.append(ln)
+        elif line not in lines:
+            lines.append(line)
+    if line not in lines:
+        lines.append(line)
+    data = ("\n".join(lines) + "\n").encode()
+    if (_read(authorized_keys) or b"") != data:
+        # authorized_keys keeps its mode if it exists (sshd wants it not group-writable)
+        mode = (os.stat(authorized_keys).st_mode & 0o7777 & ~0o022) \
+            if os.path.exists(authorized_keys) else 0o600
+        ex.write_file(authorized_keys, data, mode=mode)
+        changed = True
+    return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,
+                                "line": line},
+                      f"{sender} may run the sync gate here" + ("" if changed else " already"))

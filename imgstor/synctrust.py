@@ -1,0 +1,151 @@
+"""Trust for the copy hop between a NAS and a compute node, made by imgstor itself.
+
+The frontend keeps one ed25519 key per SENDING host (a NAS sends volumes to nodes; a node
+sends its snapshots back to its NAS):
+``<state dir>/sync-keys/<sender>`` (0600) and ``.pub``, directory 0700, written like the
+CHAP credentials (temp file, O_NOFOLLOW, fsync, rename).  ``ensure(cluster, sender,
+receiver)`` then runs two idempotent node steps:
+
+1. on the sender, ``sync.install_key``: the private key as /root/.ssh/imgstor-sync/id_ed25519
+   and a known_hosts of its own holding the receiver's host key(s) under the alias
+   ``imgstor-<receiver>`` — the keys this frontend has in its own (verified)
+   ``ssh.known_hosts`` for the receiver's address.  The copy's ssh uses only these files
+   (``-F /dev/null``, ``IdentitiesOnly``, ``HostKeyAlias``, ``StrictHostKeyChecking=yes``).
+2. on the receiver, ``sync.authorize``: the sync gate and one authorized_keys line
+   ``restrict,from="<sender's addresses>",command="python3 -I <gate> --pool <pool>…"``.
+
+No key is distributed by hand, the key opens nothing but the gate, only from the sender,
+only for the receiver's sync pools, and a compromised NAS gains "receive a stream into a
+fresh dataset of tank" on the nodes, not a root shell.
+
+``copy_args(config, sender, receiver, …)`` builds the ``copy.start`` arguments the way
+``ensure`` set the trust up (data address, alias, port, bwlimit, compression).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from imgstor import validate
+from imgstor.errors import HostKeyError, StateError
+
+__all__ = ["key_paths", "ensure_key", "host_keys", "from_addresses", "receiver_pools",
+           "ensure", "copy_args"]
+
+
+def key_paths(state_path: str, sender: str) -> tuple[str, str]:
+    sender = validate.host(sender)
+    d = os.path.join(os.path.dirname(os.path.abspath(state_path)), "sync-keys")
+    return os.path.join(d, sender), os.path.join(d, sender + ".pub")
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str, str]:
+    """(OpenSSH private key text, ``ssh-ed25519 AAAA…`` public key) of SENDER's sync key:
+    the stored one, else a new one (kept unless ``write`` is false: a dry run)."""
+    priv_path, pub_path = key_paths(state_path, sender)
+    try:
+        with open(priv_path, encoding="ascii") as f:
+            priv = f.read()
+        with open(pub_path, encoding="ascii") as f:
+            pub = " ".join(f.read().split()[:2])
+        if os.stat(priv_path).st_mode & 0o077:
+            os.chmod(priv_path, 0o600)
+        return priv, pub
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        raise StateError(f"sync key {priv_path} is unreadable ({type(e).__name__}); remove "
+                         "it and its .pub to make a new one") from None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    key = Ed25519PrivateKey.generate()
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption()).decode()
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                        serialization.PublicFormat.OpenSSH).decode()
+    if write:
+        d = os.path.dirname(priv_path)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+        _write(pub_path, (pub + f" imgstor-sync:{sender}\n").encode())
+        _write(priv_path, priv.encode())
+    return priv, pub
+
+
+def host_keys(config: Any, host: str) -> list[str]:
+    """``["ssh-ed25519 AAAA…", …]``: what this frontend's known_hosts holds for HOST's
+    address (``[address]:port`` off port 22).  None known: ``HostKeyError``."""
+    from imgstor.hostkeys import load_known_hosts     # the transport's own reader:
+    hc = config.host(host)                            # @revoked keys never pinned
+    port = hc.port or config.ssh.port
+    lookup = hc.address if port == 22 else f"[{hc.address}]:{port}"
+    hk = load_known_hosts(config.ssh.known_hosts, missing_ok=False).keys
+    found = hk.lookup(lookup) or {}
+    keys = sorted(f"{k.get_name()} {k.get_base64()}" for k in found.values())
+    if not keys:
+        raise HostKeyError(f"{host}: no host key for {lookup} in {config.ssh.known_hosts}; "
+                           "imgstor pins only keys it has verified itself")
+    return keys
+
+
+def from_addresses(config: Any, sender: str) -> list[str]:
+    """Where SENDER's copies come from: its address and, on a storage network, what its
+    data address resolves to (on this frontend)."""
+    hc = config.host(sender)
+    out = [hc.address]
+    if hc.data_address and hc.data_address != hc.address:
+        try:
+            for info in socket.getaddrinfo(hc.data_address, None, proto=socket.IPPROTO_TCP):
+                if info[4][0] not in out:
+                    out.append(info[4][0])
+        except socket.gaierror:
+            out.append(hc.data_address)
+    return out
+
+
+def receiver_pools(config: Any, receiver: str) -> list[str]:
+    hc = config.host(receiver)
+    return [hc.vm_container_zpool] if hc.role == "compute" else list(hc.img_zpools)
+
+
+def ensure(cluster: Any, sender: str, receiver: str, *, pools: list[str] | None = None,
+           key_dir: str = "/root/.ssh/imgstor-sync",
+           authorized_keys: str | None = None, gate_path: str | None = None) -> dict:
+    """Make SENDER able to run the sync gate on RECEIVER (both steps idempotent)."""
+    config = cluster.config
+    priv, pub = ensure_key(config.state_path, sender, write=not cluster.dry_run)
+    pins = [{"alias": receiver, "keys": host_keys(config, receiver)}]
+    a = cluster.step(sender, "sync.install_key", private_key=priv, pins=pins, key_dir=key_dir)
+    extra = {k: v for k, v in (("authorized_keys", authorized_keys),
+                                ("gate_path", gate_path)) if v}
+    b = cluster.step(receiver, "sync.authorize", public_key=pub, sender=sender,
+                     from_addresses=from_addresses(config, sender),
+                     pools=pools or receiver_pools(config, receiver), **extra)
+    return {"changed": a.changed or b.changed, "sender": a.facts, "receiver": b.facts}
+
+
+def copy_args(config: Any, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
+              base: str | None = None, key_dir: str = "/root/.ssh/imgstor-sync",
+              **extra: Any) -> dict:
+    """Arguments for the ``copy.start`` step on SENDER (see imgstor/remote/steps/copy.py)."""
+    hs, hr = config.host(sender), config.host(receiver)
+    args = {"snapshot": snapshot, "to_address": hr.data_address or hr.address,
+            "to_alias": receiver, "to_dataset": to_dataset, "base": base,
+            "port": hr.port or config.ssh.port, "user": config.ssh.user,
+            "bwlimit": getattr(hs, "sync_bwlimit", 0),
+            "compress": getattr(hs, "sync_compress", ""), "key_dir": key_dir}
+    args.update(extra)
+    return args

@@ -1,0 +1,461 @@
+"""Sync mode: the VM boots at once on an overlay, the volume is copied to its node in the
+background, the overlay merges into the local copy and pivots, and the NAS gets the
+volume back when it is unmapped.
+
+The map (``map_sync``) does what direct mode does (volume, target for the node's
+initiator, attach), puts the overlay over the iSCSI disk (``overlay.create``), records
+``NAS->VM`` with a ``sync-in`` job in one transaction, starts the job's monitor detached
+and returns the overlay's device: its time does not depend on the volume's size.
+
+Jobs (phases run by ``imgstor monitor``, each idempotent; see workflows/monitor.py):
+
+    sync-in    trust -> copy -> merge -> merged -> pivot
+               NAS->VM until the copy is there, merging until merged, then mapped (local,
+               no target).  An unmap asked for meanwhile (``extra.unmap``) chains a
+               sync-back once pivoted.
+    sync-back  quiesce -> trust -> send -> cleanup
+               NAS<-VM: the overlay goes first (no write after the last snapshot), a last
+               snapshot on the node goes to the NAS incrementally from the newest common
+               one, and only then is the local copy destroyed; unmapped.
+    cancel     stop -> merge -> merged -> teardown
+               an unmap during NAS->VM: the copy is cancelled, the overlay's writes merge
+               into the origin (the NAS volume over iSCSI), then the overlay, the session,
+               the target, the temp-write and any local copy go; unmapped.
+
+The copies run detached on the sending host (``copy.start``; imgstor/remote/copyjob.py);
+a phase polls ``copy.status`` and writes the job's progress file.  The NAS<->node trust is
+imgstor's own (imgstor/synctrust.py), set up by the ``trust`` phases.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from imgstor import jobs as jobmod
+from imgstor import synctrust
+from imgstor.errors import (BusyError, NotFound, RemoteCommandError,
+                            StateError, StepError)
+from imgstor.output import Message
+from imgstor.state import transitions
+from imgstor.state.model import Job, Volume
+from imgstor.workflows import monitor
+from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
+
+__all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs"]
+
+POLL = float(os.environ.get("IMGSTOR_SYNC_POLL", "1.0"))   # seconds between status reads
+COPY_RESTARTS = 5          # a copy that died is started again this many times per monitor
+LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
+
+
+# ------------------------------------------------------------------ the map
+def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
+             host_cfg, iqn: str, attach_result: tuple, *, portal: str) -> Message | str:
+    """After the direct part of a map (volume, target, attach): the overlay, the record
+    (NAS->VM and a sync-in job, one transaction) and the monitor."""
+    volf, att, initiator, lun, chap = attach_result
+    origin = att.facts.get("qemu_json") or att.facts.get("device")
+    ovl = cl.step(host, "overlay.create", driver=host_cfg.overlay,
+                  pool=host_cfg.vm_container_zpool, vol=vol, origin=origin)
+    fault("overlay")
+    device = ovl.facts.get("device")
+    if ctx.dry_run:
+        return f"dry run: {nas}:{vol} would be mapped to {host}:{device} (sync mode)"
+    extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
+             "chap_user": chap["chap"]["user"] if chap else None,
+             "origin": origin, "overlay": host_cfg.overlay, "portal": portal,
+             "local_pool": host_cfg.vm_container_zpool}
+    with ctx.store.transaction() as st:
+        v = st.volumes[key]
+        running = [j for j in st.jobs_of(key) if j.kind == "sync-in"]
+        transitions.move(v, "NAS->VM") if v.state != "NAS->VM" else None
+        v.host, v.target, v.mode, v.device, v.error = host, iqn, "sync", device, None
+        v.size = volf.facts.get("size") or v.size
+        v.busy = None
+        for k, val in extra.items():
+            if val is None:
+                v.extra.pop(k, None)
+            else:
+                v.extra[k] = val
+        job = running[0] if running else jobmod.new_job(st, "sync-in", key, "trust")
+    fault("recorded")
+    _spawn(ctx, job)
+    return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
+                   f"{nas}:{vol} mapped to {host}:{device}")
+
+
+def _spawn(ctx, job: Job) -> None:
+    try:
+        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id)
+    except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
+        print(f"warning: could not start the monitor of job {job.id}: {e}; run "
+              f"`imgstor monitor --resume`", file=sys.stderr)
+        return
+    if ctx.debug:
+        print(f"monitor of job {job.id} started (pid {pid})", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ the unmap
+def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
+    """Unmap a sync volume: returns at once; a job finishes it (NAS<-VM until done)."""
+    nas, vol = v.nas, v.vol
+    if ctx.dry_run:
+        what = {"NAS->VM": "cancel the copy and merge the VM's writes into the NAS volume",
+                "merging": "let the merge finish, then send the last snapshot to the NAS",
+                "mapped": "send the last snapshot to the NAS, then destroy the local copy",
+                }.get(v.state, "nothing")
+        return f"dry run: {nas}:{vol} would be unmapped from {v.host}: {what}"
+    with ctx.store.transaction() as st:
+        v = st.volumes[key]
+        jobs = st.jobs_of(key)
+        if v.state == "NAS<-VM" or any(j.kind in ("sync-back", "cancel") for j in jobs):
+            job = next((j for j in jobs if j.kind in ("sync-back", "cancel")), None)
+            if job is None:           # NAS<-VM with no job: a lost job, made again
+                job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
+            msg = f"{nas}:{vol} is being unmapped (NAS<-VM, job {job.id})"
+        elif v.state == "merging" or (v.state == "NAS->VM" and _copy_done(jobs)):
+            # the merge finishes first, then the sync-in job chains the sync-back
+            job = next(j for j in jobs if j.kind == "sync-in")
+            job.extra["unmap"], job.extra["force"] = True, force
+            msg = (f"{nas}:{vol}: the merge finishes first, then NAS<-VM "
+                   f"(job {job.id})")
+        elif v.state == "NAS->VM":
+            for j in jobs:
+                if j.kind == "sync-in":
+                    _stop_owner(j)
+                    del st.jobs[j.id]
+            transitions.move(v, "NAS<-VM")
+            job = jobmod.new_job(st, "cancel", key, "stop", force=force)
+            msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (cancel, job {job.id})"
+        elif v.state == "mapped":
+            transitions.move(v, "NAS<-VM")
+            job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
+            msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (job {job.id})"
+        else:
+            raise StateError(f"{key} is {v.state}: see `imgstorageadmin list`")
+        v.busy = None
+    _spawn(ctx, job)
+    # the guide's lines (the state shows NAS<-VM until the job is done)
+    return Message(f"unmapping   {nas} : {vol}\nSuccess", msg)
+
+
+def _copy_done(jobs: list[Job]) -> bool:
+    return any(j.kind == "sync-in" and j.phase in ("merge", "merged", "pivot") for j in jobs)
+
+
+def _stop_owner(job: Job) -> None:
+    """End the monitor that owns ``job`` (on this frontend): its job is being replaced."""
+    if job.owner is not None and jobmod.owner_alive(job) and job.owner.pid != os.getpid():
+        import signal
+        try:
+            os.kill(job.owner.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+# ------------------------------------------------------------------ phase helpers
+def _vol(ctx, job: Job) -> Volume:
+    v = ctx.store.read().volumes.get(job.volume)
+    if v is None:
+        raise NotFound(f"job {job.id}: volume {job.volume} is not in the store")
+    return v
+
+
+def _names(ctx, v: Volume) -> dict[str, Any]:
+    host_cfg = ctx.config.host(v.host)
+    nas_cfg = ctx.config.host(v.nas)
+    pool = v.extra.get("local_pool") or host_cfg.vm_container_zpool
+    return {"host": v.host, "nas": v.nas, "host_cfg": host_cfg, "nas_cfg": nas_cfg,
+            "driver": v.extra.get("overlay") or host_cfg.overlay, "pool": pool,
+            "local": f"{pool}/{v.vol}", "nas_ds": f"{v.zpool}/{v.vol}",
+            "kind": nas_cfg.volume_kind}
+
+
+def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
+    with ctx.store.transaction() as st:
+        v = st.volumes[job.volume]
+        if state is not None:
+            old = v.state
+            if transitions.move(v, state):
+                print(f"{time.strftime('%H:%M:%S')} {job.volume}: state {old} -> {state}",
+                      file=sys.stderr, flush=True)
+        extra = changes.pop("extra", {})
+        for k, val in changes.items():
+            setattr(v, k, val)
+        for k, val in extra.items():
+            if val is None:
+                v.extra.pop(k, None)
+            else:
+                v.extra[k] = val
+
+
+def _job_extra(ctx, job: Job, **extra: Any) -> None:
+    with ctx.store.transaction() as st:
+        j = st.jobs.get(job.id)
+        if j is not None:
+            j.extra.update(extra)
+            job.extra.update(extra)
+
+
+def _alive(ctx, job: Job) -> Job:
+    """The job as the store has it now (a cancel may have removed it: stop)."""
+    j = ctx.store.read().jobs.get(job.id)
+    if j is None:
+        raise StepError(f"job {job.id} was removed (unmapped meanwhile): stopping")
+    return j
+
+
+def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
+          what: str, **kw: Any) -> dict:
+    """Run one copy job on SENDER to its end, polling it; restart it if it died."""
+    cl = ctx.cluster
+    args = synctrust.copy_args(ctx.config, sender, receiver, snapshot=snapshot,
+                               to_dataset=to_dataset, **kw)
+    restarts = 0
+    st = cl.step(sender, "copy.start", **args).facts
+    while True:
+        state = st.get("state")
+        jobmod.write_progress(ctx.store, job.id, phase=what, state=state,
+                              done=st.get("bytes_done"), total=st.get("bytes_total"),
+                              rate=st.get("rate"), exact=st.get("total_exact", True))
+        if state == "done":
+            return st
+        if state in ("failed", "cancelled", "died", "none"):
+            # a broken stream (a receiver killed, a network blip) is started again: it
+            # resumes from its token where the pool has them, else from its beginning
+            restarts += 1
+            if state == "cancelled" or restarts > COPY_RESTARTS:
+                raise RemoteCommandError(
+                    sender, ["copy", snapshot, f"{receiver}:{to_dataset}"], 1,
+                    str(st.get("error") or state),
+                    message=f"{sender}: copy of {snapshot} to {receiver}:{to_dataset} "
+                            f"{state} ({restarts} attempts): {st.get('error')}")
+            print(f"{time.strftime('%H:%M:%S')} {job.id}: copy {state} "
+                  f"({st.get('error') or 'no result'}); starting it again", file=sys.stderr,
+                  flush=True)
+            time.sleep(min(POLL * restarts, 10))
+            st = cl.step(sender, "copy.start", **args).facts
+            continue
+        time.sleep(POLL)
+        _alive(ctx, job)
+        st = cl.step(sender, "copy.status", to_alias=receiver,
+                     to_dataset=to_dataset).facts
+
+
+def _wait_merged(ctx, job: Job, n: dict) -> None:
+    while True:
+        s = ctx.cluster.step(n["host"], "overlay.status", driver=n["driver"], pool=n["pool"],
+                             vol=job.volume.split("/", 1)[1]).facts
+        jobmod.write_progress(ctx.store, job.id, phase="merging", done=s.get("done"),
+                              total=s.get("total"), synced=s.get("synced"))
+        if s.get("phase") in ("merged", "pivoted"):
+            return
+        if not s.get("exists", True):
+            raise NotFound(f"{n['host']}: overlay of {job.volume} is gone")
+        time.sleep(POLL)
+        _alive(ctx, job)
+
+
+def _local_path(ctx, n: dict, vol: str) -> str:
+    f = ctx.cluster.step(n["host"], "nas.get_props", pool=n["pool"], vol=vol,
+                         kind=n["kind"]).facts
+    if not f.get("exists") or not f.get("path"):
+        raise NotFound(f"{n['host']}: the local copy {n['local']} is not there")
+    return f["path"]
+
+
+def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
+    """The iSCSI origin is no longer used: log the node out, remove the target, clear the
+    NAS's mapping properties (the volume stays the store's, mode sync)."""
+    cl = ctx.cluster
+    iqn = v.target
+    if iqn and n["host_cfg"].initiator != "userspace":
+        cl.step(n["host"], "compute.detach", kind=n["host_cfg"].initiator,
+                portal=v.extra.get("portal") or portal_of(n["nas_cfg"]), iqn=iqn,
+                force=force)
+    from imgstor import chap as chapstore
+    from imgstor.workflows.storagemap.common import state_path
+    creds = chapstore.load(state_path(ctx), v.nas, v.vol)
+    if iqn:
+        nas_batch(cl, v.nas, [
+            ("untarget", "nas.remove_target", dict(
+                driver=n["nas_cfg"].target, iqn=iqn, force=force,
+                **({"chap_user": creds.user} if creds else {})))])
+
+
+def _clear_nas_props(ctx, v: Volume) -> None:
+    ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
+                     props={"host": None, "target": None, "mode": None})
+
+
+# ------------------------------------------------------------------ sync-in phases
+def _in_trust(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    synctrust.ensure(ctx.cluster, v.nas, v.host,
+                     pools=[_names(ctx, v)["pool"]])
+
+
+def _in_copy(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    snap = job.extra.get("snapshot") or f"{n['nas_ds']}@imgstor-in-{int(job.created)}"
+    if "snapshot" not in job.extra:
+        _job_extra(ctx, job, snapshot=snap)
+    _copy(ctx, job, v.nas, v.host, snapshot=snap, to_dataset=n["local"], what="NAS->VM",
+          create_snapshot=True)
+    # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
+    ctx.cluster.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol,
+                     props={"role": LOCAL_COPY})
+
+
+def _in_merge(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    local = _local_path(ctx, n, v.vol)
+    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
+                     into="local", local=local)
+    if v.state != "merging":
+        _set(ctx, job, state="merging")
+
+
+def _in_merged(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    _wait_merged(ctx, job, _names(ctx, v))
+
+
+def _in_pivot(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    ctx.cluster.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
+    ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
+                     props={"host": v.host, "target": None, "mode": "sync"})
+    _set(ctx, job, state="mapped", target=None, error=None)
+    j = ctx.store.read().jobs.get(job.id)
+    if j is not None and j.extra.get("unmap"):
+        # an unmap came during the merge: the NAS gets the volume back now
+        with ctx.store.transaction() as st:
+            vv = st.volumes[job.volume]
+            transitions.move(vv, "NAS<-VM")
+            nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
+                                 force=bool(j.extra.get("force")))
+        _spawn(ctx, nxt)
+
+
+# ------------------------------------------------------------------ sync-back phases
+def _back_quiesce(ctx, job: Job) -> None:
+    """The overlay's device goes before the last snapshot: no write can land after it.
+    dm refuses while the VM holds the device open (dmsetup remove: busy)."""
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
+
+
+def _back_trust(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
+
+
+def _back_send(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    snap = job.extra.get("snapshot") or f"{n['local']}@imgstor-back-{int(job.created)}"
+    if "snapshot" not in job.extra:
+        _job_extra(ctx, job, snapshot=snap)
+    _copy(ctx, job, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"], what="NAS<-VM",
+          base="auto", rollback=True, create_snapshot=True)
+
+
+def _back_cleanup(ctx, job: Job) -> None:
+    """Only now, with the NAS holding the last snapshot, does the local copy go."""
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    ctx.cluster.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol,
+                     kind=n["kind"], driver=None, role=LOCAL_COPY)
+    _clear_nas_props(ctx, v)
+    _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
+         error=None, extra={"origin": None, "overlay": None, "local_pool": None})
+
+
+# ------------------------------------------------------------------ cancel phases
+def _cancel_stop(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
+
+
+def _cancel_merge(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
+                     into="origin")
+
+
+def _cancel_merged(ctx, job: Job) -> None:
+    _wait_merged(ctx, job, _names(ctx, _vol(ctx, job)))
+
+
+def _cancel_teardown(ctx, job: Job) -> None:
+    v = _vol(ctx, job)
+    n = _names(ctx, v)
+    cl = ctx.cluster
+    cl.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    cl.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    _untarget(ctx, v, n, force=bool(job.extra.get("force")))
+    # a copy that finished before the cancel is stale now (the writes went to the NAS)
+    st = cl.step(v.nas, "copy.status", to_alias=v.host, to_dataset=n["local"]).facts
+    if st.get("state") == "done":
+        cl.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol, props={"role": LOCAL_COPY})
+    cl.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol, kind=n["kind"],
+            driver=None, role=LOCAL_COPY)
+    _clear_nas_props(ctx, v)
+    _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
+         error=None, extra={"origin": None, "overlay": None, "local_pool": None})
+
+
+PHASES = {
+    "sync-in": [("trust", _in_trust), ("copy", _in_copy), ("merge", _in_merge),
+                ("merged", _in_merged), ("pivot", _in_pivot)],
+    "sync-back": [("quiesce", _back_quiesce), ("trust", _back_trust), ("send", _back_send),
+                  ("cleanup", _back_cleanup)],
+    "cancel": [("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
+               ("teardown", _cancel_teardown)],
+}
+for _kind, _phases in PHASES.items():
+    monitor.register(_kind, _phases)
+
+
+# ------------------------------------------------------------------ --wait
+def wait_for_jobs(ctx, key: str, *, timeout: float | None = None) -> None:
+    """Block until volume ``key`` has no job left (``--wait``), showing progress on a
+    terminal; a job that fails or whose monitor died is an error naming it."""
+    tty = sys.stderr.isatty()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = ""
+    while True:
+        st = ctx.store.read()
+        js = st.jobs_of(key)
+        if not js:
+            if tty and last:
+                print(file=sys.stderr)
+            v = st.volumes.get(key)
+            if v is not None and v.state == "error":
+                raise StepError(f"{key}: {v.error}")
+            return
+        j = js[0]
+        if j.last_error and not jobmod.owner_alive(j):
+            raise StepError(f"{key}: job {j.id} failed in phase {j.phase}: {j.last_error} "
+                            "(`imgstor monitor --resume` retries it)")
+        p = jobmod.read_progress(ctx.store, j.id)
+        done, total = p.get("done"), p.get("total")
+        pct = f" {100 * done / total:.0f}%" if done is not None and total else ""
+        line = f"{key}: {st.volumes[key].state if key in st.volumes else '?'} " \
+               f"({j.kind} {j.phase}){pct}"
+        if tty and line != last:
+            print("\r" + line.ljust(70), end="", file=sys.stderr, flush=True)
+            last = line
+        if deadline is not None and time.monotonic() > deadline:
+            raise BusyError(f"{key}: still {j.kind} {j.phase} after {timeout:g}s")
+        time.sleep(0.5)

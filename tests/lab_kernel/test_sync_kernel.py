@@ -1,0 +1,111 @@
+"""Sync mode on the kernel lab (issue 10): dm overlay over the iSCSI disk (LIO +
+open-iscsi), OpenZFS zvols copied NAS -> node by imgstor's copy jobs, the merge into the
+local copy and the pivot to dm linear, then the sync back; and an unmap during NAS->VM
+(the writes merge into the NAS volume over iSCSI).  The VM is played by dd on the overlay
+device; the bytes it must hold are kept here and compared by sha256."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+
+import pytest
+
+from imgstor.workflows.storagemap import target_iqn
+from tests.lab_kernel.test_imgstor_kernel import NAS, cli, sessions
+
+pytestmark = pytest.mark.kernel_lab
+NODE, OTHER = "compute-0-0", "compute-0-1"
+MiB = 1 << 20
+SIZE = 64 * MiB
+
+
+class Image:
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+
+    def sha(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def dd_in(klab, host: str, dev: str, off_mib: int, data: bytes, img: Image | None) -> None:
+    klab.out(host, f"dd of={dev} bs=1M seek={off_mib} conv=notrunc,fsync oflag=direct "
+                   "status=none", input=data)
+    if img is not None:
+        img.data[off_mib * MiB:off_mib * MiB + len(data)] = data
+
+
+def sha(klab, host: str, dev: str) -> str:
+    return klab.out(host, f"head -c {SIZE} {dev} | sha256sum").split()[0]
+
+
+def row(klab, vol: str) -> dict:
+    rows = json.loads(cli(klab, "list", "host", "storagemap", NAS, "--json").stdout)
+    return next(r for r in rows if r["zvol"] == vol)
+
+
+def wait_state(klab, vol: str, want: str, timeout: float = 400) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = row(klab, vol)
+        if r["state"] == want:
+            return r
+        assert time.monotonic() < deadline, f"{vol}: still {r['state']}, not {want}"
+        time.sleep(2)
+
+
+def prefilled(klab, tag: str) -> tuple[str, Image]:
+    vol = f"{tag}-{uuid.uuid4().hex[:6]}"
+    out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, OTHER, "64M").stdout
+    dev = re.search(r"\n(/dev/sd[a-z]+)\n", out).group(1)
+    img = Image(os.urandom(SIZE))
+    dd_in(klab, OTHER, dev, 0, bytes(img.data), None)
+    cli(klab, "remove", "host", "storagemap", NAS, vol)
+    return vol, img
+
+
+def nothing_left(klab, vol: str) -> None:
+    assert f"tank/{vol}" not in klab.out(NODE, "zfs list -H -o name -t all").split()
+    assert f"{vol}-temp-write" not in klab.out(NODE, "zfs list -H -o name -t all")
+    assert vol not in klab.out(NODE, "dmsetup ls")
+    assert target_iqn(NAS, vol) not in sessions(klab, NODE)
+    assert target_iqn(NAS, vol) not in klab.out(NAS, "targetcli ls /iscsi")
+
+
+def test_sync_walkthrough_dm_zvol_lio(kernel_lab) -> None:
+    klab = kernel_lab
+    vol, img = prefilled(klab, "ksync")
+    out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "64M",
+              "img_sync=yes").stdout
+    dev = f"/dev/mapper/{vol}-snap"
+    assert out == f"mapping  {NAS} : tank / {vol}  on  {NODE}\n{dev}\n", out
+    dd_in(klab, NODE, dev, 3, os.urandom(2 * MiB), img)          # during the copy
+    r = wait_state(klab, vol, "mapped")
+    assert r["target"] is None
+    dd_in(klab, NODE, dev, 40, os.urandom(MiB), img)             # on the local copy
+    assert sha(klab, NODE, f"/dev/zvol/tank/{vol}") == img.sha()
+    assert "linear" in klab.out(NODE, f"dmsetup table {vol}-snap")
+    assert target_iqn(NAS, vol) not in sessions(klab, NODE)
+
+    cli(klab, "remove", "host", "storagemap", NAS, vol, "--wait")
+    assert row(klab, vol)["state"] == "unmapped"
+    assert sha(klab, NAS, f"/dev/zvol/tank/{vol}") == img.sha()
+    nothing_left(klab, vol)
+    cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+def test_unmap_during_copy_merges_into_the_nas_dm(kernel_lab) -> None:
+    klab = kernel_lab
+    vol, img = prefilled(klab, "kcancel")
+    cli(klab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "64M", "img_sync=yes",
+        env={"IMGSTOR_PAUSE": "job:trust:60"})
+    dev = f"/dev/mapper/{vol}-snap"
+    dd_in(klab, NODE, dev, 10, os.urandom(3 * MiB), img)
+    assert row(klab, vol)["state"] == "NAS->VM"
+    cli(klab, "remove", "host", "storagemap", NAS, vol, "--wait")
+    assert sha(klab, NAS, f"/dev/zvol/tank/{vol}") == img.sha()
+    nothing_left(klab, vol)
+    cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)

@@ -1,0 +1,207 @@
+"""Scenarios of the copy-job and sync-trust steps (run by test_copy_steps.py).
+
+Extra keys beside test_step_scenarios.py's: ``env.jobs`` {job: {"progress", "spec",
+"running"}} (job directories made in a temp dir; ``running`` holds the job's flock),
+``env.files`` {path: [text, mode]} and ``env.dirs`` {path: mode}; ``launched`` (the spec
+subset the job was started with, or None: nothing started); ``written`` {path: substring}
+(what write_file wrote); ``skipped`` is a list of TEXTS here (a pipeline is one line).
+``{tmp}`` in any string is the scenario's temp dir.
+
+Answers of the sync gate are its JSON (imgstor/remote/syncgate.py ``state``); the zfs
+texts are zfs-fuse's (tests/fixtures/userspace: zfs_list_missing).
+"""
+from __future__ import annotations
+
+import shlex
+
+from scn_common import cmd
+
+SNAP = "tank/vm1-vol@imgstor-1"
+BASE = "tank/vm1-vol@imgstor-0"
+DEST = "tank/vm1-vol"
+JOB = "copy@compute-0-14:tank%vm1-vol"
+ADDR = "10.1.1.14"
+SSH = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+       "-o", "StrictHostKeyChecking=yes",
+       "-o", "UserKnownHostsFile=/root/.ssh/imgstor-sync/known_hosts",
+       "-o", "GlobalKnownHostsFile=/dev/null", "-o", "HostKeyAlias=imgstor-compute-0-14",
+       "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+       "-i", "/root/.ssh/imgstor-sync/id_ed25519",
+       "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "Compression=no",
+       "-p", "22", "-l", "root", "--", ADDR]
+GATE_STATE = SSH + ["imgstor-sync-gate state tank/vm1-vol"]
+GATE_ABORT = SSH + ["imgstor-sync-gate abort tank/vm1-vol"]
+ZLIST = ["zfs", "list", "-H", "-o", "name", SNAP]
+MISSING = {"rc": 1, "stderr": f"cannot open '{SNAP}': dataset does not exist\n"}
+START = {"snapshot": SNAP, "to_address": ADDR, "to_alias": "compute-0-14", "to_dataset": DEST}
+TO = {"address": ADDR, "alias": "compute-0-14", "dataset": DEST, "port": 22, "user": "root"}
+SPEC = {"snapshot": SNAP, "base": None, "to": TO, "bwlimit": 0, "compress": "",
+        "key_dir": "/root/.ssh/imgstor-sync", "connect_timeout": 10, "stall_timeout": 600,
+        "rollback": False}
+PIPE = (shlex.join(["zfs", "send", SNAP]) + " | zstd -qc | "
+        + shlex.join(SSH + ["imgstor-sync-gate receive --zstd tank/vm1-vol"]))
+RUNNING = {JOB: {"running": True, "spec": SPEC,
+                 "progress": {"state": "running", "phase": "send", "bytes_done": 5,
+                              "bytes_total": 10, "snapshot": SNAP}}}
+STATE_TOKEN = '{"resume": true, "exists": true, "token": "1-abc-de-789", "snapshots": {}}\n'
+STATE_NONE = '{"resume": false, "exists": false, "token": null, "snapshots": {}}\n'
+
+SCENARIOS: list[dict] = [
+    # ------------------------------------------------------------------ copy.start
+    {"id": "starts-a-job", "step": "copy.start", "tags": ["changes"], "args": dict(START),
+     "script": [cmd(ZLIST, stdout=SNAP + "\n")], "mutating": [],
+     "launched": SPEC, "changed": True, "facts_include": {"started": True}},
+    {"id": "makes-the-snapshot-first", "step": "copy.start", "tags": ["changes"],
+     "args": {**START, "create_snapshot": True, "bwlimit": "12M", "compress": "zstd"},
+     "script": [cmd(ZLIST, **MISSING), cmd(["zfs", "snapshot", SNAP])],
+     "mutating": [["zfs", "snapshot", SNAP]],
+     "launched": {"bwlimit": 12 << 20, "compress": "zstd"}, "changed": True,
+     "facts_include": {"started": True, "snapshot_created": True}},
+    {"id": "incremental-checks-the-base", "step": "copy.start", "tags": ["changes"],
+     "args": {**START, "base": BASE, "rollback": True},
+     "script": [cmd(["zfs", "list", "-H", "-o", "name", BASE], stdout=BASE + "\n"),
+                cmd(ZLIST, stdout=SNAP + "\n")],
+     "launched": {"base": BASE, "rollback": True}, "changed": True},
+    {"id": "running-job-is-returned-not-doubled", "step": "copy.start", "tags": ["done"],
+     "args": dict(START), "env": {"jobs": RUNNING}, "script": [], "mutating": [],
+     "launched": None, "changed": False,
+     "facts_include": {"started": False, "state": "running", "bytes_done": 5}},
+    {"id": "dry-run-prints-the-pipeline", "step": "copy.start", "tags": ["dry-run"],
+     "dry_run": True, "args": {**START, "compress": "zstd"},
+     "script": [cmd(ZLIST, stdout=SNAP + "\n")], "skipped": [PIPE], "launched": None,
+     "changed": True, "facts_include": {"started": False}},
+    {"id": "snapshot-missing", "step": "copy.start", "tags": ["error"], "args": dict(START),
+     "script": [cmd(ZLIST, **MISSING)], "raises": ("NotFound", "does not exist")},
+    {"id": "hostile-dataset", "step": "copy.start", "tags": ["error"],
+     "args": {**START, "to_dataset": "tank/x;rm -rf /"}, "script": [],
+     "raises": ("UsageError", "bad dataset")},
+    {"id": "option-as-address", "step": "copy.start", "tags": ["error"],
+     "args": {**START, "to_address": "-oProxyCommand=sh"}, "script": [],
+     "raises": ("UsageError", "address")},
+    {"id": "base-of-another-dataset", "step": "copy.start", "tags": ["error"],
+     "args": {**START, "base": "tank/other@s"}, "script": [],
+     "raises": ("UsageError", "not a snapshot of")},
+    {"id": "rollback-needs-base", "step": "copy.start", "tags": ["error"],
+     "args": {**START, "rollback": True}, "script": [], "raises": ("UsageError", "rollback")},
+    {"id": "bad-compress", "step": "copy.start", "tags": ["error"],
+     "args": {**START, "compress": "xz"}, "script": [], "raises": ("UsageError", "compress")},
+    # ------------------------------------------------------------------ copy.status
+    {"id": "running-with-percent", "step": "copy.status", "tags": ["read"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST}, "env": {"jobs": RUNNING},
+     "script": [], "mutating": [], "changed": False,
+     "facts_include": {"state": "running", "percent": 50.0, "phase": "send"}},
+    {"id": "never-started", "step": "copy.status", "tags": ["read"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST}, "script": [],
+     "changed": False, "facts_include": {"state": "none", "job": JOB}},
+    {"id": "died-without-result", "step": "copy.status", "tags": ["read"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST},
+     "env": {"jobs": {JOB: {"progress": {"state": "running", "phase": "send"}}}},
+     "script": [], "changed": False, "facts_include": {"state": "died"}},
+    {"id": "failed-keeps-its-error", "step": "copy.status", "tags": ["read", "dry-run"],
+     "dry_run": True, "args": {"to_alias": "compute-0-14", "to_dataset": DEST},
+     "env": {"jobs": {JOB: {"progress": {"state": "failed", "error": "ssh exited 255"}}}},
+     "script": [], "skipped": [], "changed": False,
+     "facts_include": {"state": "failed", "error": "ssh exited 255"}},
+    # ------------------------------------------------------------------ copy.cancel
+    {"id": "kills-and-drops-the-partial", "step": "copy.cancel", "tags": ["changes"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST}, "env": {"jobs": RUNNING},
+     "script": [cmd(GATE_STATE, stdout=STATE_TOKEN),
+                cmd(GATE_ABORT, stdout='{"aborted": true, "exists": false}\n')],
+     "mutating": [GATE_ABORT], "changed": True,
+     "facts_include": {"state": "cancelled", "aborted_partial": True}},
+    {"id": "waits-for-the-receiver-to-notice", "step": "copy.cancel", "tags": ["changes"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST}, "env": {"jobs": RUNNING},
+     "script": [cmd(GATE_STATE, stdout=STATE_TOKEN.replace("{", '{"receiving": true, ', 1)),
+                cmd(GATE_STATE, stdout=STATE_TOKEN),
+                cmd(GATE_ABORT, stdout='{"aborted": true, "exists": false}\n')],
+     "sleeps": 1, "changed": True, "facts_include": {"aborted_partial": True}},
+    {"id": "keep-partial-for-a-resume", "step": "copy.cancel", "tags": ["changes"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST, "keep_partial": True},
+     "env": {"jobs": RUNNING}, "script": [], "mutating": [], "changed": True,
+     "facts_include": {"state": "cancelled", "aborted_partial": False}},
+    {"id": "nothing-runs-nothing-partial", "step": "copy.cancel", "tags": ["done"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST},
+     "env": {"jobs": {JOB: {"spec": SPEC, "progress": {"state": "failed"}}}},
+     "script": [cmd(GATE_STATE, stdout=STATE_NONE)], "mutating": [], "changed": False,
+     "facts_include": {"state": "failed", "aborted_partial": False}},
+    {"id": "dry-run-kills-nothing", "step": "copy.cancel", "tags": ["dry-run"],
+     "dry_run": True, "args": {"to_alias": "compute-0-14", "to_dataset": DEST},
+     "env": {"jobs": RUNNING}, "script": [cmd(GATE_STATE, stdout=STATE_TOKEN)],
+     "skipped": [f"kill job {JOB}", shlex.join(GATE_ABORT)], "changed": True,
+     "facts_include": {"state": "running"}},
+    {"id": "gate-unreachable", "step": "copy.cancel", "tags": ["error"],
+     "args": {"to_alias": "compute-0-14", "to_dataset": DEST},
+     "env": {"jobs": {JOB: {"spec": SPEC, "progress": {"state": "failed"}}}},
+     "script": [cmd(GATE_STATE, rc=255, stderr="ssh: connect to host 10.1.1.14 port 22: "
+                                               "Connection refused\n")],
+     "raises": ("RemoteCommandError", "exited 255|rc 255|255")},
+]
+
+# ---------------------------------------------------------------------- sync trust
+PRIV = ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+        "-----END OPENSSH PRIVATE KEY-----\n")
+HOSTKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAjcb7rsKiKWdB9fmPoz+DTkpqHVXOxGJ4Lyt8lOZPDX"
+PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEIMUE8ku9smpx2LlkFgDP+iF/f80G1g9/RdXaoI6dW2"
+KD = "{tmp}/kd"
+PINS = [{"alias": "compute-0-14", "keys": [HOSTKEY]}]
+KH = f"imgstor-compute-0-14 {HOSTKEY}\n"
+AK = "{tmp}/authorized_keys"
+GATE = "{tmp}/gate.py"
+LINE = (f'restrict,from="10.1.1.1",command="/usr/bin/python3 -I {GATE} --pool tank" '
+        f"{PUB} imgstor-sync:nas-0-0")
+AUTH = {"public_key": PUB, "sender": "nas-0-0", "from_addresses": ["10.1.1.1"],
+        "pools": ["tank"], "authorized_keys": AK, "gate_path": GATE,
+        "python": "/usr/bin/python3"}
+OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther frontend-key\n"
+
+SCENARIOS += [
+    {"id": "installs-key-and-pin", "step": "sync.install_key", "tags": ["changes"],
+     "args": {"private_key": PRIV, "pins": PINS, "key_dir": KD},
+     "script": [cmd(["write-file", f"{KD}/id_ed25519", "0600"]),
+                cmd(["write-file", f"{KD}/known_hosts", "0600"])],
+     "written": {f"{KD}/id_ed25519": PRIV, f"{KD}/known_hosts": KH}, "changed": True},
+    {"id": "replaces-an-old-pin-keeps-others", "step": "sync.install_key",
+     "tags": ["changes"], "args": {"private_key": PRIV, "pins": PINS, "key_dir": KD},
+     "env": {"dirs": {KD: 0o755},
+             "files": {f"{KD}/id_ed25519": [PRIV, 0o600],
+                       f"{KD}/known_hosts": ["imgstor-compute-0-14 ssh-ed25519 AAAAold\n"
+                                             "imgstor-nas-0-1 ssh-ed25519 AAAAkeep\n", 0o600]}},
+     "script": [cmd(["chmod", "0700", KD]), cmd(["write-file", f"{KD}/known_hosts", "0600"])],
+     "written": {f"{KD}/known_hosts": "imgstor-nas-0-1 ssh-ed25519 AAAAkeep\n" + KH},
+     "changed": True},
+    {"id": "key-and-pin-current", "step": "sync.install_key", "tags": ["done"],
+     "args": {"private_key": PRIV, "pins": PINS, "key_dir": KD},
+     "env": {"dirs": {KD: 0o700}, "files": {f"{KD}/id_ed25519": [PRIV, 0o600],
+                                            f"{KD}/known_hosts": [KH, 0o600]}},
+     "script": [], "mutating": [], "changed": False},
+    {"id": "dry-run-writes-nothing", "step": "sync.install_key", "tags": ["dry-run"],
+     "dry_run": True, "args": {"private_key": PRIV, "pins": PINS, "key_dir": KD},
+     "script": [], "skipped": [f"write-file {KD}/id_ed25519 0600",
+                               f"write-file {KD}/known_hosts 0600"], "changed": True},
+    {"id": "not-a-key", "step": "sync.install_key", "tags": ["error"],
+     "args": {"private_key": "hello", "pins": PINS, "key_dir": KD}, "script": [],
+     "raises": ("UsageError", "not an OpenSSH private key")},
+    {"id": "no-host-key-to-pin", "step": "sync.install_key", "tags": ["error"],
+     "args": {"private_key": PRIV, "pins": [{"alias": "compute-0-14", "keys": []}],
+              "key_dir": KD}, "script": [], "raises": ("UsageError", "no host key")},
+    {"id": "authorizes-keeps-other-lines", "step": "sync.authorize", "tags": ["changes"],
+     "args": dict(AUTH), "env": {"files": {AK: [OTHER, 0o600]}},
+     "script": [cmd(["write-file", GATE, "0700"]), cmd(["write-file", AK, "0600"])],
+     "written": {AK: OTHER + LINE + "\n", GATE: "imgstor-sync-gate"}, "changed": True},
+    {"id": "authorized-already", "step": "sync.authorize", "tags": ["done"],
+     "args": dict(AUTH), "env": {"files": {AK: [OTHER + LINE + "\n", 0o600],
+                                           GATE: ["@gate", 0o700]}},
+     "script": [], "mutating": [], "changed": False, "facts_include": {"line": LINE}},
+    {"id": "dry-run-authorizes-nothing", "step": "sync.authorize", "tags": ["dry-run"],
+     "dry_run": True, "args": dict(AUTH), "script": [],
+     "skipped": [f"write-file {GATE} 0700", f"write-file {AK} 0600"], "changed": True},
+    {"id": "quote-in-from-address", "step": "sync.authorize", "tags": ["error"],
+     "args": {**AUTH, "from_addresses": ['10.1.1.1",command="sh']}, "script": [],
+     "raises": ("UsageError", "bad from addresses")},
+    {"id": "newline-in-from-address", "step": "sync.authorize", "tags": ["error"],
+     "args": {**AUTH, "from_addresses": ["10.1.1.1\n"]}, "script": [],
+     "raises": ("UsageError", "bad from addresses")},
+    {"id": "pool-with-space", "step": "sync.authorize", "tags": ["error"],
+     "args": {**AUTH, "pools": ["tank --pool x"]}, "script": [],
+     "raises": ("UsageError", "bad pools")},
+]
