@@ -8,6 +8,9 @@ A step never calls subprocess itself; it gets an executor and calls ``ex.run(arg
 * ``ScriptedExecutor`` (tests) checks each argv against a script of expected commands and
   answers with canned rc/stdout/stderr.
 
+``call()`` is the same for an in-process change (libzfs_core, rtslib): logged as text,
+and on a dry run not called but reported as ``SKIP> …`` like a skipped command.
+
 ``pipe()`` runs a pipeline and keeps the exit status of every stage (zettarepl's idea): a
 failed ``zfs send`` is never hidden by a successful ``zfs receive``.
 
@@ -20,7 +23,7 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
 
@@ -70,6 +73,18 @@ class Executor:
         if check and res.rc not in tuple(ok_codes):
             raise RemoteCommandError(self.host, argv, res.rc, res.stderr, res.stdout)
         return res
+
+    def call(self, text: str, fn: Callable[..., Any], *args: Any, read_only: bool = False,
+             **kw: Any) -> Any:
+        """Call ``fn(*args, **kw)`` in this process (a library call such as libzfs_core's
+        ``lzc_create``), logged as ``text``.  A dry run does not call a change
+        (``read_only=False``): it logs ``SKIP> text`` and returns None."""
+        if self.dry_run and not read_only:
+            self.log.append("SKIP> " + text)
+            self.skipped.append(text)
+            return None
+        self.log.append(text)
+        return fn(*args, **kw)
 
     def pipe(self, stages: Sequence[Sequence[str]], *, read_only: bool = False,
              check: bool = True, timeout: float | None = None) -> list[Result]:

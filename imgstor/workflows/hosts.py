@@ -1,7 +1,9 @@
 """`imgstor ping` / `imgstor hosts`: reach every configured host at once and show what it has.
 
 The first thing an administrator runs: per host, reachable or the error, the storage tools
-found, the pools and the iSCSI initiator name.  Runs the read-only ``probe`` node step.
+found (rtslib among them when importable), pyzfs (its version when the zfs driver uses
+libzfs_core there, else "no" or "no /dev/zfs"), the pools and the iSCSI initiator name.
+Runs the read-only ``probe`` node step.
 """
 from __future__ import annotations
 
@@ -28,13 +30,14 @@ def ping(ctx, hosts: list[str] | None = None) -> Output:
         row = {"host": n, "role": hc.role, "address": hc.address}
         if isinstance(r, ImgstorError):
             row.update(status="unreachable" if isinstance(r, TransportError) else "error",
-                       error=str(r), tools=None, pools=None, initiator=None)
+                       error=str(r), tools=None, pyzfs=None, pools=None, initiator=None)
         else:
             f = r.facts
             tools = [t for t in _TOOL_ORDER if t in f.get("tools", {})]
             if f.get("rtslib"):
                 tools.append("rtslib")
             row.update(status="ok", error=None, tools=",".join(tools) or None,
+                       pyzfs=f.get("pyzfs"),
                        pools=",".join(f"{p['name']}({p['health']})" for p in f.get("pools", []))
                        or None, initiator=f.get("initiator"), python=f.get("python"),
                        kernel=f.get("kernel"))
@@ -42,7 +45,8 @@ def ping(ctx, hosts: list[str] | None = None) -> Output:
     bad = [r for r in rows if r["status"] != "ok"]
     footer = [f"{r['host']}: {r['error']}" for r in bad]
     out = Output(rows, [("host", "HOST"), ("role", "ROLE"), ("status", "STATUS"),
-                        ("tools", "TOOLS"), ("pools", "POOLS"), ("initiator", "INITIATOR")],
+                        ("tools", "TOOLS"), ("pyzfs", "PYZFS"), ("pools", "POOLS"),
+                        ("initiator", "INITIATOR")],
                  footer=footer)
     if bad:
         out.exit_code = 11      # some host unreachable: scripts can tell

@@ -33,8 +33,9 @@ def test_ping_shows_every_host_and_its_tools(lab: Lab) -> None:
             assert tool in r["tools"].split(","), (name, r["tools"])
         assert r["pools"] == "tank(ONLINE)"
         assert r["initiator"] == lab.host(name)["initiator"]
+        assert r["pyzfs"] in ("no", "no /dev/zfs")      # zfs-fuse: no /dev/zfs, the CLI
     table = imgstor(lab, "ping").stdout
-    assert table.splitlines()[0].split()[:3] == ["HOST", "ROLE", "STATUS"]
+    assert table.splitlines()[0].split()[:5] == ["HOST", "ROLE", "STATUS", "TOOLS", "PYZFS"]
 
 
 def test_zipapp_uploaded_once_then_reused(lab: Lab) -> None:

@@ -71,3 +71,12 @@ def _node_lock_dir(tmp_path_factory, monkeypatch) -> None:
     never in this machine's /run/imgstor/lock."""
     d = tmp_path_factory.mktemp("locks") / "lock"
     monkeypatch.setenv("IMGSTOR_LOCK_DIR", str(d))
+
+
+@pytest.fixture(autouse=True)
+def _zfs_cli_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zfs driver uses libzfs_core where pyzfs imports and /dev/zfs exists: on a
+    machine with OpenZFS that would be this one.  Unit tests see the CLI unless a test
+    installs a fake pyzfs (fake_lzc.install)."""
+    import fake_lzc
+    fake_lzc.install(monkeypatch, None)

@@ -23,11 +23,13 @@ human numbers (``3.12M``); they are parsed to approximate bytes and flagged ``ex
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
+from imgstor.remote.drivers import _lzc
 from imgstor.remote.drivers._common import classify_by_text, positional
 
 __all__ = [
@@ -268,27 +270,13 @@ def list_columns(ex, root: str, columns: tuple[str, ...], *,
             for r in _rows(_run(ex, argv).stdout, columns, "zfs list")]
 
 
-def holds(ex, snap: str) -> list[str] | None:
-    """The hold tags on snapshot SNAP (``zfs holds -H SNAP``), or None when this zfs
-    cannot list them (zfs-fuse, seen in the lab: rc 255 and "internal error:
-    /usr/lib/zfs/pyzfs.py not found" on stdout; it can hold and release, not list)."""
-    res = ex.run(["zfs", "holds", "-H", positional(snap, "snapshot")], read_only=True,
-                 check=False)
-    if res.rc != 0:
-        text = res.stdout + res.stderr
-        if "pyzfs.py" in text or "invalid" in text or "unrecognized" in text:
-            return None
-        raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr, res.stdout))
-    return [ln.split("\t")[1] for ln in res.stdout.splitlines() if ln.count("\t") >= 2]
-
-
-def release(tag: str, snap: str) -> list[str]:
-    """``zfs release TAG SNAP``."""
-    return ["zfs", "release", positional(tag, "hold tag"), positional(snap, "snapshot")]
-
-
 def exists(ex, name: str) -> bool:
-    """Runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
+    """``lzc_exists`` if libzfs_core is loaded already (``_lzc.loaded``: a read never
+    imports it), else runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""
+    lib = _lzc.loaded()
+    if lib is not None:
+        return bool(_lzc_call(ex, lib, "lzc_exists", positional(name, "dataset"),
+                              _lzc.b(name), read_only=True))
     res = ex.run(["zfs", "list", "-H", "-o", "name", positional(name, "dataset")],
                  read_only=True, check=False)
     if res.rc == 0:
@@ -362,11 +350,14 @@ def inherit(prop: str, name: str) -> list[str]:
     return ["zfs", "inherit", _prop_name(prop), positional(name, "dataset")]
 
 
-def snapshot(name: str) -> list[str]:
-    """``zfs snapshot POOL/DS@SNAP``."""
+def snapshot(name: str, props: Mapping[str, str] | None = None) -> list[str]:
+    """``zfs snapshot [-o K=V]… POOL/DS@SNAP``."""
     if "@" not in name:
         raise ValueError(f"not a snapshot name: {name!r}")
-    return ["zfs", "snapshot", positional(name, "snapshot")]
+    argv = ["zfs", "snapshot"]
+    for k, v in (props or {}).items():
+        argv += ["-o", f"{_prop_name(k)}={v}"]
+    return argv + [positional(name, "snapshot")]
 
 
 def send(snap: str, incremental_from: str | None = None) -> list[str]:
@@ -410,3 +401,247 @@ _RULES = [
 def classify(err: RemoteCommandError) -> ImgstorError:
     """Map zfs/zpool stderr to ``NotFound``/``AlreadyExists``/``Conflict``; else ``err``."""
     return classify_by_text(err, _RULES)
+
+
+# ---------------------------------------------------------------------------- backends
+# Changes run here, on the node, through libzfs_core (pyzfs) in-process when
+# ``_lzc.module()`` says it is usable (pyzfs imports and /dev/zfs exists: the kernel's
+# OpenZFS), else through the ``zfs`` CLI as argv lists; each returns the backend it used.
+# Both paths do the same thing and raise the same NotFound / AlreadyExists / Conflict; in a
+# dry run a change is logged as ``SKIP> lzc_… NAME …`` (``Executor.call``) or ``SKIP> zfs
+# …`` and not made.  Reads (``exists``, ``holds``) use libzfs_core only once a change (or
+# the probe) has loaded it in this process (``_lzc.loaded``: its import is dearer than a
+# command); ``send_space`` imports it (a copy follows).  Reads that parse output (list,
+# get, pools) stay on the CLI.
+__all__ += ["backend", "create", "create_snapshot", "destroy_snapshots", "hold",
+            "send_space", "HOLD_TAG"]
+
+HOLD_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", re.ASCII)
+
+# libzfs texts for holds (lib/libzfs/libzfs_dataset.c zfs_hold_nvl / zfs_release)
+_RULES += [
+    (r"tag already exists on this dataset", AlreadyExists, None),
+    (r"no such tag on this dataset", NotFound, None),
+]
+
+
+def backend(ex=None) -> str:
+    """``"lzc"`` (libzfs_core in this process) or ``"cli"`` (the zfs command): what a
+    change would use here.  Imports pyzfs to find out (see ``_lzc.loaded`` for the cost)."""
+    return "lzc" if _lzc.module() is not None else "cli"
+
+
+def _lzc_call(ex, lib, fn: str, target: str, *args, read_only: bool = False,
+              text: str | None = None):
+    """``lib.fn(*args)`` through ``ex.call`` (logged; skipped on a dry run unless
+    read-only), its pyzfs errors mapped by ``_lzc.classify``."""
+    zfs_error = getattr(getattr(lib, "exceptions", None), "ZFSError", ())
+    try:
+        return ex.call(text or f"{fn} {target}", getattr(lib, fn), *args, read_only=read_only)
+    except Exception as e:
+        if zfs_error and isinstance(e, zfs_error):
+            raise _lzc.classify(ex.host, fn, target, e) from e
+        raise
+
+
+def _cli(ex, argv: list[str], **kw):
+    try:
+        return ex.run(argv, **kw)
+    except RemoteCommandError as e:
+        raise classify(e) from e
+
+
+def _snap_name(name: str) -> str:
+    if "@" not in name:
+        raise ValueError(f"not a snapshot name: {name!r}")
+    return positional(name, "snapshot")
+
+
+def _user_props(props: Mapping[str, str] | None) -> dict[str, str]:
+    """User properties only (``module:name``, e.g. ``imgstor:role``): a caller's props must
+    never override what the driver sets (volsize, volblocksize, no refreservation)."""
+    out = {}
+    for k, v in (props or {}).items():
+        if ":" not in _prop_name(k):
+            raise ValueError(f"not a user property (module:name): {k!r}")
+        v = str(v)
+        if any(c in v for c in "\0\n\r"):
+            raise ValueError(f"bad value for {k}: {v!r}")
+        out[k] = v
+    return out
+
+
+def _create_argv(name: str, kind: str, size, props: dict[str, str]) -> list[str]:
+    opts = [a for k, v in props.items() for a in ("-o", f"{k}={v}")]
+    if kind == "volume":
+        return (["zfs", "create", "-s", "-o", "volblocksize=128K"] + opts
+                + ["-V", _size_arg(size, round_to=ZVOL_BLOCKSIZE), name])
+    return ["zfs", "create"] + opts + [name]
+
+
+def create(ex, name: str, *, kind: str, size: int | str | None = None,
+           props: Mapping[str, str] | None = None) -> str:
+    """Create a zvol (``kind="volume"``, sparse, volblocksize 128K) or a filesystem, with
+    the caller's user properties (``{"imgstor:role": "volume"}``) set at creation.
+    Returns the backend used.
+
+    lzc: ``lzc_create(NAME, "zvol", {volsize, volblocksize, props})`` -- no refreservation,
+    as ``zfs create -s`` (the CLI adds one only without ``-s``); a filesystem is then
+    mounted as ``zfs create`` does (``zfs mount NAME`` when canmount=on and it has a
+    mountpoint: lzc_create mounts nothing).  cli: ``zfs create -s -o volblocksize=128K
+    [-o K=V]… -V SIZE NAME`` / ``zfs create [-o K=V]… NAME``.  Exists: ``AlreadyExists``;
+    no parent: ``NotFound``."""
+    if kind not in ("volume", "filesystem"):
+        raise ValueError(f"kind must be volume or filesystem, not {kind!r}")
+    if kind == "volume" and size is None:
+        raise ValueError("a volume needs a size")
+    name = positional(name, "dataset")
+    user = _user_props(props)
+    lib = _lzc.module()
+    if lib is None:
+        _cli(ex, _create_argv(name, kind, size, user))
+        return "cli"
+    lprops: dict = {}
+    if kind == "volume":
+        lprops = {"volsize": parse_size(_size_arg(size, round_to=ZVOL_BLOCKSIZE)),
+                  "volblocksize": ZVOL_BLOCKSIZE}
+    lprops.update(user)
+    ds_type = "zvol" if kind == "volume" else "zfs"
+    text = f"lzc_create {name} {ds_type} {json.dumps(lprops)}"
+    _lzc_call(ex, lib, "lzc_create", name, _lzc.b(name), ds_type, _lzc.encode_props(lprops),
+              text=text)
+    if kind == "filesystem":
+        _mount_new(ex, name)
+    return "lzc"
+
+
+def _mount_new(ex, name: str) -> None:
+    if not ex.dry_run:
+        got = get_props(ex, name, ["canmount", "mountpoint"])
+        can, mp = got.get("canmount"), got.get("mountpoint")
+        if (can is None or can.value != "on" or mp is None or mp.value is None
+                or not mp.value.startswith("/")):
+            return
+    _cli(ex, ["zfs", "mount", name])
+
+
+def create_snapshot(ex, snap: str, *, props: Mapping[str, str] | None = None) -> str:
+    """Snapshot ``POOL/DS@SNAP`` with user properties.  ``lzc_snapshot([SNAP], PROPS)`` or
+    ``zfs snapshot [-o K=V]… SNAP``.  Exists: ``AlreadyExists``; no dataset: ``NotFound``."""
+    snap = _snap_name(snap)
+    user = _user_props(props)
+    lib = _lzc.module()
+    if lib is None:
+        _cli(ex, snapshot(snap, user))
+        return "cli"
+    _lzc_call(ex, lib, "lzc_snapshot", snap, [_lzc.b(snap)], _lzc.encode_props(user),
+              text=f"lzc_snapshot {snap} {json.dumps(user)}")
+    return "lzc"
+
+
+def destroy_snapshots(ex, snaps: list[str]) -> str:
+    """Destroy snapshots (never a dataset: every name must have ``@``); one that does not
+    exist is skipped.  ``lzc_destroy_snaps(SNAPS, defer=False)`` (one pool) or one
+    ``zfs destroy SNAP`` each.  A held or cloned snapshot: ``Conflict``."""
+    snaps = [_snap_name(s) for s in snaps]
+    lib = _lzc.module()
+    if lib is None:
+        for s in snaps:
+            try:
+                _cli(ex, destroy(s))
+            except NotFound:            # "could not find any snapshots to destroy"
+                pass
+        return "cli"
+    if snaps:
+        _lzc_call(ex, lib, "lzc_destroy_snaps", ",".join(snaps), [_lzc.b(s) for s in snaps],
+                  False)
+    return "lzc"
+
+
+def _tag(tag: str, *, strict: bool = True) -> str:
+    """A tag imgstor puts on (``strict``: ``HOLD_TAG``), or one found on a snapshot that it
+    releases (any that is safe as an argument)."""
+    if strict and not HOLD_TAG.fullmatch(tag):
+        raise ValueError(f"not a hold tag: {tag!r}")
+    return positional(tag, "hold tag")
+
+
+def hold(ex, snap: str, tag: str) -> str:
+    """Put user hold TAG on SNAP (it cannot be destroyed until released).  ``lzc_hold``
+    or ``zfs hold TAG SNAP``.  No snapshot: ``NotFound``; held already: ``AlreadyExists``."""
+    snap, tag = _snap_name(snap), _tag(tag)
+    lib = _lzc.module()
+    if lib is None:
+        _cli(ex, ["zfs", "hold", tag, snap])
+        return "cli"
+    missing = _lzc_call(ex, lib, "lzc_hold", snap, {_lzc.b(snap): _lzc.b(tag)},
+                        text=f"lzc_hold {snap} {tag}")
+    if missing:                 # lzc_hold skips missing snapshots and lists them
+        raise NotFound(f"{ex.host}: lzc_hold {snap}: snapshot not found")
+    return "lzc"
+
+
+def release(ex, snap: str, tag: str) -> str:
+    """Release hold TAG on SNAP.  ``lzc_release`` or ``zfs release TAG SNAP``.  No such
+    snapshot or hold: ``NotFound``."""
+    snap, tag = _snap_name(snap), _tag(tag, strict=False)
+    lib = _lzc.module()
+    if lib is None:
+        _cli(ex, ["zfs", "release", tag, snap])
+        return "cli"
+    missing = _lzc_call(ex, lib, "lzc_release", snap, {_lzc.b(snap): [_lzc.b(tag)]},
+                        text=f"lzc_release {snap} {tag}")
+    if missing:                 # missing snapshots and SNAP#TAG for missing holds
+        raise NotFound(f"{ex.host}: lzc_release {snap}: no hold {tag}")
+    return "lzc"
+
+
+# zfs-fuse's `zfs holds` runs a Python helper it does not ship (seen in the lab):
+# rc 255, "internal error: /usr/lib/zfs/pyzfs.py not found" on stdout.  Holds work there.
+# A zfs without `holds` (or its -H) says "invalid"/"unrecognized".
+_HOLDS_UNAVAILABLE = ("pyzfs.py", "invalid", "unrecognized")
+
+
+def holds(ex, snap: str) -> list[str] | None:
+    """Tags of the user holds on SNAP, or None where this zfs cannot list them (zfs-fuse).
+    ``lzc_get_holds`` if libzfs_core is loaded already (a read never imports it), else
+    ``zfs holds -H SNAP`` (lines: NAME TAB TAG TAB TIMESTAMP).  No snapshot: ``NotFound``."""
+    snap = _snap_name(snap)
+    lib = _lzc.loaded()
+    if lib is None:
+        res = ex.run(["zfs", "holds", "-H", snap], read_only=True, check=False)
+        if res.rc != 0:
+            if any(t in res.stdout + res.stderr for t in _HOLDS_UNAVAILABLE):
+                return None
+            raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr,
+                                              res.stdout))
+        return sorted(ln.split("\t")[1] for ln in res.stdout.splitlines()
+                      if ln.count("\t") >= 2)
+    got = _lzc_call(ex, lib, "lzc_get_holds", snap, _lzc.b(snap), read_only=True)
+    return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in (got or {}))
+
+
+_SEND_SIZE = re.compile(r"^size\s+(\d+)\s*$", re.MULTILINE)
+
+
+def send_space(ex, snap: str, from_snap: str | None = None) -> int | None:
+    """Estimated bytes of ``zfs send [-i FROM] SNAP`` (copy progress).  ``lzc_send_space``
+    or ``zfs send -n -P [-i FROM] SNAP`` (its ``size N`` line); None where the CLI cannot
+    tell (zfs-fuse: no ``-n``/``-P``, "invalid option")."""
+    snap = _snap_name(snap)
+    if from_snap is not None and from_snap.startswith("@"):
+        from_snap = snap.split("@", 1)[0] + from_snap
+    if from_snap is not None:
+        from_snap = _snap_name(from_snap)
+    lib = _lzc.module()
+    if lib is None:
+        argv = ["zfs", "send", "-n", "-P"] + (["-i", from_snap] if from_snap else []) + [snap]
+        res = ex.run(argv, read_only=True, check=False)
+        if res.rc == 0:
+            m = _SEND_SIZE.search(res.stdout + "\n" + res.stderr)
+            return int(m.group(1)) if m else None
+        if "invalid option" in res.stderr:
+            return None
+        raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr, res.stdout))
+    return int(_lzc_call(ex, lib, "lzc_send_space", snap, _lzc.b(snap),
+                         _lzc.b(from_snap) if from_snap else None, read_only=True))

@@ -153,9 +153,11 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
     (``imgstor:size``), after the capacity check when ``overcommit`` is given.  An existing
     dataset is used only if it is of KIND's type and carries the mark, or is known to the
     store (``owned``) or adopted on purpose (``adopt``): then the mark is set now.
-    zvol: ``zfs create -s -o volblocksize=128K -o imgstor:…=… -V SIZE POOL/VOL``, then waits
-    for /dev/zvol/POOL/VOL.  file: ``zfs create -o imgstor:…=… POOL/VOL`` and
-    ``truncate -s SIZE disk.raw``."""
+    zvol: ``zfs create -s -o volblocksize=128K -o imgstor:…=… -V SIZE POOL/VOL`` (or
+    libzfs_core's ``lzc_create``, see ``zfs.create``), then waits for /dev/zvol/POOL/VOL.
+    file: ``zfs create -o imgstor:…=… POOL/VOL`` (or ``lzc_create`` + ``zfs mount``) and
+    ``truncate -s SIZE disk.raw``.  ``facts["zfs_backend"]``: ``lzc`` or ``cli`` when it
+    created the volume, else None."""
     if kind not in _TYPES:
         raise UsageError(f"unknown volume kind {kind!r}")
     name = f"{pool}/{vol}"
@@ -170,16 +172,17 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
         size = -(-int(size) // zfs.ZVOL_BLOCKSIZE) * zfs.ZVOL_BLOCKSIZE
     marks = {MARK: ROLE_VOLUME, SIZE_PROP: str(int(size))}
     changed = False
+    backend = None
     if kind == "zvol":
         if have is None:
-            _zfs(ex, zfs.create_zvol(pool, vol, size, props=marks))
+            backend = zfs.create(ex, name, kind="volume", size=size, props=marks)
             changed = True
         path = zfs.zvol_device(pool, vol)
         _wait_device(ex, path)
         actual = have["size"] if have else size
     else:
         if have is None:
-            _zfs(ex, zfs.create_dataset(name, marks))
+            backend = zfs.create(ex, name, kind="filesystem", props=marks)
             changed = True
         path = have["path"] if have else None
         if path is None and not (ex.dry_run and have is None):
@@ -212,7 +215,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
     return StepResult(changed, {"path": path, "size": actual, "created": have is None,
                                 "size_differs": bool(have and have["size"] is not None
                                                      and have["size"] != size),
-                                "marked": mark_now}, msg)
+                                "marked": mark_now, "zfs_backend": backend}, msg)
 
 
 @step("nas.set_props")
@@ -617,7 +620,7 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
                        "not made by imgstor; move or destroy them yourself first",
                        dataset=name, in_the_way=in_way)
     for tag, sn in ours_held:
-        _zfs(ex, zfs.release(tag, sn))
+        zfs.release(ex, sn, tag)
     for sn in snaps:
         try:
             ex.run(zfs.destroy(sn))

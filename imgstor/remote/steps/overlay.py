@@ -29,6 +29,7 @@ from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import run_mapped, wait_path
+from imgstor.remote.steps.snapshot import ROLE_PROP, SNAP_ROLE
 
 __all__ = ["ensure_zvol", "create", "merge", "status", "linear", "remove", "send_volume"]
 
@@ -118,12 +119,16 @@ def send_volume(ex: Executor, *, pool: str, vol: str, snapshot: str, to_host: st
         raise UsageError(f"bad snapshot name {snapshot!r}")
     snap = f"{pool}/{vol}@{snapshot}"
     changed = False
+    backend = None
     if not zfs.exists(ex, snap):
-        ex.run(zfs.snapshot(snap))
+        backend = zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
         changed = True
+    # copy progress: the stream's size as zfs estimates it (None where it cannot: zfs-fuse)
+    estimate = None if ex.dry_run and changed else zfs.send_space(ex, snap)
     # the remote command becomes text exactly once, here (ssh would join it with spaces)
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "--", to_host,
            shlex.join(zfs.receive(f"{to_pool}/{vol}", force=True))]
     ex.pipe([zfs.send(snap), ssh])
     return StepResult(True, {"snapshot": snap, "to": f"{to_host}:{to_pool}/{vol}",
-                             "snapshot_created": changed}, f"sent {snap} to {to_host}")
+                             "snapshot_created": changed, "estimated_bytes": estimate,
+                             "zfs_backend": backend}, f"sent {snap} to {to_host}")

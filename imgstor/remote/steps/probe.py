@@ -28,7 +28,8 @@ def read_initiator_name(path: str = INITIATOR_NAME_FILE) -> str | None:
 
 @step("probe", read_only=True)
 def probe(ex: Executor) -> StepResult:
-    """Facts only; runs `zpool list` (read-only)."""
+    """Facts only; runs `zpool list` (read-only).  ``rtslib``: importable; ``pyzfs``:
+    its version when the zfs driver will use it, else "no" or "no /dev/zfs"."""
     tools = {t: shutil.which(t) for t in TOOLS}
     pools = []
     if tools["zpool"]:
@@ -44,7 +45,8 @@ def probe(ex: Executor) -> StepResult:
         rtslib = True
     except ImportError:
         rtslib = False
+    from imgstor.remote.drivers import _lzc
     facts = {"hostname": host_name(), "python": platform.python_version(),
              "kernel": os.uname().release, "tools": {k: v for k, v in tools.items() if v},
-             "rtslib": rtslib, "pools": pools, "initiator": read_initiator_name()}
+             "rtslib": rtslib, "pyzfs": _lzc.status(), "pools": pools, "initiator": read_initiator_name()}
     return StepResult(False, facts, "")

@@ -148,7 +148,11 @@ ENSURE_VOLUME = [
 
 for _sc in ENSURE_VOLUME:       # facts every answer carries, unless a scenario says otherwise
     if "facts" in _sc:
-        _sc["facts"] = {"size_differs": False, "marked": False, **_sc["facts"]}
+        # zfs_backend: these nodes have no pyzfs, the CLI creates; None when nothing was
+        # created (scn_nas_snapshot has the libzfs_core ones)
+        _sc["facts"] = {"size_differs": False, "marked": False,
+                        "zfs_backend": "cli" if _sc["facts"].get("created") else None,
+                        **_sc["facts"]}
 
 # ------------------------------------------------------------------------- set_props
 PROPS3 = zfs_get("imgstor:host,imgstor:target,imgstor:mode")

@@ -180,3 +180,23 @@ def test_batch_first_error_stops_it(run):
     rc, out = run("batch", req, [SHOW])
     assert rc == 1 and out["ok"] is False and out["error"]["code"] == "UsageError"
     assert out["commands"] == [SHOW_TEXT]        # the steps after the error never ran
+
+
+def test_dry_run_lists_skipped_libzfs_core_calls(run, monkeypatch):
+    """A node with pyzfs and /dev/zfs: the in-process changes a dry run skips are in
+    "commands" as SKIP> lines, and the fake libzfs_core saw only reads."""
+    import fake_lzc
+    lzc = fake_lzc.FakeLzc(datasets=["tank", NAME])
+    fake_lzc.install(monkeypatch, lzc)
+    snap = f"{NAME}@imgstor-1"
+    listing = ["zfs", "list", "-H", "-o", "name", snap]
+    rc, out = run("nas.snapshot", {"args": {"pool": "tank", "vol": "vm1-vol",
+                                            "snapshot": "imgstor-1", "hold": True},
+                                   "dry_run": True},
+                  [cmd(listing, rc=1, stderr=f"cannot open '{snap}': dataset does not exist\n")])
+    assert rc == 0 and out["changed"] is True
+    assert out["facts"]["zfs_backend"] == "lzc"
+    assert out["commands"] == [" ".join(listing),
+                               f'SKIP> lzc_snapshot {snap} {{"imgstor:role": "snapshot"}}',
+                               f"SKIP> lzc_hold {snap} imgstor"]
+    assert lzc.calls == [] and lzc.datasets == {"tank", NAME}

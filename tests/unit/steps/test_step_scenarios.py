@@ -1,5 +1,5 @@
 """Node steps, driven by the scenario files scn_nas_volume.py, scn_nas_target.py,
-scn_compute.py and scn_overlay.py.
+scn_compute.py, scn_overlay.py and scn_nas_snapshot.py.
 
 Each scenario runs one registered step on a ``ScriptedExecutor``: the step must run exactly
 the scripted commands, in order (``assert_done``), and its ``StepResult`` (or error) must be
@@ -8,8 +8,12 @@ the expected one.  Keys a scenario may have:
   id, step, args, tags    what runs; tags: changes | done | read | dry-run | error
   dry_run                 run on ScriptedExecutor(dry_run=True): the script holds only the
                           read-only commands; ``skipped`` lists the argv of the others,
-                          which must show up as "SKIP> …" and never be executed
-  env                     the node around the step (see NodeEnv)
+                          which must show up as "SKIP> …" and never be executed (a str is
+                          the text of a skipped in-process call: "lzc_create tank/x …")
+  env                     the node around the step (see NodeEnv); ``env["lzc"]`` (kwargs
+                          of fake_lzc.FakeLzc) gives it pyzfs and /dev/zfs, else the zfs
+                          driver uses the CLI
+  lzc_calls               [(function, first argument)] the fake libzfs_core saw, in order
   script                  [{"argv", "rc", "stdout", "stderr"}, …] (scn_common.cmd)
   changed, facts, facts_include, message
   raises, details         (error class name, regex on the message), detail subset
@@ -30,26 +34,29 @@ import types
 
 import pytest
 
+import fake_lzc
 import fake_node
 import scn_compute
+import scn_nas_snapshot
 import scn_nas_target
 import scn_nas_volume
 import scn_overlay
 from imgstor import errors
 from imgstor.remote.executor import Expect, ScriptedExecutor
-from imgstor.remote.steps import _util, compute, load_all, nas, overlay, probe
+from imgstor.remote.steps import _util, compute, load_all, nas, overlay, probe, snapshot
 
 SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
-             + scn_overlay.SCENARIOS)
+             + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS)
 
 WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
                "nas.destroy_volume", "compute.attach", "compute.detach",
-               "overlay.create", "overlay.merge", "overlay.linear", "overlay.remove")
+               "overlay.create", "overlay.merge", "overlay.linear", "overlay.remove",
+               "nas.snapshot", "nas.destroy_snapshot")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
               "probe", "overlay.status")
 KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
               "facts_include", "message", "raises", "details", "mutating", "skipped",
-              "sleeps", "note", "fs", "qmp", "qmp_mutating"}
+              "sleeps", "note", "fs", "qmp", "qmp_mutating", "lzc_calls"}
 
 
 class RecordingExecutor(ScriptedExecutor):
@@ -81,6 +88,7 @@ class NodeEnv:
         self.initiator = env.get("initiator")
         self.tools = dict(env.get("tools", {}))
         self.node = env.get("node")
+        self.lzc = fake_lzc.FakeLzc(**env["lzc"]) if "lzc" in env else None
         self.users = dict(env.get("users", {}))
         self.clock = 0.0
         self.sleeps: list[float] = []
@@ -129,6 +137,7 @@ class NodeEnv:
         mp.setattr(probe, "read_initiator_name", lambda *a: self.initiator)
         if self.node:
             mp.setenv("IMGSTOR_NODE", self.node)
+        fake_lzc.install(mp, self.lzc)
 
 
 def _run(sc: dict, mp: pytest.MonkeyPatch) -> tuple[RecordingExecutor, NodeEnv, object]:
@@ -173,12 +182,19 @@ def test_scenario(sc: dict, monkeypatch: pytest.MonkeyPatch) -> None:
             assert out.message == sc["message"]
         assert json.loads(json.dumps(out.to_dict())) == out.to_dict()
 
-    texts = [shlex.join(a) for a in sc.get("skipped", [])]
+    texts = [a if isinstance(a, str) else shlex.join(a) for a in sc.get("skipped", [])]
     assert ex.skipped == texts
     for t in texts:
         assert "SKIP> " + t in ex.log
     for argv in sc.get("skipped", []):
-        assert argv not in ex.calls, f"a dry run executed {shlex.join(argv)}"
+        assert argv not in ex.calls, f"a dry run executed {argv}"
+    if "lzc_calls" in sc:
+        assert node.lzc is not None, "lzc_calls needs env['lzc']"
+        assert node.lzc.calls == [tuple(c) for c in sc["lzc_calls"]]
+    if node.lzc is not None and "done" in sc["tags"]:
+        # reads never import pyzfs (its import is dearer than a zfs command): a step that
+        # finds everything done does not pay it
+        assert not node.lzc.imported, "a done step imported libzfs_core"
     if not sc.get("dry_run"):
         assert not any(line.startswith("SKIP> ") for line in ex.log)
     if "mutating" in sc:
@@ -219,7 +235,7 @@ def test_every_step_has_the_required_cases(step: str):
 
 
 def test_every_step_of_these_modules_has_scenarios():
-    mods = {m.__name__ for m in (nas, compute, probe, overlay)}
+    mods = {m.__name__ for m in (nas, compute, probe, overlay, snapshot)}
     # overlay.py still hosts compute.ensure_zvol and nas.send_volume (the copy's building
     # blocks, moving to the copy engine): the gate covers its overlay.* steps
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods

@@ -1,0 +1,118 @@
+"""Snapshots of an imgstor volume on the NAS (the base of sync mode's copies):
+``nas.snapshot`` and ``nas.destroy_snapshot``.
+
+Only imgstor's own snapshots are touched.  The name must be ``imgstor-…``
+(``SNAPSHOT_NAME``; anything else is a ``UsageError`` before anything runs) and a snapshot
+is made with the user property ``imgstor:role=snapshot`` set on it.  A snapshot with an
+imgstor name that lacks that local property was made by someone else: both steps refuse
+it (``Conflict``).  ``hold=True`` puts the user hold ``imgstor`` on the snapshot (a stray
+``zfs destroy`` cannot remove the base of the next incremental); ``nas.destroy_snapshot``
+releases that hold and refuses a snapshot someone else holds.
+
+The zfs driver runs the changes through libzfs_core in this process where it can (pyzfs and
+/dev/zfs) and the zfs CLI otherwise; ``facts["zfs_backend"]`` says which ran the step's
+changes (``lzc``/``cli``; None when it changed nothing: reads that find everything done
+never load pyzfs, see ``_lzc.loaded``).
+"""
+from __future__ import annotations
+
+import re
+
+from imgstor.errors import AlreadyExists, Conflict, NotFound, UsageError
+from imgstor.remote.drivers import zfs
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps.nas import HOLD_PREFIX, SNAP_PREFIX
+
+__all__ = ["snapshot", "destroy_snapshot", "SNAPSHOT_NAME", "ROLE_PROP", "SNAP_ROLE",
+           "HOLD_TAG"]
+
+# nas.destroy_volume takes snapshots named SNAP_PREFIX… and holds tagged HOLD_PREFIX… for
+# imgstor's own: the names made here must match
+SNAPSHOT_NAME = re.compile(re.escape(SNAP_PREFIX) + r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", re.ASCII)
+# the same patterns as imgstor.validate (not shipped to nodes) for zpool and volume names
+_POOL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_VOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", re.ASCII)
+ROLE_PROP = "imgstor:role"
+SNAP_ROLE = "snapshot"
+HOLD_TAG = HOLD_PREFIX
+
+
+def _name(pool: object, vol: object, snapshot: object) -> str:
+    for field, value, pat in (("pool", pool, _POOL), ("vol", vol, _VOL),
+                              ("snapshot", snapshot, SNAPSHOT_NAME)):
+        if not isinstance(value, str) or not pat.fullmatch(value):
+            why = " (imgstor's snapshots are named imgstor-…)" if field == "snapshot" else ""
+            raise UsageError(f"bad {field} {value!r}{why}", field=field)
+    return f"{pool}/{vol}@{snapshot}"
+
+
+def _check_ours(ex: Executor, snap: str) -> None:
+    """An existing snapshot must carry imgstor:role=snapshot set on itself (a value
+    inherited from the volume does not count)."""
+    p = zfs.get_props(ex, snap, [ROLE_PROP]).get(ROLE_PROP)
+    if p is None or p.value != SNAP_ROLE or p.source != "local":
+        have = "unset" if p is None or p.value is None else f"{p.value!r} ({p.source})"
+        raise Conflict(f"{ex.host}: snapshot {snap} was not made by imgstor "
+                       f"({ROLE_PROP} is {have}); leaving it alone")
+
+
+@step("nas.snapshot")
+def snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str,
+             hold: bool = False) -> StepResult:
+    """Ensure snapshot POOL/VOL@SNAPSHOT (``imgstor-…``) exists with
+    ``imgstor:role=snapshot``, and with ``hold`` the user hold ``imgstor`` on it.
+
+    lzc: ``lzc_exists``, ``lzc_snapshot``, ``lzc_get_holds``, ``lzc_hold``; cli: ``zfs list
+    -H -o name``, ``zfs snapshot -o imgstor:role=snapshot``, ``zfs holds -H``, ``zfs hold``.
+    ``zfs get`` reads the mark of an existing snapshot."""
+    snap = _name(pool, vol, snapshot)
+    be = None
+    changed = created = False
+    if zfs.exists(ex, snap):
+        _check_ours(ex, snap)
+    else:
+        try:
+            be = zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
+        except NotFound:
+            raise NotFound(f"{ex.host}: volume {pool}/{vol} does not exist") from None
+        changed = created = True
+    if hold:
+        # a dry run made nothing to list holds of; zfs-fuse cannot list them (None)
+        tags = [] if created and ex.dry_run else zfs.holds(ex, snap)
+        if tags is None or HOLD_TAG not in tags:
+            try:
+                be = zfs.hold(ex, snap, HOLD_TAG)
+                changed = True
+            except AlreadyExists:       # zfs-fuse: held already, found by trying
+                pass
+    facts = {"snapshot": snap, "created": created, "held": bool(hold), "zfs_backend": be}
+    what = "created" if created else "exists"
+    return StepResult(changed, facts, f"snapshot {snap} {what}" + (", held" if hold else ""))
+
+
+@step("nas.destroy_snapshot")
+def destroy_snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str) -> StepResult:
+    """Ensure imgstor's snapshot POOL/VOL@SNAPSHOT (``imgstor-…``) is gone; its
+    ``imgstor`` hold is released first.  Refused: another name (``UsageError``), a snapshot
+    without imgstor's mark, one held by someone else or cloned (``Conflict``).
+
+    lzc: ``lzc_exists``, ``lzc_get_holds``, ``lzc_release``, ``lzc_destroy_snaps``; cli:
+    ``zfs list -H -o name``, ``zfs holds -H``, ``zfs release``, ``zfs destroy SNAP``."""
+    snap = _name(pool, vol, snapshot)
+    if not zfs.exists(ex, snap):
+        return StepResult(False, {"snapshot": snap, "zfs_backend": None},
+                          f"no snapshot {snap}")
+    _check_ours(ex, snap)
+    tags = zfs.holds(ex, snap)
+    others = sorted(set(tags or ()) - {HOLD_TAG})
+    if others:
+        raise Conflict(f"{ex.host}: snapshot {snap} is held by {', '.join(others)}; "
+                       "release those holds first")
+    if tags is None or HOLD_TAG in tags:
+        try:
+            zfs.release(ex, snap, HOLD_TAG)
+        except NotFound:                # zfs-fuse: not held by us, found by trying
+            pass
+    be = zfs.destroy_snapshots(ex, [snap])
+    return StepResult(True, {"snapshot": snap, "zfs_backend": be}, f"destroyed {snap}")

@@ -1,0 +1,225 @@
+"""Scenarios: nas.snapshot, nas.destroy_snapshot (both backends), and nas.ensure_volume
+through libzfs_core.
+
+``env["lzc"]`` gives the node a fake pyzfs (tests/unit/fake_lzc.py) and /dev/zfs: the zfs
+driver then makes its changes in-process (``lzc_calls``); reads take the CLI until a change
+has imported pyzfs (its import costs more than a command), and ``zfs get`` always.
+Without it the node has the CLI only.  zfs-fuse texts below were seen in the userspace
+lab (zfs-fuse 0.7): ``zfs holds`` needs a Python helper it does not ship (it says so on
+stdout, rc 255); ``zfs hold``/``release`` say "tag already exists on this dataset" / "no
+such tag on this dataset".
+"""
+from __future__ import annotations
+
+import json
+
+from scn_common import GiB, NAME, POOL, VOL, ZGET_VOL, ZVOL1, cmd, zfs_get
+from scn_nas_volume import MISSING, POOL_OK, UDEV, ZVOL
+
+SNAPNAME = "imgstor-s1"
+SNAP = f"{NAME}@{SNAPNAME}"
+ARGS = dict(pool=POOL, vol=VOL, snapshot=SNAPNAME)
+LIST = ["zfs", "list", "-H", "-o", "name", SNAP]
+LISTED = cmd(LIST, stdout=SNAP + "\n")
+NO_SNAP = cmd(LIST, rc=1, stderr=f"cannot open '{SNAP}': dataset does not exist\n")
+TAKE = ["zfs", "snapshot", "-o", "imgstor:role=snapshot", SNAP]
+ROLE = zfs_get("imgstor:role", SNAP)
+OURS = cmd(ROLE, stdout=f"{SNAP}\timgstor:role\tsnapshot\tlocal\n")
+INHERITED = cmd(ROLE, stdout=f"{SNAP}\timgstor:role\tvolume\tinherited from {NAME}\n")
+HOLDS = ["zfs", "holds", "-H", SNAP]
+HOLD = ["zfs", "hold", "imgstor", SNAP]
+RELEASE = ["zfs", "release", "imgstor", SNAP]
+DESTROY = ["zfs", "destroy", SNAP]
+FUSE_HOLDS = cmd(HOLDS, rc=255, stdout="internal error: /usr/lib/zfs/pyzfs.py not found\n")
+
+
+def holds_out(*tags: str) -> str:            # `zfs holds -H`: NAME TAB TAG TAB TIMESTAMP
+    return "".join(f"{SNAP}\t{t}\tTue Dec  1 12:00 2026\n" for t in tags)
+
+
+CLI = {"snapshot": SNAP, "zfs_backend": "cli"}
+LZC = {"snapshot": SNAP, "zfs_backend": "lzc"}
+KEPT = {"snapshot": SNAP, "zfs_backend": None}        # no zfs change made
+LZC_VOL = {"datasets": [POOL, NAME]}
+LZC_SNAP = {"datasets": [POOL, NAME, SNAP]}
+LZC_TAKE = f'lzc_snapshot {SNAP} {json.dumps({"imgstor:role": "snapshot"})}'
+
+SNAPSHOT = [
+    # ------------------------------------------------------------------ CLI
+    dict(id="cli/fresh", tags={"changes"}, args=ARGS, script=[NO_SNAP, cmd(TAKE)],
+         changed=True, facts={**CLI, "created": True, "held": False},
+         message=f"snapshot {SNAP} created", mutating=[TAKE]),
+    dict(id="cli/exists", tags={"done"}, args=ARGS, script=[LISTED, OURS],
+         changed=False, facts={**KEPT, "created": False, "held": False},
+         message=f"snapshot {SNAP} exists", mutating=[]),
+    dict(id="cli/fresh-held-openzfs", tags={"changes"}, args={**ARGS, "hold": True},
+         script=[NO_SNAP, cmd(TAKE), cmd(HOLDS), cmd(HOLD)],
+         changed=True, facts={**CLI, "created": True, "held": True}, mutating=[TAKE, HOLD]),
+    dict(id="cli/held-already-openzfs", tags={"done"}, args={**ARGS, "hold": True},
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
+         changed=False, facts={**KEPT, "created": False, "held": True}, mutating=[]),
+    dict(id="cli/held-already-zfs-fuse", tags={"done"}, args={**ARGS, "hold": True},
+         note="zfs-fuse cannot list holds: the hold is tried, 'already exists' means done",
+         script=[LISTED, OURS, FUSE_HOLDS,
+                 cmd(HOLD, rc=1, stderr=f"cannot hold '{SNAP}': tag already exists on "
+                     "this dataset\n")],
+         changed=False, facts={**KEPT, "created": False, "held": True}, mutating=[HOLD]),
+    dict(id="cli/dry-run-fresh", tags={"dry-run"}, args={**ARGS, "hold": True}, dry_run=True,
+         note="nothing to list holds of: the dry run made no snapshot",
+         script=[NO_SNAP], skipped=[TAKE, HOLD],
+         changed=True, facts={**CLI, "created": True, "held": True}),
+    dict(id="cli/exists-not-ours", tags={"error"}, args=ARGS, script=[LISTED, INHERITED],
+         note="imgstor:role inherited from the volume is not imgstor's mark on the snapshot",
+         raises=("Conflict", r"was not made by imgstor \(imgstor:role is 'volume' "
+                             rf"\(inherited from {NAME}\)\)")),
+    dict(id="cli/no-volume", tags={"error"}, args=ARGS,
+         script=[NO_SNAP, cmd(TAKE, rc=1, stderr=f"cannot open '{NAME}': dataset does not "
+                              "exist\n")],
+         raises=("NotFound", f"volume {NAME} does not exist")),
+    dict(id="bad-name", tags={"error"}, args={**ARGS, "snapshot": "daily-1"}, script=[],
+         raises=("UsageError", r"bad snapshot 'daily-1' \(imgstor's snapshots are named")),
+    dict(id="bad-volume", tags={"error"}, args={**ARGS, "vol": "vm1-vol@x"}, script=[],
+         raises=("UsageError", "bad vol")),
+    # ------------------------------------------------------------------ libzfs_core
+    # a fresh step process: reads take the CLI until a change has imported pyzfs
+    dict(id="lzc/fresh", tags={"changes"}, args=ARGS, env={"lzc": LZC_VOL}, script=[NO_SNAP],
+         changed=True, facts={**LZC, "created": True, "held": False}, mutating=[],
+         lzc_calls=[("lzc_snapshot", [SNAP])]),
+    dict(id="lzc/fresh-held", tags={"changes"}, args={**ARGS, "hold": True},
+         env={"lzc": LZC_VOL}, script=[NO_SNAP],
+         note="once loaded, libzfs_core also serves the reads (lzc_get_holds)",
+         changed=True, facts={**LZC, "created": True, "held": True},
+         lzc_calls=[("lzc_snapshot", [SNAP]), ("lzc_get_holds", SNAP),
+                    ("lzc_hold", {SNAP: "imgstor"})]),
+    dict(id="lzc/held-already", tags={"done"}, args={**ARGS, "hold": True},
+         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["imgstor"]}}},
+         note="all done: pyzfs is never imported (the runner checks)",
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
+         changed=False, facts={**KEPT, "created": False, "held": True}, mutating=[],
+         lzc_calls=[]),
+    dict(id="lzc/dry-run-fresh", tags={"dry-run"}, args={**ARGS, "hold": True},
+         dry_run=True, env={"lzc": LZC_VOL}, script=[NO_SNAP],
+         skipped=[LZC_TAKE, f"lzc_hold {SNAP} imgstor"],
+         changed=True, facts={**LZC, "created": True, "held": True}, lzc_calls=[]),
+    dict(id="lzc/no-volume", tags={"error"}, args=ARGS, env={"lzc": {"datasets": [POOL]}},
+         script=[NO_SNAP], raises=("NotFound", f"volume {NAME} does not exist"),
+         lzc_calls=[("lzc_snapshot", [SNAP])]),
+]
+
+DESTROY_SNAPSHOT = [
+    # ------------------------------------------------------------------ CLI
+    dict(id="cli/absent", tags={"done"}, args=ARGS, script=[NO_SNAP],
+         changed=False, facts=KEPT, message=f"no snapshot {SNAP}", mutating=[]),
+    dict(id="cli/held-by-us-openzfs", tags={"changes"}, args=ARGS,
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor")), cmd(RELEASE),
+                 cmd(DESTROY)],
+         changed=True, facts=CLI, message=f"destroyed {SNAP}", mutating=[RELEASE, DESTROY]),
+    dict(id="cli/not-held-openzfs", tags={"changes"}, args=ARGS,
+         script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY)],
+         changed=True, facts=CLI, mutating=[DESTROY]),
+    dict(id="cli/zfs-fuse-not-held", tags={"changes"}, args=ARGS,
+         note="zfs-fuse cannot list holds: our release is tried, 'no such tag' is fine",
+         script=[LISTED, OURS, FUSE_HOLDS,
+                 cmd(RELEASE, rc=1, stderr=f"cannot release 'imgstor' from '{SNAP}': no "
+                     "such tag on this dataset\n"),
+                 cmd(DESTROY)],
+         changed=True, facts=CLI, mutating=[RELEASE, DESTROY]),
+    dict(id="cli/gone-meanwhile", tags={"changes"}, args=ARGS,
+         script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY, rc=1, stderr=(
+             f"could not find any snapshots to destroy; check snapshot names.\n"))],
+         changed=True, facts=CLI),
+    dict(id="cli/held-by-someone-else", tags={"error"}, args=ARGS,
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("backup", "imgstor"))],
+         raises=("Conflict", f"snapshot {SNAP} is held by backup")),
+    dict(id="cli/not-ours", tags={"error"}, args=ARGS, script=[LISTED, INHERITED],
+         raises=("Conflict", "was not made by imgstor")),
+    dict(id="cli/cloned", tags={"error"}, args=ARGS,
+         script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY, rc=1, stderr=(
+             f"cannot destroy '{SNAP}': snapshot has dependent clones\n"
+             "use '-R' to destroy the following datasets:\ntank/vm1-clone\n"))],
+         raises=("Conflict", "dependent clones")),
+    dict(id="cli/dry-run", tags={"dry-run"}, args=ARGS, dry_run=True,
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
+         skipped=[RELEASE, DESTROY], changed=True, facts=CLI),
+    dict(id="not-imgstors-name", tags={"error"}, args={**ARGS, "snapshot": "daily-1"},
+         script=[], raises=("UsageError", "bad snapshot 'daily-1'")),
+    dict(id="not-a-snapshot-name", tags={"error"}, args={**ARGS, "snapshot": "imgstor-x@y"},
+         script=[], raises=("UsageError", "bad snapshot")),
+    # ------------------------------------------------------------------ libzfs_core
+    dict(id="lzc/held-by-us", tags={"changes"}, args=ARGS,
+         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["imgstor"]}}},
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
+         changed=True, facts=LZC, message=f"destroyed {SNAP}", mutating=[],
+         lzc_calls=[("lzc_release", {SNAP: ["imgstor"]}), ("lzc_destroy_snaps", [SNAP])]),
+    dict(id="lzc/absent", tags={"done"}, args=ARGS, env={"lzc": LZC_VOL}, script=[NO_SNAP],
+         changed=False, facts=KEPT, mutating=[], lzc_calls=[]),
+    dict(id="lzc/held-by-someone-else", tags={"error"}, args=ARGS,
+         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["backup"]}}},
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("backup"))],
+         raises=("Conflict", "is held by backup"), lzc_calls=[]),
+    dict(id="lzc/cloned", tags={"error"}, args=ARGS, script=[LISTED, OURS, cmd(HOLDS)],
+         env={"lzc": {**LZC_SNAP, "fail": {"lzc_destroy_snaps": "SnapshotIsCloned"}}},
+         raises=("Conflict", r"lzc_destroy_snaps .*SnapshotIsCloned"),
+         details={"error": "SnapshotIsCloned"}),
+    dict(id="lzc/dry-run", tags={"dry-run"}, args=ARGS, dry_run=True,
+         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["imgstor"]}}},
+         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
+         skipped=[f"lzc_release {SNAP} imgstor", f"lzc_destroy_snaps {SNAP}"],
+         changed=True, facts=LZC, lzc_calls=[]),
+]
+
+# ------------------------------------------------------------- ensure_volume through lzc
+GET_MOUNT = zfs_get("canmount,mountpoint")
+FS_MOUNT = (f"{NAME}\tcanmount\ton\tdefault\n"
+            f"{NAME}\tmountpoint\t/mnt/tank/vm1-vol\tinherited from tank\n")
+# sparse (no refreservation), 128K blocks, imgstor's mark and promised size set at creation
+LZC_CREATE_ZVOL = (f"lzc_create {NAME} zvol "
+                   + json.dumps({"volsize": GiB, "volblocksize": 128 * 1024,
+                                 "imgstor:role": "volume", "imgstor:size": str(GiB)}))
+
+ENSURE_VOLUME_LZC = [
+    dict(id="lzc/zvol-fresh", tags={"changes"}, args=ZVOL,
+         env={"lzc": {"datasets": [POOL]}, "paths": [ZVOL1]},
+         note="lzc_create sets volsize and volblocksize only: sparse, as `zfs create -s`",
+         script=[MISSING, POOL_OK, cmd(UDEV)], mutating=[],
+         changed=True, facts={"path": ZVOL1, "size": GiB, "created": True,
+                              "size_differs": False, "marked": False, "zfs_backend": "lzc"},
+         lzc_calls=[("lzc_create", NAME)]),
+    dict(id="lzc/zvol-dry-run", tags={"dry-run"}, args=ZVOL, dry_run=True,
+         env={"lzc": {"datasets": [POOL]}}, script=[MISSING, POOL_OK],
+         skipped=[LZC_CREATE_ZVOL], changed=True, lzc_calls=[],
+         facts={"path": ZVOL1, "size": GiB, "created": True, "size_differs": False,
+                "marked": False, "zfs_backend": "lzc"}),
+    dict(id="lzc/zvol-create-races-another", tags={"error"}, args=ZVOL,
+         env={"lzc": {"datasets": [POOL, NAME]}}, script=[MISSING, POOL_OK],
+         raises=("AlreadyExists", f"lzc_create {NAME}: FilesystemExists"),
+         details={"errno": 17}),
+    dict(id="lzc/file-fresh-mounted-like-the-cli", tags={"changes"},
+         args=dict(pool=POOL, vol=VOL, size=GiB, kind="file"),
+         env={"lzc": {"datasets": [POOL]}},
+         note="lzc_create mounts nothing; `zfs create` mounts a canmount=on filesystem",
+         script=[MISSING, POOL_OK, cmd(GET_MOUNT, stdout=FS_MOUNT),
+                 cmd(["zfs", "mount", NAME]),
+                 cmd(ZGET_VOL, stdout=f"{NAME}\ttype\tfilesystem\t-\n{NAME}\tvolsize\t-\t-\n"
+                     f"{NAME}\tmountpoint\t/mnt/tank/vm1-vol\tinherited from tank\n"),
+                 cmd(["truncate", "-s", str(GiB), "/mnt/tank/vm1-vol/disk.raw"])],
+         changed=True, facts_include={"zfs_backend": "lzc", "created": True},
+         lzc_calls=[("lzc_create", NAME)]),
+]
+
+
+def _fail(env: dict) -> dict:
+    """``fail`` names an exception class of the fake; the runner gets an instance."""
+    import fake_lzc
+    lzc = env.get("lzc")
+    if lzc and isinstance(next(iter(lzc.get("fail", {}).values()), None), str):
+        lzc = dict(lzc, fail={fn: getattr(fake_lzc, cls)(SNAP)
+                             for fn, cls in lzc["fail"].items()})
+        return dict(env, lzc=lzc)
+    return env
+
+
+SCENARIOS = ([dict(s, step="nas.snapshot", env=_fail(s.get("env", {}))) for s in SNAPSHOT]
+             + [dict(s, step="nas.destroy_snapshot", env=_fail(s.get("env", {})))
+                for s in DESTROY_SNAPSHOT]
+             + [dict(s, step="nas.ensure_volume") for s in ENSURE_VOLUME_LZC])
