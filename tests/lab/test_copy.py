@@ -137,7 +137,7 @@ def test_copy_to_node_sha256_and_done_is_done(lab: Lab, env: Cluster) -> None:
     assert [s["rc"] for s in st["stages"]] == [0, 0]
     assert st["bytes_done"] >= 32 * MiB and st["bytes_total"] >= 32 * MiB
     assert _sha(lab, NODE, ds) == sha
-    again = _start(env, ds)                       # the job finds it there: nothing sent
+    _start(env, ds)                               # the job finds it there: nothing sent
     st = _wait(env, ds)
     assert st["state"] == "done" and st["already"] is True and st["attempt"] == first + 1
 

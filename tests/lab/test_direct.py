@@ -2,7 +2,6 @@
 initiators.  Data is written through the initiator and checked by sha256 on the NAS."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re

@@ -126,7 +126,7 @@ DESTROY_SNAPSHOT = [
          changed=True, facts=CLI, mutating=[RELEASE, DESTROY]),
     dict(id="cli/gone-meanwhile", tags={"changes"}, args=ARGS,
          script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY, rc=1, stderr=(
-             f"could not find any snapshots to destroy; check snapshot names.\n"))],
+             "could not find any snapshots to destroy; check snapshot names.\n"))],
          changed=True, facts=CLI),
     dict(id="cli/held-by-someone-else", tags={"error"}, args=ARGS,
          script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("backup", "imgstor"))],
