@@ -148,9 +148,11 @@ def _sessions(t: lio.LioTarget) -> list[str]:
     return [f"{a.initiator} ({a.session})" for g in t.tpgs for a in g.acls if a.session]
 
 
-def remove(ex: Executor, *, iqn: str, force: bool = False) -> StepResult:
-    """Delete the target and its backstore; refused while an initiator is logged in
-    (rtslib shows sessions; targetcli's ls does not) unless ``force``."""
+def remove(ex: Executor, *, iqn: str, chap_user: str | None = None,
+           force: bool = False) -> StepResult:
+    """Delete the target and its backstore (LIO keeps CHAP in the ACL, which goes with
+    it: ``chap_user`` is not needed); refused while an initiator is logged in (rtslib shows
+    sessions; targetcli's ls does not) unless ``force``."""
     lib = lio.rtslib_module()
     t = lio.find_target(_read(ex, lib), iqn)
     if t is None:
