@@ -57,18 +57,28 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     under the node's IQN (CHAP user in the URL, password in LIBISCSI_CHAP_PASSWORD);
     device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts
     (these carry no CHAP: a VM's qemu needs ``user=`` and a ``password-secret`` object)."""
+    drv = _get(kind)
     addr, port = _split(portal)
-    pair = chap_pair(chap)
-    user, password = pair if pair else (None, None)
-    me = _initiator(ex)
-    extra = {"chap_user": user} if user else {}
-    if kind == "userspace" and ex.dry_run:
-        # the target a dry run "made" does not exist: show the login instead of doing it
-        ex.run(userspace.readcapacity16(addr, iqn, me, lun, port, chap_user=user))
-        return StepResult(True, {"device": userspace.url(addr, iqn, lun, port), "size": None,
-                                 "initiator": me, **extra},
-                          f"would check LUN {lun} of {iqn} as {me}")
-    if kind == "userspace":
+    return drv.attach(ex, addr=addr, port=port, iqn=iqn, lun=lun, pair=chap_pair(chap),
+                      me=_initiator(ex))
+
+
+class Userspace:
+    """libiscsi/qemu: no kernel session; the "device" is the qemu spec a VM opens."""
+
+    name = "userspace"
+    logs_in_by_name = True       # each read logs in under the node's initiator name
+
+    def attach(self, ex: Executor, *, addr: str, port: int, iqn: str, lun: int,
+               pair: tuple[str, str] | None, me: str) -> StepResult:
+        user, password = pair if pair else (None, None)
+        extra = {"chap_user": user} if user else {}
+        if ex.dry_run:
+            # the target a dry run "made" does not exist: show the login instead of doing it
+            ex.run(userspace.readcapacity16(addr, iqn, me, lun, port, chap_user=user))
+            return StepResult(True, {"device": userspace.url(addr, iqn, lun, port),
+                                     "size": None, "initiator": me, **extra},
+                              f"would check LUN {lun} of {iqn} as {me}")
         # one login that reads the capacity proves the ACL (and CHAP) admits us and the
         # LUN; read_capacity maps libiscsi's failures itself (userspace.classify)
         cap = userspace.read_capacity(ex, addr, iqn, me, lun, port, chap_user=user,
@@ -79,26 +89,89 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
                  "initiator": me, **extra}
         return StepResult(False, facts, f"LUN {lun} of {iqn} readable as {me}"
                           + (f" with CHAP user {user}" if user else ""))
-    if kind != "iscsiadm":
-        raise UsageError(f"unknown initiator kind {kind!r}")
-    changed = False
-    with _db_lock(ex):
-        if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
-            run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
-            if pair:
-                for argv in iscsiadm.chap_settings(iqn, addr, user, port):
-                    run_mapped(ex, argv, iscsiadm.classify)
-                _node_password(ex, iqn, addr, port, password)
-            run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
-                       ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
-            changed = True
-    link = iscsiadm.by_path(addr, iqn, lun, port)
-    wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
-    dev = os.path.realpath(link) if os.path.exists(link) else link
-    size = _blockdev_size(dev)
-    return StepResult(changed, {"device": dev, "by_path": link, "size": size, "initiator": me,
-                                **extra},
-                      f"{iqn} lun {lun} is {dev}")
+
+    def detach(self, ex: Executor, *, addr: str, port: int, iqn: str,
+               force: bool) -> StepResult:
+        return StepResult(False, {}, "userspace initiator keeps no session")
+
+    def device(self, ex: Executor, t: dict, addr: str, port: int, me: str | None,
+               sessions: set[str]) -> dict:
+        row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
+        pair = chap_pair(t.get("chap"))
+        try:
+            cap = userspace.read_capacity(ex, addr, t["iqn"], me or "", t.get("lun", 1), port,
+                                          chap_user=pair[0] if pair else None,
+                                          chap_password=pair[1] if pair else None)
+            row.update(device=userspace.url(addr, t["iqn"], t.get("lun", 1), port),
+                       status="ok", size=_cap_bytes(cap))
+        except ImgstorError as e:   # already mapped by userspace.classify (NotFound…)
+            row.update(status=f"error: {e}")
+        return row
+
+    def sessions(self, ex: Executor) -> set[str]:
+        return set()
+
+
+class Iscsiadm:
+    """The kernel's open-iscsi: a session and a /dev/sdX."""
+
+    name = "iscsiadm"
+    logs_in_by_name = False      # the sessions exist already; reads look at them
+
+    def attach(self, ex: Executor, *, addr: str, port: int, iqn: str, lun: int,
+               pair: tuple[str, str] | None, me: str) -> StepResult:
+        user, password = pair if pair else (None, None)
+        extra = {"chap_user": user} if user else {}
+        changed = False
+        with _db_lock(ex):
+            if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
+                run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
+                if pair:
+                    for argv in iscsiadm.chap_settings(iqn, addr, user, port):
+                        run_mapped(ex, argv, iscsiadm.classify)
+                    _node_password(ex, iqn, addr, port, password)
+                run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
+                           ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
+                changed = True
+        link = iscsiadm.by_path(addr, iqn, lun, port)
+        wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
+        dev = os.path.realpath(link) if os.path.exists(link) else link
+        size = _blockdev_size(dev)
+        return StepResult(changed, {"device": dev, "by_path": link, "size": size,
+                                    "initiator": me, **extra},
+                          f"{iqn} lun {lun} is {dev}")
+
+    def detach(self, ex: Executor, *, addr: str, port: int, iqn: str,
+               force: bool) -> StepResult:
+        with _db_lock(ex):
+            return _detach(ex, addr, port, iqn, force)
+
+    def device(self, ex: Executor, t: dict, addr: str, port: int, me: str | None,
+               sessions: set[str]) -> dict:
+        row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
+        if t["iqn"] in sessions:
+            link = iscsiadm.by_path(addr, t["iqn"], t.get("lun", 1), port)
+            if os.path.exists(link):
+                dev = os.path.realpath(link)
+                row.update(device=dev, status="ok", size=_blockdev_size(dev))
+            else:
+                row.update(status="session, no device")
+        return row
+
+    def sessions(self, ex: Executor) -> set[str]:
+        return {s.iqn for s in iscsiadm.sessions(ex)}
+
+
+# The initiators by name (os-brick's connector factory): the steps never compare names.
+INITIATORS = {d.name: d for d in (Iscsiadm(), Userspace())}
+
+
+def _get(kind: str):
+    try:
+        return INITIATORS[kind]
+    except KeyError:
+        raise UsageError(f"unknown initiator kind {kind!r}; known: "
+                         f"{', '.join(sorted(INITIATORS))}", field="kind") from None
 
 
 def _db_lock(ex: Executor):
@@ -158,13 +231,9 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = Fals
     node -- a dm device stacked on it, a process (a VM's qemu) with it open, or an
     exclusive claim (``iscsiadm -m session -P 3`` names the disks; drivers.blockdev) --
     unless ``force``: then the VM loses its disk."""
-    if kind == "userspace":
-        return StepResult(False, {}, "userspace initiator keeps no session")
-    if kind != "iscsiadm":
-        raise UsageError(f"unknown initiator kind {kind!r}")
+    drv = _get(kind)
     addr, port = _split(portal)
-    with _db_lock(ex):
-        return _detach(ex, addr, port, iqn, force)
+    return drv.detach(ex, addr=addr, port=port, iqn=iqn, force=force)
 
 
 def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepResult:
@@ -191,33 +260,13 @@ def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepRe
 @step("compute.devices", read_only=True)
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     """Read-only: for each {"iqn", "portal", "lun"[, "chap"]} what this node sees now."""
-    if kind not in ("iscsiadm", "userspace"):
-        raise UsageError(f"unknown initiator kind {kind!r}")
+    drv = _get(kind)
     me = read_initiator_name()
-    if kind == "userspace" and not me:
+    if drv.logs_in_by_name and not me:
         raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE}")
+    sessions = drv.sessions(ex)
     rows = []
-    if kind == "iscsiadm":
-        sess = {s.iqn for s in iscsiadm.sessions(ex)}
     for t in targets:
         addr, port = _split(t["portal"])
-        row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
-        if kind == "userspace":
-            pair = chap_pair(t.get("chap"))
-            try:
-                cap = userspace.read_capacity(ex, addr, t["iqn"], me or "", t.get("lun", 1), port,
-                                              chap_user=pair[0] if pair else None,
-                                              chap_password=pair[1] if pair else None)
-                row.update(device=userspace.url(addr, t["iqn"], t.get("lun", 1), port),
-                           status="ok", size=_cap_bytes(cap))
-            except ImgstorError as e:   # already mapped by userspace.classify (NotFound…)
-                row.update(status=f"error: {e}")
-        elif t["iqn"] in sess:
-            link = iscsiadm.by_path(addr, t["iqn"], t.get("lun", 1), port)
-            if os.path.exists(link):
-                dev = os.path.realpath(link)
-                row.update(device=dev, status="ok", size=_blockdev_size(dev))
-            else:
-                row.update(status="session, no device")
-        rows.append(row)
+        rows.append(drv.device(ex, t, addr, port, me, sessions))
     return StepResult(False, {"devices": rows, "initiator": me}, "")
