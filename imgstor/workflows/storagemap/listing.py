@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from imgstor import chap as chapstore
 from imgstor import validate
@@ -50,7 +51,7 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
     exit_code = 0
     if verify:
         columns.append(("live", "LIVE"))
-        exit_code = _verify(ctx, rows)
+        exit_code = _verify(ctx, rows, vols)
     return Output(rows, columns, footer=footer, exit_code=exit_code,
                   json_extra=["mode", "job", "progress"])
 
@@ -77,40 +78,32 @@ def _progress(ctx, job, now: float) -> str:
     return f"{job.kind} {job.phase}"
 
 
-def _verify(ctx, rows: list[dict]) -> int:
-    """Compare each row with the NAS's live targets; mark rows that differ."""
+def _verify(ctx, rows: list[dict], vols: list) -> int:
+    """Compare each volume with its NAS's live targets (``reconcile.target_plan``: what
+    would make them agree); mark rows that differ."""
+    from imgstor import reconcile
     cl = ctx.cluster
-    by_nas: dict[str, list[dict]] = {}
-    for r in rows:
-        by_nas.setdefault(r["nas"], []).append(r)
+    by_nas: dict[str, list[tuple[dict, Any]]] = {}
+    for r, v in zip(rows, vols):
+        by_nas.setdefault(r["nas"], []).append((r, v))
 
     def live(nas: str):
         return cl.step(nas, "nas.target_facts", driver=ctx.config.host(nas).target).facts["targets"]
 
     found = cl.parallel(list(by_nas), live)
     bad = 0
-    for nas, rs in by_nas.items():
+    for nas, pairs in by_nas.items():
         res = found[nas]
-        for r in rs:
+        for r, v in pairs:
             if isinstance(res, ImgstorError):
                 r["live"] = f"unknown: {res}"
                 bad += 1
                 continue
-            iqn = r["target"] or target_iqn(nas, r["zvol"])
+            iqn = v.target or target_iqn(nas, v.vol)
             t = next((t for t in res if t["iqn"] == iqn), None)
-            want_ini = r["initiator"]
-            if r["raw_state"] == "unmapped" or (r["mode"] == "sync" and
-                                                 r["raw_state"] in ("mapped", "NAS<-VM")
-                                                 and not r["target"]):
-                # no target: unmapped, or a sync volume running on its local copy
-                r["live"] = "ok" if t is None else f"DIFFERS: target {iqn} exists"
-            elif t is None:
-                r["live"] = "DIFFERS: no target on the NAS"
-            elif want_ini and t["acls"] != [want_ini]:
-                r["live"] = f"DIFFERS: ACL is {','.join(t['acls']) or 'empty'}"
-            else:
-                r["live"] = "ok"
-            bad += r["live"] != "ok"
+            plan = reconcile.target_plan(v, t, driver=ctx.config.host(nas).target)
+            r["live"] = "ok" if not plan else "DIFFERS: " + "; ".join(a.why for a in plan)
+            bad += bool(plan)
     return 9 if bad else 0
 
 
