@@ -297,14 +297,21 @@ def _in_trust(ctx, job: Job) -> None:
                      pools=[_names(ctx, v)["pool"]])
 
 
+def _snapshot_copy(ctx, job: Job, sender: str, receiver: str, source: str, dest: str,
+                   tag: str, what: str, **kw: Any) -> None:
+    """A new imgstor snapshot of SOURCE on SENDER (named once, kept in the job: a restarted
+    monitor copies the same one) copied to DEST on RECEIVER."""
+    snap = job.extra.get("snapshot") or f"{source}@imgstor-{tag}-{int(job.created)}"
+    if "snapshot" not in job.extra:
+        _job_extra(ctx, job, snapshot=snap)
+    _copy(ctx, job, sender, receiver, snapshot=snap, to_dataset=dest, what=what,
+          create_snapshot=True, **kw)
+
+
 def _in_copy(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    snap = job.extra.get("snapshot") or f"{n['nas_ds']}@imgstor-in-{int(job.created)}"
-    if "snapshot" not in job.extra:
-        _job_extra(ctx, job, snapshot=snap)
-    _copy(ctx, job, v.nas, v.host, snapshot=snap, to_dataset=n["local"], what="NAS->VM",
-          create_snapshot=True)
+    _snapshot_copy(ctx, job, v.nas, v.host, n["nas_ds"], n["local"], "in", "NAS->VM")
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
     ctx.cluster.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol,
                      props={"role": LOCAL_COPY})
@@ -361,11 +368,8 @@ def _back_trust(ctx, job: Job) -> None:
 def _back_send(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    snap = job.extra.get("snapshot") or f"{n['local']}@imgstor-back-{int(job.created)}"
-    if "snapshot" not in job.extra:
-        _job_extra(ctx, job, snapshot=snap)
-    _copy(ctx, job, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"], what="NAS<-VM",
-          base="auto", rollback=True, create_snapshot=True)
+    _snapshot_copy(ctx, job, v.host, v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
+                   base="auto", rollback=True)
 
 
 def _back_cleanup(ctx, job: Job) -> None:
