@@ -196,7 +196,7 @@ def test_dm_overlay_cancel_merges_into_the_nas_volume(own_state) -> None:
     vol = f"ovc-{uuid.uuid4().hex[:6]}"
     size = 32 * MiB
     out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, node, "32M").stdout
-    origin = re.search(r"mapped to compute-0-1:(/dev/sd[a-z]+)", out).group(1)
+    origin = re.search(r"on  compute-0-1\n(/dev/sd[a-z]+)\n", out).group(1)
     write_random(klab, node, origin, 8)
     dev = f"/dev/mapper/{vol}-snap"
     args = {"driver": "dm", "pool": "tank", "vol": vol}

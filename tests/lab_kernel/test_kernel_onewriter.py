@@ -51,7 +51,7 @@ def test_concurrent_lio_maps_and_unmap_refused_while_in_use(kernel_lab, tmp_path
         assert {target_iqn(NAS, v) for v in vols} <= wwns
 
         # a process on compute-0-0 holds vol0's disk open (as a VM's qemu would)
-        dev = re.search(r"mapped to compute-0-0:(/dev/sd[a-z]+)", outs[0][0]).group(1)
+        dev = re.search(r"on  compute-0-0\n(/dev/sd[a-z]+)\n", outs[0][0]).group(1)
         klab.out("compute-0-0", f"(nohup sleep 600 < {dev} >/dev/null 2>&1 & echo $! > {holder})")
         p = done("remove", "host", "storagemap", NAS, vols[0])
         assert p.returncode == 8, (p.stdout, p.stderr)
