@@ -86,8 +86,8 @@ def test_50_concurrent_map_processes_over_two_nas(lab2: Lab, tmp_path: Path) -> 
                               stderr=subprocess.PIPE, text=True)
              for nas, vol, host in items]
     try:
-        outs = [(p.wait(timeout=600), *p.communicate()) for p in procs]
-        bad = [(items[i], o) for i, o in enumerate(outs) if o[0] != 0]
+        outs = [(*p.communicate(timeout=600), p.returncode) for p in procs]
+        bad = [(items[i], o) for i, o in enumerate(outs) if o[2] != 0]
         assert not bad, bad[:3]
         check_mapped(lab2, items)
         recs = records(lab2)
