@@ -56,6 +56,7 @@ class Cmd:
     help: str = ""
     aliases: tuple[tuple[str, ...], ...] = ()
     flags: tuple[str, ...] = ()                   # boolean options, e.g. ("--verify",)
+    options: tuple[tuple[str, Callable[[str], Any]], ...] = ()   # (("--jobs", int),)
 
     @property
     def name(self) -> str:
@@ -104,11 +105,14 @@ COMMANDS: list[Cmd] = [
         flags=("--verify",)),
     Cmd(("list", "host", "storagedev"), f"{_MAP}:list_devs", [Arg("host")], {},
         "what is mapped on compute node HOST, read live from the node"),
-    Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm", [Arg("vm")],
-        {"size": str}, "map the VM's disk <vm>-vol on its container (size= if new)",
+    Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm",
+        [Arg("vms", nargs="+", metavar="VM")],
+        {"size": str}, "map each VM's disk <vm>-vol on its container (size= if new); "
+        "several VMs at once: one line each, exit 1 if any failed",
         flags=("--wait",)),
-    Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm", [Arg("vm")], {},
-        "unmap the VM's disk", flags=("--force", "--wait")),
+    Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm",
+        [Arg("vms", nargs="+", metavar="VM")], {},
+        "unmap each VM's disk", flags=("--force", "--wait")),
     Cmd(("set", "host", "attr"), f"{_ATTRS}:set_attr",
         [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR [VALUE], or HOST... with "
              "attr=ATTR value=VALUE")], {"attr": str, "value": str},
@@ -128,6 +132,11 @@ COMMANDS: list[Cmd] = [
     Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
         "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
         "for every job whose monitor is gone", flags=("--resume",)),
+    Cmd(("batch",), "imgstor.batch:run_batch",
+        [Arg("file", help="one imgstor command per line (- : stdin); # comments")], {},
+        "run the commands of FILE in parallel (--jobs N, default 8; same volume or VM: in "
+        "file order); one result line per item; exit 0 if all succeeded, else 1; global "
+        "flags (--dry-run…) apply to every item", options=(("--jobs", int),)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]
@@ -249,6 +258,9 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
                 allow_abbrev=False)
     for f in cmd.flags:
         p.add_argument(f, action="store_true", dest=f.lstrip("-").replace("-", "_"))
+    for f, conv in cmd.options:
+        p.add_argument(f, type=conv, dest=f.lstrip("-").replace("-", "_"),
+                       metavar=f.lstrip("-").upper())
     for a in cmd.args:
         p.add_argument(a.name.replace("-", "_"), nargs=a.nargs, help=a.help,
                        metavar=a.metavar or a.name.upper())

@@ -68,14 +68,21 @@ def _cell(v: Any) -> str | None:
 
 
 _WS = re.compile(r"\s")
+_STR_OR_NONE = {str, type(None)}
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
     """The plain table text (no trailing newline)."""
     headers = [h.upper() for _, h in columns]
-    cols = [[_cell(r.get(k)) for r in rows] for k, _ in columns]
-    text = "".join(headers) + "".join("".join(c for c in col if c) for col in cols)
+    raw = [[r.get(k) for r in rows] for k, _ in columns]
+    # Columns of strings (and None) need no _cell per value when the whole text is
+    # printable ASCII (then it holds no control characters): 10,000 VMs, 30,000 calls.
+    plain = all(set(map(type, col)) <= _STR_OR_NONE for col in raw)
+    cols = raw if plain else [[_cell(v) for v in col] for col in raw]
+    text = "".join(headers) + "".join("".join(filter(None, col)) for col in cols)
     if not (text.isascii() and text.isprintable()) or _WS.search(text):
+        if plain:
+            cols = [[_cell(v) for v in col] for col in raw]
         # multi-line, unicode or padded cells: let tabulate decide (wcwidth, stripping)
         import tabulate
         widths = [max(_visible(h) + 2, max((_visible(c) for c in col if c is not None),
@@ -84,7 +91,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
             [list(r) for r in zip(*[[MISSING * w if c is None else c for c in col]
                                     for w, col in zip(widths, cols)])],
             headers=headers, tablefmt="plain", disable_numparse=True)
-    widths = [max(len(h) + 2, max((len(c) for c in col if c is not None), default=0))
+    widths = [max(len(h) + 2, max(map(len, filter(None, col)), default=0))
               for h, col in zip(headers, cols)]
     shown = [[MISSING * w if c is None else c for c in col] for w, col in zip(widths, cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -78,16 +78,18 @@ class Store:
     # ---- reading ----
     def read(self) -> State:
         """The current state, without taking the lock."""
+        data = self._read_bytes()
+        self._last_read = data
+        return State() if data is None else self._parse(data)
+
+    def _read_bytes(self) -> bytes | None:
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
+                return f.read()
         except FileNotFoundError:
-            self._last_read = None
-            return State()
+            return None
         except OSError as e:
             raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
-        self._last_read = data
-        return self._parse(data)
 
     # What State.to_dict writes first: the attrs section right after the schema.
     _ATTRS_AT = re.compile(rb'\A\{\s*"schema":\s*[0-9]+,\s*"attrs":\s*')
@@ -143,8 +145,9 @@ class Store:
     def transaction(self) -> Iterator[State]:
         """Lock, load, yield the state, write it back atomically unless the body raised."""
         with self._locked():
-            state = self.read()
-            before = self._last_read
+            # the bytes read here, not self._last_read: a batch's threads share this Store
+            before = self._read_bytes()
+            state = State() if before is None else self._parse(before)
             yield state
             self._write(state, unless=before)
 

@@ -90,6 +90,11 @@ def add_vm(ctx: Ctx, container: str, membership: str | None = None,
                 n += 1
             name = validate.vm(f"{base}-{n}")
         elif name in st.vms:
+            have = st.vms[name]
+            if have.container == container and \
+                    have.extra.get("membership") == (membership or None):
+                # "already done" (a batch re-run): the same VM on the same container
+                return f"VM {name} exists already on physical node {container}"
             raise Conflict(f"VM {name!r} exists already (on {st.vms[name].container})")
         st.vms[name] = Vm(name=name, container=container,
                           extra={"membership": membership} if membership else {})
@@ -134,6 +139,8 @@ def remove_vm(ctx: Ctx, vm: str) -> str:
     """Forget a VM; refused while its volume is mapped or busy.  The volume stays."""
     validate.vm(vm)
     with ctx.transaction() as st:
+        if vm not in st.vms and vm not in ctx.config.hosts:
+            return f"no VM {vm}: removed already"        # "already done" (a batch re-run)
         v = _get_vm(st, vm)
         _check_unmapped(st, v, f"remove VM {vm}")
         del st.vms[vm]

@@ -333,9 +333,9 @@ GUIDE_LINES = {   # line as printed -> (command, the arguments it gives the hand
         ("set host vm nas", {"vm": "compute-0-14-0", "nas": "nas-0-0", "zpool": "tank"}),
     "rocks set host vm nas compute-0-14-0 nas=nas-0-0":
         ("set host vm nas", {"vm": "compute-0-14-0", "nas": "nas-0-0"}),
-    "rocks start host vm compute-0-14-0": ("start host vm", {"vm": "compute-0-14-0"}),
-    "rocks start host vm vm-hpcdev-pub03-3": ("start host vm", {"vm": "vm-hpcdev-pub03-3"}),
-    "rocks stop host vm compute-0-14-0": ("stop host vm", {"vm": "compute-0-14-0"}),
+    "rocks start host vm compute-0-14-0": ("start host vm", {"vms": ["compute-0-14-0"]}),
+    "rocks start host vm vm-hpcdev-pub03-3": ("start host vm", {"vms": ["vm-hpcdev-pub03-3"]}),
+    "rocks stop host vm compute-0-14-0": ("stop host vm", {"vms": ["compute-0-14-0"]}),
     "rocks list host vm nas": ("list host vm nas", {"vms": []}),
     "rocks list host vm showdisks=1": ("list host vm", {"vms": [], "showdisks": True}),
     'rocks set host attr nas-0-0 img_zpools value="tank1,tank2"':

@@ -47,10 +47,9 @@ def test_add_list_remove_vm(imgstor):
     (("add", "host", "vm", "compute-9-9"), 6, "unknown host 'compute-9-9'"),
     (("add", "host", "vm", "nas-0-0"), 2, "not a compute host"),
     (("add", "host", "vm", "compute-0-0", "name=nas-0-1"), 8, "already a host"),
-    (("add", "host", "vm", "compute-0-0", "name=web1"), 8, "exists already"),
+    (("add", "host", "vm", "compute-0-1", "name=web1"), 8, "exists already"),
     (("add", "host", "vm"), 2, "required: CONTAINER"),
     (("add", "host", "vm", "compute-0-0", "size=10"), 2, "allowed keys: name="),
-    (("remove", "host", "vm", "nope"), 6, "unknown VM 'nope'"),
     (("list", "host", "vm", "nope"), 6, "unknown VM 'nope'"),
     (("set", "host", "vm", "nas", "web1"), 2, "nas=NAS is required"),
     (("set", "host", "vm", "nas", "web1", "nas=compute-0-0"), 2, "not a nas host"),
@@ -270,3 +269,15 @@ def test_admin_list_unbusy_set_state(imgstor, state_path):
     assert (v.state, v.host, v.error, v.busy) == ("unmapped", None, None, None)
     r = imgstor("--json", "list", main=admin.main)
     assert json.loads(r.out)[0]["busy"] is None
+
+
+def test_already_done_is_success(imgstor):
+    """Batch re-runs (issue 13): the same add again, a remove of a VM already gone."""
+    assert imgstor("add", "host", "vm", "compute-0-0", "name=web1").rc == 0
+    r = imgstor("add", "host", "vm", "compute-0-0", "name=web1")
+    assert (r.rc, r.out) == (0, "VM web1 exists already on physical node compute-0-0\n"), r
+    r = imgstor("add", "host", "vm", "compute-0-1", "name=web1")
+    assert r.rc == 8 and "exists already (on compute-0-0)" in r.err, r
+    assert imgstor("remove", "host", "vm", "web1").rc == 0
+    r = imgstor("remove", "host", "vm", "web1")
+    assert (r.rc, r.out) == (0, "no VM web1: removed already\n"), r

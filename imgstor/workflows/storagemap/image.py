@@ -39,7 +39,7 @@ def remove_image(ctx, nas: str, zpool: str, vol: str) -> Message | str:
 
     with ctx.store.busy(key, "remove", create=new):
         try:
-            ctx.cluster.step(nas, "nas.destroy_volume", **args)
+            out = ctx.cluster.step(nas, "nas.destroy_volume", **args)
         except ImgstorError:
             if created:               # refused or failed: leave no record behind
                 with ctx.store.transaction() as st:
@@ -49,6 +49,9 @@ def remove_image(ctx, nas: str, zpool: str, vol: str) -> Message | str:
             st.volumes.pop(key, None)
     chapstore.remove(state_path(ctx), nas, vol)       # the image is gone: its CHAP too
     # The guide's `rocks remove host storageimg` output; --json keeps {"message": "Success"}.
+    if not out.changed:               # "already done" (a batch re-run): success
+        return Message(f"removing   {nas} : {zpool} / {vol}\nSuccess (gone already)",
+                       f"Success: {nas}:{zpool}/{vol} was gone already")
     return Message(f"removing   {nas} : {zpool} / {vol}\nSuccess", "Success")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imgstor import chap as chapstore
 from imgstor import validate
-from imgstor.errors import ImgstorError, NotFound
+from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
@@ -30,7 +30,8 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
     key = volume_key(nas, vol)
     v = ctx.store.read().volumes.get(key)
     if v is None:
-        raise NotFound(f"no volume {vol} on {nas} in the state store")
+        # "already done" (a batch re-run after its remove host storageimg): success
+        return f"{nas}:{vol} is not mapped (no record of it in the state store)"
     if v.state == "unmapped" and not v.host and not v.busy:
         return f"{nas}:{vol} is not mapped"
     if v.mode == "sync" and v.state != "unmapped":
