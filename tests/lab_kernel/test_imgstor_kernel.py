@@ -133,6 +133,7 @@ def wait_phase(c, node: str, args: dict, phase: str) -> dict:
         time.sleep(1)
 
 
+@pytest.mark.kernel_lab_extra      # test_sync_kernel runs these steps through the workflow
 def test_dm_overlay_steps_for_sync_mode(own_state) -> None:
     """The sync-mode overlay, step by step as node steps: VM writes land in the temp-write
     zvol while the origin is the iSCSI disk; the NAS copies the volume to the node; the
@@ -185,6 +186,7 @@ def test_dm_overlay_steps_for_sync_mode(own_state) -> None:
     cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
 
 
+@pytest.mark.kernel_lab_extra      # test_sync_kernel's unmap during NAS->VM covers it
 def test_dm_overlay_cancel_merges_into_the_nas_volume(own_state) -> None:
     """Unmap during the copy: the overlay merges its writes back into the origin (the NAS
     zvol over iSCSI) while the VM writes on, goes linear on the iSCSI disk; after the

@@ -69,6 +69,7 @@ def test_zvol_gets_dev_link(kernel_lab: KernelLab) -> None:
         kernel_lab.ssh(nas, ["zfs", "destroy", vol])
 
 
+@pytest.mark.kernel_lab_extra      # imgstor's own walkthrough covers it; this one captures
 def test_verify_walkthrough(kernel_lab: KernelLab, tmp_path: Path) -> None:
     """The by-hand walkthrough: LIO export + ACL, intruder refused, iscsiadm login,
     dm snapshot -> zfs send|receive -> snapshot-merge -> linear, sha256 checks."""
