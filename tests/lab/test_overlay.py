@@ -136,7 +136,9 @@ def wait_merged(c: Cluster, vol: str) -> list[str]:
         st = c.step(NODE, "overlay.status", driver="qcow2", pool="tank", vol=vol).facts
         seen.append(st["phase"])
         if st["phase"] == "merged":
-            assert st["done"] == st["total"] and st["synced"] == f"{st['done']}/{st['total']}"
+            # "ready": the commit converged once; a writer still writing moves len ahead
+            # of offset until the mirror catches up again (QEMU's active commit)
+            assert st["done"] <= st["total"] and st["synced"] == f"{st['done']}/{st['total']}"
             return seen
         assert st["phase"] == "merging" and time.monotonic() < deadline, st
         time.sleep(0.2)
