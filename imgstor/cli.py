@@ -128,6 +128,10 @@ COMMANDS: list[Cmd] = [
     Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
         "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
         "for every job whose monitor is gone", flags=("--resume",)),
+    Cmd(("refresh",), "imgstor.workflows.refresh:refresh", [], {},
+        "cron's every-minute run: restart dead monitors, start due periodic pulls of sync "
+        "volumes, write the metrics file (a second run at once exits 0 quietly)",
+        flags=("--quiet",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]

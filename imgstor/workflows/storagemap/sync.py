@@ -129,6 +129,13 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "cancel", key, "stop", force=force)
             msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (cancel, job {job.id})"
+        elif v.state == "mapped" and any(j.kind == "pull" for j in jobs):
+            # a periodic pull sends to the same NAS dataset: it ends first, then chains
+            # the sync-back (pull.py's last phase)
+            job = next(j for j in jobs if j.kind == "pull")
+            job.extra["unmap"], job.extra["force"] = True, force
+            msg = (f"{nas}:{vol}: the periodic pull finishes first, then NAS<-VM "
+                   f"(job {job.id})")
         elif v.state == "mapped":
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
