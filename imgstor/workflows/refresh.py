@@ -68,6 +68,8 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
 
 def _refresh(ctx) -> list[dict]:
     from imgstor.workflows.monitor import resume_all
+    from imgstor.workflows.storagemap.common import fault
+    fault("refresh")            # IMGSTOR_PAUSE=refresh:S holds the lock a while (tests)
     rows: list[dict] = []
     # 1. monitors whose owner is gone
     for r in resume_all(ctx).rows:
