@@ -141,3 +141,45 @@ def test_a_second_refresh_during_one_exits_quietly(lab: Lab) -> None:
     finally:
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
+
+
+# ------------------------------------------------------------- check / repair
+def test_check_and_repair_lost_and_orphan_targets(lab: Lab) -> None:
+    from imgstor.workflows.storagemap import target_iqn
+    from tests.lab.test_direct import read_through, targets, write_through
+    from tests.lab.test_sync import OTHER
+    vol = f"chk-{os.urandom(3).hex()}"
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, OTHER, "16M")
+    try:
+        sha = write_through(lab, OTHER, vol, 16, f"chk-{vol}")
+        assert cli(lab, "check").returncode == 0
+        iqn = target_iqn(NAS, vol)
+        # tgtd's target deleted by hand: check names it (exit 9), repair puts it back
+        tid = next(line.split()[1].rstrip(":") for line in targets(lab).splitlines()
+                   if line.startswith("Target ") and line.endswith(iqn))
+        lab.ssh(NAS, f"tgtadm --lld iscsi --mode target --op delete --force --tid {tid}")
+        assert iqn not in targets(lab)
+        p = cli(lab, "check", check=False)
+        assert p.returncode == 9 and f"{NAS}/{vol}" in p.stdout \
+            and "no target on the NAS" in p.stdout, p.stdout
+        plan = cli(lab, "repair", "--dry-run").stdout
+        assert "would:" in plan and iqn not in targets(lab), plan
+        out = cli(lab, "repair").stdout
+        assert f"{NAS}/{vol}" in out, out
+        assert iqn in targets(lab)
+        assert read_through(lab, OTHER, vol, 16 * MiB) == sha
+        assert cli(lab, "check").returncode == 0
+        # a target made by hand, named like imgstor's: an orphan, removed
+        ghost = f"iqn.2001-04.com.{NAS}-ghost-{os.urandom(2).hex()}"
+        lab.ssh(NAS, f"tgtadm --lld iscsi --mode target --op new --tid 900 -T {ghost}")
+        p = cli(lab, "check", check=False)
+        assert p.returncode == 9 and ghost in p.stdout and "orphan" in p.stdout, p.stdout
+        out = cli(lab, "repair").stdout
+        assert ghost in out and ghost not in targets(lab), out
+        assert cli(lab, "check").returncode == 0
+        # idempotent: nothing left to do
+        p = cli(lab, "repair", "--json")
+        assert p.returncode == 0 and json.loads(p.stdout) == []
+    finally:
+        cli(lab, "remove", "host", "storagemap", NAS, vol, check=False)
+        cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
