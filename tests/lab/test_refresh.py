@@ -183,3 +183,20 @@ def test_check_and_repair_lost_and_orphan_targets(lab: Lab) -> None:
     finally:
         cli(lab, "remove", "host", "storagemap", NAS, vol, check=False)
         cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
+
+
+def test_unmap_during_a_pull_waits_for_it_then_syncs_back(lab: Lab, svol, tmp_path) -> None:
+    vol, img = svol
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "32M", "img_sync=yes",
+        "--wait")
+    put(lab, img, vol, 4 * MiB, os.urandom(MiB), "pulled")
+    fast = config_with(lab, tmp_path, sync_frequency=1)
+    time.sleep(1.2)
+    cli(lab, "refresh", config=fast, env={"IMGSTOR_PAUSE": "job:trust:4"})
+    assert maps(lab)[vol]["state"] == "NAS<-VM sched"
+    put(lab, img, vol, 6 * MiB, os.urandom(MiB), "after-pull-snapshot")
+    out = json.loads(cli(lab, "remove", "host", "storagemap", NAS, vol, "--json").stdout)
+    assert "periodic pull finishes first" in out["message"], out
+    wait_state(lab, vol, "unmapped", timeout=180)
+    assert lab.out(NAS, f"sha256sum < {nas_file(lab, vol)}").split()[0] == img.sha()
+    nothing_left_on_node(lab, vol)
