@@ -40,9 +40,8 @@ def config_with(lab: Lab, tmp_path: Path, **defaults) -> Path:
 
 
 def nas_snapshots(lab: Lab, vol: str) -> list[str]:
-    out = lab.out(NAS, f"zfs list -H -o name,createtxg -t snapshot -r tank/{vol}")
-    rows = [line.split("\t") for line in out.splitlines() if "@imgstor-" in line]
-    return [n for n, _ in sorted(rows, key=lambda r: int(r[1]))]
+    out = lab.out(NAS, f"zfs list -H -o name -t snapshot -s createtxg -d 1 tank/{vol}")
+    return [n for n in out.split() if "@imgstor-" in n]
 
 
 def snapshot_sha(lab: Lab, snap: str) -> str:

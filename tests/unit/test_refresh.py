@@ -194,3 +194,40 @@ def test_config_sync_keep(tmp_path, config_path) -> None:
                                                            "[defaults]\nsync_keep = 0"))
     with pytest.raises(ConfigError, match="sync_keep"):
         load_config(str(config_path))
+
+
+# ------------------------------------------------------------- _copy and another's copy
+def test_copy_waits_for_another_snapshots_copy_to_the_same_dataset(tmp_path,
+                                                                   monkeypatch) -> None:
+    """The copy job is keyed by destination: a pull's copy still running (or done) is not
+    the sync back's; _copy waits for it to end and starts its own."""
+    from types import SimpleNamespace
+    from imgstor import synctrust
+    from imgstor.state.model import Job
+    monkeypatch.setattr(syncmod, "POLL", 0)
+    monkeypatch.setattr(synctrust, "copy_args", lambda *a, **kw: {"snapshot": kw["snapshot"]})
+    mine, pulls = "tank/v@imgstor-back-2", "tank/v@imgstor-pull-1"
+    answers = iter([
+        ("copy.start", {"state": "running", "snapshot": pulls}),     # the pull's, running
+        ("copy.status", {"state": "running", "snapshot": pulls}),
+        ("copy.status", {"state": "done", "snapshot": pulls}),       # done: not ours
+        ("copy.start", {"state": "running", "snapshot": mine}),      # ours starts
+        ("copy.status", {"state": "done", "snapshot": mine}),
+    ])
+    calls = []
+
+    def step(host, name, **kw):
+        want, facts = next(answers)
+        assert name == want, (name, want)
+        calls.append(name)
+        return SimpleNamespace(facts=facts)
+    store = Store(str(tmp_path / "state.json"))
+    job = Job(id="sync-back-0123456789ab", kind="sync-back", volume="nas-0-0/v",
+              phase="send", created=0, updated=0)
+    with store.transaction() as st:
+        st.jobs[job.id] = job
+    ctx = SimpleNamespace(cluster=SimpleNamespace(step=step), store=store, config=None)
+    out = syncmod._copy(ctx, job, "compute-0-0", "nas-0-0", snapshot=mine,
+                        to_dataset="tank/v", what="NAS<-VM")
+    assert out["snapshot"] == mine and calls[-1] == "copy.status"
+    assert calls == ["copy.start", "copy.status", "copy.status", "copy.start", "copy.status"]

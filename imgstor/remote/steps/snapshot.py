@@ -126,27 +126,21 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
     touched: PROTECT (short names: the last common snapshot of a pull), snapshots with
     other names, and one held by someone else or cloned (left, named in the facts).
 
-    Runs ``zfs list -H -o name,createtxg -t snapshot -r``, ``zfs holds -H``,
+    Runs ``zfs list -H -o name -t snapshot -s createtxg -d 1``, ``zfs holds -H``,
     ``zfs release``, ``zfs destroy SNAP`` (or their lzc calls)."""
     name = _name(pool, vol, "imgstor-x").split("@", 1)[0]
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise UsageError(f"bad keep {keep!r}: at least 1", field="keep")
     protect = {p for p in protect if isinstance(p, str)}
-    rows = zfs.list_columns(ex, name, ("name", "createtxg"), types="snapshot")
     ours = []
-    for i, r in enumerate(rows):
-        sn = str(r["name"])
-        if not sn.startswith(name + "@"):
-            continue                       # a child's snapshot (-r)
+    for sn in zfs.snapshots_by_age(ex, name):
         short = sn.split("@", 1)[1]
         if SNAPSHOT_NAME.fullmatch(short):
-            txg = r.get("createtxg")
-            ours.append((int(txg) if txg and txg.isdigit() else i, sn, short))
-    ours.sort()
+            ours.append((sn, short))
     old = ours[:-keep] if len(ours) > keep else []
     gone: list[str] = []
     left: list[str] = []
-    for _, sn, short in old:
+    for sn, short in old:
         if short in protect:
             left.append(f"{sn} (the last common snapshot)")
             continue
@@ -166,7 +160,7 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
             left.append(f"{sn} ({e.message})")
             continue
         gone.append(sn)
-    kept = [sn for _, sn, _ in ours if sn not in gone]
+    kept = [sn for sn, _ in ours if sn not in gone]
     msg = (f"destroyed {len(gone)} old snapshot(s) of {name}" if gone
            else f"{name} has {len(ours)} imgstor snapshot(s), keep {keep}")
     return StepResult(bool(gone), {"destroyed": gone, "kept": kept, "left": left}, msg)

@@ -224,6 +224,21 @@ def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_datase
     st = cl.step(sender, "copy.start", **args).facts
     while True:
         state = st.get("state")
+        other = st.get("snapshot") not in (None, snapshot)
+        if other:
+            # the copy job is keyed by its destination: this is another snapshot's copy
+            # (a periodic pull's, say).  Its "done" is not ours: let it end, then start ours.
+            if state == "running":
+                time.sleep(POLL)
+                _alive(ctx, job)
+                st = cl.step(sender, "copy.status", to_alias=receiver,
+                             to_dataset=to_dataset).facts
+                continue
+            st = cl.step(sender, "copy.start", **args).facts
+            if st.get("snapshot") not in (None, snapshot) and st.get("state") != "running":
+                raise StepError(f"{sender}: copy to {receiver}:{to_dataset} did not start "
+                                f"for {snapshot} (its job reports {st.get('snapshot')})")
+            continue
         jobmod.write_progress(ctx.store, job.id, phase=what, state=state,
                               done=st.get("bytes_done"), total=st.get("bytes_total"),
                               rate=st.get("rate"), exact=st.get("total_exact", True))

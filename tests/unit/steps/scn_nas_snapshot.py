@@ -220,15 +220,16 @@ def _fail(env: dict) -> dict:
 
 
 # ------------------------------------------------------------- prune_snapshots (CLI)
-PLIST = ["zfs", "list", "-H", "-o", "name,createtxg", "-t", "snapshot", "-r", NAME]
+PLIST = ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-d", "1",
+         NAME]
 
 
 def _sn(i: int) -> str:
     return f"{NAME}@imgstor-pull-{i}"
 
 
-def plist(*rows: tuple[str, int]) -> str:
-    return "".join(f"{n}\t{t}\n" for n, t in rows)
+def plist(*rows: tuple[str, int]) -> str:       # zfs sorts them (by createtxg)
+    return "".join(f"{n}\n" for n, _ in sorted(rows, key=lambda r: r[1]))
 
 
 def _holds(sn: str, *tags: str):
@@ -240,7 +241,7 @@ PARGS = dict(pool=POOL, vol=VOL, keep=2)
 FOUR = plist((_sn(1), 10), (f"{NAME}@daily", 11), (_sn(2), 12), (_sn(3), 13), (_sn(4), 14))
 PRUNE = [
     dict(id="cli/two-old-go", tags={"changes"}, args=PARGS,
-         note="newest 2 kept by createtxg; a snapshot with another name is never touched",
+         note="the newest 2 kept (zfs's createtxg order); another name is never touched",
          script=[cmd(PLIST, stdout=FOUR), _holds(_sn(1), "imgstor"),
                  cmd(["zfs", "release", "imgstor", _sn(1)]), cmd(["zfs", "destroy", _sn(1)]),
                  _holds(_sn(2)), cmd(["zfs", "destroy", _sn(2)])],
