@@ -8,7 +8,7 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
 3. Periodic pulls: every sync volume that is ``mapped`` on its local copy (no target), not
    busy (a user command holds it) and without a job, whose last pull (``extra.last_pull``,
    else the time it became mapped) is at least ``sync_frequency`` seconds old (the NAS's
-   value: config or ``set host attr``), gets a ``pull`` job and its monitor
+   value in the config), gets a ``pull`` job and its monitor
    (imgstor/workflows/storagemap/pull.py).  The check and the job's record are one
    transaction, so two refreshes (or a refresh and an unmap) cannot both start work.
 4. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
@@ -131,6 +131,9 @@ def _metrics(ctx) -> dict:
     st = ctx.store.read()
     progress = {j: jobmod.read_progress(ctx.store, j) for j in st.jobs}
     path = ctx.config.metrics_path
+    if ctx.dry_run:
+        return {"what": "metrics", "volume": None, "job": None, "action": f"{path} would be "
+                "written"}
     try:
         metrics.write(path, metrics.render(st.volumes.values(), st.jobs.values(), progress))
         action = "written"
