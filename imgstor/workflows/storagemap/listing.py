@@ -42,8 +42,8 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
         if v.mode == "sync" and not js:
             left = due(v, ctx.config.host(v.nas).sync_frequency
                        if v.nas in ctx.config.hosts else 3600, now)
-            if left is not None:
-                nextsync = "due" if left <= 0 else format_duration(left)
+            if left is not None:        # the roll's format: `Tue 14:05.33` (local time)
+                nextsync = time.strftime("%a %H:%M.%S", time.localtime(now + left))
         rows.append({"nas": v.nas, "zvol": v.vol, "host": v.host, "zpool": v.zpool,
                      "target": v.target, "state": state, "raw_state": v.state,
                      "time": format_duration(now - v.since) if v.state in TRANSITIONAL else None,
