@@ -137,6 +137,15 @@ COMMANDS: list[Cmd] = [
         "run the commands of FILE in parallel (--jobs N, default 8; same volume or VM: in "
         "file order); one result line per item; exit 0 if all succeeded, else 1; global "
         "flags (--dry-run…) apply to every item", options=(("--jobs", int),)),
+    Cmd(("refresh",), "imgstor.workflows.refresh:refresh", [], {},
+        "cron's every-minute run: restart dead monitors, start due periodic pulls of sync "
+        "volumes, write the metrics file (a second run at once exits 0 quietly)",
+        flags=("--quiet",)),
+    Cmd(("check",), "imgstor.workflows.check:check", [], {},
+        "compare the store with the NASes' live targets, busy markers and monitors "
+        "(read-only; exit 9 when anything differs)"),
+    Cmd(("repair",), "imgstor.workflows.check:repair", [], {},
+        "fix what `check` finds (--dry-run: the plan); never destroys a volume"),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]

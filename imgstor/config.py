@@ -9,6 +9,7 @@ and the dotted key.  Relative paths inside the file (``state.path``, ``ssh.known
 [state]
 path = "/var/lib/imgstor/state.json"
 lock_timeout = 30
+metrics_path = ""     # refresh writes a node_exporter textfile here ("": none)
 [ssh]
 user = "root"
 port = 22
@@ -27,7 +28,8 @@ target = "lio"        # lio|tgt
 initiator = "iscsiadm"  # iscsiadm|userspace
 overlay = "dm"        # dm|qcow2
 chap = false
-sync_frequency = 3600
+sync_frequency = 3600  # seconds between the periodic pulls of a sync volume (refresh)
+sync_keep = 3         # imgstor snapshots kept on each side of a sync volume (>= 1)
 overcommit = 1.0      # NAS: imgstor's volumes on a pool may promise pool size x this
 sync_bwlimit = 0      # copy throttle, bytes/s on the wire: 0 = none, or like a size: "12M"
 sync_compress = ""    # "" | "zstd": compress the copy stream in transit
@@ -88,6 +90,7 @@ class HostConfig:
     overlay: str = "dm"
     chap: bool = False
     sync_frequency: int = 3600
+    sync_keep: int = 3
     overcommit: float = 1.0
     sync_bwlimit: int = 0          # bytes per second, 0 = unlimited
     sync_compress: str = ""        # "" | "zstd"
@@ -98,6 +101,7 @@ class Config:
     path: str
     state_path: str = "/var/lib/imgstor/state.json"
     lock_timeout: float = 30
+    metrics_path: str = ""
     ssh: SshConfig = field(default_factory=SshConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -247,13 +251,15 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
     "overlay": _choice("dm", "qcow2"),
     "chap": _bool,
     "sync_frequency": _positive_int,
+    "sync_keep": _positive_int,
     "overcommit": lambda v: float(_positive(v)),
     "sync_bwlimit": lambda v: _bwlimit(v),
     "sync_compress": _choice("", "zstd"),
 }
 # Where a host attribute's value comes from (``list host attr``, column SOURCE).
 SOURCES = ("built-in default", "config default", "config host", "set by command")
-_STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive}
+_STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive,
+                                                  "metrics_path": _str}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
     "connect_timeout": _positive, "command_timeout": _positive,
@@ -327,6 +333,7 @@ def _build(path: str, raw: dict) -> Config:
     defaults = _check(path, "defaults", _section(path, raw, "defaults"), HOST_ATTRS)
     cfg = Config(path=path, state_path=rel(state.get("path", Config.state_path)),
                  lock_timeout=state.get("lock_timeout", Config.lock_timeout),
+                 metrics_path=rel(state.get("metrics_path", "")),
                  ssh=SshConfig(**ssh), defaults=defaults)
     for name, sec in _section(path, raw, "hosts").items():
         prefix = f"hosts.{name}"

@@ -270,6 +270,17 @@ def list_columns(ex, root: str, columns: tuple[str, ...], *,
             for r in _rows(_run(ex, argv).stdout, columns, "zfs list")]
 
 
+def snapshots_by_age(ex, name: str) -> list[str]:
+    """The snapshots of dataset NAME (not its children's), oldest first:
+    ``zfs list -H -o name -t snapshot -s createtxg -d 1 NAME``.  Sorted by zfs itself:
+    without ``-p`` (zfs-fuse lacks it) createtxg prints as ``1.02K``, useless to sort on.
+    A missing dataset raises ``NotFound``."""
+    argv = ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg",
+            "-d", "1", positional(name, "dataset")]
+    return [ln for ln in _run(ex, argv).stdout.splitlines()
+            if ln.startswith(name + "@")]
+
+
 def exists(ex, name: str) -> bool:
     """``lzc_exists`` if libzfs_core is loaded already (``_lzc.loaded``: a read never
     imports it), else runs ``zfs list -H -o name NAME``; False on "dataset does not exist"."""

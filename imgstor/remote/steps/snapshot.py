@@ -116,3 +116,51 @@ def destroy_snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str) -> Ste
             pass
     be = zfs.destroy_snapshots(ex, [snap])
     return StepResult(True, {"snapshot": snap, "zfs_backend": be}, f"destroyed {snap}")
+
+
+@step("nas.prune_snapshots")
+def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
+                    protect: list[str] | tuple[str, ...] = ()) -> StepResult:
+    """Ensure POOL/VOL keeps at most KEEP (>= 1) of imgstor's snapshots (``@imgstor-…``),
+    the newest by creation; older ones go (their ``imgstor`` hold released first).  Never
+    touched: PROTECT (short names: the last common snapshot of a pull), snapshots with
+    other names, and one held by someone else or cloned (left, named in the facts).
+
+    Runs ``zfs list -H -o name -t snapshot -s createtxg -d 1``, ``zfs holds -H``,
+    ``zfs release``, ``zfs destroy SNAP`` (or their lzc calls)."""
+    name = _name(pool, vol, "imgstor-x").split("@", 1)[0]
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise UsageError(f"bad keep {keep!r}: at least 1", field="keep")
+    protect = {p for p in protect if isinstance(p, str)}
+    ours = []
+    for sn in zfs.snapshots_by_age(ex, name):
+        short = sn.split("@", 1)[1]
+        if SNAPSHOT_NAME.fullmatch(short):
+            ours.append((sn, short))
+    old = ours[:-keep] if len(ours) > keep else []
+    gone: list[str] = []
+    left: list[str] = []
+    for sn, short in old:
+        if short in protect:
+            left.append(f"{sn} (the last common snapshot)")
+            continue
+        tags = zfs.holds(ex, sn)
+        others = sorted(set(tags or ()) - {HOLD_TAG})
+        if others:
+            left.append(f"{sn} (held by {', '.join(others)})")
+            continue
+        if tags is None or HOLD_TAG in tags:
+            try:
+                zfs.release(ex, sn, HOLD_TAG)
+            except NotFound:                # zfs-fuse: not held by us, found by trying
+                pass
+        try:
+            zfs.destroy_snapshots(ex, [sn])
+        except Conflict as e:
+            left.append(f"{sn} ({e.message})")
+            continue
+        gone.append(sn)
+    kept = [sn for sn, _ in ours if sn not in gone]
+    msg = (f"destroyed {len(gone)} old snapshot(s) of {name}" if gone
+           else f"{name} has {len(ours)} imgstor snapshot(s), keep {keep}")
+    return StepResult(bool(gone), {"destroyed": gone, "kept": kept, "left": left}, msg)

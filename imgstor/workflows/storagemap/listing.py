@@ -9,6 +9,7 @@ from imgstor import validate
 from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Output, format_duration
+from imgstor.workflows.refresh import due
 from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_path
 
 __all__ = ["list_maps", "list_devs"]
@@ -35,16 +36,27 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
         if v.busy:
             state += f" (busy: {v.busy.op})"
         js = sorted(jobs_of.get(v.key, ()), key=lambda j: j.created)
+        if v.state == "mapped" and any(j.kind == "pull" for j in js):
+            state = "NAS<-VM sched" + state[len(v.state):]     # the periodic pull runs
+        nextsync = None
+        if v.mode == "sync" and not js:
+            left = due(v, ctx.config.host(v.nas).sync_frequency
+                       if v.nas in ctx.config.hosts else 3600, now)
+            if left is not None:        # the roll's format: `Tue 14:05.33` (local time)
+                nextsync = time.strftime("%a %H:%M.%S", time.localtime(now + left))
         rows.append({"nas": v.nas, "zvol": v.vol, "host": v.host, "zpool": v.zpool,
                      "target": v.target, "state": state, "raw_state": v.state,
                      "time": format_duration(now - v.since) if v.state in TRANSITIONAL else None,
                      "device": v.device, "error": v.error, "mode": v.mode,
                      "initiator": v.extra.get("initiator"),
                      "job": js[0].id if js else None,
-                     "progress": _progress(ctx, js[0], now) if js else None})
+                     "progress": _progress(ctx, js[0], now) if js else None,
+                     "nextsync": nextsync})
     columns = list(_MAP_COLUMNS)
     if any(r["progress"] for r in rows):
         columns.append(("progress", "PROGRESS"))
+    if any(v.mode == "sync" for v in vols):
+        columns.append(("nextsync", "NEXTSYNC"))
     if nas is None:
         columns.insert(0, ("nas", "NAS"))
     footer = [f"{r['nas']}:{r['zvol']}: last error: {r['error']}" for r in rows if r["error"]]
@@ -53,7 +65,7 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
         columns.append(("live", "LIVE"))
         exit_code = _verify(ctx, rows, vols)
     return Output(rows, columns, footer=footer, exit_code=exit_code,
-                  json_extra=["mode", "job", "progress"])
+                  json_extra=["mode", "job", "progress", "nextsync"])
 
 
 def _gib(n: float) -> str:

@@ -129,6 +129,13 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "cancel", key, "stop", force=force)
             msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (cancel, job {job.id})"
+        elif v.state == "mapped" and any(j.kind == "pull" for j in jobs):
+            # a periodic pull sends to the same NAS dataset: it ends first, then chains
+            # the sync-back (pull.py's last phase)
+            job = next(j for j in jobs if j.kind == "pull")
+            job.extra["unmap"], job.extra["force"] = True, force
+            msg = (f"{nas}:{vol}: the periodic pull finishes first, then NAS<-VM "
+                   f"(job {job.id})")
         elif v.state == "mapped":
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
@@ -217,6 +224,21 @@ def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_datase
     st = cl.step(sender, "copy.start", **args).facts
     while True:
         state = st.get("state")
+        other = st.get("snapshot") not in (None, snapshot)
+        if other:
+            # the copy job is keyed by its destination: this is another snapshot's copy
+            # (a periodic pull's, say).  Its "done" is not ours: let it end, then start ours.
+            if state == "running":
+                time.sleep(POLL)
+                _alive(ctx, job)
+                st = cl.step(sender, "copy.status", to_alias=receiver,
+                             to_dataset=to_dataset).facts
+                continue
+            st = cl.step(sender, "copy.start", **args).facts
+            if st.get("snapshot") not in (None, snapshot) and st.get("state") != "running":
+                raise StepError(f"{sender}: copy to {receiver}:{to_dataset} did not start "
+                                f"for {snapshot} (its job reports {st.get('snapshot')})")
+            continue
         jobmod.write_progress(ctx.store, job.id, phase=what, state=state,
                               done=st.get("bytes_done"), total=st.get("bytes_total"),
                               rate=st.get("rate"), exact=st.get("total_exact", True))

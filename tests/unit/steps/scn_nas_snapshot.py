@@ -219,7 +219,58 @@ def _fail(env: dict) -> dict:
     return env
 
 
+# ------------------------------------------------------------- prune_snapshots (CLI)
+PLIST = ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-d", "1",
+         NAME]
+
+
+def _sn(i: int) -> str:
+    return f"{NAME}@imgstor-pull-{i}"
+
+
+def plist(*rows: tuple[str, int]) -> str:       # zfs sorts them (by createtxg)
+    return "".join(f"{n}\n" for n, _ in sorted(rows, key=lambda r: r[1]))
+
+
+def _holds(sn: str, *tags: str):
+    return cmd(["zfs", "holds", "-H", sn],
+               stdout="".join(f"{sn}\t{t}\tTue Dec  1 12:00 2026\n" for t in tags))
+
+
+PARGS = dict(pool=POOL, vol=VOL, keep=2)
+FOUR = plist((_sn(1), 10), (f"{NAME}@daily", 11), (_sn(2), 12), (_sn(3), 13), (_sn(4), 14))
+PRUNE = [
+    dict(id="cli/two-old-go", tags={"changes"}, args=PARGS,
+         note="the newest 2 kept (zfs's createtxg order); another name is never touched",
+         script=[cmd(PLIST, stdout=FOUR), _holds(_sn(1), "imgstor"),
+                 cmd(["zfs", "release", "imgstor", _sn(1)]), cmd(["zfs", "destroy", _sn(1)]),
+                 _holds(_sn(2)), cmd(["zfs", "destroy", _sn(2)])],
+         changed=True, facts={"destroyed": [_sn(1), _sn(2)], "kept": [_sn(3), _sn(4)],
+                              "left": []},
+         mutating=[["zfs", "release", "imgstor", _sn(1)], ["zfs", "destroy", _sn(1)],
+                   ["zfs", "destroy", _sn(2)]]),
+    dict(id="cli/within-keep", tags={"done"}, args=PARGS,
+         script=[cmd(PLIST, stdout=plist((_sn(3), 13), (_sn(4), 14)))],
+         changed=False, facts={"destroyed": [], "kept": [_sn(3), _sn(4)], "left": []},
+         mutating=[]),
+    dict(id="cli/protected-and-foreign-hold-left", tags={"changes"},
+         args={**PARGS, "keep": 1, "protect": ["imgstor-pull-1"]},
+         note="the last common snapshot and one someone else holds stay",
+         script=[cmd(PLIST, stdout=plist((_sn(1), 10), (_sn(2), 12), (_sn(3), 13))),
+                 _holds(_sn(2), "backup")],
+         changed=False, facts={"destroyed": [], "kept": [_sn(1), _sn(2), _sn(3)],
+                               "left": [f"{_sn(1)} (the last common snapshot)",
+                                        f"{_sn(2)} (held by backup)"]}),
+    dict(id="cli/dry-run", tags={"dry-run"}, args={**PARGS, "keep": 1}, dry_run=True,
+         script=[cmd(PLIST, stdout=plist((_sn(1), 10), (_sn(2), 12))), _holds(_sn(1))],
+         skipped=[["zfs", "destroy", _sn(1)]], changed=True,
+         facts={"destroyed": [_sn(1)], "kept": [_sn(2)], "left": []}),
+    dict(id="bad-keep", tags={"error"}, args={**PARGS, "keep": 0}, script=[],
+         raises=("UsageError", "bad keep 0")),
+]
+
 SCENARIOS = ([dict(s, step="nas.snapshot", env=_fail(s.get("env", {}))) for s in SNAPSHOT]
              + [dict(s, step="nas.destroy_snapshot", env=_fail(s.get("env", {})))
                 for s in DESTROY_SNAPSHOT]
-             + [dict(s, step="nas.ensure_volume") for s in ENSURE_VOLUME_LZC])
+             + [dict(s, step="nas.ensure_volume") for s in ENSURE_VOLUME_LZC]
+             + [dict(s, step="nas.prune_snapshots") for s in PRUNE])

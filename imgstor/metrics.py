@@ -1,0 +1,120 @@
+"""The node_exporter textfile ``imgstor refresh`` writes (``[state] metrics_path``).
+
+Pure text building (``render``) plus one atomic write (``write``: temp file beside the
+target, fsync, ``os.replace``, mode 0644), so node_exporter's textfile collector never
+reads half a file.  The format is Prometheus' text exposition format 0.0.4: ``# HELP`` and
+``# TYPE`` once per metric family, label values escaped (``\\`` ``\\"`` ``\\n``).
+
+Families (all gauges):
+    imgstor_volume_state{nas,zpool,vol,host,mode,state}   1 for the volume's state, 0 for
+                                                          each other state
+    imgstor_sync_lag_seconds{nas,zpool,vol,host}          sync volumes: age of the last pull
+                                                          (or of the copy that made it mapped)
+    imgstor_job_progress_ratio{nas,vol,job,kind,phase}    0..1 where a copy reports bytes
+    imgstor_volume_last_error{nas,zpool,vol}              1 when the volume or its job has an
+                                                          error recorded, else 0
+    imgstor_volume_last_error_info{nas,zpool,vol,message} 1, only while there is an error
+    imgstor_refresh_timestamp_seconds                     when this file was written
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Iterable
+
+from imgstor.state.model import VOLUME_STATES
+
+__all__ = ["escape_label", "render", "write", "sync_lag"]
+
+
+def escape_label(value: object) -> str:
+    """A label value as the text format wants it: backslash, double quote and line feed
+    escaped."""
+    return (str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
+
+
+def _labels(d: dict) -> str:
+    return "{" + ",".join(f'{k}="{escape_label("" if v is None else v)}"'
+                          for k, v in d.items()) + "}"
+
+
+def _num(x: float) -> str:
+    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+
+
+def sync_lag(v, now: float) -> float | None:
+    """Age of the NAS's copy of a sync volume's data: since the last pull, else since it
+    became mapped (the copy); None for other volumes."""
+    if v.mode != "sync" or v.state not in ("mapped", "NAS->VM", "merging"):
+        return None
+    last = v.extra.get("last_pull") or v.since
+    return max(0.0, now - float(last)) if last else None
+
+
+def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
+           now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    vols = sorted(volumes, key=lambda v: (v.nas, v.vol))
+    jobs = sorted(jobs, key=lambda j: j.id)
+    out: list[str] = []
+
+    def family(name: str, help_: str, samples: list[tuple[dict, float]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            out.append(f"{name}{_labels(labels) if labels else ''} {_num(value)}")
+
+    family("imgstor_volume_state", "1 for the state the volume is in, 0 for the others.",
+           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "host": v.host or "",
+              "mode": v.mode or "", "state": s}, 1 if v.state == s else 0)
+            for v in vols for s in VOLUME_STATES])
+    family("imgstor_sync_lag_seconds", "Age of the NAS's copy of a sync volume (last pull "
+           "or copy).", [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "host": v.host or ""},
+                          lag) for v in vols if (lag := sync_lag(v, now)) is not None])
+    by_key = {v.key: v for v in vols}
+    prog = []
+    for j in jobs:
+        p = progress.get(j.id) or {}
+        done, total = p.get("done"), p.get("total")
+        if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            v = by_key.get(j.volume)
+            prog.append(({"nas": v.nas if v else "", "vol": v.vol if v else j.volume,
+                          "job": j.id, "kind": j.kind, "phase": j.phase},
+                         min(1.0, max(0.0, done / total))))
+    family("imgstor_job_progress_ratio", "Progress of a job's copy, 0 to 1.", prog)
+    errs: dict[str, str | None] = {}
+    for v in vols:
+        errs[v.key] = v.error
+    for j in jobs:
+        if j.last_error and j.volume in errs and not errs[j.volume]:
+            errs[j.volume] = f"job {j.id} ({j.kind} {j.phase}): {j.last_error}"
+    family("imgstor_volume_last_error", "1 when the volume or its job has an error "
+           "recorded.", [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol},
+                          1 if errs[v.key] else 0) for v in vols])
+    family("imgstor_volume_last_error_info", "The recorded error, in label message.",
+           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": errs[v.key][:500]}, 1)
+            for v in vols if errs[v.key]])
+    family("imgstor_refresh_timestamp_seconds", "When imgstor refresh wrote this file.",
+           [({}, round(now, 3))])
+    return "\n".join(out) + "\n"
+
+
+def write(path: str, text: str) -> None:
+    """Replace ``path`` atomically (temp file in its directory, fsync, rename; 0644)."""
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,142 @@
+"""``imgstor refresh [--quiet]``: what cron runs every minute (contrib/imgstor.cron, or the
+systemd timer in contrib/).  It only starts things and returns; it never waits on a copy.
+
+1. One refresh at a time: an ``flock`` on ``<state file>.refresh.lock``.  A second run
+   while one holds it exits 0 at once and prints nothing (cron must not pile up).
+2. Dead monitors: every job whose owner is gone gets a new detached ``imgstor monitor``
+   (``monitor --resume``'s ``resume_all``; the job continues from its recorded phase).
+3. Periodic pulls: every sync volume that is ``mapped`` on its local copy (no target), not
+   busy (a user command holds it) and without a job, whose last pull (``extra.last_pull``,
+   else the time it became mapped) is at least ``sync_frequency`` seconds old (the NAS's
+   value in the config), gets a ``pull`` job and its monitor
+   (imgstor/workflows/storagemap/pull.py).  The check and the job's record are one
+   transaction, so two refreshes (or a refresh and an unmap) cannot both start work.
+4. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+
+It prints one row per thing it found and what it did (``--json``: the same rows).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+from imgstor import jobs as jobmod
+from imgstor import metrics
+from imgstor.errors import ImgstorError
+from imgstor.output import Output
+from imgstor.state.store import pid_alive, this_host
+
+__all__ = ["refresh", "due", "lock_path"]
+
+_COLUMNS = [("what", "WHAT"), ("volume", "VOLUME"), ("job", "JOB"), ("action", "ACTION")]
+
+
+def lock_path(ctx) -> str:
+    return ctx.store.path + ".refresh.lock"
+
+
+def due(v, freq: float, now: float) -> float | None:
+    """Seconds until sync volume ``v``'s next pull (<= 0: due), or None when it gets none
+    (not a mapped sync volume on its local copy)."""
+    if v.mode != "sync" or v.state != "mapped" or v.target:
+        return None
+    last = float(v.extra.get("last_pull") or v.since or 0)
+    return last + freq - now
+
+
+def _busy_live(v) -> bool:
+    b = v.busy
+    return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
+
+
+def refresh(ctx, quiet: bool = False) -> Output | None:
+    os.makedirs(os.path.dirname(os.path.abspath(ctx.store.path)), mode=0o700, exist_ok=True)
+    fd = os.open(lock_path(ctx), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None                     # another refresh runs: nothing to say
+        rows = _refresh(ctx)
+    finally:
+        os.close(fd)                        # releases the flock
+    if quiet:
+        return None
+    return Output(rows, _COLUMNS)
+
+
+def _refresh(ctx) -> list[dict]:
+    from imgstor.workflows.monitor import resume_all
+    from imgstor.workflows.storagemap.common import fault
+    fault("refresh")            # IMGSTOR_PAUSE=refresh:S holds the lock a while (tests)
+    rows: list[dict] = []
+    # 1. monitors whose owner is gone
+    for r in resume_all(ctx).rows:
+        rows.append({"what": "job", "volume": r["volume"], "job": r["job"],
+                     "action": r["action"]})
+    # 2. periodic pulls
+    rows += _pulls(ctx)
+    # 3. metrics
+    if ctx.config.metrics_path:
+        rows.append(_metrics(ctx))
+    return rows
+
+
+def _pulls(ctx) -> list[dict]:
+    from imgstor.workflows.storagemap.pull import start_pull
+    from imgstor.workflows.storagemap.sync import _spawn
+    now = time.time()
+    rows = []
+    st = ctx.store.read()
+    for v in sorted(st.volumes.values(), key=lambda v: v.key):
+        try:
+            freq = ctx.config.host(v.nas).sync_frequency
+        except ImgstorError:
+            continue
+        left = due(v, freq, now)
+        if left is None:
+            continue
+        if st.jobs_of(v.key):
+            continue                        # its job (a pull, an unmap) is reported above
+        if _busy_live(v):
+            rows.append({"what": "pull", "volume": v.key, "job": None,
+                         "action": f"due, skipped: busy ({v.busy.op}, pid {v.busy.pid})"})
+            continue
+        if left > 0:
+            rows.append({"what": "pull", "volume": v.key, "job": None,
+                         "action": f"next in {int(left)}s"})
+            continue
+        if ctx.dry_run:
+            rows.append({"what": "pull", "volume": v.key, "job": None,
+                         "action": "due: would start a pull"})
+            continue
+        job = None
+        with ctx.store.transaction() as tx:       # check again under the lock
+            vv = tx.volumes.get(v.key)
+            if vv is not None and not tx.jobs_of(v.key) and not _busy_live(vv) \
+                    and (d := due(vv, freq, time.time())) is not None and d <= 0:
+                job = start_pull(tx, v.key)
+        if job is None:
+            rows.append({"what": "pull", "volume": v.key, "job": None,
+                         "action": "changed meanwhile, not started"})
+            continue
+        _spawn(ctx, job)
+        rows.append({"what": "pull", "volume": v.key, "job": job.id,
+                     "action": "started (NAS<-VM sched)"})
+    return rows
+
+
+def _metrics(ctx) -> dict:
+    st = ctx.store.read()
+    progress = {j: jobmod.read_progress(ctx.store, j) for j in st.jobs}
+    path = ctx.config.metrics_path
+    if ctx.dry_run:
+        return {"what": "metrics", "volume": None, "job": None, "action": f"{path} would be "
+                "written"}
+    try:
+        metrics.write(path, metrics.render(st.volumes.values(), st.jobs.values(), progress))
+        action = "written"
+    except OSError as e:
+        action = f"could not write: {e}"
+    return {"what": "metrics", "volume": None, "job": None, "action": f"{path} {action}"}

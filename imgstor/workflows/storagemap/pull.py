@@ -1,0 +1,94 @@
+"""The periodic pull of a sync volume: the NAS gets the running VM's data back on a
+schedule (``imgstor refresh`` starts it when due; the volume stays ``mapped``).
+
+    pull   trust -> send -> prune
+           a snapshot on the node (``<local>@imgstor-pull-<job created>``), sent to the
+           NAS incrementally from the newest common snapshot (``copy.start`` with
+           base="auto", rollback=True, as the sync back does), then the newest
+           ``sync_keep`` imgstor snapshots are kept on each side, never the one just sent
+           (the last common one, the base of the next pull and of the sync back).
+
+The volume's ``extra.last_pull`` records when the pulled snapshot was taken (the job's
+creation time).  An unmap asked for while a pull runs waits for it: ``unmap_sync`` sets
+``extra.unmap`` on the pull job and its last phase chains the sync-back (two copies to the
+same NAS dataset must never overlap: the copy job is keyed by destination).
+"""
+from __future__ import annotations
+
+import time
+
+from imgstor import jobs as jobmod
+from imgstor import synctrust
+from imgstor.errors import StepError
+from imgstor.state import transitions
+from imgstor.state.model import Job
+from imgstor.workflows import monitor
+from imgstor.workflows.storagemap import sync as _sync
+
+__all__ = ["PHASES", "snapshot_name", "start_pull"]
+
+
+def snapshot_name(job: Job) -> str:
+    return f"imgstor-pull-{int(job.created)}"
+
+
+def start_pull(st, key: str) -> Job:
+    """Record a pull job for mapped sync volume ``key`` (inside the caller's
+    transaction)."""
+    return jobmod.new_job(st, "pull", key, "trust")
+
+
+def _check(ctx, job: Job):
+    v = _sync._vol(ctx, job)
+    if v.state != "mapped" or v.mode != "sync" or v.target:
+        raise StepError(f"job {job.id}: {job.volume} is {v.state} (mode {v.mode}); a pull "
+                        "runs only on a mapped sync volume on its local copy")
+    return v
+
+
+def _pull_trust(ctx, job: Job) -> None:
+    v = _check(ctx, job)
+    synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
+
+
+def _pull_send(ctx, job: Job) -> None:
+    v = _check(ctx, job)
+    n = _sync._names(ctx, v)
+    snap = f"{n['local']}@{snapshot_name(job)}"
+    # the snapshot carries imgstor's mark (nas.snapshot); the copy sends it
+    ctx.cluster.step(v.host, "nas.snapshot", pool=n["pool"], vol=v.vol,
+                     snapshot=snapshot_name(job))
+    _sync._copy(ctx, job, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
+                what="NAS<-VM sched", base="auto", rollback=True)
+
+
+def _pull_prune(ctx, job: Job) -> None:
+    v = _sync._vol(ctx, job)
+    n = _sync._names(ctx, v)
+    keep = ctx.config.host(v.nas).sync_keep
+    protect = [snapshot_name(job)]
+    cl = ctx.cluster
+    for host, pool in ((v.host, n["pool"]), (v.nas, v.zpool)):
+        r = cl.step(host, "nas.prune_snapshots", pool=pool, vol=v.vol, keep=keep,
+                    protect=protect)
+        for why in r.facts.get("left") or ():
+            print(f"{time.strftime('%H:%M:%S')} {job.id}: kept {host}:{why}", flush=True)
+    with ctx.store.transaction() as st:
+        vv = st.volumes.get(job.volume)
+        if vv is not None:
+            vv.extra["last_pull"] = job.created
+            vv.extra["last_pull_snapshot"] = snapshot_name(job)
+        j = st.jobs.get(job.id)
+        nxt = None
+        if j is not None and j.extra.get("unmap") and vv is not None \
+                and vv.state == "mapped":
+            # an unmap came during the pull: the NAS gets the volume back now
+            transitions.move(vv, "NAS<-VM")
+            nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
+                                 force=bool(j.extra.get("force")))
+    if nxt is not None:
+        _sync._spawn(ctx, nxt)
+
+
+PHASES = [("trust", _pull_trust), ("send", _pull_send), ("prune", _pull_prune)]
+monitor.register("pull", PHASES)

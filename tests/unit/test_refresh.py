@@ -1,0 +1,233 @@
+"""refresh (its flock, due pulls, the records it makes) and the metrics textfile, parsed
+by the Prometheus text exposition format's rules."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+
+import pytest
+
+from imgstor import metrics
+from imgstor.state.model import Busy, Volume
+from imgstor.state.store import Store
+from imgstor.workflows import refresh as rf
+from imgstor.workflows.storagemap import sync as syncmod
+
+
+# ------------------------------------------------------------- a strict text-format parser
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"'
+_SAMPLE = re.compile(rf"({_NAME})(?:\{{((?:{_LABEL})(?:,{_LABEL})*)?\}})? (\S+)(?: -?\d+)?")
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "\\": "\\", '"': '"'}[m.group(1)], s)
+
+
+def parse_prom(text: str) -> dict[str, dict]:
+    """family -> {"type", "help", "samples": [(labels, value)]}; raises on anything the
+    text format (0.0.4) does not allow."""
+    assert text.endswith("\n"), "the last line must end with a line feed"
+    fams: dict[str, dict] = {}
+    seen_samples: set[str] = set()
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            kind, name, rest = line[2:6], *line[7:].split(" ", 1)
+            assert re.fullmatch(_NAME, name), line
+            f = fams.setdefault(name, {"samples": []})
+            assert name not in seen_samples, f"{kind} of {name} after its samples"
+            key = "help" if kind == "HELP" else "type"
+            assert key not in f, f"second {kind} for {name}"
+            if key == "type":
+                assert rest in ("counter", "gauge", "histogram", "summary", "untyped"), line
+            f[key] = rest
+            continue
+        if line.startswith("#"):
+            continue                       # a comment
+        m = _SAMPLE.fullmatch(line)
+        assert m, f"not a sample line: {line!r}"
+        name, labels_text, value = m.group(1), m.group(2) or "", m.group(7)
+        float(value)                       # Go's ParseFloat accepts what float() does here
+        labels = {k: _unescape(v) for k, v in re.findall(_LABEL, labels_text)}
+        assert name in fams and "type" in fams[name], f"{name} has no TYPE"
+        seen_samples.add(name)
+        fams[name]["samples"].append((labels, float(value)))
+    for name, f in fams.items():           # each label set once per family
+        keys = [tuple(sorted(ls.items())) for ls, _ in f["samples"]]
+        assert len(keys) == len(set(keys)), f"duplicate series in {name}"
+    return fams
+
+
+def _vol(vol, **kw) -> Volume:
+    return Volume(nas="nas-0-0", zpool="tank", vol=vol, **kw)
+
+
+def test_metrics_textfile_parses_and_says_each_state_lag_progress_and_error(tmp_path):
+    from imgstor.state.model import Job
+    now = 1_000_000.0
+    vols = [_vol("a", host="compute-0-1", state="mapped", mode="sync", since=now - 500,
+                 extra={"last_pull": now - 30}),
+            _vol("b", host="compute-0-0", state="mapped", mode="direct", since=now - 10,
+                 error='tgtadm said "no such target"\nand a back\\slash'),
+            _vol("c", host="compute-0-1", state="NAS->VM", mode="sync", since=now - 60)]
+    jobs = [Job(id="sync-in-0123456789ab", kind="sync-in", volume="nas-0-0/c", phase="copy",
+                created=now, updated=now)]
+    text = metrics.render(vols, jobs, {"sync-in-0123456789ab": {"done": 25, "total": 100}},
+                          now=now)
+    path = tmp_path / "imgstor.prom"
+    metrics.write(str(path), text)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    assert [p.name for p in tmp_path.iterdir()] == ["imgstor.prom"]   # no temp file left
+    fams = parse_prom(path.read_text())
+    st = fams["imgstor_volume_state"]
+    assert st["type"] == "gauge"
+    ones = {(ls["vol"], ls["state"]) for ls, v in st["samples"] if v == 1}
+    assert ones == {("a", "mapped"), ("b", "mapped"), ("c", "NAS->VM")}
+    assert len(st["samples"]) == 3 * 6
+    lag = {ls["vol"]: v for ls, v in fams["imgstor_sync_lag_seconds"]["samples"]}
+    assert lag == {"a": 30, "c": 60}
+    prog = fams["imgstor_job_progress_ratio"]["samples"]
+    assert prog == [({"nas": "nas-0-0", "vol": "c", "job": "sync-in-0123456789ab",
+                      "kind": "sync-in", "phase": "copy"}, 0.25)]
+    err = {ls["vol"]: v for ls, v in fams["imgstor_volume_last_error"]["samples"]}
+    assert err == {"a": 0, "b": 1, "c": 0}
+    info = fams["imgstor_volume_last_error_info"]["samples"]
+    assert info == [({"nas": "nas-0-0", "zpool": "tank", "vol": "b",
+                      "message": 'tgtadm said "no such target"\nand a back\\slash'}, 1)]
+    assert fams["imgstor_refresh_timestamp_seconds"]["samples"] == [({}, now)]
+
+
+def test_label_escaping() -> None:
+    assert metrics.escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+# ------------------------------------------------------------- due
+def test_due_only_for_mapped_sync_volumes_on_their_local_copy() -> None:
+    now = 10_000.0
+    assert rf.due(_vol("a", state="mapped", mode="sync", since=now - 100), 60, now) == -40
+    v = _vol("a", state="mapped", mode="sync", since=now - 100, extra={"last_pull": now - 10})
+    assert rf.due(v, 60, now) == 50
+    assert rf.due(_vol("a", state="mapped", mode="direct", since=0), 60, now) is None
+    assert rf.due(_vol("a", state="merging", mode="sync", since=0), 60, now) is None
+    assert rf.due(_vol("a", state="mapped", mode="sync", target="iqn.x", since=0), 60,
+                  now) is None
+
+
+# ------------------------------------------------------------- refresh itself
+@pytest.fixture
+def ctx(imgstor, config_path, state_path, monkeypatch):
+    from imgstor.workflows.context import Ctx
+    spawned = []
+    monkeypatch.setattr(syncmod, "_spawn", lambda c, job: spawned.append(job.id))
+    c = Ctx(config_path=str(config_path))
+    c.spawned = spawned
+    return c
+
+
+def _put(ctx, *vols) -> None:
+    with ctx.store.transaction() as st:
+        for v in vols:
+            st.volumes[v.key] = v
+
+
+def test_refresh_starts_a_due_pull_once_and_skips_busy_and_fresh(ctx) -> None:
+    now = time.time()
+    _put(ctx, _vol("due", host="compute-0-1", state="mapped", mode="sync", since=now - 7200),
+         _vol("fresh", host="compute-0-1", state="mapped", mode="sync", since=now - 10),
+         _vol("busy", host="compute-0-1", state="mapped", mode="sync", since=now - 7200,
+              busy=Busy(op="unmap", pid=os.getpid(), host=__import__("socket").gethostname(),
+                        since=now)),
+         _vol("direct", host="compute-0-0", state="mapped", mode="direct", since=0))
+    out = rf.refresh(ctx)
+    rows = {r["volume"]: r for r in out.rows}
+    assert rows["nas-0-0/due"]["action"] == "started (NAS<-VM sched)"
+    assert rows["nas-0-0/fresh"]["action"].startswith("next in 35")
+    assert rows["nas-0-0/busy"]["action"].startswith("due, skipped: busy (unmap")
+    assert "nas-0-0/direct" not in rows
+    st = ctx.store.read()
+    (job,) = st.jobs.values()
+    assert (job.kind, job.volume, job.phase) == ("pull", "nas-0-0/due", "trust")
+    assert ctx.spawned == [job.id]
+    assert st.volumes["nas-0-0/due"].state == "mapped"
+    # the list shows the pull; a second refresh starts nothing more (the job is there)
+    from imgstor.workflows.storagemap.listing import list_maps
+    lm = {r["zvol"]: r for r in list_maps(ctx).rows}
+    assert lm["due"]["state"] == "NAS<-VM sched"
+    assert lm["fresh"]["nextsync"] not in (None, "due") and lm["due"]["nextsync"] is None
+    assert ("nextsync", "NEXTSYNC") in list_maps(ctx).columns
+    rf.refresh(ctx)
+    assert len(ctx.store.read().jobs) == 1
+
+
+def test_a_second_refresh_exits_quietly_while_one_runs(ctx, imgstor) -> None:
+    fd = os.open(rf.lock_path(ctx), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = imgstor("refresh")
+        assert (r.rc, r.out, r.err) == (0, "", "")
+    finally:
+        os.close(fd)
+    r = imgstor("refresh", "--json")
+    assert r.rc == 0 and json.loads(r.out) == []
+
+
+def test_refresh_writes_the_metrics_file(tmp_path, config_path, imgstor) -> None:
+    prom = tmp_path / "imgstor.prom"
+    config_path.write_text(config_path.read_text().replace(
+        "lock_timeout = 5", f'lock_timeout = 5\nmetrics_path = "{prom}"'))
+    r = imgstor("refresh", "--json")
+    assert r.rc == 0, r
+    assert json.loads(r.out)[-1]["what"] == "metrics"
+    parse_prom(prom.read_text())
+
+
+def test_config_sync_keep(tmp_path, config_path) -> None:
+    from imgstor.config import load_config
+    from imgstor.errors import ConfigError
+    assert load_config(str(config_path)).host("nas-0-0").sync_keep == 3
+    config_path.write_text(config_path.read_text().replace("[defaults]",
+                                                           "[defaults]\nsync_keep = 0"))
+    with pytest.raises(ConfigError, match="sync_keep"):
+        load_config(str(config_path))
+
+
+# ------------------------------------------------------------- _copy and another's copy
+def test_copy_waits_for_another_snapshots_copy_to_the_same_dataset(tmp_path,
+                                                                   monkeypatch) -> None:
+    """The copy job is keyed by destination: a pull's copy still running (or done) is not
+    the sync back's; _copy waits for it to end and starts its own."""
+    from types import SimpleNamespace
+    from imgstor import synctrust
+    from imgstor.state.model import Job
+    monkeypatch.setattr(syncmod, "POLL", 0)
+    monkeypatch.setattr(synctrust, "copy_args", lambda *a, **kw: {"snapshot": kw["snapshot"]})
+    mine, pulls = "tank/v@imgstor-back-2", "tank/v@imgstor-pull-1"
+    answers = iter([
+        ("copy.start", {"state": "running", "snapshot": pulls}),     # the pull's, running
+        ("copy.status", {"state": "running", "snapshot": pulls}),
+        ("copy.status", {"state": "done", "snapshot": pulls}),       # done: not ours
+        ("copy.start", {"state": "running", "snapshot": mine}),      # ours starts
+        ("copy.status", {"state": "done", "snapshot": mine}),
+    ])
+    calls = []
+
+    def step(host, name, **kw):
+        want, facts = next(answers)
+        assert name == want, (name, want)
+        calls.append(name)
+        return SimpleNamespace(facts=facts)
+    store = Store(str(tmp_path / "state.json"))
+    job = Job(id="sync-back-0123456789ab", kind="sync-back", volume="nas-0-0/v",
+              phase="send", created=0, updated=0)
+    with store.transaction() as st:
+        st.jobs[job.id] = job
+    ctx = SimpleNamespace(cluster=SimpleNamespace(step=step), store=store, config=None)
+    out = syncmod._copy(ctx, job, "compute-0-0", "nas-0-0", snapshot=mine,
+                        to_dataset="tank/v", what="NAS<-VM")
+    assert out["snapshot"] == mine and calls[-1] == "copy.status"
+    assert calls == ["copy.start", "copy.status", "copy.status", "copy.start", "copy.status"]
