@@ -116,8 +116,10 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
                 job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
             msg = f"{nas}:{vol} is being unmapped (NAS<-VM, job {job.id})"
         elif v.state == "merging" or (v.state == "NAS->VM" and _copy_done(jobs)):
-            # the merge finishes first, then the sync-in job chains the sync-back
-            job = next(j for j in jobs if j.kind == "sync-in")
+            # the merge finishes first, then the sync-in job chains the sync-back (a
+            # merging volume whose job was lost gets one again: merge is idempotent)
+            job = next((j for j in jobs if j.kind == "sync-in"), None) or \
+                jobmod.new_job(st, "sync-in", key, "merge")
             job.extra["unmap"], job.extra["force"] = True, force
             msg = (f"{nas}:{vol}: the merge finishes first, then NAS<-VM "
                    f"(job {job.id})")
