@@ -79,6 +79,7 @@ def relay_alone(n: int = 2 << 30) -> tuple[float, float]:
     """MiB/s of a plain pipe and of the same pipe through copypipe.relay."""
     import os
     import threading
+
     from imgstor.remote import copypipe
     t0 = time.perf_counter()
     subprocess.run(f"head -c {n} /dev/zero | cat > /dev/null", shell=True, check=True)

@@ -26,7 +26,8 @@ def main() -> None:
         print(f"{k:28s} {v * 1000:8.1f} ms  (median of {a.rounds})")
 
     ds = f"tank/bench-{uuid.uuid4().hex[:6]}"
-    run = lambda host, cmd: subprocess.run(ssh(host, cmd), check=True, capture_output=True)
+    def run(host, cmd):
+        return subprocess.run(ssh(host, cmd), check=True, capture_output=True)
     run("nas-0-0", f"zfs create {ds} && head -c {a.mib << 20} /dev/urandom > "
                    f"$(zfs get -H -o value mountpoint {ds})/data && zfs snapshot {ds}@b")
     try:

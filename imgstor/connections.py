@@ -83,6 +83,7 @@ def _safe_connection_class() -> type:
     if _cls:
         return _cls[0]
     import fabric
+
     from imgstor.hostkeys import Policy
 
     class SafeConnection(fabric.Connection):

@@ -88,7 +88,7 @@ def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str
 def host_keys(config: Any, host: str) -> list[str]:
     """``["ssh-ed25519 AAAA…", …]``: what this frontend's known_hosts holds for HOST's
     address (``[address]:port`` off port 22).  None known: ``HostKeyError``."""
-    from imgstor.hostkeys import load_known_hosts     # the transport's own reader:
+    from imgstor.hostkeys import load_known_hosts  # the transport's own reader:
     hc = config.host(host)                            # @revoked keys never pinned
     port = hc.port or config.ssh.port
     lookup = hc.address if port == 22 else f"[{hc.address}]:{port}"

@@ -34,8 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from imgstor import connections
-from imgstor.errors import (HostKeyError, ImgstorError, RemoteCommandError, StepError,
-                            TransportError, from_wire)
+from imgstor.errors import (
+    HostKeyError,
+    ImgstorError,
+    RemoteCommandError,
+    StepError,
+    TransportError,
+    from_wire,
+)
 from imgstor.remote.executor import Result
 
 __all__ = ["Cluster", "StepOutcome"]

@@ -36,9 +36,27 @@ import threading
 import time
 
 from imgstor.remote.copypipe import (  # noqa: F401 - the engine's public face, re-exported
-    ALIAS, DATASET, GATE, KEY_DIR, SNAPSHOT, ZSTD, Meter, Peer, check_dataset,
-    check_snapshot, gate_argv, job_name, parse_rate, parse_send_size, parse_token_info,
-    relay, send_argv, size_argv, ssh_argv, token_info_argv)
+    ALIAS,
+    DATASET,
+    GATE,
+    KEY_DIR,
+    SNAPSHOT,
+    ZSTD,
+    Meter,
+    Peer,
+    check_dataset,
+    check_snapshot,
+    gate_argv,
+    job_name,
+    parse_rate,
+    parse_send_size,
+    parse_token_info,
+    relay,
+    send_argv,
+    size_argv,
+    ssh_argv,
+    token_info_argv,
+)
 
 __all__ = ["CopyFailed", "plan", "common_base", "parse_snapshot_guids", "gate_state", "run"]
 

@@ -25,8 +25,16 @@ import time
 from typing import Callable, Iterator
 
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
-from imgstor.state.model import (READS_SCHEMAS, SCHEMA, Busy, HostAttrs, State, Volume,
-                                 attrs_from_dict, migrate)
+from imgstor.state.model import (
+    READS_SCHEMAS,
+    SCHEMA,
+    Busy,
+    HostAttrs,
+    State,
+    Volume,
+    attrs_from_dict,
+    migrate,
+)
 
 __all__ = ["Store", "pid_alive", "proc_starttime", "this_host"]
 

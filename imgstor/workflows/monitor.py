@@ -35,8 +35,8 @@ def register(kind: str, phases: list[tuple[str, Phase]]) -> None:
 
 def _load_kinds() -> None:
     try:
-        import imgstor.workflows.storagemap.sync  # noqa: F401  (registers its kinds)
         import imgstor.workflows.storagemap.pull  # noqa: F401  (the periodic pull)
+        import imgstor.workflows.storagemap.sync  # noqa: F401  (registers its kinds)
     except ModuleNotFoundError as e:             # sync mode not in this version yet
         if e.name != "imgstor.workflows.storagemap.sync":
             raise

@@ -102,8 +102,9 @@ def test_lab_down_leaves_nothing(tmp_path: Path) -> None:
     """A second, one-host lab beside the session's: up, then down, then look for leftovers."""
     env = {"LAB_DIR": str(tmp_path / "lab2"), "LAB_SUBNET": "127.42.7",
            "LAB_BRIDGE": "islbr7", "LAB_NS_PREFIX": "isl7-"}
-    run = lambda *a: subprocess.run([str(LAB), *a], capture_output=True, text=True,
-                                    env={**os.environ, **env}, timeout=120)
+    def run(*a):
+        return subprocess.run([str(LAB), *a], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=120)
     p = run("up", "--hosts", "nas-9-9")
     assert p.returncode == 0, p.stderr
     rec = json.loads((tmp_path / "lab2" / "lab.json").read_text())["hosts"][0]

@@ -15,8 +15,7 @@ import pytest
 
 from imgstor.workflows.storagemap import target_iqn
 from tests.conftest import Lab
-from tests.lab.test_direct import (MiB, NAS, ROOT, cli, maps, read_through, targets,
-                                   write_through)
+from tests.lab.test_direct import NAS, ROOT, MiB, cli, maps, read_through, targets, write_through
 
 pytestmark = pytest.mark.lab
 
@@ -151,8 +150,8 @@ def test_concurrent_maps_of_different_volumes_on_one_nas(lab: Lab) -> None:
         assert v.returncode == 0, v.stdout
         live = {r["zvol"]: r["live"] for r in json.loads(v.stdout)}
         assert all(live[x] == "ok" for x in vols), live
-        tids = [l for l in targets(lab).splitlines() if l.startswith("Target ")]
-        assert len({l.split(":")[0] for l in tids}) == len(tids)
+        tids = [it for it in targets(lab).splitlines() if it.startswith("Target ")]
+        assert len({it.split(":")[0] for it in tids}) == len(tids)
     finally:
         for v in vols:
             cli(lab, "remove", "host", "storagemap", NAS, v, "--force", check=False)

@@ -22,7 +22,8 @@ def test_snapshot_steps_use_the_cli_on_zfs_fuse(lab: Lab) -> None:
     snap = f"{name}@{snapname}"
     args = dict(pool="tank", vol=vol, snapshot=snapname)
     cfg = load_config(str(lab.config_path))
-    snaps = lambda: lab.out(NAS, f"zfs list -H -t snapshot -o name -r {name}").split()
+    def snaps():
+        return lab.out(NAS, f"zfs list -H -t snapshot -o name -r {name}").split()
     try:
         with Cluster(cfg) as c:
             assert c.step(NAS, "probe").facts["pyzfs"] in ("no", "no /dev/zfs")

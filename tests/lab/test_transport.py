@@ -95,8 +95,8 @@ def test_unknown_host_key_is_refused(lab: Lab, tmp_path: Path) -> None:
     cfgtext = lab.config_path.read_text()
     kh = tmp_path / "known_hosts"
     # every lab host but the NAS
-    kh.write_text("".join(l + "\n" for l in (lab.dir / "known_hosts").read_text().splitlines()
-                          if not l.startswith(lab.names("nas")[0] + ",")))
+    kh.write_text("".join(it + "\n" for it in (lab.dir / "known_hosts").read_text().splitlines()
+                          if not it.startswith(lab.names("nas")[0] + ",")))
     cfgfile = tmp_path / "imgstor.toml"
     cfgfile.write_text(cfgtext.replace(str(lab.dir / "known_hosts"), str(kh))
                        .replace(str(lab.dir / "state.json"), str(tmp_path / "state.json")))

@@ -63,7 +63,7 @@ def login_as(klab, host: str, initiator: str, iqn: str) -> subprocess.CompletedP
 def test_ping_sees_the_production_tools(kernel_lab) -> None:
     out = cli(kernel_lab, "ping").stdout
     for host in kernel_lab.names():
-        line = next(l for l in out.splitlines() if l.startswith(host + " "))
+        line = next(it for it in out.splitlines() if it.startswith(host + " "))
         for tool in ("zfs", "targetcli", "iscsiadm", "dmsetup"):
             assert tool in line, line
         assert "rtslib" in line and "tank(ONLINE)" in line
@@ -235,9 +235,9 @@ def test_chap_on_lio_and_iscsiadm(kernel_lab, tmp_path: Path) -> None:
     text = text.replace(f"[hosts.{NAS}]\n", f"[hosts.{NAS}]\nchap = true\n", 1)
     cfg = tmp_path / "imgstor.toml"
     cfg.write_text(text)
-    run = lambda *a, **kw: subprocess.run(
-        [sys.executable, "-m", "imgstor", "--config", str(cfg), *a], capture_output=True,
-        text=True, cwd=ROOT, timeout=600, **kw)
+    def run(*a, **kw):
+        return subprocess.run([sys.executable, "-m", "imgstor", "--config", str(cfg), *a],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
     vol = f"chap-{uuid.uuid4().hex[:6]}"
     iqn = target_iqn(NAS, vol)
     p = run("-v", "add", "host", "storagemap", NAS, "tank", vol, "compute-0-0", "32M")

@@ -74,8 +74,9 @@ def test_volume_snapshot_and_destroy_through_libzfs_core(kernel_lab) -> None:
     snap = f"{name}@{snapname}"
     args = dict(pool="tank", vol=vol, snapshot=snapname)
     cfg = load_config(str(klab.config_path))
-    snaps = lambda: klab.out(NAS, ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r",
-                                   name]).split()
+    def snaps():
+        return klab.out(NAS, ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r",
+                              name]).split()
     try:
         with Cluster(cfg) as c:
             r = c.step(NAS, "nas.ensure_volume", pool="tank", vol=vol, size=64 * MiB,

@@ -6,12 +6,11 @@ import json
 import threading
 
 import pytest
+from test_cli_guide import FakeCluster
 
 from imgstor import sched
 from imgstor.batch import read_items
 from imgstor.state import Store
-from test_cli_guide import FakeCluster
-
 
 # ---- the scheduler ----
 

@@ -99,7 +99,8 @@ def test_nas_plan_skips_volumes_in_flight_and_agrees_when_all_is_there() -> None
 def test_store_plan_stale_busy_and_dead_monitors() -> None:
     dead = {111}
     alive = lambda pid, st: pid not in dead      # noqa: E731
-    v1 = vol(); v1.busy = Busy(op="map", pid=111, host="fe", since=0)
+    v1 = vol()
+    v1.busy = Busy(op="map", pid=111, host="fe", since=0)
     v2 = Volume(nas="nas-0-0", zpool="tank", vol="w", busy=Busy(op="map", pid=222,
                                                                  host="fe", since=0))
     v3 = Volume(nas="nas-0-0", zpool="tank", vol="x", busy=Busy(op="map", pid=111,

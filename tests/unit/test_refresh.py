@@ -16,7 +16,6 @@ from imgstor.state.store import Store
 from imgstor.workflows import refresh as rf
 from imgstor.workflows.storagemap import sync as syncmod
 
-
 # ------------------------------------------------------------- a strict text-format parser
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)"'
@@ -202,6 +201,7 @@ def test_copy_waits_for_another_snapshots_copy_to_the_same_dataset(tmp_path,
     """The copy job is keyed by destination: a pull's copy still running (or done) is not
     the sync back's; _copy waits for it to end and starts its own."""
     from types import SimpleNamespace
+
     from imgstor import synctrust
     from imgstor.state.model import Job
     monkeypatch.setattr(syncmod, "POLL", 0)

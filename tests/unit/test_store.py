@@ -13,8 +13,8 @@ import pytest
 
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
 from imgstor.state import Busy, State, Store, Vm, Volume
-from imgstor.state.model import Job
 from imgstor.state import store as store_mod
+from imgstor.state.model import Job
 
 FORK = multiprocessing.get_context("fork")
 
@@ -276,6 +276,7 @@ def test_marker_from_other_host_refused(store):
 def test_state_directory_writable_by_others_is_refused(tmp_path) -> None:
     """Audit L13: root does not write its state into a directory others can write."""
     import os
+
     from imgstor.errors import StateError
     from imgstor.state.store import Store
     d = tmp_path / "st"

@@ -20,8 +20,9 @@ import pytest
 
 from imgstor import hostkeys
 from imgstor.config import SshConfig, load_config
+from imgstor.connections import connection as _connection
+from imgstor.connections import fabric_config
 from imgstor.errors import HostKeyError, TransportError
-from imgstor.connections import connection as _connection, fabric_config
 from imgstor.transport import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -296,9 +296,9 @@ def write_node_password(iqn: str, address: str, password: str, port: int = ISCSI
     for path in files:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
-        lines = [l for l in lines if l.split("=", 1)[0].strip() != PASSWORD_KEY]
+        lines = [it for it in lines if it.split("=", 1)[0].strip() != PASSWORD_KEY]
         new = f"{PASSWORD_KEY} = {password}"
-        end = next((i for i, l in enumerate(lines) if l.strip() == "# END RECORD"), len(lines))
+        end = next((i for i, it in enumerate(lines) if it.strip() == "# END RECORD"), len(lines))
         lines.insert(end, new)
         tmp = f"{path}.imgstor-tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -351,7 +351,7 @@ def classify(err: RemoteCommandError) -> ImgstorError:
         # The line naming the rc says why ("initiator reported error (24 - iSCSI login
         # failed due to authorization failure)"); the last line is often only "Could not
         # log into all portals" (iscsiadm_login_refused).
-        why = [l for l in tail if f"({err.rc} - " in l]
+        why = [it for it in tail if f"({err.rc} - " in it]
         line = why[-1] if why else tail[-1] if tail else f"iscsiadm exit {err.rc}"
         msg = f"{err.host}: {line}"
         details = {"host": err.host, "argv": list(err.argv), "rc": err.rc,

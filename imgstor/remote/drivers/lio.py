@@ -128,7 +128,7 @@ def rts_targets(root) -> list[LioTarget]:
             continue
         tpgs = []
         for tpg in t.tpgs:
-            luns = tuple(_rts_lun(l) for l in tpg.luns)
+            luns = tuple(_rts_lun(it) for it in tpg.luns)
             acls = tuple(LioAcl(a.node_wwn,
                                 tuple(sorted(m.mapped_lun for m in a.mapped_luns)),
                                 getattr(a, "chap_userid", None) or None, _rts_session(a))
@@ -153,9 +153,9 @@ def _rts_session(acl) -> str | None:
     return None
 
 
-def _rts_lun(l) -> LioLun:
-    so = getattr(l, "storage_object", None)
-    return LioLun(int(l.lun), getattr(so, "plugin", None), getattr(so, "name", None),
+def _rts_lun(lun) -> LioLun:
+    so = getattr(lun, "storage_object", None)
+    return LioLun(int(lun.lun), getattr(so, "plugin", None), getattr(so, "name", None),
                   getattr(so, "udev_path", None) or None)
 
 

@@ -36,8 +36,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.errors import UsageError
+from imgstor.errors import (
+    AlreadyExists,
+    Conflict,
+    ImgstorError,
+    NotFound,
+    RemoteCommandError,
+    UsageError,
+)
 from imgstor.remote.drivers._common import classify_by_text, positional
 
 __all__ = [

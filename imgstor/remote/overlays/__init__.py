@@ -3,8 +3,8 @@ linear) and ``qcow2`` (qemu-storage-daemon: a qcow2 overlay exported over NBD, m
 active block-commit).  ``get(driver, ex, pool=, vol=)`` picks one; see ``base.Overlay``."""
 from __future__ import annotations
 
-from imgstor.remote.overlays import dm as _dm, qcow2 as _qcow2  # noqa: F401  (register)
-from imgstor.remote.overlays.base import (INTO, PHASES, Outcome, Overlay, Status, drivers,
-                                          get)
+from imgstor.remote.overlays import dm as _dm  # noqa: F401  (register)
+from imgstor.remote.overlays import qcow2 as _qcow2  # noqa: F401  (register)
+from imgstor.remote.overlays.base import INTO, PHASES, Outcome, Overlay, Status, drivers, get
 
 __all__ = ["get", "drivers", "Overlay", "Outcome", "Status", "PHASES", "INTO"]

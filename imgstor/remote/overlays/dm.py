@@ -19,9 +19,19 @@ from __future__ import annotations
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import dm, zfs
 from imgstor.remote.overlays import base
-from imgstor.remote.overlays.base import (MERGED, MERGING, PIVOTED, ROLE_PROP,
-                                          ROLE_TEMP_WRITE, SNAPSHOT, STATUS_OF_PHASE, Outcome,
-                                          Overlay, Status, register)
+from imgstor.remote.overlays.base import (
+    MERGED,
+    MERGING,
+    PIVOTED,
+    ROLE_PROP,
+    ROLE_TEMP_WRITE,
+    SNAPSHOT,
+    STATUS_OF_PHASE,
+    Outcome,
+    Overlay,
+    Status,
+    register,
+)
 from imgstor.remote.steps._util import run_mapped, wait_path
 
 __all__ = ["DmOverlay"]

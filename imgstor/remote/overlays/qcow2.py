@@ -35,11 +35,22 @@ import shlex
 from typing import Any
 
 from imgstor.errors import Conflict, NotFound, StepError, UsageError
-from imgstor.remote.drivers import qcow2 as qimg, qsd, zfs
+from imgstor.remote.drivers import qcow2 as qimg
+from imgstor.remote.drivers import qsd, zfs
 from imgstor.remote.overlays import base
-from imgstor.remote.overlays.base import (MERGED, MERGING, PIVOTED, ROLE_PROP,
-                                          ROLE_TEMP_WRITE, SNAPSHOT, STATUS_OF_PHASE, Outcome,
-                                          Overlay, Status, register)
+from imgstor.remote.overlays.base import (
+    MERGED,
+    MERGING,
+    PIVOTED,
+    ROLE_PROP,
+    ROLE_TEMP_WRITE,
+    SNAPSHOT,
+    STATUS_OF_PHASE,
+    Outcome,
+    Overlay,
+    Status,
+    register,
+)
 from imgstor.remote.steps._util import run_mapped
 
 __all__ = ["Qcow2Overlay", "OVERLAY_FILE", "QUIT_WAIT", "JOB_WAIT"]

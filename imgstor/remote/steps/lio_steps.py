@@ -52,7 +52,7 @@ def _right(t: lio.LioTarget, path: str, initiator: str, ip: str, port: int,
     # case-insensitive (RFC 3720 3.2.6.1): compare lower-cased (audit M7).  A TPG that is
     # not enabled (a create killed before `tpg.enable = True`) serves nothing, and
     # generate_node_acls=1 would admit every initiator: neither is right (audit L8).
-    return ([l.udev_path for l in g.luns] == [path]
+    return ([it.udev_path for it in g.luns] == [path]
             and [a.initiator.lower() for a in g.acls] == [initiator.lower()]
             and [(p.ip, p.port) for p in g.portals] == [(ip, port)]
             and g.enabled is True
@@ -106,7 +106,7 @@ def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
     ip, port = _portal(portal)
     found = _read(ex, lib)
     for t in found:
-        if t.iqn != iqn and any(l.udev_path == path for g in t.tpgs for l in g.luns):
+        if t.iqn != iqn and any(it.udev_path == path for g in t.tpgs for it in g.luns):
             from imgstor.errors import Conflict
             raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
     t = lio.find_target(found, iqn)
@@ -174,7 +174,7 @@ def facts(ex: Executor) -> list[dict]:
     rows = []
     for t in _read(ex, lib):
         rows.append({"iqn": t.iqn,
-                     "paths": [l.udev_path for g in t.tpgs for l in g.luns if l.udev_path],
+                     "paths": [it.udev_path for g in t.tpgs for it in g.luns if it.udev_path],
                      "acls": [a.initiator for g in t.tpgs for a in g.acls],
                      "portals": [f"{p.ip}:{p.port}" for g in t.tpgs for p in g.portals],
                      "sessions": [a.initiator for g in t.tpgs for a in g.acls if a.session]})

@@ -10,14 +10,20 @@ from __future__ import annotations
 import os
 import time
 
-from imgstor.errors import (Conflict, NotFound, RemoteCommandError,
-                            UsageError)
+from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import targets
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import (CHAP_USER, MASK, chap_pair, mask_error, run_mapped,
-                                        run_secret, wait_path)
+from imgstor.remote.steps._util import (
+    CHAP_USER,
+    MASK,
+    chap_pair,
+    mask_error,
+    run_mapped,
+    run_secret,
+    wait_path,
+)
 
 __all__ = ["ensure_volume", "set_props", "ensure_target", "remove_target", "destroy_volume",
            "volume_facts", "FILE_NAME", "PROP_PREFIX", "MASK", "chap_pair", "run_secret",

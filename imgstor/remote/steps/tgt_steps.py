@@ -157,7 +157,7 @@ def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal
     changed, warnings = _tgt_portal(ex, portal, pair is not None)
     found = tgt.targets(ex)
     for t in found:
-        if t.iqn != iqn and any(l.backing_store_path == path for l in t.luns):
+        if t.iqn != iqn and any(it.backing_store_path == path for it in t.luns):
             raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
     t = tgt.find_target(found, iqn)
     created = False
@@ -259,6 +259,6 @@ def remove(ex: Executor, *, iqn: str, chap_user: str | None = None,
 def facts(ex: Executor) -> list[dict]:
     """The targets with their LUN paths, ACLs and sessions."""
     return [{"iqn": t.iqn, "tid": t.tid,
-             "paths": [l.backing_store_path for l in t.luns if l.backing_store_path],
+             "paths": [it.backing_store_path for it in t.luns if it.backing_store_path],
              "acls": list(t.acls), "sessions": list(t.connected_initiators)}
             for t in tgt.targets(ex)]

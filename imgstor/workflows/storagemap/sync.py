@@ -35,8 +35,7 @@ from typing import Any
 
 from imgstor import jobs as jobmod
 from imgstor import synctrust
-from imgstor.errors import (BusyError, NotFound, RemoteCommandError,
-                            StateError, StepError)
+from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
 from imgstor.output import Message
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume

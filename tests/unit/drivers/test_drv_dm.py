@@ -3,8 +3,8 @@ until the kernel lab's captures land) and dmsetup's real "no device-mapper" erro
 from __future__ import annotations
 
 import pytest
-
 import samples
+
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import dm
 from imgstor.remote.executor import Expect, ScriptedExecutor

@@ -3,8 +3,8 @@ captures appear in tests/fixtures/kernel/, which samples.kernel() then prefers).
 from __future__ import annotations
 
 import pytest
-
 import samples
+
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import iscsiadm as ia
 from imgstor.remote.executor import Expect, ScriptedExecutor

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
-from imgstor.remote.drivers import dm, iscsiadm as ia, lio, zfs
+from imgstor.remote.drivers import dm, lio, zfs
+from imgstor.remote.drivers import iscsiadm as ia
 from imgstor.remote.executor import Expect, ScriptedExecutor
 
 KERNEL = Path(__file__).resolve().parents[2] / "fixtures" / "kernel"
@@ -225,7 +226,7 @@ def fake_root(dump: dict):
     for t in dump["targets"]:
         tpgs = []
         for g in t["tpgs"]:
-            luns = [ns(lun=l["lun"], storage_object=sos[l["storage_object"]]) for l in g["luns"]]
+            luns = [ns(lun=it["lun"], storage_object=sos[it["storage_object"]]) for it in g["luns"]]
             acls = [ns(node_wwn=a["node_wwn"], chap_userid="",   # rtslib: "" when unset
                        mapped_luns=[ns(mapped_lun=m["mapped_lun"]) for m in a["mapped_luns"]])
                     for a in g["acls"]]
@@ -331,7 +332,7 @@ def test_snapshot_status_real(name, target, st, done):
 
 def test_merge_poll_lines_real():
     # the lab's poll loop printed the first status while merging and the final one
-    lines = dict(l.split("=", 1) for l in cap("dmsetup_merge_poll").out.splitlines())
+    lines = dict(it.split("=", 1) for it in cap("dmsetup_merge_poll").out.splitlines())
     assert int(lines["polls"]) == 3
     mid, done = (dm.parse_snapshot_status(lines[k]) for k in ("mid", "done"))
     assert not dm.merge_done(mid) and dm.merge_done(done)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import types
 
 import pytest
-
 import samples
+
 from imgstor.errors import AlreadyExists, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Expect, ScriptedExecutor
@@ -180,7 +180,7 @@ def test_parse_targetcli_ls():
     assert a.iqn == "iqn.2003-01.org.alpine.05"
     (tpg,) = a.tpgs
     assert tpg.tag == 50 and tpg.generate_node_acls is True and tpg.authentication is False
-    assert [l.udev_path for l in tpg.luns] == ["/target/05/00", "/target/05/01"]
+    assert [it.udev_path for it in tpg.luns] == ["/target/05/00", "/target/05/01"]
     assert tpg.luns[0].plugin == "fileio" and tpg.luns[0].storage_object == "05-00"
     assert tpg.portals == (lio.Portal("192.168.122.34", 3260), lio.Portal("192.168.122.35", 3260))
     (tpg,) = b.tpgs

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 import samples
+
 from imgstor.errors import NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import qcow2, userspace
 from imgstor.remote.executor import Expect, ScriptedExecutor

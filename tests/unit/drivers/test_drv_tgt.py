@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 import samples
+
 from imgstor.errors import AlreadyExists, NotFound, RemoteCommandError
 from imgstor.remote.drivers import tgt
 from imgstor.remote.executor import Expect, ScriptedExecutor
@@ -20,7 +20,7 @@ def test_show_empty():
 def test_show_two_targets():
     t1, t2 = tgt.parse_show(U("tgt_show"))
     assert (t1.tid, t1.iqn, t1.state) == (1, IQN, "ready")
-    assert [l.lun for l in t1.luns] == [0, 1]
+    assert [it.lun for it in t1.luns] == [0, 1]
     ctl, disk = t1.luns
     assert ctl.type == "controller" and ctl.backing_store_path is None
     assert disk == tgt.Lun(1, "disk", 1074, 512, "rdwr", "/mnt/tank/vm1-vol/disk.raw")

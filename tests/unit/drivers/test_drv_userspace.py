@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import samples
+
 from imgstor.errors import Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import userspace as us
 from imgstor.remote.executor import Expect, ScriptedExecutor

@@ -3,8 +3,8 @@ samples (samples.py, from documentation until the kernel lab's captures land).""
 from __future__ import annotations
 
 import pytest
-
 import samples
+
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Expect, ScriptedExecutor

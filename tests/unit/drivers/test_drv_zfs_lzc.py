@@ -6,11 +6,11 @@ import errno
 import json
 import sys
 
-import pytest
-
 import fake_lzc
+import pytest
 import samples
 from fake_lzc import FakeLzc
+
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import _lzc, zfs
 from imgstor.remote.executor import DryRunExecutor, Expect, ScriptedExecutor

@@ -11,9 +11,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scn_common import (GiB, IA_DISCOVERY, INIT0, INIT1, IQN1, IQN2, IQN3, ISCSIADM_SESSIONS,
-                        NO_SESSIONS, PORTAL, UDEV_SETTLE, by_path, cmd, ia_node,
-                        ia_session_line, readcap16)
+from scn_common import (
+                        IA_DISCOVERY,
+                        INIT0,
+                        INIT1,
+                        IQN1,
+                        IQN2,
+                        IQN3,
+                        ISCSIADM_SESSIONS,
+                        NO_SESSIONS,
+                        PORTAL,
+                        UDEV_SETTLE,
+                        GiB,
+                        by_path,
+                        cmd,
+                        ia_node,
+                        ia_session_line,
+                        readcap16,
+)
 
 URL1 = f"iscsi://{PORTAL}/{IQN1}/1"
 LINK1 = by_path(IQN1)

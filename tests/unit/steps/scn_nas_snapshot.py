@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from scn_common import GiB, NAME, POOL, VOL, ZGET_VOL, ZVOL1, cmd, zfs_get
+from scn_common import NAME, POOL, VOL, ZGET_VOL, ZVOL1, GiB, cmd, zfs_get
 from scn_nas_volume import MISSING, POOL_OK, UDEV, ZVOL
 
 SNAPNAME = "imgstor-s1"

@@ -7,10 +7,38 @@ tgt_show_empty, tgt_show_nolun (tid 1 = IQN1 without LUN 1 or ACL), tgt_show_unb
 """
 from __future__ import annotations
 
-from scn_common import (FILE_VOL_GET, GiB, INIT0, INIT1, IQN1, IQN2, IQN3, NAME, NO_DATASET,
-                        PATH1, PATH2, PATH3, POOL, PORTAL, PORTALS, TGT, TGT_PORTALS, TGT_SHOW,
-                        VOL, ZGET_VOL, ZVOL1, cmd, tgt_bind, tgt_conn_delete, tgt_delete,
-                        tgt_lun, tgt_new, tgt_unbind, tgt_unbind_address, zvol_get)
+from scn_common import (
+    FILE_VOL_GET,
+    INIT0,
+    INIT1,
+    IQN1,
+    IQN2,
+    IQN3,
+    NAME,
+    NO_DATASET,
+    PATH1,
+    PATH2,
+    PATH3,
+    POOL,
+    PORTAL,
+    PORTALS,
+    TGT,
+    TGT_PORTALS,
+    TGT_SHOW,
+    VOL,
+    ZGET_VOL,
+    ZVOL1,
+    GiB,
+    cmd,
+    tgt_bind,
+    tgt_conn_delete,
+    tgt_delete,
+    tgt_lun,
+    tgt_new,
+    tgt_unbind,
+    tgt_unbind_address,
+    zvol_get,
+)
 
 
 def target(iqn: str = IQN1, path: str | None = PATH1, initiator: str = INIT0, **kw) -> dict:

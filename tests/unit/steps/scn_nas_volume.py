@@ -5,9 +5,25 @@ commands run, changed is False), ``dry-run``, ``error``.
 """
 from __future__ import annotations
 
-from scn_common import (FILE_VOL_GET, FILE_VOL_GET_UNMARKED, GiB, IQN1, NAME, NO_DATASET,
-                        PATH1, POOL, TGT_SHOW, VOL, ZGET_VOL, ZPOOL_CHECK, ZVOL1, cmd, zfs_get,
-                        zget_lines, zvol_get)
+from scn_common import (
+    FILE_VOL_GET,
+    FILE_VOL_GET_UNMARKED,
+    IQN1,
+    NAME,
+    NO_DATASET,
+    PATH1,
+    POOL,
+    TGT_SHOW,
+    VOL,
+    ZGET_VOL,
+    ZPOOL_CHECK,
+    ZVOL1,
+    GiB,
+    cmd,
+    zfs_get,
+    zget_lines,
+    zvol_get,
+)
 
 FILE = dict(pool=POOL, vol=VOL, size=GiB, kind="file")
 ZVOL = dict(pool=POOL, vol=VOL, size=GiB, kind="zvol")

@@ -11,14 +11,28 @@ import shlex
 import stat
 
 import pytest
+from scn_common import (
+    INIT0,
+    IQN1,
+    PATH1,
+    PORTAL,
+    PORTALS,
+    TGT,
+    TGT_SHOW,
+    by_path,
+    cmd,
+    fixture_text,
+    tgt_bind,
+    tgt_delete,
+    tgt_lun,
+    tgt_new,
+)
 
 from imgstor import chap as chapstore
 from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateError, UsageError
 from imgstor.remote.drivers import lio, tgt
 from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import compute, lio_steps, nas
-from scn_common import (INIT0, IQN1, PATH1, PORTAL, PORTALS, TGT, TGT_SHOW, by_path, cmd,
-                        fixture_text, tgt_bind, tgt_delete, tgt_lun, tgt_new)
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
 CHAP = {"user": USER, "password": PW}
@@ -285,7 +299,7 @@ def test_iscsiadm_attach_sets_chap_before_login_masked(node, monkeypatch):
     # M5: the password is in no argv; it goes into the node record file (before login)
     assert all(PW not in a for argv in ex.calls for a in argv)
     assert written == [(IQN1, "127.0.0.1", PW, 3261)]
-    assert any("node.session.auth.password = ***" in l for l in ex.log)
+    assert any("node.session.auth.password = ***" in it for it in ex.log)
 
 
 NODE_RECORD = """# BEGIN RECORD 2.1.8

@@ -10,8 +10,8 @@ import pkgutil
 import shlex
 
 import pytest
-
 import scn_copy
+
 from imgstor import errors
 from imgstor.remote import jobs
 from imgstor.remote.executor import Expect, ScriptedExecutor

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from scn_common import NAME, zfs_get
 
 from imgstor.errors import BusyError
 from imgstor.remote import locks, node
 from imgstor.remote.executor import Expect, ScriptedExecutor
-from scn_common import NAME, zfs_get
 
 ROOT = Path(__file__).resolve().parents[3]
 VOLLOCK = "vol%tank%vm1-vol"

@@ -11,12 +11,11 @@ import json
 import sys
 
 import pytest
+from scn_common import INIT0, IQN1, IQN2, NAME, NO_DATASET, TGT_SHOW, cmd, tgt_delete, zfs_get
 
 from imgstor.remote import node
 from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import compute
-from scn_common import (INIT0, IQN1, IQN2, NAME, NO_DATASET, TGT_SHOW, cmd, tgt_delete,
-                        zfs_get)
 
 SHOW = cmd(TGT_SHOW, capture="tgt_show")
 SHOW_TEXT = "tgtadm --lld iscsi --mode target --op show"

@@ -32,15 +32,15 @@ import os
 import shlex
 import types
 
-import pytest
-
 import fake_lzc
 import fake_node
+import pytest
 import scn_compute
 import scn_nas_snapshot
 import scn_nas_target
 import scn_nas_volume
 import scn_overlay
+
 from imgstor import errors
 from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import _util, compute, load_all, nas, overlay, probe, snapshot
