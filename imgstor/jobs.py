@@ -15,7 +15,6 @@ store's lock.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from imgstor import atomicfile
 from imgstor.errors import BusyError, NotFound, UsageError
 from imgstor.state.model import JOB_KINDS, Job, Lease, State
 from imgstor.state.store import Store, pid_alive, proc_starttime, this_host
@@ -74,14 +74,8 @@ def _ensure_dir(store: Store) -> str:
 def write_progress(store: Store, job_id: str, **facts: Any) -> None:
     """Replace the job's progress file (small JSON; no fsync: losing it costs a display)."""
     _ensure_dir(store)
-    path = progress_path(store, job_id)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"time": time.time(), **facts}, f)
-    os.replace(tmp, path)
+    atomicfile.replace(progress_path(store, job_id),
+                       json.dumps({"time": time.time(), **facts}).encode(), durable=False)
 
 
 def read_progress(store: Store, job_id: str) -> dict:

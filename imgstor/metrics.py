@@ -18,11 +18,11 @@ Families (all gauges):
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from typing import Iterable
 
+from imgstor import atomicfile
 from imgstor.state.model import VOLUME_STATES
 
 __all__ = ["escape_label", "render", "write", "sync_lag"]
@@ -101,20 +101,8 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
 
 
 def write(path: str, text: str) -> None:
-    """Replace ``path`` atomically (temp file in its directory, fsync, rename; 0644)."""
+    """Replace ``path`` atomically (a hidden temp file in its directory, which
+    node_exporter's textfile collector ignores; fsync, rename; 0644)."""
     d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomicfile.replace(path, text.encode(), mode=0o644,
+                       tmp=os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}"))

@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
+from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
 from imgstor.state.model import (
     READS_SCHEMAS,
@@ -222,27 +223,8 @@ class Store:
         for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):
             with contextlib.suppress(OSError):
                 os.unlink(stale)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if self._before_replace:
-                self._before_replace(tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomicfile.replace(self.path, data, mode=0o600,
+                           before_replace=self._before_replace)
 
     # ---- busy markers ----
     def acquire_busy(self, key: str, op: str, *,
