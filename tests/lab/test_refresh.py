@@ -14,7 +14,14 @@ import pytest
 from tests.conftest import Lab
 from tests.lab.test_direct import NAS, ROOT, cli, maps, nas_file
 from tests.lab.test_overlay import put
-from tests.lab.test_sync import NODE, MiB, node_sha, nothing_left_on_node, prefilled, wait_state
+from tests.lab.test_sync import (
+    NODE,
+    MiB,
+    node_sha,
+    nothing_left_on_node,
+    prefilled_then_removed,
+    wait_state,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -61,10 +68,7 @@ def snapshot_sha(lab: Lab, snap: str) -> str:
 
 @pytest.fixture
 def svol(lab: Lab):
-    vol, img = prefilled(lab, "rfr")
-    yield vol, img
-    cli(lab, "remove", "host", "storagemap", NAS, vol, "--wait", check=False)
-    cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
+    yield from prefilled_then_removed(lab, "rfr")
 
 
 def test_refresh_restarts_a_killed_monitor(lab: Lab, svol) -> None:

@@ -145,12 +145,17 @@ SYNC_IN = ("trust", "copy", "merge", "merged", "pivot")
 SYNC_BACK = ("quiesce", "trust", "send", "cleanup")
 
 
-@pytest.fixture
-def crash_vol(lab: Lab):
-    vol, img = prefilled(lab, "crash")
+def prefilled_then_removed(lab: Lab, tag: str):
+    """Fixture body: a prefilled volume (``prefilled``), unmapped and removed afterwards."""
+    vol, img = prefilled(lab, tag)
     yield vol, img
     cli(lab, "remove", "host", "storagemap", NAS, vol, "--wait", check=False)
     cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
+
+
+@pytest.fixture
+def crash_vol(lab: Lab):
+    yield from prefilled_then_removed(lab, "crash")
 
 
 def resume_after_death(lab: Lab, vol: str, *, last: bool) -> None:
