@@ -185,6 +185,11 @@ def _hold_sigint() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ the lists
+def _said(result) -> str:
+    """A workflow's one-line message (a ``Message``'s, not the guide's two lines)."""
+    return getattr(result, "message", None) or str(result)
+
+
 def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
     from imgstor.admin import unbusy
     from imgstor.workflows.storagemap import unmap_volume
@@ -194,7 +199,7 @@ def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
         return [v for v in ctx.store.read().volumes.values() if v.nas == nas]
 
     def unmap(vol: str) -> str:
-        return str(unmap_volume(ctx, nas, vol, force=force))
+        return _said(unmap_volume(ctx, nas, vol, force=force))
 
     def untarget(iqn: str) -> str:           # imgstor repair's action on an orphan target
         return ctx.cluster.step(nas, "nas.remove_target", driver=cfg.target, iqn=iqn,
@@ -276,7 +281,8 @@ def _container_questions(ctx, host: str, force: bool,
             status = seen.get(v.target, {}).get("status", "absent")
             items.append(Item(f"{portals[v.key]},1 {v.target} ({v.vol}: {status})",
                               (v.target, v.vol, v.key),
-                              lambda v=v: str(unmap_volume(ctx, v.nas, v.vol, force=force))))
+                              lambda v=v: _said(unmap_volume(ctx, v.nas, v.vol,
+                                                             force=force))))
         return items
 
     def _sync():
