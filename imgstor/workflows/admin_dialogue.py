@@ -185,6 +185,42 @@ def _hold_sigint() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ the lists
+def _unmap_failed_sync(ctx, v, *, force: bool) -> str:
+    """A sync volume in ``error`` has no job to bring its data back (the sync unmap refuses
+    it).  Once its node holds neither its overlay nor its local copy (the container's
+    dialogue removed them, or they were never made) the NAS's copy is the only one left:
+    the unmap workflow's teardown (session, target, NAS properties, record unmapped) runs.
+    While either is there: Conflict, nothing done (the record is the way back to them)."""
+    from imgstor.errors import Conflict
+    from imgstor.workflows.storagemap.unmapvol import _unmap_steps
+    hc = ctx.config.host(v.host, role="compute")
+    pool = v.extra.get("local_pool") or hc.vm_container_zpool
+    ovl, local = ctx.cluster.steps(v.host, [
+        ("overlay.status", {"driver": v.extra.get("overlay") or hc.overlay, "pool": pool,
+                            "vol": v.vol}),
+        ("nas.get_props", {"pool": pool, "vol": v.vol,
+                           "kind": ctx.config.host(v.nas).volume_kind})])
+    left = [w for w, there in (("its overlay", ovl.facts.get("exists")),
+                               (f"its local copy {pool}/{v.vol}", local.facts.get("exists")))
+            if there]
+    if left:
+        raise Conflict(f"{v.key} is a sync volume in error and {v.host} still holds "
+                       f"{' and '.join(left)} (maybe newer than the NAS): remove them first "
+                       f"(`imgstorageadmin --host {v.host}`: Destroy lvm?, Remove zvol?), "
+                       "or `imgstor repair`")
+    nas_cfg = ctx.config.host(v.nas, role="nas")
+    if ctx.dry_run:
+        return _said(_unmap_steps(ctx, v.key, v.nas, nas_cfg, v, force))
+    with ctx.store.busy(v.key, "unmap") as cur:
+        out = _said(_unmap_steps(ctx, v.key, v.nas, nas_cfg, cur, force))
+    with ctx.store.transaction() as st:                  # sync mode's own facts go too
+        cur = st.volumes.get(v.key)
+        for k in ("origin", "overlay", "local_pool"):
+            if cur is not None:
+                cur.extra.pop(k, None)
+    return out
+
+
 def _said(result) -> str:
     """A workflow's one-line message (a ``Message``'s, not the guide's two lines)."""
     return getattr(result, "message", None) or str(result)
@@ -199,6 +235,9 @@ def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
         return [v for v in ctx.store.read().volumes.values() if v.nas == nas]
 
     def unmap(vol: str) -> str:
+        v = ctx.store.read().volumes.get(f"{nas}/{vol}")
+        if v is not None and v.mode == "sync" and v.state == "error" and v.host:
+            return _unmap_failed_sync(ctx, v, force=force)
         return _said(unmap_volume(ctx, nas, vol, force=force))
 
     def untarget(iqn: str) -> str:           # imgstor repair's action on an orphan target

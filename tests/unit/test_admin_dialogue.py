@@ -174,7 +174,7 @@ class FakeCluster:
         self.calls.append((host, name, args))
         return _Out(self.facts.get(name, {}), f"{name} ok")
 
-    def steps(self, host, steps):
+    def steps(self, host, steps, stop_after=None):
         return [self.step(host, n, **a) for n, a in steps]
 
     def close(self):
@@ -261,3 +261,25 @@ def test_container_lists_and_actions(config_path: Path, monkeypatch) -> None:
     # From which NAS? narrows the lists
     only = dlg.questions_for(ctx, "compute-0-0", nas_filter=lambda n: n == "nas-0-1")
     assert only[0].items() == []
+
+
+def test_a_failed_sync_mapping_goes_only_once_its_node_holds_nothing(config_path: Path) -> None:
+    """The sync unmap refuses a volume in error; the NAS dialogue tears it down like the
+    unmap workflow only when its overlay and local copy are gone from the node."""
+    v = Volume("nas-0-0", "tank", "vm-4-vol", host="compute-0-0", target=IQN + "vm-4-vol",
+               state="error", mode="sync", error="imgstorageadmin removed its overlay",
+               extra={"overlay": "dm", "local_pool": "tank", "origin": "/dev/sdb"})
+    facts = {"overlay.status": {"exists": False}, "nas.get_props": {"exists": True}}
+    ctx = _ctx(config_path, facts, [v])
+    mapping = dlg.questions_for(ctx, "nas-0-0")[1].items()[0]
+    with pytest.raises(Conflict, match="still holds its local copy tank/vm-4-vol"):
+        mapping.run()
+    assert [c[1] for c in ctx.cluster.calls] == ["overlay.status", "nas.get_props"]
+    assert ctx.store.read().volumes[v.key].state == "error"
+    facts["nas.get_props"] = {"exists": False}
+    assert mapping.run() == "nas-0-0:vm-4-vol unmapped from compute-0-0"
+    steps = [c[1] for c in ctx.cluster.calls[2:]]
+    assert steps == ["overlay.status", "nas.get_props", "compute.detach",
+                     "nas.remove_target", "nas.set_props"]
+    r = ctx.store.read().volumes[v.key]
+    assert (r.state, r.host, r.target, r.busy, r.extra) == ("unmapped", None, None, None, {})
