@@ -240,10 +240,18 @@ def dialogue_main(argv: list[str]) -> int:
     term = dlg.Term(sys.stdin, sys.stderr if ctx.json else sys.stdout)
     done: list = []
     try:
-        host = a.host or _pick_host(ctx, term)
-        if ctx.config.host(host).role == "compute" and a.nas is None and not answers:
-            nas = _nas_filter(ctx, term.ask("From which NAS? (Don't forget .ibnet if "
-                                            "used) [all]: "))
+        try:
+            host = a.host or _pick_host(ctx, term)
+            if ctx.config.host(host).role == "compute" and a.nas is None and not answers:
+                while True:                       # a bad answer is asked again
+                    try:
+                        nas = _nas_filter(ctx, term.ask("From which NAS? (Don't forget "
+                                                        ".ibnet if used) [all]: "))
+                        break
+                    except UsageError as e:
+                        term.say(str(e))
+        except KeyboardInterrupt:
+            raise dlg.Aborted("interrupted: nothing was done") from None
         qs = dlg.questions_for(ctx, host, force=a.force,
                                nas_filter=(lambda n: nas is None or n == nas))
         done = dlg.run_dialogue(qs, term, answers or None, confirm=bool(answers) and not a.yes)

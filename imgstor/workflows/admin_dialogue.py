@@ -85,9 +85,9 @@ class Term:
         print(text, file=self.out, flush=True)
 
     def ask(self, prompt: str) -> str:
-        self.out.write(prompt)
-        self.out.flush()
         try:
+            self.out.write(prompt)
+            self.out.flush()
             line = self.inp.readline()
         except KeyboardInterrupt:
             raise Aborted("interrupted: nothing more was done") from None
@@ -488,10 +488,13 @@ def run_dialogue(qs: list[Question], term: Term, answers: dict[str, list[str]] |
     confirmed on the terminal when ``confirm``); return what was done."""
     d = Dialogue(term)
     try:
-        if answers is None:
-            d.interactive(qs)
-        else:
-            d.scripted(d.plan(qs, answers), confirm=confirm)
+        try:
+            if answers is None:
+                d.interactive(qs)
+            else:
+                d.scripted(d.plan(qs, answers), confirm=confirm)
+        except KeyboardInterrupt:   # between prompts (actions hold it off): stop here
+            raise Aborted("interrupted: nothing more was done") from None
     except Aborted as e:
         e.details["done"] = [x.__dict__ for x in d.done]
         raise

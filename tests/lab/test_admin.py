@@ -165,3 +165,39 @@ def test_guide_container_dialogue(lab: Lab) -> None:
         for v in (d, e):
             cli(lab, "remove", "host", "storagemap", NAS, v, check=False)
             cli(lab, "remove", "host", "storageimg", NAS, "tank", v, check=False)
+
+
+def test_sync_volume_cleaned_on_its_node_then_on_the_nas(lab: Lab) -> None:
+    """The guide's order for a sync VM: the container's dialogue stops its overlay (the
+    qcow2 daemon) and destroys its local copy (record: error), then the NAS's dialogue
+    removes the mapping; scripted with --yes and the choice flags."""
+    vol = f"adm-s{uuid.uuid4().hex[:6]}"
+    cli(lab, "add", "host", "storagemap", NAS, "tank", vol, "compute-0-0", "64M",
+        "img_sync=yes", "--wait")
+    run = [sys.executable, *ADMIN, "--config", str(lab.config_path), "--json", "--yes"]
+    try:
+        assert rec(lab, vol)["state"] == "mapped"
+        p = subprocess.run([*run, "--host", "compute-0-0", "--destroy-lvm", vol,
+                            "--remove-zvol", f"tank/{vol}"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert [x["question"] for x in json.loads(p.stdout)] == ["destroy-lvm", "remove-zvol"]
+        assert "WARNING: the data in these volumes is destroyed" in p.stderr
+        r = rec(lab, vol)
+        assert r["state"] == "error" and "destroyed its local copy" in r["error"]
+        # live: no daemon for the volume, no local dataset
+        assert lab.ssh("compute-0-0", f"test -e /run/imgstor/qsd/{vol}.pid",
+                       check=False).returncode != 0
+        assert lab.ssh("compute-0-0", f"zfs list tank/{vol}", check=False).returncode != 0
+
+        p = subprocess.run([*run, "--host", NAS, "--remove-mapping", vol],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+        r = rec(lab, vol)
+        assert (r["state"], r["host"], r["target"], r["zpool"]) == \
+            ("unmapped", None, None, "tank")
+        assert target_iqn(NAS, vol) not in targets(lab)
+        assert lab.out(NAS, f"zfs get -H -o value imgstor:host tank/{vol}") == "-"
+    finally:
+        cli(lab, "remove", "host", "storagemap", NAS, vol, check=False)
+        cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
