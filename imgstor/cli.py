@@ -66,6 +66,7 @@ class Cmd:
 _VMS = "imgstor.workflows.vms"
 _MAP = "imgstor.workflows.storagemap"
 _ATTRS = "imgstor.workflows.attrs"
+_SATTRS = "imgstor.workflows.syncattrs"
 COMMANDS: list[Cmd] = [
     Cmd(("add", "host", "vm"), f"{_VMS}:add_vm",
         [Arg("container", help="compute node"),
@@ -126,6 +127,29 @@ COMMANDS: list[Cmd] = [
         [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR, or HOST... with attr=ATTR")],
         {"attr": str},
         "drop an attribute set by command: the config's value applies again"),
+    Cmd(("set", "host", "zvolattr"), f"{_SATTRS}:set_zvolattr",
+        [Arg("args", nargs="+", metavar="ARG", help="NAS VOL ATTR VALUE, or NAS VOL with "
+             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
+        "set a volume's sync attribute: frequency (seconds, or 10m, 2h), uploadspeed "
+        "(NAS->node) or downloadspeed (node->NAS) in bytes/s like 10M (0: no limit); "
+        "VALUE None unsets"),
+    Cmd(("list", "host", "zvolattr"), f"{_SATTRS}:list_zvolattr",
+        [Arg("nas"), Arg("vol", nargs="?")], {},
+        "the sync attributes of NAS's volumes (in parentheses: inherited) and NEXTSYNC"),
+    Cmd(("remove", "host", "zvolattr"), f"{_SATTRS}:remove_zvolattr",
+        [Arg("args", nargs="+", metavar="ARG", help="NAS VOL ATTR, or NAS VOL with attr=ATTR")],
+        {"attr": str}, "drop a volume's sync attribute: the NAS's or the config's applies"),
+    Cmd(("set", "host", "storageattr"), f"{_SATTRS}:set_storageattr",
+        [Arg("args", nargs="+", metavar="ARG", help="NAS ATTR VALUE, or NAS with "
+             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
+        "set a NAS's sync attribute for all its volumes (frequency, uploadspeed, "
+        "downloadspeed; VALUE None unsets)"),
+    Cmd(("list", "host", "storageattr"), f"{_SATTRS}:list_storageattr",
+        [Arg("nases", nargs="*", metavar="NAS")], {},
+        "each NAS's sync attributes and where each value comes from"),
+    Cmd(("remove", "host", "storageattr"), f"{_SATTRS}:remove_storageattr",
+        [Arg("args", nargs="+", metavar="ARG", help="NAS ATTR, or NAS with attr=ATTR")],
+        {"attr": str}, "drop a NAS's sync attribute: the config's value applies again"),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
@@ -324,10 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(e, argv)
 
 
-ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",))
+ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",),
+               ("zvolattr",), ("storageattr",))
 ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
               "rocks start|stop host vm ..., rocks set|list|remove host attr with "
-              "img_sync, vm_container_zpool, img_zpools, IB_net")
+              "img_sync, vm_container_zpool, img_zpools, IB_net, rocks set|list|remove "
+              "host zvolattr|storageattr with frequency, uploadspeed, downloadspeed")
 
 
 def rocks_main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,8 @@ from imgstor import validate
 from imgstor.errors import StateError, UsageError
 
 __all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS",
-           "HOST_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume", "HostAttrs", "State",
+           "HOST_ATTR_NAMES", "SYNC_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume",
+           "HostAttrs", "SyncAttrs", "State",
            "volume_key", "split_key", "natural_key", "migrate"]
 
 # Schema 2 adds jobs (sync mode's long work, finished by monitors).  A schema 1 file is
@@ -286,6 +287,41 @@ class HostAttrs:
         return a
 
 
+# The roll's zvolattr / storageattr names (`set host zvolattr NAS VOL ATTR VALUE`).
+SYNC_ATTR_NAMES = ("frequency", "uploadspeed", "downloadspeed")
+
+
+@dataclass
+class SyncAttrs:
+    """The roll's sync attributes of one volume (``zvolattrs``, keyed NAS/VOL) or of one NAS
+    (``storageattrs``, keyed by host): ``frequency`` seconds between periodic pulls (>= 1),
+    ``uploadspeed`` the NAS->node copy's limit and ``downloadspeed`` the node->NAS one, in
+    bytes per second (0: no limit).  None: not set (the NAS's, then the config's value
+    applies)."""
+    frequency: int | None = None
+    uploadspeed: int | None = None
+    downloadspeed: int | None = None
+
+    def values(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in SYNC_ATTR_NAMES if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict:
+        return self.values()
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "SyncAttrs":
+        try:
+            a = cls(**_from(cls, d, what))
+        except TypeError as e:
+            raise _err(what, str(e)) from None
+        for k, v in a.values().items():
+            if not _is_int(v) or v < (1 if k == "frequency" else 0):
+                raise _err(what, f"{k} must be an integer >= {1 if k == 'frequency' else 0}")
+        if not a.values():
+            raise _err(what, "no attribute set (an empty entry is removed, not kept)")
+        return a
+
+
 def _load_all(cls: Any, items: dict, section: str) -> dict:
     # One try around the loop, no f-string per entry: 10,000 VMs load in milliseconds.
     out: dict = {}
@@ -304,6 +340,8 @@ class State:
     volumes: dict[str, Volume] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     attrs: dict[str, HostAttrs] = field(default_factory=dict)     # host -> its overrides
+    storageattrs: dict[str, SyncAttrs] = field(default_factory=dict)   # NAS -> its own
+    zvolattrs: dict[str, SyncAttrs] = field(default_factory=dict)      # NAS/VOL -> its own
     schema: int = SCHEMA
 
     def to_dict(self) -> dict:
@@ -311,7 +349,9 @@ class State:
         file order without sorting (``State.from_dict`` keeps the order).  ``attrs`` is
         written only when some host has one (a file without any reads as before), and
         right after ``schema``, where ``Store.read_attrs`` finds it without parsing the
-        rest of the file (every command reads it to build its config)."""
+        rest of the file (every command reads it to build its config).  ``storageattrs``
+        and ``zvolattrs`` (the roll's sync attributes) come last, also only when set: a
+        file without them reads as before."""
         attrs = ({"attrs": {k: self.attrs[k].to_dict()
                             for k in sorted(self.attrs, key=natural_key)}}
                  if self.attrs else {})
@@ -319,16 +359,20 @@ class State:
                 "vms": {k: self.vms[k].to_dict() for k in sorted(self.vms, key=natural_key)},
                 "volumes": {k: self.volumes[k].to_dict()
                             for k in sorted(self.volumes, key=natural_key)},
-                "jobs": {k: self.jobs[k].to_dict() for k in sorted(self.jobs)}}
+                "jobs": {k: self.jobs[k].to_dict() for k in sorted(self.jobs)},
+                **{name: {k: sect[k].to_dict() for k in sorted(sect, key=natural_key)}
+                   for name, sect in (("storageattrs", self.storageattrs),
+                                      ("zvolattrs", self.zvolattrs)) if sect}}
 
     @classmethod
     def from_dict(cls, d: Any) -> "State":
         if not isinstance(d, dict):
             raise StateError("top level: expected an object")
-        unknown = set(d) - {"schema", "vms", "volumes", "jobs", "attrs"}
+        unknown = set(d) - {"schema", "vms", "volumes", "jobs", "attrs", "storageattrs",
+                            "zvolattrs"}
         if unknown:
             raise StateError(f"top level: unknown field(s) {', '.join(sorted(unknown))}")
-        for name in ("vms", "volumes", "jobs", "attrs"):
+        for name in ("vms", "volumes", "jobs", "attrs", "storageattrs", "zvolattrs"):
             if not isinstance(d.get(name, {}), dict):
                 raise StateError(f"{name}: expected an object")
         vms = _load_all(Vm, d.get("vms", {}), "vms")
@@ -340,8 +384,19 @@ class State:
         for k, j in jobs.items():
             if k != j.id:
                 raise StateError(f"jobs[{k!r}]: key does not match id {j.id!r}")
+        storage = _load_all(SyncAttrs, d.get("storageattrs", {}), "storageattrs")
+        zvol = _load_all(SyncAttrs, d.get("zvolattrs", {}), "zvolattrs")
+        try:
+            for k in storage:
+                validate.host(k)
+            for k in zvol:
+                nas, vol = split_key(k)
+                validate.host(nas)
+                validate.volume(vol)
+        except (UsageError, StateError) as e:
+            raise StateError(f"storageattrs/zvolattrs[{k!r}]: {e.message}") from None
         return cls(vms=vms, volumes=vols, jobs=jobs, attrs=attrs_from_dict(d.get("attrs", {})),
-                   schema=d.get("schema", SCHEMA))
+                   storageattrs=storage, zvolattrs=zvol, schema=d.get("schema", SCHEMA))
 
     def jobs_of(self, key: str) -> list[Job]:
         """The jobs of volume ``key`` (NAS/VOL), oldest first."""

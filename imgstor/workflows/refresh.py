@@ -7,8 +7,10 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    (``monitor --resume``'s ``resume_all``; the job continues from its recorded phase).
 3. Periodic pulls: every sync volume that is ``mapped`` on its local copy (no target), not
    busy (a user command holds it) and without a job, whose last pull (``extra.last_pull``,
-   else the time it became mapped) is at least ``sync_frequency`` seconds old (the NAS's
-   value in the config), gets a ``pull`` job and its monitor
+   else the time it became mapped) is at least its frequency old -- the volume's
+   ``frequency`` (zvolattr), else its NAS's (storageattr), else the NAS's
+   ``sync_frequency`` in the config (imgstor/workflows/syncattrs.py) -- gets a ``pull``
+   job and its monitor
    (imgstor/workflows/storagemap/pull.py).  The check and the job's record are one
    transaction, so two refreshes (or a refresh and an unmap) cannot both start work.
 4. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
@@ -26,6 +28,7 @@ from imgstor import metrics
 from imgstor.errors import ImgstorError
 from imgstor.output import Output
 from imgstor.state.store import pid_alive, this_host
+from imgstor.workflows import syncattrs
 
 __all__ = ["refresh", "due", "lock_path"]
 
@@ -90,8 +93,8 @@ def _pulls(ctx) -> list[dict]:
     rows = []
     st = ctx.store.read()
     for v in sorted(st.volumes.values(), key=lambda v: v.key):
-        try:
-            freq = ctx.config.host(v.nas).sync_frequency
+        try:        # the volume's frequency, else its NAS's, else sync_frequency
+            freq = syncattrs.frequency(st, ctx.config, v.nas, v.vol)
         except ImgstorError:
             continue
         left = due(v, freq, now)

@@ -41,6 +41,7 @@ ROLE_VOLUME = "volume"
 SIZE_PROP = PROP_PREFIX + "size"  # bytes promised at creation (the capacity check)
 SNAP_PREFIX = "imgstor-"          # imgstor's own snapshots: POOL/VOL@imgstor-…
 HOLD_PREFIX = "imgstor"           # imgstor's own `zfs hold` tags
+BASE_TAG = "imgstor-base"         # the hold on a sync volume's last common snapshot
 _TYPES = {"zvol": "volume", "file": "filesystem"}
 
 
@@ -349,10 +350,13 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
     foreign = [sn for sn in snaps if not sn.split("@", 1)[1].startswith(SNAP_PREFIX)]
     held: list[str] = []
     ours_held: list[tuple[str, str]] = []
+    unlisted: list[str] = []
     for sn in snaps:
         if sn in foreign:
             continue
         tags = zfs.holds(ex, sn)
+        if tags is None:
+            unlisted.append(sn)
         for tag in tags or ():
             (ours_held.append((tag, sn)) if tag.startswith(HOLD_PREFIX)
              else held.append(f"{sn} (hold {tag})"))
@@ -364,6 +368,15 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
                        dataset=name, in_the_way=in_way)
     for tag, sn in ours_held:
         zfs.release(ex, sn, tag)
+    for sn in unlisted:
+        # zfs-fuse lists no holds (None above) but counts them: a held snapshot of ours
+        # gets imgstor's tags released by trying; a hold left is someone else's (busy below)
+        if zfs.user_refs(ex, sn):
+            for tag in (HOLD_PREFIX, BASE_TAG):
+                try:
+                    zfs.release(ex, sn, tag)
+                except NotFound:
+                    pass
     for sn in snaps:
         try:
             ex.run(zfs.destroy(sn))

@@ -1,5 +1,8 @@
 """Snapshots of an imgstor volume on the NAS (the base of sync mode's copies):
-``nas.snapshot`` and ``nas.destroy_snapshot``.
+``nas.snapshot`` and ``nas.destroy_snapshot``; ``nas.prune_snapshots`` keeps the newest;
+``nas.hold_base`` / ``nas.release_base`` move the hold ``imgstor-base`` that marks a sync
+volume's last common snapshot (the base of the next incremental: never destroyed while
+held, by imgstor or by a stray ``zfs destroy``).
 
 Only imgstor's own snapshots are touched.  The name must be ``imgstor-…``
 (``SNAPSHOT_NAME``; anything else is a ``UsageError`` before anything runs) and a snapshot
@@ -22,10 +25,10 @@ from imgstor.errors import AlreadyExists, Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps.nas import HOLD_PREFIX, SNAP_PREFIX
+from imgstor.remote.steps.nas import BASE_TAG, HOLD_PREFIX, SNAP_PREFIX
 
-__all__ = ["snapshot", "destroy_snapshot", "SNAPSHOT_NAME", "ROLE_PROP", "SNAP_ROLE",
-           "HOLD_TAG"]
+__all__ = ["snapshot", "destroy_snapshot", "hold_base", "release_base", "prune_snapshots",
+           "SNAPSHOT_NAME", "ROLE_PROP", "SNAP_ROLE", "HOLD_TAG", "BASE_TAG"]
 
 # nas.destroy_volume takes snapshots named SNAP_PREFIX… and holds tagged HOLD_PREFIX… for
 # imgstor's own: the names made here must match
@@ -126,6 +129,9 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
     touched: PROTECT (short names: the last common snapshot of a pull), snapshots with
     other names, and one held by someone else or cloned (left, named in the facts).
 
+    A snapshot holding ``imgstor-base`` (the last common one) is left too: where the holds
+    can be listed it is not tried, on zfs-fuse its destroy fails (busy) and it is left.
+
     Runs ``zfs list -H -o name -t snapshot -s createtxg -d 1``, ``zfs holds -H``,
     ``zfs release``, ``zfs destroy SNAP`` (or their lzc calls)."""
     name = _name(pool, vol, "imgstor-x").split("@", 1)[0]
@@ -145,6 +151,9 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
             left.append(f"{sn} (the last common snapshot)")
             continue
         tags = zfs.holds(ex, sn)
+        if tags is not None and BASE_TAG in tags:
+            left.append(f"{sn} (held as the last common snapshot)")
+            continue
         others = sorted(set(tags or ()) - {HOLD_TAG})
         if others:
             left.append(f"{sn} (held by {', '.join(others)})")
@@ -164,3 +173,81 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
     msg = (f"destroyed {len(gone)} old snapshot(s) of {name}" if gone
            else f"{name} has {len(ours)} imgstor snapshot(s), keep {keep}")
     return StepResult(bool(gone), {"destroyed": gone, "kept": kept, "left": left}, msg)
+
+
+def _base_held(ex: Executor, snap: str) -> bool | None:
+    """Whether SNAP holds ``imgstor-base``; None where this zfs cannot tell (zfs-fuse lists
+    no tags, but its ``userrefs`` 0 says "no hold at all")."""
+    tags = zfs.holds(ex, snap)
+    if tags is not None:
+        return BASE_TAG in tags
+    return False if zfs.user_refs(ex, snap) == 0 else None
+
+
+def _release_bases(ex: Executor, name: str, keep: str | None) -> tuple[list[str], str | None]:
+    """Release ``imgstor-base`` from every imgstor snapshot of NAME but KEEP (short name)."""
+    released: list[str] = []
+    be = None
+    for sn in zfs.snapshots_by_age(ex, name):
+        short = sn.split("@", 1)[1]
+        if not SNAPSHOT_NAME.fullmatch(short) or short == keep:
+            continue
+        if _base_held(ex, sn) is False:
+            continue
+        try:
+            be = zfs.release(ex, sn, BASE_TAG)
+            released.append(sn)
+        except NotFound:                # zfs-fuse: not held by this tag, found by trying
+            pass
+    return released, be
+
+
+@step("nas.hold_base")
+def hold_base(ex: Executor, *, pool: str, vol: str, snapshot: str,
+              release_others: bool = False) -> StepResult:
+    """Ensure POOL/VOL@SNAPSHOT (``imgstor-…``; made or received by imgstor's copy) holds
+    ``imgstor-base``, the mark of the last common snapshot of a sync volume; with
+    RELEASE_OTHERS, also that no other imgstor snapshot of POOL/VOL holds it.  Callers hold
+    the new base on both sides first and release the old one after (a crash in between
+    leaves two bases held, never none).  No such snapshot: ``NotFound``.
+
+    Runs ``zfs list -H -o name``, ``zfs holds -H`` (zfs-fuse: ``zfs get userrefs``),
+    ``zfs hold imgstor-base SNAP``; with RELEASE_OTHERS ``zfs list -t snapshot`` and
+    ``zfs release imgstor-base OLD`` (or their lzc calls)."""
+    snap = _name(pool, vol, snapshot)
+    if not zfs.exists(ex, snap):
+        raise NotFound(f"{ex.host}: no snapshot {snap} to hold")
+    be = None
+    changed = False
+    if not _base_held(ex, snap):
+        try:
+            be = zfs.hold(ex, snap, BASE_TAG)
+            changed = True
+        except AlreadyExists:           # zfs-fuse: held already, found by trying
+            pass
+    released: list[str] = []
+    if release_others:
+        released, be2 = _release_bases(ex, snap.split("@", 1)[0], snapshot)
+        be = be or be2
+    changed = changed or bool(released)
+    msg = f"{snap} holds {BASE_TAG}" + (f"; released it from {', '.join(released)}"
+                                        if released else "")
+    return StepResult(changed, {"snapshot": snap, "released": released, "zfs_backend": be},
+                      msg)
+
+
+@step("nas.release_base")
+def release_base(ex: Executor, *, pool: str, vol: str) -> StepResult:
+    """Ensure no imgstor snapshot of POOL/VOL holds ``imgstor-base`` (a sync volume that
+    is back on its NAS for good: no next incremental).  Nothing else is touched; no
+    volume: nothing to do.
+
+    Runs ``zfs list``, ``zfs holds -H`` (zfs-fuse: ``zfs get userrefs``), ``zfs release
+    imgstor-base SNAP`` (or their lzc calls)."""
+    name = _name(pool, vol, "imgstor-x").split("@", 1)[0]
+    if not zfs.exists(ex, name):
+        return StepResult(False, {"released": [], "zfs_backend": None}, f"no volume {name}")
+    released, be = _release_bases(ex, name, None)
+    msg = (f"released {BASE_TAG} from {', '.join(released)}" if released
+           else f"no snapshot of {name} holds {BASE_TAG}")
+    return StepResult(bool(released), {"released": released, "zfs_backend": be}, msg)

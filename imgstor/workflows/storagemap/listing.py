@@ -9,6 +9,7 @@ from imgstor import validate
 from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Output, format_duration
+from imgstor.workflows import syncattrs
 from imgstor.workflows.refresh import due
 from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_path
 
@@ -40,7 +41,7 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
             state = "NAS<-VM sched" + state[len(v.state):]     # the periodic pull runs
         nextsync = None
         if v.mode == "sync" and not js:
-            left = due(v, ctx.config.host(v.nas).sync_frequency
+            left = due(v, syncattrs.frequency(st, ctx.config, v.nas, v.vol)
                        if v.nas in ctx.config.hosts else 3600, now)
             if left is not None:        # the roll's format: `Tue 14:05.33` (local time)
                 nextsync = time.strftime("%a %H:%M.%S", time.localtime(now + left))

@@ -4,9 +4,12 @@ schedule (``imgstor refresh`` starts it when due; the volume stays ``mapped``).
     pull   trust -> send -> prune
            a snapshot on the node (``<local>@imgstor-pull-<job created>``), sent to the
            NAS incrementally from the newest common snapshot (``copy.start`` with
-           base="auto", rollback=True, as the sync back does), then the newest
-           ``sync_keep`` imgstor snapshots are kept on each side, never the one just sent
-           (the last common one, the base of the next pull and of the sync back).
+           base="auto", rollback=True, as the sync back does; limited by the volume's or
+           NAS's downloadspeed, else the node's sync_bwlimit), then the snapshot just sent
+           -- the last common one, the base of the next pull and of the sync back -- is
+           held (``imgstor-base``) on both sides before the previous base is released on
+           both, and the newest ``sync_keep`` imgstor snapshots are kept on each side,
+           never a held base.
 
 The volume's ``extra.last_pull`` records when the pulled snapshot was taken (the job's
 creation time).  An unmap asked for while a pull runs waits for it: ``unmap_sync`` sets
@@ -59,7 +62,8 @@ def _pull_send(ctx, job: Job) -> None:
     ctx.cluster.step(v.host, "nas.snapshot", pool=n["pool"], vol=v.vol,
                      snapshot=snapshot_name(job))
     _sync._copy(ctx, job, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
-                what="NAS<-VM sched", base="auto", rollback=True)
+                what="NAS<-VM sched", base="auto", rollback=True,
+                bwlimit=_sync._rate(ctx, v, "down"))
 
 
 def _pull_prune(ctx, job: Job) -> None:
@@ -68,6 +72,9 @@ def _pull_prune(ctx, job: Job) -> None:
     keep = ctx.config.host(v.nas).sync_keep
     protect = [snapshot_name(job)]
     cl = ctx.cluster
+    # the snapshot just sent is the new last common one: held on both sides, then the
+    # previous base released on both, then the old ones pruned
+    _sync.hold_base(ctx, v, n, snapshot_name(job))
     for host, pool in ((v.host, n["pool"]), (v.nas, v.zpool)):
         r = cl.step(host, "nas.prune_snapshots", pool=pool, vol=v.vol, keep=keep,
                     protect=protect)

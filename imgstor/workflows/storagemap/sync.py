@@ -42,7 +42,7 @@ from imgstor.state.model import Job, Volume
 from imgstor.workflows import monitor
 from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
 
-__all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs"]
+__all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
 
 POLL = float(os.environ.get("IMGSTOR_SYNC_POLL", "1.0"))   # seconds between status reads
 COPY_RESTARTS = 5          # a copy that died is started again this many times per monitor
@@ -331,10 +331,33 @@ def _snapshot_copy(ctx, job: Job, sender: str, receiver: str, source: str, dest:
           create_snapshot=True, **kw)
 
 
+def _rate(ctx, v: Volume, direction: str) -> int:
+    """The copy's limit: the volume's or its NAS's uploadspeed (``up``, NAS->node) or
+    downloadspeed (``down``, node->NAS), else the sender's sync_bwlimit (syncattrs)."""
+    from imgstor.workflows import syncattrs
+    return syncattrs.bwlimit(ctx.store.read(), ctx.config, v, direction)
+
+
+def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
+    """Snapshot SHORT, on both sides now, becomes the last common one: it is held
+    (``imgstor-base``) on both sides first, and only then released from the previous base
+    on both (a crash in between leaves two held bases, never none)."""
+    cl = ctx.cluster
+    sides = ((v.host, n["pool"]), (v.nas, v.zpool))
+    for host, pool in sides:
+        cl.step(host, "nas.hold_base", pool=pool, vol=v.vol, snapshot=short)
+    for host, pool in sides:
+        cl.step(host, "nas.hold_base", pool=pool, vol=v.vol, snapshot=short,
+                release_others=True)
+
+
 def _in_copy(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.nas, v.host, n["nas_ds"], n["local"], "in", "NAS->VM")
+    _snapshot_copy(ctx, job, v.nas, v.host, n["nas_ds"], n["local"], "in", "NAS->VM",
+                   bwlimit=_rate(ctx, v, "up"))
+    # the copied snapshot is the base of the first periodic pull and of the sync back
+    hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
     ctx.cluster.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol,
                      props={"role": LOCAL_COPY})
@@ -392,7 +415,7 @@ def _back_send(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     _snapshot_copy(ctx, job, v.host, v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
-                   base="auto", rollback=True)
+                   base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
 
 
 def _back_cleanup(ctx, job: Job) -> None:
@@ -400,7 +423,9 @@ def _back_cleanup(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     ctx.cluster.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol,
-                     kind=n["kind"], driver=None, role=LOCAL_COPY)
+                     kind=n["kind"], driver=None, role=LOCAL_COPY)   # releases its holds
+    # no next incremental: the NAS's base hold goes too
+    ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
     _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
@@ -437,6 +462,7 @@ def _cancel_teardown(ctx, job: Job) -> None:
         cl.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol, props={"role": LOCAL_COPY})
     cl.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol, kind=n["kind"],
             driver=None, role=LOCAL_COPY)
+    cl.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
     _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})

@@ -261,6 +261,12 @@ PRUNE = [
          changed=False, facts={"destroyed": [], "kept": [_sn(1), _sn(2), _sn(3)],
                                "left": [f"{_sn(1)} (the last common snapshot)",
                                         f"{_sn(2)} (held by backup)"]}),
+    dict(id="cli/held-base-left", tags={"changes"}, args={**PARGS, "keep": 1},
+         note="a base still held (a crash between hold and release) is never pruned",
+         script=[cmd(PLIST, stdout=plist((_sn(1), 10), (_sn(2), 12))),
+                 _holds(_sn(1), "imgstor-base")],
+         changed=False, facts={"destroyed": [], "kept": [_sn(1), _sn(2)],
+                               "left": [f"{_sn(1)} (held as the last common snapshot)"]}),
     dict(id="cli/dry-run", tags={"dry-run"}, args={**PARGS, "keep": 1}, dry_run=True,
          script=[cmd(PLIST, stdout=plist((_sn(1), 10), (_sn(2), 12))), _holds(_sn(1))],
          skipped=[["zfs", "destroy", _sn(1)]], changed=True,
@@ -269,8 +275,92 @@ PRUNE = [
          raises=("UsageError", "bad keep 0")),
 ]
 
+# ------------------------------------------------------------- hold_base / release_base
+OLD = _sn(1)                                    # the previous base
+BASE_HOLD = ["zfs", "hold", "imgstor-base", SNAP]
+BASE_RELEASE_OLD = ["zfs", "release", "imgstor-base", OLD]
+BLIST = plist((OLD, 10), (f"{NAME}@daily", 11), (SNAP, 12))
+
+
+def _refs(sn: str, n: int) -> dict:
+    return cmd(zfs_get("userrefs", sn), stdout=f"{sn}\tuserrefs\t{n}\t-\n")
+
+
+def _fuse_holds(sn: str) -> dict:
+    return cmd(["zfs", "holds", "-H", sn], rc=255,
+               stdout="internal error: /usr/lib/zfs/pyzfs.py not found\n")
+
+
+HOLD_BASE = [
+    dict(id="cli/hold-new-release-old", tags={"changes"},
+         args={**ARGS, "release_others": True},
+         note="the new base held first, then the old one released; another name untouched",
+         script=[LISTED, cmd(HOLDS), cmd(BASE_HOLD), cmd(PLIST, stdout=BLIST),
+                 _holds(OLD, "imgstor-base"), cmd(BASE_RELEASE_OLD)],
+         changed=True, facts={"snapshot": SNAP, "released": [OLD], "zfs_backend": "cli"},
+         mutating=[BASE_HOLD, BASE_RELEASE_OLD]),
+    dict(id="cli/hold-only", tags={"changes"}, args=ARGS,
+         script=[LISTED, cmd(HOLDS, stdout=holds_out("backup")), cmd(BASE_HOLD)],
+         changed=True, facts_include={"snapshot": SNAP, "released": []},
+         mutating=[BASE_HOLD]),
+    dict(id="cli/held-already", tags={"done"}, args={**ARGS, "release_others": True},
+         script=[LISTED, cmd(HOLDS, stdout=holds_out("imgstor-base")),
+                 cmd(PLIST, stdout=BLIST), _holds(OLD)],
+         changed=False, facts={"snapshot": SNAP, "released": [], "zfs_backend": None},
+         mutating=[]),
+    dict(id="zfs-fuse/hold-and-release-by-trying", tags={"changes"},
+         args={**ARGS, "release_others": True},
+         note="zfs-fuse lists no holds: userrefs 0 means none; else tried",
+         script=[LISTED, FUSE_HOLDS, _refs(SNAP, 0), cmd(BASE_HOLD),
+                 cmd(PLIST, stdout=plist((OLD, 10), (_sn(2), 11), (SNAP, 12))),
+                 _fuse_holds(OLD), _refs(OLD, 1), cmd(BASE_RELEASE_OLD),
+                 _fuse_holds(_sn(2)), _refs(_sn(2), 0)],
+         changed=True, facts_include={"snapshot": SNAP, "released": [OLD]},
+         mutating=[BASE_HOLD, BASE_RELEASE_OLD]),
+    dict(id="zfs-fuse/held-already", tags={"done"}, args=ARGS,
+         script=[LISTED, FUSE_HOLDS, _refs(SNAP, 1),
+                 cmd(BASE_HOLD, rc=1, stderr=f"cannot hold '{SNAP}': tag already exists on "
+                                             "this dataset\n")],
+         changed=False, facts_include={"snapshot": SNAP, "released": []},
+         mutating=[BASE_HOLD]),
+    dict(id="cli/dry-run", tags={"dry-run"}, args={**ARGS, "release_others": True},
+         dry_run=True,
+         script=[LISTED, cmd(HOLDS), cmd(PLIST, stdout=BLIST), _holds(OLD, "imgstor-base")],
+         skipped=[BASE_HOLD, BASE_RELEASE_OLD], changed=True,
+         facts_include={"snapshot": SNAP, "released": [OLD]}),
+    dict(id="no-snapshot", tags={"error"}, args=ARGS, script=[NO_SNAP],
+         raises=("NotFound", f"no snapshot {SNAP} to hold")),
+    dict(id="not-imgstors-name", tags={"error"}, args={**ARGS, "snapshot": "daily"},
+         script=[], raises=("UsageError", "imgstor's snapshots are named")),
+]
+
+VLIST = ["zfs", "list", "-H", "-o", "name", NAME]
+RELEASE_BASE = [
+    dict(id="cli/released", tags={"changes"}, args=dict(pool=POOL, vol=VOL),
+         script=[cmd(VLIST, stdout=NAME + "\n"), cmd(PLIST, stdout=BLIST),
+                 _holds(OLD), _holds(SNAP, "imgstor-base", "backup"),
+                 cmd(["zfs", "release", "imgstor-base", SNAP])],
+         changed=True, facts_include={"released": [SNAP]},
+         mutating=[["zfs", "release", "imgstor-base", SNAP]]),
+    dict(id="cli/none-held", tags={"done"}, args=dict(pool=POOL, vol=VOL),
+         script=[cmd(VLIST, stdout=NAME + "\n"), cmd(PLIST, stdout=BLIST),
+                 _holds(OLD), _holds(SNAP)],
+         changed=False, facts_include={"released": []}, mutating=[]),
+    dict(id="no-volume", tags={"done"}, args=dict(pool=POOL, vol=VOL),
+         script=[cmd(VLIST, rc=1, stderr=f"cannot open '{NAME}': dataset does not exist\n")],
+         changed=False, facts_include={"released": []}, mutating=[]),
+    dict(id="cli/dry-run", tags={"dry-run"}, args=dict(pool=POOL, vol=VOL), dry_run=True,
+         script=[cmd(VLIST, stdout=NAME + "\n"), cmd(PLIST, stdout=BLIST),
+                 _holds(OLD, "imgstor-base"), _holds(SNAP)],
+         skipped=[BASE_RELEASE_OLD], changed=True, facts_include={"released": [OLD]}),
+    dict(id="bad-pool", tags={"error"}, args=dict(pool="-x", vol=VOL), script=[],
+         raises=("UsageError", "bad pool")),
+]
+
 SCENARIOS = ([dict(s, step="nas.snapshot", env=_fail(s.get("env", {}))) for s in SNAPSHOT]
              + [dict(s, step="nas.destroy_snapshot", env=_fail(s.get("env", {})))
                 for s in DESTROY_SNAPSHOT]
              + [dict(s, step="nas.ensure_volume") for s in ENSURE_VOLUME_LZC]
-             + [dict(s, step="nas.prune_snapshots") for s in PRUNE])
+             + [dict(s, step="nas.prune_snapshots") for s in PRUNE]
+             + [dict(s, step="nas.hold_base") for s in HOLD_BASE]
+             + [dict(s, step="nas.release_base") for s in RELEASE_BASE])

@@ -237,6 +237,13 @@ WITH_SNAP = cmd(BELOW, stdout=f"{NAME}\tfilesystem\n{SNAP}\tsnapshot\n")
 HOLDS = ["zfs", "holds", "-H", SNAP]
 # zfs-fuse cannot list holds (seen in the lab: rc 255 and this text, on stdout)
 NO_HOLDS_CMD = dict(rc=255, stdout="internal error: /usr/lib/zfs/pyzfs.py not found\n")
+# ... but it counts them (lab: `zfs get userrefs` 0, then 1 after `zfs hold`)
+USERREFS_1 = cmd(zfs_get("userrefs", SNAP), stdout=f"{SNAP}\tuserrefs\t1\t-\n")
+
+
+def no_tag(tag: str) -> dict:                  # zfs-fuse/libzfs text, seen in the lab
+    return cmd(["zfs", "release", tag, SNAP], rc=1,
+               stderr=f"cannot release '{tag}' from '{SNAP}': no such tag on this dataset\n")
 
 DESTROY_VOLUME = [
     dict(id="absent", tags={"done"}, args=D_FILE, script=[MISSING],
@@ -277,12 +284,28 @@ DESTROY_VOLUME = [
                  cmd(UMOUNT), cmd(DESTROY)],
          changed=True, facts={"snapshots": [SNAP]}, message=f"destroyed {NAME}"),
     dict(id="file/snapshot-held-zfs-fuse", tags={"error"}, args=D_FILE,
-         note="zfs-fuse cannot list holds: a held snapshot shows as busy and stops it",
+         note="zfs-fuse cannot list holds, but counts them (userrefs): imgstor's tags are "
+              "released by trying; a hold left is someone else's: busy, it stops",
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), OTHER_TARGETS, WITH_SNAP,
-                 cmd(HOLDS, **NO_HOLDS_CMD),
+                 cmd(HOLDS, **NO_HOLDS_CMD), USERREFS_1, no_tag("imgstor"),
+                 no_tag("imgstor-base"),
                  cmd(["zfs", "destroy", SNAP], rc=1,
                      stderr=f"cannot destroy '{SNAP}': dataset is busy\n")],
          raises=("Conflict", f"cannot destroy snapshot {SNAP}")),
+    dict(id="file/base-held-zfs-fuse", tags={"changes"}, args=D_FILE,
+         note="zfs-fuse: the sync base hold (imgstor-base) released by trying, then gone",
+         script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), OTHER_TARGETS, WITH_SNAP,
+                 cmd(HOLDS, **NO_HOLDS_CMD), USERREFS_1, no_tag("imgstor"),
+                 cmd(["zfs", "release", "imgstor-base", SNAP]), cmd(["zfs", "destroy", SNAP]),
+                 cmd(UMOUNT), cmd(DESTROY)],
+         changed=True, facts={"snapshots": [SNAP]}, message=f"destroyed {NAME}"),
+    dict(id="file/unheld-zfs-fuse", tags={"changes"}, args=D_FILE,
+         note="zfs-fuse: userrefs 0, nothing to release",
+         script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), OTHER_TARGETS, WITH_SNAP,
+                 cmd(HOLDS, **NO_HOLDS_CMD),
+                 cmd(zfs_get("userrefs", SNAP), stdout=f"{SNAP}\tuserrefs\t0\t-\n"),
+                 cmd(["zfs", "destroy", SNAP]), cmd(UMOUNT), cmd(DESTROY)],
+         changed=True, facts={"snapshots": [SNAP]}, message=f"destroyed {NAME}"),
     dict(id="file/exported", tags={"error"}, args=D_FILE, env={"files": {PATH1: GiB}},
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), cmd(TGT_SHOW, capture="tgt_show")],
          raises=("Conflict", f"{NAME} is exported by target {IQN1}")),
