@@ -75,7 +75,19 @@ def nothing_left(klab, vol: str) -> None:
     assert target_iqn(NAS, vol) not in klab.out(NAS, "targetcli ls /iscsi")
 
 
+def tags(klab, host: str, snap: str) -> list[str]:
+    out = klab.out(host, f"zfs holds -H {snap}")
+    return sorted(line.split("\t")[1] for line in out.splitlines() if line.strip())
+
+
+def snaps(klab, host: str, ds: str) -> list[str]:
+    out = klab.out(host, f"zfs list -H -o name -t snapshot -s createtxg -d 1 {ds}")
+    return [s for s in out.split() if "@imgstor-" in s]
+
+
 def test_sync_walkthrough_dm_zvol_lio(kernel_lab) -> None:
+    """Map with img_sync: writes during the copy, on the local copy, a periodic pull (holds
+    on OpenZFS), writes after it, the unmap's sync back: the NAS has every byte."""
     klab = kernel_lab
     vol, img = prefilled(klab, "ksync")
     out = cli(klab, "add", "host", "storagemap", NAS, "tank", vol, NODE, "64M",
@@ -90,9 +102,39 @@ def test_sync_walkthrough_dm_zvol_lio(kernel_lab) -> None:
     assert "linear" in klab.out(NODE, f"dmsetup table {vol}-snap")
     assert target_iqn(NAS, vol) not in sessions(klab, NODE)
 
+    # the periodic pull on OpenZFS: the last common snapshot holds ``imgstor-base`` on both
+    # sides (``zfs holds``, which zfs-fuse cannot run); a pull moves the hold to its own
+    # snapshot and releases the previous base.  Due at once through the volume's frequency.
+    ds = f"tank/{vol}"
+    (base,) = snaps(klab, NAS, ds)
+    short = base.split("@")[1]
+    assert short.startswith("imgstor-in-")
+    assert tags(klab, NAS, base) == tags(klab, NODE, f"{ds}@{short}") == ["imgstor-base"]
+    try:
+        cli(klab, "set", "host", "zvolattr", NAS, vol, "frequency", "1")
+        time.sleep(1.5)
+        out = json.loads(cli(klab, "refresh", "--json").stdout)
+        mine = [r for r in out if r["volume"] == f"{NAS}/{vol}" and r["what"] == "pull"]
+        assert mine and mine[0]["action"] == "started (NAS<-VM sched)", out
+        deadline = time.monotonic() + 400
+        while row(klab, vol)["state"] != "mapped" or row(klab, vol)["job"]:
+            assert time.monotonic() < deadline, row(klab, vol)
+            time.sleep(2)
+    finally:
+        cli(klab, "remove", "host", "zvolattr", NAS, vol, "frequency", check=False)
+    new = snaps(klab, NAS, ds)[-1]
+    nshort = new.split("@")[1]
+    assert nshort.startswith("imgstor-pull-"), new
+    assert tags(klab, NAS, new) == tags(klab, NODE, f"{ds}@{nshort}") == ["imgstor-base"]
+    assert tags(klab, NAS, base) == tags(klab, NODE, f"{ds}@{short}") == []
+    dd_in(klab, NODE, dev, 50, os.urandom(MiB), img)             # after the pull
+
     cli(klab, "remove", "host", "storagemap", NAS, vol, "--wait")
     assert row(klab, vol)["state"] == "unmapped"
     assert sha(klab, NAS, f"/dev/zvol/tank/{vol}") == img.sha()
+    # no hold left on the NAS, nothing on the node
+    assert [tags(klab, NAS, s) for s in snaps(klab, NAS, ds)] == \
+        [[] for _ in snaps(klab, NAS, ds)]
     nothing_left(klab, vol)
     cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
 
