@@ -3,6 +3,7 @@
     imgstor [--json] [-n|--dry-run] [-v|--debug] [--config PATH] <verb> host <noun...> [args] [key=value...]
     imgstor ping | hosts | unbusy NAS VOL
     imgstor monitor JOB | monitor --resume
+    imgstor --version
 
 Global flags may also come after the command.  The command words are matched against
 ``COMMANDS`` by longest prefix (``list host vm nas`` beats ``list host vm``); what follows
@@ -154,7 +155,7 @@ _BOOL = {"yes": True, "true": True, "1": True, "on": True,
          "no": False, "false": False, "0": False, "off": False}
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _GLOBAL_HELP = ("global flags (before or after the command): --json, -n/--dry-run, "
-                "-v/--debug, --config PATH")
+                "-v/--debug, --config PATH; --version alone prints the version")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -240,6 +241,10 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
     """Split ``argv`` into (global options, matched command, handler kwargs).
     The command is None when only help was asked for."""
     opts, rest = split_globals(argv)
+    if rest[:1] == ["--version"]:
+        from imgstor import __version__
+        print(f"{prog} {__version__}")
+        return opts, None, {}
     if not rest or rest[0] in ("-h", "--help", "help"):
         if not rest:
             raise UsageError("no command given\n" + _usage(table, prog))

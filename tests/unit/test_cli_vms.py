@@ -183,6 +183,17 @@ def test_help(imgstor):
     assert r.rc == 0 and "nas=VALUE zpool=VALUE" in r.out
 
 
+def test_version(imgstor):
+    from imgstor import __version__
+    assert imgstor("--version").out == f"imgstor {__version__}\n"
+    assert imgstor("--version", main=admin.main).out == f"imgstorageadmin {__version__}\n"
+    p = subprocess.run([sys.executable, str(ROOT / "bin" / "imgstor"), "--version"],
+                       capture_output=True, text=True, cwd="/")
+    assert (p.returncode, p.stdout) == (0, f"imgstor {__version__}\n")
+    import importlib.metadata  # the installed package says the same
+    assert importlib.metadata.version("imgstor") == __version__
+
+
 # ---- the command table ----
 
 def probe(ctx, **kw):
