@@ -17,7 +17,7 @@ setup(
     install_requires=["fabric", "paramiko", "tabulate", "filelock"],
     extras_require={"test": ["pytest", "ruff"]},
     entry_points={"console_scripts": [
-        "imgstor=imgstor.cli:main",
+        "imgstor=imgstor.cli:entry",
         "imgstorageadmin=imgstor.admin:main",
     ]},
 )

@@ -42,7 +42,7 @@ def main() -> int:
     elif name.startswith("rocks"):
         from imgstor.cli import rocks_main as run
     else:
-        from imgstor.cli import main as run
+        from imgstor.cli import entry as run
     return run()
 
 

@@ -182,11 +182,21 @@ class Vm:
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "") -> "Vm":
+        """The record for ``d``, which it keeps as its own: pass a dict nothing else uses."""
         if type(d) is dict and _VM_NEEDS <= d.keys() <= _VM_KEYS:
-            # the hot path of `list` (10,000 VMs): the instance's __dict__ made directly,
-            # as __init__ would (defaults first, a fresh extra), without calling it
+            # The hot path of `list` (10,000 VMs): ``d`` (freshly decoded JSON, the store's
+            # own) becomes the record's __dict__, with __init__'s defaults filled in and
+            # without calling it: no second dict per VM (on a cold process every new
+            # object costs page faults; this halves the model's share).
+            if len(d) != 5:
+                if "nas" not in d:
+                    d["nas"] = None
+                if "zpool" not in d:
+                    d["zpool"] = None
+                if "extra" not in d:
+                    d["extra"] = {}
             v = _new(cls)
-            v.__dict__ = {"nas": None, "zpool": None, "extra": {}, **d}
+            v.__dict__ = d
             return v
         try:
             return cls(**_from(cls, d, what))
