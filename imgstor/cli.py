@@ -44,6 +44,7 @@ __all__ = ["Arg", "Cmd", "COMMANDS", "main", "entry", "run", "parse", "rocks_mai
 
 @dataclass(frozen=True)
 class Arg:
+    """A positional argument of a command (argparse's name, nargs, help, metavar)."""
     name: str
     nargs: str | int | None = None
     help: str = ""
@@ -52,6 +53,7 @@ class Arg:
 
 @dataclass(frozen=True)
 class Cmd:
+    """One command of the table: its words, handler, arguments, keys and flags."""
     words: tuple[str, ...]
     handler: str                                  # "package.module:function"
     args: Sequence[Arg] = ()

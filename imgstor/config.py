@@ -64,6 +64,7 @@ ENV_VAR = "IMGSTOR_CONFIG"
 
 @dataclass(frozen=True)
 class SshConfig:
+    """How imgstor logs in to a host over SSH (the config's [ssh] and per-host values)."""
     user: str = "root"
     port: int = 22
     known_hosts: str = "/root/.ssh/known_hosts"
@@ -75,6 +76,7 @@ class SshConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
+    """One host of the config: its role, address and storage settings."""
     name: str
     role: str                      # "nas" | "compute"
     address: str
@@ -98,6 +100,7 @@ class HostConfig:
 
 @dataclass
 class Config:
+    """The config file, checked: state path, hosts, defaults."""
     path: str
     state_path: str = "/var/lib/imgstor/state.json"
     lock_timeout: float = 30

@@ -78,6 +78,7 @@ def _from(cls: type, d: Any, what: str) -> dict:
 
 @dataclass
 class Busy:
+    """A volume's busy marker: which process works on it, since when."""
     op: str
     pid: int
     host: str
@@ -167,6 +168,7 @@ class Job:
 
 @dataclass
 class Vm:
+    """A VM: its compute node (container) and the NAS and zpool of its volume."""
     name: str
     container: str
     nas: str | None = None
@@ -217,6 +219,7 @@ _new = object.__new__
 
 @dataclass
 class Volume:
+    """A volume on a NAS, and where and how it is mapped."""
     nas: str
     zpool: str
     vol: str
@@ -318,6 +321,7 @@ def _load_all(cls: Any, items: dict, section: str) -> dict:
 
 @dataclass
 class State:
+    """Everything the store holds."""
     vms: dict[str, Vm] = field(default_factory=dict)
     volumes: dict[str, Volume] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)

@@ -20,6 +20,7 @@ __all__ = ["Ctx"]
 
 @dataclass
 class Ctx:
+    """A command's flags, and its config, store and cluster built when first used."""
     config_path: str | None = None
     json: bool = False
     dry_run: bool = False

@@ -253,7 +253,7 @@ def test_list_does_not_import_heavy_modules(config_path):
             f"rc = main(['--config', {str(config_path)!r}, 'list', 'host', 'vm', 'nas']); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'fabric', 'paramiko', 'invoke', 'filelock', 'tabulate', 'imgstor.transport', "
-            "'argparse'}))")
+            "'argparse', 'inspect'}))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
