@@ -72,6 +72,10 @@ def main() -> None:
                 name = f"{c}-{i // len(computes)}"
                 st.vms[name] = Vm(name=name, container=c, nas=nas[i % len(nas)],
                                   zpool=("tank", "tank2")[i // len(nas) % 2])
+        # an installed config is not one written this second: its parse is kept between
+        # commands (imgstor/tomlcache.py; here in this run's own cache directory)
+        os.utime(cfg, (time.time() - 60, time.time() - 60))
+        env["XDG_CACHE_HOME"] = os.path.join(d, "cache")
         cmd = [sys.executable, "-m", "imgstor", "--config", cfg, "list", "host", "vm", "nas"]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
                              env=env).stdout          # warm-up (writes bytecode)

@@ -48,11 +48,10 @@ and ``Config.source(host, attr)`` says where a value comes from.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from imgstor import validate
+from imgstor import tomlcache, validate
 from imgstor.errors import ConfigError, NotFound, UsageError
 
 __all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "HostConfig", "load_config",
@@ -283,14 +282,13 @@ def load_config(path: str | None = None) -> Config:
     """Read and check the config file; see the module docstring for the schema."""
     path = config_path(path)
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+        raw = tomlcache.load(path)          # tomllib.load, kept while the file is unchanged
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; create it or point to one with "
                           f"--config PATH or ${ENV_VAR}", path=path) from None
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read: {e.strerror}", path=path) from None
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:                 # tomllib.TOMLDecodeError
         raise ConfigError(f"config file {path}: not valid TOML: {e}", path=path) from None
     return _build(path, raw)
 

@@ -67,7 +67,6 @@ def _cell(v: Any) -> str | None:
     return str(v)
 
 
-_WS = re.compile(r"\s")
 _STR_OR_NONE = {str, type(None)}
 
 
@@ -82,7 +81,8 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
     plain = all(set(map(type, col)) <= _STR_OR_NONE for col in raw)
     cols = raw if plain else [[_cell(v) for v in col] for col in raw]
     text = "".join(headers) + "".join("".join(filter(None, col)) for col in cols)
-    if not (text.isascii() and text.isprintable()) or _WS.search(text):
+    # printable ASCII has no whitespace but the space (tabs, newlines are not printable)
+    if not (text.isascii() and text.isprintable()) or " " in text:
         if plain:
             cols = [[_cell(v) for v in col] for col in raw]
         # multi-line, unicode or padded cells: let tabulate decide (wcwidth, stripping)
