@@ -22,7 +22,10 @@ import marshal
 import os
 import stat
 import time
-from typing import Any
+
+TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 __all__ = ["load", "cache_dir", "RACY"]
 

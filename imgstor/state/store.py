@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
