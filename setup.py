@@ -1,8 +1,15 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# one place for the version: imgstor/__init__.py (`imgstor --version` prints it)
+VERSION = re.search(r'^__version__ = "([^"]+)"',
+                    (Path(__file__).parent / "imgstor" / "__init__.py").read_text(), re.M)[1]
 
 setup(
     name="imgstor",
-    version="0.1.0",
+    version=VERSION,
     description="VM disks on ZFS NAS servers, mapped to compute nodes over iSCSI "
                 "(the Rocks img-storage commands, over SSH)",
     python_requires=">=3.11",
@@ -10,7 +17,7 @@ setup(
     install_requires=["fabric", "paramiko", "tabulate", "filelock"],
     extras_require={"test": ["pytest", "ruff", "pexpect"]},
     entry_points={"console_scripts": [
-        "imgstor=imgstor.cli:main",
+        "imgstor=imgstor.cli:entry",
         "imgstorageadmin=imgstor.admin:main",
     ]},
 )

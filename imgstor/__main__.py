@@ -1,6 +1,6 @@
 """``python3 -m imgstor ...`` is ``imgstor ...``."""
 import sys
 
-from imgstor.cli import main
+from imgstor.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

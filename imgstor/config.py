@@ -48,12 +48,15 @@ and ``Config.source(host, attr)`` says where a value comes from.
 from __future__ import annotations
 
 import os
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
 
-from imgstor import validate
+from imgstor import tomlcache, validate
 from imgstor.errors import ConfigError, NotFound, UsageError
+
+TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 __all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "HostConfig", "load_config",
            "config_path", "HOST_ATTRS", "SOURCES"]
@@ -64,6 +67,7 @@ ENV_VAR = "IMGSTOR_CONFIG"
 
 @dataclass(frozen=True)
 class SshConfig:
+    """How imgstor logs in to a host over SSH (the config's [ssh] and per-host values)."""
     user: str = "root"
     port: int = 22
     known_hosts: str = "/root/.ssh/known_hosts"
@@ -75,6 +79,7 @@ class SshConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
+    """One host of the config: its role, address and storage settings."""
     name: str
     role: str                      # "nas" | "compute"
     address: str
@@ -98,6 +103,7 @@ class HostConfig:
 
 @dataclass
 class Config:
+    """The config file, checked: state path, hosts, defaults."""
     path: str
     state_path: str = "/var/lib/imgstor/state.json"
     lock_timeout: float = 30
@@ -280,14 +286,13 @@ def load_config(path: str | None = None) -> Config:
     """Read and check the config file; see the module docstring for the schema."""
     path = config_path(path)
     try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
+        raw = tomlcache.load(path)          # tomllib.load, kept while the file is unchanged
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; create it or point to one with "
                           f"--config PATH or ${ENV_VAR}", path=path) from None
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read: {e.strerror}", path=path) from None
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:                 # tomllib.TOMLDecodeError
         raise ConfigError(f"config file {path}: not valid TOML: {e}", path=path) from None
     return _build(path, raw)
 

@@ -19,12 +19,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from typing import Any, Callable
 
-from imgstor import atomicfile
+from imgstor import atomicfile, onefile
 from imgstor.errors import BusyError, NotFound, UsageError
 from imgstor.state.model import JOB_KINDS, Job, Lease, State
 from imgstor.state.store import Store, pid_alive, proc_starttime, this_host
@@ -130,7 +129,7 @@ def spawn(store: Store, config_path: str, job_id: str, *,
     log = os.open(log_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND
                   | os.O_NOFOLLOW, 0o600)
     try:
-        cmd = (argv0() if argv0 else [sys.executable, "-m", "imgstor"])
+        cmd = argv0() if argv0 else onefile.self_argv()   # python -m imgstor, or dist/imgstor
         p = subprocess.Popen(cmd + ["--config", os.path.abspath(config_path), "monitor",
                                     job_id],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, TextIO
+
+TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, TextIO
 
 __all__ = ["Output", "Message", "print_rows", "format_table", "format_duration", "emit",
            "MISSING", "printable"]
@@ -67,12 +71,13 @@ def _cell(v: Any) -> str | None:
     return str(v)
 
 
-_WS = re.compile(r"\s")
 _STR_OR_NONE = {str, type(None)}
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
     """The plain table text (no trailing newline)."""
+    if not columns:
+        return "\n" * len(rows)
     headers = [h.upper() for _, h in columns]
     raw = [[r.get(k) for r in rows] for k, _ in columns]
     # Columns of strings (and None) need no _cell per value when the whole text is
@@ -80,7 +85,8 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
     plain = all(set(map(type, col)) <= _STR_OR_NONE for col in raw)
     cols = raw if plain else [[_cell(v) for v in col] for col in raw]
     text = "".join(headers) + "".join("".join(filter(None, col)) for col in cols)
-    if not (text.isascii() and text.isprintable()) or _WS.search(text):
+    # printable ASCII has no whitespace but the space (tabs, newlines are not printable)
+    if not (text.isascii() and text.isprintable()) or " " in text:
         if plain:
             cols = [[_cell(v) for v in col] for col in raw]
         # multi-line, unicode or padded cells: let tabulate decide (wcwidth, stripping)
@@ -93,10 +99,15 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Columns) -> str:
             headers=headers, tablefmt="plain", disable_numparse=True)
     widths = [max(len(h) + 2, max(map(len, filter(None, col)), default=0))
               for h, col in zip(headers, cols)]
+    # Padded column by column (str.ljust, then one join per line: 3x faster than a format
+    # string per line); the last column is not padded, so a line has trailing spaces only
+    # where its last cell is empty, and only then is it stripped.
     shown = [[MISSING * w if c is None else c for c in col] for w, col in zip(widths, cols)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*headers).rstrip()]
-    lines.extend(fmt.format(*cells).rstrip() for cells in zip(*shown))
+    padded = [[c.ljust(w) for c in col] for w, col in zip(widths, shown[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.extend(map("  ".join, zip(*padded, shown[-1])))
+    if "" in shown[-1]:
+        lines[1:] = [line.rstrip() for line in lines[1:]]
     return "\n".join(lines)
 
 

@@ -12,6 +12,10 @@ Building it compiles every node module (~60 ms, a fifth of a map's budget), so
 directory's ``cache/``), named by a hash of this module, the Python magic number and every
 source it packs: a changed source is a new name, never a stale app.
 
+The sources are read with ``importlib.resources``, not from ``__file__``'s directory, so
+the frontend builds the same app (same bytes, same hash) when imgstor itself runs from a
+zip: the one-file build (``scripts/build-onefile``, a shiv zipapp) or any zipimport.
+
 ``BOOT`` is what the frontend runs on a node instead of the zipapp itself:
 ``python3 -I -c BOOT /run/imgstor/imgstor-<hash>.pyz <sha256> node STEP``.  Before running
 anything it checks that the directory is a real directory owned by root with mode 0700 (so
@@ -25,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import importlib.util
 import io
 import os
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 __all__ = ["NodeApp", "node_app", "REMOTE_DIR", "BOOT", "BOOT_MISSING", "BOOT_UNSAFE"]
@@ -38,7 +44,7 @@ __all__ = ["NodeApp", "node_app", "REMOTE_DIR", "BOOT", "BOOT_MISSING", "BOOT_UN
 # /run: root-only, per host and per boot (a rebooted node just gets it again).  The lab's
 # hosts share one root filesystem but each has its own tmpfs on /run.
 REMOTE_DIR = "/run/imgstor"
-_PKG = Path(__file__).resolve().parent
+_PKG = "imgstor"              # read as a package resource: a directory or inside a zip
 _MAIN = b"import sys\nfrom imgstor.remote.node import main\nsys.exit(main())\n"
 _EPOCH = (2020, 1, 1, 0, 0, 0)
 
@@ -85,12 +91,25 @@ class NodeApp:
         return f"{REMOTE_DIR}/imgstor-{self.sha256[:16]}.pyz"
 
 
-def _files() -> list[tuple[str, Path]]:
-    out = [("imgstor/__init__.py", _PKG / "__init__.py"),
-           ("imgstor/errors.py", _PKG / "errors.py")]
-    for p in sorted((_PKG / "remote").rglob("*.py")):
-        out.append(("imgstor/" + p.relative_to(_PKG).as_posix(), p))
+def _walk(d: Traversable, prefix: str) -> list[tuple[str, Traversable]]:
+    """``(name, file)`` for every ``*.py`` under ``d`` (Traversable has no rglob)."""
+    out: list[tuple[str, Traversable]] = []
+    for e in d.iterdir():
+        name = f"{prefix}/{e.name}"
+        if e.is_dir():
+            if e.name != "__pycache__":
+                out.extend(_walk(e, name))
+        elif e.name.endswith(".py"):
+            out.append((name, e))
     return out
+
+
+def _files() -> list[tuple[str, bytes]]:
+    """``(name in the app, source)`` of every file the node app packs, sorted."""
+    pkg = importlib.resources.files(_PKG)
+    out = [("imgstor/__init__.py", pkg / "__init__.py"), ("imgstor/errors.py", pkg / "errors.py"),
+           *sorted(_walk(pkg / "remote", "imgstor/remote"), key=lambda f: f[0].split("/"))]
+    return [(n, f.read_bytes()) for n, f in out]
 
 
 def _pyc(source: bytes, name: str) -> bytes:
@@ -111,8 +130,9 @@ def node_app(cache_dir: str | None = None) -> NodeApp:
     from or kept in ``cache_dir/nodeapp-<key>.pyz`` instead of built every time."""
     if cache_dir is None or not os.path.isdir(cache_dir):
         return _build()
-    files = [(n, p.read_bytes()) for n, p in _files()]
-    h = hashlib.sha256(Path(__file__).read_bytes() + importlib.util.MAGIC_NUMBER)
+    files = _files()
+    me = (importlib.resources.files(_PKG) / "zipapp.py").read_bytes()
+    h = hashlib.sha256(me + importlib.util.MAGIC_NUMBER)
     for n, src in files:
         h.update(b"\0%s\0%d\0" % (n.encode(), len(src)) + src)
     path = os.path.join(cache_dir, f"nodeapp-{h.hexdigest()[:32]}.pyz")
@@ -142,8 +162,7 @@ def node_app(cache_dir: str | None = None) -> NodeApp:
 def _build() -> NodeApp:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, path in [("__main__.py", None), *_files()]:
-            src = _MAIN if path is None else path.read_bytes()
+        for name, src in [("__main__.py", _MAIN), *_files()]:
             entries = [(name, src)]
             if name != "__main__.py":
                 entries.append((name + "c", _pyc(src, name)))

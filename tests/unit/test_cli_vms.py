@@ -183,6 +183,17 @@ def test_help(imgstor):
     assert r.rc == 0 and "nas=VALUE zpool=VALUE" in r.out
 
 
+def test_version(imgstor):
+    from imgstor import __version__
+    assert imgstor("--version").out == f"imgstor {__version__}\n"
+    assert imgstor("--version", main=admin.main).out == f"imgstorageadmin {__version__}\n"
+    p = subprocess.run([sys.executable, str(ROOT / "bin" / "imgstor"), "--version"],
+                       capture_output=True, text=True, cwd="/")
+    assert (p.returncode, p.stdout) == (0, f"imgstor {__version__}\n")
+    import importlib.metadata  # the installed package says the same
+    assert importlib.metadata.version("imgstor") == __version__
+
+
 # ---- the command table ----
 
 def probe(ctx, **kw):
@@ -213,11 +224,36 @@ def test_table_entry_longest_prefix_and_key_types(imgstor, monkeypatch):
     assert r.rc == 2 and "expected yes or no" in r.err
 
 
+@pytest.mark.parametrize("cmd", [*cli.COMMANDS, *admin.ADMIN_COMMANDS,
+                                 cli.Cmd(("t",), "m:f", [cli.Arg("a", nargs="?"), cli.Arg("b")]),
+                                 cli.Cmd(("t",), "m:f", [cli.Arg("a", nargs="*"),
+                                                         cli.Arg("b", nargs="?")]),
+                                 cli.Cmd(("t",), "m:f", [cli.Arg("a", nargs=2)])],
+                         ids=lambda c: c.name)
+def test_plain_words_bound_as_argparse_binds_them(cmd):
+    """cli.bind_plain (no argparse on the usual path) gives argparse's answer, or leaves
+    the case to argparse: every table entry, 0 to 4 plain words."""
+    variable = [a for a in cmd.args if a.nargs is not None]
+    simple = not variable or (len(variable) == 1 and cmd.args[-1] is variable[0]
+                              and variable[0].nargs in ("?", "*", "+"))
+    for n in range(5):
+        words = [f"w{i}" for i in range(n)]
+        fast = cli.bind_plain(cmd, words)
+        try:
+            slow = vars(cli._argparser(cmd, "imgstor").parse_args(words))
+        except cli.UsageError:
+            slow = None
+        assert fast is None or fast == slow, (cmd.name, words, fast, slow)
+        if simple:                  # the whole table: argparse only for errors
+            assert fast == slow, (cmd.name, words, fast, slow)
+
+
 def test_list_does_not_import_heavy_modules(config_path):
     code = ("import sys; from imgstor.cli import main; "
             f"rc = main(['--config', {str(config_path)!r}, 'list', 'host', 'vm', 'nas']); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'fabric', 'paramiko', 'invoke', 'filelock', 'tabulate', 'imgstor.transport'}))")
+            "{'fabric', 'paramiko', 'invoke', 'filelock', 'tabulate', 'imgstor.transport', "
+            "'argparse', 'inspect'}))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
