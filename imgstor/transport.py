@@ -207,7 +207,11 @@ class Cluster:
             raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s",
                                  stage="connect", host=host)
         except OSError as e:
-            raise TransportError(f"{where}: cannot connect: {e.strerror or e}",
+            # paramiko's NoValidConnectionsError ("Unable to connect to port 1 on …") keeps
+            # the socket errors (the reason: refused, unreachable) per address in .errors
+            why = next((x.strerror for x in getattr(e, "errors", {}).values()
+                        if getattr(x, "strerror", None)), None) or e.strerror or e
+            raise TransportError(f"{where}: cannot connect: {why}",
                                  stage="connect", host=host)
         finally:
             if not conn.is_connected:
