@@ -317,11 +317,25 @@ def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    program = argv is None                   # the process's own command, not a caller's
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return run(argv, COMMANDS, prog="imgstor")
     except ImgstorError as e:
         return report_error(e, argv)
+    finally:
+        if program:
+            _before_exit()
+
+
+def _before_exit() -> None:
+    """The process ends next.  Its last garbage collection (at interpreter shutdown) walks
+    every object Fabric, invoke, paramiko and cryptography made: ~100 ms of a command that
+    reached hosts (bench/bench_refresh.py, refresh of one host 0.54 s -> 0.44 s).
+    ``gc.freeze()`` leaves them out of it; memory goes back to the OS at exit anyway, and
+    files and connections are closed by then (``run`` closes the cluster)."""
+    import gc
+    gc.freeze()
 
 
 ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",))
