@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest[:1] in (["-h"], ["--help"], ["help"]):
             print(DIALOGUE_HELP)
             print()
-        elif not rest or rest[0].startswith("--"):
+        elif not rest or (rest[0].startswith("--") and rest[0] != "--version"):
             return dialogue_main(argv)
         return run(argv, ADMIN_COMMANDS, prog="imgstorageadmin")
     except ImgstorError as e:

@@ -18,6 +18,7 @@ identity = ""
 connect_timeout = 10
 command_timeout = 3600
 accept_unknown_host_keys = false   # true: trust on first use (pinned in known_hosts)
+max_connections = 16  # SSH connections one imgstor process keeps open at once (its pool)
 [defaults]            # host attributes; each may be overridden in [hosts.NAME]
 img_sync = false
 vm_container_zpool = "tank"
@@ -75,6 +76,7 @@ class SshConfig:
     connect_timeout: float = 10
     command_timeout: float = 3600
     accept_unknown_host_keys: bool = False
+    max_connections: int = 16      # the bound of transport.Cluster's connection pool
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _p
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
     "connect_timeout": _positive, "command_timeout": _positive,
-    "accept_unknown_host_keys": _bool,
+    "accept_unknown_host_keys": _bool, "max_connections": _positive_int,
 }
 _HOST_KEYS: dict[str, Callable[[Any], Any]] = {
     "role": _choice("nas", "compute"), "address": _address, "port": _port,

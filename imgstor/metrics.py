@@ -14,6 +14,10 @@ Families (all gauges):
     imgstor_volume_last_error{nas,zpool,vol}              1 when the volume or its job has an
                                                           error recorded, else 0
     imgstor_volume_last_error_info{nas,zpool,vol,message} 1, only while there is an error
+    imgstor_host_up{host,role}                            1 when refresh reached the host over
+                                                          SSH, else 0 (every configured host)
+    imgstor_host_probe_seconds{host,role}                 how long that probe took (to the
+                                                          answer, or to the failure)
     imgstor_refresh_timestamp_seconds                     when this file was written
 """
 from __future__ import annotations
@@ -53,7 +57,9 @@ def sync_lag(v, now: float) -> float | None:
 
 
 def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
-           now: float | None = None) -> str:
+           hosts: Iterable = (), now: float | None = None) -> str:
+    """The textfile.  ``hosts``: refresh's probes (``probe.HostProbe``: host, role, up,
+    seconds)."""
     now = time.time() if now is None else now
     vols = sorted(volumes, key=lambda v: (v.nas, v.vol))
     jobs = sorted(jobs, key=lambda j: j.id)
@@ -95,6 +101,12 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
     family("imgstor_volume_last_error_info", "The recorded error, in label message.",
            [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": errs[v.key][:500]}, 1)
             for v in vols if errs[v.key]])
+    hosts = list(hosts)
+    family("imgstor_host_up", "1 when imgstor refresh reached the host over SSH, else 0.",
+           [({"host": h.host, "role": h.role}, 1 if h.up else 0) for h in hosts])
+    family("imgstor_host_probe_seconds", "How long refresh's probe of the host took (to "
+           "its answer, or to the failure).",
+           [({"host": h.host, "role": h.role}, round(h.seconds, 6)) for h in hosts])
     family("imgstor_refresh_timestamp_seconds", "When imgstor refresh wrote this file.",
            [({}, round(now, 3))])
     return "\n".join(out) + "\n"

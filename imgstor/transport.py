@@ -12,7 +12,13 @@
 * ``step(host, name, **args)`` runs a node step through the node zipapp, started by
   ``zipapp.BOOT``, which checks /run/imgstor and the app's sha256 before running it; a node
   that lacks this version gets it over SFTP (temp name, then ``posix_rename``).
-* ``parallel(hosts, fn)`` runs ``fn(host)`` on a thread pool, one thread per host.
+* One bounded pool: at most ``[ssh] max_connections`` (default 16) connections are open
+  (or opening) at once.  A command or an upload holds a lease on its host's connection
+  while it runs; a host that needs a connection when the pool is full takes the slot of
+  the least recently used idle one (closed), or waits for a lease to end.  Connections are
+  kept for the command's life otherwise, so a later step on a host reuses its connection.
+* ``parallel(hosts, fn)`` runs ``fn(host)`` on a thread pool, one thread per host, at most
+  ``max_connections`` at once.
 * Failures: ``TransportError`` / ``HostKeyError`` (cannot reach or trust the host;
   ``details["stage"] == "connect"`` when no command ran), ``RemoteCommandError`` (host,
   argv, rc, stderr tail).
@@ -29,6 +35,7 @@ import stat
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
@@ -78,6 +85,15 @@ class Cluster:
         self._conn_errors: dict[str, ImgstorError] = {}
         self._print_lock = threading.Lock()
         self._cfg_lock = threading.Lock()      # around building a fabric.Connection
+        # the pool: hosts holding a slot (connection open or opening), leases (commands,
+        # uploads using a host's connection now), last use (the idle one to close first)
+        self.limit = max(1, int(getattr(config.ssh, "max_connections", 16)))
+        self._pool = threading.Condition()
+        self._slots: set[str] = set()
+        self._leases: Counter[str] = Counter()
+        self._used: dict[str, float] = {}
+        self.opened = 0                        # connections opened (tests, bench)
+        self.peak = 0                          # most slots held at once
 
     # ------------------------------------------------------------ connections
     def _lock(self, host: str) -> threading.Lock:
@@ -89,16 +105,72 @@ class Cluster:
             return self._sftp_locks.setdefault(host, threading.Lock())
 
     def connection(self, host: str):
-        """The pooled, open ``fabric.Connection`` to ``host`` (a configured host name)."""
+        """The pooled, open ``fabric.Connection`` to ``host`` (a configured host name).
+        Without a lease (``_leased``) it may be closed to make room for another host."""
         with self._lock(host):
             if host in self._conn_errors:
                 raise self._conn_errors.pop(host)
             conn = self._conns.get(host)
             if conn is not None and conn.is_connected:
                 return conn
-            conn = self._open(host)
-            self._conns[host] = conn
+            self._take_slot(host)
+            try:
+                conn = self._open(host)
+            except BaseException:
+                self._give_slot(host)
+                raise
+            with self._pool:
+                self._conns[host] = conn
+                self.opened += 1
             return conn
+
+    def _take_slot(self, host: str) -> None:
+        """A slot in the pool for ``host``'s connection (which is not open): a free one,
+        else the least recently used idle connection's (closed), else wait for one."""
+        victim = None
+        with self._pool:
+            while host not in self._slots:
+                if len(self._slots) < self.limit:
+                    self._slots.add(host)
+                    self.peak = max(self.peak, len(self._slots))
+                    break
+                idle = [h for h in self._conns if h in self._slots and not self._leases[h]]
+                if idle:
+                    h = min(idle, key=lambda h: self._used.get(h, 0.0))
+                    victim = self._conns.pop(h)
+                    self._slots.discard(h)
+                    continue
+                self._pool.wait()
+        if victim is not None:
+            _close(victim)
+
+    def _give_slot(self, host: str) -> None:
+        with self._pool:
+            self._slots.discard(host)
+            self._pool.notify_all()
+
+    def _drop(self, host: str, conn: Any) -> None:
+        """Forget a connection that broke (the next use reconnects); frees its slot."""
+        with self._pool:
+            if self._conns.get(host) is conn:
+                del self._conns[host]
+                self._slots.discard(host)
+                self._pool.notify_all()
+
+    @contextlib.contextmanager
+    def _leased(self, host: str) -> Iterator[Any]:
+        """``host``'s open connection, kept open (not evicted) until the block ends."""
+        with self._pool:
+            self._leases[host] += 1
+        try:
+            yield self.connection(host)
+        finally:
+            with self._pool:
+                self._leases[host] -= 1
+                if not self._leases[host]:
+                    del self._leases[host]
+                self._used[host] = time.monotonic()
+                self._pool.notify_all()
 
     def _open(self, host: str):
         hc = self.config.host(host)
@@ -135,19 +207,24 @@ class Cluster:
             raise TransportError(f"{where}: connection timed out after {ssh.connect_timeout}s",
                                  stage="connect", host=host)
         except OSError as e:
-            raise TransportError(f"{where}: cannot connect: {e.strerror or e}",
+            # paramiko's NoValidConnectionsError ("Unable to connect to port 1 on …") keeps
+            # the socket errors (the reason: refused, unreachable) per address in .errors
+            why = next((x.strerror for x in getattr(e, "errors", {}).values()
+                        if getattr(x, "strerror", None)), None) or e.strerror or e
+            raise TransportError(f"{where}: cannot connect: {why}",
                                  stage="connect", host=host)
         finally:
             if not conn.is_connected:
                 conn.client.close()          # a refused key leaves paramiko's thread up
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            try:
-                conn.close()
-            except Exception:  # closing is best effort
-                pass
-        self._conns.clear()
+        with self._pool:
+            conns = list(self._conns.values())
+            self._conns.clear()
+            self._slots.clear()
+            self._pool.notify_all()
+        for conn in conns:
+            _close(conn)
 
     def warm(self, hosts: Iterable[str]) -> None:
         """Start connecting to hosts in the background (errors surface on first use)."""
@@ -175,7 +252,11 @@ class Cluster:
         """Run argv on host; return its Result (never raises for a non-zero rc).  The
         timeout bounds the whole command, however chatty; ``shown`` replaces argv in
         messages."""
-        conn = self.connection(host)
+        with self._leased(host) as conn:
+            return self._exec(conn, host, argv, stdin=stdin, timeout=timeout, shown=shown)
+
+    def _exec(self, conn: Any, host: str, argv: list[str], *, stdin: bytes | None,
+              timeout: float | None, shown: list[str] | None) -> Result:
         cmd = shlex.join(str(a) for a in argv)
         text = shlex.join(shown) if shown is not None else cmd
         if self.debug:
@@ -232,7 +313,7 @@ class Cluster:
         except ImgstorError:
             raise
         except (OSError, EOFError, paramiko.SSHException) as e:
-            self._conns.pop(host, None)
+            self._drop(host, conn)
             raise TransportError(f"{host}: connection lost running {text}: {e}", host=host,
                                  stage="command")
         finally:
@@ -299,7 +380,10 @@ class Cluster:
 
     def _upload(self, host: str) -> bool:
         app = self._app()
-        conn = self.connection(host)
+        with self._leased(host) as conn:
+            return self._upload_on(host, conn, app)
+
+    def _upload_on(self, host: str, conn: Any, app: Any) -> bool:
         sftp = conn.sftp()
         self._check_dir(host, sftp)
         try:
@@ -346,8 +430,8 @@ class Cluster:
         r = self.exec(host, argv, stdin=req, shown=shown)
         boot = r.stderr.startswith("imgstor-boot: ")
         if boot and r.rc == BOOT_MISSING:
-            with self._sftp_errors(host), self._sftp_lock(host):
-                self._send(host, self.connection(host).sftp(), app)
+            with self._sftp_errors(host), self._sftp_lock(host), self._leased(host) as c:
+                self._send(host, c.sftp(), app)
             r = self.exec(host, argv, stdin=req, shown=shown)
             boot = r.stderr.startswith("imgstor-boot: ")
         if boot and r.rc == BOOT_UNSAFE:
@@ -396,10 +480,17 @@ class Cluster:
             except ImgstorError as e:
                 return h, e
 
-        with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.limit, len(hosts))) as pool:
             for h, v in pool.map(one, hosts):
                 out[h] = v
         return out
+
+
+def _close(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing is best effort
+        pass
 
 
 def _unsafe_dir(host: str, why: str) -> str:

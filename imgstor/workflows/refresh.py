@@ -3,6 +3,9 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
 
 1. One refresh at a time: an ``flock`` on ``<state file>.refresh.lock``.  A second run
    while one holds it exits 0 at once and prints nothing (cron must not pile up).
+   Then every configured host is probed at once, in the background, over the run's one
+   bounded connection pool (imgstor/workflows/probe.py); the answers (up/down, since
+   when, rebooted) are rows, the record ``<state file>.hosts.json`` and metrics.
 2. Dead monitors: every job whose owner is gone gets a new detached ``imgstor monitor``
    (``monitor --resume``'s ``resume_all``; the job continues from its recorded phase).
 3. Periodic pulls: every sync volume that is ``mapped`` on its local copy (no target), not
@@ -32,7 +35,9 @@ from imgstor.workflows import syncattrs
 
 __all__ = ["refresh", "due", "lock_path"]
 
-_COLUMNS = [("what", "WHAT"), ("volume", "VOLUME"), ("job", "JOB"), ("action", "ACTION")]
+_COLUMNS = [("what", "WHAT"), ("host", "HOST"), ("volume", "VOLUME"), ("job", "JOB"),
+            ("action", "ACTION")]
+_JSON_EXTRA = ["role", "up", "seconds", "boot_id", "since", "rebooted", "error"]
 
 
 def lock_path(ctx) -> str:
@@ -66,13 +71,15 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
         os.close(fd)                        # releases the flock
     if quiet:
         return None
-    return Output(rows, _COLUMNS)
+    return Output(rows, _COLUMNS, json_extra=_JSON_EXTRA)
 
 
 def _refresh(ctx) -> list[dict]:
+    from imgstor.workflows import probe
     from imgstor.workflows.monitor import resume_all
     from imgstor.workflows.storagemap.common import fault
     fault("refresh")            # IMGSTOR_PAUSE=refresh:S holds the lock a while (tests)
+    probing = probe.start(ctx)  # every host at once, in the background, over the pool
     rows: list[dict] = []
     # 1. monitors whose owner is gone
     for r in resume_all(ctx).rows:
@@ -80,9 +87,12 @@ def _refresh(ctx) -> list[dict]:
                      "action": r["action"]})
     # 2. periodic pulls
     rows += _pulls(ctx)
+    hosts = probing.wait()
+    probe.record(ctx, hosts)
+    rows = probe.rows(hosts) + rows
     # 3. metrics
     if ctx.config.metrics_path:
-        rows.append(_metrics(ctx))
+        rows.append(_metrics(ctx, hosts))
     return rows
 
 
@@ -130,7 +140,7 @@ def _pulls(ctx) -> list[dict]:
     return rows
 
 
-def _metrics(ctx) -> dict:
+def _metrics(ctx, hosts: list) -> dict:
     st = ctx.store.read()
     progress = {j: jobmod.read_progress(ctx.store, j) for j in st.jobs}
     path = ctx.config.metrics_path
@@ -138,7 +148,8 @@ def _metrics(ctx) -> dict:
         return {"what": "metrics", "volume": None, "job": None, "action": f"{path} would be "
                 "written"}
     try:
-        metrics.write(path, metrics.render(st.volumes.values(), st.jobs.values(), progress))
+        metrics.write(path, metrics.render(st.volumes.values(), st.jobs.values(), progress,
+                                          hosts=hosts))
         action = "written"
     except OSError as e:
         action = f"could not write: {e}"

@@ -80,3 +80,13 @@ def _zfs_cli_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
     installs a fake pyzfs (fake_lzc.install)."""
     import fake_lzc
     fake_lzc.install(monkeypatch, None)
+
+
+@pytest.fixture(autouse=True)
+def _probe_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """refresh probes every configured host; the unit configs' hosts do not exist, so each
+    answers "up" here.  tests/unit/test_probe.py drives the real probe over fake
+    connections."""
+    from imgstor.workflows import probe
+    monkeypatch.setattr(probe, "probe_one", lambda cluster, host, role, timeout:
+                        probe.HostProbe(host, role, True, 0.001, boot_id="unit-boot"))

@@ -76,8 +76,11 @@ def test_metrics_textfile_parses_and_says_each_state_lag_progress_and_error(tmp_
             _vol("c", host="compute-0-1", state="NAS->VM", mode="sync", since=now - 60)]
     jobs = [Job(id="sync-in-0123456789ab", kind="sync-in", volume="nas-0-0/c", phase="copy",
                 created=now, updated=now)]
+    from imgstor.workflows.probe import HostProbe
+    hosts = [HostProbe("nas-0-0", "nas", True, 0.042), HostProbe("compute-0-1", "compute",
+                                                                 False, 2.5, error="refused")]
     text = metrics.render(vols, jobs, {"sync-in-0123456789ab": {"done": 25, "total": 100}},
-                          now=now)
+                          hosts=hosts, now=now)
     path = tmp_path / "imgstor.prom"
     metrics.write(str(path), text)
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"
@@ -99,6 +102,13 @@ def test_metrics_textfile_parses_and_says_each_state_lag_progress_and_error(tmp_
     assert info == [({"nas": "nas-0-0", "zpool": "tank", "vol": "b",
                       "message": 'tgtadm said "no such target"\nand a back\\slash'}, 1)]
     assert fams["imgstor_refresh_timestamp_seconds"]["samples"] == [({}, now)]
+    up = fams["imgstor_host_up"]
+    assert up["type"] == "gauge"
+    assert up["samples"] == [({"host": "nas-0-0", "role": "nas"}, 1),
+                             ({"host": "compute-0-1", "role": "compute"}, 0)]
+    assert fams["imgstor_host_probe_seconds"]["samples"] == [
+        ({"host": "nas-0-0", "role": "nas"}, 0.042),
+        ({"host": "compute-0-1", "role": "compute"}, 2.5)]
 
 
 def test_label_escaping() -> None:
@@ -172,7 +182,29 @@ def test_a_second_refresh_exits_quietly_while_one_runs(ctx, imgstor) -> None:
     finally:
         os.close(fd)
     r = imgstor("refresh", "--json")
-    assert r.rc == 0 and json.loads(r.out) == []
+    assert r.rc == 0
+    out = json.loads(r.out)
+    assert [(x["what"], x["host"], x["role"], x["up"]) for x in out] == [
+        ("host", "nas-0-0", "nas", True), ("host", "nas-0-1", "nas", True),
+        ("host", "compute-0-0", "compute", True), ("host", "compute-0-1", "compute", True)]
+
+
+def test_refresh_reports_and_records_a_host_it_cannot_reach(ctx, imgstor,
+                                                           monkeypatch) -> None:
+    from imgstor.workflows import probe
+    real = probe.probe_one
+
+    def one(cluster, host, role, timeout):
+        if host == "compute-0-0":
+            return probe.HostProbe(host, role, False, 2.0, error="cannot connect: refused")
+        return real(cluster, host, role, timeout)
+    monkeypatch.setattr(probe, "probe_one", one)
+    r = imgstor("refresh")
+    assert r.rc == 0                      # cron's run: a down host is news, not a failure
+    line = next(ln for ln in r.out.splitlines() if "compute-0-0" in ln)
+    assert line.split()[:2] == ["host", "compute-0-0"] and "DOWN since" in line, r.out
+    rec = json.loads(open(probe.record_path(ctx)).read())
+    assert rec["compute-0-0"]["up"] is False and rec["nas-0-0"]["up"] is True
 
 
 def test_refresh_writes_the_metrics_file(tmp_path, config_path, imgstor) -> None:
@@ -182,7 +214,9 @@ def test_refresh_writes_the_metrics_file(tmp_path, config_path, imgstor) -> None
     r = imgstor("refresh", "--json")
     assert r.rc == 0, r
     assert json.loads(r.out)[-1]["what"] == "metrics"
-    parse_prom(prom.read_text())
+    fams = parse_prom(prom.read_text())
+    assert {ls["host"]: v for ls, v in fams["imgstor_host_up"]["samples"]} == {
+        "nas-0-0": 1, "nas-0-1": 1, "compute-0-0": 1, "compute-0-1": 1}
 
 
 def test_config_sync_keep(tmp_path, config_path) -> None:
