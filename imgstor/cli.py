@@ -146,6 +146,11 @@ COMMANDS: list[Cmd] = [
         "(read-only; exit 9 when anything differs)"),
     Cmd(("repair",), "imgstor.workflows.check:repair", [], {},
         "fix what `check` finds (--dry-run: the plan); never destroys a volume"),
+    Cmd(("rebuild",), "imgstor.workflows.rebuild:rebuild", [], {},
+        "make the lost state file again from the hosts (the NAS volumes' imgstor: "
+        "properties, the nodes' local copies and overlays, the live targets); refused "
+        "while one exists unless --force; says what it could not restore",
+        flags=("--force",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]

@@ -1,0 +1,79 @@
+"""Read-only inventories for ``imgstor rebuild`` (and anything else that must learn what a
+host holds without a state store): one round trip per host.
+
+``nas.inventory``: imgstor's volumes on the NAS's pools with their ``imgstor:`` user
+properties (what the map wrote: host, target, mode, initiator, portal, vm…) and the live
+targets.  ``compute.inventory``: the node's datasets marked ``imgstor:role`` (temp-write,
+local-copy), the overlay of each such volume and the initiator's live sessions.
+"""
+from __future__ import annotations
+
+from imgstor.errors import ImgstorError, NotFound
+from imgstor.remote import overlays, targets
+from imgstor.remote.drivers import zfs
+from imgstor.remote.executor import Executor
+from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps.nas import MARK, PROP_PREFIX
+
+__all__ = ["nas_inventory", "compute_inventory", "NAS_PROPS"]
+
+# The properties a NAS volume carries (written by the map, cleared by the unmap), read
+# back by rebuild.  ``size``: promised bytes; the rest describe the mapping.
+NAS_PROPS = ("size", "host", "target", "mode", "initiator", "portal", "vm", "vm_container")
+TEMP_WRITE = "-temp-write"
+
+
+def _children(ex: Executor, pool: str, columns: tuple[str, ...]) -> list[dict]:
+    rows = zfs.list_columns(ex, pool, columns, types="filesystem,volume")
+    return [r for r in rows if str(r["name"]).count("/") == 1]     # the pool's own children
+
+
+@step("nas.inventory", read_only=True)
+def nas_inventory(ex: Executor, *, pools: list[str], driver: str) -> StepResult:
+    """Read-only: every dataset directly under POOLS with its type and ``imgstor:``
+    properties (``zfs list -H -o name,type,imgstor:… -t filesystem,volume -r POOL``), and
+    the target driver's live targets (LUN paths, ACLs, sessions).  A missing pool is
+    reported in ``missing_pools``, not an error."""
+    cols = ("name", "type", MARK) + tuple(PROP_PREFIX + p for p in NAS_PROPS)
+    vols: list[dict] = []
+    missing: list[str] = []
+    for pool in pools:
+        try:
+            rows = _children(ex, pool, cols)
+        except NotFound:
+            missing.append(pool)
+            continue
+        for r in rows:
+            pool_, _, vol = str(r["name"]).partition("/")
+            vols.append({"pool": pool_, "vol": vol, "type": r["type"], "role": r[MARK],
+                         "props": {p: r[PROP_PREFIX + p] for p in NAS_PROPS}})
+    tg = targets.get(driver).facts(ex)
+    return StepResult(False, {"volumes": vols, "targets": tg, "missing_pools": missing},
+                      f"{len(vols)} datasets, {len(tg)} targets")
+
+
+@step("compute.inventory", read_only=True)
+def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str) -> StepResult:
+    """Read-only: the datasets under POOL marked ``imgstor:role`` (``temp-write``,
+    ``local-copy``), the overlay of every volume that has one of them (the overlay
+    driver's ``status``), and the iSCSI sessions' target names (none with the userspace
+    initiator: a VM's qemu logs in itself)."""
+    from imgstor.remote.steps.compute import INITIATORS
+    try:
+        rows = _children(ex, pool, ("name", "type", MARK))
+    except NotFound:
+        return StepResult(False, {"pool_missing": True, "datasets": [], "overlays": {},
+                                  "sessions": []}, f"no zpool {pool}")
+    datasets = [{"name": str(r["name"]), "type": r["type"], "role": r[MARK]}
+                for r in rows if r[MARK]]
+    vols = sorted({d["name"].split("/", 1)[1].removesuffix(TEMP_WRITE) for d in datasets})
+    ovl: dict[str, dict] = {}
+    for vol in vols:
+        try:
+            ovl[vol] = overlays.get(overlay, ex, pool=pool, vol=vol).status().facts()
+        except ImgstorError as e:
+            ovl[vol] = {"exists": False, "error": str(e)}
+    sessions = sorted(INITIATORS[initiator].sessions(ex)) if initiator in INITIATORS else []
+    return StepResult(False, {"pool_missing": False, "datasets": datasets, "overlays": ovl,
+                              "sessions": sessions},
+                      f"{len(datasets)} marked datasets, {len(sessions)} sessions")
