@@ -98,6 +98,10 @@ COMMANDS: list[Cmd] = [
         {}, "unmap volume VOL of NAS from its host (--force goes past node errors and a "
         "disk in use; --wait: until a sync volume is back on the NAS)",
         flags=("--force", "--wait")),
+    Cmd(("clean", "host", "storagemap"), f"{_MAP}.clean:clean_map", [Arg("nas"), Arg("vol")],
+        {}, "reset a sync volume to the NAS's last copy, discarding its node's copy (says "
+        "what is lost, asks; --yes; refused while its VM uses it, and when the node holds "
+        "newer data unless --discard-node-data)", flags=("--yes", "--discard-node-data")),
     Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
         [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume"),
     Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},

@@ -77,3 +77,75 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str) 
     return StepResult(False, {"pool_missing": False, "datasets": datasets, "overlays": ovl,
                               "sessions": sessions},
                       f"{len(datasets)} marked datasets, {len(sessions)} sessions")
+
+
+def _nbd_clients(sock: str) -> int:
+    """Connections accepted on unix socket SOCK: lines of /proc/net/unix (this network
+    namespace) in state 03 (connected) whose path is SOCK -- the server's side of each
+    connection carries the listener's path, the listener itself is state 01."""
+    try:
+        with open("/proc/net/unix") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return 0
+    n = 0
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) >= 8 and parts[5] == "03" and parts[7] == sock:
+            n += 1
+    return n
+
+
+def overlay_users(ex: Executor, driver: str, pool: str, vol: str) -> list[str]:
+    """Who uses VOL's overlay device now, in words (the one-writer check before the node's
+    copy is discarded); [] = nobody.  dm: holders and openers of /dev/mapper/VOL-snap
+    (drivers/blockdev, as the unmap's check); qcow2: NBD clients connected to the
+    daemon's export socket."""
+    import os
+
+    from imgstor.remote.drivers import blockdev, qsd
+    if driver == "qcow2":
+        sock = qsd.paths(vol).nbd
+        n = _nbd_clients(sock)
+        return [f"{n} NBD client(s) connected to {sock} (a VM?)"] if n else []
+    dev = f"/dev/mapper/{vol}-snap"
+    return blockdev.users(os.path.realpath(dev)) if os.path.exists(dev) else []
+
+
+@step("node.sync_facts", read_only=True)
+def sync_facts(ex: Executor, *, pool: str, vol: str, since: str | None = None,
+               overlay: str | None = None) -> StepResult:
+    """Read-only: POOL/VOL's snapshots oldest first with their guids (``zfs list -H -o
+    name,guid -t snapshot -s createtxg -d 1``), with ``since`` the bytes written after that
+    snapshot (``zfs get -Hp written@SINCE``; None where zfs has no such property:
+    zfs-fuse), the ``VOL-temp-write`` dataset's ``used`` (writes not merged), and with
+    ``overlay`` (a driver) who uses the overlay's device now."""
+    name = f"{pool}/{vol}"
+    argv = ["zfs", "list", "-H", "-o", "name,guid", "-t", "snapshot", "-s", "createtxg",
+            "-d", "1", name]
+    facts: dict = {"exists": True, "snapshots": [], "written": None, "temp_write": None,
+                   "users": []}
+    if zfs.exists(ex, name):
+        out = ex.run(argv, read_only=True).stdout
+        for ln in out.splitlines():
+            snap, _, guid = ln.partition("\t")
+            if snap.startswith(name + "@"):
+                facts["snapshots"].append({"name": snap.split("@", 1)[1], "guid": guid})
+        if since and any(s["name"] == since for s in facts["snapshots"]):
+            r = ex.run(["zfs", "get", "-H", "-p", "-o", "value", f"written@{since}", name],
+                       read_only=True, check=False)
+            facts["written"] = zfs.parse_size(r.stdout.strip()) if r.rc == 0 else None
+        ref = zfs.get_props(ex, name, ["referenced"]).get("referenced")
+        facts["referenced"] = ref.as_int() if ref is not None else None
+    else:
+        facts["exists"] = False
+    try:
+        tw = zfs.get_props(ex, f"{name}{TEMP_WRITE}", ["used", MARK])
+        used = tw.get("used")
+        facts["temp_write"] = {"used": used.as_int() if used is not None else None,
+                               "role": tw[MARK].value if MARK in tw else None}
+    except NotFound:
+        pass
+    if overlay:
+        facts["users"] = overlay_users(ex, overlay, pool, vol)
+    return StepResult(False, facts, f"{name}: {len(facts['snapshots'])} snapshots")
