@@ -138,6 +138,15 @@ def _volume(out: Rebuilt, nas: str, row: dict, info: dict, live: dict,
         if target is None:
             out.note(key, f"mapped to {host} but the NAS has no target {iqn}: recorded "
                      "mapped; `imgstor repair` puts the target back", partial=True)
+        nf = node_facts.get(host)
+        d = (nf or {}).get("direct", {}).get(str(iqn)) or {}
+        v.device = d.get("device")
+        for k in ("qemu_json",):
+            if d.get(k):
+                v.extra[k] = d[k]
+        if d.get("session") is False:
+            out.note(key, f"{host} has no iSCSI session to {iqn}: map it again to the same "
+                     "host to log in")
         return v
     if v.mode != "sync":
         v.state, v.error = "error", f"rebuilt: unknown imgstor:mode {v.mode!r}"
@@ -234,16 +243,27 @@ def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
                      "initiator": cfg.host(n).initiator} for n in nodes}
     cl = ctx.cluster
 
-    def one(h: str):
+    def one(h: str, direct: list[dict] | None = None):
         if h in nas_info:
             c = cfg.host(h)
             return cl.step(h, "nas.inventory", pools=list(c.img_zpools),
                            driver=c.target).facts
         i = node_info[h]
         return cl.step(h, "compute.inventory", pool=i["pool"], overlay=i["overlay"],
-                       initiator=i["initiator"]).facts
+                       initiator=i["initiator"], direct=direct or []).facts
 
-    got = cl.parallel(nases + nodes, one) if nases or nodes else {}
+    # Two rounds, each host of a round at once: the NASes, then the nodes (each is told
+    # the direct mappings the NASes say it has, to describe their devices).
+    got = cl.parallel(nases, one) if nases else {}
+    direct: dict[str, list[dict]] = {}
+    for n in nases:
+        for row in (got[n] if not isinstance(got[n], ImgstorError) else {}).get("volumes", ()):
+            p = row["props"]
+            if p.get("host") in node_info and p.get("mode") == "direct" and p.get("target"):
+                direct.setdefault(p["host"], []).append(
+                    {"iqn": p["target"], "lun": 0 if nas_info[n]["driver"] == "lio" else 1,
+                     "portal": p.get("portal") or nas_info[n]["portal"]})
+    got.update(cl.parallel(nodes, lambda h: one(h, direct.get(h, []))) if nodes else {})
     errors = {h: r for h, r in got.items() if isinstance(r, ImgstorError)}
     nas_facts = {n: None if n in errors else got[n] for n in nases}
     node_facts = {n: None if n in errors else got[n] for n in nodes}

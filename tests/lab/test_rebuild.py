@@ -15,7 +15,7 @@ from tests.lab.test_overlay import put
 from tests.lab.test_sync import NODE, OTHER, MiB, node_sha, nothing_left_on_node, prefilled
 
 pytestmark = pytest.mark.lab
-COLS = ("zvol", "host", "zpool", "target", "state")
+COLS = ("zvol", "host", "zpool", "target", "state", "mode", "device")
 
 
 def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:

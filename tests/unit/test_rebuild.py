@@ -47,9 +47,11 @@ def test_unmapped_direct_and_pivoted_sync() -> None:
                       portal="10.9.0.1:3260", vm="d", vm_container=NODE),
                nasvol("s", host=NODE, mode="sync", initiator=INIT)],
               targets=[target("d")],
-              nodef=node([("tank/s", "local-copy")],
-                         {"s": {"exists": True, "phase": "pivoted",
-                                "device": "nbd+unix:///s?socket=/run/imgstor/nbd/s.sock"}}),
+              nodef={**node([("tank/s", "local-copy")],
+                            {"s": {"exists": True, "phase": "pivoted",
+                                   "device": "nbd+unix:///s?socket=/run/imgstor/nbd/s.sock"}}),
+                     "direct": {iqn("d"): {"session": None, "device": "iscsi://x/d/1",
+                                           "qemu_json": "json:{}"}}},
               chap_users={f"{NAS}/d": "imgstor-abc"})
     vols = out.state.volumes
     assert vols[f"{NAS}/free"].state == "unmapped" and vols[f"{NAS}/free"].host is None
@@ -58,6 +60,7 @@ def test_unmapped_direct_and_pivoted_sync() -> None:
     assert (d.state, d.host, d.target, d.mode) == ("mapped", NODE, iqn("d"), "direct")
     assert d.extra["portal"] == "10.9.0.1:3260" and d.extra["initiator"] == INIT
     assert d.extra["chap_user"] == "imgstor-abc" and d.extra["lun"] == 1
+    assert d.device == "iscsi://x/d/1" and d.extra["qemu_json"] == "json:{}"
     s = vols[f"{NAS}/s"]
     assert (s.state, s.host, s.target, s.mode) == ("mapped", NODE, None, "sync")
     assert s.device.startswith("nbd+unix://") and s.extra["local_pool"] == "tank"
@@ -76,6 +79,14 @@ def test_direct_without_target_is_mapped_and_said() -> None:
     out = run([nasvol("d", host=NODE, target=iqn("d"), mode="direct", initiator=INIT)])
     assert out.state.volumes[f"{NAS}/d"].state == "mapped"
     assert out.partial and "repair" in out.notes[0][1]
+
+
+def test_direct_without_a_kernel_session_is_said() -> None:
+    out = run([nasvol("d", host=NODE, target=iqn("d"), mode="direct", initiator=INIT)],
+              targets=[target("d")],
+              nodef={**node(), "direct": {iqn("d"): {"session": False, "device": None}}})
+    assert out.state.volumes[f"{NAS}/d"].state == "mapped"
+    assert "no iSCSI session" in out.notes[0][1] and not out.partial
 
 
 def test_sync_mid_copy_is_nas_to_vm_without_a_job() -> None:

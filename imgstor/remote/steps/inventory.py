@@ -52,18 +52,48 @@ def nas_inventory(ex: Executor, *, pools: list[str], driver: str) -> StepResult:
                       f"{len(vols)} datasets, {len(tg)} targets")
 
 
+def _direct(ex: Executor, initiator: str, wanted: list[dict], sessions: list[str]) -> dict:
+    """What a VM opens for each direct mapping in WANTED ({iqn, lun, portal}), without
+    logging in: userspace -- the iscsi:// URL and qemu specs under this node's initiator
+    name; iscsiadm -- the by-path device of the session, if there is one."""
+    import os
+
+    from imgstor.remote.drivers import iscsiadm, userspace
+    from imgstor.remote.steps.compute import _initiator, _split
+    out: dict[str, dict] = {}
+    me = _initiator(ex) if wanted and initiator == "userspace" else None
+    for w in wanted:
+        iqn, lun = str(w["iqn"]), int(w.get("lun", 1))
+        addr, port = _split(str(w["portal"]))
+        if initiator == "userspace":
+            out[iqn] = {"session": None, "device": userspace.url(addr, iqn, lun, port),
+                        "qemu_json": userspace.json_spec(addr, iqn, me, lun, port),
+                        "image_opts": userspace.image_opts(addr, iqn, me, lun, port)}
+        else:
+            link = iscsiadm.by_path(addr, iqn, lun, port)
+            out[iqn] = {"session": iqn in sessions,
+                        "device": os.path.realpath(link) if os.path.exists(link) else None}
+    return out
+
+
 @step("compute.inventory", read_only=True)
-def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str) -> StepResult:
+def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str,
+                      direct: list[dict] | None = None) -> StepResult:
     """Read-only: the datasets under POOL marked ``imgstor:role`` (``temp-write``,
     ``local-copy``), the overlay of every volume that has one of them (the overlay
-    driver's ``status``), and the iSCSI sessions' target names (none with the userspace
-    initiator: a VM's qemu logs in itself)."""
+    driver's ``status``), the iSCSI sessions' target names (none with the userspace
+    initiator: a VM's qemu logs in itself), and for each of ``direct`` ({iqn, lun,
+    portal}: the direct mappings the NAS says this node has) its device, no login made."""
     from imgstor.remote.steps.compute import INITIATORS
     try:
         rows = _children(ex, pool, ("name", "type", MARK))
     except NotFound:
+        rows = None
+    sessions = sorted(INITIATORS[initiator].sessions(ex)) if initiator in INITIATORS else []
+    dev = _direct(ex, initiator, list(direct or ()), sessions)
+    if rows is None:
         return StepResult(False, {"pool_missing": True, "datasets": [], "overlays": {},
-                                  "sessions": []}, f"no zpool {pool}")
+                                  "sessions": sessions, "direct": dev}, f"no zpool {pool}")
     datasets = [{"name": str(r["name"]), "type": r["type"], "role": r[MARK]}
                 for r in rows if r[MARK]]
     vols = sorted({d["name"].split("/", 1)[1].removesuffix(TEMP_WRITE) for d in datasets})
@@ -73,9 +103,8 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str) 
             ovl[vol] = overlays.get(overlay, ex, pool=pool, vol=vol).status().facts()
         except ImgstorError as e:
             ovl[vol] = {"exists": False, "error": str(e)}
-    sessions = sorted(INITIATORS[initiator].sessions(ex)) if initiator in INITIATORS else []
     return StepResult(False, {"pool_missing": False, "datasets": datasets, "overlays": ovl,
-                              "sessions": sessions},
+                              "sessions": sessions, "direct": dev},
                       f"{len(datasets)} marked datasets, {len(sessions)} sessions")
 
 
