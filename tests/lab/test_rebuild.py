@@ -15,7 +15,13 @@ from tests.lab.test_overlay import put
 from tests.lab.test_sync import NODE, OTHER, MiB, node_sha, nothing_left_on_node, prefilled
 
 pytestmark = pytest.mark.lab
-COLS = ("zvol", "host", "zpool", "target", "state", "mode", "device")
+COLS = ("zvol", "host", "zpool", "target", "state", "mode")
+
+
+def devs(state) -> dict[str, tuple]:
+    """Each volume's device and qemu spec, as the state file records them."""
+    vols = json.loads(state.read_text())["volumes"]
+    return {k: (v["device"], v.get("extra", {}).get("qemu_json")) for k, v in vols.items()}
 
 
 def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
@@ -33,6 +39,7 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         put(lab, img, svol, 3 * MiB, os.urandom(MiB), "before-rebuild")
         mine = (direct, free, svol)
         before = {k: {c: r[c] for c in COLS} for k, r in maps(lab).items() if k in mine}
+        devices = devs(state)
         assert [before[k]["state"] for k in mine] == ["mapped", "unmapped", "mapped"]
         assert before[svol]["target"] is None and before[direct]["target"]
         # the state file is lost
@@ -48,6 +55,11 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
             assert rows[f"{NAS}/{vol}"]["what"] == "volume", rows
         after = {k: {c: r[c] for c in COLS} for k, r in maps(lab).items() if k in mine}
         assert after == before
+        # the devices; the qemu spec of the mapped direct volume (an unmapped one's is
+        # a stale leftover of its last map, not restored)
+        got = devs(state)
+        assert {k: d[0] for k, d in got.items()} == {k: d[0] for k, d in devices.items()}
+        assert got[f"{NAS}/{direct}"] == devices[f"{NAS}/{direct}"] and got[f"{NAS}/{direct}"][1]
         # a second rebuild without --force refuses and changes nothing
         text = state.read_bytes()
         p = cli(lab, "rebuild", check=False)
