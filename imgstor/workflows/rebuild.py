@@ -29,7 +29,6 @@ only their user name, and never writes them.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -307,16 +306,7 @@ def rebuild(ctx, force: bool = False) -> Output:
                   json.dumps(st.to_dict(), indent=1)]
         return Output(rows, _COLUMNS, footer=footer, json_extra=["mode", "zpool", "target"],
                       exit_code=EXIT_PARTIAL if out.partial else 0)
-    with ctx.store._locked():
-        kept = None
-        if os.path.exists(path):
-            if not force:             # made meanwhile: still refused
-                raise Conflict(f"state file {path} exists (made while rebuild ran): "
-                               "rebuild replaces it only with --force", path=path)
-            kept = f"{path}.before-rebuild-{time.strftime('%Y%m%d-%H%M%S')}"
-            shutil.copy2(path, kept)
-            os.chmod(kept, 0o600)
-        ctx.store._write(st)
+    kept = ctx.store.replace_all(st, force=force)     # checks again under the lock
     footer = [f"wrote {path}: {summary}"] + ([f"the old file is kept as {kept}"] if kept
                                               else [])
     return Output(rows, _COLUMNS, footer=footer, json_extra=["mode", "zpool", "target"],

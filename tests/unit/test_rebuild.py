@@ -147,3 +147,21 @@ def test_rebuild_refuses_an_existing_state_file(tmp_path) -> None:
     with pytest.raises(Conflict) as e:
         rebuild(Ctx())
     assert e.value.exit_code == 8 and "--force" in e.value.message
+
+
+def test_replace_all_refuses_then_keeps_the_old_file(tmp_path) -> None:
+    import json
+    import os
+
+    from imgstor.state.model import State, Volume
+    from imgstor.state.store import Store
+    path = tmp_path / "state.json"
+    store = Store(str(path))
+    assert store.replace_all(State()) is None                 # no file: written
+    with pytest.raises(Conflict):
+        store.replace_all(State())
+    st = State(volumes={f"{NAS}/v": Volume(nas=NAS, zpool="tank", vol="v")})
+    kept = store.replace_all(st, force=True)
+    assert kept and json.loads(open(kept).read())["volumes"] == {}
+    assert os.stat(kept).st_mode & 0o777 == 0o600
+    assert list(store.read().volumes) == [f"{NAS}/v"]
