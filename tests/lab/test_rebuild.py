@@ -29,6 +29,7 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
     direct, free = f"rbd-{tag}", f"rbf-{tag}"
     svol, img = prefilled(lab, f"rbs-{tag}")
     state = lab.dir / "state.json"
+    saved = lab.dir / f"state.json.test-{tag}"
     try:
         cli(lab, "add", "host", "storagemap", NAS, "tank", direct, OTHER, "16M")
         dsha = write_through(lab, OTHER, direct, 16, f"rb-{direct}")
@@ -43,7 +44,6 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         assert [before[k]["state"] for k in mine] == ["mapped", "unmapped", "mapped"]
         assert before[svol]["target"] is None and before[direct]["target"]
         # the state file is lost
-        saved = lab.dir / f"state.json.test-{tag}"
         shutil.move(state, saved)
         plan = cli(lab, "rebuild", "--dry-run", check=False)
         assert plan.returncode in (0, 9) and "dry run: would write" in plan.stdout, plan
@@ -65,6 +65,13 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         p = cli(lab, "rebuild", check=False)
         assert p.returncode == 8 and "--force" in p.stderr, p
         assert state.read_bytes() == text
+        # --force: rebuilt again, the old file kept beside it
+        p = cli(lab, "rebuild", "--force", check=False)
+        assert p.returncode in (0, 9) and "the old file is kept as" in p.stdout, p
+        kept = p.stdout.split("the old file is kept as ")[1].split()[0]
+        assert open(kept, "rb").read() == text
+        os.unlink(kept)
+        assert {k: {c: r[c] for c in COLS} for k, r in maps(lab).items() if k in mine} == before
         # both unmaps work from the rebuilt state; the data is intact
         assert read_through(lab, OTHER, direct, 16 * MiB) == dsha
         cli(lab, "remove", "host", "storagemap", NAS, direct)
@@ -76,6 +83,8 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         nothing_left_on_node(lab, svol)
         assert {maps(lab)[v]["state"] for v in mine} == {"unmapped"}
     finally:
+        if saved.exists():
+            saved.unlink()
         for vol in (direct, svol, free):
             cli(lab, "remove", "host", "storagemap", NAS, vol, "--wait", check=False)
             cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
