@@ -44,3 +44,37 @@ def test_temp_write_is_newer_and_no_local_copy_is_fine() -> None:
 def test_local_copy_sharing_no_snapshot_is_newer() -> None:
     out = loss(S, node([{"name": "x", "guid": "7"}], written=0))
     assert out["newer"] and "shares no snapshot" in out["lines"][0]
+
+
+def _st(state: str, mode: str | None = "sync", jobs=()):
+    from imgstor.state.model import Job, State, Volume
+    v = Volume(nas="nas-0-0", zpool="tank", vol="v", host="compute-0-0" if mode else None,
+               state=state, mode=mode)
+    st = State(volumes={v.key: v})
+    for kind, err in jobs:
+        j = Job(id=f"{kind}-1", kind=kind, volume=v.key, phase="send", created=1.0,
+                updated=1.0, last_error=err)
+        st.jobs[j.id] = j
+    return st, v
+
+
+def test_which_states_clean_applies_to() -> None:
+    import pytest
+
+    from imgstor.errors import Conflict
+    from imgstor.workflows.storagemap.clean import _check
+    for state in ("mapped", "error"):
+        st, v = _st(state)
+        _check(st, v, v.key)                                  # accepted
+    st, v = _st("NAS<-VM", jobs=[("sync-back", "copy failed")])
+    _check(st, v, v.key)                                      # a failed sync back
+    st, v = _st("NAS<-VM")
+    _check(st, v, v.key)                                      # its job lost
+    for st, v, why in [(*_st("mapped", mode="direct"), "not a sync volume"),
+                       (*_st("unmapped", mode=None), "not a sync volume"),
+                       (*_st("NAS->VM"), "cancels a copy"),
+                       (*_st("merging"), "cancels a copy"),
+                       (*_st("NAS<-VM", jobs=[("sync-back", None)]), "monitor --resume")]:
+        with pytest.raises(Conflict) as e:
+            _check(st, v, v.key)
+        assert why in e.value.message, e.value.message
