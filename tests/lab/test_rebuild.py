@@ -60,6 +60,8 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         got = devs(state)
         assert {k: d[0] for k, d in got.items()} == {k: d[0] for k, d in devices.items()}
         assert got[f"{NAS}/{direct}"] == devices[f"{NAS}/{direct}"] and got[f"{NAS}/{direct}"][1]
+        p = cli(lab, "check", check=False)          # the live targets agree with it
+        assert p.returncode == 0, p.stdout
         # a second rebuild without --force refuses and changes nothing
         text = state.read_bytes()
         p = cli(lab, "rebuild", check=False)
