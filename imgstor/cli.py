@@ -106,6 +106,10 @@ COMMANDS: list[Cmd] = [
         {}, "unmap volume VOL of NAS from its host (--force goes past node errors and a "
         "disk in use; --wait: until a sync volume is back on the NAS)",
         flags=("--force", "--wait")),
+    Cmd(("clean", "host", "storagemap"), f"{_MAP}.clean:clean_map", [Arg("nas"), Arg("vol")],
+        {}, "reset a sync volume to the NAS's last copy, discarding its node's copy (says "
+        "what is lost, asks; --yes; refused while its VM uses it, and when the node holds "
+        "newer data unless --discard-node-data)", flags=("--yes", "--discard-node-data")),
     Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
         [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume"),
     Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},
@@ -177,6 +181,11 @@ COMMANDS: list[Cmd] = [
         "(read-only; exit 9 when anything differs)"),
     Cmd(("repair",), "imgstor.workflows.check:repair", [], {},
         "fix what `check` finds (--dry-run: the plan); never destroys a volume"),
+    Cmd(("rebuild",), "imgstor.workflows.rebuild:rebuild", [], {},
+        "make the lost state file again from the hosts (the NAS volumes' imgstor: "
+        "properties, the nodes' local copies and overlays, the live targets); refused "
+        "while one exists unless --force; says what it could not restore",
+        flags=("--force",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]

@@ -247,6 +247,25 @@ class Store:
         atomicfile.replace(self.path, data, mode=0o600,
                            before_replace=self._before_replace)
 
+    def replace_all(self, state: State, *, force: bool = False) -> str | None:
+        """Write STATE as the whole file (``imgstor rebuild``), under the lock.  An existing
+        file is refused (Conflict) unless ``force``; then it is copied first to
+        ``<path>.before-rebuild-<time>`` (0600), whose name is returned."""
+        from imgstor.errors import Conflict
+        with self._locked():
+            kept = None
+            if os.path.lexists(self.path):
+                if not force:
+                    raise Conflict(f"state file {self.path} exists: imgstor rebuild "
+                                   "replaces it only with --force (the old one is kept "
+                                   "beside it)", path=self.path)
+                kept = f"{self.path}.before-rebuild-{time.strftime('%Y%m%d-%H%M%S')}"
+                with open(self.path, "rb") as f:
+                    old = f.read()
+                atomicfile.replace(kept, old, mode=0o600)
+            self._write(state)
+            return kept
+
     # ---- busy markers ----
     def acquire_busy(self, key: str, op: str, *,
                      create: Callable[[], Volume] | None = None,

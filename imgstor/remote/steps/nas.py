@@ -326,13 +326,14 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
     """Ensure imgstor volume POOL/VOL is gone, with imgstor's own snapshots
     (``@imgstor-…``) and holds (``imgstor…`` tags), and nothing else.  ``role``: what the
     dataset must be (``volume`` on a NAS; ``local-copy``: a sync volume's copy on its node,
-    where there is no target driver to ask, ``driver`` None).
+    where there is no target driver to ask, ``driver`` None; ``temp-write``: its overlay's
+    write store, destroyed only by ``clean host storagemap``).
 
     Refused (Conflict, nothing destroyed) when the dataset is not imgstor's (see
     ``ensure_volume``; ``owned``: the frontend's store knows it), is exported by a target,
     or has children, snapshots or holds that imgstor did not make, or clones.  Never
     ``zfs destroy -r``: each snapshot of ours, then the volume, by name."""
-    if role not in (ROLE_VOLUME, "local-copy"):
+    if role not in (ROLE_VOLUME, "local-copy", "temp-write"):
         raise UsageError(f"bad role {role!r}", field="role")
     name = f"{pool}/{vol}"
     props = _read_volume(ex, name)

@@ -19,7 +19,8 @@ from imgstor.state.model import Volume
 
 __all__ = ["FAULT_ENV", "MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "fault", "portal_of",
            "record", "record_error", "connect_error", "store_owns", "check_pool",
-           "check_map", "read_initiator", "nas_batch", "state_path", "chap_args"]
+           "check_map", "read_initiator", "nas_batch", "state_path", "chap_args",
+           "mapping_props", "CLEAR_MAPPING", "vm_of"]
 
 FAULT_ENV = "IMGSTOR_FAULT"
 # Step boundaries, in order; IMGSTOR_FAULT=<name> dies right after that one.
@@ -132,6 +133,29 @@ def nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]]):
     for (p, _, _), _r in zip(steps, res):
         fault(p)
     return res
+
+
+# The ``imgstor:`` properties a map writes on the NAS volume (``nas.set_props``, one NAS
+# batch with the target) so that ``imgstor rebuild`` can make the record again from the
+# NAS alone; the unmap clears them all.  ``role`` and ``size`` (ownership) stay.
+CLEAR_MAPPING: dict[str, None] = dict.fromkeys(
+    ("host", "target", "mode", "initiator", "portal", "vm", "vm_container"))
+
+
+def mapping_props(*, host: str, target: str | None, mode: str, initiator: str, portal: str,
+                  vm: Any = None) -> dict[str, str | None]:
+    """The NAS volume's mapping properties (None clears one: a sync volume's target after
+    its pivot).  ``vm``: the store's VM whose disk this is, if any."""
+    return {"host": host, "target": target, "mode": mode, "initiator": initiator,
+            "portal": portal, "vm": vm.name if vm else None,
+            "vm_container": vm.container if vm else None}
+
+
+def vm_of(st, nas: str, vol: str):
+    """The VM whose disk NAS:VOL is (``<vm>-vol`` assigned to that NAS), or None."""
+    name = vol[:-len("-vol")] if vol.endswith("-vol") else None
+    vm = st.vms.get(name) if name else None
+    return vm if vm is not None and vm.nas == nas else None
 
 
 def state_path(ctx) -> str:

@@ -15,12 +15,14 @@ from imgstor.workflows.storagemap.common import (
     check_map,
     check_pool,
     fault,
+    mapping_props,
     nas_batch,
     portal_of,
     read_initiator,
     record,
     record_error,
     store_owns,
+    vm_of,
 )
 
 __all__ = ["map_volume"]
@@ -51,13 +53,15 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
         check_map(v0, key, zpool, host)
     names.check_collisions(st.volumes.values(), nas, vol, host)
     owned = store_owns(v0)
+    vm = vm_of(st, nas, vol)
     cl = ctx.cluster
     cl.warm([nas, host])          # connect while the store is being updated
     chap = chap_args(ctx, nas, vol, nas_cfg)
     chap_user = chap["chap"]["user"] if chap else None
     if ctx.dry_run:
         return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
-                          iqn, note_size, chap, owned=owned, adopt=adopt, done={}, sync=sync)
+                          iqn, note_size, chap, owned=owned, adopt=adopt, done={}, sync=sync,
+                          vm=vm)
     created: list[bool] = []
 
     def new() -> Volume:
@@ -80,7 +84,7 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
         try:
             out = _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
                              iqn, note_size, chap, owned=owned or store_owns(v),
-                             adopt=adopt, done=done, sync=sync)
+                             adopt=adopt, done=done, sync=sync, vm=vm)
         except ImgstorError as e:
             if not done.get("nas") and not done.get("had_host"):
                 # Only the node's initiator name was read: nothing changed on any host, so
@@ -124,7 +128,7 @@ def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
 
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
-               sync: bool = False) -> str:
+               sync: bool = False, vm=None) -> str:
     portal = portal_of(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
@@ -136,7 +140,7 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     try:
         volf, _props, _target = nas_batch(cl, nas, _map_batch(
             nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
-            owned=owned, adopt=adopt, mode="sync" if sync else "direct"))
+            owned=owned, adopt=adopt, mode="sync" if sync else "direct", vm=vm))
     except (Conflict, NotFound, AlreadyExists, UsageError) as e:
         if e.details.get("batch_index") == 0:
             # The volume step refused (not imgstor's, wrong type, no room, no pool)
@@ -158,13 +162,16 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
 
 
 def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
-               *, owned: bool, adopt: bool, mode: str) -> list[tuple[str, str, dict]]:
-    """The map's NAS batch: the volume, its imgstor properties, the target."""
+               *, owned: bool, adopt: bool, mode: str, vm=None) -> list[tuple[str, str, dict]]:
+    """The map's NAS batch: the volume, its imgstor properties (what rebuild reads back),
+    the target."""
     return [
         ("volume", "nas.ensure_volume", dict(vol_args, size=nbytes, owned=owned,
                                              adopt=adopt, overcommit=nas_cfg.overcommit)),
         ("props", "nas.set_props", dict(pool=zpool, vol=vol,
-                                        props={"host": host, "target": iqn, "mode": mode})),
+                                        props=mapping_props(
+                                            host=host, target=iqn, mode=mode,
+                                            initiator=initiator, portal=portal, vm=vm))),
         ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
                                              initiator=initiator, portal=portal, **chap))]
 

@@ -309,8 +309,8 @@ def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
 
 
 def _clear_nas_props(ctx, v: Volume) -> None:
-    ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
-                     props={"host": None, "target": None, "mode": None})
+    from imgstor.workflows.storagemap.common import CLEAR_MAPPING
+    ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol, props=CLEAR_MAPPING)
 
 
 # ------------------------------------------------------------------ sync-in phases

@@ -9,6 +9,7 @@ from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
 from imgstor.workflows.storagemap.common import (
+    CLEAR_MAPPING,
     fault,
     nas_batch,
     portal_of,
@@ -91,7 +92,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | st
         ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn, force=force,
                                                **({"chap_user": creds.user} if creds else {}))),
         ("props", "nas.set_props", dict(pool=v.zpool, vol=v.vol,
-                                        props={"host": None, "target": None, "mode": None}))])
+                                        props=CLEAR_MAPPING))])
     record(ctx, key, host=None, target=None, state="unmapped", mode=None, device=None,
             error=None, busy=None, extra={"intent": None})
     fault("recorded")
