@@ -39,8 +39,9 @@ def acl_of(lab: Lab, iqn: str) -> list[str]:
 
 
 def refresh_rows(lab: Lab, vol: str) -> list[dict]:
+    """refresh's restore rows about VOL (not its monitor's, not its pull's)."""
     rows = json.loads(cli(lab, "refresh", "--json").stdout)
-    return [r for r in rows if r["volume"] == f"{NAS}/{vol}"]
+    return [r for r in rows if r["volume"] == f"{NAS}/{vol}" and r["what"] not in ("job", "pull")]
 
 
 def nbd_sha(lab: Lab, vol: str) -> str:
@@ -165,10 +166,11 @@ def test_orphans_check_names_each_repair_removes_the_safe_ones(lab: Lab) -> None
         assert p.returncode == 9 and nasvol in p.stdout, p.stdout      # never a NAS volume
         assert full not in lab.out(NODE, "zfs list -H -o name").split()
         assert nasvol in lab.out(NAS, "zfs list -H -o name").split()
-        lab.ssh(NAS, f"zfs destroy {nasvol}")
+        lab.destroy(NAS, nasvol)                   # what repair said to do by hand
         assert cli(lab, "check").returncode == 0
     finally:
-        lab.ssh(NAS, f"zfs destroy {nasvol}", check=False)
-        lab.ssh(NODE, f"zfs destroy {full}", check=False)
+        for host, ds in ((NAS, nasvol), (NODE, full)):
+            if ds in lab.out(host, "zfs list -H -o name").split():
+                lab.destroy(host, ds)
         cli(lab, "remove", "host", "storagemap", NAS, rec, check=False)
         cli(lab, "remove", "host", "storageimg", NAS, "tank", rec, check=False)
