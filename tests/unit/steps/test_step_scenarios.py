@@ -50,7 +50,8 @@ SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.S
 
 WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
                "nas.destroy_volume", "compute.attach", "compute.detach",
-               "overlay.create", "overlay.merge", "overlay.linear", "overlay.remove",
+               "overlay.create", "overlay.merge", "overlay.linear", "overlay.restore_local",
+               "overlay.remove",
                "nas.snapshot", "nas.destroy_snapshot", "nas.prune_snapshots")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
               "probe", "overlay.status")
