@@ -230,7 +230,8 @@ def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, d
             what = "overlay" if any(a.step.startswith("overlay.") for a in plan) else "session"
             out.append(Finding(what, v.key, "; ".join(a.why for a in plan if a.why),
                                tuple(plan)))
-    iqns = {v.target for v in mine if v.target}
+    # a map in flight (its intent recorded) may not have recorded its target yet
+    iqns = {v.target for v in mine if v.target} | {target_iqn(v.nas, v.vol) for v in mine}
     for s in sorted(facts.get("sessions") or [], key=lambda s: s["iqn"]):
         iqn = s["iqn"]
         if iqn in iqns or not iqn.lower().startswith("iqn.2001-04.com."):
@@ -240,12 +241,12 @@ def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, d
         out.append(Finding("orphan-session", f"{host}:{iqn}", why, (
             Action(host, "compute.detach", {"kind": kind, "portal": portal, "iqn": iqn},
                    why),)))
-    sync_vols = {v.vol for v in mine if v.mode == "sync" or v.extra.get("overlay")}
+    names = {v.vol for v in mine}       # … nor its mode: any volume there owns its overlay
     writes = {d["name"]: d.get("writes") for d in facts.get("datasets") or []
               if d["role"] == "temp-write"}
     for o in sorted(facts.get("overlays") or [], key=lambda o: o["vol"]):
         vol = o["vol"]
-        if vol in sync_vols:
+        if vol in names:
             continue
         tw = f"{pool}/{vol}-temp-write"
         why = "orphan overlay: no volume mapped here is this one"

@@ -73,7 +73,8 @@ def plan(ctx, *, destroy_orphans: bool = False,
 
     hosts = nases + nodes
     found = cl.parallel(hosts, live) if hosts else {}
-    in_flight = (lambda v: _busy_live(v)) if restore_only else (lambda v: _in_flight(st, v))
+    in_flight = (lambda v: _restore_skip(st, v)) if restore_only else \
+        (lambda v: _in_flight(st, v))
     for host in hosts:
         res = found[host]
         if isinstance(res, ImgstorError):
@@ -98,7 +99,8 @@ def plan(ctx, *, destroy_orphans: bool = False,
         nf = reconcile.node_plan(host, vols, facts, kind=cfg.initiator,
                                  driver=cfg.overlay, pool=cfg.vm_container_zpool,
                                  volume_kind=_kind(ctx, host, st),
-                                 skip=_busy_live, destroy_orphans=destroy_orphans)
+                                 skip=(lambda v: _restore_skip(st, v)),
+                                 destroy_orphans=destroy_orphans)
         if restore_only:
             nf = [f for f in nf if f.what in ("session", "overlay")]
         findings += nf
@@ -110,6 +112,17 @@ def _busy_live(v) -> bool:
     what the VM runs on)."""
     b = v.busy
     return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
+
+
+# a sync-in job in these phases is itself removing the target and the session, or
+# switching the overlay to the local copy: what looks missing is on its way out
+_PIVOTING = ("merged", "pivot")
+
+
+def _restore_skip(st, v) -> bool:
+    """Not restored now: a live user command holds v, or its live monitor is pivoting."""
+    return _busy_live(v) or any(j.phase in _PIVOTING and jobmod.owner_alive(j)
+                                for j in st.jobs_of(v.key))
 
 
 def _with_portal(ctx, v):

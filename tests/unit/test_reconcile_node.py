@@ -103,3 +103,10 @@ def test_unknown_marked_nas_volume_is_always_left() -> None:
     out = nas_volume_plan("nas-0-0", [vol()], f)
     assert [x.subject for x in out] == ["nas-0-0:tank/lost"]
     assert out[0].actions == () and "never destroys" in out[0].left
+
+
+def test_a_map_in_flight_owns_its_session_and_overlay_before_its_record_says_so() -> None:
+    v = vol(state="unmapped", mode=None, target=None, intent="map")
+    f = facts(sessions=[IQN], overlays=["v"],
+              datasets=[{"name": "tank/v-temp-write", "role": "temp-write", "writes": False}])
+    assert _np([v], f) == []
