@@ -28,6 +28,10 @@ def test_compute_rebooted_while_sync_mapped_refresh_brings_the_device_back(kerne
                            timeout=900)
         assert p.returncode == 0, p.stderr[-4000:]
         assert vol not in klab.out(NODE, "dmsetup ls")             # the reboot lost it
+        console = subprocess.run([str(LAB_KERNEL), "console", NODE], capture_output=True,
+                                 text=True).stdout
+        assert "zpool tank imported" in console.split("compute-0-0 reset")[-1] or \
+            f"tank/{vol}" in klab.out(NODE, "zfs list -H -o name").split(), console[-3000:]
         assert f"tank/{vol}" in klab.out(NODE, "zfs list -H -o name").split()   # pool kept
         assert cli(klab, "check", check=False).returncode == 9
         rows = json.loads(cli(klab, "refresh", "--json").stdout)
