@@ -24,6 +24,20 @@ def restart(host: str, daemon: str) -> None:
     assert p.returncode == 0, p.stderr
 
 
+def running(pid: int) -> bool:
+    """pid runs and is not a zombie (the machine's PID 1 reaps slowly)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def tgtd_pid(lab: Lab) -> int:
+    hosts = json.loads((lab.dir / "lab.json").read_text())["hosts"]
+    return next(h["tgtd"] for h in hosts if h["name"] == NAS)
+
+
 def acl_of(lab: Lab, iqn: str) -> list[str]:
     """The initiators in IQN's ACL on the NAS's tgtd (``ACL information:`` lines)."""
     out, inside, acl = [], False, False
@@ -56,7 +70,10 @@ def test_tgtd_restarted_refresh_puts_every_mapping_back(lab: Lab) -> None:
         for vol, host in vols.items():
             cli(lab, "add", "host", "storagemap", NAS, "tank", vol, host, "8M")
             sha[vol] = write_through(lab, host, vol, 8, f"rst-{vol}")
+        before = tgtd_pid(lab)
         restart(NAS, "tgtd")
+        after = tgtd_pid(lab)                                    # lab.json tracks the new one
+        assert after != before and running(after) and not running(before)
         assert "Target " not in targets(lab)                       # every target gone
         assert cli(lab, "check", check=False).returncode == 9
         rows = json.loads(cli(lab, "refresh", "--json").stdout)
