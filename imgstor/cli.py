@@ -173,14 +173,18 @@ COMMANDS: list[Cmd] = [
         "file order); one result line per item; exit 0 if all succeeded, else 1; global "
         "flags (--dry-run…) apply to every item", options=(("--jobs", int),)),
     Cmd(("refresh",), "imgstor.workflows.refresh:refresh", [], {},
-        "cron's every-minute run: restart dead monitors, start due periodic pulls of sync "
+        "cron's every-minute run: restart dead monitors, put back targets, sessions and "
+        "overlays that a reboot or a daemon restart lost, start due periodic pulls of sync "
         "volumes, write the metrics file (a second run at once exits 0 quietly)",
         flags=("--quiet",)),
     Cmd(("check",), "imgstor.workflows.check:check", [], {},
-        "compare the store with the NASes' live targets, busy markers and monitors "
-        "(read-only; exit 9 when anything differs)"),
+        "compare the store with the NASes' live targets and marked volumes, the nodes' "
+        "sessions, overlays and marked datasets, busy markers and monitors (read-only; exit "
+        "9 when anything differs)"),
     Cmd(("repair",), "imgstor.workflows.check:repair", [], {},
-        "fix what `check` finds (--dry-run: the plan); never destroys a volume"),
+        "fix what `check` finds (--dry-run: the plan); leaves what may hold a VM's only "
+        "data and says how to remove it (--destroy-orphans: orphan temp-writes and local "
+        "copies too; never a NAS volume)", flags=("--destroy-orphans",)),
     Cmd(("rebuild",), "imgstor.workflows.rebuild:rebuild", [], {},
         "make the lost state file again from the hosts (the NAS volumes' imgstor: "
         "properties, the nodes' local copies and overlays, the live targets); refused "

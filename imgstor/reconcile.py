@@ -20,7 +20,8 @@ from imgstor.names import target_iqn
 from imgstor.state.model import Job, Volume
 
 __all__ = ["Action", "Finding", "FRONTEND", "wants_target", "target_plan", "nas_plan",
-           "store_plan", "imgstor_iqn_prefix"]
+           "store_plan", "imgstor_iqn_prefix", "restore_plan", "node_plan",
+           "nas_volume_plan", "on_host", "ORIGIN_FROM_ATTACH", "ORIGIN_LOCAL"]
 
 FRONTEND = "frontend"          # Action.host of the store's own repairs (no remote step)
 
@@ -157,4 +158,144 @@ def store_plan(volumes: Iterable[Volume], jobs: Iterable[Job], *, here: str,
         out.append(Finding("monitor", j.id, f"job {j.kind} of {j.volume} in phase "
                            f"{j.phase}: {why}",
                            (Action(FRONTEND, "monitor.start", {"job": j.id}, why),)))
+    return out
+
+
+# ------------------------------------------------------------------ a host's own facts
+ORIGIN_FROM_ATTACH = "@attach"      # overlay.create's origin: what compute.attach returns
+ORIGIN_LOCAL = "@local"             # … or the local copy (a dm overlay caught merging)
+
+
+def on_host(v: Volume, host: str) -> bool:
+    """v has (or is getting) something on compute node HOST."""
+    return v.host == host and (v.state != "unmapped" or bool(v.extra.get("intent")))
+
+
+def restore_plan(v: Volume, facts: dict, *, kind: str, driver: str, pool: str,
+                 volume_kind: str) -> list[Action]:
+    """What node v.host lost of mapped volume v (a reboot, a killed daemon): its iSCSI
+    session (iscsiadm: ``compute.attach``), its sync overlay (before the pivot:
+    ``compute.attach`` for the origin, then ``overlay.create`` over it -- the temp-write
+    store that holds the VM's writes is reused; a dm overlay caught ``merging`` is made over
+    the local copy, into which part of its writes have merged already; after the pivot:
+    ``overlay.restore_local``).  Empty: nothing missing."""
+    if v.state not in ("mapped", "NAS->VM", "merging") or not v.host:
+        return []
+    host = v.host
+    iqn = v.target
+    sessions = {s["iqn"] for s in facts.get("sessions") or []}
+    running = {o["vol"] for o in facts.get("overlays") or []}
+    portal = v.extra.get("portal")
+    attach = Action(host, "compute.attach", {"kind": kind, "portal": portal, "iqn": iqn,
+                                             "lun": v.extra.get("lun", 1), "key": v.key},
+                    f"no iSCSI session to {iqn}")
+    if v.mode != "sync":
+        if kind == "iscsiadm" and iqn and iqn not in sessions:
+            return [attach]
+        return []
+    pool = v.extra.get("local_pool") or pool
+    driver = v.extra.get("overlay") or driver
+    ovl = {"driver": driver, "pool": pool, "vol": v.vol}
+    if v.vol in running:
+        if kind == "iscsiadm" and iqn and v.state != "mapped" and iqn not in sessions:
+            return [attach]
+        return []
+    if v.state == "mapped":
+        return [Action(host, "overlay.restore_local", {**ovl, "kind": volume_kind},
+                       "no overlay (pivoted): its device on the local copy is gone")]
+    origin = ORIGIN_LOCAL if (v.state == "merging" and driver == "dm") else ORIGIN_FROM_ATTACH
+    why = f"no overlay ({v.state}): rebuilt from {pool}/{v.vol}-temp-write"
+    return [attach, Action(host, "overlay.create", {**ovl, "origin": origin,
+                                                    "kind": volume_kind}, why)]
+
+
+def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, driver: str,
+              pool: str, volume_kind: str, skip: Callable[[Volume], bool] = lambda v: False,
+              destroy_orphans: bool = False) -> list[Finding]:
+    """Everything that differs between the store and compute node HOST's ``host.facts``:
+    each mapped volume's ``restore_plan`` (``session`` / ``overlay`` findings), and orphans
+    -- sessions to an imgstor-named target no volume here has (logged out), overlays no
+    record has (removed, unless their temp-write holds writes), temp-write stores and
+    local copies no record has (a temp-write without writes is destroyed; one with writes
+    and a local copy -- it may be newer than the NAS -- are left unless
+    ``destroy_orphans``)."""
+    mine = [v for v in volumes if on_host(v, host)]
+    out: list[Finding] = []
+    for v in sorted(mine, key=lambda v: v.key):
+        if skip(v):
+            continue
+        plan = restore_plan(v, facts, kind=kind, driver=driver, pool=pool,
+                            volume_kind=volume_kind)
+        if plan:
+            what = "overlay" if any(a.step.startswith("overlay.") for a in plan) else "session"
+            out.append(Finding(what, v.key, "; ".join(a.why for a in plan if a.why),
+                               tuple(plan)))
+    # a map in flight (its intent recorded) may not have recorded its target yet
+    iqns = {v.target for v in mine if v.target} | {target_iqn(v.nas, v.vol) for v in mine}
+    for s in sorted(facts.get("sessions") or [], key=lambda s: s["iqn"]):
+        iqn = s["iqn"]
+        if iqn in iqns or not iqn.lower().startswith("iqn.2001-04.com."):
+            continue
+        why = "orphan session: no volume mapped here has this target"
+        portal = f"{s['address']}:{s['port']}"
+        out.append(Finding("orphan-session", f"{host}:{iqn}", why, (
+            Action(host, "compute.detach", {"kind": kind, "portal": portal, "iqn": iqn},
+                   why),)))
+    names = {v.vol for v in mine}       # … nor its mode: any volume there owns its overlay
+    writes = {d["name"]: d.get("writes") for d in facts.get("datasets") or []
+              if d["role"] == "temp-write"}
+    for o in sorted(facts.get("overlays") or [], key=lambda o: o["vol"]):
+        vol = o["vol"]
+        if vol in names:
+            continue
+        tw = f"{pool}/{vol}-temp-write"
+        why = "orphan overlay: no volume mapped here is this one"
+        if writes.get(tw) is not False and tw in writes and not destroy_orphans:
+            out.append(Finding("orphan-overlay", f"{host}:{vol}", why, left=(
+                f"its temp-write {tw} holds writes not merged anywhere: copy them out, then "
+                f"`imgstor repair --destroy-orphans`")))
+            continue
+        out.append(Finding("orphan-overlay", f"{host}:{vol}", why, (
+            Action(host, "overlay.remove", {"driver": o["driver"], "pool": pool, "vol": vol},
+                   why),)))
+    known = {f"{v.extra.get('local_pool') or pool}/{v.vol}" for v in mine}
+    for d in sorted(facts.get("datasets") or [], key=lambda d: d["name"]):
+        name, role = d["name"], d["role"]
+        if role == "volume":
+            continue
+        base = name[:-len("-temp-write")] if role == "temp-write" and \
+            name.endswith("-temp-write") else name
+        if base in known:
+            continue
+        why = f"orphan {role}: no volume mapped here has {name}"
+        destroy = Action(host, "host.destroy_marked", {"name": name, "role": role,
+                                                       "force": destroy_orphans}, why)
+        if role == "temp-write" and d.get("writes") is False:
+            out.append(Finding("orphan-" + role, f"{host}:{name}", why + " (no writes)",
+                               (destroy,)))
+        elif destroy_orphans:
+            out.append(Finding("orphan-" + role, f"{host}:{name}", why, (destroy,)))
+        else:
+            held = ("holds writes not merged anywhere" if role == "temp-write"
+                    else "may be newer than the NAS's copy")
+            out.append(Finding("orphan-" + role, f"{host}:{name}", why, left=(
+                f"it {held}: check it, then `imgstor repair --destroy-orphans` (or "
+                f"`zfs destroy {name}` on {host})")))
+    return out
+
+
+def nas_volume_plan(nas: str, volumes: Iterable[Volume], facts: dict) -> list[Finding]:
+    """NAS volumes carrying imgstor's mark (``imgstor:role=volume``) the store does not
+    know: always left -- they may hold a VM's only copy; never destroyed by repair, not even
+    with ``--destroy-orphans``."""
+    known = {f"{v.zpool}/{v.vol}" for v in volumes if v.nas == nas}
+    out = []
+    for d in sorted(facts.get("datasets") or [], key=lambda d: d["name"]):
+        if d["role"] != "volume" or d["name"] in known:
+            continue
+        out.append(Finding("orphan-volume", f"{nas}:{d['name']}",
+                           "marked imgstor:role=volume, not in the store", left=(
+                               f"it may hold a VM's only copy: imgstor never destroys it; "
+                               f"once you know it holds nothing needed, `zfs destroy "
+                               f"{d['name']}` on {nas} by hand")))
     return out

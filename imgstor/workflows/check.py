@@ -41,30 +41,105 @@ def _in_flight(st, v) -> bool:
     return any(jobmod.owner_alive(j) for j in st.jobs_of(v.key))
 
 
-def plan(ctx) -> list[reconcile.Finding]:
+def plan(ctx, *, destroy_orphans: bool = False,
+         restore_only: bool = False) -> list[reconcile.Finding]:
+    """The findings of ``check``/``repair``; ``restore_only`` (refresh): what a reboot or
+    a daemon restart lost of mapped volumes only -- targets and ACLs to put back, sessions
+    and overlays to start again -- and nothing of the store's own or of orphans."""
     st = ctx.store.read()
-    findings = reconcile.store_plan(st.volumes.values(), st.jobs.values(), here=this_host(),
-                                    alive=pid_alive)
+    findings = [] if restore_only else reconcile.store_plan(
+        st.volumes.values(), st.jobs.values(), here=this_host(), alive=pid_alive)
     nases = sorted({n for n, h in ctx.config.hosts.items() if h.role == "nas"}
                    | {v.nas for v in st.volumes.values() if v.nas in ctx.config.hosts})
+    nodes = sorted({n for n, h in ctx.config.hosts.items() if h.role == "compute"}
+                   | {v.host for v in st.volumes.values()
+                      if v.host and v.host in ctx.config.hosts})
+    nodes = [n for n in nodes if n not in nases]
+    if restore_only:        # only hosts with a mapped volume: refresh stays cheap
+        busy = {v.nas for v in st.volumes.values() if reconcile.wants_target(v)}
+        nases = [n for n in nases if n in busy]
+        nodes = [n for n in nodes if any(reconcile.on_host(v, n) for v in st.volumes.values())]
     cl = ctx.cluster
 
-    def live(nas: str):
-        return cl.step(nas, "nas.target_facts",
-                       driver=ctx.config.host(nas).target).facts["targets"]
+    def live(host: str):
+        cfg = ctx.config.host(host)
+        if host in nases:
+            t = cl.step(host, "nas.target_facts", driver=cfg.target).facts["targets"]
+            f = {} if restore_only else cl.step(host, "host.facts",
+                                                 pools=list(cfg.img_zpools)).facts
+            return t, f
+        return None, cl.step(host, "host.facts", pools=[cfg.vm_container_zpool],
+                             initiator=cfg.initiator, overlay=cfg.overlay).facts
 
-    found = cl.parallel(nases, live) if nases else {}
-    for nas in nases:
-        res = found[nas]
+    hosts = nases + nodes
+    found = cl.parallel(hosts, live) if hosts else {}
+    in_flight = (lambda v: _restore_skip(st, v)) if restore_only else \
+        (lambda v: _in_flight(st, v))
+    for host in hosts:
+        res = found[host]
         if isinstance(res, ImgstorError):
-            findings.append(reconcile.Finding("nas", nas, f"unreachable: {res}",
+            findings.append(reconcile.Finding("host" if host in nodes else "nas", host,
+                                              f"unreachable: {res}",
                                               left="nothing checked or done there"))
             continue
-        cfg = ctx.config.host(nas)
-        findings += reconcile.nas_plan(nas, st.volumes.values(), res, driver=cfg.target,
-                                       kind=cfg.volume_kind, portal=portal_of(cfg),
-                                       skip=lambda v: _in_flight(st, v))
+        cfg = ctx.config.host(host)
+        targets, facts = res
+        if host in nases:
+            nf = reconcile.nas_plan(host, st.volumes.values(), targets, driver=cfg.target,
+                                    kind=cfg.volume_kind, portal=portal_of(cfg),
+                                    skip=in_flight)
+            if restore_only:    # put back what is missing; removing waits for repair
+                nf = [f for f in nf if f.what == "target"
+                      and all(a.step == "nas.ensure_target" for a in f.actions)]
+            else:
+                nf += reconcile.nas_volume_plan(host, st.volumes.values(), facts)
+            findings += nf
+            continue
+        vols = [_with_portal(ctx, v) for v in st.volumes.values()]
+        nf = reconcile.node_plan(host, vols, facts, kind=cfg.initiator,
+                                 driver=cfg.overlay, pool=cfg.vm_container_zpool,
+                                 volume_kind=_kind(ctx, host, st),
+                                 skip=(lambda v: _restore_skip(st, v)),
+                                 destroy_orphans=destroy_orphans)
+        if restore_only:
+            nf = [f for f in nf if f.what in ("session", "overlay")]
+        findings += nf
     return findings
+
+
+def _busy_live(v) -> bool:
+    """A live user command holds v (a job alone does not stop a restore: its overlay is
+    what the VM runs on)."""
+    b = v.busy
+    return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
+
+
+# a sync-in job in these phases is itself removing the target and the session, or
+# switching the overlay to the local copy: what looks missing is on its way out
+_PIVOTING = ("merged", "pivot")
+
+
+def _restore_skip(st, v) -> bool:
+    """Not restored now: a live user command holds v, or its live monitor is pivoting."""
+    return _busy_live(v) or any(j.phase in _PIVOTING and jobmod.owner_alive(j)
+                                for j in st.jobs_of(v.key))
+
+
+def _with_portal(ctx, v):
+    if v.extra.get("portal") or v.nas not in ctx.config.hosts:
+        return v
+    import copy
+    v = copy.deepcopy(v)
+    v.extra["portal"] = portal_of(ctx.config.host(v.nas))
+    return v
+
+
+def _kind(ctx, host: str, st) -> str:
+    """The volume kind of the NAS whose volumes host's local copies mirror (the lab: file)."""
+    for v in st.volumes.values():
+        if v.host == host and v.nas in ctx.config.hosts:
+            return ctx.config.host(v.nas).volume_kind
+    return "zvol"
 
 
 def _row(f: reconcile.Finding, action: str) -> dict[str, Any]:
@@ -84,32 +159,72 @@ def check(ctx) -> Output:
 
 
 def _brief(a: reconcile.Action) -> str:
-    return " ".join(f"{k}={v}" for k, v in a.args.items() if k in ("iqn", "job", "key"))
+    return " ".join(f"{k}={v}" for k, v in a.args.items()
+                    if k in ("iqn", "job", "key", "vol", "name"))
 
 
-def repair(ctx) -> Output:
+def repair(ctx, *, destroy_orphans: bool = False) -> Output:
     rows = []
     failed = False
-    for f in plan(ctx):
+    for f in plan(ctx, destroy_orphans=destroy_orphans):
         if not f.actions:
             rows.append(_row(f, f"left: {f.left}"))
             failed = True
             continue
-        if ctx.dry_run:
-            rows.append(_row(f, "would: " + "; ".join(f"{a.host}: {a.step} {_brief(a)}"
-                                                      for a in f.actions)))
-            continue
-        try:
-            rows.append(_row(f, "; ".join(_run(ctx, f, a) for a in f.actions)))
-        except ImgstorError as e:
-            rows.append(_row(f, f"failed: {e}"))
-            failed = True
+        action, ok = run_finding(ctx, f)
+        rows.append(_row(f, action))
+        failed = failed or not ok
     footer = [] if rows else ["everything agrees: nothing to repair"]
     return Output(rows, _COLUMNS, footer=footer,
                   exit_code=EXIT_DIFFERS if failed else 0)
 
 
-def _run(ctx, f: reconcile.Finding, a: reconcile.Action) -> str:
+def restore(ctx) -> list[dict]:
+    """``refresh``'s restore: targets, ACLs, sessions and overlays that mapped volumes
+    lost (a reboot, a daemon restart) are put back; rows like ``repair``'s."""
+    rows = []
+    for f in plan(ctx, restore_only=True):
+        if f.actions:
+            rows.append(_row(f, run_finding(ctx, f)[0]))
+        else:
+            rows.append(_row(f, f"left: {f.left}"))
+    return rows
+
+
+def run_finding(ctx, f: reconcile.Finding) -> tuple[str, bool]:
+    """Run one finding's actions in order: (what was done, True) or (why not, False)."""
+    if ctx.dry_run:
+        return "would: " + "; ".join(f"{a.host}: {a.step} {_brief(a)}"
+                                     for a in f.actions), True
+    try:
+        if f.what in ("target", "session", "overlay"):
+            # the volume's own repair holds its busy marker: no user command meets it midway
+            with ctx.store.busy(f.subject, "repair") as v:
+                memo: dict = {}
+                return "; ".join(_run(ctx, f, a, v, memo) for a in f.actions), True
+        return "; ".join(_run(ctx, f, a, None, {}) for a in f.actions), True
+    except ImgstorError as e:
+        return f"failed: {e}", False
+
+
+def _chap(ctx, v) -> dict | None:
+    if not v.extra.get("chap_user"):
+        return None
+    from imgstor import chap as chapstore
+    from imgstor.workflows.storagemap.common import state_path
+    creds = chapstore.load(state_path(ctx), v.nas, v.vol)
+    return creds.wire() if creds else None
+
+
+def _local_path(ctx, host: str, pool: str, vol: str, kind: str) -> str:
+    from imgstor.errors import NotFound
+    f = ctx.cluster.step(host, "nas.get_props", pool=pool, vol=vol, kind=kind).facts
+    if not f.get("exists") or not f.get("path"):
+        raise NotFound(f"{host}: the local copy {pool}/{vol} is not there")
+    return f["path"]
+
+
+def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
     if a.step == "store.unbusy":
         ctx.store.unbusy(a.args["key"])
         return "busy marker cleared"
@@ -119,16 +234,46 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action) -> str:
         except OSError as e:
             raise BusyError(f"could not start a monitor: {e}") from None
     args = dict(a.args)
-    if f.what == "target":
-        # the volume's own repair holds its busy marker: no user command meets it midway
-        with ctx.store.busy(f.subject, "repair") as v:
-            if a.step == "nas.ensure_target" and v.extra.get("chap_user"):
-                from imgstor import chap as chapstore
-                from imgstor.workflows.storagemap.common import state_path
-                creds = chapstore.load(state_path(ctx), v.nas, v.vol)
-                if creds:
-                    args["chap"] = creds.wire()
-            r = ctx.cluster.step(a.host, a.step, **args)
-    else:
+    if v is not None and a.step in ("nas.ensure_target", "compute.attach"):
+        if (creds := _chap(ctx, v)) is not None:
+            args["chap"] = creds
+    if a.step == "compute.attach":
+        args.pop("key", None)
+        args["portal"] = args.get("portal") or portal_of(ctx.config.host(v.nas))
         r = ctx.cluster.step(a.host, a.step, **args)
+        memo["attach"] = r.facts
+        if v.mode != "sync" and r.facts.get("device"):
+            _record(ctx, v.key, device=r.facts["device"])
+        return r.message or "attached"
+    if a.step in ("overlay.create", "overlay.restore_local"):
+        kind = ctx.config.host(v.nas).volume_kind if v.nas in ctx.config.hosts \
+            else args.get("kind", "zvol")
+        args.pop("kind", None)
+        if a.step == "overlay.restore_local" or args.get("origin") == reconcile.ORIGIN_LOCAL:
+            local = _local_path(ctx, a.host, args["pool"], args["vol"], kind)
+            if a.step == "overlay.restore_local":
+                args["local"] = local
+            else:
+                args["origin"] = local
+        elif args.get("origin") == reconcile.ORIGIN_FROM_ATTACH:
+            att = memo.get("attach") or {}
+            args["origin"] = att.get("qemu_json") or att.get("device")
+        r = ctx.cluster.step(a.host, a.step, **args)
+        if a.step == "overlay.create" and args["origin"] != v.extra.get("origin") \
+                and args["origin"] == (memo.get("attach") or {}).get("device"):
+            _record(ctx, v.key, origin=args["origin"])
+        return r.message or f"{a.step} done"
+    r = ctx.cluster.step(a.host, a.step, **args)
     return r.message or f"{a.step} done"
+
+
+def _record(ctx, key: str, **changes) -> None:
+    """A restored session's new device (dm: the new /dev/sdX is the overlay's origin)."""
+    with ctx.store.transaction() as st:
+        v = st.volumes.get(key)
+        if v is None:
+            return
+        if "device" in changes:
+            v.device = changes["device"]
+        if "origin" in changes:
+            v.extra["origin"] = changes["origin"]

@@ -16,7 +16,11 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    job and its monitor
    (imgstor/workflows/storagemap/pull.py).  The check and the job's record are one
    transaction, so two refreshes (or a refresh and an unmap) cannot both start work.
-4. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+4. Restore (``check.restore``): a mapped volume whose target or ACL is missing on its
+   NAS (tgtd restarted, a NAS rebooted), whose iSCSI session or sync overlay is missing on
+   its node (a node rebooted, a killed qemu-storage-daemon) gets it back; a sync overlay
+   is rebuilt over its temp-write store (before the pivot) or its local copy (after).
+5. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
 
 It prints one row per thing it found and what it did (``--json``: the same rows).
 """
@@ -85,15 +89,25 @@ def _refresh(ctx) -> list[dict]:
     for r in resume_all(ctx).rows:
         rows.append({"what": "job", "volume": r["volume"], "job": r["job"],
                      "action": r["action"]})
-    # 2. periodic pulls
+    # 2. what a reboot or a daemon restart lost: targets, sessions, overlays
+    rows += _restore(ctx)
+    # 3. periodic pulls
     rows += _pulls(ctx)
     hosts = probing.wait()
     probe.record(ctx, hosts)
     rows = probe.rows(hosts) + rows
-    # 3. metrics
+    # 4. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
     return rows
+
+
+def _restore(ctx) -> list[dict]:
+    """workflows/check.py's ``restore``: put back what mapped volumes lost (only starts
+    things: a target, a login, an overlay daemon; never a copy)."""
+    from imgstor.workflows.check import restore
+    return [{"what": r["what"], "volume": r["subject"], "job": None,
+             "action": f"{r['found']}: {r['action']}"} for r in restore(ctx)]
 
 
 def _pulls(ctx) -> list[dict]:

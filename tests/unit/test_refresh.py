@@ -133,6 +133,7 @@ def ctx(imgstor, config_path, state_path, monkeypatch):
     from imgstor.workflows.context import Ctx
     spawned = []
     monkeypatch.setattr(syncmod, "_spawn", lambda c, job: spawned.append(job.id))
+    monkeypatch.setattr(rf, "_restore", lambda c: [])     # no hosts here (test_reconcile)
     c = Ctx(config_path=str(config_path))
     c.spawned = spawned
     return c

@@ -45,7 +45,7 @@ from imgstor.errors import Conflict, NotFound, StepError, UsageError
 from imgstor.remote.drivers._common import positional
 
 __all__ = ["RUN_DIR", "QSD_DIR", "NBD_DIR", "NODE_OVL", "NODE_OVL_FILE", "NODE_ORIGIN",
-           "NODE_LOCAL", "Paths", "Job", "QMP", "connect", "paths", "nbd_url",
+           "NODE_LOCAL", "Paths", "local_daemon_argv", "Job", "QMP", "connect", "paths", "nbd_url",
            "origin_blockdev", "local_blockdev", "overlay_node", "overlay_blockdevs", "daemon_argv",
            "parse_jobs", "parse_exports", "parse_nodes"]
 
@@ -126,6 +126,20 @@ def daemon_argv(vol: str, origin: dict, overlay: str, p: Paths) -> list[str]:
             "--blockdev", js(origin), "--blockdev", js(f), "--blockdev", js(q),
             "--nbd-server", f"addr.type=unix,addr.path={_opt(p.nbd)}",
             "--export", f"type=nbd,id={_opt(vol)},node-name={NODE_OVL},name={_opt(vol)},"
+                        "writable=on",
+            "--chardev", f"socket,id=qmp,path={_opt(p.qmp)},server=on,wait=off",
+            "--monitor", "chardev=qmp"]
+
+
+def local_daemon_argv(vol: str, local: str, p: Paths) -> list[str]:
+    """A pivoted overlay started again (after a reboot or a killed daemon): the daemon
+    exports the local copy alone (node ``local``), as it did after ``job-complete``."""
+    positional(vol, "volume")
+    js = lambda d: json.dumps(d, separators=(",", ":"), sort_keys=True)  # noqa: E731
+    return ["qemu-storage-daemon", "--daemonize", "--pidfile", p.pidfile,
+            "--blockdev", js(local_blockdev(local)),
+            "--nbd-server", f"addr.type=unix,addr.path={_opt(p.nbd)}",
+            "--export", f"type=nbd,id={_opt(vol)},node-name={NODE_LOCAL},name={_opt(vol)},"
                         "writable=on",
             "--chardev", f"socket,id=qmp,path={_opt(p.qmp)},server=on,wait=off",
             "--monitor", "chardev=qmp"]

@@ -152,6 +152,12 @@ class Overlay(ABC):
         """Once merged: the device becomes the merge target alone; temp-write goes."""
 
     @abstractmethod
+    def restore_local(self, local: str) -> Outcome:
+        """A pivoted overlay whose device is gone (reboot, killed daemon): ensure the
+        device runs again on LOCAL (the local copy) alone.  An overlay still there, in
+        whatever phase, is left as it is."""
+
+    @abstractmethod
     def remove(self) -> Outcome:
         """Ensure the device (and, for qcow2, its daemon) is gone.  The temp-write store
         is kept unless the overlay had pivoted: before that it holds the VM's writes."""

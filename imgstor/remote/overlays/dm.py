@@ -127,6 +127,20 @@ class DmOverlay(Overlay):
                  "cow": self.cow, "temp_write": self.temp_write, "temp_write_created": made}
         return Outcome(True, facts, f"created overlay {self.name} over {origin}")
 
+    def restore_local(self, local: str) -> Outcome:
+        st = self.status()
+        if st.exists:
+            return Outcome(False, st.facts(), f"{self.name} exists ({st.status})")
+        local = local or self.local
+        wait_path(self.ex, local)
+        sectors = int(self.ex.run(["blockdev", "--getsz", local], read_only=True).stdout.strip())
+        self._run([dm.create(self.name, dm.linear_table(local, sectors))])
+        wait_path(self.ex, self.device)
+        return Outcome(True, {"driver": self.driver, "exists": True, "device": self.device,
+                              "phase": PIVOTED, "into": "local", "status": "linear",
+                              "sectors": sectors},
+                       f"created {self.name} linear on the local copy {local}")
+
     def _merge(self, into: str, local: str | None) -> Outcome:
         t = self._table()
         if t is None:

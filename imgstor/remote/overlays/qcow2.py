@@ -224,6 +224,32 @@ class Qcow2Overlay(Overlay):
             facts.update(pid=st.detail["pid"])
         return Outcome(True, facts, f"overlay {self.vol} over the origin: {self.device}")
 
+    def restore_local(self, local: str) -> Outcome:
+        st = self.status()
+        if st.exists:
+            return Outcome(False, st.facts(), f"overlay {self.vol} runs (pid "
+                                              f"{st.detail['pid']}, {st.phase})")
+        if not base.FS.exists(local):
+            raise NotFound(f"{self.ex.host}: the local copy {local} is not there")
+        for d in (qsd.QSD_DIR, qsd.NBD_DIR):
+            if not base.FS.exists(d):
+                self.ex.run(["mkdir", "-p", "-m", "0700", d])
+        stale = [p for p in (self.paths.pidfile, self.paths.qmp, self.paths.nbd)
+                 if base.FS.exists(p)]
+        if stale:                       # the dead daemon's sockets and pid file
+            self.ex.run(["rm", "-f", "--"] + stale)
+        run_mapped(self.ex, qsd.local_daemon_argv(self.vol, local, self.paths), qimg.classify)
+        facts = {"driver": self.driver, "exists": True, "device": self.device,
+                 "phase": PIVOTED, "into": "local", "status": "linear", "local": local}
+        if not self.ex.dry_run:
+            st = self.status()
+            if not st.exists or st.phase != PIVOTED:
+                raise StepError(f"{self.ex.host}: qemu-storage-daemon for {self.vol} on "
+                                f"{local} did not start as expected")
+            facts.update(pid=st.detail["pid"])
+        return Outcome(True, facts, f"overlay {self.vol} on its local copy again: "
+                                    f"{self.device}")
+
     # -------------------------------------------------------------- merge
     def _commit(self, into: str, local: str | None) -> Outcome:
         q = self._qmp()

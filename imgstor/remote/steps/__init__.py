@@ -41,7 +41,8 @@ def step(name: str, *, read_only: bool = False):
 
 def load_all() -> dict[str, Callable[..., StepResult]]:
     from imgstor.remote.steps import probe  # noqa: F401
-    for mod in ("nas", "compute", "overlay", "copy", "synckeys", "snapshot", "inventory"):
+    for mod in ("nas", "compute", "overlay", "copy", "synckeys", "snapshot", "inventory",
+                "nodefacts"):
         try:
             __import__(f"imgstor.remote.steps.{mod}")
         except ModuleNotFoundError as e:     # not written yet in this version

@@ -31,7 +31,7 @@ from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import run_mapped, wait_path
 from imgstor.remote.steps.snapshot import ROLE_PROP, SNAP_ROLE
 
-__all__ = ["ensure_zvol", "create", "merge", "status", "linear", "remove", "send_volume"]
+__all__ = ["ensure_zvol", "create", "merge", "status", "linear", "restore_local", "remove", "send_volume"]
 
 
 @step("compute.ensure_zvol")
@@ -100,6 +100,15 @@ def linear(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
     deleted -- deleting the origin ends the iSCSI session); then ``POOL/VOL-temp-write``
     is destroyed.  Not merged yet is a Conflict."""
     return _result(_ovl(ex, driver, pool, vol).pivot())
+
+
+@step("overlay.restore_local")
+def restore_local(ex: Executor, *, driver: str, pool: str, vol: str, local: str) -> StepResult:
+    """A pivoted overlay whose device is gone after a reboot or a killed daemon: ensure
+    the VM's device runs again on LOCAL (the local copy) alone.  dm: ``dmsetup create
+    VOL-snap`` with a ``linear`` table over LOCAL; qcow2: ``qemu-storage-daemon`` exporting
+    LOCAL as node ``local``.  An overlay that exists is left as it is."""
+    return _result(_ovl(ex, driver, pool, vol).restore_local(local))
 
 
 @step("overlay.remove")

@@ -62,6 +62,8 @@ RELOAD_ORIGIN = ["dmsetup", "reload", SNAP, "--table", "0 131072 snapshot-merge 
 RELOAD_LINEAR = ["dmsetup", "reload", SNAP, "--table", "0 131072 linear 230:16 0"]
 DESTROY_TW = ["zfs", "destroy", TW]
 DM_REMOVE = ["dmsetup", "remove", "--retry", SNAP]
+GETSZ_LOCAL = cmd(["blockdev", "--getsz", LOCALZ], stdout="131072\n")
+DM_LINEAR = ["dmsetup", "create", SNAP, "--table", f"0 131072 linear {LOCALZ} 0"]
 
 DM_SNAP_FACTS = {"driver": "dm", "exists": True, "device": MAPPER, "phase": "snapshot",
                  "into": None, "done": None, "total": None, "status": "snapshot",
@@ -113,6 +115,29 @@ DM_SCENARIOS = [
     dict(id="dm-bad-volume-name", step="overlay.create", tags=["error"],
          args={**DM, "vol": "../etc", "origin": "/dev/sda"}, script=[],
          raises=("UsageError", "bad volume name")),
+    # ------------------------------------------------------------------ overlay.restore_local
+    dict(id="dm-restore-local-new", step="overlay.restore_local", tags=["changes"],
+         note="a pivoted overlay lost in a reboot: linear on the local copy again",
+         args={**DM, "local": LOCALZ}, env={"paths": [LOCALZ, MAPPER]},
+         script=[T_NONE, cmd(SETTLE), GETSZ_LOCAL, cmd(DM_LINEAR), cmd(SETTLE)],
+         changed=True, mutating=[DM_LINEAR],
+         facts={"driver": "dm", "exists": True, "device": MAPPER, "phase": "pivoted",
+                "into": "local", "status": "linear", "sectors": 131072},
+         message=f"created {SNAP} linear on the local copy {LOCALZ}"),
+    dict(id="dm-restore-local-exists", step="overlay.restore_local", tags=["done"],
+         note="any overlay there (even one still in snapshot) is left as it is",
+         args={**DM, "local": LOCALZ}, script=[T_SNAP, S_SNAP],
+         changed=False, mutating=[], facts=DM_SNAP_FACTS,
+         message=f"{SNAP} exists (snapshot)"),
+    dict(id="dm-restore-local-dry-run", step="overlay.restore_local", tags=["dry-run"],
+         dry_run=True, args={**DM, "local": LOCALZ}, script=[T_NONE, GETSZ_LOCAL],
+         skipped=[DM_LINEAR], changed=True),
+    dict(id="dm-restore-local-no-copy", step="overlay.restore_local", tags=["error"],
+         args={**DM, "local": LOCALZ}, env={"paths": [LOCALZ]},
+         script=[T_NONE, cmd(SETTLE),
+                 cmd(["blockdev", "--getsz", LOCALZ], rc=1,
+                     stderr=f"blockdev: cannot open {LOCALZ}: No such device\n")],
+         raises=("RemoteCommandError", "No such device")),
     # ------------------------------------------------------------------ overlay.merge
     dict(id="dm-into-local", step="overlay.merge", tags=["changes"], args=DM,
          script=[T_SNAP, cmd(SUSPEND), cmd(RELOAD_LOCAL), cmd(RESUME)],

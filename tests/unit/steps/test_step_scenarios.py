@@ -39,22 +39,33 @@ import scn_compute
 import scn_nas_snapshot
 import scn_nas_target
 import scn_nas_volume
+import scn_nodefacts
 import scn_overlay
 
 from imgstor import errors
 from imgstor.remote.executor import Expect, ScriptedExecutor
-from imgstor.remote.steps import _util, compute, load_all, nas, overlay, probe, snapshot
+from imgstor.remote.steps import (
+    _util,
+    compute,
+    load_all,
+    nas,
+    nodefacts,
+    overlay,
+    probe,
+    snapshot,
+)
 
 SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
-             + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS)
+             + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS + scn_nodefacts.SCENARIOS)
 
 WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
                "nas.destroy_volume", "compute.attach", "compute.detach",
-               "overlay.create", "overlay.merge", "overlay.linear", "overlay.remove",
+               "overlay.create", "overlay.merge", "overlay.linear", "overlay.restore_local",
+               "overlay.remove",
                "nas.snapshot", "nas.destroy_snapshot", "nas.prune_snapshots",
-               "nas.hold_base", "nas.release_base")
+               "nas.hold_base", "nas.release_base", "host.destroy_marked")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
-              "probe", "overlay.status")
+              "probe", "overlay.status", "host.facts")
 KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
               "facts_include", "message", "raises", "details", "mutating", "skipped",
               "sleeps", "note", "fs", "qmp", "qmp_mutating", "lzc_calls"}
@@ -236,7 +247,7 @@ def test_every_step_has_the_required_cases(step: str):
 
 
 def test_every_step_of_these_modules_has_scenarios():
-    mods = {m.__name__ for m in (nas, compute, probe, overlay, snapshot)}
+    mods = {m.__name__ for m in (nas, compute, probe, overlay, snapshot, nodefacts)}
     # overlay.py still hosts compute.ensure_zvol and nas.send_volume (the copy's building
     # blocks, moving to the copy engine): the gate covers its overlay.* steps
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods
