@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["imgstor", "imgstor.*"]),
     install_requires=["fabric", "paramiko", "tabulate", "filelock"],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={"test": ["pytest", "ruff", "mypy"]},
     entry_points={"console_scripts": [
         "imgstor=imgstor.cli:main",
         "imgstorageadmin=imgstor.admin:main",

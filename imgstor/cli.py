@@ -31,7 +31,7 @@ import importlib
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from imgstor.errors import ImgstorError, UsageError
 
@@ -158,7 +158,7 @@ _GLOBAL_HELP = ("global flags (before or after the command): --json, -n/--dry-ru
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would sys.exit(2)
+    def error(self, message: str) -> NoReturn:  # argparse would sys.exit(2)
         raise UsageError(f"{self.prog}: {message}")
 
 

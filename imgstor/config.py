@@ -132,7 +132,7 @@ class Config:
             if hc is None or not attrs:
                 continue
             kept[name] = dict(attrs)
-            change = {k: tuple(v) if k == "img_zpools" else v for k, v in attrs.items()}
+            change: dict[str, Any] = {k: tuple(v) if k == "img_zpools" else v for k, v in attrs.items()}
             if "ib_net" in change and "data_address" not in self.host_keys.get(name, ()):
                 ib = change["ib_net"]
                 change["data_address"] = f"{name}.{ib}" if ib else hc.address

@@ -10,6 +10,8 @@ This module imports nothing but the standard library: it is shipped to nodes.
 """
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ImgstorError", "UsageError", "ConfigError", "StateError", "BusyError",
     "LockTimeout", "NotFound", "AlreadyExists", "Conflict", "RemoteCommandError",
@@ -22,10 +24,10 @@ class ImgstorError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, **details: object) -> None:
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.details = details
+        self.details: dict[str, Any] = details
 
     def __str__(self) -> str:
         return self.message

@@ -93,7 +93,7 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
            "recorded.", [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol},
                           1 if errs[v.key] else 0) for v in vols])
     family("imgstor_volume_last_error_info", "The recorded error, in label message.",
-           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": errs[v.key][:500]}, 1)
+           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": (errs[v.key] or "")[:500]}, 1)
             for v in vols if errs[v.key]])
     family("imgstor_refresh_timestamp_seconds", "When imgstor refresh wrote this file.",
            [({}, round(now, 3))])

@@ -91,14 +91,14 @@ class Executor:
         """Run ``stages[0] | stages[1] | …``; return one Result per stage.
 
         With ``check`` the first failing stage (in pipeline order) raises."""
-        stages = [[str(a) for a in s] for s in stages]
-        text = " | ".join(shlex.join(s) for s in stages)
+        argvs = [[str(a) for a in s] for s in stages]
+        text = " | ".join(shlex.join(s) for s in argvs)
         if self.dry_run and not read_only:
             self.log.append("SKIP> " + text)
             self.skipped.append(text)
-            return [Result(s, 0, skipped=True) for s in stages]
+            return [Result(s, 0, skipped=True) for s in argvs]
         self.log.append(text)
-        results = self._pipe(stages, timeout=timeout)
+        results = self._pipe(argvs, timeout=timeout)
         if check:
             for r in results:
                 if r.rc != 0:

@@ -281,12 +281,17 @@ def cancel(name: str, *, base: str | None = None, timeout: float = 15.0) -> dict
             sig = signal.SIGKILL
         if time.monotonic() > deadline:
             break
-        try:
-            # the group id is the job's pid (it called setpgid(0, 0)); a group cannot
-            # outlive its members, so while the lock is held by a member it is ours
-            os.killpg(int(pgid), sig)
-        except ProcessLookupError:
-            pass
+        if pgid is None:
+            # the lock is taken before the pid file is written: read it again
+            pid = read_json(os.path.join(d, "pid")) or {}
+            pgid = pid.get("pgid") or pid.get("pid")
+        if pgid is not None:
+            try:
+                # the group id is the job's pid (it called setpgid(0, 0)); a group cannot
+                # outlive its members, so while the lock is held by a member it is ours
+                os.killpg(int(pgid), sig)
+            except ProcessLookupError:
+                pass
         time.sleep(0.2)
     st = status(name, base=base)
     if st["state"] in ("died", "running"):

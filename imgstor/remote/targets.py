@@ -35,7 +35,7 @@ DRIVERS = {"tgt": "imgstor.remote.steps.tgt_steps", "lio": "imgstor.remote.steps
 
 def get(name: str) -> TargetDriver:
     try:
-        return importlib.import_module(DRIVERS[name])      # type: ignore[return-value]
+        return importlib.import_module(DRIVERS[name])
     except KeyError:
         raise UsageError(f"unknown target driver {name!r}; known: "
                          f"{', '.join(sorted(DRIVERS))}", field="driver") from None

@@ -83,14 +83,14 @@ class DeviceInfo:
 
     @property
     def suspended(self) -> bool:
-        return bool(self.attr) and len(self.attr) > 2 and self.attr[2] == "s"
+        return self.attr is not None and len(self.attr) > 2 and self.attr[2] == "s"
 
 
 # ---------------------------------------------------------------------------- parsers
 def _devices(text: str) -> list[tuple[str | None, str]]:
     """Lines as (name, rest).  ``dmsetup table|status`` without a name prefixes each line
     with ``NAME: ``; with a name it doesn't.  "No devices found" -> []."""
-    out = []
+    out: list[tuple[str | None, str]] = []
     for line in text.splitlines():
         line = line.rstrip()
         if not line or line.strip() == "No devices found":

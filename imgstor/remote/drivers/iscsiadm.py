@@ -125,7 +125,7 @@ def parse_session_details(text: str) -> list[SessionDetail]:
     """``iscsiadm -m session -P 3``: one entry per session with its attached disks."""
     out: list[SessionDetail] = []
     cur: dict | None = None
-    hctl = None
+    hctl: tuple[int, int, int, int] | None = None
 
     def flush():
         if cur is not None:
@@ -158,7 +158,8 @@ def parse_session_details(text: str) -> list[SessionDetail]:
             cur["sess"] = val
         m = _HCTL.search(line)
         if m:
-            hctl = tuple(int(x) for x in m.groups())
+            h, c, i, n = (int(x) for x in m.groups())
+            hctl = (h, c, i, n)
             continue
         m = _DISK.search(line)
         if m and hctl:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from imgstor.errors import AlreadyExists, ImgstorError, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, token
@@ -314,7 +315,9 @@ def parse_targetcli_ls(text: str) -> list[LioTarget]:
     if base is None:
         return []
     targets: list[dict] = []
-    tpg = section = acl = None
+    tpg: dict[str, Any] | None = None
+    acl: dict[str, Any] | None = None
+    section: str | None = None
     in_iscsi = False
     for depth, name, info in nodes:
         if name == "iscsi" and depth == base:

@@ -513,7 +513,7 @@ def create(ex, name: str, *, kind: str, size: int | str | None = None,
         _cli(ex, _create_argv(name, kind, size, user))
         return "cli"
     lprops: dict = {}
-    if kind == "volume":
+    if kind == "volume" and size is not None:          # a volume has one (checked above)
         lprops = {"volsize": parse_size(_size_arg(size, round_to=ZVOL_BLOCKSIZE)),
                   "volblocksize": ZVOL_BLOCKSIZE}
     lprops.update(user)

@@ -139,7 +139,7 @@ class DmOverlay(Overlay):
                                f"it cannot merge into the {into} too")
             return Outcome(False, self.status().facts(),
                            f"{self.name} is {seg.target} into the {into} already")
-        target = local if into == "local" else seg.args[0]
+        target = seg.args[0] if local is None else local      # None: into the origin
         self._run(dm.start_merge(self.name, target, seg.args[1], t.sectors))
         return Outcome(True, {"driver": self.driver, "exists": True, "device": self.device,
                               "phase": MERGING, "into": into, "status": "snapshot-merge"},

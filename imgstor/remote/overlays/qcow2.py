@@ -197,6 +197,7 @@ class Qcow2Overlay(Overlay):
             run_mapped(self.ex, zfs.create_dataset(self.temp_write, {ROLE_PROP: ROLE_TEMP_WRITE}),
                        zfs.classify)
             made_ds = True
+        mountpoint: str | None
         if made_ds and self.ex.dry_run:
             mountpoint = f"<mountpoint of {self.temp_write}>"
         else:
@@ -296,6 +297,9 @@ class Qcow2Overlay(Overlay):
                                "merged yet; wait for the merge (overlay.status) first",
                                phase=st.phase)
             into = st.into
+            if into is None:                     # merged or pivoted: the job names it
+                raise StepError(f"{self.ex.host}: overlay {self.vol} is {st.phase} into "
+                                "neither the local copy nor the origin")
             if st.phase == MERGED:
                 self._call(q, "job-complete", {"id": _JOB[into]})
                 changed = True

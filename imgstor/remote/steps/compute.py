@@ -120,16 +120,16 @@ class Iscsiadm:
 
     def attach(self, ex: Executor, *, addr: str, port: int, iqn: str, lun: int,
                pair: tuple[str, str] | None, me: str) -> StepResult:
-        user, password = pair if pair else (None, None)
+        user = pair[0] if pair else None
         extra = {"chap_user": user} if user else {}
         changed = False
         with _db_lock(ex):
             if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
                 run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
                 if pair:
-                    for argv in iscsiadm.chap_settings(iqn, addr, user, port):
+                    for argv in iscsiadm.chap_settings(iqn, addr, pair[0], port):
                         run_mapped(ex, argv, iscsiadm.classify)
-                    _node_password(ex, iqn, addr, port, password)
+                    _node_password(ex, iqn, addr, port, pair[1])
                 run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
                            ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
                 changed = True

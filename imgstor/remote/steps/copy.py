@@ -90,7 +90,7 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
         ([copyjob.ZSTD] if compress else []) + \
         [copyjob.gate_argv(peer, "receive", *(["--zstd"] if compress else []),
                            *(["--incremental"] if base else []),
-                           *([f"--rollback={base.split('@', 1)[1]}"]
+                           *([f"--rollback={shown_base.split('@', 1)[1]}"]
                              if rollback and shown_base else []),
                            key_dir=key_dir,
                            connect_timeout=int(connect_timeout))]

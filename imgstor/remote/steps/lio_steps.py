@@ -12,7 +12,7 @@ saved (`saveconfig`) so they survive a reboot of the NAS.
 """
 from __future__ import annotations
 
-from imgstor.errors import ImgstorError, RemoteCommandError
+from imgstor.errors import Conflict, ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
 from imgstor.remote.naming import backstore_name
@@ -105,10 +105,9 @@ def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
     how = f" with CHAP user {chap_user}" if chap else ""
     ip, port = _portal(portal)
     found = _read(ex, lib)
-    for t in found:
-        if t.iqn != iqn and any(it.udev_path == path for g in t.tpgs for it in g.luns):
-            from imgstor.errors import Conflict
-            raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
+    for other in found:
+        if other.iqn != iqn and any(it.udev_path == path for g in other.tpgs for it in g.luns):
+            raise Conflict(f"{ex.host}: {path} is already exported by target {other.iqn}")
     t = lio.find_target(found, iqn)
     if (t is not None and _right(t, path, initiator, ip, port, chap_user)
             and (not chap or _acl_userid(ex, lib, t, iqn, initiator) == chap_user)):

@@ -177,6 +177,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
     marks = {MARK: ROLE_VOLUME, SIZE_PROP: str(int(size))}
     changed = False
     backend = None
+    path: str | None
     if kind == "zvol":
         if have is None:
             backend = zfs.create(ex, name, kind="volume", size=size, props=marks)
@@ -264,7 +265,7 @@ def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
     have = volume_facts(ex, pool, vol, kind, props)
     out = {k[len(PROP_PREFIX):]: (props[k].value if k in props and props[k].source
                                   in ("local", "received") else None) for k in keys}
-    return StepResult(False, {"exists": True, **have, "props": out}, "")
+    return StepResult(False, {"exists": True, **(have or {}), "props": out}, "")
 
 
 @step("nas.ensure_target")
@@ -278,9 +279,9 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
     The driver (tgt: tgt_steps, LIO: lio_steps) comes from imgstor.remote.targets, and
     runs under the node's targets lock."""
     pair = chap_pair(chap)
-    if path is None and not (pool and vol and kind):
-        raise UsageError("nas.ensure_target needs path, or pool, vol and kind")
     if path is None:
+        if not (pool and vol and kind):
+            raise UsageError("nas.ensure_target needs path, or pool, vol and kind")
         have = volume_facts(ex, pool, vol, kind)
         if have is None or not have["path"]:
             if not ex.dry_run:
@@ -344,7 +345,8 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
             raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
                            "unmap it first (remove host storagemap)")
     below = zfs.list_columns(ex, name, ("name", "type"), types="all")
-    children = [r["name"] for r in below if r["name"] != name and "@" not in str(r["name"])]
+    children = [str(r["name"]) for r in below
+                if r["name"] != name and "@" not in str(r["name"])]
     snaps = [str(r["name"]) for r in below if str(r["name"]).startswith(name + "@")]
     foreign = [sn for sn in snaps if not sn.split("@", 1)[1].startswith(SNAP_PREFIX)]
     held: list[str] = []

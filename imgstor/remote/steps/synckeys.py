@@ -20,7 +20,7 @@ import pkgutil
 import re
 import shutil
 
-from imgstor.errors import UsageError
+from imgstor.errors import StepError, UsageError
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 
@@ -70,8 +70,8 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
     kh_path = os.path.join(key_dir, "known_hosts")
     keep = []
     for line in (_read(kh_path) or b"").decode(errors="replace").splitlines():
-        alias = line.split(" ", 1)[0]
-        if line.strip() and alias not in {f"imgstor-{p.get('alias')}" for p in pins}:
+        first = line.split(" ", 1)[0]
+        if line.strip() and first not in {f"imgstor-{p.get('alias')}" for p in pins}:
             keep.append(line)
     new = []
     for p in pins:
@@ -134,6 +134,9 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
                            from_addresses=from_addresses, pools=pools, python=python,
                            gate_path=gate_path, incremental=incremental)
     gate = pkgutil.get_data("imgstor.remote", "syncgate.py")
+    if gate is None:                 # the app's loader cannot read its own files
+        raise StepError("sync.authorize: imgstor/remote/syncgate.py is not readable "
+                        "from the node app")
     changed = _ensure_file(ex, gate_path, gate, 0o700)
     have = (_read(authorized_keys) or b"").decode(errors="replace").splitlines()
     tag = f" imgstor-sync:{sender}"

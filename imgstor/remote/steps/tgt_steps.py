@@ -51,7 +51,7 @@ def _tgt_chap(ex: Executor, tid: int, bound: list[str], pair: tuple[str, str] | 
                 run_secret(ex, tgt.new_account(pair[0], pair[1]), [pair[1]], tgt.classify)
             except AlreadyExists:       # made between `show` and `new`: same user, ours
                 pass
-        _tgt_run(ex, tgt.bind_account(tid, want))
+        _tgt_run(ex, tgt.bind_account(tid, pair[0]))
         changed = True
     return changed
 
@@ -112,7 +112,7 @@ def _tgt_end_foreign(ex: Executor, iqn: str, initiator: str) -> list[str]:
     for _ in range(END_TRIES):
         t = tgt.find_target(tgt.targets(ex), iqn)
         conns = _foreign(t, initiator)
-        if not conns or ex.dry_run and ended:
+        if t is None or not conns or ex.dry_run and ended:
             return ended
         for n, cid in conns:
             try:
@@ -156,9 +156,9 @@ def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal
                        pair: tuple[str, str] | None = None) -> StepResult:
     changed, warnings = _tgt_portal(ex, portal, pair is not None)
     found = tgt.targets(ex)
-    for t in found:
-        if t.iqn != iqn and any(it.backing_store_path == path for it in t.luns):
-            raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
+    for other in found:
+        if other.iqn != iqn and any(it.backing_store_path == path for it in other.luns):
+            raise Conflict(f"{ex.host}: {path} is already exported by target {other.iqn}")
     t = tgt.find_target(found, iqn)
     created = False
     moved = False               # an initiator lost its place in the ACL

@@ -28,7 +28,7 @@ __all__ = ["map_volume"]
 
 def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                img_sync: bool | None = None, adopt: bool = False, wait: bool = False, *,
-               note_size: bool = True) -> str:
+               note_size: bool = True) -> Message | str:
     """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
     ``img_sync`` overrides the host's: sync mode (workflows/storagemap/sync.py) returns as
     soon as the VM can boot on the overlay; ``wait``: until the copy and merge are done.
@@ -124,7 +124,7 @@ def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
 
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
-               sync: bool = False) -> str:
+               sync: bool = False) -> Message | str:
     portal = portal_of(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,

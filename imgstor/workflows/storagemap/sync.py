@@ -171,6 +171,13 @@ def _vol(ctx, job: Job) -> Volume:
     return v
 
 
+def _host(v: Volume) -> str:
+    """The node a sync job's volume is on (a sync volume always records one)."""
+    if v.host is None:
+        raise StateError(f"{v.key}: a sync job's volume records no host")
+    return v.host
+
+
 def _names(ctx, v: Volume) -> dict[str, Any]:
     host_cfg = ctx.config.host(v.host)
     nas_cfg = ctx.config.host(v.nas)
@@ -316,7 +323,7 @@ def _clear_nas_props(ctx, v: Volume) -> None:
 # ------------------------------------------------------------------ sync-in phases
 def _in_trust(ctx, job: Job) -> None:
     v = _vol(ctx, job)
-    synctrust.ensure(ctx.cluster, v.nas, v.host,
+    synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
 
@@ -334,7 +341,7 @@ def _snapshot_copy(ctx, job: Job, sender: str, receiver: str, source: str, dest:
 def _in_copy(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.nas, v.host, n["nas_ds"], n["local"], "in", "NAS->VM")
+    _snapshot_copy(ctx, job, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM")
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
     ctx.cluster.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol,
                      props={"role": LOCAL_COPY})
@@ -385,13 +392,13 @@ def _back_quiesce(ctx, job: Job) -> None:
 
 def _back_trust(ctx, job: Job) -> None:
     v = _vol(ctx, job)
-    synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
+    synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
 def _back_send(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.host, v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
+    _snapshot_copy(ctx, job, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
                    base="auto", rollback=True)
 
 
