@@ -5,8 +5,8 @@ A step never calls subprocess itself; it gets an executor and calls ``ex.run(arg
 * ``LocalExecutor`` runs argv lists with subprocess on the node (never a shell).
 * ``DryRunExecutor`` runs commands declared ``read_only=True`` and reports the others as
   ``SKIP> …`` without running them, so ``--dry-run`` shows the real plan.
-* ``ScriptedExecutor`` (tests) checks each argv against a script of expected commands and
-  answers with canned rc/stdout/stderr.
+* The test double (a script of expected commands with canned answers) lives in
+  tests/scripted.py: it is not shipped to nodes.
 
 ``call()`` is the same for an in-process change (libzfs_core, rtslib): logged as text,
 and on a dry run not called but reported as ``SKIP> …`` like a skipped command.
@@ -22,13 +22,12 @@ import os
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
 
-__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "ScriptedExecutor",
-           "Expect", "host_name"]
+__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "host_name"]
 
 
 def host_name() -> str:
@@ -241,51 +240,6 @@ class LocalExecutor(Executor):
 
 class DryRunExecutor(LocalExecutor):
     dry_run = True
-
-
-@dataclass
-class Expect:
-    """One expected command in a scripted scenario."""
-    argv: list[str]
-    rc: int = 0
-    stdout: str = ""
-    stderr: str = ""
-
-
-@dataclass
-class ScriptedExecutor(Executor):
-    """Test executor: commands must come in the scripted order with the scripted argv."""
-    script: list[Expect] = field(default_factory=list)
-    dry_run: bool = False
-
-    def __post_init__(self) -> None:
-        Executor.__init__(self, "scripted")
-        self.calls: list[list[str]] = []
-        self.files: dict[str, bytes] = {}       # what write_file wrote
-
-    def _next(self, argv: list[str]) -> Result:
-        self.calls.append(argv)
-        if not self.script:
-            raise AssertionError(f"unexpected command (script is empty): {shlex.join(argv)}")
-        exp = self.script.pop(0)
-        if list(exp.argv) != argv:
-            raise AssertionError(f"expected {shlex.join(exp.argv)}\n     got {shlex.join(argv)}")
-        return Result(argv, exp.rc, exp.stdout, exp.stderr)
-
-    def _run(self, argv, *, input, timeout, env):
-        return self._next(argv)
-
-    def _write_file(self, argv, data, mode):
-        self._next(argv)
-        self.files[argv[1]] = data
-
-    def _pipe(self, stages, *, timeout):
-        return [self._next(s) for s in stages]
-
-    def assert_done(self) -> None:
-        if self.script:
-            left = "\n".join(shlex.join(e.argv) for e in self.script)
-            raise AssertionError(f"scripted commands never ran:\n{left}")
 
 
 def _text(b: bytes | str | None) -> str:

@@ -7,7 +7,7 @@ import samples
 
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import dm
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 
 def test_parse_table_named():

@@ -7,7 +7,7 @@ import samples
 
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import iscsiadm as ia
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
 

@@ -21,7 +21,7 @@ import pytest
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import dm, lio, zfs
 from imgstor.remote.drivers import iscsiadm as ia
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 KERNEL = Path(__file__).resolve().parents[2] / "fixtures" / "kernel"
 

@@ -10,7 +10,7 @@ import samples
 
 from imgstor.errors import AlreadyExists, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import lio
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
 INIT = "iqn.1994-05.com.redhat:compute-0-0"

@@ -6,7 +6,7 @@ import samples
 
 from imgstor.errors import NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import qcow2, userspace
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 U = samples.userspace
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"

@@ -8,7 +8,7 @@ import samples
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import userspace as us
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 U = samples.userspace
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"

@@ -7,7 +7,7 @@ import samples
 
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import zfs
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 U = samples.userspace
 FUSE = zfs.Capabilities("zfs-fuse", None, 23, False, False, False, False)

@@ -31,8 +31,8 @@ from scn_common import (
 from imgstor import chap as chapstore
 from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateError, UsageError
 from imgstor.remote.drivers import lio, tgt
-from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import compute, lio_steps, nas
+from tests.scripted import Expect, ScriptedExecutor
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
 CHAP = {"user": USER, "password": PW}

@@ -14,9 +14,9 @@ import scn_copy
 
 from imgstor import errors
 from imgstor.remote import jobs
-from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import copy as copy_steps
 from imgstor.remote.steps import load_all, synckeys
+from tests.scripted import Expect, ScriptedExecutor
 
 WRITE_STEPS = ("copy.start", "copy.cancel", "sync.install_key", "sync.authorize")
 READ_STEPS = ("copy.status",)

@@ -14,8 +14,8 @@ import pytest
 from scn_common import INIT0, IQN1, IQN2, NAME, NO_DATASET, TGT_SHOW, cmd, tgt_delete, zfs_get
 
 from imgstor.remote import node
-from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import compute
+from tests.scripted import Expect, ScriptedExecutor
 
 SHOW = cmd(TGT_SHOW, capture="tgt_show")
 SHOW_TEXT = "tgtadm --lld iscsi --mode target --op show"

@@ -42,8 +42,8 @@ import scn_nas_volume
 import scn_overlay
 
 from imgstor import errors
-from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import _util, compute, load_all, nas, overlay, probe, snapshot
+from tests.scripted import Expect, ScriptedExecutor
 
 SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
              + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS)
