@@ -153,13 +153,6 @@ class Config:
                              f"not a {role} host")
         return hc
 
-    def nas_hosts(self) -> list[HostConfig]:
-        return [h for h in self.hosts.values() if h.role == "nas"]
-
-    def compute_hosts(self) -> list[HostConfig]:
-        return [h for h in self.hosts.values() if h.role == "compute"]
-
-
 # ---- checkers: each returns the converted value or raises ValueError(why) ----
 
 def _is_int(v: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 __all__ = [
     "ImgstorError", "UsageError", "ConfigError", "StateError", "BusyError",
     "LockTimeout", "NotFound", "AlreadyExists", "Conflict", "RemoteCommandError",
-    "TransportError", "HostKeyError", "StepError", "from_wire", "EXIT_CODES",
+    "TransportError", "HostKeyError", "StepError", "from_wire",
 ]
 
 
@@ -116,11 +116,6 @@ class StepError(ImgstorError):
     """A node step failed in a way none of the other classes describes."""
 
     exit_code = 13
-
-
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
-    ImgstorError, UsageError, ConfigError, StateError, BusyError, LockTimeout, NotFound,
-    AlreadyExists, Conflict, RemoteCommandError, TransportError, HostKeyError, StepError)}
 
 
 def from_wire(err: dict, *, host: str | None = None) -> ImgstorError:

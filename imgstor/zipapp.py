@@ -156,9 +156,3 @@ def _build() -> NodeApp:
     return NodeApp(data, hashlib.sha256(data).hexdigest())
 
 
-def write_local(dest_dir: str | os.PathLike) -> Path:
-    """Write the zipapp to a local directory (for running node steps locally in tests)."""
-    app = node_app()
-    p = Path(dest_dir) / Path(app.remote_path).name
-    p.write_bytes(app.data)
-    return p

@@ -31,8 +31,8 @@ def test_defaults(tmp_path):
     assert nas.img_zpools == ("tank",) and nas.vm_container_zpool == "tank"
     assert (nas.volume_kind, nas.target, nas.initiator, nas.overlay) == ("zvol", "lio", "iscsiadm", "dm")
     assert nas.img_sync is False and nas.chap is False and nas.sync_frequency == 3600
-    assert [h.name for h in cfg.nas_hosts()] == ["nas-0-0"]
-    assert [h.name for h in cfg.compute_hosts()] == ["compute-0-0"]
+    assert {n: h.role for n, h in cfg.hosts.items()} == {"nas-0-0": "nas",
+                                                         "compute-0-0": "compute"}
 
 
 def test_overrides_and_addresses(tmp_path):

@@ -22,18 +22,15 @@ from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, Remo
 from imgstor.remote.drivers._common import classify_by_text, positional, token
 
 __all__ = [
-    "Segment", "Device", "SnapshotStatus", "DeviceInfo", "SECTOR", "CHUNK_SECTORS",
-    "INFO_FIELDS", "parse_table", "parse_status", "parse_snapshot_status", "parse_info",
-    "table", "status", "info", "merge_done", "snapshot_table", "merge_table", "linear_table",
+    "Segment", "Device", "SnapshotStatus", "SECTOR", "CHUNK_SECTORS",
+    "parse_table", "parse_status", "parse_snapshot_status",
+    "table", "status", "merge_done", "snapshot_table", "merge_table", "linear_table",
     "create", "create_snapshot", "reload", "suspend", "resume", "start_merge", "switch_to_linear",
     "remove", "classify",
 ]
 
 SECTOR = 512
 CHUNK_SECTORS = 16                  # 8 KiB chunks, as LVM's default
-INFO_FIELDS = ("name", "major", "minor", "attr", "open", "segments", "events", "uuid")
-
-
 @dataclass(frozen=True)
 class Segment:
     start: int
@@ -68,22 +65,6 @@ class SnapshotStatus:
     @property
     def ok(self) -> bool:
         return not (self.invalid or self.merge_failed or self.overflow) and self.allocated is not None
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    name: str
-    major: int | None               # None: field not asked for (``-o``)
-    minor: int | None
-    attr: str | None                # e.g. "L--w": (L)ive (I)nactive (s)uspended (r)o/(w)
-    open: int | None
-    segments: int | None
-    events: int | None
-    uuid: str | None                # "" when the device has none
-
-    @property
-    def suspended(self) -> bool:
-        return self.attr is not None and len(self.attr) > 2 and self.attr[2] == "s"
 
 
 # ---------------------------------------------------------------------------- parsers
@@ -160,48 +141,6 @@ _INFO_HEADINGS = {"Name": "name", "Maj": "major", "Min": "minor", "Stat": "attr"
                   "Open": "open", "Targ": "segments", "Event": "events", "UUID": "uuid"}
 
 
-def parse_info(text: str, fields: tuple[str, ...] | list[str] = INFO_FIELDS) -> list[DeviceInfo]:
-    """``dmsetup info -c [--noheadings] [--separator :] [-o FIELDS]``; ``fields`` is the
-    ``-o`` list (default: the driver's own, which is also dmsetup's default column order).
-
-    Both output forms are read.  Without ``--separator`` dmsetup prints *aligned columns*
-    separated by blanks, with a heading line unless ``--noheadings`` -- captured:
-    tests/fixtures/kernel/dmsetup_info_c (``Name  Maj Min Stat …`` then
-    ``vm1-vol-snap  253  0 L--w …``, the empty uuid as trailing blanks); only
-    ``--separator :`` gives ``:``-separated fields (dmsetup_info_c_o:
-    ``vm1-vol-snap::0:1:L--w:253:0``).  ``info()`` runs without ``--separator``, so the
-    blank-separated form is the one it gets.  Fields not in ``fields`` are None."""
-    fields = tuple(fields)
-    out = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped == "No devices found":
-            continue
-        words = stripped.split()
-        if words and all(w in _INFO_HEADINGS for w in words):
-            continue                                # the heading line
-        f = stripped.split(":")
-        if len(f) >= len(fields) and len(fields) > 1:
-            if len(f) > len(fields) and fields[-1] == "uuid":
-                f = f[:len(fields) - 1] + [":".join(f[len(fields) - 1:])]
-            elif len(f) > len(fields):
-                raise ValueError(f"unexpected dmsetup info line: {line!r}")
-            f = [x.strip() for x in f]
-        elif len(words) == len(fields):
-            f = words
-        elif len(words) == len(fields) - 1 and fields[-1] == "uuid":
-            f = words + [""]                        # empty uuid: only trailing blanks
-        else:
-            raise ValueError(f"unexpected dmsetup info line: {line!r}")
-        row = dict(zip(fields, f))
-        if "name" not in row:
-            raise ValueError("dmsetup info fields must include name")
-        num = lambda k: int(row[k]) if k in row else None  # noqa: E731
-        out.append(DeviceInfo(row["name"], num("major"), num("minor"), row.get("attr"),
-                              num("open"), num("segments"), num("events"), row.get("uuid")))
-    return out
-
-
 def merge_done(st: SnapshotStatus) -> bool:
     """True when a ``snapshot-merge`` has nothing left to merge (allocated == metadata).
 
@@ -222,15 +161,6 @@ def table(ex, name: str | None = None) -> list[Device]:
 def status(ex, name: str | None = None) -> list[Device]:
     """Runs ``dmsetup status [NAME]``."""
     return parse_status(_read(ex, ["dmsetup", "status"] + _name(name)).stdout)
-
-
-def info(ex, name: str | None = None) -> list[DeviceInfo]:
-    """Runs ``dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid [NAME]``.
-
-    No ``--separator``: the output is blank-aligned columns (kernel-lab capture
-    dmsetup_info_c), which ``parse_info`` reads; names are validated (no blanks)."""
-    argv = ["dmsetup", "info", "-c", "--noheadings", "-o", ",".join(INFO_FIELDS)]
-    return parse_info(_read(ex, argv + _name(name)).stdout)
 
 
 def _name(name: str | None) -> list[str]:

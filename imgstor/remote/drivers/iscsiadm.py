@@ -22,12 +22,13 @@ from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal
 
 __all__ = [
     "ISCSI_ERR_SESS_EXISTS", "ISCSI_ERR_NO_OBJS_FOUND", "ISCSI_ERR_LOGIN_AUTH_FAILED",
-    "ISCSI_ERR_TRANS", "ISCSI_ERR_TRANS_TIMEOUT", "Session", "ScsiDisk", "SessionDetail",
-    "NodeRecord", "parse_sessions", "parse_session_details", "parse_nodes", "parse_discovery",
-    "read_initiator_name", "sessions", "session_details", "nodes", "discover", "discovery",
+    "ISCSI_ERR_TRANS", "ISCSI_ERR_TRANS_TIMEOUT", "LOGIN_OK", "LOGOUT_OK", "Session", "ScsiDisk",
+    "SessionDetail",
+    "parse_sessions", "parse_session_details",
+    "read_initiator_name", "sessions", "session_details", "discovery",
     "login", "logout", "node_delete", "chap_settings", "by_path_name", "by_path",
     "node_record_files", "write_node_password", "NODES_DIR",
-    "find_disk", "classify",
+    "classify",
 ]
 
 # iscsiadm(8) EXIT STATUS:
@@ -76,14 +77,6 @@ class SessionDetail:
     disks: tuple[ScsiDisk, ...] = ()
 
 
-@dataclass(frozen=True)
-class NodeRecord:
-    address: str
-    port: int
-    tpgt: int
-    iqn: str
-
-
 # ---------------------------------------------------------------------------- parsers
 _SESSION = re.compile(r"^(\w+): \[(\d+)\] (\[?[^\s\]]+\]?):(\d+),(-?\d+) (\S+)(?: \((non-flash|flash)\))?\s*$")
 _NODE = re.compile(r"^(\[?[^\s\]]+\]?):(\d+),(-?\d+) (\S+)\s*$")
@@ -103,19 +96,6 @@ def parse_sessions(text: str) -> list[Session]:
                                int(m.group(5)), m.group(6), m.group(7) == "flash"))
     return out
 
-
-def parse_nodes(text: str) -> list[NodeRecord]:
-    """``iscsiadm -m node`` and ``-m discovery -t sendtargets``: ``ADDR:PORT,TPGT IQN``."""
-    out = []
-    for line in text.splitlines():
-        m = _NODE.match(line.strip())
-        if m:
-            out.append(NodeRecord(_addr(m.group(1)), int(m.group(2)), int(m.group(3)),
-                                  m.group(4)))
-    return out
-
-
-parse_discovery = parse_nodes
 
 _DISK = re.compile(r"Attached scsi disk (\S+)\s+State: (\S+)")
 _HCTL = re.compile(r"scsi(\d+) Channel (\d+) Id (\d+) Lun: (\d+)")
@@ -192,38 +172,11 @@ def session_details(ex) -> list[SessionDetail]:
     return parse_session_details(_read(ex, ["iscsiadm", "-m", "session", "-P", "3"]).stdout)
 
 
-def nodes(ex) -> list[NodeRecord]:
-    """Runs ``iscsiadm -m node``; no records (rc 21) is an empty list."""
-    return parse_nodes(_read(ex, ["iscsiadm", "-m", "node"]).stdout)
-
-
-def discover(ex, address: str, port: int = ISCSI_PORT) -> list[NodeRecord]:
-    """SendTargets discovery; runs ``iscsiadm -m discovery -t sendtargets -p ADDR:PORT``.
-
-    Not read-only: discovery (re)writes the node records of that portal, so a dry run
-    skips it and returns []."""
-    try:
-        res = ex.run(discovery(address, port))
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_nodes(res.stdout)
-
-
 def _read(ex, argv: list[str]):
     try:
         return ex.run(argv, read_only=True, ok_codes=(0, ISCSI_ERR_NO_OBJS_FOUND))
     except RemoteCommandError as e:
         raise classify(e) from e
-
-
-def find_disk(details: list[SessionDetail], iqn: str, lun: int) -> str | None:
-    """``/dev/sdX`` of LUN ``lun`` of the session to ``iqn``, if attached."""
-    for s in details:
-        if s.iqn == iqn:
-            for d in s.disks:
-                if d.lun == lun:
-                    return "/dev/" + d.device
-    return None
 
 
 # ---------------------------------------------------------------------------- changes

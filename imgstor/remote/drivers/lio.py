@@ -80,15 +80,6 @@ class LioTarget:
     iqn: str
     tpgs: tuple[LioTpg, ...] = ()
 
-    @property
-    def acl_initiators(self) -> tuple[str, ...]:
-        return tuple(a.initiator for t in self.tpgs for a in t.acls)
-
-    @property
-    def portals(self) -> tuple[Portal, ...]:
-        return tuple(p for t in self.tpgs for p in t.portals)
-
-
 @dataclass(frozen=True)
 class Chap:
     userid: str

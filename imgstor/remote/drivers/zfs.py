@@ -35,7 +35,7 @@ from imgstor.remote.drivers._common import classify_by_text, positional
 __all__ = [
     "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
     "LIST_FIELDS", "POOL_FIELDS", "POOL_DEFAULT_FIELDS",
-    "capabilities", "zfs_flavor", "parse_capabilities", "parse_size", "parse_list",
+    "capabilities", "parse_capabilities", "parse_size", "parse_list",
     "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
     "snapshot", "send", "receive", "inherit", "classify", "list_columns", "holds", "release",
@@ -209,11 +209,6 @@ def capabilities(ex) -> Capabilities:
         return parse_capabilities(0, v.stdout, "")
     u = ex.run(["zpool", "upgrade", "-v"], read_only=True)
     return parse_capabilities(v.rc, v.stdout, u.stdout)
-
-
-def zfs_flavor(ex) -> str:
-    """``"openzfs"`` or ``"zfs-fuse"`` (see ``capabilities`` for the commands)."""
-    return capabilities(ex).flavor
 
 
 def list_datasets(ex, root: str | None = None, *, caps: Capabilities | None = None,

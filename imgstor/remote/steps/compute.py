@@ -131,7 +131,7 @@ class Iscsiadm:
                         run_mapped(ex, argv, iscsiadm.classify)
                     _node_password(ex, iqn, addr, port, pair[1])
                 run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
-                           ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
+                           ok_codes=iscsiadm.LOGIN_OK)
                 changed = True
         link = iscsiadm.by_path(addr, iqn, lun, port)
         wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
@@ -246,10 +246,10 @@ def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepRe
                            "stop its VM first, or unmap with --force", reason="in-use",
                            users=held)
         run_mapped(ex, iscsiadm.logout(iqn, addr, port), iscsiadm.classify,
-                   ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
+                   ok_codes=iscsiadm.LOGOUT_OK)
         changed = True
     r = ex.run(iscsiadm.node_delete(iqn, addr, port), check=False,
-               ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
+               ok_codes=iscsiadm.LOGOUT_OK)
     changed = changed or r.rc == 0 and not r.skipped
     msg = f"no session to {iqn}"
     if held:

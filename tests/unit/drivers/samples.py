@@ -141,13 +141,6 @@ DMSETUP_STATUS_MERGED = "0 8388608 snapshot-merge 16/2097152 16\n"
 # snapshot_status() ("Invalid", "Merge failed", "Overflow").  Constructed around them.
 DMSETUP_STATUS_INVALID = "0 8388608 snapshot Invalid\n"
 DMSETUP_STATUS_MERGE_FAILED = "0 8388608 snapshot-merge Merge failed\n"
-# `dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid`:
-# constructed from dmsetup(8)'s field list and attr letters (L live, I inactive table,
-# s suspended, r/w).  FROM DOCUMENTATION (constructed).
-DMSETUP_INFO = kernel("dmsetup_info.out", """\
-vm1-vol-overlay:254:0:L--w:1:1:0:
-vm2-vol-overlay:254:1:LIsw:0:1:2:
-""")
 
 # --------------------------------------------------------------------------- OpenZFS
 # First line of OpenZFS `zpool upgrade -v` (cmd/zpool/zpool_main.c) and `zfs version`

@@ -55,23 +55,14 @@ def test_status_of_linear_is_not_a_snapshot():
         dm.parse_snapshot_status(d.segments[0])
 
 
-def test_parse_info():
-    a, b = dm.parse_info(samples.DMSETUP_INFO)
-    assert a == dm.DeviceInfo("vm1-vol-overlay", 254, 0, "L--w", 1, 1, 0, "")
-    assert b.suspended and not a.suspended
-
-
 def test_readers_run_expected_commands():
     ex = ScriptedExecutor([
         Expect(["dmsetup", "status", "vm1-overlay"], stdout=samples.DMSETUP_STATUS_MERGED),
         Expect(["dmsetup", "table"], stdout=samples.DMSETUP_TABLE),
-        Expect(["dmsetup", "info", "-c", "--noheadings", "-o",
-                "name,major,minor,attr,open,segments,events,uuid"], stdout=samples.DMSETUP_INFO),
     ])
     (d,) = dm.status(ex, "vm1-overlay")
     assert dm.merge_done(dm.parse_snapshot_status(d.segments[0]))
     assert dm.table(ex)
-    assert dm.info(ex)
     ex.assert_done()
 
 

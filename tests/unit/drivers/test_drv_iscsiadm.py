@@ -39,16 +39,6 @@ def test_parse_session_details_disk():
     assert s.initiator_name == "iqn.1993-08.org.debian:01:c6385a9091e6"
     assert s.connection_state == "LOGGED IN" and s.session_state == "LOGGED_IN"
     assert s.disks == (ia.ScsiDisk(3, 0, 0, 0, "sdb", "running"),)
-    assert ia.find_disk([s], s.iqn, 0) == "/dev/sdb"
-    assert ia.find_disk([s], s.iqn, 1) is None
-    assert ia.find_disk([s], IQN, 0) is None
-
-
-def test_parse_discovery_and_nodes():
-    found = ia.parse_discovery(samples.ISCSIADM_DISCOVERY)
-    assert found[0] == ia.NodeRecord("10.106.254.221", 3260, 1,
-                                     "iqn.2016-09.com.openebs.jiva:pvc-8de2f9e7-64a3-11e8-994b-000c2959d9a2")
-    assert ia.parse_nodes(samples.ISCSIADM_DISCOVERY) == found
 
 
 def test_read_initiator_name():
@@ -68,12 +58,6 @@ def test_session_details_reader():
     ex = ScriptedExecutor([Expect(["iscsiadm", "-m", "session", "-P", "3"],
                                   stdout=samples.ISCSIADM_SESSION_P3)])
     assert ia.session_details(ex)[0].disks[0].device == "sdb"
-
-
-def test_discover_is_not_read_only():
-    ex = ScriptedExecutor([], dry_run=True)
-    assert ia.discover(ex, "127.43.0.10") == []
-    assert ex.skipped == ["iscsiadm -m discovery -t sendtargets -p 127.43.0.10:3260"]
 
 
 def test_builders():

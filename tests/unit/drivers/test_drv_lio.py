@@ -114,7 +114,7 @@ def test_rts_create_target_shape():
     assert tpg.luns == (lio.LioLun(0, "block", "vm1-vol", DEV),)
     assert tpg.portals == (lio.Portal("127.43.0.10", 3260),)
     assert tpg.acls == (lio.LioAcl(INIT, (0,), None),)
-    assert t.acl_initiators == (INIT,)
+    assert tuple(a.initiator for g in t.tpgs for a in g.acls) == (INIT,)
 
 
 def test_rts_create_with_chap():

@@ -22,19 +22,6 @@ def test_parse_info_overlay():
     assert not i.dirty and not i.corrupt
 
 
-def test_parse_info_chain_and_iscsi():
-    top, base = qcow2.parse_info_chain(U("qemu_img_info_chain"))
-    assert top.format == "qcow2" and base.format == "raw" and base.backing_filename is None
-    lun = qcow2.parse_info(U("qemu_img_info_iscsi"))
-    assert lun.format == "iscsi" and lun.virtual_size == 1 << 30 and lun.actual_size is None
-
-
-def test_parse_progress():
-    assert qcow2.parse_progress(U("qemu_img_convert")) == 100.0
-    assert qcow2.parse_progress("    (0.00/100%)    (42.19/100%)") == 42.19
-    assert qcow2.parse_progress("") is None
-
-
 def test_builders_match_captured_commands():
     spec = userspace.json_spec("127.0.0.1", IQN, INIT, 1, 3261)
     argv = qcow2.create_overlay(OVL, spec)

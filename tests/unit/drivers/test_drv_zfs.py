@@ -36,21 +36,6 @@ def test_capabilities_old_openzfs_by_feature_flags():
     assert zfs.parse_capabilities(2, "", samples.OPENZFS_ZPOOL_UPGRADE_V).flavor == "openzfs"
 
 
-def test_zfs_flavor_probe_runs_version_then_upgrade():
-    ex = ScriptedExecutor([
-        Expect(["zfs", "version"], rc=2, stderr=U("zfs_version", "err")),
-        Expect(["zpool", "upgrade", "-v"], stdout=U("zpool_upgrade_v")),
-    ])
-    assert zfs.zfs_flavor(ex) == "zfs-fuse"
-    ex.assert_done()
-
-
-def test_zfs_flavor_probe_openzfs_one_command():
-    ex = ScriptedExecutor([Expect(["zfs", "version"], stdout=samples.OPENZFS_VERSION)])
-    assert zfs.zfs_flavor(ex) == "openzfs"
-    ex.assert_done()
-
-
 def test_probe_is_read_only_so_dry_run_still_probes():
     ex = ScriptedExecutor([Expect(["zfs", "version"], stdout=samples.OPENZFS_VERSION)],
                           dry_run=True)
