@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from imgstor import connections
@@ -43,20 +42,15 @@ from imgstor.errors import (
     from_wire,
 )
 from imgstor.remote.executor import Result
+from imgstor.remote.protocol import StepResult
 
-__all__ = ["Cluster", "StepOutcome"]
+__all__ = ["Cluster", "StepResult", "StepOutcome"]
 
 PYTHON = "python3"
 
 
-@dataclass
-class StepOutcome:
-    host: str
-    step: str
-    changed: bool
-    facts: dict = field(default_factory=dict)
-    message: str = ""
-    commands: list[str] = field(default_factory=list)
+# One result type on both sides (imgstor.remote.protocol); the old name stays an alias.
+StepOutcome = StepResult
 
 
 class Cluster:
@@ -334,7 +328,7 @@ class Cluster:
             self.echo(host, f"uploaded {app.remote_path} ({len(app.data)} bytes)")
         self._uploaded.add(host)
 
-    def step(self, host: str, name: str, /, **args: Any) -> StepOutcome:
+    def step(self, host: str, name: str, /, **args: Any) -> StepResult:
         """Run node step ``name`` on host with JSON args; raise its error if it failed."""
         from imgstor.zipapp import BOOT, BOOT_MISSING, BOOT_UNSAFE
         app = self._app()
@@ -366,20 +360,18 @@ class Cluster:
             if self.debug or c.startswith("SKIP> "):
                 self.echo(host, c if c.startswith("SKIP> ") else "  " + c)
         if out.get("ok"):
-            return StepOutcome(host, name, bool(out.get("changed")), out.get("facts") or {},
-                               out.get("message") or "", cmds)
+            return StepResult.received(host, name, out, cmds)
         err = out.get("error") or {}
         if err.get("bug"):
             raise RuntimeError(f"{host}: {err.get('message')}\n{err.get('traceback', '')}")
         raise from_wire(err, host=host)
 
     def steps(self, host: str, steps: list[tuple[str, dict]], /, *,
-              stop_after: int | None = None) -> list[StepOutcome]:
+              stop_after: int | None = None) -> list[StepResult]:
         """Run several node steps in one round trip, in order; the first error raises."""
         out = self.step(host, "batch", steps=[{"step": n, "args": a} for n, a in steps],
                         stop_after=stop_after)
-        return [StepOutcome(host, n, bool(r.get("changed")), r.get("facts") or {},
-                            r.get("message") or "")
+        return [StepResult.received(host, n, r)
                 for (n, _), r in zip(steps, out.facts["results"])]
 
     # ------------------------------------------------------------ parallel

@@ -16,10 +16,10 @@ import re
 from typing import Iterable
 
 from imgstor.errors import ImgstorError, RemoteCommandError, UsageError
+from imgstor.remote.protocol import ISCSI_PORT, Portal
 
 __all__ = ["positional", "token", "classify_by_text", "portal", "Rule", "ISCSI_PORT"]
 
-ISCSI_PORT = 3260
 
 Rule = tuple  # (regex, error class, reason or None)
 
@@ -46,11 +46,9 @@ def token(value: object, what: str = "argument") -> str:
 
 
 def portal(address: str, port: int = ISCSI_PORT) -> str:
-    """``ADDR:PORT``; IPv6 literals get brackets (``[fd00::1]:3260``)."""
-    address = str(address)
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"
-    return f"{address}:{int(port)}"
+    """``ADDR:PORT``; IPv6 literals get brackets (``[fd00::1]:3260``): protocol.Portal's
+    text, the one portal type."""
+    return str(Portal(str(address), int(port)))
 
 
 def classify_by_text(err: RemoteCommandError, rules: Iterable[Rule],

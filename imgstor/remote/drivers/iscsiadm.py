@@ -25,7 +25,7 @@ __all__ = [
     "ISCSI_ERR_TRANS", "ISCSI_ERR_TRANS_TIMEOUT", "LOGIN_OK", "LOGOUT_OK", "Session", "ScsiDisk",
     "SessionDetail",
     "parse_sessions", "parse_session_details",
-    "read_initiator_name", "sessions", "session_details", "discovery",
+    "sessions", "session_details", "discovery",
     "login", "logout", "node_delete", "chap_settings", "by_path_name", "by_path",
     "node_record_files", "write_node_password", "NODES_DIR",
     "classify",
@@ -146,18 +146,6 @@ def parse_session_details(text: str) -> list[SessionDetail]:
             cur["disks"].append(ScsiDisk(*hctl, m.group(1), m.group(2)))
     flush()
     return out
-
-
-def read_initiator_name(text: str) -> str:
-    """The ``InitiatorName=`` of /etc/iscsi/initiatorname.iscsi (comments ignored)."""
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        if key.strip() == "InitiatorName" and value.strip():
-            return value.strip()
-    raise NotFound("no InitiatorName= line in the initiator name file")
 
 
 # ---------------------------------------------------------------------------- readers

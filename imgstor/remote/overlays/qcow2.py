@@ -35,6 +35,7 @@ import shlex
 from typing import Any
 
 from imgstor.errors import Conflict, NotFound, StepError, UsageError
+from imgstor.remote import protocol
 from imgstor.remote.drivers import qcow2 as qimg
 from imgstor.remote.drivers import qsd, zfs
 from imgstor.remote.overlays import base
@@ -167,7 +168,7 @@ class Qcow2Overlay(Overlay):
         if f.get("driver") == "iscsi":
             me = read_initiator_name()
             if not me:
-                raise NotFound(f"{self.ex.host}: no initiator name on this node")
+                raise protocol.no_initiator_name(self.ex.host)
             if f.get("initiator-name", me) != me:
                 raise UsageError(f"origin spec logs in as {f['initiator-name']}, not as this "
                                  f"node ({me})", field="origin")

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
-from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
+from imgstor.errors import Conflict, ImgstorError, UsageError
 from imgstor.remote import locks
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.drivers.blockdev import users as device_users
 from imgstor.remote.drivers.iscsiadm import write_node_password
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import Portal, no_initiator_name
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import MASK, chap_pair, run_mapped, wait_path
-from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
+from imgstor.remote.steps.probe import read_initiator_name
 
 __all__ = ["initiator", "attach", "detach", "devices"]
 
@@ -27,8 +29,7 @@ DEVICE_WAIT = 30.0
 def _initiator(ex: Executor) -> str:
     name = read_initiator_name()
     if not name:
-        raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE} "
-                       "(install open-iscsi or write InitiatorName=iqn.… there)")
+        raise no_initiator_name(ex.host)
     return name
 
 
@@ -38,15 +39,8 @@ def initiator(ex: Executor) -> StepResult:
     return StepResult(False, {"initiator": _initiator(ex)}, "")
 
 
-def _split(portal: str) -> tuple[str, int]:
-    addr, _, port = portal.rpartition(":")
-    if not addr:
-        return portal, 3260
-    return addr, int(port)
-
-
 @step("compute.attach")
-def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
+def attach(ex: Executor, *, kind: str, portal: Any, iqn: str, lun: int = 1,
            chap: dict | None = None) -> StepResult:
     """Ensure this node reaches LUN ``lun`` of target IQN at PORTAL, with ``chap``
     ({"user", "password"}) when the target asks for it.
@@ -58,7 +52,7 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts
     (these carry no CHAP: a VM's qemu needs ``user=`` and a ``password-secret`` object)."""
     drv = _get(kind)
-    addr, port = _split(portal)
+    addr, port = Portal.parse(portal)
     return drv.attach(ex, addr=addr, port=port, iqn=iqn, lun=lun, pair=chap_pair(chap),
                       me=_initiator(ex))
 
@@ -222,7 +216,7 @@ def _in_use(ex: Executor, iqn: str, addr: str, port: int) -> list[str]:
 
 
 @step("compute.detach")
-def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = False) -> StepResult:
+def detach(ex: Executor, *, kind: str, portal: Any, iqn: str, force: bool = False) -> StepResult:
     """Ensure no session to target IQN remains (iscsiadm: logout, 21 = none is success;
     then delete the node record).  userspace: nothing persists on the node (a VM's qemu
     logs in itself; the NAS sees that login, nas.remove_target checks it).
@@ -232,7 +226,7 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = Fals
     exclusive claim (``iscsiadm -m session -P 3`` names the disks; drivers.blockdev) --
     unless ``force``: then the VM loses its disk."""
     drv = _get(kind)
-    addr, port = _split(portal)
+    addr, port = Portal.parse(portal)
     return drv.detach(ex, addr=addr, port=port, iqn=iqn, force=force)
 
 
@@ -263,10 +257,10 @@ def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     drv = _get(kind)
     me = read_initiator_name()
     if drv.logs_in_by_name and not me:
-        raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE}")
+        raise no_initiator_name(ex.host)
     sessions = drv.sessions(ex)
     rows = []
     for t in targets:
-        addr, port = _split(t["portal"])
+        addr, port = Portal.parse(t["portal"])
         rows.append(drv.device(ex, t, addr, port, me, sessions))
     return StepResult(False, {"devices": rows, "initiator": me}, "")

@@ -16,6 +16,7 @@ from imgstor.errors import Conflict, ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
 from imgstor.remote.naming import backstore_name
+from imgstor.remote.protocol import Portal
 from imgstor.remote.steps import StepResult
 from imgstor.remote.steps._util import run_mapped, run_secret
 
@@ -24,11 +25,6 @@ __all__ = ["ensure", "remove", "facts", "backstore_name"]
 LUN = 0
 
 
-
-
-def _portal(portal: str) -> tuple[str, int]:
-    ip, _, port = portal.rpartition(":")
-    return (ip, int(port)) if ip else (portal, 3260)
 
 
 def _read(ex: Executor, lib) -> list[lio.LioTarget]:
@@ -95,15 +91,16 @@ def _save(ex: Executor, lib) -> None:
     ex.run(lio.targetcli_saveconfig())
 
 
-def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
+def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: Portal,
            chap: tuple[str, str] | None = None) -> StepResult:
     """Ensure the target (module doc); ``chap`` is (user, password), already checked."""
+    portal = Portal.parse(portal)
     lib = lio.rtslib_module()
     chap_user = chap[0] if chap else None
     secrets = [chap[1]] if chap else []
-    facts = {"iqn": iqn, "lun": LUN, "portal": portal, **({"chap_user": chap_user} if chap else {})}
+    facts = {"iqn": iqn, "lun": LUN, "portal": list(portal), **({"chap_user": chap_user} if chap else {})}
     how = f" with CHAP user {chap_user}" if chap else ""
-    ip, port = _portal(portal)
+    ip, port = portal
     found = _read(ex, lib)
     for other in found:
         if other.iqn != iqn and any(it.udev_path == path for g in other.tpgs for it in g.luns):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import targets
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import Portal
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import (
     CHAP_USER,
@@ -269,7 +271,7 @@ def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
 
 
 @step("nas.ensure_target")
-def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: str,
+def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: Any,
                   path: str | None = None, pool: str | None = None, vol: str | None = None,
                   kind: str | None = None, chap: dict | None = None) -> StepResult:
     """Ensure target IQN exports PATH (or volume POOL/VOL of KIND) as LUN 1 to exactly one
@@ -291,7 +293,7 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
             path = have["path"]
     with targets.lock(ex):
         return targets.get(driver).ensure(ex, iqn=iqn, path=path, initiator=initiator,
-                                          portal=portal, chap=pair)
+                                          portal=Portal.parse(portal), chap=pair)
 
 
 @step("nas.remove_target")

@@ -6,24 +6,20 @@ import platform
 import shutil
 
 from imgstor.remote.executor import Executor, host_name
+from imgstor.remote.protocol import INITIATOR_NAME_FILE, parse_initiator_name
 from imgstor.remote.steps import StepResult, step
 
 TOOLS = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qemu-img",
          "iscsi-inq", "iscsi-readcapacity16", "zfs-fuse")
-INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
 
 
 def read_initiator_name(path: str = INITIATOR_NAME_FILE) -> str | None:
-    """InitiatorName=… from open-iscsi's file (comments and blanks skipped)."""
+    """This node's initiator name (protocol.parse_initiator_name), None if it has none."""
     try:
         with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("InitiatorName="):
-                    return line.split("=", 1)[1].strip() or None
+            return parse_initiator_name(f.read())
     except (FileNotFoundError, PermissionError):
         return None
-    return None
 
 
 @step("probe", read_only=True)

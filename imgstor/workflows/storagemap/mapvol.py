@@ -9,6 +9,7 @@ from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
 from imgstor.names import target_iqn
 from imgstor.output import Message
+from imgstor.remote.protocol import Portal
 from imgstor.state.model import State, Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     chap_args,
@@ -170,12 +171,12 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
 
 
 def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
-            zpool: str, portal: str) -> Message | str:
+            zpool: str, portal: Portal) -> Message | str:
     """Record a finished map (clears the intent and the busy marker).  The portal is
     recorded: an ib_net changed later applies to the next map, not to this one's unmap."""
     device = att.facts.get("device")
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
-             "portal": portal,
+             "portal": str(portal),
              # the CHAP user only: the password stays in its 0600 file
              "chap_user": chap["chap"]["user"] if chap else None}
     if "qemu_json" in att.facts:

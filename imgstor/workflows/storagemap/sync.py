@@ -37,6 +37,7 @@ from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
 from imgstor.output import Message
+from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
 from imgstor.workflows import monitor
@@ -51,7 +52,7 @@ LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 # ------------------------------------------------------------------ the map
 def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
-             host_cfg, iqn: str, attach_result: tuple, *, portal: str) -> Message | str:
+             host_cfg, iqn: str, attach_result: tuple, *, portal: Portal) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
     (NAS->VM and a sync-in job, one transaction) and the monitor."""
     volf, att, initiator, lun, chap = attach_result
@@ -64,7 +65,7 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
         return f"dry run: {nas}:{vol} would be mapped to {host}:{device} (sync mode)"
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
              "chap_user": chap["chap"]["user"] if chap else None,
-             "origin": origin, "overlay": host_cfg.overlay, "portal": portal,
+             "origin": origin, "overlay": host_cfg.overlay, "portal": str(portal),
              "local_pool": host_cfg.vm_container_zpool}
     with ctx.store.transaction() as st:
         v = st.volumes[key]

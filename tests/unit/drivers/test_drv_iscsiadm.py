@@ -7,6 +7,7 @@ import samples
 
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import iscsiadm as ia
+from imgstor.remote.protocol import parse_initiator_name
 from tests.scripted import Expect, ScriptedExecutor
 
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
@@ -42,10 +43,9 @@ def test_parse_session_details_disk():
 
 
 def test_read_initiator_name():
-    assert ia.read_initiator_name(samples.INITIATORNAME_ISCSI) == \
+    assert parse_initiator_name(samples.INITIATORNAME_ISCSI) == \
         "iqn.1993-08.org.debian:01:c6385a9091e6"
-    with pytest.raises(NotFound):
-        ia.read_initiator_name("## nothing\n")
+    assert parse_initiator_name("## nothing\n") is None
 
 
 def test_sessions_none_is_empty_list():

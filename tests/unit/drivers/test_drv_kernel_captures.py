@@ -21,6 +21,7 @@ import pytest
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import dm, lio, zfs
 from imgstor.remote.drivers import iscsiadm as ia
+from imgstor.remote.protocol import parse_initiator_name
 from tests.scripted import Expect, ScriptedExecutor
 
 KERNEL = Path(__file__).resolve().parents[2] / "fixtures" / "kernel"
@@ -98,7 +99,7 @@ def test_parse_session_details_real():
 
 
 def test_read_initiator_name_real():
-    assert ia.read_initiator_name(cap("initiatorname").out) == INIT
+    assert parse_initiator_name(cap("initiatorname").out) == INIT
 
 
 def test_by_path_matches_the_udev_link():

@@ -42,6 +42,7 @@ import scn_nas_volume
 import scn_overlay
 
 from imgstor import errors
+from imgstor.remote import protocol
 from imgstor.remote.steps import _util, compute, load_all, nas, overlay, probe, snapshot
 from tests.scripted import Expect, ScriptedExecutor
 
@@ -180,6 +181,7 @@ def test_scenario(sc: dict, monkeypatch: pytest.MonkeyPatch) -> None:
             assert out.facts.get(k) == v, k
         if "message" in sc:
             assert out.message == sc["message"]
+        protocol.check_facts(sc["step"], out.facts)        # only facts the contract names
         assert json.loads(json.dumps(out.to_dict())) == out.to_dict()
 
     texts = [a if isinstance(a, str) else shlex.join(a) for a in sc.get("skipped", [])]
