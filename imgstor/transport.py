@@ -41,8 +41,7 @@ from imgstor.errors import (
     TransportError,
     from_wire,
 )
-from imgstor.remote.executor import Result
-from imgstor.remote.protocol import StepResult
+from imgstor.remote.protocol import Result, StepResult
 
 __all__ = ["Cluster", "StepResult", "StepOutcome"]
 

@@ -22,29 +22,16 @@ import os
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
+from imgstor.remote.protocol import Result
 
 __all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "host_name"]
 
 
 def host_name() -> str:
     return os.environ.get("IMGSTOR_NODE") or os.uname().nodename
-
-
-@dataclass
-class Result:
-    argv: list[str]
-    rc: int
-    stdout: str = ""
-    stderr: str = ""
-    skipped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
 
 
 class Executor:

@@ -1,5 +1,6 @@
 """The contract between the frontend and the node steps, imported by both sides.
 
+* ``Result``: what a command answers (argv, rc, stdout, stderr), on a node or over SSH.
 * ``StepResult``: what a step answers -- ``changed``, ``facts``, ``message`` -- on the node,
   and on the frontend the same class with the ``host``, ``step`` and ``commands`` of the
   exchange filled in.
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 from imgstor.errors import NotFound, StepError, UsageError
 
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "parse_initiator_name", "no_initiator_name",
-           "Portal", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
+           "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
            "OverlayFacts", "PruneFacts", "VolumePropsFacts"]
 
@@ -249,6 +250,20 @@ class Facts(dict):
     def __contains__(self, key: object) -> bool:
         self._known(key)
         return super().__contains__(key)
+
+
+@dataclass
+class Result:
+    """One command's outcome, on a node (executor) or over SSH (transport)."""
+    argv: list[str]
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+    skipped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
 
 
 @dataclass
