@@ -41,7 +41,7 @@ from imgstor.errors import (
     TransportError,
     from_wire,
 )
-from imgstor.remote.protocol import Result, StepResult
+from imgstor.remote.protocol import Result, StepResult, dry_run_gate
 
 __all__ = ["Cluster", "StepResult", "StepOutcome"]
 
@@ -237,8 +237,10 @@ class Cluster:
     def run(self, host: str, argv: list[str], *, read_only: bool = False, check: bool = True,
             timeout: float | None = None) -> Result:
         """Run a plain command (not a node step); a dry run skips non-read-only ones."""
-        if self.dry_run and not read_only:
-            self.echo(host, "SKIP> " + shlex.join(argv))
+        said: list[str] = []              # the node's executor decides with the same rule
+        if not dry_run_gate(shlex.join(argv), dry_run=self.dry_run, read_only=read_only,
+                            log=said):
+            self.echo(host, said[-1])     # SKIP> …
             return Result(list(argv), 0, skipped=True)
         r = self.exec(host, argv, timeout=timeout)
         if check and r.rc != 0:

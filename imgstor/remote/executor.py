@@ -8,8 +8,13 @@ A step never calls subprocess itself; it gets an executor and calls ``ex.run(arg
 * The test double (a script of expected commands with canned answers) lives in
   tests/scripted.py: it is not shipped to nodes.
 
-``call()`` is the same for an in-process change (libzfs_core, rtslib): logged as text,
-and on a dry run not called but reported as ``SKIP> …`` like a skipped command.
+``call()`` is the same for an in-process change (libzfs_core, rtslib, QMP, a file the
+step writes itself): logged as text, and on a dry run not called but reported as
+``SKIP> …`` like a skipped command.  ``run``, ``pipe``, ``call`` and ``write_file`` decide
+with one rule, ``protocol.dry_run_gate``, which the frontend's transport uses too.
+
+``fs`` is every read a step makes of the node besides commands: files, links, sizes,
+processes, tools on the PATH, the clock (``HostFS``; tests give a fake one).
 
 ``pipe()`` runs a pipeline and keeps the exit status of every stage (zettarepl's idea): a
 failed ``zfs send`` is never hidden by a successful ``zfs receive``.
@@ -20,41 +25,124 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
-from imgstor.remote.protocol import Result
+from imgstor.remote.protocol import Result, dry_run_gate
 
-__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "host_name"]
+__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "HostFS", "host_name"]
 
 
 def host_name() -> str:
     return os.environ.get("IMGSTOR_NODE") or os.uname().nodename
 
 
+class HostFS:
+    """What steps read of the node besides command output: files, links, block device
+    sizes, processes, tools on the PATH, the clock.  Read-only (a dry run reads too);
+    changes are commands, ``Executor.write_file`` or ``Executor.call``."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def is_link(self, path: str) -> bool:
+        return os.path.islink(path)
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text, None if it (or a directory on its way) does not exist."""
+        try:
+            with open(path) as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def mode(self, path: str) -> int | None:
+        """Permission bits (``st_mode & 0o7777``, links followed); None if absent."""
+        try:
+            return os.stat(path).st_mode & 0o7777
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def size(self, path: str) -> int | None:
+        """Bytes of a regular file or a block device (links followed); None if absent
+        or unreadable."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+
+    def rdev(self, path: str) -> str | None:
+        """``MAJOR:MINOR`` of a block device (links followed), as dmsetup tables show it."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def pid_state(self, pid: int) -> str | None:
+        """The state letter of /proc/PID/stat (R, S, Z …), None if no such process."""
+        text = self.read_text(f"/proc/{int(pid)}/stat")
+        if not text:
+            return None
+        return text.rpartition(")")[2].split()[0]
+
+    def pid_cmdline(self, pid: int) -> list[str]:
+        text = self.read_text(f"/proc/{int(pid)}/cmdline") or ""
+        return [a for a in text.split("\0") if a]
+
+    def which(self, tool: str) -> str | None:
+        return shutil.which(tool)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 class Executor:
-    """Base: subclasses implement ``_run`` and ``_pipe``."""
+    """Base: subclasses implement ``_run``, ``_pipe`` and ``_write_file``."""
 
     dry_run = False
 
-    def __init__(self, host: str | None = None) -> None:
+    def __init__(self, host: str | None = None, fs: HostFS | None = None) -> None:
         self.host = host or host_name()
+        self.fs = fs if fs is not None else HostFS()
         self.log: list[str] = []          # every command, as text, for --debug
         self.skipped: list[str] = []      # commands a dry run did not run
+
+    def _go(self, text: str, *, read_only: bool) -> bool:
+        """The one dry-run rule (protocol.dry_run_gate): log, and say whether to run."""
+        return dry_run_gate(text, dry_run=self.dry_run, read_only=read_only, log=self.log,
+                            skipped=self.skipped)
 
     def run(self, argv: Sequence[str], *, read_only: bool = False, check: bool = True,
             ok_codes: Iterable[int] = (0,), input: str | None = None,
             timeout: float | None = 600, env: dict | None = None) -> Result:
         """Run one argv.  ``check``: raise RemoteCommandError unless rc in ok_codes."""
         argv = [str(a) for a in argv]
-        text = shlex.join(argv)
-        if self.dry_run and not read_only:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
+        if not self._go(shlex.join(argv), read_only=read_only):
             return Result(argv, 0, "", "", skipped=True)
-        self.log.append(text)
         res = self._run(argv, input=input, timeout=timeout, env=env)
         if check and res.rc not in tuple(ok_codes):
             raise RemoteCommandError(self.host, argv, res.rc, res.stderr, res.stdout)
@@ -65,11 +153,8 @@ class Executor:
         """Call ``fn(*args, **kw)`` in this process (a library call such as libzfs_core's
         ``lzc_create``), logged as ``text``.  A dry run does not call a change
         (``read_only=False``): it logs ``SKIP> text`` and returns None."""
-        if self.dry_run and not read_only:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
+        if not self._go(text, read_only=read_only):
             return None
-        self.log.append(text)
         return fn(*args, **kw)
 
     def pipe(self, stages: Sequence[Sequence[str]], *, read_only: bool = False,
@@ -78,12 +163,8 @@ class Executor:
 
         With ``check`` the first failing stage (in pipeline order) raises."""
         argvs = [[str(a) for a in s] for s in stages]
-        text = " | ".join(shlex.join(s) for s in argvs)
-        if self.dry_run and not read_only:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
+        if not self._go(" | ".join(shlex.join(s) for s in argvs), read_only=read_only):
             return [Result(s, 0, skipped=True) for s in argvs]
-        self.log.append(text)
         results = self._pipe(argvs, timeout=timeout)
         if check:
             for r in results:
@@ -96,13 +177,8 @@ class Executor:
         ``mode``; its directory is made 0700 if missing.  A change like a command: logged
         as ``write-file PATH MODE``, skipped (``SKIP> …``) in a dry run."""
         argv = ["write-file", str(path), f"{mode:04o}"]
-        text = shlex.join(argv)
-        if self.dry_run:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
-            return
-        self.log.append(text)
-        self._write_file(argv, data, mode)
+        if self._go(shlex.join(argv), read_only=False):
+            self._write_file(argv, data, mode)
 
     def _write_file(self, argv: list[str], data: bytes, mode: int) -> None:
         raise NotImplementedError

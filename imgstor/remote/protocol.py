@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from imgstor.errors import NotFound, StepError, UsageError
 
-__all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "parse_initiator_name", "no_initiator_name",
+__all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
            "OverlayFacts", "PruneFacts", "VolumePropsFacts"]
@@ -47,6 +47,21 @@ def parse_initiator_name(text: str) -> str | None:
 def no_initiator_name(host: str) -> NotFound:
     return NotFound(f"{host}: no initiator name in {INITIATOR_NAME_FILE} (install "
                     "open-iscsi or write InitiatorName=iqn.… there)", host=host)
+
+
+# ------------------------------------------------------------------ dry runs
+def dry_run_gate(text: str, *, dry_run: bool, read_only: bool, log: list[str],
+                 skipped: list[str] | None = None) -> bool:
+    """The one dry-run rule, for the node's executor and the frontend's transport alike:
+    a dry run runs only what is read-only; anything else is logged as ``SKIP> text`` (and
+    kept in ``skipped``) and not run.  What runs is logged as ``text``.  True: run it."""
+    if dry_run and not read_only:
+        log.append("SKIP> " + text)
+        if skipped is not None:
+            skipped.append(text)
+        return False
+    log.append(text)
+    return True
 
 
 # ------------------------------------------------------------------ portal

@@ -390,13 +390,16 @@ def _prop_name(k: str) -> str:
 
 
 # ---------------------------------------------------------------------------- errors
+REASON_BUSY = "busy"         # Conflict details["reason"]: in use right now, may pass
+
 # stderr texts captured from zfs-fuse (tests/fixtures/userspace/zfs_*.err); the same texts
 # come from OpenZFS's libzfs (lib/libzfs/libzfs_util.c zfs_standard_error).
 _RULES = [
     (r"dataset does not exist|no such pool|parent does not exist|could not find any snapshots",
      NotFound, None),
     (r"dataset already exists|destination '[^']*' exists", AlreadyExists, None),
-    (r"has children|has dependent clones|dataset is busy|pool or dataset is busy", Conflict, None),
+    (r"has children|has dependent clones", Conflict, None),
+    (r"dataset is busy|pool or dataset is busy", Conflict, REASON_BUSY),
     (r"internal error: Function not implemented",
      RemoteCommandError, "zfs-fuse aborts (rc 134) on features it lacks, e.g. zvols"),
     (r"invalid option", RemoteCommandError,

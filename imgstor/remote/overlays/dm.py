@@ -70,7 +70,7 @@ class DmOverlay(Overlay):
         return t
 
     def _into(self, dev: str) -> str:
-        return "local" if dev == base.FS.rdev(self.local) or dev == self.local else "origin"
+        return "local" if dev == self.ex.fs.rdev(self.local) or dev == self.local else "origin"
 
     def status(self) -> Status:
         t = self._table()

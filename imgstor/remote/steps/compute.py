@@ -7,7 +7,6 @@ checked by logging in with the node's initiator name).
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 from imgstor.errors import Conflict, ImgstorError, UsageError
@@ -18,8 +17,14 @@ from imgstor.remote.drivers.iscsiadm import write_node_password
 from imgstor.remote.executor import Executor
 from imgstor.remote.protocol import Portal, no_initiator_name
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import MASK, chap_pair, run_mapped, wait_path
-from imgstor.remote.steps.probe import read_initiator_name
+from imgstor.remote.steps._util import (
+    MASK,
+    chap_pair,
+    initiator_name,
+    require_initiator_name,
+    run_mapped,
+    wait_path,
+)
 
 __all__ = ["initiator", "attach", "detach", "devices"]
 
@@ -27,10 +32,7 @@ DEVICE_WAIT = 30.0
 
 
 def _initiator(ex: Executor) -> str:
-    name = read_initiator_name()
-    if not name:
-        raise no_initiator_name(ex.host)
-    return name
+    return require_initiator_name(ex)
 
 
 @step("compute.initiator", read_only=True)
@@ -129,8 +131,8 @@ class Iscsiadm:
                 changed = True
         link = iscsiadm.by_path(addr, iqn, lun, port)
         wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
-        dev = os.path.realpath(link) if os.path.exists(link) else link
-        size = _blockdev_size(dev)
+        dev = ex.fs.realpath(link) if ex.fs.exists(link) else link
+        size = ex.fs.size(dev)
         return StepResult(changed, {"device": dev, "by_path": link, "size": size,
                                     "initiator": me, **extra},
                           f"{iqn} lun {lun} is {dev}")
@@ -145,9 +147,9 @@ class Iscsiadm:
         row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
         if t["iqn"] in sessions:
             link = iscsiadm.by_path(addr, t["iqn"], t.get("lun", 1), port)
-            if os.path.exists(link):
-                dev = os.path.realpath(link)
-                row.update(device=dev, status="ok", size=_blockdev_size(dev))
+            if ex.fs.exists(link):
+                dev = ex.fs.realpath(link)
+                row.update(device=dev, status="ok", size=ex.fs.size(dev))
             else:
                 row.update(status="session, no device")
         return row
@@ -179,29 +181,12 @@ def _db_lock(ex: Executor):
 
 def _node_password(ex: Executor, iqn: str, addr: str, port: int, password: str) -> None:
     """The CHAP password into the node record file, never into an argv (audit M5)."""
-    text = (f"write {iscsiadm.PASSWORD_KEY} = {MASK} into the node record of {iqn} "
-            f"at {addr}:{port}")
-    if ex.dry_run:
-        ex.log.append("SKIP> " + text)
-        ex.skipped.append(text)
-        return
-    ex.log.append(text)
-    write_node_password(iqn, addr, password, port)
+    ex.call(f"write {iscsiadm.PASSWORD_KEY} = {MASK} into the node record of {iqn} "
+            f"at {addr}:{port}", write_node_password, iqn, addr, password, port)
 
 
 def _cap_bytes(cap: userspace.Capacity) -> int:
     return cap.size
-
-
-def _blockdev_size(dev: str) -> int | None:
-    try:
-        fd = os.open(dev, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
 
 
 def _in_use(ex: Executor, iqn: str, addr: str, port: int) -> list[str]:
@@ -255,7 +240,7 @@ def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepRe
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     """Read-only: for each {"iqn", "portal", "lun"[, "chap"]} what this node sees now."""
     drv = _get(kind)
-    me = read_initiator_name()
+    me = initiator_name(ex)
     if drv.logs_in_by_name and not me:
         raise no_initiator_name(ex.host)
     sessions = drv.sessions(ex)

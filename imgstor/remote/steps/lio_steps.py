@@ -62,19 +62,11 @@ def _acl_userid(ex: Executor, lib, t: lio.LioTarget, iqn: str, initiator: str) -
     return lio.parse_targetcli_get(r.stdout, "userid")
 
 
-def _skip(ex: Executor, text: str) -> None:
-    ex.log.append("SKIP> " + text)
-    ex.skipped.append(text)
-
-
 def _delete(ex: Executor, lib, iqn: str) -> None:
     bs = backstore_name(iqn)
-    if lib is not None:
-        if ex.dry_run:
-            _skip(ex, f"rtslib: delete target {iqn} and backstore {bs}")
-            return
-        ex.log.append(f"rtslib: delete target {iqn} and backstore {bs}")
-        lio.rts_delete_target(lib, iqn, backstore=bs)
+    if lib is not None:         # in-process: logged, and skipped in a dry run (ex.call)
+        ex.call(f"rtslib: delete target {iqn} and backstore {bs}", lio.rts_delete_target,
+                lib, iqn, backstore=bs)
         return
     for argv in lio.targetcli_delete_target(iqn, backstore=bs):
         ex.run(argv, check=False)   # a part already gone is fine
@@ -82,11 +74,7 @@ def _delete(ex: Executor, lib, iqn: str) -> None:
 
 def _save(ex: Executor, lib) -> None:
     if lib is not None:
-        if ex.dry_run:
-            _skip(ex, "rtslib: saveconfig")
-            return
-        ex.log.append("rtslib: saveconfig")
-        lio.rts_save_config(lib)
+        ex.call("rtslib: saveconfig", lio.rts_save_config, lib)
         return
     ex.run(lio.targetcli_saveconfig())
 
@@ -116,13 +104,9 @@ def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: Portal,
         text = (f"rtslib: create target {iqn}: block backstore {bs} on {path}, LUN {LUN}, "
                 f"portal {ip}:{port}, ACL {initiator}"
                 + (f", CHAP user {chap_user} (authentication=1)" if chap else ""))
-        if ex.dry_run:
-            _skip(ex, text)
-        else:
-            ex.log.append(text)
-            lio.rts_create_target(lib, iqn=iqn, device=path, backstore=bs, portal_ip=ip,
-                                  portal_port=port, initiator=initiator, lun=LUN,
-                                  chap=lio.Chap(*chap) if chap else None)
+        ex.call(text, lio.rts_create_target, lib, iqn=iqn, device=path, backstore=bs,
+                portal_ip=ip, portal_port=port, initiator=initiator, lun=LUN,
+                chap=lio.Chap(*chap) if chap else None)
     else:
         for argv in lio.targetcli_create_target(iqn=iqn, device=path, backstore=bs,
                                                 portal_ip=ip, portal_port=port,

@@ -8,7 +8,6 @@ holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target 
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
@@ -21,6 +20,7 @@ from imgstor.remote.steps._util import (
     CHAP_USER,
     MASK,
     chap_pair,
+    destroy_dataset,
     mask_error,
     run_mapped,
     run_secret,
@@ -86,9 +86,7 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
     if mp is None or not mp.value or mp.value in ("none", "legacy", "-"):
         return {"path": None, "size": None}
     path = os.path.join(mp.value, FILE_NAME)
-    if not os.path.exists(path):
-        return {"path": path, "size": None}
-    return {"path": path, "size": os.path.getsize(path)}
+    return {"path": path, "size": ex.fs.size(path) if ex.fs.exists(path) else None}
 
 
 def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
@@ -199,7 +197,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
             raise Conflict(f"{ex.host}: dataset {name} has no mountpoint; a file volume needs one")
         path = path or f"<mountpoint of {name}>/{FILE_NAME}"
         if have is None or have["size"] is None:
-            if os.path.islink(path):       # never follow a link planted in the dataset
+            if ex.fs.is_link(path):        # never follow a link planted in the dataset
                 raise Conflict(f"{ex.host}: {path} is a symbolic link; refusing to use it")
             ex.run(["truncate", "-s", str(int(size)), path])
             changed = True
@@ -383,17 +381,5 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
     # then retry a bounded number of times; "does not exist" means it is done.
     if kind == "file":
         ex.run(["zfs", "umount", name], check=False)
-    last: Exception | None = None
-    for _ in range(20):
-        try:
-            ex.run(zfs.destroy(name))
-            return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
-        except RemoteCommandError as e:
-            err = zfs.classify(e)
-            if isinstance(err, NotFound):
-                return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
-            if not isinstance(err, Conflict) or "busy" not in e.stderr:
-                raise err from e
-            last = err
-            time.sleep(0.5)
-    raise last  # type: ignore[misc]
+    destroy_dataset(ex, name)
+    return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")

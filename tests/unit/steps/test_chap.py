@@ -31,8 +31,9 @@ from scn_common import (
 from imgstor import chap as chapstore
 from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateError, UsageError
 from imgstor.remote.drivers import lio, tgt
+from imgstor.remote.protocol import INITIATOR_NAME_FILE
 from imgstor.remote.steps import compute, lio_steps, nas
-from tests.scripted import Expect, ScriptedExecutor
+from tests.scripted import Expect, FakeFS, ScriptedExecutor
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
 CHAP = {"user": USER, "password": PW}
@@ -95,7 +96,8 @@ def test_bad_names_refused_before_any_file(tmp_path):
 def run(fn, script, *, dry_run=False, **args):
     if fn is nas.ensure_target and args.get("driver") == "tgt":
         script = [PORTALS] + list(script)     # tgtd's portals are read first (M4)
-    ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run)
+    ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run,
+                          fs=FakeFS(files={INITIATOR_NAME_FILE: f"InitiatorName={INIT0}\n"}))
     try:
         out = fn(ex, **args)
     except ImgstorError as e:
@@ -240,10 +242,14 @@ def test_parse_accounts():
 # ------------------------------------------------------------------ compute.attach
 @pytest.fixture
 def node(monkeypatch):
-    monkeypatch.setattr(compute, "read_initiator_name", lambda *a: INIT0)
     seen = {}
 
     class Rec(ScriptedExecutor):
+        def __post_init__(self) -> None:       # a node whose initiator name is INIT0
+            if self.fs is None:
+                self.fs = FakeFS(files={INITIATOR_NAME_FILE: f"InitiatorName={INIT0}\n"})
+            super().__post_init__()
+
         def _run(self, argv, *, input, timeout, env):
             seen.setdefault("env", []).append(env)
             return super()._run(argv, input=input, timeout=timeout, env=env)
