@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import classify_by_text, positional, token
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped, token
 
 __all__ = [
     "Segment", "Device", "SnapshotStatus", "SECTOR", "CHUNK_SECTORS",
@@ -168,10 +168,7 @@ def _name(name: str | None) -> list[str]:
 
 
 def _read(ex, argv):
-    try:
-        return ex.run(argv, read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True)
 
 
 # ---------------------------------------------------------------------------- changes

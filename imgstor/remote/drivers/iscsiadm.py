@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal
+from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal, run_mapped
 
 __all__ = [
     "ISCSI_ERR_SESS_EXISTS", "ISCSI_ERR_NO_OBJS_FOUND", "ISCSI_ERR_LOGIN_AUTH_FAILED",
@@ -161,10 +161,7 @@ def session_details(ex) -> list[SessionDetail]:
 
 
 def _read(ex, argv: list[str]):
-    try:
-        return ex.run(argv, read_only=True, ok_codes=(0, ISCSI_ERR_NO_OBJS_FOUND))
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True, ok_codes=LOGOUT_OK)
 
 
 # ---------------------------------------------------------------------------- changes

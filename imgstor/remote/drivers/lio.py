@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imgstor.errors import AlreadyExists, ImgstorError, NotFound, RemoteCommandError, UsageError
-from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, token
+from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, run_mapped, token
 
 __all__ = [
     "Portal", "LioLun", "LioAcl", "LioTpg", "LioTarget", "Chap", "rtslib_module",
@@ -224,11 +224,7 @@ def targetcli_ls() -> list[str]:
 
 def targetcli_targets(ex) -> list[LioTarget]:
     """Runs ``targetcli ls /iscsi`` and parses the tree."""
-    try:
-        res = ex.run(targetcli_ls(), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_targetcli_ls(res.stdout)
+    return parse_targetcli_ls(run_mapped(ex, targetcli_ls(), classify, read_only=True).stdout)
 
 
 def targetcli_create_target(*, iqn: str, device: str, backstore: str, portal_ip: str,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from imgstor.errors import ImgstorError, NotFound, RemoteCommandError
 from imgstor.remote.drivers import userspace
-from imgstor.remote.drivers._common import classify_by_text, positional
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
 __all__ = ["ImageInfo", "parse_info", "info",
            "create_overlay", "commit", "convert", "classify"]
@@ -72,10 +72,7 @@ def info(ex, image: str, *, image_opts: bool = False) -> ImageInfo:
 
 
 def _run(ex, argv):
-    try:
-        return ex.run(argv, read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True)
 
 
 # ---------------------------------------------------------------------------- changes

@@ -44,7 +44,7 @@ from imgstor.errors import (
     RemoteCommandError,
     UsageError,
 )
-from imgstor.remote.drivers._common import classify_by_text, positional
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
 __all__ = [
     "Lun", "Nexus", "Target", "TGTADM_RC_ERROR", "TGTADM_RC_NO_DAEMON", "parse_show",
@@ -209,20 +209,14 @@ def _mk_lun(d: dict) -> Lun:
 # ---------------------------------------------------------------------------- readers
 def targets(ex, *, control_port: int | None = None) -> list[Target]:
     """All targets of one tgtd.  Runs ``tgtadm --lld iscsi [-C N] --mode target --op show``."""
-    try:
-        res = ex.run(show(control_port=control_port), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_show(res.stdout)
+    return parse_show(run_mapped(ex, show(control_port=control_port), classify,
+                                 read_only=True).stdout)
 
 
 def accounts(ex, *, control_port: int | None = None) -> list[str]:
     """tgtd's CHAP account names.  Runs ``tgtadm --lld iscsi --mode account --op show``."""
-    try:
-        res = ex.run(show_accounts(control_port=control_port), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_accounts(res.stdout)
+    return parse_accounts(run_mapped(ex, show_accounts(control_port=control_port), classify,
+                                     read_only=True).stdout)
 
 
 def parse_accounts(text: str) -> list[str]:
@@ -357,11 +351,8 @@ def parse_portals(text: str) -> list[tuple[str, int]]:
 
 def portals(ex, *, control_port: int | None = None) -> list[tuple[str, int]]:
     """tgtd's listening portals.  Runs ``tgtadm --lld iscsi --mode portal --op show``."""
-    try:
-        res = ex.run(show_portals(control_port=control_port), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_portals(res.stdout)
+    return parse_portals(run_mapped(ex, show_portals(control_port=control_port), classify,
+                                    read_only=True).stdout)
 
 
 def _param(value: object, what: str) -> str:

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 
 from imgstor.errors import Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal
+from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal, run_mapped
 
 __all__ = [
     "Capacity", "LIBISCSI_RC_FAILED", "CHAP_PASSWORD_ENV",
@@ -113,10 +113,7 @@ def read_capacity(ex, address: str, iqn: str, initiator: str, lun: int = 1,
 
 
 def _run(ex, argv, chap_password):
-    try:
-        return ex.run(argv, read_only=True, env=_env(chap_password))
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True, env=_env(chap_password))
 
 
 # ---------------------------------------------------------------------------- qemu specs

@@ -30,7 +30,7 @@ from typing import Iterator, Mapping
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
 from imgstor.remote.drivers import _lzc
-from imgstor.remote.drivers._common import classify_by_text, positional
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
 __all__ = [
     "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
@@ -294,10 +294,7 @@ def exists(ex, name: str) -> bool:
 
 
 def _run(ex, argv: list[str]):
-    try:
-        return ex.run(argv, read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True)
 
 
 # ---------------------------------------------------------------------------- changes
@@ -454,10 +451,7 @@ def _lzc_call(ex, lib, fn: str, target: str, *args, read_only: bool = False,
 
 
 def _cli(ex, argv: list[str], **kw):
-    try:
-        return ex.run(argv, **kw)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, **kw)
 
 
 def _snap_name(name: str) -> str:

@@ -16,7 +16,7 @@ origin) by the local zvol's device number.
 """
 from __future__ import annotations
 
-from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
+from imgstor.errors import Conflict, NotFound, UsageError
 from imgstor.remote.drivers import dm, zfs
 from imgstor.remote.overlays import base
 from imgstor.remote.overlays.base import (
@@ -57,10 +57,8 @@ class DmOverlay(Overlay):
     def _table(self) -> dm.Device | None:
         try:
             found = dm.table(self.ex, self.name)
-        except (NotFound, RemoteCommandError) as e:
-            if isinstance(e, NotFound) or "No such device" in str(e) or "not exist" in str(e):
-                return None
-            raise
+        except NotFound:        # dm.classify: "Device does not exist", "No such device or address"
+            return None
         if not found:
             return None
         t = found[0]

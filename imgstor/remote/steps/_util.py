@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from imgstor.errors import Conflict, ImgstorError, NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import zfs
+from imgstor.remote.drivers._common import run_mapped
 from imgstor.remote.executor import Executor
 from imgstor.remote.protocol import INITIATOR_NAME_FILE, no_initiator_name, parse_initiator_name
 
@@ -14,16 +15,6 @@ __all__ = ["run_mapped", "wait_path", "wait_until", "retry", "initiator_name",
            "CHAP_USER"]
 
 MASK = "***"
-
-
-def run_mapped(ex: Executor, argv: list[str],
-               classify: Callable[[RemoteCommandError], ImgstorError], **kw):
-    """``ex.run(argv)``; a failure is re-raised as the tool's classified error
-    (NotFound / AlreadyExists / Conflict …) by that tool driver's ``classify``."""
-    try:
-        return ex.run(argv, **kw)
-    except RemoteCommandError as e:
-        raise classify(e) from e
 
 
 def wait_path(ex: Executor, path: str, *, timeout: float = 30.0, why: str = "") -> None:
