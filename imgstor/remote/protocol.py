@@ -28,7 +28,7 @@ from imgstor.errors import NotFound, StepError, UsageError
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
-           "OverlayFacts", "PruneFacts", "VolumePropsFacts"]
+           "OverlayStatus", "OverlayFacts", "PruneFacts", "VolumePropsFacts"]
 
 ISCSI_PORT = 3260
 INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
@@ -171,17 +171,24 @@ class ProbeFacts:
 
 
 @dataclass(frozen=True)
-class OverlayFacts:
-    """``overlay.*``: the driver's status (overlays.base.Status) plus what the step did."""
+class OverlayStatus:
+    """One read of an overlay (overlays.base.Status adds the driver's detail).
+    ``done``/``total``: bytes of the merge (qcow2: the commit job's offset/len);
+    ``status``/``synced``: the STATUS and SYNCED columns of ``list host storagedev``."""
     driver: str = ""
     exists: bool = False
     device: str | None = None
-    phase: str | None = None
-    into: str | None = None
+    phase: str | None = None            # snapshot | merging | merged | pivoted
+    into: str | None = None             # local | origin
     done: int | None = None
     total: int | None = None
     status: str | None = None
     synced: str | None = None
+
+
+@dataclass(frozen=True)
+class OverlayFacts(OverlayStatus):
+    """``overlay.*``: the status, the driver's detail, and what the step did."""
     # dm
     origin: str | None = None
     cow: str | None = None

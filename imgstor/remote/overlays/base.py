@@ -25,6 +25,7 @@ from typing import ClassVar
 from imgstor.errors import Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import OverlayStatus
 from imgstor.remote.steps._util import destroy_dataset
 
 __all__ = ["SNAPSHOT", "MERGING", "MERGED", "PIVOTED", "PHASES", "INTO", "ROLE_PROP",
@@ -51,19 +52,9 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Status:
-    """One read of an overlay.  ``done``/``total``: bytes of the merge (qcow2: the commit
-    job's offset/len); ``status``/``synced``: the STATUS and SYNCED columns of
-    ``list host storagedev``."""
-    driver: str
-    exists: bool
-    device: str
-    phase: str | None = None
-    into: str | None = None
-    done: int | None = None
-    total: int | None = None
-    status: str | None = None
-    synced: str | None = None
+class Status(OverlayStatus):
+    """One read of an overlay (protocol.OverlayStatus) with the driver's own ``detail``
+    (dm: origin, table, sectors …; qcow2: pid, qmp, nodes …), flattened into the facts."""
     detail: dict = field(default_factory=dict)
 
     def facts(self) -> dict:
