@@ -8,8 +8,8 @@ success for an idempotent step: logging in when logged in (15), logging out / de
 nothing is there (21).  A login the target refuses -- wrong initiator name (LIO answers an
 initiator missing from the ACL with "authorization failure") or wrong CHAP -- is 24.
 
-Samples used by the unit tests until the kernel lab's captures land are in
-tests/unit/drivers/samples.py (from documentation).
+The kernel lab's real output is in tests/fixtures/kernel/ (test_drv_kernel_captures.py);
+tests/unit/drivers/samples.py adds shapes from documentation the lab never printed.
 """
 from __future__ import annotations
 

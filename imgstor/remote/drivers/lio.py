@@ -20,8 +20,8 @@ targetcli quirks: it needs the system D-Bus (its "dbus … Failed to connect to 
 /run/dbus/system_bus_socket" is classified with a hint); it joins its arguments into one
 command line and re-parses it, so no value may contain white space (``token``); each call
 is one command, so a plan is a list of argv lists ending with ``saveconfig``.
-Samples of ``targetcli ls /iscsi`` used by the tests are from documentation until the kernel
-lab's captures land (tests/unit/drivers/samples.py).
+The kernel lab's real ``targetcli`` output is in tests/fixtures/kernel/ (asserted in
+tests/unit/drivers/test_drv_kernel_captures.py).
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def targetcli_acl_userid(iqn: str, initiator: str) -> list[str]:
 
 def parse_targetcli_get(text: str, key: str) -> str | None:
     """targetcli's ``get GROUP KEY`` prints ``KEY=VALUE`` (configshell's ui_command_get;
-    an unset value prints nothing after ``=``).  Not captured in a lab yet."""
+    an unset value prints nothing after ``=``; captured: targetcli_get_global)."""
     for line in text.splitlines():
         k, sep, v = line.strip().partition("=")
         if sep and k.strip() == key:

@@ -38,7 +38,7 @@ __all__ = [
     "capabilities", "parse_capabilities", "parse_size", "parse_list",
     "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
-    "snapshot", "send", "receive", "inherit", "classify", "list_columns", "holds", "release",
+    "snapshot", "inherit", "classify", "list_columns", "holds", "release",
 ]
 
 ZVOL_BLOCKSIZE = 128 * 1024
@@ -361,23 +361,6 @@ def snapshot(name: str, props: Mapping[str, str] | None = None) -> list[str]:
     for k, v in (props or {}).items():
         argv += ["-o", f"{_prop_name(k)}={v}"]
     return argv + [positional(name, "snapshot")]
-
-
-def send(snap: str, incremental_from: str | None = None) -> list[str]:
-    """``zfs send [-i FROM] SNAP`` (no -P/-c: zfs-fuse lacks them).  ``FROM`` may be the
-    short ``@snap`` form or a full snapshot name."""
-    argv = ["zfs", "send"]
-    if incremental_from:
-        argv += ["-i", incremental_from]
-    return argv + [positional(snap, "snapshot")]
-
-
-def receive(name: str, force: bool = True, *, resumable: bool = False) -> list[str]:
-    """``zfs receive [-F] [-s] NAME``.  ``-F`` rolls the target back to the last common
-    snapshot (needed for incrementals into a dataset touched since); ``-s`` (OpenZFS only)
-    keeps a resume token when the stream breaks."""
-    return (["zfs", "receive"] + (["-F"] if force else []) + (["-s"] if resumable else [])
-            + [positional(name, "dataset")])
 
 
 def _prop_name(k: str) -> str:

@@ -272,6 +272,8 @@ def test_targetcli_create_plan_against_real_batch():
     # the global the plan sets first, read back on the NAS
     assert plan[0][-1] == cap("targetcli_get_global").out.strip() == \
         "auto_add_default_portal=false"
+    assert lio.parse_targetcli_get(cap("targetcli_get_global").out,
+                                   "auto_add_default_portal") == "false"
     out = cap("targetcli_export_batch").out
     assert f"Created network portal {NAS}:3260." in out and "0.0.0.0" not in out
     assert f"Created block storage object vm1-vol using {ZVOL_DEV}." in out
