@@ -51,7 +51,7 @@ def plan(ctx) -> list[reconcile.Finding]:
 
     def live(nas: str):
         return cl.step(nas, "nas.target_facts",
-                       driver=ctx.config.host(nas).target).facts["targets"]
+                       driver=ctx.config.host(nas).target_driver).facts["targets"]
 
     found = cl.parallel(nases, live) if nases else {}
     for nas in nases:
@@ -61,7 +61,7 @@ def plan(ctx) -> list[reconcile.Finding]:
                                               left="nothing checked or done there"))
             continue
         cfg = ctx.config.host(nas)
-        findings += reconcile.nas_plan(nas, st.volumes.values(), res, driver=cfg.target,
+        findings += reconcile.nas_plan(nas, st.volumes.values(), res, driver=cfg.target_driver,
                                        kind=cfg.volume_kind, portal=portal_of(cfg),
                                        skip=lambda v: _in_flight(st, v))
     return findings

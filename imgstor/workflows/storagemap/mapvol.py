@@ -166,7 +166,7 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
                                              adopt=adopt, overcommit=nas_cfg.overcommit)),
         ("props", "nas.set_props", dict(pool=zpool, vol=vol,
                                         props={"host": host, "target": iqn, "mode": mode})),
-        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
+        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target_driver, iqn=iqn,
                                              initiator=initiator, portal=portal, **chap))]
 
 

@@ -312,7 +312,7 @@ def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
     if iqn:
         nas_batch(cl, v.nas, [
             ("untarget", "nas.remove_target", dict(
-                driver=n["nas_cfg"].target, iqn=iqn, force=force,
+                driver=n["nas_cfg"].target_driver, iqn=iqn, force=force,
                 **({"chap_user": creds.user} if creds else {})))])
 
 
