@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from imgstor import atomicfile
+
 __all__ = ["NodeApp", "node_app", "REMOTE_DIR", "BOOT", "BOOT_MISSING", "BOOT_UNSAFE"]
 
 # /run: root-only, per host and per boot (a rebooted node just gets it again).  The lab's
@@ -127,15 +129,9 @@ def node_app(cache_dir: str | None = None) -> NodeApp:
                 data = f.read()
                 return NodeApp(data, hashlib.sha256(data).hexdigest())
     app = _build()
-    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(app.data)
-        os.replace(tmp, path)
-    except OSError:                       # a cache we cannot write is no cache
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):    # a cache we cannot write is no cache
+        atomicfile.replace(path, app.data, durable=False,
+                           tmp=f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     return app
 
 

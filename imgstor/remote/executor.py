@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
+from imgstor.remote import atomicfile
 from imgstor.remote.protocol import Result, dry_run_gate
 
 __all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "HostFS", "host_name"]
@@ -194,17 +195,8 @@ class Executor:
 class LocalExecutor(Executor):
     def _write_file(self, argv, data, mode):
         path = argv[1]
-        d = os.path.dirname(path) or "."
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        atomicfile.replace(path, data, mode=mode)
 
     def _run(self, argv, *, input, timeout, env):
         full_env = None

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
+from imgstor.remote import atomicfile
 from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal, run_mapped
 
 __all__ = [
@@ -239,15 +240,8 @@ def write_node_password(iqn: str, address: str, password: str, port: int = ISCSI
         new = f"{PASSWORD_KEY} = {password}"
         end = next((i for i, it in enumerate(lines) if it.strip() == "# END RECORD"), len(lines))
         lines.insert(end, new)
-        tmp = f"{path}.imgstor-tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, ("\n".join(lines) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomicfile.replace(path, ("\n".join(lines) + "\n").encode(), mode=0o600,
+                           tmp=f"{path}.imgstor-tmp")
     return files
 
 
