@@ -135,9 +135,7 @@ def from_wire(err: dict, *, host: str | None = None) -> ImgstorError:
                                   [str(a) for a in argv] if isinstance(argv, list) else [],
                                   rc if isinstance(rc, int) and not isinstance(rc, bool) else -1,
                                   str(details.get("stderr", "")), message=message)
-    cls = {c.__name__: c for c in ImgstorError.__subclasses__()}.get(code)
-    if cls is None:
-        cls = _all_subclasses().get(str(code), StepError)
+    cls = _all_subclasses().get(str(code), StepError)
     details.pop("message", None)             # a crafted detail must not break the call
     return cls(message, **details)
 
