@@ -28,7 +28,7 @@ from imgstor.errors import NotFound, StepError, UsageError
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
-           "OverlayStatus", "OverlayFacts", "PruneFacts", "VolumePropsFacts"]
+           "OverlayStatus", "OverlayFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts"]
 
 ISCSI_PORT = 3260
 INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
@@ -223,6 +223,38 @@ class PruneFacts:
     left: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CopyFacts:
+    """``copy.start`` / ``copy.status`` / ``copy.cancel``: the copy job's progress file
+    (remote/jobs.py, written by the job as it goes) plus the step's own.  Open: the job
+    may write more than these (the node does not check), but the frontend reads only
+    these names."""
+    job: str | None = None
+    state: str | None = None            # running | done | failed | cancelled | died | none
+    phase: str | None = None
+    snapshot: str | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    total_exact: bool = True
+    wire_bytes: int | None = None
+    percent: float | None = None
+    rate: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    attempt: int | None = None
+    previous: dict | None = None
+    resumed: bool | None = None
+    resume_offset: int | None = None
+    already: bool | None = None
+    stages: list | None = None
+    pid: int | None = None
+    started: Any = None                 # copy.start: bool (did it start one); job: time
+    updated: float | None = None
+    finished: float | None = None
+    snapshot_created: bool | None = None
+    aborted_partial: bool | None = None
+
+
 FACTS: dict[str, type] = {
     "nas.ensure_volume": VolumeFacts, "nas.get_props": VolumePropsFacts,
     "nas.ensure_target": TargetFacts, "nas.target_facts": TargetListFacts,
@@ -230,7 +262,10 @@ FACTS: dict[str, type] = {
     "overlay.create": OverlayFacts, "overlay.merge": OverlayFacts,
     "overlay.status": OverlayFacts, "overlay.linear": OverlayFacts,
     "overlay.remove": OverlayFacts, "nas.prune_snapshots": PruneFacts,
+    "copy.start": CopyFacts, "copy.status": CopyFacts, "copy.cancel": CopyFacts,
 }
+# Facts the node cannot list ahead (a job's progress file): checked on the frontend only.
+OPEN_FACTS = frozenset({"copy.start", "copy.status", "copy.cancel"})
 _NAMES: dict[str, frozenset[str]] = {s: frozenset(f.name for f in fields(c))
                                      for s, c in FACTS.items()}
 
@@ -238,7 +273,7 @@ _NAMES: dict[str, frozenset[str]] = {s: frozenset(f.name for f in fields(c))
 def check_facts(step: str, facts: Mapping[str, Any]) -> None:
     """The node's check before it answers: a step with a facts class answers only the
     facts that class names."""
-    names = _NAMES.get(step)
+    names = None if step in OPEN_FACTS else _NAMES.get(step)
     extra = sorted(set(facts) - names) if names is not None else []
     if extra:
         raise StepError(f"node step {step} answered undeclared facts {', '.join(extra)} "
@@ -315,4 +350,5 @@ class StepResult:
         cls = FACTS.get(self.step)
         if cls is None:
             raise StepError(f"node step {self.step} has no facts class yet", step=self.step)
-        return cls(**dict(self.facts))
+        names = _NAMES[self.step]
+        return cls(**{k: v for k, v in self.facts.items() if k in names})
