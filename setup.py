@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["imgstor", "imgstor.*"]),
     install_requires=["fabric", "paramiko", "tabulate", "filelock"],
-    extras_require={"test": ["pytest", "ruff", "pexpect"]},
+    extras_require={"test": ["pytest", "ruff", "mypy", "pexpect"]},
     entry_points={"console_scripts": [
         "imgstor=imgstor.cli:entry",
         "imgstorageadmin=imgstor.admin:main",

@@ -20,7 +20,7 @@ def _dataclasses_without_inspect() -> None:
         return getattr(importlib.import_module("inspect"), name)
 
     stub = types.ModuleType("inspect", "stand-in: imgstor._dataclasses_without_inspect")
-    stub.__getattr__ = __getattr__          # PEP 562: asked for every attribute it lacks
+    setattr(stub, "__getattr__", __getattr__)   # PEP 562: asked for every attribute it lacks
     sys.modules["inspect"] = stub
     try:
         import dataclasses  # noqa: F401

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from imgstor import validate
 from imgstor.cli import Arg, Cmd, report_error, run, split_globals
@@ -163,7 +163,7 @@ def _dialogue_args(rest: list[str]) -> argparse.Namespace:
 
 
 class _DialogueParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"imgstorageadmin: {message} (see imgstorageadmin --help)")
 
 

@@ -26,7 +26,7 @@ import secrets
 import string
 from dataclasses import dataclass
 
-from imgstor import validate
+from imgstor import atomicfile, validate
 from imgstor.errors import StateError
 
 __all__ = ["Credentials", "PASSWORD_LEN", "path_for", "load", "ensure", "remove", "generate"]
@@ -108,20 +108,8 @@ def ensure(state_path: str, nas: str, vol: str, *, write: bool = True) -> Creden
         return creds
     path = path_for(state_path, nas, vol)
     _mkdirs(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, json.dumps({"user": creds.user, "password": creds.password}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomicfile.replace(path, json.dumps({"user": creds.user,
+                                         "password": creds.password}).encode())
     return creds
 
 

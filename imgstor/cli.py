@@ -38,7 +38,7 @@ from imgstor.errors import ImgstorError, UsageError
 TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = ["Arg", "Cmd", "COMMANDS", "main", "entry", "run", "parse", "rocks_main", "split_globals",
            "report_error", "bind_plain"]
@@ -205,7 +205,7 @@ def _Parser(**kw: Any) -> "argparse.ArgumentParser":
     import argparse  # only where bind_plain cannot decide
 
     class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # argparse would sys.exit(2)
+        def error(self, message: str) -> NoReturn:  # argparse would sys.exit(2)
             raise UsageError(f"{self.prog}: {message}")
     return Parser(**kw)
 

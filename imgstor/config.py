@@ -25,7 +25,8 @@ vm_container_zpool = "tank"
 img_zpools = ["tank"]
 ib_net = ""           # host h is reached for data as "h.<ib_net>"
 volume_kind = "zvol"  # zvol|file
-target = "lio"        # lio|tgt
+target_driver = "lio"  # lio|tgt (the NAS's iSCSI target; the old key ``target`` still
+                       # reads, with a warning)
 initiator = "iscsiadm"  # iscsiadm|userspace
 overlay = "dm"        # dm|qcow2
 chap = false
@@ -49,6 +50,7 @@ and ``Config.source(host, attr)`` says where a value comes from.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -60,7 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
 __all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "HostConfig", "load_config",
-           "config_path", "HOST_ATTRS", "SOURCES"]
+           "config_path", "HOST_ATTRS", "SOURCES", "RENAMED_KEYS"]
 
 DEFAULT_PATH = "/etc/imgstor/imgstor.toml"
 ENV_VAR = "IMGSTOR_CONFIG"
@@ -92,7 +94,7 @@ class HostConfig:
     img_zpools: tuple[str, ...] = ("tank",)
     ib_net: str = ""
     volume_kind: str = "zvol"
-    target: str = "lio"
+    target_driver: str = "lio"     # the NAS's iSCSI target: "lio" | "tgt" (TOML target_driver)
     initiator: str = "iscsiadm"
     overlay: str = "dm"
     chap: bool = False
@@ -101,6 +103,12 @@ class HostConfig:
     overcommit: float = 1.0
     sync_bwlimit: int = 0          # bytes per second, 0 = unlimited
     sync_compress: str = ""        # "" | "zstd"
+
+    @property
+    def target(self) -> str:
+        """The old name of ``target_driver`` (a target is an IQN elsewhere); kept while
+        other branches still read it."""
+        return self.target_driver
 
 
 @dataclass
@@ -140,7 +148,7 @@ class Config:
             if hc is None or not attrs:
                 continue
             kept[name] = dict(attrs)
-            change = {k: tuple(v) if k == "img_zpools" else v for k, v in attrs.items()}
+            change: dict[str, Any] = {k: tuple(v) if k == "img_zpools" else v for k, v in attrs.items()}
             if "ib_net" in change and "data_address" not in self.host_keys.get(name, ()):
                 ib = change["ib_net"]
                 change["data_address"] = f"{name}.{ib}" if ib else hc.address
@@ -160,13 +168,6 @@ class Config:
             raise UsageError(f"{what} {name!r} is a {hc.role} host in {self.path}, "
                              f"not a {role} host")
         return hc
-
-    def nas_hosts(self) -> list[HostConfig]:
-        return [h for h in self.hosts.values() if h.role == "nas"]
-
-    def compute_hosts(self) -> list[HostConfig]:
-        return [h for h in self.hosts.values() if h.role == "compute"]
-
 
 # ---- checkers: each returns the converted value or raises ValueError(why) ----
 
@@ -254,7 +255,7 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
     "img_zpools": _zpools,
     "ib_net": _opt_host,
     "volume_kind": _choice("zvol", "file"),
-    "target": _choice("lio", "tgt"),
+    "target_driver": _choice("lio", "tgt"),
     "initiator": _choice("iscsiadm", "userspace"),
     "overlay": _choice("dm", "qcow2"),
     "chap": _bool,
@@ -310,16 +311,31 @@ def _section(path: str, raw: dict, name: str) -> dict:
     return sec
 
 
+# Keys renamed to say what they are: the old name still reads, with a warning.
+RENAMED_KEYS = {"target": "target_driver"}
+_warned: set[tuple[str, str]] = set()
+
+
 def _check(path: str, prefix: str, sec: dict, schema: dict[str, Callable]) -> dict:
     out = {}
     for key, value in sec.items():
         dotted = f"{prefix}.{key}"
+        new = RENAMED_KEYS.get(key)
+        old = None
+        if new is not None and new in schema:
+            if new in sec:
+                raise _err(path, dotted, f"renamed {new}, which is set too; keep {new}")
+            old, key = key, new      # errors still name the key as written
         if key not in schema:
             raise _err(path, dotted, f"unknown key; known keys: {', '.join(schema)}")
         try:
             out[key] = schema[key](value)
         except ValueError as e:
             raise _err(path, dotted, f"{e} (got {value!r:.60})") from None
+        if old is not None and (path, dotted) not in _warned:
+            _warned.add((path, dotted))
+            print(f"imgstor: warning: config file {path}: {dotted} is now called "
+                  f"{prefix}.{key} (the old name still works)", file=sys.stderr)
     return out
 
 

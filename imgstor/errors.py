@@ -10,10 +10,12 @@ This module imports nothing but the standard library: it is shipped to nodes.
 """
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ImgstorError", "UsageError", "ConfigError", "StateError", "BusyError",
     "LockTimeout", "NotFound", "AlreadyExists", "Conflict", "RemoteCommandError",
-    "TransportError", "HostKeyError", "StepError", "from_wire", "EXIT_CODES",
+    "TransportError", "HostKeyError", "StepError", "from_wire",
 ]
 
 
@@ -22,10 +24,10 @@ class ImgstorError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, **details: object) -> None:
+    def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.details = details
+        self.details: dict[str, Any] = details
 
     def __str__(self) -> str:
         return self.message
@@ -116,11 +118,6 @@ class StepError(ImgstorError):
     exit_code = 13
 
 
-EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
-    ImgstorError, UsageError, ConfigError, StateError, BusyError, LockTimeout, NotFound,
-    AlreadyExists, Conflict, RemoteCommandError, TransportError, HostKeyError, StepError)}
-
-
 def from_wire(err: dict, *, host: str | None = None) -> ImgstorError:
     """Rebuild the exception a node step raised from its JSON form."""
     code = err.get("code", "StepError")
@@ -138,9 +135,7 @@ def from_wire(err: dict, *, host: str | None = None) -> ImgstorError:
                                   [str(a) for a in argv] if isinstance(argv, list) else [],
                                   rc if isinstance(rc, int) and not isinstance(rc, bool) else -1,
                                   str(details.get("stderr", "")), message=message)
-    cls = {c.__name__: c for c in ImgstorError.__subclasses__()}.get(code)
-    if cls is None:
-        cls = _all_subclasses().get(str(code), StepError)
+    cls = _all_subclasses().get(str(code), StepError)
     details.pop("message", None)             # a crafted detail must not break the call
     return cls(message, **details)
 

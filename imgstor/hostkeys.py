@@ -76,7 +76,7 @@ def load_known_hosts(path: str, *, missing_ok: bool, into: Any = None) -> KnownH
     except OSError as e:
         raise HostKeyError(f"cannot read known_hosts {path}: {e.strerror or e}",
                            stage="connect") from None
-    entries = []
+    entries: list[Any] = []             # paramiko HostKeyEntry (paramiko has no types)
     for n, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -99,19 +99,19 @@ def load_known_hosts(path: str, *, missing_ok: bool, into: Any = None) -> KnownH
                 kh.warnings.append(f"{where}: unknown marker {marker!r}; line ignored")
             continue
         try:
-            e = paramiko.hostkeys.HostKeyEntry.from_line(line, n)
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, n)
         except paramiko.hostkeys.InvalidHostKey:
-            e = None
-        if e is None:
+            entry = None
+        if entry is None:
             kh.warnings.append(f"{where}: not a known_hosts line this client can read "
                                "(bad key data or key type); ignored")
             continue
-        entries.append(e)
-    for e in entries:
-        if e.key.asbytes() in kh.revoked:
+        entries.append(entry)
+    for entry in entries:
+        if entry.key.asbytes() in kh.revoked:
             continue                       # revoked: as if unknown; the policy refuses it
-        for name in e.hostnames:
-            kh.keys.add(name, e.key.get_name(), e.key)
+        for name in entry.hostnames:
+            kh.keys.add(name, entry.key.get_name(), entry.key)
     return kh
 
 

@@ -99,7 +99,7 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
            "recorded.", [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol},
                           1 if errs[v.key] else 0) for v in vols])
     family("imgstor_volume_last_error_info", "The recorded error, in label message.",
-           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": errs[v.key][:500]}, 1)
+           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": (errs[v.key] or "")[:500]}, 1)
             for v in vols if errs[v.key]])
     hosts = list(hosts)
     family("imgstor_host_up", "1 when imgstor refresh reached the host over SSH, else 0.",

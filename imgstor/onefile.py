@@ -38,12 +38,13 @@ def main() -> int:
     _PATH = os.path.realpath(sys.argv[0])       # imgstorageadmin -> imgstor: the file
     name = os.path.basename(sys.argv[0])
     if name.startswith("imgstorageadmin"):
-        from imgstor.admin import main as run
-    elif name.startswith("rocks"):
-        from imgstor.cli import rocks_main as run
-    else:
-        from imgstor.cli import entry as run
-    return run()
+        from imgstor.admin import main
+        return main()
+    if name.startswith("rocks"):
+        from imgstor.cli import rocks_main
+        return rocks_main()
+    from imgstor.cli import entry
+    return entry()
 
 
 def check() -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from imgstor.names import target_iqn
+from imgstor.remote.protocol import Portal
 from imgstor.state.model import Job, Volume
 
 __all__ = ["Action", "Finding", "FRONTEND", "wants_target", "target_plan", "nas_plan",
@@ -57,7 +58,7 @@ class Finding:
 
 
 def target_plan(v: Volume, live: dict | None, *, driver: str, kind: str | None = None,
-                portal: str | None = None) -> list[Action]:
+                portal: Portal | str | None = None) -> list[Action]:
     """The steps on v's NAS that would make its live target (``nas.target_facts`` row for
     v's IQN, or None) what the store says.  Empty: they agree.  ``kind`` and ``portal``
     (the NAS's volume_kind, the recorded portal) complete ``nas.ensure_target``'s
@@ -83,7 +84,7 @@ def target_plan(v: Volume, live: dict | None, *, driver: str, kind: str | None =
 
 
 def _ensure_args(v: Volume, iqn: str, driver: str, kind: str | None,
-                 portal: str | None) -> dict:
+                 portal: Portal | str | None) -> dict:
     args = {"driver": driver, "iqn": iqn, "pool": v.zpool, "vol": v.vol,
             "initiator": v.extra.get("initiator")}
     if kind is not None:
@@ -99,7 +100,7 @@ def imgstor_iqn_prefix(nas: str) -> str:
 
 
 def nas_plan(nas: str, volumes: Iterable[Volume], live: list[dict], *, driver: str,
-             kind: str | None = None, portal: str | None = None,
+             kind: str | None = None, portal: Portal | str | None = None,
              skip: Callable[[Volume], bool] = lambda v: False) -> list[Finding]:
     """Everything that differs between the store's volumes of NAS and its live targets
     (``nas.target_facts`` rows): each volume's ``target_plan`` (a record whose target is

@@ -27,7 +27,7 @@ import os
 import socket
 from typing import Any
 
-from imgstor import validate
+from imgstor import atomicfile, validate
 from imgstor.errors import HostKeyError, StateError
 
 __all__ = ["key_paths", "ensure_key", "host_keys", "from_addresses", "receiver_pools",
@@ -41,15 +41,7 @@ def key_paths(state_path: str, sender: str) -> tuple[str, str]:
 
 
 def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomicfile.replace(path, data)
 
 
 def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str, str]:

@@ -37,7 +37,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from imgstor import connections
@@ -49,21 +48,15 @@ from imgstor.errors import (
     TransportError,
     from_wire,
 )
-from imgstor.remote.executor import Result
+from imgstor.remote.protocol import Result, StepResult, dry_run_gate
 
-__all__ = ["Cluster", "StepOutcome"]
+__all__ = ["Cluster", "StepResult", "StepOutcome"]
 
 PYTHON = "python3"
 
 
-@dataclass
-class StepOutcome:
-    host: str
-    step: str
-    changed: bool
-    facts: dict = field(default_factory=dict)
-    message: str = ""
-    commands: list[str] = field(default_factory=list)
+# One result type on both sides (imgstor.remote.protocol); the old name stays an alias.
+StepOutcome = StepResult
 
 
 class Cluster:
@@ -325,8 +318,10 @@ class Cluster:
     def run(self, host: str, argv: list[str], *, read_only: bool = False, check: bool = True,
             timeout: float | None = None) -> Result:
         """Run a plain command (not a node step); a dry run skips non-read-only ones."""
-        if self.dry_run and not read_only:
-            self.echo(host, "SKIP> " + shlex.join(argv))
+        said: list[str] = []              # the node's executor decides with the same rule
+        if not dry_run_gate(shlex.join(argv), dry_run=self.dry_run, read_only=read_only,
+                            log=said):
+            self.echo(host, said[-1])     # SKIP> …
             return Result(list(argv), 0, skipped=True)
         r = self.exec(host, argv, timeout=timeout)
         if check and r.rc != 0:
@@ -418,7 +413,7 @@ class Cluster:
             self.echo(host, f"uploaded {app.remote_path} ({len(app.data)} bytes)")
         self._uploaded.add(host)
 
-    def step(self, host: str, name: str, /, **args: Any) -> StepOutcome:
+    def step(self, host: str, name: str, /, **args: Any) -> StepResult:
         """Run node step ``name`` on host with JSON args; raise its error if it failed."""
         from imgstor.zipapp import BOOT, BOOT_MISSING, BOOT_UNSAFE
         app = self._app()
@@ -450,20 +445,18 @@ class Cluster:
             if self.debug or c.startswith("SKIP> "):
                 self.echo(host, c if c.startswith("SKIP> ") else "  " + c)
         if out.get("ok"):
-            return StepOutcome(host, name, bool(out.get("changed")), out.get("facts") or {},
-                               out.get("message") or "", cmds)
+            return StepResult.received(host, name, out, cmds)
         err = out.get("error") or {}
         if err.get("bug"):
             raise RuntimeError(f"{host}: {err.get('message')}\n{err.get('traceback', '')}")
         raise from_wire(err, host=host)
 
     def steps(self, host: str, steps: list[tuple[str, dict]], /, *,
-              stop_after: int | None = None) -> list[StepOutcome]:
+              stop_after: int | None = None) -> list[StepResult]:
         """Run several node steps in one round trip, in order; the first error raises."""
         out = self.step(host, "batch", steps=[{"step": n, "args": a} for n, a in steps],
                         stop_after=stop_after)
-        return [StepOutcome(host, n, bool(r.get("changed")), r.get("facts") or {},
-                            r.get("message") or "")
+        return [StepResult.received(host, n, r)
                 for (n, _), r in zip(steps, out.facts["results"])]
 
     # ------------------------------------------------------------ parallel

@@ -37,7 +37,8 @@ import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources.abc import Traversable
-from pathlib import Path
+
+from imgstor import atomicfile
 
 __all__ = ["NodeApp", "node_app", "REMOTE_DIR", "BOOT", "BOOT_MISSING", "BOOT_UNSAFE"]
 
@@ -147,15 +148,9 @@ def node_app(cache_dir: str | None = None) -> NodeApp:
                 data = f.read()
                 return NodeApp(data, hashlib.sha256(data).hexdigest())
     app = _build()
-    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(app.data)
-        os.replace(tmp, path)
-    except OSError:                       # a cache we cannot write is no cache
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with contextlib.suppress(OSError):    # a cache we cannot write is no cache
+        atomicfile.replace(path, app.data, durable=False,
+                           tmp=f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     return app
 
 
@@ -175,9 +170,3 @@ def _build() -> NodeApp:
     return NodeApp(data, hashlib.sha256(data).hexdigest())
 
 
-def write_local(dest_dir: str | os.PathLike) -> Path:
-    """Write the zipapp to a local directory (for running node steps locally in tests)."""
-    app = node_app()
-    p = Path(dest_dir) / Path(app.remote_path).name
-    p.write_bytes(app.data)
-    return p

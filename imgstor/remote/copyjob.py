@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from typing import IO, Any
 
 from imgstor.remote.copypipe import (  # noqa: F401 - the engine's public face, re-exported
     ALIAS,
@@ -116,7 +117,7 @@ def plan(spec: dict, st: dict, *, openzfs: bool) -> dict:
         raise CopyFailed(f"{peer.alias}:{peer.dataset}@{short} exists but is another "
                          "snapshot (guid differs); refusing")
     token = st.get("token")
-    out = {"done": False, "resumable": bool(st.get("resume")) and openzfs,
+    out: dict[str, Any] = {"done": False, "resumable": bool(st.get("resume")) and openzfs,
            "incremental": bool(base), "token": None}
     if token:
         if not openzfs:
@@ -241,6 +242,16 @@ def run(job) -> dict:
                  guid=spec["guid"])
 
 
+def _take(stream: IO[bytes] | None) -> int:
+    """A duplicate of a Popen pipe end (made with PIPE, so never None); ours is closed,
+    which lets EOF and SIGPIPE flow once the relay closes its copy."""
+    if stream is None:
+        raise RuntimeError("a pipeline stage has no pipe")
+    fd = os.dup(stream.fileno())
+    stream.close()
+    return fd
+
+
 def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) -> dict:
     keep = (job.lock_fd,)
     errs = [tempfile.TemporaryFile() for _ in stages]
@@ -261,21 +272,17 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
                                stderr=errs[-1], pass_fds=keep)
         procs.append(ssh)
         # the job keeps only the relay ends; closing our copies lets EOF and SIGPIPE flow
-        src = os.dup(send.stdout.fileno())
-        send.stdout.close()
+        src = _take(send.stdout)
         threads = []
         if zstd:
-            zin, zout, sin = (os.dup(z.stdin.fileno()), os.dup(z.stdout.fileno()),
-                              os.dup(ssh.stdin.fileno()))
-            z.stdin.close(), z.stdout.close(), ssh.stdin.close()
+            zin, zout, sin = _take(z.stdin), _take(z.stdout), _take(ssh.stdin)
             threads.append(threading.Thread(target=relay, args=(src, zin),
                                             kwargs={"count": logical, "stop": stop}, daemon=True))
             threads.append(threading.Thread(target=relay, args=(zout, sin),
                                             kwargs={"count": wire, "limit": wire,
                                                     "stop": stop}, daemon=True))
         else:
-            sin = os.dup(ssh.stdin.fileno())
-            ssh.stdin.close()
+            sin = _take(ssh.stdin)
             wire = logical
             logical.rate = rate
             threads.append(threading.Thread(target=relay, args=(src, sin),

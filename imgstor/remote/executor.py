@@ -5,11 +5,16 @@ A step never calls subprocess itself; it gets an executor and calls ``ex.run(arg
 * ``LocalExecutor`` runs argv lists with subprocess on the node (never a shell).
 * ``DryRunExecutor`` runs commands declared ``read_only=True`` and reports the others as
   ``SKIP> …`` without running them, so ``--dry-run`` shows the real plan.
-* ``ScriptedExecutor`` (tests) checks each argv against a script of expected commands and
-  answers with canned rc/stdout/stderr.
+* The test double (a script of expected commands with canned answers) lives in
+  tests/scripted.py: it is not shipped to nodes.
 
-``call()`` is the same for an in-process change (libzfs_core, rtslib): logged as text,
-and on a dry run not called but reported as ``SKIP> …`` like a skipped command.
+``call()`` is the same for an in-process change (libzfs_core, rtslib, QMP, a file the
+step writes itself): logged as text, and on a dry run not called but reported as
+``SKIP> …`` like a skipped command.  ``run``, ``pipe``, ``call`` and ``write_file`` decide
+with one rule, ``protocol.dry_run_gate``, which the frontend's transport uses too.
+
+``fs`` is every read a step makes of the node besides commands: files, links, sizes,
+processes, tools on the PATH, the clock (``HostFS``; tests give a fake one).
 
 ``pipe()`` runs a pipeline and keeps the exit status of every stage (zettarepl's idea): a
 failed ``zfs send`` is never hidden by a successful ``zfs receive``.
@@ -20,55 +25,132 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
+from imgstor.remote import atomicfile
+from imgstor.remote.protocol import Result, dry_run_gate
 
-__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "ScriptedExecutor",
-           "Expect", "host_name"]
+__all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "HostFS", "host_name"]
 
 
 def host_name() -> str:
     return os.environ.get("IMGSTOR_NODE") or os.uname().nodename
 
 
-@dataclass
-class Result:
-    argv: list[str]
-    rc: int
-    stdout: str = ""
-    stderr: str = ""
-    skipped: bool = False
+class HostFS:
+    """What steps read of the node besides command output: files, links, block device
+    sizes, processes, tools on the PATH, the clock.  Read-only (a dry run reads too);
+    changes are commands, ``Executor.write_file`` or ``Executor.call``."""
 
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def is_link(self, path: str) -> bool:
+        return os.path.islink(path)
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def read_text(self, path: str) -> str | None:
+        """The file's text, None if it (or a directory on its way) does not exist."""
+        try:
+            with open(path) as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def mode(self, path: str) -> int | None:
+        """Permission bits (``st_mode & 0o7777``, links followed); None if absent."""
+        try:
+            return os.stat(path).st_mode & 0o7777
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        """The names in directory PATH, sorted; [] if it is absent."""
+        try:
+            return sorted(os.listdir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def size(self, path: str) -> int | None:
+        """Bytes of a regular file or a block device (links followed); None if absent
+        or unreadable."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+
+    def rdev(self, path: str) -> str | None:
+        """``MAJOR:MINOR`` of a block device (links followed), as dmsetup tables show it."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def pid_state(self, pid: int) -> str | None:
+        """The state letter of /proc/PID/stat (R, S, Z …), None if no such process."""
+        text = self.read_text(f"/proc/{int(pid)}/stat")
+        if not text:
+            return None
+        return text.rpartition(")")[2].split()[0]
+
+    def pid_cmdline(self, pid: int) -> list[str]:
+        text = self.read_text(f"/proc/{int(pid)}/cmdline") or ""
+        return [a for a in text.split("\0") if a]
+
+    def which(self, tool: str) -> str | None:
+        return shutil.which(tool)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 class Executor:
-    """Base: subclasses implement ``_run`` and ``_pipe``."""
+    """Base: subclasses implement ``_run``, ``_pipe`` and ``_write_file``."""
 
     dry_run = False
 
-    def __init__(self, host: str | None = None) -> None:
+    def __init__(self, host: str | None = None, fs: HostFS | None = None) -> None:
         self.host = host or host_name()
+        self.fs = fs if fs is not None else HostFS()
         self.log: list[str] = []          # every command, as text, for --debug
         self.skipped: list[str] = []      # commands a dry run did not run
+
+    def _go(self, text: str, *, read_only: bool) -> bool:
+        """The one dry-run rule (protocol.dry_run_gate): log, and say whether to run."""
+        return dry_run_gate(text, dry_run=self.dry_run, read_only=read_only, log=self.log,
+                            skipped=self.skipped)
 
     def run(self, argv: Sequence[str], *, read_only: bool = False, check: bool = True,
             ok_codes: Iterable[int] = (0,), input: str | None = None,
             timeout: float | None = 600, env: dict | None = None) -> Result:
         """Run one argv.  ``check``: raise RemoteCommandError unless rc in ok_codes."""
         argv = [str(a) for a in argv]
-        text = shlex.join(argv)
-        if self.dry_run and not read_only:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
+        if not self._go(shlex.join(argv), read_only=read_only):
             return Result(argv, 0, "", "", skipped=True)
-        self.log.append(text)
         res = self._run(argv, input=input, timeout=timeout, env=env)
         if check and res.rc not in tuple(ok_codes):
             raise RemoteCommandError(self.host, argv, res.rc, res.stderr, res.stdout)
@@ -79,11 +161,8 @@ class Executor:
         """Call ``fn(*args, **kw)`` in this process (a library call such as libzfs_core's
         ``lzc_create``), logged as ``text``.  A dry run does not call a change
         (``read_only=False``): it logs ``SKIP> text`` and returns None."""
-        if self.dry_run and not read_only:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
+        if not self._go(text, read_only=read_only):
             return None
-        self.log.append(text)
         return fn(*args, **kw)
 
     def pipe(self, stages: Sequence[Sequence[str]], *, read_only: bool = False,
@@ -91,14 +170,10 @@ class Executor:
         """Run ``stages[0] | stages[1] | …``; return one Result per stage.
 
         With ``check`` the first failing stage (in pipeline order) raises."""
-        stages = [[str(a) for a in s] for s in stages]
-        text = " | ".join(shlex.join(s) for s in stages)
-        if self.dry_run and not read_only:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
-            return [Result(s, 0, skipped=True) for s in stages]
-        self.log.append(text)
-        results = self._pipe(stages, timeout=timeout)
+        argvs = [[str(a) for a in s] for s in stages]
+        if not self._go(" | ".join(shlex.join(s) for s in argvs), read_only=read_only):
+            return [Result(s, 0, skipped=True) for s in argvs]
+        results = self._pipe(argvs, timeout=timeout)
         if check:
             for r in results:
                 if r.rc != 0:
@@ -110,13 +185,8 @@ class Executor:
         ``mode``; its directory is made 0700 if missing.  A change like a command: logged
         as ``write-file PATH MODE``, skipped (``SKIP> …``) in a dry run."""
         argv = ["write-file", str(path), f"{mode:04o}"]
-        text = shlex.join(argv)
-        if self.dry_run:
-            self.log.append("SKIP> " + text)
-            self.skipped.append(text)
-            return
-        self.log.append(text)
-        self._write_file(argv, data, mode)
+        if self._go(shlex.join(argv), read_only=False):
+            self._write_file(argv, data, mode)
 
     def _write_file(self, argv: list[str], data: bytes, mode: int) -> None:
         raise NotImplementedError
@@ -132,17 +202,8 @@ class Executor:
 class LocalExecutor(Executor):
     def _write_file(self, argv, data, mode):
         path = argv[1]
-        d = os.path.dirname(path) or "."
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        atomicfile.replace(path, data, mode=mode)
 
     def _run(self, argv, *, input, timeout, env):
         full_env = None
@@ -241,51 +302,6 @@ class LocalExecutor(Executor):
 
 class DryRunExecutor(LocalExecutor):
     dry_run = True
-
-
-@dataclass
-class Expect:
-    """One expected command in a scripted scenario."""
-    argv: list[str]
-    rc: int = 0
-    stdout: str = ""
-    stderr: str = ""
-
-
-@dataclass
-class ScriptedExecutor(Executor):
-    """Test executor: commands must come in the scripted order with the scripted argv."""
-    script: list[Expect] = field(default_factory=list)
-    dry_run: bool = False
-
-    def __post_init__(self) -> None:
-        Executor.__init__(self, "scripted")
-        self.calls: list[list[str]] = []
-        self.files: dict[str, bytes] = {}       # what write_file wrote
-
-    def _next(self, argv: list[str]) -> Result:
-        self.calls.append(argv)
-        if not self.script:
-            raise AssertionError(f"unexpected command (script is empty): {shlex.join(argv)}")
-        exp = self.script.pop(0)
-        if list(exp.argv) != argv:
-            raise AssertionError(f"expected {shlex.join(exp.argv)}\n     got {shlex.join(argv)}")
-        return Result(argv, exp.rc, exp.stdout, exp.stderr)
-
-    def _run(self, argv, *, input, timeout, env):
-        return self._next(argv)
-
-    def _write_file(self, argv, data, mode):
-        self._next(argv)
-        self.files[argv[1]] = data
-
-    def _pipe(self, stages, *, timeout):
-        return [self._next(s) for s in stages]
-
-    def assert_done(self) -> None:
-        if self.script:
-            left = "\n".join(shlex.join(e.argv) for e in self.script)
-            raise AssertionError(f"scripted commands never ran:\n{left}")
 
 
 def _text(b: bytes | str | None) -> str:

@@ -34,10 +34,12 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from typing import Any, Callable
 
 from imgstor.errors import UsageError
+from imgstor.remote import atomicfile
 
 __all__ = ["JOBS_DIR", "FINAL", "Job", "job_dir", "start", "status", "cancel", "lock_held",
            "proc_start_time", "write_json", "read_json"]
@@ -56,13 +58,8 @@ def job_dir(name: str, base: str | None = None) -> str:
 # ------------------------------------------------------------------ small file helpers
 def write_json(path: str, data: dict) -> None:
     """Replace ``path`` atomically with ``data`` (0600): readers see old or new, never half."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, json.dumps(data, sort_keys=True).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomicfile.replace(path, json.dumps(data, sort_keys=True).encode(), durable=False,
+                       tmp=f"{path}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
 def read_json(path: str) -> dict | None:
@@ -281,12 +278,17 @@ def cancel(name: str, *, base: str | None = None, timeout: float = 15.0) -> dict
             sig = signal.SIGKILL
         if time.monotonic() > deadline:
             break
-        try:
-            # the group id is the job's pid (it called setpgid(0, 0)); a group cannot
-            # outlive its members, so while the lock is held by a member it is ours
-            os.killpg(int(pgid), sig)
-        except ProcessLookupError:
-            pass
+        if pgid is None:
+            # the lock is taken before the pid file is written: read it again
+            pid = read_json(os.path.join(d, "pid")) or {}
+            pgid = pid.get("pgid") or pid.get("pid")
+        if pgid is not None:
+            try:
+                # the group id is the job's pid (it called setpgid(0, 0)); a group cannot
+                # outlive its members, so while the lock is held by a member it is ours
+                os.killpg(int(pgid), sig)
+            except ProcessLookupError:
+                pass
         time.sleep(0.2)
     st = status(name, base=base)
     if st["state"] in ("died", "running"):

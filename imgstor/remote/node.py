@@ -20,6 +20,7 @@ import sys
 import traceback
 
 from imgstor.errors import ImgstorError, UsageError
+from imgstor.remote import protocol
 from imgstor.remote.executor import DryRunExecutor, Executor, LocalExecutor
 
 __all__ = ["main", "run_step"]
@@ -79,6 +80,7 @@ def run_step(name: str, args: dict, ex: Executor) -> dict:
     except TypeError as e:      # the frontend sent arguments the step does not take
         raise UsageError(f"node step {name}: bad arguments: {e}") from None
     res = fn(ex, **args)
+    protocol.check_facts(name, res.facts)
     return {"ok": True, **res.to_dict()}
 
 

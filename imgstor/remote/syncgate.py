@@ -151,15 +151,17 @@ def receive(ds: str, *, resumable: bool, zstd: bool, incremental: bool,
             raise RuntimeError(f"zfs rollback {ds}@{rollback}: {r.stderr.strip()}")
     recv = ["zfs", "receive"] + (["-s"] if resumable else []) + [ds]
     procs = []
-    stdin = 0
+    zstd_out = None                  # the decompressor's stdout, zfs receive's stdin
     if zstd:
-        procs.append(subprocess.Popen(["zstd", "-dcq"], stdin=0, stdout=subprocess.PIPE,
-                                      pass_fds=(fd,)))
-        stdin = procs[0].stdout
+        dec = subprocess.Popen(["zstd", "-dcq"], stdin=0, stdout=subprocess.PIPE,
+                               pass_fds=(fd,))
+        procs.append(dec)
+        zstd_out = dec.stdout
     # zfs receive prints nothing on stdout; stderr (its errors) goes back to the sender
-    procs.append(subprocess.Popen(recv, stdin=stdin, stdout=subprocess.DEVNULL, pass_fds=(fd,)))
-    if zstd:
-        procs[0].stdout.close()
+    procs.append(subprocess.Popen(recv, stdin=0 if zstd_out is None else zstd_out,
+                                  stdout=subprocess.DEVNULL, pass_fds=(fd,)))
+    if zstd_out is not None:
+        zstd_out.close()
     rcs = [p.wait() for p in procs]
     names = ([["zstd", "-dcq"]] if zstd else []) + [recv]
     for argv, rc in zip(names, rcs):

@@ -15,13 +15,14 @@ from typing import Protocol
 from imgstor.errors import UsageError
 from imgstor.remote import locks
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import Portal
 from imgstor.remote.steps import StepResult
 
 __all__ = ["TargetDriver", "DRIVERS", "get", "lock"]
 
 
 class TargetDriver(Protocol):
-    def ensure(self, ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
+    def ensure(self, ex: Executor, *, iqn: str, path: str, initiator: str, portal: Portal,
                chap: tuple[str, str] | None = None) -> StepResult: ...
 
     def remove(self, ex: Executor, *, iqn: str, chap_user: str | None = None,
@@ -35,7 +36,7 @@ DRIVERS = {"tgt": "imgstor.remote.steps.tgt_steps", "lio": "imgstor.remote.steps
 
 def get(name: str) -> TargetDriver:
     try:
-        return importlib.import_module(DRIVERS[name])      # type: ignore[return-value]
+        return importlib.import_module(DRIVERS[name])
     except KeyError:
         raise UsageError(f"unknown target driver {name!r}; known: "
                          f"{', '.join(sorted(DRIVERS))}", field="driver") from None

@@ -180,8 +180,8 @@ class Vm:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "container": self.container, "nas": self.nas,
-             "zpool": self.zpool}
+        d: dict[str, Any] = {"name": self.name, "container": self.container,
+                             "nas": self.nas, "zpool": self.zpool}
         if self.extra:
             d["extra"] = self.extra
         return d

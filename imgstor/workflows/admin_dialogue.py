@@ -226,6 +226,11 @@ def _said(result) -> str:
     return getattr(result, "message", None) or str(result)
 
 
+def _unmap_said(ctx, nas: str, vol: str, force: bool) -> str:
+    from imgstor.workflows.storagemap import unmap_volume
+    return _said(unmap_volume(ctx, nas, vol, force=force))
+
+
 def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
     from imgstor.admin import unbusy
     from imgstor.workflows.storagemap import unmap_volume
@@ -241,11 +246,11 @@ def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
         return _said(unmap_volume(ctx, nas, vol, force=force))
 
     def untarget(iqn: str) -> str:           # imgstor repair's action on an orphan target
-        return ctx.cluster.step(nas, "nas.remove_target", driver=cfg.target, iqn=iqn,
+        return ctx.cluster.step(nas, "nas.remove_target", driver=cfg.target_driver, iqn=iqn,
                                 force=force).message or f"removed target {iqn}"
 
     def targets() -> list[Item]:
-        live = ctx.cluster.step(nas, "nas.target_facts", driver=cfg.target).facts["targets"]
+        live = ctx.cluster.step(nas, "nas.target_facts", driver=cfg.target_driver).facts["targets"]
         by_iqn = {}
         for v in vols():
             by_iqn[v.target or target_iqn(nas, v.vol)] = v
@@ -281,7 +286,7 @@ def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
             label = f"{v.vol} {b.op} pid {b.pid}@{b.host} {b.since:.2f}"
             if b.host == this_host() and pid_alive(b.pid, b.starttime):
                 label += " (that process is still running)"
-            items.append(Item(label, (v.vol, v.key), lambda v=v: unbusy(ctx, nas, v.vol)))
+            items.append(Item(label, (v.vol, v.key), partial(unbusy, ctx, nas, v.vol)))
         return items
 
     return [
@@ -296,7 +301,6 @@ def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
 
 def _container_questions(ctx, host: str, force: bool,
                          nas_filter: Callable[[str], bool]) -> list[Question]:
-    from imgstor.workflows.storagemap import unmap_volume
     from imgstor.workflows.storagemap.common import portal_of
     from imgstor.workflows.storagemap.sync import LOCAL_COPY
     hc = ctx.config.host(host, role="compute")
@@ -320,8 +324,7 @@ def _container_questions(ctx, host: str, force: bool,
             status = seen.get(v.target, {}).get("status", "absent")
             items.append(Item(f"{portals[v.key]},1 {v.target} ({v.vol}: {status})",
                               (v.target, v.vol, v.key),
-                              lambda v=v: _said(unmap_volume(ctx, v.nas, v.vol,
-                                                             force=force))))
+                              partial(_unmap_said, ctx, v.nas, v.vol, force)))
         return items
 
     def _sync():

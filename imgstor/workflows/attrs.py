@@ -129,6 +129,7 @@ def _pools_exist(ctx, host: str, pools: list[str]) -> None:
 def set_attr(ctx, args: list[str], attr: str | None = None, value: str | None = None) -> str:
     """Set a storage attribute on hosts; recorded only once every host checks out."""
     hosts, attr, text = _split(args, attr, value, verb="set", want_value=True)
+    assert text is not None                    # want_value: _split refused a missing one
     parsed = parse_value(attr, text)
     cfg = ctx.file_config
     for h in hosts:

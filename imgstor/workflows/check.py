@@ -64,7 +64,7 @@ def plan(ctx, *, destroy_orphans: bool = False,
     def live(host: str):
         cfg = ctx.config.host(host)
         if host in nases:
-            t = cl.step(host, "nas.target_facts", driver=cfg.target).facts["targets"]
+            t = cl.step(host, "nas.target_facts", driver=cfg.target_driver).facts["targets"]
             f = {} if restore_only else cl.step(host, "host.facts",
                                                  pools=list(cfg.img_zpools)).facts
             return t, f
@@ -85,7 +85,7 @@ def plan(ctx, *, destroy_orphans: bool = False,
         cfg = ctx.config.host(host)
         targets, facts = res
         if host in nases:
-            nf = reconcile.nas_plan(host, st.volumes.values(), targets, driver=cfg.target,
+            nf = reconcile.nas_plan(host, st.volumes.values(), targets, driver=cfg.target_driver,
                                     kind=cfg.volume_kind, portal=portal_of(cfg),
                                     skip=in_flight)
             if restore_only:    # put back what is missing; removing waits for repair

@@ -117,7 +117,8 @@ def record(ctx: Any, probes: list[HostProbe], *, now: float | None = None) -> No
     old = _load(path)
     new: dict[str, dict] = {}
     for p in probes:
-        o = old.get(p.host) if isinstance(old.get(p.host), dict) else {}
+        prev = old.get(p.host)
+        o: dict = prev if isinstance(prev, dict) else {}
         known = "up" in o
         p.changed = known and bool(o["up"]) != p.up
         p.since = o.get("since") if known and not p.changed else now

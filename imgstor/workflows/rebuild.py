@@ -221,7 +221,7 @@ def _rows(out: Rebuilt) -> list[dict[str, Any]]:
              "mode": v.mode, "zpool": v.zpool, "target": v.target,
              "found": "; ".join(by_key.pop(k, ())) or None}
             for k, v in out.state.volumes.items()]
-    rows.sort(key=lambda r: r["subject"])
+    rows.sort(key=lambda r: r["subject"] or "")
     rows += [{"what": "vm", "subject": n, "host": vm.container, "state": None, "mode": None,
               "zpool": vm.zpool, "target": None, "found": f"disk on {vm.nas}"}
              for n, vm in sorted(out.state.vms.items())]
@@ -236,7 +236,7 @@ def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
     nases = sorted(n for n, h in cfg.hosts.items() if h.role == "nas")
     nodes = sorted(n for n, h in cfg.hosts.items() if h.role == "compute")
     from imgstor.workflows.storagemap.common import portal_of
-    nas_info = {n: {"driver": cfg.host(n).target, "portal": portal_of(cfg.host(n))}
+    nas_info = {n: {"driver": cfg.host(n).target_driver, "portal": portal_of(cfg.host(n))}
                 for n in nases}
     node_info = {n: {"pool": cfg.host(n).vm_container_zpool, "overlay": cfg.host(n).overlay,
                      "initiator": cfg.host(n).initiator} for n in nodes}

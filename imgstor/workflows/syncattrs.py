@@ -93,7 +93,9 @@ def fmt_rate(rate: int | None) -> str | None:
 
 
 def _shown(attr: str, value: int | None) -> str | None:
-    return value if value is None or attr == "frequency" else fmt_rate(value)
+    if value is None:
+        return None
+    return str(value) if attr == "frequency" else fmt_rate(value)
 
 
 # ------------------------------------------------------------------ precedence
@@ -170,6 +172,7 @@ def set_zvolattr(ctx, args: list[str], attr: str | None = None,
     """``set host zvolattr NAS VOL ATTR VALUE``: checked, then kept in the store."""
     (nas, vol), attr, text = _split(args, attr, value, verb="set", noun="zvolattr",
                                     n_names=2, want_value=True)
+    assert text is not None              # want_value: _split took it
     nas, vol = _nas(ctx, nas), validate.volume(vol)
     parsed = parse_value(attr, text)
     key = volume_key(nas, vol)
@@ -186,6 +189,7 @@ def set_storageattr(ctx, args: list[str], attr: str | None = None,
     """``set host storageattr NAS ATTR VALUE``: the NAS's value for its volumes."""
     (nas,), attr, text = _split(args, attr, value, verb="set", noun="storageattr",
                                 n_names=1, want_value=True)
+    assert text is not None              # want_value: _split took it
     nas = _nas(ctx, nas)
     parsed = parse_value(attr, text)
     _set(ctx, "storageattrs", nas, attr, parsed)

@@ -8,6 +8,7 @@ start.  Both print one line, as the guide's `rocks start host vm` does
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from imgstor import sched, validate
@@ -50,7 +51,7 @@ def _each(ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
     if len(names) == 1:
         return fn(names[0])
     ctx.config, ctx.store, ctx.cluster             # noqa: B018 - built before the threads
-    results = sched.run([sched.Job([n], (lambda n=n: fn(n))) for n in names])
+    results = sched.run([sched.Job([n], functools.partial(fn, n)) for n in names])
     rows = []
     for n, r in zip(names, results):
         if isinstance(r, ImgstorError):

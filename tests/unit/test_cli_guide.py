@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from imgstor import cli
+from imgstor.remote.protocol import Portal
 from imgstor.state import Store, Volume
 
 GUIDE_HOSTS = """
@@ -271,7 +272,7 @@ def test_attrs_reach_the_workflows(guide, config_path):
     FakeCluster.calls = []
     guide("start", "host", "vm", "compute-0-14-0")
     attach = [a for h, s, a in FakeCluster.calls if s == "compute.attach"]
-    assert attach[0]["portal"] == "nas-0-0.ibnet:3260"
+    assert attach[0]["portal"] == Portal("nas-0-0.ibnet", 3260)     # [address, port] on the wire
 
 
 # ---- the manual storagemap commands: the guide's output, --json as before ----

@@ -29,10 +29,10 @@ def test_defaults(tmp_path):
     nas = cfg.host("nas-0-0")
     assert (nas.role, nas.address, nas.port, nas.data_address) == ("nas", "nas-0-0", 22, "nas-0-0")
     assert nas.img_zpools == ("tank",) and nas.vm_container_zpool == "tank"
-    assert (nas.volume_kind, nas.target, nas.initiator, nas.overlay) == ("zvol", "lio", "iscsiadm", "dm")
+    assert (nas.volume_kind, nas.target_driver, nas.initiator, nas.overlay) == ("zvol", "lio", "iscsiadm", "dm")
     assert nas.img_sync is False and nas.chap is False and nas.sync_frequency == 3600
-    assert [h.name for h in cfg.nas_hosts()] == ["nas-0-0"]
-    assert [h.name for h in cfg.compute_hosts()] == ["compute-0-0"]
+    assert {n: h.role for n, h in cfg.hosts.items()} == {"nas-0-0": "nas",
+                                                         "compute-0-0": "compute"}
 
 
 def test_overrides_and_addresses(tmp_path):
@@ -45,7 +45,7 @@ port = 2222
 identity = "id_ed25519"
 [defaults]
 ib_net = "ibnet"
-target = "tgt"
+target_driver = "tgt"
 img_zpools = ["a", "b"]
 [hosts.nas-0-0]
 role = "nas"
@@ -58,7 +58,7 @@ img_zpools = ["c"]
 [hosts.compute-0-0]
 role = "compute"
 img_sync = true
-target = "lio"
+target_driver = "lio"
 """))
     assert cfg.state_path == str(tmp_path / "st" / "state.json")
     assert cfg.ssh.identity == str(tmp_path / "id_ed25519")
@@ -67,7 +67,7 @@ target = "lio"
     assert (n0.address, n0.port, n0.data_address) == ("10.1.1.1", 2222, "nas-0-0.ibnet")
     assert (n1.address, n1.port, n1.data_address) == ("nas-0-1", 22, "10.2.2.2")
     assert n0.img_zpools == ("a", "b") and n1.img_zpools == ("c",)
-    assert n0.target == "tgt" and c0.target == "lio" and c0.img_sync is True
+    assert n0.target_driver == "tgt" and c0.target_driver == "lio" and c0.img_sync is True
 
 
 def test_env_var_and_flag(tmp_path, monkeypatch):
@@ -168,3 +168,21 @@ def test_with_overrides_and_sources(tmp_path):
     assert over.source("nas-0-0", "img_zpools") == SOURCES[3] == "set by command"
     assert "gone-0-0" not in over.hosts and "gone-0-0" not in over.overrides
     assert cfg.hosts["nas-0-0"].img_zpools == ("tank",)                  # unchanged
+
+
+def test_renamed_key_target_reads_as_target_driver_with_a_warning(tmp_path, capsys):
+    from imgstor.config import load_config
+    p = tmp_path / "old.toml"
+    p.write_text("[defaults]\ntarget = 'tgt'\n[hosts.nas-0-0]\nrole = 'nas'\n"
+                 "[hosts.nas-0-1]\nrole = 'nas'\ntarget_driver = 'lio'\n")
+    cfg = load_config(str(p))
+    assert cfg.hosts["nas-0-0"].target_driver == "tgt"
+    assert cfg.hosts["nas-0-1"].target_driver == "lio"
+    assert cfg.hosts["nas-0-0"].target == "tgt"            # the old attribute name reads
+    err = capsys.readouterr().err
+    assert "defaults.target is now called defaults.target_driver" in err
+    load_config(str(p))
+    assert capsys.readouterr().err == ""                  # once per file and key
+    p.write_text("[hosts.nas-0-0]\nrole = 'nas'\ntarget = 'tgt'\ntarget_driver = 'lio'\n")
+    with pytest.raises(ConfigError, match="hosts.nas-0-0.target: renamed target_driver"):
+        load_config(str(p))

@@ -5,7 +5,8 @@
   builder can never emit a positional argument that a tool's getopt would read as an
   option, nor a value that would break a space-separated table (dmsetup) or a
   comma-separated option string (qemu).
-* ``classify_by_text``: the one matching loop each driver's ``classify`` uses.
+* ``classify_by_text``: the one matching loop each driver's ``classify`` uses;
+  ``run_mapped``: run, and raise a failure as the driver's classified error.
 * ``portal``: ``ADDR:PORT`` with IPv6 addresses in brackets.
 
 Standard library only: shipped to nodes in the zipapp.
@@ -13,13 +14,13 @@ Standard library only: shipped to nodes in the zipapp.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from imgstor.errors import ImgstorError, RemoteCommandError, UsageError
+from imgstor.remote.protocol import ISCSI_PORT, Portal
 
-__all__ = ["positional", "token", "classify_by_text", "portal", "Rule", "ISCSI_PORT"]
+__all__ = ["positional", "token", "classify_by_text", "run_mapped", "portal", "Rule", "ISCSI_PORT"]
 
-ISCSI_PORT = 3260
 
 Rule = tuple  # (regex, error class, reason or None)
 
@@ -46,11 +47,20 @@ def token(value: object, what: str = "argument") -> str:
 
 
 def portal(address: str, port: int = ISCSI_PORT) -> str:
-    """``ADDR:PORT``; IPv6 literals get brackets (``[fd00::1]:3260``)."""
-    address = str(address)
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"
-    return f"{address}:{int(port)}"
+    """``ADDR:PORT``; IPv6 literals get brackets (``[fd00::1]:3260``): protocol.Portal's
+    text, the one portal type."""
+    return str(Portal(str(address), int(port)))
+
+
+def run_mapped(ex: Any, argv: list[str],
+               classify: Callable[[RemoteCommandError], ImgstorError], **kw: Any) -> Any:
+    """``ex.run(argv, **kw)``; a failure is re-raised as the tool's classified error
+    (NotFound / AlreadyExists / Conflict …) by that tool driver's ``classify``.  The one
+    "run, then classify" of every driver and step."""
+    try:
+        return ex.run(argv, **kw)
+    except RemoteCommandError as e:
+        raise classify(e) from e
 
 
 def classify_by_text(err: RemoteCommandError, rules: Iterable[Rule],

@@ -19,21 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import classify_by_text, positional, token
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped, token
 
 __all__ = [
-    "Segment", "Device", "SnapshotStatus", "DeviceInfo", "SECTOR", "CHUNK_SECTORS",
-    "INFO_FIELDS", "parse_table", "parse_status", "parse_snapshot_status", "parse_info",
-    "table", "status", "info", "merge_done", "snapshot_table", "merge_table", "linear_table",
+    "Segment", "Device", "SnapshotStatus", "SECTOR", "CHUNK_SECTORS",
+    "parse_table", "parse_status", "parse_snapshot_status",
+    "table", "status", "merge_done", "snapshot_table", "merge_table", "linear_table",
     "create", "create_snapshot", "reload", "suspend", "resume", "start_merge", "switch_to_linear",
     "remove", "classify",
 ]
 
 SECTOR = 512
 CHUNK_SECTORS = 16                  # 8 KiB chunks, as LVM's default
-INFO_FIELDS = ("name", "major", "minor", "attr", "open", "segments", "events", "uuid")
-
-
 @dataclass(frozen=True)
 class Segment:
     start: int
@@ -70,27 +67,11 @@ class SnapshotStatus:
         return not (self.invalid or self.merge_failed or self.overflow) and self.allocated is not None
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    name: str
-    major: int | None               # None: field not asked for (``-o``)
-    minor: int | None
-    attr: str | None                # e.g. "L--w": (L)ive (I)nactive (s)uspended (r)o/(w)
-    open: int | None
-    segments: int | None
-    events: int | None
-    uuid: str | None                # "" when the device has none
-
-    @property
-    def suspended(self) -> bool:
-        return bool(self.attr) and len(self.attr) > 2 and self.attr[2] == "s"
-
-
 # ---------------------------------------------------------------------------- parsers
 def _devices(text: str) -> list[tuple[str | None, str]]:
     """Lines as (name, rest).  ``dmsetup table|status`` without a name prefixes each line
     with ``NAME: ``; with a name it doesn't.  "No devices found" -> []."""
-    out = []
+    out: list[tuple[str | None, str]] = []
     for line in text.splitlines():
         line = line.rstrip()
         if not line or line.strip() == "No devices found":
@@ -160,48 +141,6 @@ _INFO_HEADINGS = {"Name": "name", "Maj": "major", "Min": "minor", "Stat": "attr"
                   "Open": "open", "Targ": "segments", "Event": "events", "UUID": "uuid"}
 
 
-def parse_info(text: str, fields: tuple[str, ...] | list[str] = INFO_FIELDS) -> list[DeviceInfo]:
-    """``dmsetup info -c [--noheadings] [--separator :] [-o FIELDS]``; ``fields`` is the
-    ``-o`` list (default: the driver's own, which is also dmsetup's default column order).
-
-    Both output forms are read.  Without ``--separator`` dmsetup prints *aligned columns*
-    separated by blanks, with a heading line unless ``--noheadings`` -- captured:
-    tests/fixtures/kernel/dmsetup_info_c (``Name  Maj Min Stat …`` then
-    ``vm1-vol-snap  253  0 L--w …``, the empty uuid as trailing blanks); only
-    ``--separator :`` gives ``:``-separated fields (dmsetup_info_c_o:
-    ``vm1-vol-snap::0:1:L--w:253:0``).  ``info()`` runs without ``--separator``, so the
-    blank-separated form is the one it gets.  Fields not in ``fields`` are None."""
-    fields = tuple(fields)
-    out = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped == "No devices found":
-            continue
-        words = stripped.split()
-        if words and all(w in _INFO_HEADINGS for w in words):
-            continue                                # the heading line
-        f = stripped.split(":")
-        if len(f) >= len(fields) and len(fields) > 1:
-            if len(f) > len(fields) and fields[-1] == "uuid":
-                f = f[:len(fields) - 1] + [":".join(f[len(fields) - 1:])]
-            elif len(f) > len(fields):
-                raise ValueError(f"unexpected dmsetup info line: {line!r}")
-            f = [x.strip() for x in f]
-        elif len(words) == len(fields):
-            f = words
-        elif len(words) == len(fields) - 1 and fields[-1] == "uuid":
-            f = words + [""]                        # empty uuid: only trailing blanks
-        else:
-            raise ValueError(f"unexpected dmsetup info line: {line!r}")
-        row = dict(zip(fields, f))
-        if "name" not in row:
-            raise ValueError("dmsetup info fields must include name")
-        num = lambda k: int(row[k]) if k in row else None  # noqa: E731
-        out.append(DeviceInfo(row["name"], num("major"), num("minor"), row.get("attr"),
-                              num("open"), num("segments"), num("events"), row.get("uuid")))
-    return out
-
-
 def merge_done(st: SnapshotStatus) -> bool:
     """True when a ``snapshot-merge`` has nothing left to merge (allocated == metadata).
 
@@ -224,24 +163,12 @@ def status(ex, name: str | None = None) -> list[Device]:
     return parse_status(_read(ex, ["dmsetup", "status"] + _name(name)).stdout)
 
 
-def info(ex, name: str | None = None) -> list[DeviceInfo]:
-    """Runs ``dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid [NAME]``.
-
-    No ``--separator``: the output is blank-aligned columns (kernel-lab capture
-    dmsetup_info_c), which ``parse_info`` reads; names are validated (no blanks)."""
-    argv = ["dmsetup", "info", "-c", "--noheadings", "-o", ",".join(INFO_FIELDS)]
-    return parse_info(_read(ex, argv + _name(name)).stdout)
-
-
 def _name(name: str | None) -> list[str]:
     return [] if name is None else [positional(name, "dm device")]
 
 
 def _read(ex, argv):
-    try:
-        return ex.run(argv, read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True)
 
 
 # ---------------------------------------------------------------------------- changes

@@ -8,8 +8,8 @@ success for an idempotent step: logging in when logged in (15), logging out / de
 nothing is there (21).  A login the target refuses -- wrong initiator name (LIO answers an
 initiator missing from the ACL with "authorization failure") or wrong CHAP -- is 24.
 
-Samples used by the unit tests until the kernel lab's captures land are in
-tests/unit/drivers/samples.py (from documentation).
+The kernel lab's real output is in tests/fixtures/kernel/ (test_drv_kernel_captures.py);
+tests/unit/drivers/samples.py adds shapes from documentation the lab never printed.
 """
 from __future__ import annotations
 
@@ -18,16 +18,18 @@ import re
 from dataclasses import dataclass
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal
+from imgstor.remote import atomicfile
+from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal, run_mapped
 
 __all__ = [
     "ISCSI_ERR_SESS_EXISTS", "ISCSI_ERR_NO_OBJS_FOUND", "ISCSI_ERR_LOGIN_AUTH_FAILED",
-    "ISCSI_ERR_TRANS", "ISCSI_ERR_TRANS_TIMEOUT", "Session", "ScsiDisk", "SessionDetail",
-    "NodeRecord", "parse_sessions", "parse_session_details", "parse_nodes", "parse_discovery",
-    "read_initiator_name", "sessions", "session_details", "nodes", "discover", "discovery",
+    "ISCSI_ERR_TRANS", "ISCSI_ERR_TRANS_TIMEOUT", "LOGIN_OK", "LOGOUT_OK", "Session", "ScsiDisk",
+    "SessionDetail",
+    "parse_sessions", "parse_session_details",
+    "sessions", "session_details", "discovery",
     "login", "logout", "node_delete", "chap_settings", "by_path_name", "by_path",
     "node_record_files", "write_node_password", "NODES_DIR",
-    "find_disk", "classify",
+    "classify",
 ]
 
 # iscsiadm(8) EXIT STATUS:
@@ -76,14 +78,6 @@ class SessionDetail:
     disks: tuple[ScsiDisk, ...] = ()
 
 
-@dataclass(frozen=True)
-class NodeRecord:
-    address: str
-    port: int
-    tpgt: int
-    iqn: str
-
-
 # ---------------------------------------------------------------------------- parsers
 _SESSION = re.compile(r"^(\w+): \[(\d+)\] (\[?[^\s\]]+\]?):(\d+),(-?\d+) (\S+)(?: \((non-flash|flash)\))?\s*$")
 _NODE = re.compile(r"^(\[?[^\s\]]+\]?):(\d+),(-?\d+) (\S+)\s*$")
@@ -104,19 +98,6 @@ def parse_sessions(text: str) -> list[Session]:
     return out
 
 
-def parse_nodes(text: str) -> list[NodeRecord]:
-    """``iscsiadm -m node`` and ``-m discovery -t sendtargets``: ``ADDR:PORT,TPGT IQN``."""
-    out = []
-    for line in text.splitlines():
-        m = _NODE.match(line.strip())
-        if m:
-            out.append(NodeRecord(_addr(m.group(1)), int(m.group(2)), int(m.group(3)),
-                                  m.group(4)))
-    return out
-
-
-parse_discovery = parse_nodes
-
 _DISK = re.compile(r"Attached scsi disk (\S+)\s+State: (\S+)")
 _HCTL = re.compile(r"scsi(\d+) Channel (\d+) Id (\d+) Lun: (\d+)")
 
@@ -125,7 +106,7 @@ def parse_session_details(text: str) -> list[SessionDetail]:
     """``iscsiadm -m session -P 3``: one entry per session with its attached disks."""
     out: list[SessionDetail] = []
     cur: dict | None = None
-    hctl = None
+    hctl: tuple[int, int, int, int] | None = None
 
     def flush():
         if cur is not None:
@@ -158,25 +139,14 @@ def parse_session_details(text: str) -> list[SessionDetail]:
             cur["sess"] = val
         m = _HCTL.search(line)
         if m:
-            hctl = tuple(int(x) for x in m.groups())
+            h, c, i, n = (int(x) for x in m.groups())
+            hctl = (h, c, i, n)
             continue
         m = _DISK.search(line)
         if m and hctl:
             cur["disks"].append(ScsiDisk(*hctl, m.group(1), m.group(2)))
     flush()
     return out
-
-
-def read_initiator_name(text: str) -> str:
-    """The ``InitiatorName=`` of /etc/iscsi/initiatorname.iscsi (comments ignored)."""
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        if key.strip() == "InitiatorName" and value.strip():
-            return value.strip()
-    raise NotFound("no InitiatorName= line in the initiator name file")
 
 
 # ---------------------------------------------------------------------------- readers
@@ -191,38 +161,8 @@ def session_details(ex) -> list[SessionDetail]:
     return parse_session_details(_read(ex, ["iscsiadm", "-m", "session", "-P", "3"]).stdout)
 
 
-def nodes(ex) -> list[NodeRecord]:
-    """Runs ``iscsiadm -m node``; no records (rc 21) is an empty list."""
-    return parse_nodes(_read(ex, ["iscsiadm", "-m", "node"]).stdout)
-
-
-def discover(ex, address: str, port: int = ISCSI_PORT) -> list[NodeRecord]:
-    """SendTargets discovery; runs ``iscsiadm -m discovery -t sendtargets -p ADDR:PORT``.
-
-    Not read-only: discovery (re)writes the node records of that portal, so a dry run
-    skips it and returns []."""
-    try:
-        res = ex.run(discovery(address, port))
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_nodes(res.stdout)
-
-
 def _read(ex, argv: list[str]):
-    try:
-        return ex.run(argv, read_only=True, ok_codes=(0, ISCSI_ERR_NO_OBJS_FOUND))
-    except RemoteCommandError as e:
-        raise classify(e) from e
-
-
-def find_disk(details: list[SessionDetail], iqn: str, lun: int) -> str | None:
-    """``/dev/sdX`` of LUN ``lun`` of the session to ``iqn``, if attached."""
-    for s in details:
-        if s.iqn == iqn:
-            for d in s.disks:
-                if d.lun == lun:
-                    return "/dev/" + d.device
-    return None
+    return run_mapped(ex, argv, classify, read_only=True, ok_codes=LOGOUT_OK)
 
 
 # ---------------------------------------------------------------------------- changes
@@ -300,15 +240,8 @@ def write_node_password(iqn: str, address: str, password: str, port: int = ISCSI
         new = f"{PASSWORD_KEY} = {password}"
         end = next((i for i, it in enumerate(lines) if it.strip() == "# END RECORD"), len(lines))
         lines.insert(end, new)
-        tmp = f"{path}.imgstor-tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, ("\n".join(lines) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        atomicfile.replace(path, ("\n".join(lines) + "\n").encode(), mode=0o600,
+                           tmp=f"{path}.imgstor-tmp")
     return files
 
 

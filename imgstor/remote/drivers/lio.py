@@ -20,16 +20,17 @@ targetcli quirks: it needs the system D-Bus (its "dbus … Failed to connect to 
 /run/dbus/system_bus_socket" is classified with a hint); it joins its arguments into one
 command line and re-parses it, so no value may contain white space (``token``); each call
 is one command, so a plan is a list of argv lists ending with ``saveconfig``.
-Samples of ``targetcli ls /iscsi`` used by the tests are from documentation until the kernel
-lab's captures land (tests/unit/drivers/samples.py).
+The kernel lab's real ``targetcli`` output is in tests/fixtures/kernel/ (asserted in
+tests/unit/drivers/test_drv_kernel_captures.py).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from imgstor.errors import AlreadyExists, ImgstorError, NotFound, RemoteCommandError, UsageError
-from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, token
+from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, run_mapped, token
 
 __all__ = [
     "Portal", "LioLun", "LioAcl", "LioTpg", "LioTarget", "Chap", "rtslib_module",
@@ -78,15 +79,6 @@ class LioTpg:
 class LioTarget:
     iqn: str
     tpgs: tuple[LioTpg, ...] = ()
-
-    @property
-    def acl_initiators(self) -> tuple[str, ...]:
-        return tuple(a.initiator for t in self.tpgs for a in t.acls)
-
-    @property
-    def portals(self) -> tuple[Portal, ...]:
-        return tuple(p for t in self.tpgs for p in t.portals)
-
 
 @dataclass(frozen=True)
 class Chap:
@@ -232,11 +224,7 @@ def targetcli_ls() -> list[str]:
 
 def targetcli_targets(ex) -> list[LioTarget]:
     """Runs ``targetcli ls /iscsi`` and parses the tree."""
-    try:
-        res = ex.run(targetcli_ls(), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_targetcli_ls(res.stdout)
+    return parse_targetcli_ls(run_mapped(ex, targetcli_ls(), classify, read_only=True).stdout)
 
 
 def targetcli_create_target(*, iqn: str, device: str, backstore: str, portal_ip: str,
@@ -274,7 +262,7 @@ def targetcli_acl_userid(iqn: str, initiator: str) -> list[str]:
 
 def parse_targetcli_get(text: str, key: str) -> str | None:
     """targetcli's ``get GROUP KEY`` prints ``KEY=VALUE`` (configshell's ui_command_get;
-    an unset value prints nothing after ``=``).  Not captured in a lab yet."""
+    an unset value prints nothing after ``=``; captured: targetcli_get_global)."""
     for line in text.splitlines():
         k, sep, v = line.strip().partition("=")
         if sep and k.strip() == key:
@@ -314,7 +302,9 @@ def parse_targetcli_ls(text: str) -> list[LioTarget]:
     if base is None:
         return []
     targets: list[dict] = []
-    tpg = section = acl = None
+    tpg: dict[str, Any] | None = None
+    acl: dict[str, Any] | None = None
+    section: str | None = None
     in_iscsi = False
     for depth, name, info in nodes:
         if name == "iscsi" and depth == base:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from imgstor.errors import ImgstorError, NotFound, RemoteCommandError
 from imgstor.remote.drivers import userspace
-from imgstor.remote.drivers._common import classify_by_text, positional
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
-__all__ = ["ImageInfo", "parse_info", "parse_info_chain", "parse_progress", "info",
-           "info_chain", "create_overlay", "commit", "convert", "classify"]
+__all__ = ["ImageInfo", "parse_info", "info",
+           "create_overlay", "commit", "convert", "classify"]
 
 
 @dataclass(frozen=True)
@@ -55,24 +55,12 @@ def parse_info(text: str) -> ImageInfo:
     return _mk(d)
 
 
-def parse_info_chain(text: str) -> list[ImageInfo]:
-    """``qemu-img info --output=json --backing-chain IMAGE``: overlay first."""
-    d = json.loads(text)
-    return [_mk(x) for x in (d if isinstance(d, list) else [d])]
-
-
 _PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 
 
-def parse_progress(text: str) -> float | None:
-    """Last percentage of ``qemu-img … -p`` output, or None."""
-    found = _PROGRESS.findall(text)
-    return float(found[-1]) if found else None
-
-
 # ---------------------------------------------------------------------------- readers
-def _info_argv(image: str, *, image_opts: bool, chain: bool) -> list[str]:
-    argv = ["qemu-img", "info", "--output=json"] + (["--backing-chain"] if chain else [])
+def _info_argv(image: str, *, image_opts: bool) -> list[str]:
+    argv = ["qemu-img", "info", "--output=json"]
     if image_opts:
         return argv + ["--image-opts", image]
     return argv + [positional(image, "image")]
@@ -80,19 +68,11 @@ def _info_argv(image: str, *, image_opts: bool, chain: bool) -> list[str]:
 
 def info(ex, image: str, *, image_opts: bool = False) -> ImageInfo:
     """Runs ``qemu-img info --output=json [--image-opts] IMAGE``."""
-    return parse_info(_run(ex, _info_argv(image, image_opts=image_opts, chain=False)).stdout)
-
-
-def info_chain(ex, image: str) -> list[ImageInfo]:
-    """Runs ``qemu-img info --output=json --backing-chain IMAGE`` (opens the backing too)."""
-    return parse_info_chain(_run(ex, _info_argv(image, image_opts=False, chain=True)).stdout)
+    return parse_info(_run(ex, _info_argv(image, image_opts=image_opts)).stdout)
 
 
 def _run(ex, argv):
-    try:
-        return ex.run(argv, read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True)
 
 
 # ---------------------------------------------------------------------------- changes

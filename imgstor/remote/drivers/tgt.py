@@ -44,14 +44,14 @@ from imgstor.errors import (
     RemoteCommandError,
     UsageError,
 )
-from imgstor.remote.drivers._common import classify_by_text, positional
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
 __all__ = [
     "Lun", "Nexus", "Target", "TGTADM_RC_ERROR", "TGTADM_RC_NO_DAEMON", "parse_show",
-    "targets", "find_target", "next_free_tid", "show", "new_target", "add_lun", "delete_lun",
+    "targets", "find_target", "next_free_tid", "show", "new_target", "add_lun",
     "bind_initiator", "unbind_initiator", "delete_target", "new_account", "bind_account",
     "unbind_account", "delete_account", "show_accounts", "parse_accounts", "accounts",
-    "delete_system", "classify", "Connection", "delete_connection", "show_portals",
+    "classify", "Connection", "delete_connection", "show_portals",
     "parse_portals", "portals", "new_portal", "WILDCARDS",
 ]
 
@@ -100,23 +100,11 @@ class Target:
     nexuses: tuple[Nexus, ...] = ()  # connected initiators
 
     @property
-    def acl_names(self) -> tuple[str, ...]:
-        return tuple(a for a in self.acls if _is_iscsi_name(a))
-
-    @property
-    def acl_addresses(self) -> tuple[str, ...]:
-        return tuple(a for a in self.acls if not _is_iscsi_name(a))
-
-    @property
     def connected_initiators(self) -> tuple[str, ...]:
         return tuple(n.initiator for n in self.nexuses)
 
     def lun(self, n: int) -> Lun | None:
         return next((x for x in self.luns if x.lun == n), None)
-
-
-def _is_iscsi_name(text: str) -> bool:
-    return text.lower().startswith(("iqn.", "eui.", "naa."))
 
 
 # ---------------------------------------------------------------------------- parser
@@ -221,20 +209,14 @@ def _mk_lun(d: dict) -> Lun:
 # ---------------------------------------------------------------------------- readers
 def targets(ex, *, control_port: int | None = None) -> list[Target]:
     """All targets of one tgtd.  Runs ``tgtadm --lld iscsi [-C N] --mode target --op show``."""
-    try:
-        res = ex.run(show(control_port=control_port), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_show(res.stdout)
+    return parse_show(run_mapped(ex, show(control_port=control_port), classify,
+                                 read_only=True).stdout)
 
 
 def accounts(ex, *, control_port: int | None = None) -> list[str]:
     """tgtd's CHAP account names.  Runs ``tgtadm --lld iscsi --mode account --op show``."""
-    try:
-        res = ex.run(show_accounts(control_port=control_port), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_accounts(res.stdout)
+    return parse_accounts(run_mapped(ex, show_accounts(control_port=control_port), classify,
+                                     read_only=True).stdout)
 
 
 def parse_accounts(text: str) -> list[str]:
@@ -279,11 +261,6 @@ def add_lun(tid: int, path: str, *, lun: int = 1, control_port: int | None = Non
     """``tgtadm --lld iscsi --mode logicalunit --op new --tid N --lun 1 -b PATH``."""
     return _base(control_port) + ["--mode", "logicalunit", "--op", "new", "--tid", _tid(tid),
                                   "--lun", str(int(lun)), "-b", _param(path, "backing path")]
-
-
-def delete_lun(tid: int, *, lun: int = 1, control_port: int | None = None) -> list[str]:
-    return _base(control_port) + ["--mode", "logicalunit", "--op", "delete", "--tid", _tid(tid),
-                                  "--lun", str(int(lun))]
 
 
 def bind_initiator(tid: int, initiator_iqn: str, *,
@@ -374,16 +351,8 @@ def parse_portals(text: str) -> list[tuple[str, int]]:
 
 def portals(ex, *, control_port: int | None = None) -> list[tuple[str, int]]:
     """tgtd's listening portals.  Runs ``tgtadm --lld iscsi --mode portal --op show``."""
-    try:
-        res = ex.run(show_portals(control_port=control_port), read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
-    return parse_portals(res.stdout)
-
-
-def delete_system(*, control_port: int | None = None) -> list[str]:
-    """Stops tgtd (it ignores SIGTERM).  Delete the targets (``--force``) first."""
-    return _base(control_port) + ["--mode", "system", "--op", "delete"]
+    return parse_portals(run_mapped(ex, show_portals(control_port=control_port), classify,
+                                    read_only=True).stdout)
 
 
 def _param(value: object, what: str) -> str:

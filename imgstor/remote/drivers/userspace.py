@@ -1,6 +1,6 @@
 """The userspace iSCSI initiator (libiscsi tools and qemu's iscsi driver), used in the lab.
 
-Checks a LUN under the node's initiator name with ``iscsi-inq`` / ``iscsi-readcapacity16``
+Checks a LUN under the node's initiator name with ``iscsi-readcapacity16``
 and describes the disk the way a VM opens it: the ``iscsi://`` URL, qemu's
 ``--image-opts`` string and a ``json:`` backing spec for qcow2 overlays.
 
@@ -32,13 +32,13 @@ import re
 from dataclasses import dataclass
 
 from imgstor.errors import Conflict, ImgstorError, NotFound, RemoteCommandError
-from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal
+from imgstor.remote.drivers._common import ISCSI_PORT, classify_by_text, portal, run_mapped
 
 __all__ = [
-    "Inquiry", "Capacity", "LsTarget", "LIBISCSI_RC_FAILED", "CHAP_PASSWORD_ENV",
-    "REASON_TARGET_OR_ACL", "REASON_ACCESS_DENIED", "REASON_NO_LUN", "url", "inq",
-    "readcapacity16", "ls", "parse_inq", "parse_readcapacity16", "parse_ls", "inquiry",
-    "read_capacity", "visible_targets", "image_opts", "backing_dict", "json_spec", "classify",
+    "Capacity", "LIBISCSI_RC_FAILED", "CHAP_PASSWORD_ENV",
+    "REASON_TARGET_OR_ACL", "REASON_ACCESS_DENIED", "REASON_NO_LUN", "url",
+    "readcapacity16", "parse_readcapacity16",
+    "read_capacity", "image_opts", "backing_dict", "json_spec", "classify",
 ]
 
 # libiscsi's utils exit 10 on any failed login or command (captured: iscsi_inq_refused.cmd,
@@ -52,27 +52,10 @@ REASON_NO_LUN = "no-such-lun"
 
 
 @dataclass(frozen=True)
-class Inquiry:
-    qualifier: str        # CONNECTED
-    device_type: str      # DIRECT_ACCESS | STORAGE_ARRAY_CONTROLLER …
-    vendor: str
-    product: str
-    revision: str
-
-
-@dataclass(frozen=True)
 class Capacity:
     block_size: int
     blocks: int           # last LBA + 1
     size: int             # bytes
-
-
-@dataclass(frozen=True)
-class LsTarget:
-    iqn: str
-    address: str
-    port: int
-    tpgt: int
 
 
 # ---------------------------------------------------------------------------- argv
@@ -83,22 +66,11 @@ def url(address: str, iqn: str, lun: int = 1, port: int = ISCSI_PORT, *,
     return f"iscsi://{user}{portal(address, port)}/{iqn}/{int(lun)}"
 
 
-def inq(address: str, iqn: str, initiator: str, lun: int = 1, port: int = ISCSI_PORT, *,
-        chap_user: str | None = None) -> list[str]:
-    """``iscsi-inq -i INITIATOR iscsi://ADDR:PORT/IQN/LUN``."""
-    return ["iscsi-inq", "-i", initiator, url(address, iqn, lun, port, chap_user=chap_user)]
-
-
 def readcapacity16(address: str, iqn: str, initiator: str, lun: int = 1,
                    port: int = ISCSI_PORT, *, chap_user: str | None = None) -> list[str]:
     """``iscsi-readcapacity16 -i INITIATOR iscsi://ADDR:PORT/IQN/LUN``."""
     return ["iscsi-readcapacity16", "-i", initiator,
             url(address, iqn, lun, port, chap_user=chap_user)]
-
-
-def ls(address: str, initiator: str, port: int = ISCSI_PORT) -> list[str]:
-    """``iscsi-ls -i INITIATOR iscsi://ADDR:PORT`` (SendTargets as that initiator)."""
-    return ["iscsi-ls", "-i", initiator, f"iscsi://{portal(address, port)}"]
 
 
 # ---------------------------------------------------------------------------- parsers
@@ -109,15 +81,6 @@ def _kv(text: str) -> dict[str, str]:
         if sep and k.strip() not in out:
             out[k.strip()] = v.strip()
     return out
-
-
-def parse_inq(text: str) -> Inquiry:
-    """``iscsi-inq`` standard INQUIRY page (``Vendor:IET     `` …)."""
-    d = _kv(text)
-    if "Peripheral Device Type" not in d:
-        raise ValueError("not iscsi-inq output")
-    return Inquiry(d.get("Peripheral Qualifier", ""), d["Peripheral Device Type"],
-                   d.get("Vendor", ""), d.get("Product", ""), d.get("Revision", ""))
 
 
 def parse_readcapacity16(text: str) -> Capacity:
@@ -136,28 +99,9 @@ def parse_readcapacity16(text: str) -> Capacity:
 _LS = re.compile(r"^Target:(\S+) Portal:(\[?[^\s\]]+\]?):(\d+),(-?\d+)\s*$")
 
 
-def parse_ls(text: str) -> list[LsTarget]:
-    """``iscsi-ls`` lines ``Target:IQN Portal:ADDR:PORT,TPGT``."""
-    out = []
-    for line in text.splitlines():
-        m = _LS.match(line.strip())
-        if m:
-            addr = m.group(2)
-            addr = addr[1:-1] if addr.startswith("[") else addr
-            out.append(LsTarget(m.group(1), addr, int(m.group(3)), int(m.group(4))))
-    return out
-
-
 # ---------------------------------------------------------------------------- readers
 def _env(chap_password: str | None) -> dict | None:
     return {CHAP_PASSWORD_ENV: chap_password} if chap_password else None
-
-
-def inquiry(ex, address: str, iqn: str, initiator: str, lun: int = 1, port: int = ISCSI_PORT,
-            *, chap_user: str | None = None, chap_password: str | None = None) -> Inquiry:
-    """Log in as ``initiator`` and INQUIRE the LUN.  Runs ``iscsi-inq`` (see ``inq``)."""
-    return parse_inq(_run(ex, inq(address, iqn, initiator, lun, port, chap_user=chap_user),
-                          chap_password).stdout)
 
 
 def read_capacity(ex, address: str, iqn: str, initiator: str, lun: int = 1,
@@ -168,16 +112,8 @@ def read_capacity(ex, address: str, iqn: str, initiator: str, lun: int = 1,
     return parse_readcapacity16(_run(ex, argv, chap_password).stdout)
 
 
-def visible_targets(ex, address: str, initiator: str, port: int = ISCSI_PORT) -> list[LsTarget]:
-    """Targets a SendTargets discovery shows to ``initiator``.  Runs ``iscsi-ls``."""
-    return parse_ls(_run(ex, ls(address, initiator, port), None).stdout)
-
-
 def _run(ex, argv, chap_password):
-    try:
-        return ex.run(argv, read_only=True, env=_env(chap_password))
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True, env=_env(chap_password))
 
 
 # ---------------------------------------------------------------------------- qemu specs

@@ -30,16 +30,15 @@ from typing import Iterator, Mapping
 
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, RemoteCommandError
 from imgstor.remote.drivers import _lzc
-from imgstor.remote.drivers._common import classify_by_text, positional
+from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
 __all__ = [
     "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
     "LIST_FIELDS", "POOL_FIELDS", "POOL_DEFAULT_FIELDS",
-    "capabilities", "zfs_flavor", "parse_capabilities", "parse_size", "parse_list",
+    "capabilities", "parse_capabilities", "parse_size", "parse_list",
     "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
-    "snapshot", "send", "receive", "inherit", "classify", "list_columns", "holds", "release",
-    "user_refs",
+    "snapshot", "inherit", "classify", "list_columns", "holds", "release", "user_refs",
 ]
 
 ZVOL_BLOCKSIZE = 128 * 1024
@@ -212,11 +211,6 @@ def capabilities(ex) -> Capabilities:
     return parse_capabilities(v.rc, v.stdout, u.stdout)
 
 
-def zfs_flavor(ex) -> str:
-    """``"openzfs"`` or ``"zfs-fuse"`` (see ``capabilities`` for the commands)."""
-    return capabilities(ex).flavor
-
-
 def list_datasets(ex, root: str | None = None, *, caps: Capabilities | None = None,
                   types: str = "all") -> list[Dataset]:
     """Datasets (and snapshots with ``types="all"``) under ``root`` (all pools if None).
@@ -300,10 +294,7 @@ def exists(ex, name: str) -> bool:
 
 
 def _run(ex, argv: list[str]):
-    try:
-        return ex.run(argv, read_only=True)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, read_only=True)
 
 
 # ---------------------------------------------------------------------------- changes
@@ -372,23 +363,6 @@ def snapshot(name: str, props: Mapping[str, str] | None = None) -> list[str]:
     return argv + [positional(name, "snapshot")]
 
 
-def send(snap: str, incremental_from: str | None = None) -> list[str]:
-    """``zfs send [-i FROM] SNAP`` (no -P/-c: zfs-fuse lacks them).  ``FROM`` may be the
-    short ``@snap`` form or a full snapshot name."""
-    argv = ["zfs", "send"]
-    if incremental_from:
-        argv += ["-i", incremental_from]
-    return argv + [positional(snap, "snapshot")]
-
-
-def receive(name: str, force: bool = True, *, resumable: bool = False) -> list[str]:
-    """``zfs receive [-F] [-s] NAME``.  ``-F`` rolls the target back to the last common
-    snapshot (needed for incrementals into a dataset touched since); ``-s`` (OpenZFS only)
-    keeps a resume token when the stream breaks."""
-    return (["zfs", "receive"] + (["-F"] if force else []) + (["-s"] if resumable else [])
-            + [positional(name, "dataset")])
-
-
 def _prop_name(k: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9_.:-]*", k, re.ASCII):
         raise ValueError(f"not a zfs property name: {k!r}")
@@ -396,13 +370,16 @@ def _prop_name(k: str) -> str:
 
 
 # ---------------------------------------------------------------------------- errors
+REASON_BUSY = "busy"         # Conflict details["reason"]: in use right now, may pass
+
 # stderr texts captured from zfs-fuse (tests/fixtures/userspace/zfs_*.err); the same texts
 # come from OpenZFS's libzfs (lib/libzfs/libzfs_util.c zfs_standard_error).
 _RULES = [
     (r"dataset does not exist|no such pool|parent does not exist|could not find any snapshots",
      NotFound, None),
     (r"dataset already exists|destination '[^']*' exists", AlreadyExists, None),
-    (r"has children|has dependent clones|dataset is busy|pool or dataset is busy", Conflict, None),
+    (r"has children|has dependent clones", Conflict, None),
+    (r"dataset is busy|pool or dataset is busy", Conflict, REASON_BUSY),
     (r"internal error: Function not implemented",
      RemoteCommandError, "zfs-fuse aborts (rc 134) on features it lacks, e.g. zvols"),
     (r"invalid option", RemoteCommandError,
@@ -457,10 +434,7 @@ def _lzc_call(ex, lib, fn: str, target: str, *args, read_only: bool = False,
 
 
 def _cli(ex, argv: list[str], **kw):
-    try:
-        return ex.run(argv, **kw)
-    except RemoteCommandError as e:
-        raise classify(e) from e
+    return run_mapped(ex, argv, classify, **kw)
 
 
 def _snap_name(name: str) -> str:
@@ -514,7 +488,7 @@ def create(ex, name: str, *, kind: str, size: int | str | None = None,
         _cli(ex, _create_argv(name, kind, size, user))
         return "cli"
     lprops: dict = {}
-    if kind == "volume":
+    if kind == "volume" and size is not None:          # a volume has one (checked above)
         lprops = {"volsize": parse_size(_size_arg(size, round_to=ZVOL_BLOCKSIZE)),
                   "volblocksize": ZVOL_BLOCKSIZE}
     lprops.update(user)

@@ -18,8 +18,6 @@ driver names.
 """
 from __future__ import annotations
 
-import os
-import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
@@ -27,10 +25,11 @@ from typing import ClassVar
 from imgstor.errors import Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps._util import run_mapped
+from imgstor.remote.protocol import OverlayStatus
+from imgstor.remote.steps._util import destroy_dataset
 
 __all__ = ["SNAPSHOT", "MERGING", "MERGED", "PIVOTED", "PHASES", "INTO", "ROLE_PROP",
-           "ROLE_TEMP_WRITE", "Outcome", "Status", "Overlay", "HostFS", "FS", "register",
+           "ROLE_TEMP_WRITE", "Outcome", "Status", "Overlay", "register",
            "get", "drivers", "temp_write_props", "destroy_temp_write"]
 
 SNAPSHOT, MERGING, MERGED, PIVOTED = "snapshot", "merging", "merged", "pivoted"
@@ -53,68 +52,15 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Status:
-    """One read of an overlay.  ``done``/``total``: bytes of the merge (qcow2: the commit
-    job's offset/len); ``status``/``synced``: the STATUS and SYNCED columns of
-    ``list host storagedev``."""
-    driver: str
-    exists: bool
-    device: str
-    phase: str | None = None
-    into: str | None = None
-    done: int | None = None
-    total: int | None = None
-    status: str | None = None
-    synced: str | None = None
+class Status(OverlayStatus):
+    """One read of an overlay (protocol.OverlayStatus) with the driver's own ``detail``
+    (dm: origin, table, sectors …; qcow2: pid, qmp, nodes …), flattened into the facts."""
     detail: dict = field(default_factory=dict)
 
     def facts(self) -> dict:
         d = asdict(self)
         d.update(d.pop("detail"))
         return d
-
-
-class HostFS:
-    """The few reads of the node's files and processes the overlays need (and the clock).
-    Changes go through the executor; tests replace ``FS`` (tests/unit/steps/fake_node.py)."""
-
-    def exists(self, path: str) -> bool:
-        return os.path.exists(path)
-
-    def read_text(self, path: str) -> str | None:
-        try:
-            with open(path) as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def rdev(self, path: str) -> str | None:
-        """``MAJOR:MINOR`` of a block device (links followed), as dmsetup tables show it."""
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-
-    def pid_state(self, pid: int) -> str | None:
-        """The state letter of /proc/PID/stat (R, S, Z …), None if no such process."""
-        text = self.read_text(f"/proc/{int(pid)}/stat")
-        if not text:
-            return None
-        return text.rpartition(")")[2].split()[0]
-
-    def pid_cmdline(self, pid: int) -> list[str]:
-        text = self.read_text(f"/proc/{int(pid)}/cmdline") or ""
-        return [a for a in text.split("\0") if a]
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-FS = HostFS()
 
 
 class Overlay(ABC):
@@ -213,21 +159,10 @@ def temp_write_props(ex: Executor, name: str, want_type: str) -> dict | None:
     return props
 
 
-DESTROY_TRIES = 20          # zfs-fuse: "dataset is busy" for a moment after last use
-
-
 def destroy_temp_write(ex: Executor, name: str, want_type: str) -> bool:
-    """Destroy imgstor's temp-write store NAME (only with its mark; never ``-r``)."""
+    """Destroy imgstor's temp-write store NAME (only with its mark; never ``-r``;
+    retried while zfs says busy: _util.destroy_dataset)."""
     if temp_write_props(ex, name, want_type) is None:
         return False
-    for i in range(DESTROY_TRIES):
-        try:
-            run_mapped(ex, zfs.destroy(name), zfs.classify)
-            return True
-        except Conflict:
-            if i == DESTROY_TRIES - 1:
-                raise
-            FS.sleep(0.5)
-        except NotFound:            # a "busy" destroy that completed after all
-            return True
+    destroy_dataset(ex, name)
     return True

@@ -16,7 +16,7 @@ origin) by the local zvol's device number.
 """
 from __future__ import annotations
 
-from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
+from imgstor.errors import Conflict, NotFound, UsageError
 from imgstor.remote.drivers import dm, zfs
 from imgstor.remote.overlays import base
 from imgstor.remote.overlays.base import (
@@ -57,10 +57,8 @@ class DmOverlay(Overlay):
     def _table(self) -> dm.Device | None:
         try:
             found = dm.table(self.ex, self.name)
-        except (NotFound, RemoteCommandError) as e:
-            if isinstance(e, NotFound) or "No such device" in str(e) or "not exist" in str(e):
-                return None
-            raise
+        except NotFound:        # dm.classify: "Device does not exist", "No such device or address"
+            return None
         if not found:
             return None
         t = found[0]
@@ -70,7 +68,7 @@ class DmOverlay(Overlay):
         return t
 
     def _into(self, dev: str) -> str:
-        return "local" if dev == base.FS.rdev(self.local) or dev == self.local else "origin"
+        return "local" if dev == self.ex.fs.rdev(self.local) or dev == self.local else "origin"
 
     def status(self) -> Status:
         t = self._table()
@@ -153,7 +151,7 @@ class DmOverlay(Overlay):
                                f"it cannot merge into the {into} too")
             return Outcome(False, self.status().facts(),
                            f"{self.name} is {seg.target} into the {into} already")
-        target = local if into == "local" else seg.args[0]
+        target = seg.args[0] if local is None else local      # None: into the origin
         self._run(dm.start_merge(self.name, target, seg.args[1], t.sectors))
         return Outcome(True, {"driver": self.driver, "exists": True, "device": self.device,
                               "phase": MERGING, "into": into, "status": "snapshot-merge"},

@@ -51,7 +51,7 @@ from imgstor.remote.overlays.base import (
     Status,
     register,
 )
-from imgstor.remote.steps._util import run_mapped
+from imgstor.remote.steps._util import require_initiator_name, run_mapped
 
 __all__ = ["Qcow2Overlay", "OVERLAY_FILE", "QUIT_WAIT", "JOB_WAIT"]
 
@@ -80,15 +80,15 @@ class Qcow2Overlay(Overlay):
     def _pid(self) -> int | None:
         """The running daemon's pid: pid file, a live (not zombie) process whose cmdline
         is qemu-storage-daemon with this pid file (a reused pid is not ours)."""
-        text = base.FS.read_text(self.paths.pidfile)
+        text = self.ex.fs.read_text(self.paths.pidfile)
         try:
             pid = int((text or "").strip())
         except ValueError:
             return None
-        state = base.FS.pid_state(pid)
+        state = self.ex.fs.pid_state(pid)
         if state is None or state == "Z":
             return None
-        argv = base.FS.pid_cmdline(pid)
+        argv = self.ex.fs.pid_cmdline(pid)
         if not argv or not argv[0].endswith("qemu-storage-daemon") \
                 or self.paths.pidfile not in argv:
             return None
@@ -101,13 +101,9 @@ class Qcow2Overlay(Overlay):
               read_only: bool = False) -> Any:
         text = shlex.join(["qmp", self.paths.qmp, cmd] + (
             [json.dumps(args, sort_keys=True, separators=(",", ":"))] if args else []))
-        if self.ex.dry_run and not read_only:
-            self.ex.log.append("SKIP> " + text)
-            self.ex.skipped.append(text)
-            return None
-        if not read_only:
-            self.ex.log.append(text)
-        return q.execute(cmd, args)
+        if read_only:               # queries run in a dry run too; not logged (polled often)
+            return q.execute(cmd, args)
+        return self.ex.call(text, q.execute, cmd, args)     # SKIP> qmp … in a dry run
 
     def _graph(self, q: qsd.QMP) -> tuple[str | None, dict[str, qsd.Job], dict[str, dict]]:
         exports = qsd.parse_exports(self._call(q, "query-block-exports", read_only=True))
@@ -161,13 +157,10 @@ class Qcow2Overlay(Overlay):
     # -------------------------------------------------------------- create
     def _origin(self, origin: str) -> dict:
         """The origin node; an iSCSI origin is opened under this node's own initiator name."""
-        from imgstor.remote.steps.probe import read_initiator_name
         spec = qsd.origin_blockdev(origin)
         f = spec["file"]
         if f.get("driver") == "iscsi":
-            me = read_initiator_name()
-            if not me:
-                raise NotFound(f"{self.ex.host}: no initiator name on this node")
+            me = require_initiator_name(self.ex)
             if f.get("initiator-name", me) != me:
                 raise UsageError(f"origin spec logs in as {f['initiator-name']}, not as this "
                                  f"node ({me})", field="origin")
@@ -176,7 +169,7 @@ class Qcow2Overlay(Overlay):
 
     def _overlay_file(self, origin: str, mountpoint: str) -> tuple[str, bool]:
         path = f"{mountpoint}/{OVERLAY_FILE}"
-        if base.FS.exists(path):
+        if self.ex.fs.exists(path):
             info = qimg.info(self.ex, path)       # the header only: the origin isn't opened
             if info.format != "qcow2" or not _same_spec(info.backing_filename, origin):
                 raise Conflict(f"{self.ex.host}: {path} exists over another origin "
@@ -197,6 +190,7 @@ class Qcow2Overlay(Overlay):
             run_mapped(self.ex, zfs.create_dataset(self.temp_write, {ROLE_PROP: ROLE_TEMP_WRITE}),
                        zfs.classify)
             made_ds = True
+        mountpoint: str | None
         if made_ds and self.ex.dry_run:
             mountpoint = f"<mountpoint of {self.temp_write}>"
         else:
@@ -205,10 +199,10 @@ class Qcow2Overlay(Overlay):
                 raise Conflict(f"{self.ex.host}: {self.temp_write} is not mounted")
         path, made_file = self._overlay_file(origin, mountpoint)
         for d in (qsd.QSD_DIR, qsd.NBD_DIR):
-            if not base.FS.exists(d):
+            if not self.ex.fs.exists(d):
                 self.ex.run(["mkdir", "-p", "-m", "0700", d])
         stale = [p for p in (self.paths.pidfile, self.paths.qmp, self.paths.nbd)
-                 if base.FS.exists(p)]
+                 if self.ex.fs.exists(p)]
         if stale:                       # a daemon that died (qsd leaves its NBD socket)
             self.ex.run(["rm", "-f", "--"] + stale)
         run_mapped(self.ex, qsd.daemon_argv(self.vol, spec, path, self.paths), qimg.classify)
@@ -229,13 +223,13 @@ class Qcow2Overlay(Overlay):
         if st.exists:
             return Outcome(False, st.facts(), f"overlay {self.vol} runs (pid "
                                               f"{st.detail['pid']}, {st.phase})")
-        if not base.FS.exists(local):
+        if not self.ex.fs.exists(local):
             raise NotFound(f"{self.ex.host}: the local copy {local} is not there")
         for d in (qsd.QSD_DIR, qsd.NBD_DIR):
-            if not base.FS.exists(d):
+            if not self.ex.fs.exists(d):
                 self.ex.run(["mkdir", "-p", "-m", "0700", d])
         stale = [p for p in (self.paths.pidfile, self.paths.qmp, self.paths.nbd)
-                 if base.FS.exists(p)]
+                 if self.ex.fs.exists(p)]
         if stale:                       # the dead daemon's sockets and pid file
             self.ex.run(["rm", "-f", "--"] + stale)
         run_mapped(self.ex, qsd.local_daemon_argv(self.vol, local, self.paths), qimg.classify)
@@ -322,6 +316,9 @@ class Qcow2Overlay(Overlay):
                                "merged yet; wait for the merge (overlay.status) first",
                                phase=st.phase)
             into = st.into
+            if into is None:                     # merged or pivoted: the job names it
+                raise StepError(f"{self.ex.host}: overlay {self.vol} is {st.phase} into "
+                                "neither the local copy nor the origin")
             if st.phase == MERGED:
                 self._call(q, "job-complete", {"id": _JOB[into]})
                 changed = True
@@ -352,17 +349,17 @@ class Qcow2Overlay(Overlay):
                        else f"overlay {self.vol} pivoted already")
 
     def _wait_concluded(self, q: qsd.QMP, jid: str) -> None:
-        deadline = base.FS.monotonic() + JOB_WAIT
+        deadline = self.ex.fs.monotonic() + JOB_WAIT
         while True:
             job = qsd.parse_jobs(self._call(q, "query-jobs", read_only=True)).get(jid)
             if job is None or job.status in ("concluded", "null"):
                 if job is not None and job.error:
                     raise StepError(f"{self.ex.host}: commit {jid} failed: {job.error}")
                 return
-            if base.FS.monotonic() > deadline:
+            if self.ex.fs.monotonic() > deadline:
                 raise StepError(f"{self.ex.host}: commit {jid} did not conclude within "
                                 f"{JOB_WAIT:.0f}s (status {job.status})")
-            base.FS.sleep(0.2)
+            self.ex.fs.sleep(0.2)
 
     # -------------------------------------------------------------- remove
     def remove(self) -> Outcome:
@@ -387,7 +384,7 @@ class Qcow2Overlay(Overlay):
                 else:
                     raise StepError(f"{self.ex.host}: qemu-storage-daemon {pid} did not exit")
         left = [p for p in (self.paths.pidfile, self.paths.qmp, self.paths.nbd)
-                if base.FS.exists(p)]
+                if self.ex.fs.exists(p)]
         if left:
             self.ex.run(["rm", "-f", "--"] + left)
             changed = True
@@ -399,14 +396,14 @@ class Qcow2Overlay(Overlay):
                        + (f"; {self.temp_write} kept (unmerged writes)" if kept else ""))
 
     def _gone(self, pid: int) -> bool:
-        deadline = base.FS.monotonic() + QUIT_WAIT
+        deadline = self.ex.fs.monotonic() + QUIT_WAIT
         while True:
-            state = base.FS.pid_state(pid)
+            state = self.ex.fs.pid_state(pid)
             if state is None or state == "Z":
                 return True
-            if base.FS.monotonic() > deadline:
+            if self.ex.fs.monotonic() > deadline:
                 return False
-            base.FS.sleep(0.1)
+            self.ex.fs.sleep(0.1)
 
 
 def _same_spec(a: str | None, b: str) -> bool:

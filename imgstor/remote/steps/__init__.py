@@ -7,20 +7,11 @@ by ``load_all()`` so the registry is complete.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
+from imgstor.remote.protocol import StepResult
+
 __all__ = ["StepResult", "step", "STEPS", "load_all"]
-
-
-@dataclass
-class StepResult:
-    changed: bool = False
-    facts: dict = field(default_factory=dict)
-    message: str = ""
-
-    def to_dict(self) -> dict:
-        return {"changed": self.changed, "facts": self.facts, "message": self.message}
 
 
 STEPS: dict[str, Callable[..., StepResult]] = {}
@@ -43,9 +34,5 @@ def load_all() -> dict[str, Callable[..., StepResult]]:
     from imgstor.remote.steps import probe  # noqa: F401
     for mod in ("nas", "compute", "overlay", "copy", "synckeys", "snapshot", "inventory",
                 "nodefacts"):
-        try:
-            __import__(f"imgstor.remote.steps.{mod}")
-        except ModuleNotFoundError as e:     # not written yet in this version
-            if e.name != f"imgstor.remote.steps.{mod}":
-                raise
+        __import__(f"imgstor.remote.steps.{mod}")
     return STEPS

@@ -1,28 +1,20 @@
 """Small helpers the node steps share."""
 from __future__ import annotations
 
-import os
 import re
-import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-from imgstor.errors import ImgstorError, NotFound, RemoteCommandError, UsageError
+from imgstor.errors import Conflict, ImgstorError, NotFound, RemoteCommandError, UsageError
+from imgstor.remote.drivers import zfs
+from imgstor.remote.drivers._common import run_mapped
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import INITIATOR_NAME_FILE, no_initiator_name, parse_initiator_name
 
-__all__ = ["run_mapped", "wait_path", "chap_pair", "mask_error", "run_secret", "MASK",
+__all__ = ["run_mapped", "wait_path", "wait_until", "retry", "initiator_name",
+           "require_initiator_name", "chap_pair", "mask_error", "run_secret", "MASK",
            "CHAP_USER"]
 
 MASK = "***"
-
-
-def run_mapped(ex: Executor, argv: list[str],
-               classify: Callable[[RemoteCommandError], ImgstorError], **kw):
-    """``ex.run(argv)``; a failure is re-raised as the tool's classified error
-    (NotFound / AlreadyExists / Conflict …) by that tool driver's ``classify``."""
-    try:
-        return ex.run(argv, **kw)
-    except RemoteCommandError as e:
-        raise classify(e) from e
 
 
 def wait_path(ex: Executor, path: str, *, timeout: float = 30.0, why: str = "") -> None:
@@ -32,11 +24,68 @@ def wait_path(ex: Executor, path: str, *, timeout: float = 30.0, why: str = "") 
     if ex.dry_run:
         return
     ex.run(["udevadm", "settle", f"--timeout={int(timeout)}"], read_only=True, check=False)
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise NotFound(f"{ex.host}: {why}{path} did not appear within {timeout:.0f}s")
-        time.sleep(0.1)
+    if not wait_until(ex, lambda: ex.fs.exists(path), timeout=timeout, interval=0.1):
+        raise NotFound(f"{ex.host}: {why}{path} did not appear within {timeout:.0f}s")
+
+
+def initiator_name(ex: Executor) -> str | None:
+    """This node's iSCSI initiator name (protocol.INITIATOR_NAME_FILE), None if none."""
+    return parse_initiator_name(ex.fs.read_text(INITIATOR_NAME_FILE) or "")
+
+
+def require_initiator_name(ex: Executor) -> str:
+    name = initiator_name(ex)
+    if not name:
+        raise no_initiator_name(ex.host)
+    return name
+
+
+# ------------------------------------------------------------------ waiting and retrying
+T = TypeVar("T")
+
+
+def wait_until(ex: Executor, ready: Callable[[], Any], *, timeout: float,
+               interval: float) -> Any:
+    """``ready()`` until it answers something true (returned) or ``timeout`` seconds have
+    passed (its last answer returned), ``interval`` apart, on the executor's clock."""
+    deadline = ex.fs.monotonic() + timeout
+    while True:
+        got = ready()
+        if got or ex.fs.monotonic() > deadline:
+            return got
+        ex.fs.sleep(interval)
+
+
+def retry(ex: Executor, fn: Callable[[], T], *, tries: int, delay: float,
+          on: type[BaseException] | tuple[type[BaseException], ...],
+          when: Callable[[Any], bool] = lambda e: True) -> T:
+    """``fn()``, again after ``delay`` seconds while it raises one of ``on`` for which
+    ``when(error)`` holds, ``tries`` times in all; the last error is raised (os-brick's
+    ``utils.retry``).  Sleeps on the executor's clock."""
+    for i in range(tries):
+        try:
+            return fn()
+        except on as e:
+            if i == tries - 1 or not when(e):
+                raise
+            ex.fs.sleep(delay)
+    raise ValueError("retry needs tries >= 1")
+
+
+DESTROY_TRIES = 20
+
+
+def destroy_dataset(ex: Executor, name: str) -> None:
+    """``zfs destroy NAME`` (never ``-r``).  zfs-fuse quirk (seen in the lab): right after
+    use it says "dataset is busy" for a second or two, and may still complete a moment
+    later: retried while busy (DESTROY_TRIES, 0.5 s apart); "does not exist" is done."""
+    def once() -> None:
+        try:
+            run_mapped(ex, zfs.destroy(name), zfs.classify)
+        except NotFound:
+            pass
+    retry(ex, once, tries=DESTROY_TRIES, delay=0.5, on=Conflict,
+          when=lambda e: e.details.get("reason") == zfs.REASON_BUSY)
 
 
 # ------------------------------------------------------------------ CHAP secrets

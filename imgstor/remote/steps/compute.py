@@ -7,17 +7,24 @@ checked by logging in with the node's initiator name).
 from __future__ import annotations
 
 import contextlib
-import os
+from typing import Any
 
-from imgstor.errors import Conflict, ImgstorError, NotFound, UsageError
+from imgstor.errors import Conflict, ImgstorError, UsageError
 from imgstor.remote import locks
 from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.drivers.blockdev import users as device_users
 from imgstor.remote.drivers.iscsiadm import write_node_password
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import Portal, no_initiator_name
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import MASK, chap_pair, run_mapped, wait_path
-from imgstor.remote.steps.probe import INITIATOR_NAME_FILE, read_initiator_name
+from imgstor.remote.steps._util import (
+    MASK,
+    chap_pair,
+    initiator_name,
+    require_initiator_name,
+    run_mapped,
+    wait_path,
+)
 
 __all__ = ["initiator", "attach", "detach", "devices"]
 
@@ -25,11 +32,7 @@ DEVICE_WAIT = 30.0
 
 
 def _initiator(ex: Executor) -> str:
-    name = read_initiator_name()
-    if not name:
-        raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE} "
-                       "(install open-iscsi or write InitiatorName=iqn.… there)")
-    return name
+    return require_initiator_name(ex)
 
 
 @step("compute.initiator", read_only=True)
@@ -38,15 +41,8 @@ def initiator(ex: Executor) -> StepResult:
     return StepResult(False, {"initiator": _initiator(ex)}, "")
 
 
-def _split(portal: str) -> tuple[str, int]:
-    addr, _, port = portal.rpartition(":")
-    if not addr:
-        return portal, 3260
-    return addr, int(port)
-
-
 @step("compute.attach")
-def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
+def attach(ex: Executor, *, kind: str, portal: Any, iqn: str, lun: int = 1,
            chap: dict | None = None) -> StepResult:
     """Ensure this node reaches LUN ``lun`` of target IQN at PORTAL, with ``chap``
     ({"user", "password"}) when the target asks for it.
@@ -58,7 +54,7 @@ def attach(ex: Executor, *, kind: str, portal: str, iqn: str, lun: int = 1,
     device = the iscsi:// URL, with the qemu json: spec and --image-opts string in facts
     (these carry no CHAP: a VM's qemu needs ``user=`` and a ``password-secret`` object)."""
     drv = _get(kind)
-    addr, port = _split(portal)
+    addr, port = Portal.parse(portal)
     return drv.attach(ex, addr=addr, port=port, iqn=iqn, lun=lun, pair=chap_pair(chap),
                       me=_initiator(ex))
 
@@ -120,23 +116,23 @@ class Iscsiadm:
 
     def attach(self, ex: Executor, *, addr: str, port: int, iqn: str, lun: int,
                pair: tuple[str, str] | None, me: str) -> StepResult:
-        user, password = pair if pair else (None, None)
+        user = pair[0] if pair else None
         extra = {"chap_user": user} if user else {}
         changed = False
         with _db_lock(ex):
             if not any(s.iqn == iqn for s in iscsiadm.sessions(ex)):
                 run_mapped(ex, iscsiadm.discovery(addr, port), iscsiadm.classify)
                 if pair:
-                    for argv in iscsiadm.chap_settings(iqn, addr, user, port):
+                    for argv in iscsiadm.chap_settings(iqn, addr, pair[0], port):
                         run_mapped(ex, argv, iscsiadm.classify)
-                    _node_password(ex, iqn, addr, port, password)
+                    _node_password(ex, iqn, addr, port, pair[1])
                 run_mapped(ex, iscsiadm.login(iqn, addr, port), iscsiadm.classify,
-                           ok_codes=(0, iscsiadm.ISCSI_ERR_SESS_EXISTS))
+                           ok_codes=iscsiadm.LOGIN_OK)
                 changed = True
         link = iscsiadm.by_path(addr, iqn, lun, port)
         wait_path(ex, link, timeout=DEVICE_WAIT, why=f"logged in to {iqn} but ")
-        dev = os.path.realpath(link) if os.path.exists(link) else link
-        size = _blockdev_size(dev)
+        dev = ex.fs.realpath(link) if ex.fs.exists(link) else link
+        size = ex.fs.size(dev)
         return StepResult(changed, {"device": dev, "by_path": link, "size": size,
                                     "initiator": me, **extra},
                           f"{iqn} lun {lun} is {dev}")
@@ -151,9 +147,9 @@ class Iscsiadm:
         row = {"iqn": t["iqn"], "device": None, "status": "absent", "size": None}
         if t["iqn"] in sessions:
             link = iscsiadm.by_path(addr, t["iqn"], t.get("lun", 1), port)
-            if os.path.exists(link):
-                dev = os.path.realpath(link)
-                row.update(device=dev, status="ok", size=_blockdev_size(dev))
+            if ex.fs.exists(link):
+                dev = ex.fs.realpath(link)
+                row.update(device=dev, status="ok", size=ex.fs.size(dev))
             else:
                 row.update(status="session, no device")
         return row
@@ -185,29 +181,12 @@ def _db_lock(ex: Executor):
 
 def _node_password(ex: Executor, iqn: str, addr: str, port: int, password: str) -> None:
     """The CHAP password into the node record file, never into an argv (audit M5)."""
-    text = (f"write {iscsiadm.PASSWORD_KEY} = {MASK} into the node record of {iqn} "
-            f"at {addr}:{port}")
-    if ex.dry_run:
-        ex.log.append("SKIP> " + text)
-        ex.skipped.append(text)
-        return
-    ex.log.append(text)
-    write_node_password(iqn, addr, password, port)
+    ex.call(f"write {iscsiadm.PASSWORD_KEY} = {MASK} into the node record of {iqn} "
+            f"at {addr}:{port}", write_node_password, iqn, addr, password, port)
 
 
 def _cap_bytes(cap: userspace.Capacity) -> int:
     return cap.size
-
-
-def _blockdev_size(dev: str) -> int | None:
-    try:
-        fd = os.open(dev, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
 
 
 def _in_use(ex: Executor, iqn: str, addr: str, port: int) -> list[str]:
@@ -222,7 +201,7 @@ def _in_use(ex: Executor, iqn: str, addr: str, port: int) -> list[str]:
 
 
 @step("compute.detach")
-def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = False) -> StepResult:
+def detach(ex: Executor, *, kind: str, portal: Any, iqn: str, force: bool = False) -> StepResult:
     """Ensure no session to target IQN remains (iscsiadm: logout, 21 = none is success;
     then delete the node record).  userspace: nothing persists on the node (a VM's qemu
     logs in itself; the NAS sees that login, nas.remove_target checks it).
@@ -232,7 +211,7 @@ def detach(ex: Executor, *, kind: str, portal: str, iqn: str, force: bool = Fals
     exclusive claim (``iscsiadm -m session -P 3`` names the disks; drivers.blockdev) --
     unless ``force``: then the VM loses its disk."""
     drv = _get(kind)
-    addr, port = _split(portal)
+    addr, port = Portal.parse(portal)
     return drv.detach(ex, addr=addr, port=port, iqn=iqn, force=force)
 
 
@@ -246,10 +225,10 @@ def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepRe
                            "stop its VM first, or unmap with --force", reason="in-use",
                            users=held)
         run_mapped(ex, iscsiadm.logout(iqn, addr, port), iscsiadm.classify,
-                   ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
+                   ok_codes=iscsiadm.LOGOUT_OK)
         changed = True
     r = ex.run(iscsiadm.node_delete(iqn, addr, port), check=False,
-               ok_codes=(0, iscsiadm.ISCSI_ERR_NO_OBJS_FOUND))
+               ok_codes=iscsiadm.LOGOUT_OK)
     changed = changed or r.rc == 0 and not r.skipped
     msg = f"no session to {iqn}"
     if held:
@@ -261,12 +240,12 @@ def _detach(ex: Executor, addr: str, port: int, iqn: str, force: bool) -> StepRe
 def devices(ex: Executor, *, kind: str, targets: list[dict]) -> StepResult:
     """Read-only: for each {"iqn", "portal", "lun"[, "chap"]} what this node sees now."""
     drv = _get(kind)
-    me = read_initiator_name()
+    me = initiator_name(ex)
     if drv.logs_in_by_name and not me:
-        raise NotFound(f"{ex.host}: no initiator name in {INITIATOR_NAME_FILE}")
+        raise no_initiator_name(ex.host)
     sessions = drv.sessions(ex)
     rows = []
     for t in targets:
-        addr, port = _split(t["portal"])
+        addr, port = Portal.parse(t["portal"])
         rows.append(drv.device(ex, t, addr, port, me, sessions))
     return StepResult(False, {"devices": rows, "initiator": me}, "")

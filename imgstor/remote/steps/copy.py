@@ -19,7 +19,6 @@ reached with imgstor's own key (steps ``sync.install_key`` / ``sync.authorize``)
 from __future__ import annotations
 
 import json
-import time
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import copyjob, jobs
@@ -90,7 +89,7 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
         ([copyjob.ZSTD] if compress else []) + \
         [copyjob.gate_argv(peer, "receive", *(["--zstd"] if compress else []),
                            *(["--incremental"] if base else []),
-                           *([f"--rollback={base.split('@', 1)[1]}"]
+                           *([f"--rollback={shown_base.split('@', 1)[1]}"]
                              if rollback and shown_base else []),
                            key_dir=key_dir,
                            connect_timeout=int(connect_timeout))]
@@ -131,11 +130,9 @@ def cancel(ex: Executor, *, to_alias: str, to_dataset: str,
     spec = jobs.read_json(jobs.job_dir(name, JOBS_BASE) + "/spec")
     changed = False
     if st["state"] == "running":
-        if ex.dry_run:
-            ex.log.append(f"SKIP> kill job {name} (pid {st.get('pid')})")
-            ex.skipped.append(f"kill job {name}")
-        else:
-            st = _cancel(name, base=JOBS_BASE)
+        # stopped=None in a dry run: nothing was called
+        stopped = ex.call(f"kill job {name}", _cancel, name, base=JOBS_BASE)
+        st = stopped if stopped is not None else st
         changed = True
     facts = {**st, "aborted_partial": False}
     if not keep_partial and spec:
@@ -156,7 +153,7 @@ def cancel(ex: Executor, *, to_alias: str, to_dataset: str,
                                          r.stdout) from None
             if not dest.get("receiving") or ex.dry_run:
                 break
-            time.sleep(1)
+            ex.fs.sleep(1)
         else:
             raise Conflict(f"{peer.alias}: a receive into {peer.dataset} still runs "
                            f"{RECEIVER_WAIT}s after the job stopped; try again")

@@ -56,15 +56,14 @@ def _direct(ex: Executor, initiator: str, wanted: list[dict], sessions: list[str
     """What a VM opens for each direct mapping in WANTED ({iqn, lun, portal}), without
     logging in: userspace -- the iscsi:// URL and qemu specs under this node's initiator
     name; iscsiadm -- the by-path device of the session, if there is one."""
-    import os
-
     from imgstor.remote.drivers import iscsiadm, userspace
-    from imgstor.remote.steps.compute import _initiator, _split
+    from imgstor.remote.protocol import Portal
+    from imgstor.remote.steps.compute import _initiator
     out: dict[str, dict] = {}
-    me = _initiator(ex) if wanted and initiator == "userspace" else None
+    me = _initiator(ex) if wanted and initiator == "userspace" else ""
     for w in wanted:
         iqn, lun = str(w["iqn"]), int(w.get("lun", 1))
-        addr, port = _split(str(w["portal"]))
+        addr, port = Portal.parse(w["portal"])
         if initiator == "userspace":
             out[iqn] = {"session": None, "device": userspace.url(addr, iqn, lun, port),
                         "qemu_json": userspace.json_spec(addr, iqn, me, lun, port),
@@ -72,7 +71,7 @@ def _direct(ex: Executor, initiator: str, wanted: list[dict], sessions: list[str
         else:
             link = iscsiadm.by_path(addr, iqn, lun, port)
             out[iqn] = {"session": iqn in sessions,
-                        "device": os.path.realpath(link) if os.path.exists(link) else None}
+                        "device": ex.fs.realpath(link) if ex.fs.exists(link) else None}
     return out
 
 

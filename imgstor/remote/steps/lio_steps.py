@@ -12,10 +12,11 @@ saved (`saveconfig`) so they survive a reboot of the NAS.
 """
 from __future__ import annotations
 
-from imgstor.errors import ImgstorError, RemoteCommandError
+from imgstor.errors import Conflict, ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
 from imgstor.remote.naming import backstore_name
+from imgstor.remote.protocol import Portal
 from imgstor.remote.steps import StepResult
 from imgstor.remote.steps._util import run_mapped, run_secret
 
@@ -24,11 +25,6 @@ __all__ = ["ensure", "remove", "facts", "backstore_name"]
 LUN = 0
 
 
-
-
-def _portal(portal: str) -> tuple[str, int]:
-    ip, _, port = portal.rpartition(":")
-    return (ip, int(port)) if ip else (portal, 3260)
 
 
 def _read(ex: Executor, lib) -> list[lio.LioTarget]:
@@ -66,19 +62,11 @@ def _acl_userid(ex: Executor, lib, t: lio.LioTarget, iqn: str, initiator: str) -
     return lio.parse_targetcli_get(r.stdout, "userid")
 
 
-def _skip(ex: Executor, text: str) -> None:
-    ex.log.append("SKIP> " + text)
-    ex.skipped.append(text)
-
-
 def _delete(ex: Executor, lib, iqn: str) -> None:
     bs = backstore_name(iqn)
-    if lib is not None:
-        if ex.dry_run:
-            _skip(ex, f"rtslib: delete target {iqn} and backstore {bs}")
-            return
-        ex.log.append(f"rtslib: delete target {iqn} and backstore {bs}")
-        lio.rts_delete_target(lib, iqn, backstore=bs)
+    if lib is not None:         # in-process: logged, and skipped in a dry run (ex.call)
+        ex.call(f"rtslib: delete target {iqn} and backstore {bs}", lio.rts_delete_target,
+                lib, iqn, backstore=bs)
         return
     for argv in lio.targetcli_delete_target(iqn, backstore=bs):
         ex.run(argv, check=False)   # a part already gone is fine
@@ -86,29 +74,25 @@ def _delete(ex: Executor, lib, iqn: str) -> None:
 
 def _save(ex: Executor, lib) -> None:
     if lib is not None:
-        if ex.dry_run:
-            _skip(ex, "rtslib: saveconfig")
-            return
-        ex.log.append("rtslib: saveconfig")
-        lio.rts_save_config(lib)
+        ex.call("rtslib: saveconfig", lio.rts_save_config, lib)
         return
     ex.run(lio.targetcli_saveconfig())
 
 
-def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
+def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: Portal,
            chap: tuple[str, str] | None = None) -> StepResult:
     """Ensure the target (module doc); ``chap`` is (user, password), already checked."""
+    portal = Portal.parse(portal)
     lib = lio.rtslib_module()
     chap_user = chap[0] if chap else None
     secrets = [chap[1]] if chap else []
-    facts = {"iqn": iqn, "lun": LUN, "portal": portal, **({"chap_user": chap_user} if chap else {})}
+    facts = {"iqn": iqn, "lun": LUN, "portal": list(portal), **({"chap_user": chap_user} if chap else {})}
     how = f" with CHAP user {chap_user}" if chap else ""
-    ip, port = _portal(portal)
+    ip, port = portal
     found = _read(ex, lib)
-    for t in found:
-        if t.iqn != iqn and any(it.udev_path == path for g in t.tpgs for it in g.luns):
-            from imgstor.errors import Conflict
-            raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
+    for other in found:
+        if other.iqn != iqn and any(it.udev_path == path for g in other.tpgs for it in g.luns):
+            raise Conflict(f"{ex.host}: {path} is already exported by target {other.iqn}")
     t = lio.find_target(found, iqn)
     if (t is not None and _right(t, path, initiator, ip, port, chap_user)
             and (not chap or _acl_userid(ex, lib, t, iqn, initiator) == chap_user)):
@@ -120,13 +104,9 @@ def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
         text = (f"rtslib: create target {iqn}: block backstore {bs} on {path}, LUN {LUN}, "
                 f"portal {ip}:{port}, ACL {initiator}"
                 + (f", CHAP user {chap_user} (authentication=1)" if chap else ""))
-        if ex.dry_run:
-            _skip(ex, text)
-        else:
-            ex.log.append(text)
-            lio.rts_create_target(lib, iqn=iqn, device=path, backstore=bs, portal_ip=ip,
-                                  portal_port=port, initiator=initiator, lun=LUN,
-                                  chap=lio.Chap(*chap) if chap else None)
+        ex.call(text, lio.rts_create_target, lib, iqn=iqn, device=path, backstore=bs,
+                portal_ip=ip, portal_port=port, initiator=initiator, lun=LUN,
+                chap=lio.Chap(*chap) if chap else None)
     else:
         for argv in lio.targetcli_create_target(iqn=iqn, device=path, backstore=bs,
                                                 portal_ip=ip, portal_port=port,

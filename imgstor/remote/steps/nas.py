@@ -8,17 +8,19 @@ holding a sparse ``disk.raw``, for ZFS without zvols such as zfs-fuse).  Target 
 from __future__ import annotations
 
 import os
-import time
+from typing import Any
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import targets
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import Portal
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import (
     CHAP_USER,
     MASK,
     chap_pair,
+    destroy_dataset,
     mask_error,
     run_mapped,
     run_secret,
@@ -85,9 +87,7 @@ def volume_facts(ex: Executor, pool: str, vol: str, kind: str,
     if mp is None or not mp.value or mp.value in ("none", "legacy", "-"):
         return {"path": None, "size": None}
     path = os.path.join(mp.value, FILE_NAME)
-    if not os.path.exists(path):
-        return {"path": path, "size": None}
-    return {"path": path, "size": os.path.getsize(path)}
+    return {"path": path, "size": ex.fs.size(path) if ex.fs.exists(path) else None}
 
 
 def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
@@ -178,6 +178,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
     marks = {MARK: ROLE_VOLUME, SIZE_PROP: str(int(size))}
     changed = False
     backend = None
+    path: str | None
     if kind == "zvol":
         if have is None:
             backend = zfs.create(ex, name, kind="volume", size=size, props=marks)
@@ -197,7 +198,7 @@ def ensure_volume(ex: Executor, *, pool: str, vol: str, size: int, kind: str,
             raise Conflict(f"{ex.host}: dataset {name} has no mountpoint; a file volume needs one")
         path = path or f"<mountpoint of {name}>/{FILE_NAME}"
         if have is None or have["size"] is None:
-            if os.path.islink(path):       # never follow a link planted in the dataset
+            if ex.fs.is_link(path):        # never follow a link planted in the dataset
                 raise Conflict(f"{ex.host}: {path} is a symbolic link; refusing to use it")
             ex.run(["truncate", "-s", str(int(size)), path])
             changed = True
@@ -265,11 +266,11 @@ def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
     have = volume_facts(ex, pool, vol, kind, props)
     out = {k[len(PROP_PREFIX):]: (props[k].value if k in props and props[k].source
                                   in ("local", "received") else None) for k in keys}
-    return StepResult(False, {"exists": True, **have, "props": out}, "")
+    return StepResult(False, {"exists": True, **(have or {}), "props": out}, "")
 
 
 @step("nas.ensure_target")
-def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: str,
+def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal: Any,
                   path: str | None = None, pool: str | None = None, vol: str | None = None,
                   kind: str | None = None, chap: dict | None = None) -> StepResult:
     """Ensure target IQN exports PATH (or volume POOL/VOL of KIND) as LUN 1 to exactly one
@@ -279,9 +280,9 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
     The driver (tgt: tgt_steps, LIO: lio_steps) comes from imgstor.remote.targets, and
     runs under the node's targets lock."""
     pair = chap_pair(chap)
-    if path is None and not (pool and vol and kind):
-        raise UsageError("nas.ensure_target needs path, or pool, vol and kind")
     if path is None:
+        if not (pool and vol and kind):
+            raise UsageError("nas.ensure_target needs path, or pool, vol and kind")
         have = volume_facts(ex, pool, vol, kind)
         if have is None or not have["path"]:
             if not ex.dry_run:
@@ -291,7 +292,7 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
             path = have["path"]
     with targets.lock(ex):
         return targets.get(driver).ensure(ex, iqn=iqn, path=path, initiator=initiator,
-                                          portal=portal, chap=pair)
+                                          portal=Portal.parse(portal), chap=pair)
 
 
 @step("nas.remove_target")
@@ -346,7 +347,8 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
             raise Conflict(f"{ex.host}: {name} is exported by target {t['iqn']}; "
                            "unmap it first (remove host storagemap)")
     below = zfs.list_columns(ex, name, ("name", "type"), types="all")
-    children = [r["name"] for r in below if r["name"] != name and "@" not in str(r["name"])]
+    children = [str(r["name"]) for r in below
+                if r["name"] != name and "@" not in str(r["name"])]
     snaps = [str(r["name"]) for r in below if str(r["name"]).startswith(name + "@")]
     foreign = [sn for sn in snaps if not sn.split("@", 1)[1].startswith(SNAP_PREFIX)]
     held: list[str] = []
@@ -393,17 +395,5 @@ def destroy_volume(ex: Executor, *, pool: str, vol: str, kind: str, driver: str 
     # then retry a bounded number of times; "does not exist" means it is done.
     if kind == "file":
         ex.run(["zfs", "umount", name], check=False)
-    last: Exception | None = None
-    for _ in range(20):
-        try:
-            ex.run(zfs.destroy(name))
-            return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
-        except RemoteCommandError as e:
-            err = zfs.classify(e)
-            if isinstance(err, NotFound):
-                return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")
-            if not isinstance(err, Conflict) or "busy" not in e.stderr:
-                raise err from e
-            last = err
-            time.sleep(0.5)
-    raise last  # type: ignore[misc]
+    destroy_dataset(ex, name)
+    return StepResult(True, {"snapshots": snaps}, f"destroyed {name}")

@@ -11,7 +11,6 @@ False, or None when it cannot be told -- a dm COW zvol without its device).
 from __future__ import annotations
 
 import json
-import os
 
 from imgstor.errors import ImgstorError, NotFound
 from imgstor.remote import overlays
@@ -38,14 +37,15 @@ def facts(ex: Executor, *, pools: list[str], initiator: str | None = None,
                     for s in iscsiadm.sessions(ex)]
     ovls = []
     if overlay == "dm":
-        for d in dm.info(ex):
-            if d.name.endswith("-snap"):
+        for d in dm.table(ex):
+            if d.name and d.name.endswith("-snap"):
                 ovls.append({"vol": d.name[:-len("-snap")], "driver": "dm"})
     elif overlay == "qcow2":
         from imgstor.remote.drivers import qsd
-        for vol in _qsd_volumes(qsd.QSD_DIR):
+        from imgstor.remote.overlays.qcow2 import Qcow2Overlay
+        for vol in _qsd_volumes(ex, qsd.QSD_DIR):
             o = overlays.get("qcow2", ex, pool=pools[0] if pools else "tank", vol=vol)
-            if o._pid() is not None:
+            if isinstance(o, Qcow2Overlay) and o._pid() is not None:
                 ovls.append({"vol": vol, "driver": "qcow2"})
     datasets = []
     for pool in pools:
@@ -58,22 +58,18 @@ def facts(ex: Executor, *, pools: list[str], initiator: str | None = None,
             role = r.get(ROLE_PROP)
             if role not in ROLES or r["name"] == pool:
                 continue
-            d = {"name": r["name"], "pool": pool, "role": role, "type": r.get("type"),
-                 "writes": None}
+            ds: dict = {"name": r["name"], "pool": pool, "role": role, "type": r.get("type"),
+                        "writes": None}
             if role == "temp-write" and r.get("type") == "filesystem":
-                d["writes"] = qcow2_has_writes(ex, r["name"])
-            datasets.append(d)
+                ds["writes"] = qcow2_has_writes(ex, str(r["name"]))
+            datasets.append(ds)
     return StepResult(False, {"sessions": sessions, "overlays": ovls, "datasets": datasets},
                       f"{len(sessions)} sessions, {len(ovls)} overlays, "
                       f"{len(datasets)} marked datasets")
 
 
-def _qsd_volumes(d: str) -> list[str]:
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    return sorted(n[:-4] for n in names if n.endswith(".pid"))
+def _qsd_volumes(ex: Executor, d: str) -> list[str]:
+    return sorted(n[:-4] for n in ex.fs.listdir(d) if n.endswith(".pid"))
 
 
 def qcow2_has_writes(ex: Executor, dataset: str) -> bool | None:
@@ -88,7 +84,7 @@ def qcow2_has_writes(ex: Executor, dataset: str) -> bool | None:
     if not mp:
         return None
     path = f"{mp}/{OVERLAY_FILE}"
-    if not os.path.exists(path):
+    if not ex.fs.exists(path):
         return False
     spec = "json:" + json.dumps({"driver": "qcow2", "backing": None,
                                  "file": {"driver": "file", "filename": path}},

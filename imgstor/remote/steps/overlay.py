@@ -1,4 +1,4 @@
-"""The sync-mode overlay steps on a compute node, and the copy from the NAS.
+"""The sync-mode overlay steps on a compute node.
 
 ``overlay.create/merge/status/linear/remove`` take ``driver`` ("dm" | "qcow2", the node's
 ``overlay`` setting), ``pool`` (the node's vm_container_zpool) and ``vol``, and dispatch
@@ -8,7 +8,8 @@ The life of an overlay (the kernel lab proves dm, the userspace lab qcow2):
 
 1. ``overlay.create``  origin = the direct map of the NAS volume; writes go to the local
                        ``POOL/VOL-temp-write``; the VM runs on ``facts.device`` at once;
-2. (the copy)          ``POOL/VOL`` on the node = the origin (which nobody writes);
+2. (the copy)          ``POOL/VOL`` on the node = the origin (which nobody writes): a copy
+                       job (steps/copy.py);
 3. ``overlay.merge``   the writes merge into the local copy (``into="origin"``: cancel,
                        back into the NAS volume) while the VM goes on writing;
 4. ``overlay.status``  poll until ``phase`` is ``merged`` (``done``/``total``);
@@ -16,35 +17,15 @@ The life of an overlay (the kernel lab proves dm, the userspace lab qcow2):
                        the iSCSI disk is no longer used (unmap it);
 6. ``overlay.remove``  when the VM is gone.
 Each step reads what is there first and does only what is missing.
-
-``compute.ensure_zvol`` and ``nas.send_volume`` are the older building blocks of the copy.
 """
 from __future__ import annotations
 
-import shlex
-
 from imgstor.errors import UsageError
 from imgstor.remote import overlays
-from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import run_mapped, wait_path
-from imgstor.remote.steps.snapshot import ROLE_PROP, SNAP_ROLE
 
-__all__ = ["ensure_zvol", "create", "merge", "status", "linear", "restore_local", "remove", "send_volume"]
-
-
-@step("compute.ensure_zvol")
-def ensure_zvol(ex: Executor, *, pool: str, vol: str, size: int) -> StepResult:
-    """Ensure a sparse zvol POOL/VOL of SIZE bytes (kept as it is if it exists)."""
-    name = f"{pool}/{vol}"
-    dev = zfs.zvol_device(pool, vol)
-    if zfs.exists(ex, name):
-        wait_path(ex, dev)
-        return StepResult(False, {"device": dev}, f"zvol {name} exists")
-    run_mapped(ex, zfs.create_zvol(pool, vol, size), zfs.classify)
-    wait_path(ex, dev)
-    return StepResult(True, {"device": dev}, f"created zvol {name}")
+__all__ = ["create", "merge", "status", "linear", "restore_local", "remove"]
 
 
 def _ovl(ex: Executor, driver: str, pool: str, vol: str) -> overlays.Overlay:
@@ -119,25 +100,3 @@ def remove(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
     return _result(_ovl(ex, driver, pool, vol).remove())
 
 
-@step("nas.send_volume")
-def send_volume(ex: Executor, *, pool: str, vol: str, snapshot: str, to_host: str,
-                to_pool: str) -> StepResult:
-    """Ensure snapshot POOL/VOL@SNAPSHOT exists and is on TO_HOST as TO_POOL/VOL:
-    ``zfs send … | ssh TO_HOST zfs receive -F …`` with every stage's exit status kept."""
-    if not snapshot.replace("-", "").replace("_", "").isalnum():
-        raise UsageError(f"bad snapshot name {snapshot!r}")
-    snap = f"{pool}/{vol}@{snapshot}"
-    changed = False
-    backend = None
-    if not zfs.exists(ex, snap):
-        backend = zfs.create_snapshot(ex, snap, props={ROLE_PROP: SNAP_ROLE})
-        changed = True
-    # copy progress: the stream's size as zfs estimates it (None where it cannot: zfs-fuse)
-    estimate = None if ex.dry_run and changed else zfs.send_space(ex, snap)
-    # the remote command becomes text exactly once, here (ssh would join it with spaces)
-    ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "--", to_host,
-           shlex.join(zfs.receive(f"{to_pool}/{vol}", force=True))]
-    ex.pipe([zfs.send(snap), ssh])
-    return StepResult(True, {"snapshot": snap, "to": f"{to_host}:{to_pool}/{vol}",
-                             "snapshot_created": changed, "estimated_bytes": estimate,
-                             "zfs_backend": backend}, f"sent {snap} to {to_host}")

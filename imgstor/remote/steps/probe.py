@@ -3,34 +3,20 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 
 from imgstor.remote.executor import Executor, host_name
 from imgstor.remote.steps import StepResult, step
+from imgstor.remote.steps._util import initiator_name
 
 TOOLS = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qemu-img",
          "iscsi-inq", "iscsi-readcapacity16", "zfs-fuse")
-INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
-
-
-def read_initiator_name(path: str = INITIATOR_NAME_FILE) -> str | None:
-    """InitiatorName=… from open-iscsi's file (comments and blanks skipped)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("InitiatorName="):
-                    return line.split("=", 1)[1].strip() or None
-    except (FileNotFoundError, PermissionError):
-        return None
-    return None
 
 
 @step("probe", read_only=True)
 def probe(ex: Executor) -> StepResult:
     """Facts only; runs `zpool list` (read-only).  ``rtslib``: importable; ``pyzfs``:
     its version when the zfs driver will use it, else "no" or "no /dev/zfs"."""
-    tools = {t: shutil.which(t) for t in TOOLS}
+    tools = {t: ex.fs.which(t) for t in TOOLS}
     pools = []
     if tools["zpool"]:
         r = ex.run(["zpool", "list", "-H", "-o", "name,size,free,health"], read_only=True,
@@ -48,5 +34,5 @@ def probe(ex: Executor) -> StepResult:
     from imgstor.remote.drivers import _lzc
     facts = {"hostname": host_name(), "python": platform.python_version(),
              "kernel": os.uname().release, "tools": {k: v for k, v in tools.items() if v},
-             "rtslib": rtslib, "pyzfs": _lzc.status(), "pools": pools, "initiator": read_initiator_name()}
+             "rtslib": rtslib, "pyzfs": _lzc.status(), "pools": pools, "initiator": initiator_name(ex)}
     return StepResult(False, facts, "")

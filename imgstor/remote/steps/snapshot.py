@@ -137,7 +137,7 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
     name = _name(pool, vol, "imgstor-x").split("@", 1)[0]
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise UsageError(f"bad keep {keep!r}: at least 1", field="keep")
-    protect = {p for p in protect if isinstance(p, str)}
+    protected = {p for p in protect if isinstance(p, str)}
     ours = []
     for sn in zfs.snapshots_by_age(ex, name):
         short = sn.split("@", 1)[1]
@@ -147,7 +147,7 @@ def prune_snapshots(ex: Executor, *, pool: str, vol: str, keep: int,
     gone: list[str] = []
     left: list[str] = []
     for sn, short in old:
-        if short in protect:
+        if short in protected:
             left.append(f"{sn} (the last common snapshot)")
             continue
         tags = zfs.holds(ex, sn)

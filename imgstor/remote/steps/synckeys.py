@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import pkgutil
 import re
-import shutil
 
-from imgstor.errors import UsageError
+from imgstor.errors import StepError, UsageError
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 
@@ -36,14 +35,6 @@ _POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$", re.ASCII)
 _PRIV_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 
 
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
 def _abs(path: str, what: str) -> str:
     if not isinstance(path, str) or not os.path.isabs(path) or "\n" in path or ".." in path:
         raise UsageError(f"bad {what} {path!r}: an absolute path")
@@ -52,8 +43,7 @@ def _abs(path: str, what: str) -> str:
 
 def _ensure_file(ex: Executor, path: str, data: bytes, mode: int) -> bool:
     """Write ``path`` if its content or mode differs; True if it did (or would)."""
-    have = _read(path)
-    if have == data and (os.stat(path).st_mode & 0o7777) == mode:
+    if ex.fs.read_bytes(path) == data and ex.fs.mode(path) == mode:
         return False
     ex.write_file(path, data, mode=mode)
     return True
@@ -69,9 +59,9 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
         raise UsageError("private_key is not an OpenSSH private key (not shown)")
     kh_path = os.path.join(key_dir, "known_hosts")
     keep = []
-    for line in (_read(kh_path) or b"").decode(errors="replace").splitlines():
-        alias = line.split(" ", 1)[0]
-        if line.strip() and alias not in {f"imgstor-{p.get('alias')}" for p in pins}:
+    for line in (ex.fs.read_bytes(kh_path) or b"").decode(errors="replace").splitlines():
+        first = line.split(" ", 1)[0]
+        if line.strip() and first not in {f"imgstor-{p.get('alias')}" for p in pins}:
             keep.append(line)
     new = []
     for p in pins:
@@ -86,7 +76,7 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
             new.append(f"imgstor-{alias} {k}")
     kh = ("\n".join(keep + new) + "\n").encode()
     changed = False
-    if os.path.isdir(key_dir) and (os.stat(key_dir).st_mode & 0o777) != 0o700:
+    if ex.fs.is_dir(key_dir) and (ex.fs.mode(key_dir) or 0) & 0o777 != 0o700:
         ex.run(["chmod", "0700", key_dir])
         changed = True
     key = private_key.encode() if private_key.endswith("\n") else (private_key + "\n").encode()
@@ -129,13 +119,16 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
     host is a NAS, SENDER a node sending its snapshots back): the gate also takes
     incremental streams, only into datasets whose ``imgstor:host`` is SENDER."""
     authorized_keys = _abs(authorized_keys, "authorized_keys path")
-    python = python or shutil.which("python3") or "/usr/bin/python3"
+    python = python or ex.fs.which("python3") or "/usr/bin/python3"
     line = authorized_line(public_key=public_key, sender=sender,
                            from_addresses=from_addresses, pools=pools, python=python,
                            gate_path=gate_path, incremental=incremental)
     gate = pkgutil.get_data("imgstor.remote", "syncgate.py")
+    if gate is None:                 # the app's loader cannot read its own files
+        raise StepError("sync.authorize: imgstor/remote/syncgate.py is not readable "
+                        "from the node app")
     changed = _ensure_file(ex, gate_path, gate, 0o700)
-    have = (_read(authorized_keys) or b"").decode(errors="replace").splitlines()
+    have = (ex.fs.read_bytes(authorized_keys) or b"").decode(errors="replace").splitlines()
     tag = f" imgstor-sync:{sender}"
     lines: list[str] = []
     for ln in have:                       # the sender's line is replaced where it stands
@@ -146,10 +139,10 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
     if line not in lines:
         lines.append(line)
     data = ("\n".join(lines) + "\n").encode()
-    if (_read(authorized_keys) or b"") != data:
+    if (ex.fs.read_bytes(authorized_keys) or b"") != data:
         # authorized_keys keeps its mode if it exists (sshd wants it not group-writable)
-        mode = (os.stat(authorized_keys).st_mode & 0o7777 & ~0o022) \
-            if os.path.exists(authorized_keys) else 0o600
+        have_mode = ex.fs.mode(authorized_keys)
+        mode = 0o600 if have_mode is None else have_mode & ~0o022
         ex.write_file(authorized_keys, data, mode=mode)
         changed = True
     return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,

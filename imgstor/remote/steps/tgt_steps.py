@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from imgstor.errors import AlreadyExists, Conflict, NotFound, UsageError
+from imgstor.errors import AlreadyExists, Conflict, NotFound
 from imgstor.remote.drivers import tgt
 from imgstor.remote.executor import Executor
+from imgstor.remote.protocol import Portal
 from imgstor.remote.steps import StepResult
 from imgstor.remote.steps._util import run_mapped, run_secret
 
@@ -51,25 +52,18 @@ def _tgt_chap(ex: Executor, tid: int, bound: list[str], pair: tuple[str, str] | 
                 run_secret(ex, tgt.new_account(pair[0], pair[1]), [pair[1]], tgt.classify)
             except AlreadyExists:       # made between `show` and `new`: same user, ours
                 pass
-        _tgt_run(ex, tgt.bind_account(tid, want))
+        _tgt_run(ex, tgt.bind_account(tid, pair[0]))
         changed = True
     return changed
 
 
-def _split_portal(portal: str) -> tuple[str, int]:
-    addr, _, port = portal.rpartition(":")
-    if not addr or not port.isdigit():
-        raise UsageError(f"bad portal {portal!r} (ADDR:PORT)", field="portal")
-    return addr.strip("[]") if addr.startswith("[") else addr, int(port)
-
-
-def _tgt_portal(ex: Executor, portal: str, chap: bool) -> tuple[bool, list[str]]:
+def _tgt_portal(ex: Executor, portal: Portal, chap: bool) -> tuple[bool, list[str]]:
     """Ensure tgtd listens on the NAS's storage address (audit M4).  Portals are global
     to tgtd, so a wildcard one (tgt's default: every address of the NAS) is never removed
     -- other targets on a shared NAS may use it; while it is there a target without CHAP
     is refused (its only guard would be the initiator name, on every network of the NAS),
     one with CHAP gets a warning."""
-    addr, port = _split_portal(portal)
+    addr, port = portal
     have = tgt.portals(ex)
     if (addr, port) in have:
         return False, []
@@ -112,7 +106,7 @@ def _tgt_end_foreign(ex: Executor, iqn: str, initiator: str) -> list[str]:
     for _ in range(END_TRIES):
         t = tgt.find_target(tgt.targets(ex), iqn)
         conns = _foreign(t, initiator)
-        if not conns or ex.dry_run and ended:
+        if t is None or not conns or ex.dry_run and ended:
             return ended
         for n, cid in conns:
             try:
@@ -124,13 +118,13 @@ def _tgt_end_foreign(ex: Executor, iqn: str, initiator: str) -> list[str]:
                    f"after closing its connections {END_TRIES} times")
 
 
-def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: str,
+def ensure(ex: Executor, *, iqn: str, path: str, initiator: str, portal: Portal,
            chap: tuple[str, str] | None = None) -> StepResult:
     """tgt: ``tgtadm`` target new / logicalunit new / account new+bind (the password is in
     that argv on the NAS, masked in logs) / account unbind (+ delete of a stale
     ``imgstor-`` account) / bind -Q, then the connections of any other initiator end.
     The caller holds the node's targets lock."""
-    return _tgt_ensure_locked(ex, iqn, path, initiator, portal, chap)
+    return _tgt_ensure_locked(ex, iqn, path, initiator, Portal.parse(portal), chap)
 
 
 NEW_TARGET_TRIES = 5
@@ -152,13 +146,13 @@ def _tgt_new(ex: Executor, found: list[tgt.Target], iqn: str) -> int:
     raise AlreadyExists(f"{ex.host}: no free tgt tid for {iqn} after {NEW_TARGET_TRIES} tries")
 
 
-def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal: str,
+def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal: Portal,
                        pair: tuple[str, str] | None = None) -> StepResult:
     changed, warnings = _tgt_portal(ex, portal, pair is not None)
     found = tgt.targets(ex)
-    for t in found:
-        if t.iqn != iqn and any(it.backing_store_path == path for it in t.luns):
-            raise Conflict(f"{ex.host}: {path} is already exported by target {t.iqn}")
+    for other in found:
+        if other.iqn != iqn and any(it.backing_store_path == path for it in other.luns):
+            raise Conflict(f"{ex.host}: {path} is already exported by target {other.iqn}")
     t = tgt.find_target(found, iqn)
     created = False
     moved = False               # an initiator lost its place in the ACL
@@ -204,7 +198,7 @@ def _tgt_ensure_locked(ex: Executor, iqn: str, path: str, initiator: str, portal
     ended = (_tgt_end_foreign(ex, iqn, initiator)
              if not created and (moved or _foreign(t, initiator)) else [])
     changed = changed or bool(ended)
-    facts = {"iqn": iqn, "tid": tid, "lun": 1, "portal": portal}
+    facts = {"iqn": iqn, "tid": tid, "lun": 1, "portal": list(portal)}
     if pair:
         facts["chap_user"] = pair[0]
     if ended:

@@ -117,7 +117,7 @@ def _confirm(ctx, text: str) -> None:
 
 
 def clean_map(ctx, nas: str, vol: str, yes: bool = False,
-              discard_node_data: bool = False) -> Message | str:
+              discard_node_data: bool = False) -> Message | Output | str:
     """Reset sync volume NAS:VOL to the NAS's last copy (see the module docstring)."""
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
     nas_cfg = ctx.config.host(nas, role="nas")
@@ -191,7 +191,7 @@ def _teardown(ctx, v, host: str, hc, nas_cfg, pool: str, driver: str) -> None:
                     portal=v.extra.get("portal") or portal_of(nas_cfg), iqn=v.target)
         creds = chapstore.load(state_path(ctx), v.nas, v.vol)
         nas_batch(cl, v.nas, [("untarget", "nas.remove_target", dict(
-            driver=nas_cfg.target, iqn=v.target,
+            driver=nas_cfg.target_driver, iqn=v.target,
             **({"chap_user": creds.user} if creds else {})))])
     cl.step(host, "nas.destroy_volume", pool=pool, vol=f"{v.vol}-temp-write", kind=kind_tw,
             driver=None, role="temp-write")

@@ -13,7 +13,9 @@ from typing import Any
 
 from imgstor import chap as chapstore
 from imgstor import validate
-from imgstor.errors import Conflict, ImgstorError, NotFound, TransportError, UsageError
+from imgstor.errors import Conflict, ImgstorError, TransportError, UsageError
+from imgstor.remote import protocol
+from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Volume
 
@@ -41,8 +43,10 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def portal_of(nas_cfg) -> str:
-    return f"{nas_cfg.data_address}:3260"
+def portal_of(nas_cfg) -> Portal:
+    """The NAS's iSCSI portal: its storage-network address.  Sent to the node steps as
+    [address, port]; a mapping records it as text (``str(portal)``)."""
+    return Portal(nas_cfg.data_address, protocol.ISCSI_PORT)
 
 
 def record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
@@ -111,16 +115,10 @@ def check_map(v: Volume | None, key: str, zpool: str, host: str) -> None:
 
 def read_initiator(cl, host: str) -> str:
     """The compute node's initiator name, read with a plain `cat` (no node Python start)."""
-    from imgstor.remote.drivers.iscsiadm import read_initiator_name
-    from imgstor.remote.steps.probe import INITIATOR_NAME_FILE
-    r = cl.run(host, ["cat", INITIATOR_NAME_FILE], read_only=True, check=False)
-    try:
-        name = read_initiator_name(r.stdout) if r.rc == 0 else None
-    except NotFound:
-        name = None
+    r = cl.run(host, ["cat", protocol.INITIATOR_NAME_FILE], read_only=True, check=False)
+    name = protocol.parse_initiator_name(r.stdout) if r.rc == 0 else None
     if not name:
-        raise NotFound(f"{host}: no initiator name in {INITIATOR_NAME_FILE} (install "
-                       "open-iscsi or write InitiatorName=iqn.… there)")
+        raise protocol.no_initiator_name(host)
     return validate.iqn(name, f"{host}'s initiator name")
 
 

@@ -26,7 +26,7 @@ def remove_image(ctx, nas: str, zpool: str, vol: str) -> Message | str:
     if v is not None and v.zpool != zpool:
         raise Conflict(f"{key} lives on zpool {v.zpool}, not {zpool}")
     check_pool(nas_cfg, zpool, v)
-    args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind, driver=nas_cfg.target,
+    args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind, driver=nas_cfg.target_driver,
                 owned=store_owns(v))
     if ctx.dry_run:
         ctx.cluster.step(nas, "nas.destroy_volume", **args)

@@ -101,7 +101,7 @@ def _verify(ctx, rows: list[dict], vols: list) -> int:
         by_nas.setdefault(r["nas"], []).append((r, v))
 
     def live(nas: str):
-        return cl.step(nas, "nas.target_facts", driver=ctx.config.host(nas).target).facts["targets"]
+        return cl.step(nas, "nas.target_facts", driver=ctx.config.host(nas).target_driver).facts["targets"]
 
     found = cl.parallel(list(by_nas), live)
     bad = 0
@@ -114,7 +114,7 @@ def _verify(ctx, rows: list[dict], vols: list) -> int:
                 continue
             iqn = v.target or target_iqn(nas, v.vol)
             t = next((t for t in res if t["iqn"] == iqn), None)
-            plan = reconcile.target_plan(v, t, driver=ctx.config.host(nas).target)
+            plan = reconcile.target_plan(v, t, driver=ctx.config.host(nas).target_driver)
             r["live"] = "ok" if not plan else "DIFFERS: " + "; ".join(a.why for a in plan)
             bad += bool(plan)
     return 9 if bad else 0

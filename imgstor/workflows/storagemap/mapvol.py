@@ -9,6 +9,7 @@ from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
 from imgstor.names import target_iqn
 from imgstor.output import Message
+from imgstor.remote.protocol import Portal
 from imgstor.state.model import State, Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     chap_args,
@@ -30,7 +31,7 @@ __all__ = ["map_volume"]
 
 def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                img_sync: bool | None = None, adopt: bool = False, wait: bool = False, *,
-               note_size: bool = True) -> str:
+               note_size: bool = True) -> Message | str:
     """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
     ``img_sync`` overrides the host's: sync mode (workflows/storagemap/sync.py) returns as
     soon as the VM can boot on the overlay; ``wait``: until the copy and merge are done.
@@ -128,7 +129,7 @@ def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
 
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
-               sync: bool = False, vm=None) -> str:
+               sync: bool = False, vm=None) -> Message | str:
     portal = portal_of(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
@@ -172,17 +173,17 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
                                         props=mapping_props(
                                             host=host, target=iqn, mode=mode,
                                             initiator=initiator, portal=portal, vm=vm))),
-        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target, iqn=iqn,
+        ("target", "nas.ensure_target", dict(vol_args, driver=nas_cfg.target_driver, iqn=iqn,
                                              initiator=initiator, portal=portal, **chap))]
 
 
 def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
-            zpool: str, portal: str) -> Message | str:
+            zpool: str, portal: Portal) -> Message | str:
     """Record a finished map (clears the intent and the busy marker).  The portal is
     recorded: an ib_net changed later applies to the next map, not to this one's unmap."""
     device = att.facts.get("device")
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
-             "portal": portal,
+             "portal": str(portal),
              # the CHAP user only: the password stays in its 0600 file
              "chap_user": chap["chap"]["user"] if chap else None}
     if "qemu_json" in att.facts:

@@ -37,6 +37,7 @@ from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
 from imgstor.output import Message
+from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
 from imgstor.workflows import monitor
@@ -51,7 +52,7 @@ LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 # ------------------------------------------------------------------ the map
 def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
-             host_cfg, iqn: str, attach_result: tuple, *, portal: str) -> Message | str:
+             host_cfg, iqn: str, attach_result: tuple, *, portal: Portal) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
     (NAS->VM and a sync-in job, one transaction) and the monitor."""
     volf, att, initiator, lun, chap = attach_result
@@ -64,7 +65,7 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
         return f"dry run: {nas}:{vol} would be mapped to {host}:{device} (sync mode)"
     extra = {"initiator": initiator, "lun": lun, "intent": None, "marked": True,
              "chap_user": chap["chap"]["user"] if chap else None,
-             "origin": origin, "overlay": host_cfg.overlay, "portal": portal,
+             "origin": origin, "overlay": host_cfg.overlay, "portal": str(portal),
              "local_pool": host_cfg.vm_container_zpool}
     with ctx.store.transaction() as st:
         v = st.volumes[key]
@@ -169,6 +170,13 @@ def _vol(ctx, job: Job) -> Volume:
     if v is None:
         raise NotFound(f"job {job.id}: volume {job.volume} is not in the store")
     return v
+
+
+def _host(v: Volume) -> str:
+    """The node a sync job's volume is on (a sync volume always records one)."""
+    if v.host is None:
+        raise StateError(f"{v.key}: a sync job's volume records no host")
+    return v.host
 
 
 def _names(ctx, v: Volume) -> dict[str, Any]:
@@ -304,7 +312,7 @@ def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
     if iqn:
         nas_batch(cl, v.nas, [
             ("untarget", "nas.remove_target", dict(
-                driver=n["nas_cfg"].target, iqn=iqn, force=force,
+                driver=n["nas_cfg"].target_driver, iqn=iqn, force=force,
                 **({"chap_user": creds.user} if creds else {})))])
 
 
@@ -316,7 +324,7 @@ def _clear_nas_props(ctx, v: Volume) -> None:
 # ------------------------------------------------------------------ sync-in phases
 def _in_trust(ctx, job: Job) -> None:
     v = _vol(ctx, job)
-    synctrust.ensure(ctx.cluster, v.nas, v.host,
+    synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
 
@@ -354,7 +362,7 @@ def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
 def _in_copy(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.nas, v.host, n["nas_ds"], n["local"], "in", "NAS->VM",
+    _snapshot_copy(ctx, job, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
                    bwlimit=_rate(ctx, v, "up"))
     # the copied snapshot is the base of the first periodic pull and of the sync back
     hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
@@ -408,13 +416,13 @@ def _back_quiesce(ctx, job: Job) -> None:
 
 def _back_trust(ctx, job: Job) -> None:
     v = _vol(ctx, job)
-    synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
+    synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
 def _back_send(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.host, v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
+    _snapshot_copy(ctx, job, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
                    base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
 
 

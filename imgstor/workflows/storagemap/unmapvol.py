@@ -89,7 +89,7 @@ def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | st
     fault("detach")
     creds = chapstore.load(state_path(ctx), nas, v.vol)
     nas_batch(cl, nas, [
-        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target, iqn=iqn, force=force,
+        ("untarget", "nas.remove_target", dict(driver=nas_cfg.target_driver, iqn=iqn, force=force,
                                                **({"chap_user": creds.user} if creds else {}))),
         ("props", "nas.set_props", dict(pool=v.zpool, vol=v.vol,
                                         props=CLEAR_MAPPING))])

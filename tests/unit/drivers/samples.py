@@ -5,12 +5,12 @@ Two sources, kept apart on purpose:
 * ``userspace(name)``: REAL output captured on this machine (zfs-fuse 0.7, tgt 1.0.85,
   libiscsi-bin, qemu-img 7.2) by tests/fixtures/userspace/capture.sh; each NAME has
   NAME.out / NAME.err / NAME.cmd (argv and rc).
-* The constants below: FROM DOCUMENTATION, TO BE REPLACED BY CAPTURED FIXTURES.  The kernel
-  lab (QEMU guests with OpenZFS, LIO, open-iscsi, device-mapper) writes its captures to
-  tests/fixtures/kernel/; ``kernel(name, fallback)`` returns the captured file when it
-  exists and the documentation sample otherwise, so the tests switch by themselves.
-  Sources are cited per sample; a few are assembled from a documented format where no
-  verbatim example was found -- those say "constructed".
+* The constants below: FROM DOCUMENTATION, with the sources cited per sample (a few are
+  assembled from a documented format where no verbatim example was found -- those say
+  "constructed").  They stay: they cover shapes the lab never printed (two sessions, other
+  vendors' targets).  The kernel lab's REAL output (OpenZFS, LIO, open-iscsi, dm in QEMU
+  guests) is in tests/fixtures/kernel/ and is asserted, value by value, in
+  test_drv_kernel_captures.py; no test here switches on whether a capture exists.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 USERSPACE = FIXTURES / "userspace"
-KERNEL = FIXTURES / "kernel"
+
 
 
 def userspace(name: str, part: str = "out") -> str:
@@ -32,26 +32,19 @@ def userspace_rc(name: str) -> int:
     raise AssertionError(f"no rc in {name}.cmd")
 
 
-def kernel(name: str, fallback: str) -> str:
-    """The documentation sample.  (Captured kernel-lab output lives in
-    tests/fixtures/kernel/ and has its own tests, test_drv_kernel_captures.py, with the
-    values the real tools printed: the samples' tests keep their documented values.)"""
-    return fallback
-
-
 # --------------------------------------------------------------------------- open-iscsi
 # Source: RHEL/CentOS iSCSI walkthroughs quoting `iscsiadm -m session -P 0`
 # ("tcp: [1] 192.168.4.4:3260,1 iqn.2018-02.com.example:randomnumber (non-flash)") and the
 # Oracle gluster-block guide (two sessions).  FROM DOCUMENTATION.
-ISCSIADM_SESSION = kernel("iscsiadm_session.out", """\
+ISCSIADM_SESSION = """\
 tcp: [1] 192.168.4.4:3260,1 iqn.2018-02.com.example:randomnumber (non-flash)
 tcp: [2] 127.43.0.10:3260,1 iqn.2001-04.com.nas-0-0-vm1-vol (non-flash)
-""")
+"""
 
 # Source: OpenEBS docs (docs.openebs.io, "resize a jiva volume"), `iscsiadm -m session -P 3`
 # (indentation written as tabs, as iscsiadm prints it; the page shows spaces).
 # FROM DOCUMENTATION.
-ISCSIADM_SESSION_P3 = kernel("iscsiadm_session_P3.out", """\
+ISCSIADM_SESSION_P3 = """\
 iSCSI Transport Class version 2.0-870
 version 2.0-873
 Target: iqn.2016-09.com.openebs.jiva:pvc-8de2f9e7-64a3-11e8-994b-000c2959d9a2 (non-flash)
@@ -102,14 +95,14 @@ Target: iqn.2016-09.com.openebs.jiva:pvc-8de2f9e7-64a3-11e8-994b-000c2959d9a2 (n
 		Host Number: 3	State: running
 		scsi3 Channel 00 Id 0 Lun: 0
 			Attached scsi disk sdb		State: running
-""")
+"""
 
 # Source: same OpenEBS page, `iscsiadm -m discovery -t st -p 10.106.254.221`; the second
 # line from the Red Hat storage guide's sendtargets example.  FROM DOCUMENTATION.
-ISCSIADM_DISCOVERY = kernel("iscsiadm_discovery.out", """\
+ISCSIADM_DISCOVERY = """\
 10.106.254.221:3260,1 iqn.2016-09.com.openebs.jiva:pvc-8de2f9e7-64a3-11e8-994b-000c2959d9a2
 192.168.1.115:3260,1 iqn.2026-06.lab.local:alma-target01
-""")
+"""
 
 # `iscsiadm -m session` with no sessions: exit 21, this text on stderr (open-iscsi
 # usr/iscsiadm.c "No active sessions."; os-brick matches the same text).  FROM DOCUMENTATION.
@@ -128,12 +121,12 @@ InitiatorName=iqn.1993-08.org.debian:01:c6385a9091e6
 # --------------------------------------------------------------------------- device-mapper
 # Source: Linux Documentation/admin-guide/device-mapper/snapshot.rst ("How snapshot is
 # used by LVM2" and "How snapshot-merge is used by LVM2").  FROM DOCUMENTATION.
-DMSETUP_TABLE = kernel("dmsetup_table.out", """\
+DMSETUP_TABLE = """\
 volumeGroup-base-real: 0 2097152 linear 8:19 384
 volumeGroup-snap-cow: 0 204800 linear 8:19 2097536
 volumeGroup-snap: 0 2097152 snapshot 254:11 254:12 P 16
 volumeGroup-base: 0 2097152 snapshot-origin 254:11
-""")
+"""
 DMSETUP_STATUS_SNAPSHOT = "0 8388608 snapshot 397896/2097152 1560\n"
 DMSETUP_STATUS_MERGING = "0 8388608 snapshot-merge 281688/2097152 1104\n"
 DMSETUP_STATUS_MERGED = "0 8388608 snapshot-merge 16/2097152 16\n"
@@ -141,18 +134,11 @@ DMSETUP_STATUS_MERGED = "0 8388608 snapshot-merge 16/2097152 16\n"
 # snapshot_status() ("Invalid", "Merge failed", "Overflow").  Constructed around them.
 DMSETUP_STATUS_INVALID = "0 8388608 snapshot Invalid\n"
 DMSETUP_STATUS_MERGE_FAILED = "0 8388608 snapshot-merge Merge failed\n"
-# `dmsetup info -c --noheadings -o name,major,minor,attr,open,segments,events,uuid`:
-# constructed from dmsetup(8)'s field list and attr letters (L live, I inactive table,
-# s suspended, r/w).  FROM DOCUMENTATION (constructed).
-DMSETUP_INFO = kernel("dmsetup_info.out", """\
-vm1-vol-overlay:254:0:L--w:1:1:0:
-vm2-vol-overlay:254:1:LIsw:0:1:2:
-""")
 
 # --------------------------------------------------------------------------- OpenZFS
 # First line of OpenZFS `zpool upgrade -v` (cmd/zpool/zpool_main.c) and `zfs version`
 # (zfs-2.1.11 on Debian 12 bookworm-backports).  FROM DOCUMENTATION.
-OPENZFS_ZPOOL_UPGRADE_V = kernel("zpool_upgrade_v.out", """\
+OPENZFS_ZPOOL_UPGRADE_V = """\
 This system supports ZFS pool feature flags.
 
 The following features are supported:
@@ -161,22 +147,22 @@ FEAT DESCRIPTION
 -------------------------------------------------------------
 async_destroy                         (read-only compatible)
      Destroy filesystems asynchronously.
-""")
-OPENZFS_VERSION = kernel("zfs_version.out", "zfs-2.1.11-1\nzfs-kmod-2.1.11-1\n")
+"""
+OPENZFS_VERSION = "zfs-2.1.11-1\nzfs-kmod-2.1.11-1\n"
 # `zfs list -H -p -o name,type,used,available,referenced,volsize,mountpoint -t all -r tank`:
 # constructed from zfs-list(8) (-H tab-separated, -p exact bytes, "-" for n/a).
-OPENZFS_LIST_P = kernel("zfs_list_p.out", """\
+OPENZFS_LIST_P = """\
 tank	filesystem	1125646336	8990887424	98304	-	/tank
 tank/vm1-vol	volume	1125122048	10116009472	57344	1073741824	-
 tank/vm1-vol@imgstor-1	snapshot	0	-	57344	1073741824	-
-""")
-OPENZFS_ZPOOL_LIST_P = kernel("zpool_list_p.out", "tank\t10200547328\t1125646336\t9074900992\tONLINE\n")
+"""
+OPENZFS_ZPOOL_LIST_P = "tank\t10200547328\t1125646336\t9074900992\tONLINE\n"
 
 # --------------------------------------------------------------------------- targetcli
 # Source: oVirt vdsm PR #264 / #139 (`targetcli ls /iscsi/…` with explicit portals) and a
 # CentOS LIO guide (ACL with mapped_lun0).  Combined into one tree of the
 # `targetcli ls /iscsi` shape.  FROM DOCUMENTATION.
-TARGETCLI_LS_ISCSI = kernel("targetcli_ls_iscsi.out", """\
+TARGETCLI_LS_ISCSI = """\
 o- iscsi .......................................................................... [Targets: 2]
   o- iqn.2003-01.org.alpine.05 ....................................................... [TPGs: 1]
   | o- tpg50 ............................................................ [gen-acls, no-auth]
@@ -196,7 +182,7 @@ o- iscsi .......................................................................
       | o- lun0 ....................................... [block/sdb1_iscsi (/dev/vg_iscsi/lv_iscsi)]
       o- portals ................................................................... [Portals: 1]
         o- 0.0.0.0:3260 ................................................................... [OK]
-""")
+"""
 # Source: targetcli-fb issue threads quoting `targetcli` start-up without a system bus.
 # FROM DOCUMENTATION.
 TARGETCLI_NO_DBUS_ERR = (

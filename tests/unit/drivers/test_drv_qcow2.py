@@ -6,7 +6,7 @@ import samples
 
 from imgstor.errors import NotFound, RemoteCommandError, UsageError
 from imgstor.remote.drivers import qcow2, userspace
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 U = samples.userspace
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
@@ -20,19 +20,6 @@ def test_parse_info_overlay():
     assert i.backing_format == "raw" and i.cluster_size == 65536 and i.actual_size == 1314816
     assert i.backing_filename == userspace.json_spec("127.0.0.1", IQN, INIT, 1, 3261)
     assert not i.dirty and not i.corrupt
-
-
-def test_parse_info_chain_and_iscsi():
-    top, base = qcow2.parse_info_chain(U("qemu_img_info_chain"))
-    assert top.format == "qcow2" and base.format == "raw" and base.backing_filename is None
-    lun = qcow2.parse_info(U("qemu_img_info_iscsi"))
-    assert lun.format == "iscsi" and lun.virtual_size == 1 << 30 and lun.actual_size is None
-
-
-def test_parse_progress():
-    assert qcow2.parse_progress(U("qemu_img_convert")) == 100.0
-    assert qcow2.parse_progress("    (0.00/100%)    (42.19/100%)") == 42.19
-    assert qcow2.parse_progress("") is None
 
 
 def test_builders_match_captured_commands():

@@ -6,7 +6,7 @@ import samples
 
 from imgstor.errors import AlreadyExists, NotFound, RemoteCommandError
 from imgstor.remote.drivers import tgt
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 U = samples.userspace
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
@@ -24,10 +24,9 @@ def test_show_two_targets():
     ctl, disk = t1.luns
     assert ctl.type == "controller" and ctl.backing_store_path is None
     assert disk == tgt.Lun(1, "disk", 1074, 512, "rdwr", "/mnt/tank/vm1-vol/disk.raw")
-    assert t1.acls == (INIT,) and t1.acl_names == (INIT,) and t1.acl_addresses == ()
+    assert t1.acls == (INIT,)
     assert t1.accounts == () and t1.nexuses == ()
-    assert t2.acl_addresses == ("127.0.0.1",)
-    assert t2.acl_names == ("iqn.1994-05.com.redhat:compute-0-1",)
+    assert t2.acls == ("127.0.0.1", "iqn.1994-05.com.redhat:compute-0-1")
     assert t2.accounts == ("chapuser",)
     assert t2.lun(1).size_mb == 67
 
@@ -103,14 +102,10 @@ def test_builders_exact_argv():
                                                     "--tid", "1", "-Q", INIT]
     assert tgt.delete_target(4) == base + ["--mode", "target", "--op", "delete", "--force",
                                            "--tid", "4"]
-    assert tgt.delete_lun(4) == base + ["--mode", "logicalunit", "--op", "delete", "--tid", "4",
-                                        "--lun", "1"]
     assert tgt.new_account("u", "p") == base + ["--mode", "account", "--op", "new", "--user",
                                                 "u", "--password", "p"]
     assert tgt.bind_account(2, "u") == base + ["--mode", "account", "--op", "bind", "--tid", "2",
                                                "--user", "u"]
-    assert tgt.delete_system(control_port=7) == base + ["-C", "7", "--mode", "system", "--op",
-                                                        "delete"]
 
 
 def test_builders_match_the_captured_commands():

@@ -13,7 +13,8 @@ from fake_lzc import FakeLzc
 
 from imgstor.errors import AlreadyExists, Conflict, NotFound, RemoteCommandError
 from imgstor.remote.drivers import _lzc, zfs
-from imgstor.remote.executor import DryRunExecutor, Expect, ScriptedExecutor
+from imgstor.remote.executor import DryRunExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 SNAP = "tank/v@imgstor-1"
 REAL_IMPORT = _lzc._import          # before the autouse fixture replaces it

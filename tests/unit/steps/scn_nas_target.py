@@ -49,7 +49,7 @@ def target(iqn: str = IQN1, path: str | None = PATH1, initiator: str = INIT0, **
 
 
 def facts(tid: int, iqn: str = IQN1) -> dict:
-    return {"iqn": iqn, "tid": tid, "lun": 1, "portal": PORTAL}
+    return {"iqn": iqn, "tid": tid, "lun": 1, "portal": ["127.0.0.1", 3261]}   # PORTAL as the wire carries it
 
 
 SHOW = cmd(TGT_SHOW, capture="tgt_show")

@@ -323,7 +323,7 @@ DESTROY_VOLUME = [
     dict(id="file/busy-for-ever", tags={"error"}, args=D_FILE,
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), cmd(TGT_SHOW, capture="tgt_show_empty"),
                  ALONE, cmd(UMOUNT)] + [BUSY] * 20,
-         raises=("Conflict", "dataset is busy"), sleeps=20),
+         raises=("Conflict", "dataset is busy"), sleeps=19),       # none after the last try
     dict(id="file/dependent-clone-no-retry", tags={"error"}, args=D_FILE,
          script=[cmd(ZGET_VOL, stdout=FILE_VOL_GET), cmd(TGT_SHOW, capture="tgt_show_empty"),
                  ALONE, cmd(UMOUNT),

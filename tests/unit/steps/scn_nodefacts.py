@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from scn_common import IQN1, ISCSIADM_SESSIONS, cmd, ia_session_line
 
-DM_INFO = ["dmsetup", "info", "-c", "--noheadings", "-o",
-           "name,major,minor,attr,open,segments,events,uuid"]
+DM_TABLE = ["dmsetup", "table"]
 ZLIST = ["zfs", "list", "-H", "-o", "name,imgstor:role,type", "-t", "filesystem,volume",
          "-r", "tank"]
 ZLIST_OUT = ("tank\t-\tfilesystem\n"
@@ -29,7 +28,8 @@ SCENARIOS = [
     dict(id="facts-dm-node", step="host.facts", tags=["read"],
          args={"pools": ["tank"], "initiator": "iscsiadm", "overlay": "dm"},
          script=[cmd(ISCSIADM_SESSIONS, stdout=ia_session_line(1, IQN1)),
-                 cmd(DM_INFO, stdout="vm1-vol-snap 253 0 L--w 0 1 0\nother 253 1 L--w 0 1 0\n"),
+                 cmd(DM_TABLE, stdout="vm1-vol-snap: 0 131072 snapshot 254:1 254:2 P 8\n"
+                                          "other: 0 2048 linear 8:16 0\n"),
                  cmd(ZLIST, stdout=ZLIST_OUT)],
          facts={"sessions": [{"iqn": IQN1, "address": "127.0.0.1", "port": 3261}],
                 "overlays": [{"vol": "vm1-vol", "driver": "dm"}],

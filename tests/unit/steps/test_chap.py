@@ -1,4 +1,5 @@
-"""CHAP per target (issue 4): the frontend credential store and the node steps.
+"""CHAP per target (issue 4): the node steps (the frontend's credential store:
+tests/unit/test_chap_store.py).
 
 Step cases run on a ScriptedExecutor like the scenario files (the argv are written out);
 every one of them also checks that the password never shows in the executor's log, its
@@ -6,7 +7,6 @@ every one of them also checks that the password never shows in the executor's lo
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import stat
 
@@ -29,73 +29,23 @@ from scn_common import (
 )
 
 from imgstor import chap as chapstore
-from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, StateError, UsageError
+from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, UsageError
 from imgstor.remote.drivers import lio, tgt
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from imgstor.remote.protocol import INITIATOR_NAME_FILE
 from imgstor.remote.steps import compute, lio_steps, nas
+from tests.scripted import Expect, FakeFS, ScriptedExecutor
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
 CHAP = {"user": USER, "password": PW}
 OLD = "imgstor-ffffffffffff"
 
 
-# ------------------------------------------------------------------ credential store
-def test_credentials_file_is_0600_in_0700_dirs_and_reused(tmp_path):
-    state = str(tmp_path / "state.json")
-    c1 = chapstore.ensure(state, "nas-0-0", "vm1-vol")
-    path = tmp_path / "chap" / "nas-0-0" / "vm1-vol.json"
-    assert path.exists()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
-    assert json.loads(path.read_text()) == c1.wire()
-    assert len(c1.password) == chapstore.PASSWORD_LEN and c1.password.isalnum()
-    assert chapstore.USER_RE.match(c1.user)
-    assert chapstore.ensure(state, "nas-0-0", "vm1-vol") == c1          # reused
-    assert chapstore.load(state, "nas-0-0", "vm1-vol") == c1
-    assert c1.password not in repr(c1) and c1.password not in str(c1)
-    c2 = chapstore.ensure(state, "nas-0-0", "vm2-vol")
-    assert c2.password != c1.password and c2.user != c1.user
-    assert not list(path.parent.glob("*.tmp-*"))
-    assert chapstore.remove(state, "nas-0-0", "vm1-vol") is True
-    assert chapstore.remove(state, "nas-0-0", "vm1-vol") is False
-    assert chapstore.load(state, "nas-0-0", "vm1-vol") is None
-
-
-def test_credentials_permissions_tightened_and_dry_run_keeps_nothing(tmp_path):
-    state = str(tmp_path / "state.json")
-    c = chapstore.ensure(state, "nas-0-0", "vm1-vol", write=False)
-    assert not (tmp_path / "chap").exists() and chapstore.PASSWORD_RE.match(c.password)
-    c = chapstore.ensure(state, "nas-0-0", "vm1-vol")
-    path = chapstore.path_for(state, "nas-0-0", "vm1-vol")
-    os.chmod(path, 0o644)
-    assert chapstore.ensure(state, "nas-0-0", "vm1-vol") == c
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-
-
-def test_malformed_credentials_file_is_an_error_without_its_content(tmp_path):
-    state = str(tmp_path / "state.json")
-    chapstore.ensure(state, "nas-0-0", "vm1-vol")
-    path = chapstore.path_for(state, "nas-0-0", "vm1-vol")
-    with open(path, "w") as f:
-        f.write('{"user": "x", "password": "s3cret with space"}')
-    with pytest.raises(StateError) as ei:
-        chapstore.load(state, "nas-0-0", "vm1-vol")
-    assert "s3cret" not in str(ei.value)
-
-
-def test_bad_names_refused_before_any_file(tmp_path):
-    with pytest.raises(UsageError):
-        chapstore.ensure(str(tmp_path / "s.json"), "../etc", "vm1-vol")
-    with pytest.raises(UsageError):
-        chapstore.ensure(str(tmp_path / "s.json"), "nas-0-0", "../../x")
-
-
 # ------------------------------------------------------------------ step helpers
 def run(fn, script, *, dry_run=False, **args):
     if fn is nas.ensure_target and args.get("driver") == "tgt":
         script = [PORTALS] + list(script)     # tgtd's portals are read first (M4)
-    ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run)
+    ex = ScriptedExecutor([Expect(**c) for c in script], dry_run=dry_run,
+                          fs=FakeFS(files={INITIATOR_NAME_FILE: f"InitiatorName={INIT0}\n"}))
     try:
         out = fn(ex, **args)
     except ImgstorError as e:
@@ -240,10 +190,14 @@ def test_parse_accounts():
 # ------------------------------------------------------------------ compute.attach
 @pytest.fixture
 def node(monkeypatch):
-    monkeypatch.setattr(compute, "read_initiator_name", lambda *a: INIT0)
     seen = {}
 
     class Rec(ScriptedExecutor):
+        def __post_init__(self) -> None:       # a node whose initiator name is INIT0
+            if self.fs is None:
+                self.fs = FakeFS(files={INITIATOR_NAME_FILE: f"InitiatorName={INIT0}\n"})
+            super().__post_init__()
+
         def _run(self, argv, *, input, timeout, env):
             seen.setdefault("env", []).append(env)
             return super()._run(argv, input=input, timeout=timeout, env=env)

@@ -14,9 +14,10 @@ import scn_copy
 
 from imgstor import errors
 from imgstor.remote import jobs
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from imgstor.remote.executor import HostFS
 from imgstor.remote.steps import copy as copy_steps
 from imgstor.remote.steps import load_all, synckeys
+from tests.scripted import Expect, ScriptedExecutor
 
 WRITE_STEPS = ("copy.start", "copy.cancel", "sync.install_key", "sync.authorize")
 READ_STEPS = ("copy.status",)
@@ -91,10 +92,11 @@ def test_scenario(sc: dict, tmp_path, monkeypatch) -> None:
         return jobs.status(name, base=base)
 
     sleeps: list[float] = []
-    monkeypatch.setattr(copy_steps.time, "sleep", sleeps.append)
     monkeypatch.setattr(copy_steps, "_launch", fake_launch)
     monkeypatch.setattr(copy_steps, "_cancel", fake_cancel)
-    ex = RecordingExecutor([Expect(**e) for e in sc["script"]], dry_run=sc.get("dry_run", False))
+    ex = RecordingExecutor([Expect(**e) for e in sc["script"]], dry_run=sc.get("dry_run", False),
+                           fs=HostFS())          # the scenario's files are real, in tmp_path
+    ex.fs.sleep = sleeps.append                      # type: ignore[method-assign]
     fn = load_all()[sc["step"]]
     try:
         if "raises" in sc:

@@ -7,8 +7,8 @@ import pytest
 
 from imgstor.errors import Conflict
 from imgstor.remote.drivers import lio
-from imgstor.remote.executor import Expect, ScriptedExecutor
 from imgstor.remote.steps import lio_steps
+from tests.scripted import Expect, ScriptedExecutor
 
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
 DEV = "/dev/zvol/tank/vm1-vol"

@@ -17,7 +17,7 @@ from scn_common import NAME, zfs_get
 
 from imgstor.errors import BusyError
 from imgstor.remote import locks, node
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from tests.scripted import Expect, ScriptedExecutor
 
 ROOT = Path(__file__).resolve().parents[3]
 VOLLOCK = "vol%tank%vm1-vol"

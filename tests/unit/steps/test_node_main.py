@@ -14,8 +14,10 @@ import pytest
 from scn_common import INIT0, IQN1, IQN2, NAME, NO_DATASET, TGT_SHOW, cmd, tgt_delete, zfs_get
 
 from imgstor.remote import node
-from imgstor.remote.executor import Expect, ScriptedExecutor
+from imgstor.remote.executor import HostFS
+from imgstor.remote.protocol import INITIATOR_NAME_FILE
 from imgstor.remote.steps import compute
+from tests.scripted import Expect, ScriptedExecutor
 
 SHOW = cmd(TGT_SHOW, capture="tgt_show")
 SHOW_TEXT = "tgtadm --lld iscsi --mode target --op show"
@@ -109,7 +111,7 @@ def test_bad_step_arguments_are_a_usage_error(run):
 def test_bug_in_a_step_keeps_traceback(run, monkeypatch):
     def broken(*a):
         raise ZeroDivisionError("boom")
-    monkeypatch.setattr(compute, "read_initiator_name", broken)
+    monkeypatch.setattr(compute, "require_initiator_name", broken)
     rc, out = run("compute.initiator", {"args": {}})
     assert rc == 70 and out["ok"] is False
     err = out["error"]
@@ -118,7 +120,8 @@ def test_bug_in_a_step_keeps_traceback(run, monkeypatch):
 
 
 def test_real_local_executor_for_a_step_that_runs_nothing(monkeypatch, capsys):
-    monkeypatch.setattr(compute, "read_initiator_name", lambda *a: INIT0)
+    monkeypatch.setattr(HostFS, "read_text", lambda self, p: f"InitiatorName={INIT0}\n"
+                        if p == INITIATOR_NAME_FILE else None)
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"args": {}}'))
     assert node.main(["node", "compute.initiator"]) == 0
     out = json.loads(capsys.readouterr().out)
