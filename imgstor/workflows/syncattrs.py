@@ -92,10 +92,9 @@ def fmt_rate(rate: int | None) -> str | None:
     return str(rate)
 
 
-def _shown(attr: str, value: int | None) -> str | None:
-    if value is None:
-        return None
-    return str(value) if attr == "frequency" else fmt_rate(value)
+def _shown(attr: str, value: int | None) -> int | str | None:
+    """Seconds as a number (frequency), a rate as the user writes it (10M)."""
+    return value if value is None or attr == "frequency" else fmt_rate(value)
 
 
 # ------------------------------------------------------------------ precedence
@@ -202,24 +201,22 @@ def remove_zvolattr(ctx, args: list[str], attr: str | None = None) -> str:
     (nas, vol), attr, _ = _split(args, attr, None, verb="remove", noun="zvolattr",
                                  n_names=2, want_value=False)
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
-    key = volume_key(nas, vol)
-    a = ctx.store.read().zvolattrs.get(key)
-    if a is None or getattr(a, attr) is None:
-        return f"{key}: {attr} was not set"
-    _set(ctx, "zvolattrs", key, attr, None)
-    msg = f"{key}: removed {attr}"
-    return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
+    return _remove(ctx, "zvolattrs", volume_key(nas, vol), attr)
 
 
 def remove_storageattr(ctx, args: list[str], attr: str | None = None) -> str:
     (nas,), attr, _ = _split(args, attr, None, verb="remove", noun="storageattr",
                              n_names=1, want_value=False)
-    nas = validate.host(nas, "NAS")
-    a = ctx.store.read().storageattrs.get(nas)
+    return _remove(ctx, "storageattrs", validate.host(nas, "NAS"), attr)
+
+
+def _remove(ctx, section: str, key: str, attr: str) -> str:
+    """Unset ATTR of KEY (a volume's key, or a NAS) in the store's SECTION."""
+    a = getattr(ctx.store.read(), section).get(key)
     if a is None or getattr(a, attr) is None:
-        return f"{nas}: {attr} was not set"
-    _set(ctx, "storageattrs", nas, attr, None)
-    msg = f"{nas}: removed {attr}"
+        return f"{key}: {attr} was not set"
+    _set(ctx, section, key, attr, None)
+    msg = f"{key}: removed {attr}"
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
@@ -268,7 +265,8 @@ def list_storageattr(ctx, nases: list[str] | None = None) -> Output:
     """The roll's columns NAS ATTR VALUE, plus SOURCE: each NAS's sync attributes and,
     where it sets none, what applies (downloadspeed: each node's sync_bwlimit)."""
     cfg = ctx.config
-    names = [_nas(ctx, n) for n in nases] if nases else [h.name for h in cfg.nas_hosts()]
+    names = ([_nas(ctx, n) for n in nases] if nases
+             else [h.name for h in cfg.hosts.values() if h.role == "nas"])
     st = ctx.store.read()
     rows = []
     for nas in names:
