@@ -107,17 +107,17 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str,
                       f"{len(datasets)} marked datasets, {len(sessions)} sessions")
 
 
-def _nbd_clients(sock: str) -> int:
+def _nbd_clients(ex: Executor, sock: str) -> int:
     """Connections accepted on unix socket SOCK: lines of /proc/net/unix (this network
-    namespace) in state 03 (connected) whose path is SOCK -- the server's side of each
-    connection carries the listener's path, the listener itself is state 01."""
+    namespace; read through ``ex.fs``) in state 03 (connected) whose path is SOCK -- the
+    server's side of each connection carries the listener's path, the listener itself is
+    state 01.  An unreadable /proc/net/unix counts none."""
     try:
-        with open("/proc/net/unix") as f:
-            lines = f.read().splitlines()[1:]
+        text = ex.fs.read_text("/proc/net/unix")
     except OSError:
         return 0
     n = 0
-    for ln in lines:
+    for ln in (text or "").splitlines()[1:]:
         parts = ln.split()
         if len(parts) >= 8 and parts[5] == "03" and parts[7] == sock:
             n += 1
@@ -129,15 +129,13 @@ def overlay_users(ex: Executor, driver: str, pool: str, vol: str) -> list[str]:
     copy is discarded); [] = nobody.  dm: holders and openers of /dev/mapper/VOL-snap
     (drivers/blockdev, as the unmap's check); qcow2: NBD clients connected to the
     daemon's export socket."""
-    import os
-
     from imgstor.remote.drivers import blockdev, qsd
     if driver == "qcow2":
         sock = qsd.paths(vol).nbd
-        n = _nbd_clients(sock)
+        n = _nbd_clients(ex, sock)
         return [f"{n} NBD client(s) connected to {sock} (a VM?)"] if n else []
     dev = f"/dev/mapper/{vol}-snap"
-    return blockdev.users(os.path.realpath(dev)) if os.path.exists(dev) else []
+    return blockdev.users(ex.fs.realpath(dev)) if ex.fs.exists(dev) else []
 
 
 @step("node.sync_facts", read_only=True)

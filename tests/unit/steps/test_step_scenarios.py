@@ -1,5 +1,5 @@
 """Node steps, driven by the scenario files scn_nas_volume.py, scn_nas_target.py,
-scn_compute.py, scn_overlay.py and scn_nas_snapshot.py.
+scn_compute.py, scn_overlay.py, scn_nas_snapshot.py, scn_nodefacts.py and scn_inventory.py.
 
 Each scenario runs one registered step on a ``ScriptedExecutor``: the step must run exactly
 the scripted commands, in order (``assert_done``), and its ``StepResult`` (or error) must be
@@ -34,6 +34,7 @@ import fake_lzc
 import fake_node
 import pytest
 import scn_compute
+import scn_inventory
 import scn_nas_snapshot
 import scn_nas_target
 import scn_nas_volume
@@ -42,8 +43,10 @@ import scn_overlay
 
 from imgstor import errors
 from imgstor.remote import protocol
+from imgstor.remote.drivers import blockdev
 from imgstor.remote.steps import (
     compute,
+    inventory,
     load_all,
     nas,
     nodefacts,
@@ -54,7 +57,8 @@ from imgstor.remote.steps import (
 from tests.scripted import Expect, FakeFS, ScriptedExecutor
 
 SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
-             + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS + scn_nodefacts.SCENARIOS)
+             + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS + scn_nodefacts.SCENARIOS
+             + scn_inventory.SCENARIOS)
 
 WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
                "nas.destroy_volume", "compute.attach", "compute.detach",
@@ -63,7 +67,8 @@ WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.r
                "nas.snapshot", "nas.destroy_snapshot", "nas.prune_snapshots",
                "nas.hold_base", "nas.release_base", "host.destroy_marked")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
-              "probe", "overlay.status", "host.facts")
+              "probe", "overlay.status", "host.facts",
+              "nas.inventory", "compute.inventory", "node.sync_facts")
 KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
               "facts_include", "message", "raises", "details", "mutating", "skipped",
               "sleeps", "note", "fs", "qmp", "qmp_mutating", "lzc_calls"}
@@ -107,7 +112,10 @@ class NodeEnv:
         self.users = dict(env.get("users", {}))
 
     def install(self, mp: pytest.MonkeyPatch) -> None:
-        mp.setattr(compute, "device_users", lambda dev: list(self.users.get(dev, [])))
+        def users(dev: str) -> list[str]:
+            return list(self.users.get(dev, []))
+        mp.setattr(compute, "device_users", users)
+        mp.setattr(blockdev, "users", users)       # inventory.overlay_users
         if self.node:
             mp.setenv("IMGSTOR_NODE", self.node)
         fake_lzc.install(mp, self.lzc)
@@ -209,7 +217,8 @@ def test_every_step_has_the_required_cases(step: str):
 
 
 def test_every_step_of_these_modules_has_scenarios():
-    mods = {m.__name__ for m in (nas, compute, probe, overlay, snapshot, nodefacts)}
+    mods = {m.__name__ for m in (nas, compute, probe, overlay, snapshot, nodefacts,
+                                 inventory)}
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods}
     assert mine == set(WRITE_STEPS + READ_STEPS)
 
