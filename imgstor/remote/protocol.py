@@ -233,6 +233,7 @@ class CopyFacts:
     state: str | None = None            # running | done | failed | cancelled | died | none
     phase: str | None = None
     snapshot: str | None = None
+    base: str | None = None             # the incremental's base (``auto`` resolved)
     bytes_done: int | None = None
     bytes_total: int | None = None
     total_exact: bool = True

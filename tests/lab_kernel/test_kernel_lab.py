@@ -19,7 +19,7 @@ def test_config_shape(kernel_lab: KernelLab) -> None:
     cfg = tomllib.loads(kernel_lab.config_path.read_text())
     assert cfg["ssh"]["known_hosts"] == str(kernel_lab.known_hosts)
     assert cfg["ssh"]["identity"] == str(kernel_lab.identity)
-    assert cfg["defaults"]["volume_kind"] == "zvol" and cfg["defaults"]["target"] == "lio"
+    assert cfg["defaults"]["volume_kind"] == "zvol" and cfg["defaults"]["target_driver"] == "lio"
     assert cfg["defaults"]["initiator"] == "iscsiadm" and cfg["defaults"]["overlay"] == "dm"
     assert {n: h["address"] for n, h in cfg["hosts"].items()} == kernel_lab.addresses
     assert [h["role"] for h in cfg["hosts"].values()].count("nas") >= 1

@@ -67,7 +67,6 @@ def test_ping_reports_pyzfs(kernel_lab) -> None:
 def test_volume_snapshot_and_destroy_through_libzfs_core(kernel_lab) -> None:
     from imgstor.config import load_config
     from imgstor.transport import Cluster
-    from imgstor.zipapp import node_app
     klab = kernel_lab
     vol = f"lzc-{uuid.uuid4().hex[:6]}"
     name, snapname = f"tank/{vol}", "imgstor-k1"
@@ -115,7 +114,7 @@ def test_volume_snapshot_and_destroy_through_libzfs_core(kernel_lab) -> None:
             assert klab.ssh(NAS, ["zfs", "destroy", snap]).returncode != 0
 
             # the driver itself on the guest: both backends, and lzc errors mapped
-            app = node_app().remote_path
+            app = c._app().remote_path      # the app this Cluster uploaded (its cache)
             out = json.loads(klab.out(NAS, ["python3", "-I", "-c", DRIVER_PROBE, app, snap,
                                             name]))
             assert out["backend"] == "lzc" and out["cli_backend"] == "cli"

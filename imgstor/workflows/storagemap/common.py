@@ -140,12 +140,13 @@ CLEAR_MAPPING: dict[str, None] = dict.fromkeys(
     ("host", "target", "mode", "initiator", "portal", "vm", "vm_container"))
 
 
-def mapping_props(*, host: str, target: str | None, mode: str, initiator: str, portal: str,
-                  vm: Any = None) -> dict[str, str | None]:
+def mapping_props(*, host: str, target: str | None, mode: str, initiator: str,
+                  portal: Portal | str, vm: Any = None) -> dict[str, str | None]:
     """The NAS volume's mapping properties (None clears one: a sync volume's target after
-    its pivot).  ``vm``: the store's VM whose disk this is, if any."""
+    its pivot).  ``vm``: the store's VM whose disk this is, if any.  A property is text:
+    the portal as the records keep it, ``ADDR:PORT``."""
     return {"host": host, "target": target, "mode": mode, "initiator": initiator,
-            "portal": portal, "vm": vm.name if vm else None,
+            "portal": str(Portal.parse(portal)), "vm": vm.name if vm else None,
             "vm_container": vm.container if vm else None}
 
 
