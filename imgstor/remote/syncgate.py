@@ -374,6 +374,8 @@ def receive(ds: str, *, sender: str | None, resumable: bool, zstd: bool, increme
     try:
         rec = _read_exact(src, RECORD)
         begin = parse_begin(rec)
+        if begin["header"] != SUBSTREAM:
+            check_begin(begin, {})                  # says why: a compound stream
         key = expect_name(sender, begin["fromguid"], begin["toguid"])
         exp = expectations(ds, sender).get(key)
         if exp is None:
@@ -424,6 +426,11 @@ def receive(ds: str, *, sender: str | None, resumable: bool, zstd: bool, increme
         if rc:
             print(f"{NAME}: {shlex.join(argv)} exited {rc}", file=sys.stderr)
     rc = next((rc for rc in rcs if rc), 0)
+    if rc == 0 and exp.get("type") == "filesystem" and \
+            zfs("get", "-H", "-o", "value", "mounted", ds).stdout.strip() == "no":
+        # receive -u (OpenZFS), or a receive that ended before its mount (zfs-fuse): the
+        # dataset mounts where its parent says (no property came with the stream)
+        zfs("mount", ds)
     if rc == 0:                      # the sender verifies from this, no second connection
         st = state(ds)
         if begin["toguid"] in st["snapshots"].values():   # done: the expectation goes

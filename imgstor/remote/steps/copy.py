@@ -63,6 +63,11 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
             raise UsageError(f"base {base} is not a snapshot of {snapshot.split('@')[0]}")
     if rollback and not base:
         raise UsageError("rollback needs base (it is for incremental streams only)")
+    if intermediate:
+        # zfs send -I writes a compound stream (seen on zfs-fuse and OpenZFS), which the
+        # sync gate refuses (it may carry properties): one incremental, -i, instead
+        raise UsageError("intermediate (zfs send -I) sends a compound stream, which the "
+                         "sync gate refuses; send one incremental (-i) from the base")
     if compress not in ("", "zstd"):
         raise UsageError(f"bad compress {compress!r}: \"\" or \"zstd\"")
     peer = _peer(to_address, to_alias, to_dataset, port, user)
