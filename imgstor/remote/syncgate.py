@@ -33,7 +33,10 @@ still match; it is removed when the receive completes, or expires.  On OpenZFS t
 also runs with ``-u`` and ``-x`` for what mounts, shares, execs or marks (zfs-fuse's
 receive has only ``-vnF -d``: the header check is what protects it).
 
-The rest of the stream is relayed by ``os.splice`` (the bytes stay in the kernel).
+No byte of the stream passes through the gate: the first record is read with ``tee(2)``
+(copied, not consumed, from the pipe sshd or zstd gives), and ``zfs receive`` then reads
+that pipe itself.  Where stdin is not a pipe the gate reads the record and relays the rest
+with ``os.splice`` (kernel-side).
 
 Never ``receive -F`` (audit L15): a full stream is refused when DATASET exists and is not a
 partial (resumable) receive, an incremental one needs DATASET to exist.  An incremental
@@ -131,6 +134,48 @@ def parse_begin(rec: bytes) -> dict:
             "flags": flags, "toguid": str(toguid), "fromguid": str(fromguid),
             "payload": payload,
             "toname": rec[56:RECORD].split(b"\0", 1)[0].decode("ascii", "replace")}
+
+
+def peek(fd: int, n: int, *, timeout: float = 120.0) -> bytes | None:
+    """The first N bytes waiting in pipe FD, left in it: ``tee(2)`` copies them into a pipe
+    of ours without consuming, so ``zfs receive`` then reads FD itself and no byte of the
+    stream passes through this process.  None when FD is not a pipe (``tee`` says EINVAL)
+    or libc has no ``tee``: the caller reads and relays instead.  Refused when the stream
+    ends (or stalls for TIMEOUT) before N bytes."""
+    import ctypes
+    import errno
+    import select
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        tee = libc.tee
+    except (OSError, AttributeError):
+        return None
+    tee.restype = ctypes.c_ssize_t
+    tee.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
+    r, w = os.pipe()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            got = tee(fd, w, n, 0)               # blocks until FD holds something
+            if got < 0:
+                if ctypes.get_errno() == errno.EINTR:
+                    continue
+                return None                       # not a pipe
+            if got >= n:
+                return _read_exact(r, n)
+            if got:
+                os.read(r, got)                   # ours to drop; FD keeps them
+            ev = select.poll()
+            ev.register(fd, select.POLLHUP)
+            if got == 0 or any(e & select.POLLHUP for _, e in ev.poll(0)):
+                raise Refused(f"the stream ended after {got} bytes, before its first "
+                              "record")
+            if time.monotonic() > deadline:
+                raise Refused("the stream stalled before its first record")
+            time.sleep(0.01)                      # the rest of the record is on its way
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -372,7 +417,11 @@ def receive(ds: str, *, sender: str | None, resumable: bool, zstd: bool, increme
         src = os.dup(dec.stdout.fileno())      # ours to close: EOF flows when we do
         dec.stdout.close()
     try:
-        rec = _read_exact(src, RECORD)
+        rec = peek(src, RECORD)
+        relay = rec is None                    # not a pipe: read it, relay the rest
+        if relay:
+            rec = _read_exact(src, RECORD)
+        assert rec is not None
         begin = parse_begin(rec)
         if begin["header"] != SUBSTREAM:
             check_begin(begin, {})                  # says why: a compound stream
@@ -397,24 +446,31 @@ def receive(ds: str, *, sender: str | None, resumable: bool, zstd: bool, increme
             if r.returncode:
                 raise RuntimeError(f"zfs rollback {ds}@{rollback}: {r.stderr.strip()}")
         recv = receive_argv(ds, exp, resumable=resumable, openzfs=openzfs)
-        rpipe, wpipe = os.pipe()
-        _bigger_pipe(wpipe)
         # zfs receive prints nothing on stdout; stderr (its errors) goes back to the sender
-        procs.append(subprocess.Popen(recv, stdin=rpipe, stdout=subprocess.DEVNULL,
-                                      pass_fds=(fd,)))
-        names.append(recv)
-        os.close(rpipe)
-        try:
-            view = memoryview(rec)
-            while view:
-                view = view[os.write(wpipe, view):]
-            splice_all(src, wpipe)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            os.close(wpipe)
+        if not relay:              # the checked record is still first in SRC: it reads SRC
+            procs.append(subprocess.Popen(recv, stdin=src, stdout=subprocess.DEVNULL,
+                                          pass_fds=(fd,)))
+            names.append(recv)
             if src != 0:
                 os.close(src)
+        else:
+            rpipe, wpipe = os.pipe()
+            _bigger_pipe(wpipe)
+            procs.append(subprocess.Popen(recv, stdin=rpipe, stdout=subprocess.DEVNULL,
+                                          pass_fds=(fd,)))
+            names.append(recv)
+            os.close(rpipe)
+            try:
+                view = memoryview(rec)
+                while view:
+                    view = view[os.write(wpipe, view):]
+                splice_all(src, wpipe)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                os.close(wpipe)
+                if src != 0:
+                    os.close(src)
     except BaseException:
         for p in procs:
             if p.poll() is None:

@@ -8,6 +8,7 @@ import json
 import os
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -101,10 +102,16 @@ def _receive(gate: Path, monkeypatch, stream: bytes, **kw) -> tuple[int, Path]:
             return subprocess.CompletedProcess(args, 1 if not out.exists() else 0, "", "")
         return subprocess.CompletedProcess(args, 1, "", "invalid property")
     monkeypatch.setattr(syncgate, "zfs", fake_zfs)
-    src = gate / "stream"
-    src.write_bytes(stream)
     saved = os.dup(0)
-    fd = os.open(src, os.O_RDONLY)
+    writer = None
+    if kw.pop("pipe", False):                  # as sshd gives it: the gate tees the head
+        fd, w = os.pipe()
+        writer = threading.Thread(target=_feed, args=(w, stream), daemon=True)
+        writer.start()
+    else:                                      # a file: the gate reads and relays
+        src = gate / "stream"
+        src.write_bytes(stream)
+        fd = os.open(src, os.O_RDONLY)
     os.dup2(fd, 0)
     try:
         rc = syncgate.receive("tank/v", sender="nas-0-0", resumable=False, zstd=False,
@@ -113,14 +120,28 @@ def _receive(gate: Path, monkeypatch, stream: bytes, **kw) -> tuple[int, Path]:
         os.dup2(saved, 0)
         os.close(saved)
         os.close(fd)
+        if writer is not None:
+            writer.join(10)
     return rc, out
 
 
+def _feed(w: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(w, view[:65536]):]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("pipe", [True, False])
 def test_an_announced_stream_goes_through_whole_and_its_expectation_goes(
-        gate, monkeypatch, capsys) -> None:
+        gate, monkeypatch, capsys, pipe) -> None:
     announce()
     stream = head("fs_full") + os.urandom(3 << 20)
-    rc, out = _receive(gate, monkeypatch, stream)
+    rc, out = _receive(gate, monkeypatch, stream, pipe=pipe)
     assert rc == 0
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(stream).digest()
     assert json.loads(capsys.readouterr().out)["snapshots"] == {"a": "12828954798317565750"}
@@ -136,9 +157,26 @@ def test_a_refused_stream_never_reaches_zfs_receive(gate, monkeypatch, name, ann
                                                      match) -> None:
     if announced:
         announce()
-    with pytest.raises(syncgate.Refused, match=match):
-        _receive(gate, monkeypatch, head(name) + b"\0" * 4096)
-    assert not (gate / "received").exists()
+    for pipe in (True, False):
+        # the gate's lock lives as long as its process: a new lock dir for the second try
+        monkeypatch.setattr(syncgate, "LOCK_DIR", str(gate / f"recv-{pipe}"))
+        with pytest.raises(syncgate.Refused, match=match):
+            _receive(gate, monkeypatch, head(name) + b"\0" * 4096, pipe=pipe)
+        assert not (gate / "received").exists()
+
+
+def test_peek_leaves_the_head_in_the_pipe_and_sees_a_short_stream() -> None:
+    r, w = os.pipe()
+    os.write(w, b"x" * 400)
+    assert syncgate.peek(r, 312) == b"x" * 312
+    assert os.read(r, 1000) == b"x" * 400                  # nothing consumed
+    os.write(w, b"y" * 100)
+    os.close(w)
+    with pytest.raises(syncgate.Refused, match="ended after 100 bytes"):
+        syncgate.peek(r, 312)
+    os.close(r)
+    with open(__file__, "rb") as f:                         # not a pipe: the caller reads
+        assert syncgate.peek(f.fileno(), 312) is None
 
 
 def test_receive_argv_on_openzfs_excludes_what_mounts_shares_execs_or_marks() -> None:
