@@ -17,10 +17,29 @@ import pytest
 from imgstor.remote import syncgate
 
 STREAMS = Path(__file__).resolve().parents[1] / "fixtures" / "userspace" / "streams"
+KSTREAMS = Path(__file__).resolve().parents[1] / "fixtures" / "kernel" / "streams"
 
 
-def head(name: str) -> bytes:
-    return (STREAMS / f"{name}.head").read_bytes()
+def head(name: str, where: Path = STREAMS) -> bytes:
+    return (where / f"{name}.head").read_bytes()
+
+
+def test_begin_of_openzfs_streams() -> None:
+    """OpenZFS 2.1 (kernel lab, ``zfs send … | head -c 1024``): a zvol is DMU_OST_ZVOL,
+    a filesystem DMU_OST_ZFS; -p and -I are compound."""
+    full = syncgate.parse_begin(head("zvol_full", KSTREAMS))
+    assert (full["header"], full["type"], full["fromguid"]) == (syncgate.SUBSTREAM, 3, "0")
+    syncgate.check_begin(full, {"type": "volume"})
+    incr = syncgate.parse_begin(head("zvol_incr", KSTREAMS))
+    assert incr["fromguid"] == full["toguid"] and incr["type"] == 3
+    fs = syncgate.parse_begin(head("fs_full", KSTREAMS))
+    with pytest.raises(syncgate.Refused, match="of a filesystem, tank/v is expected to be a "
+                                               "volume"):
+        syncgate.check_begin(fs, {"type": "volume", "dataset": "tank/v"})
+    for compound in ("zvol_props", "zvol_interm"):
+        b = syncgate.parse_begin(head(compound, KSTREAMS))
+        with pytest.raises(syncgate.Refused, match="compound stream"):
+            syncgate.check_begin(b, {"type": "volume"})
 
 
 def test_begin_of_real_streams() -> None:
