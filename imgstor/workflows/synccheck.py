@@ -4,8 +4,9 @@ authorized_keys lines and installed sync gate (``sync.audit``, read-only).
 - ``sync-key`` stale: a line for a sender no job needs now (no sync-in copy from that NAS
   to that node, no sync volume of that node on that NAS): repair revokes it
   (``sync.revoke``); the next copy's trust step makes it again when needed.
-- ``sync-key`` foreign: a line carrying imgstor's tag for a host not in the config, or not
-  restricted to the gate: left (imgstor did not write it; remove it by hand).
+- ``sync-key`` of a host no longer in the config (removed): repair revokes it too.
+- ``sync-key`` foreign: a line carrying imgstor's tag that is not restricted to the gate:
+  left (imgstor did not write it; remove it by hand).
 - ``sync-gate``: an installed gate older than the running code: left, the next trust step
   replaces it (``sync.authorize``).
 """
@@ -51,11 +52,16 @@ def findings(ctx: Any, st: Any, hosts: list[str]) -> list[reconcile.Finding]:
         for ln in f.get("lines") or ():
             sender = ln.get("sender")
             subject = f"{host}:authorized_keys:{ln.get('line')}"
-            if sender not in ctx.config.hosts or not ln.get("restricted"):
+            if not ln.get("restricted"):
                 out.append(reconcile.Finding(
-                    "sync-key", subject, f"a line tagged imgstor-sync:{sender} that "
-                    f"imgstor did not write ({'unknown host' if sender not in ctx.config.hosts else 'not restricted to the gate'})",
+                    "sync-key", subject, f"a line tagged imgstor-sync:{sender} that imgstor "
+                    "did not write (not restricted to the sync gate)",
                     left="remove it by hand after checking whose key it is"))
+            elif sender not in ctx.config.hosts:      # a host removed from the config
+                out.append(reconcile.Finding(
+                    "sync-key", subject, f"{sender}'s sync key is let in and {sender} is "
+                    "no longer in the config",
+                    actions=(reconcile.Action(host, "sync.revoke", {"sender": sender}),)))
             elif not needed(st, ctx.config, sender, host):
                 out.append(reconcile.Finding(
                     "sync-key", subject, f"{sender}'s sync key is let in and no job needs it",

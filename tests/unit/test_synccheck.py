@@ -38,7 +38,7 @@ def test_findings_stale_foreign_and_old_gate() -> None:
         "nas-0-0": {"lines": [
             {"line": 3, "sender": "compute-0-0", "restricted": True},     # needed: pulls
             {"line": 4, "sender": "compute-0-1", "restricted": True},     # stale
-            {"line": 5, "sender": "evil-host", "restricted": True},       # unknown host
+            {"line": 5, "sender": "compute-0-9", "restricted": True},     # removed host
             {"line": 6, "sender": "compute-0-0", "restricted": False}],   # not the gate
             "gate": "/var/lib/imgstor/sync-gate.py", "gate_current": False},
         "compute-0-0": {"lines": [], "gate": None, "gate_current": False},
@@ -61,7 +61,8 @@ def test_findings_stale_foreign_and_old_gate() -> None:
     stale = by["nas-0-0:authorized_keys:4"]
     assert [(a.host, a.step, a.args) for a in stale.actions] == \
         [("nas-0-0", "sync.revoke", {"sender": "compute-0-1"})]
-    assert not by["nas-0-0:authorized_keys:5"].actions and "unknown host" in \
-        by["nas-0-0:authorized_keys:5"].why
+    gone = by["nas-0-0:authorized_keys:5"]                  # a host removed from the config
+    assert "no longer in the config" in gone.why and gone.actions[0].step == "sync.revoke"
     assert "not restricted" in by["nas-0-0:authorized_keys:6"].why
+    assert not by["nas-0-0:authorized_keys:6"].actions
     assert by["nas-0-0:/var/lib/imgstor/sync-gate.py"].what == "sync-gate"
