@@ -147,7 +147,7 @@ def test_receiver_killed_mid_stream_then_restart_converges(lab: Lab, env: Cluste
     ds = "tank/cp2"
     lab.destroy(NODE, ds)
     sha = _dataset(lab, NAS, ds, mib=48)
-    _start(env, ds, bwlimit=8 * MiB)
+    _start(env, ds, bwlimit=4 * MiB)          # 12 s: the kill lands mid-stream on a busy box
     st = _wait_bytes(env, ds, 8 * MiB)
     assert st["state"] == "running", st
     lock = "/run/imgstor/recv/" + ds.replace("/", "%") + ".lock"
@@ -170,9 +170,10 @@ def test_second_start_while_running_starts_no_second_receive(lab: Lab, env: Clus
     ds = "tank/cp3"
     lab.destroy(NODE, ds)
     sha = _dataset(lab, NAS, ds)
-    first = _start(env, ds, bwlimit=8 * MiB)
+    # 16 s: the second start (announcement and start step) comes while the first runs
+    first = _start(env, ds, bwlimit=2 * MiB)
     _wait_bytes(env, ds, 1 * MiB)
-    second = _start(env, ds, bwlimit=8 * MiB)
+    second = _start(env, ds, bwlimit=2 * MiB)
     assert second.changed is False and second.facts["started"] is False
     assert second.facts["state"] == "running" and second.facts["pid"] == first.facts["pid"]
     assert _receives(lab, ds) == 1
