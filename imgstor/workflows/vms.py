@@ -140,7 +140,8 @@ def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) ->
     return Output(rows, cols, json_extra=_JSON_EXTRA if machines else [])
 
 
-_JSON_EXTRA = ["mac", "boot", "runner", "guest_host", "guest_since", "guest_error"]
+_JSON_EXTRA = ["mac", "boot", "runner", "guest_host", "guest_pid", "guest_since",
+               "guest_error"]
 
 
 def _machine_cols(row: dict, v: Vm, host) -> None:
@@ -150,6 +151,7 @@ def _machine_cols(row: dict, v: Vm, host) -> None:
                boot=("kernel" if m.kernel else "disk") if m else None,
                runner=host.vm_runner if host is not None else None,
                guest=g.state if g else None, guest_host=g.host if g else None,
+               guest_pid=g.pid if g else None,
                guest_since=g.since if g else None, guest_error=g.error if g else None)
 
 
