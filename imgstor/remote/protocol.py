@@ -331,7 +331,8 @@ class GuestSpec:
             if getattr(g, k):
                 check_path(getattr(g, k), k)
         if (g.initrd or g.append) and not g.kernel:
-            raise _bad("initrd", g.initrd or g.append, "initrd= and append= need kernel=")
+            raise UsageError("initrd= and append= need kernel= (direct boot); without a "
+                             "kernel the firmware boots the disk", field="kernel")
         check_append(g.append)
         check_network(g.network)
         if g.accel not in VM_ACCELS:
