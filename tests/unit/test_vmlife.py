@@ -254,3 +254,33 @@ def test_stop_timeout_must_not_be_negative(ctx):
     with pytest.raises(UsageError):
         vmctl.stop_vm(ctx, "g1", timeout=-1)
     assert os.path.exists(ctx.store.path)
+
+
+def test_qemu_argv_firmware_boot_network_and_disks():
+    from imgstor.remote.protocol import GuestDisk
+    from imgstor.remote.vmrunners.qemu import disk_blockdev, qemu_argv
+    spec = GuestSpec.parse({"mem": 2048, "cpus": 4, "mac": "52:54:00:00:00:09",
+                            "network": "bridge:br0", "accel": "kvm:tcg"})
+    dev = disk_blockdev(GuestDisk("/dev/mapper/g1-vol-snap"), None)
+    assert dev["file"] == {"driver": "host_device", "node-name": "disk0-file",
+                           "filename": "/dev/mapper/g1-vol-snap"}
+    argv = qemu_argv("g1", spec, dev, "/run/imgstor/vm/g1")
+    assert "-kernel" not in argv and argv[argv.index("-m") + 1] == "2048"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-accel"] == ["kvm", "tcg"]
+    assert "virtio-blk-pci,drive=disk0,bootindex=1" in argv         # the firmware boots it
+    assert argv[-4:] == ["-netdev", "bridge,id=net0,br=br0", "-device",
+                         "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:09"]
+    for bad in ("/tmp/disk.raw", "iscsi://1.2.3.4/iqn.x/1", "/dev/../etc/passwd",
+                "nbd+unix:///v?socket=/tmp/x.sock"):
+        with pytest.raises(UsageError, match="cannot open disk"):
+            disk_blockdev(GuestDisk(bad), None)
+
+
+def test_rocks_forwards_the_vm_commands(imgstor):
+    from imgstor import cli
+    imgstor("add", "host", "vm", "compute-0-0", "name=g1")
+    r = imgstor("move", "host", "vm", "g1", "compute-0-1", main=cli.rocks_main)
+    assert r.rc == 0 and "moved VM g1" in r.out, r
+    r = imgstor("set", "host", "vm", "g1", "cpus=2", main=cli.rocks_main)
+    assert r.rc == 0 and "cpus=2" in r.out, r
+    assert imgstor("stop", "host", "vm", "nope", main=cli.rocks_main).rc == 6
