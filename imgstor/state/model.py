@@ -81,6 +81,14 @@ def _from(cls: type, d: Any, what: str) -> dict:
     return d
 
 
+def _make(cls: Any, d: Any, what: str) -> Any:
+    """``cls(**d)`` checked against its fields, any mismatch a StateError."""
+    try:
+        return cls(**_from(cls, d, what))
+    except TypeError as e:
+        raise _err(what, str(e)) from None
+
+
 @dataclass
 class Busy:
     """A volume's busy marker: which process works on it, since when."""
@@ -197,10 +205,7 @@ class Machine:
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "") -> "Machine":
-        try:
-            m = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        m = _make(cls, d, what)
         if not (_is_int(m.mem) and _is_int(m.cpus)) or not all(
                 isinstance(getattr(m, k), str)
                 for k in ("mac", "kernel", "initrd", "append", "network", "hook")):
@@ -232,10 +237,7 @@ class GuestRun:
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "") -> "GuestRun":
-        try:
-            g = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        g = _make(cls, d, what)
         if g.state not in GUEST_STATES:
             raise _err(what, f"unknown guest state {g.state!r}")
         return g
