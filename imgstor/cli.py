@@ -456,7 +456,7 @@ def entry() -> int:
 ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",),
                ("zvolattr",), ("storageattr",))
 ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
-              "rocks start|stop host vm ..., rocks set|list|remove host attr with "
+              "rocks start|stop|move host vm ..., rocks set|list|remove host attr with "
               "img_sync, vm_container_zpool, img_zpools, IB_net, rocks set|list|remove "
               "host zvolattr|storageattr with frequency, uploadspeed, downloadspeed")
 

@@ -98,7 +98,7 @@ def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
     vol = ctx.store.read().vm_volume(v)
     mode = vol.mode if vol is not None and vol.mode else ("sync" if hc.img_sync else "direct")
     if run.runs_guest:
-        spec = _spec(ctx, v, hc, save=False)          # a bad definition: before the hook
+        _spec(ctx, v, hc, save=False)                 # a bad definition: before the hook
     _hook(ctx, v, hc, "pre-start", run.name, vol.device if vol else None, mode)
     line = _one_line(map_volume(ctx, v.nas, v.zpool, f"{v.name}-vol", v.container,
                                 size or DEFAULT_DISK_SIZE, wait=wait,
