@@ -226,6 +226,9 @@ def test_guest_ignoring_powerdown(lab: Lab, guest: dict, runners) -> None:
         assert vm_row(lab, vm)["guest"] == "running"
         assert "labguest: powerdown" not in console(lab, DIRECT, vm)
         assert wrote(lab, DIRECT, vm) >= 4
+        rows = json.loads(cli(lab, "refresh", "--json").stdout)     # what list host vm shows
+        mine = [r for r in rows if r["what"] == "guest" and r["volume"] == vm]
+        assert len(mine) == 1 and mine[0]["action"].startswith("running (pid "), rows
         out = cli(lab, "stop", "host", "vm", vm, "--force", "--timeout", "2").stdout
         assert f"guest {vm} stopped hard on {DIRECT}" in out, out
         cpu.done("deaf guest")
@@ -251,7 +254,7 @@ def test_guest_ignoring_powerdown(lab: Lab, guest: dict, runners) -> None:
         cleanup(lab, vm)
 
 
-def test_failing_pre_start_hook_maps_nothing(lab: Lab, guest: dict, runners) -> None:
+def test_failing_hook_maps_nothing_failing_guest_keeps_the_disk(lab: Lab, guest: dict, runners) -> None:
     hook = Path(f"/var/tmp/vmlife-nohook-{uuid.uuid4().hex[:6]}")
     hook.write_text("#!/bin/sh\n[ \"$2\" = pre-start ] && { echo 'maintenance window' >&2; "
                     "exit 3; }\nexit 0\n")
@@ -266,6 +269,18 @@ def test_failing_pre_start_hook_maps_nothing(lab: Lab, guest: dict, runners) -> 
         assert f"{vm}-vol" not in lab.out(NAS, "zfs list -H -o name")
         assert vm_row(lab, vm)["guest"] is None
         assert lab.ssh(DIRECT, f"test -e /run/imgstor/vm/{vm}", check=False).returncode != 0
+        # a guest qemu cannot start: the error says why, the disk stays mapped
+        cli(lab, "set", "host", "vm", vm, "hook=", "kernel=/var/tmp/no-such-vmlinux")
+        p = cli(lab, "start", "host", "vm", vm, "size=64M", check=False)
+        assert p.returncode == 13, (p.stdout, p.stderr)
+        assert "its guest did not start on" in p.stderr and "no-such-vmlinux" in p.stderr
+        assert "its disk stays mapped" in p.stderr, p.stderr
+        assert maps(lab)[f"{vm}-vol"]["state"] == "mapped"
+        assert vm_row(lab, vm)["guest"] == "failed"
+        out = cli(lab, "stop", "host", "vm", vm).stdout
+        assert maps(lab)[f"{vm}-vol"]["state"] == "unmapped", out
     finally:
+        cli(lab, "stop", "host", "vm", vm, "--force", "--timeout", "0", check=False)
         cli(lab, "remove", "host", "vm", vm, check=False)
+        cli(lab, "remove", "host", "storageimg", NAS, "tank", f"{vm}-vol", check=False)
         hook.unlink(missing_ok=True)
