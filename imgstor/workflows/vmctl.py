@@ -108,7 +108,7 @@ def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
     if run.runs_guest and not ctx.dry_run and vol is not None:
         spec = _spec(ctx, v, hc, save=True)           # its MAC, given once
         line += "; " + _boot(ctx, v, hc, run, spec, vol)
-    elif run.runs_guest:
+    elif run.runs_guest and ctx.dry_run:
         line += f"; dry run: would start its guest on {v.container} ({run.name})"
     problem = _hook(ctx, v, hc, "post-start", run.name, device, vol.mode if vol else mode)
     return line + (f"\nwarning: {problem}" if problem else "")
