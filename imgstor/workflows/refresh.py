@@ -20,7 +20,10 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    NAS (tgtd restarted, a NAS rebooted), whose iSCSI session or sync overlay is missing on
    its node (a node rebooted, a killed qemu-storage-daemon) gets it back; a sync overlay
    is rebuilt over its temp-write store (before the pivot) or its local copy (after).
-5. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+5. The guests of VM runners (issue 27; imgstor/workflows/guests.py): each node with a
+   guest recorded running is asked (read-only ``vm.list``) which still run; one gone is
+   recorded ``exited`` -- what ``list host vm`` shows as GUEST.
+6. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
 
 It prints one row per thing it found and what it did (``--json``: the same rows).
 """
@@ -93,6 +96,8 @@ def _refresh(ctx) -> list[dict]:
     rows += _restore(ctx)
     # 3. periodic pulls
     rows += _pulls(ctx)
+    # 4. the guests of VM runners: which still run (list host vm's GUEST)
+    rows += _guests(ctx)
     hosts = probing.wait()
     probe.record(ctx, hosts)
     rows = probe.rows(hosts) + rows
@@ -108,6 +113,15 @@ def _restore(ctx) -> list[dict]:
     from imgstor.workflows.check import restore
     return [{"what": r["what"], "volume": r["subject"], "job": None,
              "action": f"{r['found']}: {r['action']}"} for r in restore(ctx)]
+
+
+def _guests(ctx) -> list[dict]:
+    from imgstor.workflows.guests import observe
+    try:
+        return observe(ctx)
+    except ImgstorError as e:
+        return [{"what": "guest", "volume": None, "job": None,
+                 "action": f"not observed: {e.message.splitlines()[0]}"}]
 
 
 def _pulls(ctx) -> list[dict]:
