@@ -22,7 +22,8 @@ from imgstor.state.model import Job, Volume
 
 __all__ = ["Action", "Finding", "FRONTEND", "wants_target", "target_plan", "nas_plan",
            "store_plan", "imgstor_iqn_prefix", "restore_plan", "node_plan",
-           "nas_volume_plan", "on_host", "ORIGIN_FROM_ATTACH", "ORIGIN_LOCAL"]
+           "nas_volume_plan", "on_host", "ORIGIN_FROM_ATTACH", "ORIGIN_LOCAL", "sync_view",
+           "restore_finding"]
 
 FRONTEND = "frontend"          # Action.host of the store's own repairs (no remote step)
 
@@ -38,11 +39,13 @@ class Action:
 def wants_target(v: Volume) -> bool:
     if v.state in ("NAS->VM", "merging"):
         return True
+    if v.state == "NAS<-VM":
+        return v.mode == "sync" and bool(v.target)  # a cancel merges into it (sync back: none)
     if v.state == "mapped":
         return v.mode != "sync" or bool(v.target)
     if v.state == "unmapped":
         return bool(v.host and v.extra.get("intent"))     # an interrupted map's target
-    return False                                         # NAS<-VM, error: leave it
+    return False                                         # error: leave it
 
 
 @dataclass(frozen=True)
@@ -172,16 +175,42 @@ def on_host(v: Volume, host: str) -> bool:
     return v.host == host and (v.state != "unmapped" or bool(v.extra.get("intent")))
 
 
-def restore_plan(v: Volume, facts: dict, *, kind: str, driver: str, pool: str,
-                 volume_kind: str) -> list[Action]:
-    """What node v.host lost of mapped volume v (a reboot, a killed daemon): its iSCSI
-    session (iscsiadm: ``compute.attach``), its sync overlay (before the pivot:
-    ``compute.attach`` for the origin, then ``overlay.create`` over it -- the temp-write
-    store that holds the VM's writes is reused; a dm overlay caught ``merging`` is made over
-    the local copy, into which part of its writes have merged already; after the pivot:
-    ``overlay.restore_local``).  Empty: nothing missing."""
-    if v.state not in ("mapped", "NAS->VM", "merging") or not v.host:
-        return []
+def sync_view(facts: dict, pool: str, vol: str) -> dict[str, bool]:
+    """What a node's ``host.facts`` say of sync volume VOL -- the node decides which overlay
+    to rebuild, never the store alone, which lags it (audit H1).  ``temp_write``: the
+    store of the VM's unmerged writes is there (qcow2: with its overlay file, which the
+    pivot unlinks once the merge target holds every write; dm: the COW zvol, destroyed
+    by the pivot); ``local``: a complete local copy (imgstor's mark set on the node, which
+    the copy phase sets once the copy is there, and an ``@imgstor-…`` snapshot of it)."""
+    ds = {d["name"]: d for d in facts.get("datasets") or []}
+    tw = ds.get(f"{pool}/{vol}-temp-write")
+    lc = ds.get(f"{pool}/{vol}")
+    return {"temp_write": bool(tw and tw.get("role") == "temp-write"
+                               and tw.get("overlay_file") is not False),
+            "local": bool(lc and lc.get("role") == "local-copy"
+                          and (lc.get("snapshots") or 0) > 0)}
+
+
+def restore_finding(v: Volume, facts: dict, *, kind: str, driver: str, pool: str,
+                    volume_kind: str) -> tuple[list[Action], str | None]:
+    """What node v.host lost of mapped volume v (a reboot, a killed daemon) and the steps
+    that put it back, or why it cannot be: (actions, left).
+
+    Direct: its iSCSI session (iscsiadm: ``compute.attach``).  Sync, chosen from the
+    node's facts (``sync_view``; audit H1):
+    - the temp-write is there: ``overlay.create`` over it (``existing``: never a fresh
+      one) -- dm with a complete local copy over the *local copy* (merged chunks leave
+      the COW for it, and before a merge it equals the origin), otherwise over the origin
+      (``compute.attach`` first: qemu's json spec or the new /dev/sdX); a cancel (NAS<-VM
+      with a target) always over the origin, into which it merges;
+    - no temp-write, a complete local copy: the node had pivoted (qcow2: ``job-complete``
+      done, whatever the store says): ``overlay.restore_local``;
+    - a cancel without its temp-write: it had pivoted into the NAS volume: nothing;
+    - neither: left -- a fresh overlay over the origin would show the VM its disk as it
+      was at the map.
+    ``(restore_local`` for a volume recorded ``mapped``, as the pivot left it.)"""
+    if v.state not in ("mapped", "NAS->VM", "merging", "NAS<-VM") or not v.host:
+        return [], None
     host = v.host
     iqn = v.target
     sessions = {s["iqn"] for s in facts.get("sessions") or []}
@@ -190,28 +219,62 @@ def restore_plan(v: Volume, facts: dict, *, kind: str, driver: str, pool: str,
     attach = Action(host, "compute.attach", {"kind": kind, "portal": portal, "iqn": iqn,
                                              "lun": v.extra.get("lun", 1), "key": v.key},
                     f"no iSCSI session to {iqn}")
+    no_session = kind == "iscsiadm" and bool(iqn) and iqn not in sessions
     if v.mode != "sync":
-        if kind == "iscsiadm" and iqn and iqn not in sessions:
-            return [attach]
-        return []
+        return ([attach] if no_session and v.state == "mapped" else []), None
+    cancel = v.state == "NAS<-VM"
+    if cancel and not iqn:
+        return [], None                  # a sync back: its first phase removes the overlay
     pool = v.extra.get("local_pool") or pool
     driver = v.extra.get("overlay") or driver
     ovl = {"driver": driver, "pool": pool, "vol": v.vol}
     if v.vol in running:
-        if kind == "iscsiadm" and iqn and v.state != "mapped" and iqn not in sessions:
-            return [attach]
-        return []
+        return ([attach] if no_session and v.state != "mapped" else []), None
+    restore_local = Action(host, "overlay.restore_local", {**ovl, "kind": volume_kind},
+                           "no overlay (pivoted): its device on the local copy is gone")
     if v.state == "mapped":
+        return [restore_local], None
+    view = sync_view(facts, pool, v.vol)
+    tw = f"{pool}/{v.vol}-temp-write"
+    if view["temp_write"]:
+        create = {**ovl, "kind": volume_kind, "existing": True}
+        if driver == "dm" and view["local"] and not cancel:
+            why = f"no overlay ({v.state}): rebuilt from {tw} over the local copy"
+            acts = [Action(host, "overlay.create", {**create, "origin": ORIGIN_LOCAL}, why)]
+            return acts + ([attach] if no_session else []), None
+        why = f"no overlay ({v.state}): rebuilt from {tw}"
+        return [attach, Action(host, "overlay.create", {**create, "origin": ORIGIN_FROM_ATTACH},
+                               why)], None
+    if cancel:
+        return [], None                  # merged into the NAS volume and pivoted there
+    if view["local"]:
         return [Action(host, "overlay.restore_local", {**ovl, "kind": volume_kind},
-                       "no overlay (pivoted): its device on the local copy is gone")]
-    origin = ORIGIN_LOCAL if (v.state == "merging" and driver == "dm") else ORIGIN_FROM_ATTACH
-    why = f"no overlay ({v.state}): rebuilt from {pool}/{v.vol}-temp-write"
-    return [attach, Action(host, "overlay.create", {**ovl, "origin": origin,
-                                                    "kind": volume_kind}, why)]
+                       f"no overlay ({v.state}), no temp-write: the node had pivoted onto "
+                       f"its local copy")], None
+    return [], (f"no overlay ({v.state}) and neither its temp-write {tw} nor a complete "
+                f"local copy {pool}/{v.vol} on {host}: not rebuilt (a fresh overlay would "
+                f"show the VM its disk as it was at the map); look at the node")
+
+
+def restore_plan(v: Volume, facts: dict, *, kind: str, driver: str, pool: str,
+                 volume_kind: str) -> list[Action]:
+    """The steps of ``restore_finding`` (empty: nothing missing, or nothing to do)."""
+    return restore_finding(v, facts, kind=kind, driver=driver, pool=pool,
+                           volume_kind=volume_kind)[0]
+
+
+LOCAL_ONLY = ("overlay.restore_local",)
+
+
+def _local_only(a: Action) -> bool:
+    """A restore that touches neither the origin nor the session (safe beside a pivot)."""
+    return a.step in LOCAL_ONLY or (a.step == "overlay.create"
+                                    and a.args.get("origin") == ORIGIN_LOCAL)
 
 
 def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, driver: str,
               pool: str, volume_kind: str, skip: Callable[[Volume], bool] = lambda v: False,
+              pivoting: Callable[[Volume], bool] = lambda v: False,
               destroy_orphans: bool = False) -> list[Finding]:
     """Everything that differs between the store and compute node HOST's ``host.facts``:
     each mapped volume's ``restore_plan`` (``session`` / ``overlay`` findings), and orphans
@@ -225,8 +288,14 @@ def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, d
     for v in sorted(mine, key=lambda v: v.key):
         if skip(v):
             continue
-        plan = restore_plan(v, facts, kind=kind, driver=driver, pool=pool,
-                            volume_kind=volume_kind)
+        plan, left = restore_finding(v, facts, kind=kind, driver=driver, pool=pool,
+                                     volume_kind=volume_kind)
+        if pivoting(v):
+            # its live monitor removes the session and the target itself; an overlay it
+            # lost (a killed daemon, a reboot) comes back on the local copy only
+            plan, left = [a for a in plan if _local_only(a)], None
+        if left:
+            out.append(Finding("overlay", v.key, left.split(":", 1)[0], left=left))
         if plan:
             what = "overlay" if any(a.step.startswith("overlay.") for a in plan) else "session"
             out.append(Finding(what, v.key, "; ".join(a.why for a in plan if a.why),

@@ -30,7 +30,7 @@ from imgstor.remote.naming import VM_ACCELS, VM_RUNNERS
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
-           "OverlayStatus", "OverlayFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts",
+           "OverlayStatus", "OverlayFacts", "OverlayUsersFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts",
            "VM_RUNNERS", "VM_ACCELS", "GuestSpec", "GuestDisk", "GuestFacts", "GuestListFacts"]
 
 ISCSI_PORT = 3260
@@ -216,6 +216,13 @@ class OverlayFacts(OverlayStatus):
     temp_write_created: bool | None = None
     temp_write_destroyed: bool | None = None
     temp_write_kept: bool | None = None
+    forced: bool | None = None          # remove --force left a held device failing all I/O
+
+
+@dataclass(frozen=True)
+class OverlayUsersFacts:
+    """``overlay.users``: who uses the overlay's device, in words ([] = nobody)."""
+    users: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -376,7 +383,8 @@ FACTS: dict[str, type] = {
     "compute.attach": AttachFacts, "compute.devices": DevicesFacts, "probe": ProbeFacts,
     "overlay.create": OverlayFacts, "overlay.merge": OverlayFacts,
     "overlay.status": OverlayFacts, "overlay.linear": OverlayFacts,
-    "overlay.remove": OverlayFacts, "nas.prune_snapshots": PruneFacts,
+    "overlay.remove": OverlayFacts, "overlay.users": OverlayUsersFacts,
+    "nas.prune_snapshots": PruneFacts,
     "copy.start": CopyFacts, "copy.status": CopyFacts, "copy.cancel": CopyFacts,
     "vm.start": GuestFacts, "vm.stop": GuestFacts, "vm.status": GuestFacts,
     "vm.list": GuestListFacts,

@@ -101,7 +101,7 @@ def plan(ctx, *, destroy_orphans: bool = False,
         nf = reconcile.node_plan(host, vols, facts, kind=cfg.initiator,
                                  driver=cfg.overlay, pool=cfg.vm_container_zpool,
                                  volume_kind=_kind(ctx, host, st),
-                                 skip=(lambda v: _restore_skip(st, v)),
+                                 skip=_busy_live, pivoting=(lambda v: _pivoting(st, v)),
                                  destroy_orphans=destroy_orphans)
         if restore_only:
             nf = [f for f in nf if f.what in ("session", "overlay")]
@@ -121,14 +121,19 @@ def _busy_live(v) -> bool:
 
 
 # a sync-in job in these phases is itself removing the target and the session, or
-# switching the overlay to the local copy: what looks missing is on its way out
-_PIVOTING = ("merged", "pivot")
+# switching the overlay to the local copy (a cancel's teardown: to nothing): what looks
+# missing is on its way out
+_PIVOTING = ("merged", "pivot", "teardown")
+
+
+def _pivoting(st, v) -> bool:
+    """v's live monitor is pivoting: only an overlay on the local copy is put back."""
+    return any(j.phase in _PIVOTING and jobmod.owner_alive(j) for j in st.jobs_of(v.key))
 
 
 def _restore_skip(st, v) -> bool:
     """Not restored now: a live user command holds v, or its live monitor is pivoting."""
-    return _busy_live(v) or any(j.phase in _PIVOTING and jobmod.owner_alive(j)
-                                for j in st.jobs_of(v.key))
+    return _busy_live(v) or _pivoting(st, v)
 
 
 def _with_portal(ctx, v):

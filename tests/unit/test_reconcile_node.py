@@ -7,6 +7,7 @@ from imgstor.reconcile import (
     ORIGIN_LOCAL,
     nas_volume_plan,
     node_plan,
+    restore_finding,
     restore_plan,
 )
 from imgstor.state.model import Volume
@@ -42,22 +43,78 @@ def test_direct_volume_gets_its_session_back_on_iscsiadm_only() -> None:
     assert rp(vol(), facts(), kind="userspace") == []       # no session to keep
 
 
+TW = {"name": "tank/v-temp-write", "role": "temp-write", "writes": True}
+TW_QCOW2 = {**TW, "type": "filesystem", "overlay_file": True}
+LOCAL = {"name": "tank/v", "role": "local-copy", "writes": None, "snapshots": 1}
+
+
 def test_sync_overlay_rebuilt_from_attach_before_pivot_and_on_local_after() -> None:
-    p = rp(vol(state="NAS->VM", mode="sync"), facts())
+    p = rp(vol(state="NAS->VM", mode="sync"), facts(datasets=[TW]))
     assert steps(p) == ["compute.attach", "overlay.create"]
-    assert p[1].args["origin"] == ORIGIN_FROM_ATTACH
+    assert p[1].args["origin"] == ORIGIN_FROM_ATTACH and p[1].args["existing"] is True
     # dm caught merging: part of the writes are in the local copy already
-    p = rp(vol(state="merging", mode="sync"), facts())
-    assert p[1].args["origin"] == ORIGIN_LOCAL
-    p = rp(vol(state="merging", mode="sync", overlay="qcow2"), facts())
+    p = rp(vol(state="merging", mode="sync"), facts(datasets=[TW, LOCAL]))
+    assert steps(p) == ["overlay.create", "compute.attach"]
+    assert p[0].args["origin"] == ORIGIN_LOCAL
+    p = rp(vol(state="merging", mode="sync", overlay="qcow2"),
+           facts(datasets=[TW_QCOW2, LOCAL]))
     assert p[1].args["origin"] == ORIGIN_FROM_ATTACH
     assert steps(rp(vol(mode="sync", target=None), facts())) == ["overlay.restore_local"]
     assert rp(vol(mode="sync", target=None), facts(overlays=["v"])) == []
     assert rp(vol(state="NAS->VM", mode="sync"), facts(sessions=[IQN], overlays=["v"])) == []
 
 
+def test_the_node_not_the_store_chooses_the_origin() -> None:
+    """Audit H1: the store lags the node.  dm: a complete local copy is the base even
+    while the store still says NAS->VM (a merge may have begun before it was recorded);
+    qcow2: a temp-write without its overlay file means the pivot had begun (job-complete,
+    the file unlinked): the local copy alone, never a fresh overlay over the origin."""
+    p = rp(vol(state="NAS->VM", mode="sync"), facts(datasets=[TW, LOCAL]))
+    assert p[0].step == "overlay.create" and p[0].args["origin"] == ORIGIN_LOCAL
+    gone = {**TW_QCOW2, "overlay_file": False, "writes": False}
+    for st in ("merging", "NAS->VM"):
+        assert steps(rp(vol(state=st, mode="sync", overlay="qcow2"),
+                        facts(datasets=[gone, LOCAL]))) == ["overlay.restore_local"]
+        assert steps(rp(vol(state=st, mode="sync", overlay="qcow2"),
+                        facts(datasets=[LOCAL]))) == ["overlay.restore_local"]
+    # a local copy without its snapshot is not complete: not taken for the base
+    partial = {**LOCAL, "snapshots": 0}
+    p = rp(vol(state="NAS->VM", mode="sync"), facts(datasets=[TW, partial]))
+    assert p[1].args["origin"] == ORIGIN_FROM_ATTACH
+
+
+def test_no_fresh_temp_write_for_a_merging_record() -> None:
+    """Neither the temp-write nor a complete local copy: left, said, never a new overlay."""
+    for st in ("merging", "NAS->VM"):
+        plan, left = restore_finding(vol(state=st, mode="sync"), facts(), kind="iscsiadm",
+                                     driver="dm", pool="tank", volume_kind="zvol")
+        assert plan == [] and "not rebuilt" in left
+    f = _np([vol(state="merging", mode="sync")], facts())
+    assert [(x.what, x.actions) for x in f] == [("overlay", ())] and "map" in f[0].left
+
+
+def test_a_cancel_after_a_reboot_gets_its_overlay_back_over_the_origin() -> None:
+    """Audit L4: NAS<-VM with a target is a cancel merging into the NAS volume: its
+    overlay comes back over the origin (never the local copy), from its temp-write."""
+    v = vol(state="NAS<-VM", mode="sync")
+    p = rp(v, facts(datasets=[TW, LOCAL]))
+    assert steps(p) == ["compute.attach", "overlay.create"]
+    assert p[1].args["origin"] == ORIGIN_FROM_ATTACH
+    assert rp(v, facts(datasets=[LOCAL])) == []          # it had pivoted into the NAS
+    assert rp(vol(state="NAS<-VM", mode="sync", target=None), facts(datasets=[TW])) == []
+
+
+def test_a_pivoting_monitor_gets_only_local_restores() -> None:
+    pivoting = lambda v: True        # noqa: E731
+    qc = vol(state="merging", mode="sync", overlay="qcow2")
+    out = _np([qc], facts(datasets=[LOCAL]), pivoting=pivoting)
+    assert [steps(f.actions) for f in out] == [["overlay.restore_local"]]
+    out = _np([qc], facts(datasets=[TW_QCOW2, LOCAL]), pivoting=pivoting)
+    assert out == []                 # over the origin: left to the monitor
+
+
 def test_nothing_restored_for_volumes_not_mapped() -> None:
-    for st in ("unmapped", "NAS<-VM", "error"):
+    for st in ("unmapped", "error"):
         assert rp(vol(state=st, mode="sync"), facts()) == []
 
 

@@ -224,9 +224,12 @@ def switch_to_linear(name: str, device: str, sectors: int) -> list[list[str]]:
     return [suspend(name), reload(name, linear_table(device, sectors)), resume(name)]
 
 
-def remove(name: str, *, retry: bool = False) -> list[str]:
-    """``dmsetup remove [--retry] NAME`` (``--retry``: retry while udev holds it open)."""
-    return ["dmsetup", "remove"] + (["--retry"] if retry else []) + [positional(name, "dm device")]
+def remove(name: str, *, retry: bool = False, force: bool = False) -> list[str]:
+    """``dmsetup remove [--force] [--retry] NAME`` (``--retry``: retry while udev holds it
+    open; ``--force``: first replace the table with one that fails every I/O, so a device
+    still open stays but nothing reads or writes through it -- dmsetup(8))."""
+    return (["dmsetup", "remove"] + (["--force"] if force else [])
+            + (["--retry"] if retry else []) + [positional(name, "dm device")])
 
 
 def _sectors(n: int) -> str:

@@ -45,7 +45,7 @@ from imgstor.errors import Conflict, NotFound, StepError, UsageError
 from imgstor.remote.drivers._common import positional
 
 __all__ = ["RUN_DIR", "QSD_DIR", "NBD_DIR", "NODE_OVL", "NODE_OVL_FILE", "NODE_ORIGIN",
-           "NODE_LOCAL", "Paths", "local_daemon_argv", "Job", "QMP", "connect", "paths", "nbd_url",
+           "NODE_LOCAL", "ONE_CLIENT", "Paths", "local_daemon_argv", "Job", "QMP", "connect", "paths", "nbd_url",
            "origin_blockdev", "local_blockdev", "overlay_node", "overlay_blockdevs", "daemon_argv",
            "parse_jobs", "parse_exports", "parse_nodes"]
 
@@ -116,6 +116,14 @@ def overlay_blockdevs(overlay: str, backing: str = NODE_ORIGIN) -> tuple[dict, d
             overlay_node(backing))
 
 
+# One NBD client at a time (audit L3: two writers on one disk).  qsd's ``--nbd-server
+# max-connections=1`` (QEMU >= 5.2): with one client connected the daemon stops accepting,
+# so a second one waits in the socket's backlog and is served nothing (seen with QEMU 7.2:
+# ``timeout 3 qemu-io … nbd+unix://…`` exits 124 while a first client is connected, and is
+# served at once when it has gone).
+ONE_CLIENT = "max-connections=1"
+
+
 def daemon_argv(vol: str, origin: dict, overlay: str, p: Paths) -> list[str]:
     """``qemu-storage-daemon --daemonize --pidfile … --blockdev …×3 --nbd-server …
     --export type=nbd,… --chardev socket,… --monitor chardev=qmp``."""
@@ -124,7 +132,7 @@ def daemon_argv(vol: str, origin: dict, overlay: str, p: Paths) -> list[str]:
     js = lambda d: json.dumps(d, separators=(",", ":"), sort_keys=True)  # noqa: E731
     return ["qemu-storage-daemon", "--daemonize", "--pidfile", p.pidfile,
             "--blockdev", js(origin), "--blockdev", js(f), "--blockdev", js(q),
-            "--nbd-server", f"addr.type=unix,addr.path={_opt(p.nbd)}",
+            "--nbd-server", f"addr.type=unix,addr.path={_opt(p.nbd)},{ONE_CLIENT}",
             "--export", f"type=nbd,id={_opt(vol)},node-name={NODE_OVL},name={_opt(vol)},"
                         "writable=on",
             "--chardev", f"socket,id=qmp,path={_opt(p.qmp)},server=on,wait=off",
@@ -138,7 +146,7 @@ def local_daemon_argv(vol: str, local: str, p: Paths) -> list[str]:
     js = lambda d: json.dumps(d, separators=(",", ":"), sort_keys=True)  # noqa: E731
     return ["qemu-storage-daemon", "--daemonize", "--pidfile", p.pidfile,
             "--blockdev", js(local_blockdev(local)),
-            "--nbd-server", f"addr.type=unix,addr.path={_opt(p.nbd)}",
+            "--nbd-server", f"addr.type=unix,addr.path={_opt(p.nbd)},{ONE_CLIENT}",
             "--export", f"type=nbd,id={_opt(vol)},node-name={NODE_LOCAL},name={_opt(vol)},"
                         "writable=on",
             "--chardev", f"socket,id=qmp,path={_opt(p.qmp)},server=on,wait=off",

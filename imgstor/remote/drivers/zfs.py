@@ -36,7 +36,8 @@ __all__ = [
     "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
     "LIST_FIELDS", "POOL_FIELDS", "POOL_DEFAULT_FIELDS",
     "capabilities", "parse_capabilities", "parse_size", "parse_list",
-    "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
+    "parse_get", "parse_get_tree", "parse_pools", "list_datasets", "get_props", "get_tree",
+    "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
     "snapshot", "inherit", "classify", "list_columns", "holds", "release", "user_refs",
 ]
@@ -236,6 +237,31 @@ def get_props(ex, name: str, props: list[str] | tuple[str, ...]) -> dict[str, Pr
     argv = ["zfs", "get", "-H", "-p", "-o", "name,property,value,source",
             ",".join(props), positional(name, "dataset")]
     return parse_get(_run(ex, argv).stdout)
+
+
+def parse_get_tree(text: str) -> dict[str, dict[str, Property]]:
+    """Parse ``zfs get -H -p -o name,property,value,source -r PROPS ROOT``: {dataset or
+    snapshot name: {property: Property}}, in zfs's order."""
+    out: dict[str, dict[str, Property]] = {}
+    for row in _rows(text, ("name", "property", "value", "source"), "zfs get"):
+        prop, value, source = row["property"], row["value"], row["source"]
+        unset = value == "-" and source == "-"
+        out.setdefault(row["name"], {})[prop] = Property(
+            prop, None if unset else value, None if source == "-" else source)
+    return out
+
+
+def get_tree(ex, root: str, props: list[str] | tuple[str, ...], *,
+             depth: int | None = None) -> dict[str, dict[str, Property]]:
+    """PROPS of ROOT and everything below it (snapshots too), each with its *source*
+    (a mark counts only when set here: ``local``, issue 18): ``zfs get -H -p -o
+    name,property,value,source -r [-d DEPTH] PROPS ROOT`` (zfs-fuse has ``-r`` and ``-d``
+    but not ``-t``).  A missing root raises ``NotFound``."""
+    argv = ["zfs", "get", "-H", "-p", "-o", "name,property,value,source", "-r"]
+    if depth is not None:
+        argv += ["-d", str(int(depth))]
+    argv += [",".join(_prop_name(p) for p in props), positional(root, "dataset")]
+    return parse_get_tree(_run(ex, argv).stdout)
 
 
 def pools(ex, *, caps: Capabilities | None = None) -> list[Pool]:

@@ -78,8 +78,11 @@ class Overlay(ABC):
         """What the VM opens (dm: /dev/mapper/VOL-snap; qcow2: an nbd+unix:// URL)."""
 
     @abstractmethod
-    def create(self, origin: str) -> Outcome:
-        """Ensure the overlay over ORIGIN exists, writes going to the temp-write store."""
+    def create(self, origin: str, *, existing: bool = False) -> Outcome:
+        """Ensure the overlay over ORIGIN exists, writes going to the temp-write store.
+        ``existing`` (a restore): only over the temp-write store that is there (qcow2:
+        with its overlay file), never a fresh one -- a new, empty one would show the VM
+        its disk as it was at the map (audit H1): NotFound instead."""
 
     @abstractmethod
     def merge(self, local: str | None) -> Outcome:
@@ -104,9 +107,16 @@ class Overlay(ABC):
         whatever phase, is left as it is."""
 
     @abstractmethod
-    def remove(self) -> Outcome:
+    def remove(self, *, force: bool = False) -> Outcome:
         """Ensure the device (and, for qcow2, its daemon) is gone.  The temp-write store
-        is kept unless the overlay had pivoted: before that it holds the VM's writes."""
+        is kept unless the overlay had pivoted: before that it holds the VM's writes.
+        ``force`` (an unmap with --force): the device goes even while a user holds it
+        (dm: its table fails every I/O from then on)."""
+
+    @abstractmethod
+    def users(self) -> list[str]:
+        """Read-only: who uses the overlay's device now, in words (the one-writer check
+        of an unmap or a clean); [] = nobody."""
 
 
 _REGISTRY: dict[str, type[Overlay]] = {}

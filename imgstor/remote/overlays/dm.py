@@ -62,6 +62,8 @@ class DmOverlay(Overlay):
         if not found:
             return None
         t = found[0]
+        if t.target == "error" and not t.segments[1:]:
+            return None         # a forced remove's leftover: fails every I/O, held open
         if not t.segments or t.target not in _PHASE:
             raise Conflict(f"{self.ex.host}: dm device {self.name} exists with table "
                            f"{t.target or 'empty'}; not an imgstor overlay")
@@ -100,13 +102,17 @@ class DmOverlay(Overlay):
         for argv in argvs:
             run_mapped(self.ex, argv, dm.classify)
 
-    def create(self, origin: str) -> Outcome:
+    def create(self, origin: str, *, existing: bool = False) -> Outcome:
         st = self.status()
         if st.exists:
             return Outcome(False, st.facts(), f"{self.name} exists ({st.status})")
         sectors = int(self.ex.run(["blockdev", "--getsz", origin], read_only=True).stdout.strip())
         made = False
         if base.temp_write_props(self.ex, self.temp_write, "volume") is None:
+            if existing:
+                raise NotFound(f"{self.ex.host}: no COW {self.temp_write}: no overlay is made "
+                               "afresh (it would show the VM its disk as it was at the map)",
+                               dataset=self.temp_write)
             size = sectors * dm.SECTOR
             run_mapped(self.ex, zfs.create_zvol(self.pool, self.temp_write.split("/", 1)[1],
                                                 size + size // 64,
@@ -186,12 +192,39 @@ class DmOverlay(Overlay):
                        f"{self.name} is linear on the {st.into}" if changed
                        else f"{self.name} is linear already")
 
-    def remove(self) -> Outcome:
+    def users(self) -> list[str]:
+        """Holders and openers of /dev/mapper/VOL-snap (drivers/blockdev, as the direct
+        unmap's check: a VM's qemu opens it without O_EXCL)."""
+        from imgstor.remote.drivers import blockdev
+        if not self.ex.fs.exists(self.device):
+            return []
+        return blockdev.users(self.ex.fs.realpath(self.device))
+
+    def remove(self, *, force: bool = False) -> Outcome:
         t = self._table()
         kept = base.temp_write_props(self.ex, self.temp_write, "volume") is not None
         facts = {"driver": self.driver, "exists": False, "temp_write_kept": kept}
         if t is None:
             return Outcome(False, facts, f"no dm device {self.name}")
-        self._run([dm.remove(self.name, retry=True)])
-        return Outcome(True, facts, f"removed {self.name}"
-                       + (f"; {self.temp_write} kept (unmerged writes)" if kept else ""))
+        if not force:
+            self._run([dm.remove(self.name, retry=True)])
+            return Outcome(True, facts, f"removed {self.name}"
+                           + (f"; {self.temp_write} kept (unmerged writes)" if kept else ""))
+        # --force: `dmsetup remove --force` first loads a table that fails every I/O, so no
+        # write can land from here on even while its user keeps the device open (the
+        # device then stays, with that table, until the user closes it)
+        r = self.ex.run(dm.remove(self.name, retry=True, force=True), check=False)
+        if r.rc != 0 and not r.skipped:
+            try:
+                left = dm.table(self.ex, self.name)
+            except NotFound:
+                left = []
+            if left and left[0].target != "error":
+                from imgstor.errors import RemoteCommandError
+                raise dm.classify(RemoteCommandError(self.ex.host, r.argv, r.rc, r.stderr,
+                                                     r.stdout))
+            if left:
+                facts["forced"] = True
+                return Outcome(True, facts, f"{self.name} is still held open: its table "
+                                            "now fails every I/O (--force)")
+        return Outcome(True, facts, f"removed {self.name}")

@@ -31,6 +31,7 @@ dry run skips them (``SKIP> qmp …``); queries run.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Any
 
@@ -167,8 +168,13 @@ class Qcow2Overlay(Overlay):
             f["initiator-name"] = me
         return spec
 
-    def _overlay_file(self, origin: str, mountpoint: str) -> tuple[str, bool]:
+    def _overlay_file(self, origin: str, mountpoint: str, existing: bool) -> tuple[str, bool]:
         path = f"{mountpoint}/{OVERLAY_FILE}"
+        if not self.ex.fs.exists(path) and existing:
+            raise NotFound(f"{self.ex.host}: {path} is not there (the pivot drops it once "
+                           "the local copy or the origin holds every write): no overlay is "
+                           "made afresh over the origin, it would show the VM its disk as "
+                           "it was at the map", path=path)
         if self.ex.fs.exists(path):
             info = qimg.info(self.ex, path)       # the header only: the origin isn't opened
             if info.format != "qcow2" or not _same_spec(info.backing_filename, origin):
@@ -179,7 +185,7 @@ class Qcow2Overlay(Overlay):
         run_mapped(self.ex, qimg.create_overlay(path, origin), qimg.classify)
         return path, True
 
-    def create(self, origin: str) -> Outcome:
+    def create(self, origin: str, *, existing: bool = False) -> Outcome:
         st = self.status()
         if st.exists:
             return Outcome(False, st.facts(), f"overlay {self.vol} runs (pid {st.detail['pid']}, "
@@ -187,6 +193,10 @@ class Qcow2Overlay(Overlay):
         spec = self._origin(origin)
         made_ds = False
         if base.temp_write_props(self.ex, self.temp_write, "filesystem") is None:
+            if existing:
+                raise NotFound(f"{self.ex.host}: no temp-write {self.temp_write}: no overlay "
+                               "is made afresh (it would show the VM its disk as it was at "
+                               "the map)", dataset=self.temp_write)
             run_mapped(self.ex, zfs.create_dataset(self.temp_write, {ROLE_PROP: ROLE_TEMP_WRITE}),
                        zfs.classify)
             made_ds = True
@@ -197,7 +207,7 @@ class Qcow2Overlay(Overlay):
             mountpoint = zfs.mountpoint(self.ex, self.temp_write)
             if not mountpoint:
                 raise Conflict(f"{self.ex.host}: {self.temp_write} is not mounted")
-        path, made_file = self._overlay_file(origin, mountpoint)
+        path, made_file = self._overlay_file(origin, mountpoint, existing)
         for d in (qsd.QSD_DIR, qsd.NBD_DIR):
             if not self.ex.fs.exists(d):
                 self.ex.run(["mkdir", "-p", "-m", "0700", d])
@@ -265,8 +275,12 @@ class Qcow2Overlay(Overlay):
             if into == "local":
                 self._ensure_local(q, nodes, local)
             self._call(q, "blockdev-reopen", {"options": [qsd.overlay_node(_BASE[into])]})
+            # auto-finalize off: at job-complete the job converges and holds the guest's
+            # I/O ("pending") until job-finalize, so the pivot can drop the overlay file
+            # while the base holds every write and nothing newer exists (see pivot)
             self._call(q, "block-commit", {"job-id": _JOB[into], "device": qsd.NODE_OVL,
-                                           "base-node": _BASE[into], "auto-dismiss": False})
+                                           "base-node": _BASE[into], "auto-dismiss": False,
+                                           "auto-finalize": False})
         finally:
             q.close()
         return Outcome(True, {"driver": self.driver, "exists": True, "device": self.device,
@@ -320,12 +334,24 @@ class Qcow2Overlay(Overlay):
                 raise StepError(f"{self.ex.host}: overlay {self.vol} is {st.phase} into "
                                 "neither the local copy nor the origin")
             if st.phase == MERGED:
-                self._call(q, "job-complete", {"id": _JOB[into]})
+                jid = _JOB[into]
+                if st.detail.get("job_status") == "ready":
+                    self._call(q, "job-complete", {"id": jid})
                 changed = True
                 if self.ex.dry_run:
                     return Outcome(True, {"driver": self.driver, "phase": PIVOTED,
                                           "into": into}, f"would pivot {self.vol}")
-                self._wait_concluded(q, _JOB[into])
+                # converged: with auto-finalize off the guest's I/O waits ("pending") and
+                # the base holds every write; the overlay file goes now, before the base
+                # takes the writes alone, so a daemon that dies from here on is restored
+                # on the base (audit H1: never the overlay over the origin again).  A
+                # commit started with auto-finalize on (older imgstor) just concludes.
+                if self._wait_job(q, jid, ("pending", "concluded", "null")) == "pending":
+                    self._drop_overlay_file()
+                    self._call(q, "job-finalize", {"id": jid})
+                    self._wait_job(q, jid, ("concluded", "null"))
+                else:
+                    self._drop_overlay_file()
             exported, jobs, nodes = self._graph(q)
             if exported != _BASE[into]:
                 raise StepError(f"{self.ex.host}: after the commit qsd exports {exported}, "
@@ -348,21 +374,39 @@ class Qcow2Overlay(Overlay):
                        f"overlay {self.vol} pivoted onto the {into}" if changed
                        else f"overlay {self.vol} pivoted already")
 
-    def _wait_concluded(self, q: qsd.QMP, jid: str) -> None:
+    def _wait_job(self, q: qsd.QMP, jid: str, until: tuple[str, ...]) -> str:
+        """Poll job JID until its status is one of UNTIL (a job gone counts as
+        ``null``); its status then.  A job that ended in an error is a StepError."""
         deadline = self.ex.fs.monotonic() + JOB_WAIT
         while True:
             job = qsd.parse_jobs(self._call(q, "query-jobs", read_only=True)).get(jid)
-            if job is None or job.status in ("concluded", "null"):
-                if job is not None and job.error:
-                    raise StepError(f"{self.ex.host}: commit {jid} failed: {job.error}")
-                return
+            if job is not None and job.error:
+                raise StepError(f"{self.ex.host}: commit {jid} failed: {job.error}")
+            status = "null" if job is None else job.status
+            if status in until:
+                return status
             if self.ex.fs.monotonic() > deadline:
-                raise StepError(f"{self.ex.host}: commit {jid} did not conclude within "
-                                f"{JOB_WAIT:.0f}s (status {job.status})")
+                raise StepError(f"{self.ex.host}: commit {jid} did not reach "
+                                f"{'/'.join(until)} within {JOB_WAIT:.0f}s (status {status})")
             self.ex.fs.sleep(0.2)
 
+    def _drop_overlay_file(self) -> None:
+        """Unlink ``overlay.qcow2`` (the daemon keeps its open file until blockdev-del):
+        from now on the node's facts say the merge target holds every write."""
+        if base.temp_write_props(self.ex, self.temp_write, "filesystem") is None:
+            return
+        mp = zfs.mountpoint(self.ex, self.temp_write)
+        path = f"{mp}/{OVERLAY_FILE}" if mp else None
+        if path and self.ex.fs.exists(path):
+            self.ex.run(["rm", "-f", "--", path])
+
     # -------------------------------------------------------------- remove
-    def remove(self) -> Outcome:
+    def users(self) -> list[str]:
+        """NBD clients connected to the export: the server's connected sockets on the
+        export's path in /proc/net/unix, named by ``ss -xpn`` (the peer's process)."""
+        return nbd_users(self.ex, self.paths.nbd)
+
+    def remove(self, *, force: bool = False) -> Outcome:
         pid = self._pid()
         changed = False
         if pid is not None:
@@ -404,6 +448,43 @@ class Qcow2Overlay(Overlay):
             if self.ex.fs.monotonic() > deadline:
                 return False
             self.ex.fs.sleep(0.1)
+
+
+def nbd_users(ex, sock: str) -> list[str]:
+    """Who is connected to unix socket SOCK (an NBD export), in words; [] = nobody.
+    The server's side of each connection is a line of /proc/net/unix in state 03
+    (connected) carrying the listener's path (the listener itself is state 01, a client
+    waiting in the backlog 02); ``ss -xpn`` pairs it with its peer and names the peer's
+    process (``* PEER * SERVER users:(("qemu-io",pid=N,fd=F))``, iproute2 6.1).  Without
+    ``ss`` the connections are counted only.  Read through ``ex`` (this host's network
+    namespace: unix sockets are per namespace)."""
+    try:
+        text = ex.fs.read_text("/proc/net/unix")
+    except OSError:
+        text = None
+    server = set()
+    for ln in (text or "").splitlines()[1:]:
+        parts = ln.split()
+        if len(parts) >= 8 and parts[5] == "03" and parts[7] == sock:
+            server.add(parts[6])
+    if not server:
+        return []
+    out: list[str] = []
+    r = ex.run(["ss", "-x", "-p", "-n"], read_only=True, check=False) \
+        if ex.fs.which("ss") else None
+    if r is not None and r.rc == 0:
+        peers: dict[str, str] = {}
+        lines = [ln.split() for ln in r.stdout.splitlines()[1:]]
+        for t in lines:
+            if len(t) >= 8 and t[4] == sock and t[5] in server:
+                peers[t[7]] = t[5]
+        for t in lines:
+            if len(t) >= 9 and t[5] in peers and t[4] != sock:
+                for comm, pid in re.findall(r'\("([^"]*)",pid=([0-9]+)', " ".join(t[8:])):
+                    out.append(f"pid {pid} ({comm}) is connected to the NBD export {sock}")
+    if not out:
+        out.append(f"{len(server)} NBD client(s) connected to {sock} (a VM?)")
+    return sorted(set(out))
 
 
 def _same_spec(a: str | None, b: str) -> bool:

@@ -107,35 +107,11 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str,
                       f"{len(datasets)} marked datasets, {len(sessions)} sessions")
 
 
-def _nbd_clients(ex: Executor, sock: str) -> int:
-    """Connections accepted on unix socket SOCK: lines of /proc/net/unix (this network
-    namespace; read through ``ex.fs``) in state 03 (connected) whose path is SOCK -- the
-    server's side of each connection carries the listener's path, the listener itself is
-    state 01.  An unreadable /proc/net/unix counts none."""
-    try:
-        text = ex.fs.read_text("/proc/net/unix")
-    except OSError:
-        return 0
-    n = 0
-    for ln in (text or "").splitlines()[1:]:
-        parts = ln.split()
-        if len(parts) >= 8 and parts[5] == "03" and parts[7] == sock:
-            n += 1
-    return n
-
-
 def overlay_users(ex: Executor, driver: str, pool: str, vol: str) -> list[str]:
     """Who uses VOL's overlay device now, in words (the one-writer check before the node's
-    copy is discarded); [] = nobody.  dm: holders and openers of /dev/mapper/VOL-snap
-    (drivers/blockdev, as the unmap's check); qcow2: NBD clients connected to the
-    daemon's export socket."""
-    from imgstor.remote.drivers import blockdev, qsd
-    if driver == "qcow2":
-        sock = qsd.paths(vol).nbd
-        n = _nbd_clients(ex, sock)
-        return [f"{n} NBD client(s) connected to {sock} (a VM?)"] if n else []
-    dev = f"/dev/mapper/{vol}-snap"
-    return blockdev.users(ex.fs.realpath(dev)) if ex.fs.exists(dev) else []
+    copy is discarded); [] = nobody: the driver's ``users`` (dm: holders and openers of
+    /dev/mapper/VOL-snap; qcow2: NBD clients of the daemon's export)."""
+    return overlays.get(driver, ex, pool=pool, vol=vol).users()
 
 
 @step("node.sync_facts", read_only=True)

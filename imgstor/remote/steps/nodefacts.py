@@ -19,7 +19,7 @@ from imgstor.remote.executor import Executor
 from imgstor.remote.overlays.base import ROLE_PROP, TEMP_WRITE_SUFFIX
 from imgstor.remote.steps import StepResult, step
 
-__all__ = ["facts", "ROLES", "qcow2_has_writes"]
+__all__ = ["facts", "ROLES", "qcow2_has_writes", "qcow2_overlay_file"]
 
 ROLES = ("temp-write", "local-copy", "volume")
 
@@ -29,8 +29,9 @@ def facts(ex: Executor, *, pools: list[str], initiator: str | None = None,
           overlay: str | None = None) -> StepResult:
     """Read-only: ``sessions`` [{iqn, address, port}] (``initiator`` = iscsiadm only),
     ``overlays`` [{vol, driver}] (``overlay`` = dm | qcow2), ``datasets`` [{name, pool, role,
-    type, writes}] (``zfs list -H -o name,imgstor:role,type -r POOL`` per pool; a missing
-    pool is skipped)."""
+    type, writes, overlay_file (qcow2 temp-writes), snapshots (local copies)}] (``zfs get
+    -H -p -o name,property,value,source -r type,imgstor:role POOL`` per pool, marks set
+    here only; a missing pool is skipped)."""
     sessions = []
     if initiator == "iscsiadm":
         sessions = [{"iqn": s.iqn, "address": s.address, "port": s.port}
@@ -50,22 +51,55 @@ def facts(ex: Executor, *, pools: list[str], initiator: str | None = None,
     datasets = []
     for pool in pools:
         try:
-            rows = zfs.list_columns(ex, pool, ("name", ROLE_PROP, "type"),
-                                    types="filesystem,volume")
+            tree = zfs.get_tree(ex, pool, ("type", ROLE_PROP))
         except NotFound:
             continue
-        for r in rows:
-            role = r.get(ROLE_PROP)
-            if role not in ROLES or r["name"] == pool:
-                continue
-            ds: dict = {"name": r["name"], "pool": pool, "role": role, "type": r.get("type"),
-                        "writes": None}
-            if role == "temp-write" and r.get("type") == "filesystem":
-                ds["writes"] = qcow2_has_writes(ex, str(r["name"]))
-            datasets.append(ds)
+        datasets += _marked(ex, pool, tree)
     return StepResult(False, {"sessions": sessions, "overlays": ovls, "datasets": datasets},
                       f"{len(sessions)} sessions, {len(ovls)} overlays, "
                       f"{len(datasets)} marked datasets")
+
+
+def _marked(ex: Executor, pool: str, tree: dict) -> list[dict]:
+    """The datasets of POOL that carry imgstor's mark *set here* (``source`` local: a
+    received or inherited ``imgstor:role`` is not imgstor's, issue 18), with what the
+    restore decides on (audit H1: the node's facts, not the store's, say which overlay
+    to rebuild): a temp-write's ``writes`` and, qcow2, whether its ``overlay_file`` is
+    there (the pivot unlinks it once the local copy holds every write); a local copy's
+    ``snapshots``: how many ``@imgstor-…`` snapshots it has (the copy's own first)."""
+    out: list[dict] = []
+    snaps: dict[str, int] = {}
+    for name in tree:
+        parent, at, short = name.partition("@")
+        if at and short.startswith("imgstor-"):
+            snaps[parent] = snaps.get(parent, 0) + 1
+    for name, props in tree.items():
+        if "@" in name or name == pool:
+            continue
+        role = props.get(ROLE_PROP)
+        if role is None or role.source != "local" or role.value not in ROLES:
+            continue
+        kind = props["type"].value if props.get("type") else None
+        ds: dict = {"name": name, "pool": pool, "role": role.value, "type": kind,
+                    "writes": None}
+        if role.value == "temp-write" and kind == "filesystem":
+            ds["overlay_file"] = qcow2_overlay_file(ex, name)
+            ds["writes"] = qcow2_has_writes(ex, name) if ds["overlay_file"] else False
+        if role.value == "local-copy":
+            ds["snapshots"] = snaps.get(name, 0)
+        out.append(ds)
+    return out
+
+
+def qcow2_overlay_file(ex: Executor, dataset: str) -> bool | None:
+    """Whether the qcow2 temp-write DATASET holds its ``overlay.qcow2`` (None: cannot
+    tell, it is not mounted)."""
+    from imgstor.remote.overlays.qcow2 import OVERLAY_FILE
+    try:
+        mp = zfs.mountpoint(ex, dataset)
+    except ImgstorError:
+        return None
+    return ex.fs.exists(f"{mp}/{OVERLAY_FILE}") if mp else None
 
 
 def _qsd_volumes(ex: Executor, d: str) -> list[str]:

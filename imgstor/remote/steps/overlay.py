@@ -25,7 +25,7 @@ from imgstor.remote import overlays
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 
-__all__ = ["create", "merge", "status", "linear", "restore_local", "remove"]
+__all__ = ["create", "merge", "status", "linear", "restore_local", "remove", "users"]
 
 
 def _ovl(ex: Executor, driver: str, pool: str, vol: str) -> overlays.Overlay:
@@ -37,15 +37,20 @@ def _result(out: overlays.Outcome) -> StepResult:
 
 
 @step("overlay.create")
-def create(ex: Executor, *, driver: str, pool: str, vol: str, origin: str) -> StepResult:
+def create(ex: Executor, *, driver: str, pool: str, vol: str, origin: str,
+           existing: bool = False) -> StepResult:
     """Ensure VOL's overlay over ORIGIN runs, its writes in ``POOL/VOL-temp-write``
     (``imgstor:role=temp-write``; POOL = the node's vm_container_zpool).
 
     dm: ORIGIN = the iSCSI disk (/dev/sdX); a sparse COW zvol, ``dmsetup create VOL-snap``
     (``snapshot``).  qcow2: ORIGIN = the direct map's ``qemu_json`` spec; a filesystem
     dataset with ``overlay.qcow2`` (``qemu-img create``), and ``qemu-storage-daemon
-    --daemonize`` exporting it over NBD.  facts: device (what the VM opens), phase …"""
-    return _result(_ovl(ex, driver, pool, vol).create(origin))
+    --daemonize`` exporting it over NBD.  facts: device (what the VM opens), phase …
+
+    ``existing`` (a restore after a reboot or a killed daemon): only over the temp-write
+    store that is there (qcow2: with its overlay file); NotFound rather than a fresh one,
+    which would show the VM its disk as it was at the map (audit H1)."""
+    return _result(_ovl(ex, driver, pool, vol).create(origin, existing=existing))
 
 
 @step("overlay.merge")
@@ -93,10 +98,22 @@ def restore_local(ex: Executor, *, driver: str, pool: str, vol: str, local: str)
 
 
 @step("overlay.remove")
-def remove(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
+def remove(ex: Executor, *, driver: str, pool: str, vol: str, force: bool = False) -> StepResult:
     """Ensure VOL's overlay device is gone (dm: ``dmsetup remove``; qcow2: QMP ``quit``,
     then TERM/KILL by pid, sockets and pid file removed).  The temp-write store is kept
-    when it still exists (it holds writes not merged): facts ``temp_write_kept``."""
-    return _result(_ovl(ex, driver, pool, vol).remove())
+    when it still exists (it holds writes not merged): facts ``temp_write_kept``.
+    ``force`` (an unmap with --force): dm ``dmsetup remove --force``, whose table fails
+    every I/O of a user that keeps it open (facts ``forced``)."""
+    return _result(_ovl(ex, driver, pool, vol).remove(force=force))
+
+
+@step("overlay.users", read_only=True)
+def users(ex: Executor, *, driver: str, pool: str, vol: str) -> StepResult:
+    """Read-only: who uses VOL's overlay device now (``users``, in words; [] = nobody):
+    dm -- holders and openers of /dev/mapper/VOL-snap; qcow2 -- NBD clients of the
+    export, named by pid (``ss -xpn``)."""
+    found = _ovl(ex, driver, pool, vol).users()
+    return StepResult(False, {"users": found},
+                      f"{vol}: in use: {'; '.join(found)}" if found else f"{vol}: not in use")
 
 

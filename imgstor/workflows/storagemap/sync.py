@@ -395,10 +395,13 @@ def _in_merge(ctx, job: Job) -> None:
     n = _names(ctx, v)
     _release(ctx, v, inbound=True)        # the copy is there: the NAS sends nothing more
     local = _local_path(ctx, n, v.vol)
-    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
-                     into="local", local=local)
+    # recorded before the merge starts (audit H1): from its first chunk on the VM's disk
+    # is the local copy plus what is left in the temp-write, never the NAS volume again
     if v.state != "merging":
         _set(ctx, job, state="merging")
+    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
+                     into="local", local=local)
+    fault("job:merge-started")
 
 
 def _in_merged(ctx, job: Job) -> None:
@@ -410,6 +413,7 @@ def _in_pivot(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     ctx.cluster.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    fault("job:linear")
     _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
                      props={"host": v.host, "target": None, "mode": "sync"})
@@ -431,7 +435,8 @@ def _back_quiesce(ctx, job: Job) -> None:
     dm refuses while the VM holds the device open (dmsetup remove: busy)."""
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol,
+                     force=bool(job.extra.get("force")))    # --force: even while in use
 
 
 def _back_trust(ctx, job: Job) -> None:
@@ -486,8 +491,16 @@ def _cancel_teardown(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     cl = ctx.cluster
-    cl.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
-    cl.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    ovl = dict(driver=n["driver"], pool=n["pool"], vol=v.vol)
+    st = cl.step(v.host, "overlay.status", **ovl).facts
+    if st.get("exists") and st.get("phase") in ("snapshot", "merging"):
+        # restored after a reboot (refresh: over the origin, from its temp-write): merge
+        # what is left into the origin again before the pivot
+        _cancel_merge(ctx, job)
+        _cancel_merged(ctx, job)
+    if st.get("exists"):        # gone: the node rebooted after this cancel's pivot
+        cl.step(v.host, "overlay.linear", **ovl)
+    cl.step(v.host, "overlay.remove", **ovl)
     _untarget(ctx, v, n, force=bool(job.extra.get("force")))
     # a copy that finished before the cancel is stale now (the writes went to the NAS)
     st = cl.step(v.nas, "copy.status", to_alias=v.host, to_dataset=n["local"]).facts

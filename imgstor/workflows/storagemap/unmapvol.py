@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imgstor import chap as chapstore
 from imgstor import validate
-from imgstor.errors import ImgstorError
+from imgstor.errors import Conflict, ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
@@ -38,8 +38,12 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
     if v.mode == "sync" and v.state != "unmapped":
         from imgstor.workflows.storagemap import sync
         if ctx.dry_run:
+            if not force:
+                _sync_in_use(ctx, v)
             return sync.unmap_sync(ctx, key, v, force)
-        with ctx.store.busy(key, "unmap"):
+        with ctx.store.busy(key, "unmap") as v:
+            if not force:
+                _sync_in_use(ctx, v)
             msg = sync.unmap_sync(ctx, key, v, force)
         if wait:
             sync.wait_for_jobs(ctx, key)
@@ -56,6 +60,24 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
         except ImgstorError as e:
             record_error(ctx, key, e)
             raise
+
+
+def _sync_in_use(ctx, v: Volume) -> None:
+    """A sync volume's VM runs on its overlay (before and after the pivot): the unmap is
+    refused (Conflict, exit 8, nothing recorded) while anything uses the overlay's device
+    -- dm: holders and openers of /dev/mapper/VOL-snap; qcow2: NBD clients of its export
+    -- as direct mode refuses while the disk is in use (audit M4).  ``--force`` skips it:
+    the sync back then takes the device away from its user."""
+    if v.state not in ("mapped", "NAS->VM", "merging") or not v.host:
+        return
+    hc = ctx.config.host(v.host)
+    r = ctx.cluster.step(v.host, "overlay.users", driver=v.extra.get("overlay") or hc.overlay,
+                         pool=v.extra.get("local_pool") or hc.vm_container_zpool, vol=v.vol)
+    users = r.facts.get("users") or []
+    if users:
+        raise Conflict(f"{v.nas}:{v.vol} is in use on {v.host}: {'; '.join(users)}; stop "
+                       "its VM first, or unmap with --force (the VM loses its disk)",
+                       reason="in-use", users=users)
 
 
 def _needs_detach(ctx, host: str) -> bool:

@@ -5,12 +5,28 @@ from __future__ import annotations
 from scn_common import IQN1, ISCSIADM_SESSIONS, cmd, ia_session_line
 
 DM_TABLE = ["dmsetup", "table"]
-ZLIST = ["zfs", "list", "-H", "-o", "name,imgstor:role,type", "-t", "filesystem,volume",
-         "-r", "tank"]
-ZLIST_OUT = ("tank\t-\tfilesystem\n"
-             "tank/vm1-vol\tlocal-copy\tvolume\n"
-             "tank/vm1-vol-temp-write\ttemp-write\tvolume\n"
-             "tank/other\t-\tvolume\n")
+ZTREE = ["zfs", "get", "-H", "-p", "-o", "name,property,value,source", "-r",
+         "type,imgstor:role", "tank"]
+
+
+def tree(*rows: tuple[str, str, str | None, str]) -> str:
+    """``zfs get -r`` lines for (name, type, role, role source)."""
+    out = ""
+    for name, kind, role, source in rows:
+        out += f"{name}\ttype\t{kind}\t-\n"
+        out += (f"{name}\timgstor:role\t{role}\t{source}\n" if role
+                else f"{name}\timgstor:role\t-\t-\n")
+    return out
+
+
+ZTREE_OUT = tree(("tank", "filesystem", None, "-"),
+                 ("tank/vm1-vol", "volume", "local-copy", "local"),
+                 ("tank/vm1-vol@imgstor-in-1", "snapshot", "snapshot", "local"),
+                 ("tank/vm1-vol@auto-1", "snapshot", None, "-"),
+                 ("tank/vm1-vol-temp-write", "volume", "temp-write", "local"),
+                 ("tank/other", "volume", None, "-"),
+                 ("tank/planted-temp-write", "volume", "temp-write", "received"),
+                 ("tank/child", "volume", "local-copy", "inherited from tank/x"))
 TW = "tank/old-temp-write"
 LC = "tank/old"
 ZGET = ["zfs", "get", "-H", "-p", "-o", "name,property,value,source", "imgstor:role,type"]
@@ -30,19 +46,22 @@ SCENARIOS = [
          script=[cmd(ISCSIADM_SESSIONS, stdout=ia_session_line(1, IQN1)),
                  cmd(DM_TABLE, stdout="vm1-vol-snap: 0 131072 snapshot 254:1 254:2 P 8\n"
                                           "other: 0 2048 linear 8:16 0\n"),
-                 cmd(ZLIST, stdout=ZLIST_OUT)],
+                 cmd(ZTREE, stdout=ZTREE_OUT)],
          facts={"sessions": [{"iqn": IQN1, "address": "127.0.0.1", "port": 3261}],
                 "overlays": [{"vol": "vm1-vol", "driver": "dm"}],
                 "datasets": [{"name": "tank/vm1-vol", "pool": "tank", "role": "local-copy",
-                              "type": "volume", "writes": None},
+                              "type": "volume", "writes": None, "snapshots": 1},
                              {"name": "tank/vm1-vol-temp-write", "pool": "tank",
                               "role": "temp-write", "type": "volume", "writes": None}]},
-         message="1 sessions, 1 overlays, 2 marked datasets"),
+         message="1 sessions, 1 overlays, 2 marked datasets",
+         note="marks count only when set here (received, inherited: not imgstor's); a "
+              "local copy's imgstor snapshots are counted"),
     dict(id="facts-nas-dry-run", step="host.facts", tags=["dry-run"], dry_run=True,
          note="read-only: a dry run reads the same",
          args={"pools": ["tank", "gone"]},
-         script=[cmd(ZLIST, stdout="tank\t-\tfilesystem\ntank/v\tvolume\tfilesystem\n"),
-                 cmd(ZLIST[:-1] + ["gone"], rc=1,
+         script=[cmd(ZTREE, stdout=tree(("tank", "filesystem", None, "-"),
+                                        ("tank/v", "filesystem", "volume", "local"))),
+                 cmd(ZTREE[:-1] + ["gone"], rc=1,
                      stderr="cannot open 'gone': dataset does not exist\n")],
          skipped=[], facts_include={"datasets": [{"name": "tank/v", "pool": "tank",
                                                    "role": "volume", "type": "filesystem",

@@ -115,6 +115,15 @@ DM_SCENARIOS = [
     dict(id="dm-bad-volume-name", step="overlay.create", tags=["error"],
          args={**DM, "vol": "../etc", "origin": "/dev/sda"}, script=[],
          raises=("UsageError", "bad volume name")),
+    dict(id="dm-restore-no-cow", step="overlay.create", tags=["error"],
+         note="a restore (existing=True) never makes a fresh COW: the VM would read its "
+              "disk as it was at the map (audit H1)",
+         args={**DM, "origin": "/dev/sda", "existing": True}, script=[T_NONE, GETSZ, TW_NONE],
+         raises=("NotFound", "no overlay is made afresh")),
+    dict(id="dm-restore-over-its-cow", step="overlay.create", tags=["changes"],
+         args={**DM, "origin": "/dev/sda", "existing": True}, env={"paths": [COW, MAPPER]},
+         script=[T_NONE, GETSZ, tw("volume"), cmd(SETTLE), cmd(DM_CREATE), cmd(SETTLE)],
+         changed=True, mutating=[DM_CREATE], facts_include={"temp_write_created": False}),
     # ------------------------------------------------------------------ overlay.restore_local
     dict(id="dm-restore-local-new", step="overlay.restore_local", tags=["changes"],
          note="a pivoted overlay lost in a reboot: linear on the local copy again",
@@ -220,6 +229,37 @@ DM_SCENARIOS = [
                  cmd(DM_REMOVE, rc=1, stderr="device-mapper: remove ioctl on vm1-vol-snap  "
                                              "failed: Device or resource busy\n")],
          raises=("Conflict", "Device or resource busy")),
+    # ------------------------------------------------------------------ remove --force, users
+    dict(id="dm-remove-forced-while-held", step="overlay.remove", tags=["changes"],
+         note="--force: dmsetup loads a table that fails every I/O; the holder keeps the "
+              "device open, so it stays with that table (nothing lands after the snapshot)",
+         args={**DM, "force": True},
+         script=[T_LINEAR, TW_NONE,
+                 cmd(["dmsetup", "remove", "--force", "--retry", SNAP], rc=1,
+                     stderr=f"device-mapper: remove ioctl on {SNAP}  failed: Device or "
+                            "resource busy\nCommand failed.\n"),
+                 cmd(TABLE, stdout="0 131072 error \n")],
+         changed=True, mutating=[["dmsetup", "remove", "--force", "--retry", SNAP]],
+         facts={"driver": "dm", "exists": False, "temp_write_kept": False, "forced": True},
+         message=f"{SNAP} is still held open: its table now fails every I/O (--force)"),
+    dict(id="dm-remove-forced-free", step="overlay.remove", tags=["changes"],
+         args={**DM, "force": True},
+         script=[T_LINEAR, TW_NONE, cmd(["dmsetup", "remove", "--force", "--retry", SNAP])],
+         changed=True, facts={"driver": "dm", "exists": False, "temp_write_kept": False},
+         message=f"removed {SNAP}"),
+    dict(id="dm-remove-forced-leftover", step="overlay.remove", tags=["done"],
+         note="the error table a forced remove left is no overlay any more",
+         args={**DM, "force": True}, script=[cmd(TABLE, stdout="0 131072 error \n"), TW_NONE],
+         changed=False, mutating=[], message=f"no dm device {SNAP}"),
+    dict(id="dm-users-held", step="overlay.users", tags=["read"],
+         args=DM, env={"links": {MAPPER: "/dev/dm-3"},
+                       "users": {"/dev/dm-3": ["pid 77 (qemu-system-x86) has /dev/dm-3 open"]}},
+         script=[], changed=False,
+         facts={"users": ["pid 77 (qemu-system-x86) has /dev/dm-3 open"]},
+         message="vm1-vol: in use: pid 77 (qemu-system-x86) has /dev/dm-3 open"),
+    dict(id="dm-users-none", step="overlay.users", tags=["read", "dry-run"], dry_run=True,
+         args=DM, script=[], skipped=[], changed=False, facts={"users": []},
+         message="vm1-vol: not in use"),
 ]
 
 
@@ -240,7 +280,7 @@ QSD = ["qemu-storage-daemon", "--daemonize", "--pidfile", PID_FILE,
        "--blockdev", ORIGIN_NODE,
        "--blockdev", '{"driver":"file","filename":"' + OVERLAY + '","node-name":"ovl-file"}',
        "--blockdev", '{"backing":"origin","driver":"qcow2","file":"ovl-file","node-name":"ovl"}',
-       "--nbd-server", f"addr.type=unix,addr.path={NBD_SOCK}",
+       "--nbd-server", f"addr.type=unix,addr.path={NBD_SOCK},max-connections=1",
        "--export", "type=nbd,id=vm1-vol,node-name=ovl,name=vm1-vol,writable=on",
        "--chardev", f"socket,id=qmp,path={QMP_SOCK},server=on,wait=off",
        "--monitor", "chardev=qmp"]
@@ -254,6 +294,15 @@ INFO_OVERLAY = cmd(["qemu-img", "info", "--output=json", OVERLAY],
                    sub={"/tmp/imgstor-drivers-capture/overlay.qcow2": OVERLAY})
 RM_ALL = ["rm", "-f", "--", PID_FILE, QMP_SOCK, NBD_SOCK]
 QSD_ARGV = ["/usr/bin/qemu-storage-daemon", "--daemonize", "--pidfile", PID_FILE]
+UNIX = ("Num       RefCount Protocol Flags    Type St Inode Path\n"
+        f"00000000320b7fe9: 00000002 00000000 00010000 0001 01 5707859 {NBD_SOCK}\n"
+        f"00000000b18cfc85: 00000003 00000000 00000000 0001 03 5707860 {NBD_SOCK}\n"
+        "0000000011112222: 00000003 00000000 00000000 0001 03 5705143\n")
+SS = ("Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"
+      f"u_str ESTAB 0 0 {NBD_SOCK} 5707860 * 5705143 "
+      'users:(("qemu-storage-da",pid=4242,fd=12))\n'
+      'u_str ESTAB 0 0 * 5705143 * 5707860 users:(("qemu-io",pid=31337,fd=4))\n'
+      'u_str ESTAB 0 0 * 11 * 12 users:(("sshd",pid=9,fd=3))\n')
 RUNNING = {"files": {PID_FILE: "4242\n"}, "procs": {4242: ["S", QSD_ARGV]},
            "exists": [QMP_SOCK, NBD_SOCK, "/run/imgstor/qsd", "/run/imgstor/nbd"]}
 
@@ -299,9 +348,10 @@ REOPEN_LOCAL = {"options": [{"driver": "qcow2", "node-name": "ovl", "file": "ovl
 REOPEN_ORIGIN = {"options": [{"driver": "qcow2", "node-name": "ovl", "file": "ovl-file",
                               "backing": "origin"}]}
 COMMIT_LOCAL = {"job-id": "commit-local", "device": "ovl", "base-node": "local",
-                "auto-dismiss": False}
+                "auto-dismiss": False, "auto-finalize": False}
 COMMIT_ORIGIN = {"job-id": "commit-origin", "device": "ovl", "base-node": "origin",
-                 "auto-dismiss": False}
+                 "auto-dismiss": False, "auto-finalize": False}
+RM_OVERLAY = ["rm", "-f", "--", OVERLAY]
 SNAP_FACTS = {"driver": "qcow2", "exists": True, "device": URL, "phase": "snapshot",
               "into": None, "done": None, "total": None, "status": "snapshot", "synced": None,
               "pid": 4242, "nbd": NBD_SOCK, "qmp": QMP_SOCK, "export_node": "ovl",
@@ -353,6 +403,14 @@ QCOW2_SCENARIOS = [
          args={**QC, "origin": SPEC.replace(IQN1, IQN1 + "x")}, env={"initiator": INIT0},
          fs={"exists": [OVERLAY]}, script=[tw("filesystem"), ZMOUNT, INFO_OVERLAY],
          raises=("Conflict", "exists over another origin")),
+    dict(id="qcow2-restore-without-its-file", step="overlay.create", tags=["error"],
+         note="the pivot unlinked the file: the local copy holds every write; a restore "
+              "never makes a fresh overlay over the origin (audit H1)",
+         args={**QC, "origin": SPEC, "existing": True}, env={"initiator": INIT0},
+         script=[tw("filesystem"), ZMOUNT], raises=("NotFound", "is not there")),
+    dict(id="qcow2-restore-without-temp-write", step="overlay.create", tags=["error"],
+         args={**QC, "origin": SPEC, "existing": True}, env={"initiator": INIT0},
+         script=[TW_NONE], raises=("NotFound", "no overlay is made afresh")),
     dict(id="qcow2-other-initiator", step="overlay.create", tags=["error"],
          args={**QC, "origin": SPEC}, env={"initiator": INIT1}, script=[],
          raises=("UsageError", f"logs in as {INIT0}, not as this node")),
@@ -445,24 +503,47 @@ QCOW2_SCENARIOS = [
          args=QC, fs=RUNNING, script=[], qmp=graph(), skipped=[], changed=False,
          facts=SNAP_FACTS),
     # ------------------------------------------------------------------ overlay.linear
-    dict(id="qcow2-pivot", step="overlay.linear", tags=["changes"], args=QC, fs=RUNNING,
-         script=[tw("filesystem"), cmd(DESTROY_TW)],
+    dict(id="qcow2-pivot", step="overlay.linear", tags=["changes"],
+         note="job-complete, then (pending: the guest's I/O held, the local copy holds every "
+              "write) the overlay file is unlinked before job-finalize: a daemon dying from "
+              "then on is restored on the local copy, never over the origin (audit H1)",
+         args=QC, fs={**RUNNING, "exists": RUNNING["exists"] + [OVERLAY]},
+         script=[tw("filesystem"), ZMOUNT, cmd(RM_OVERLAY), tw("filesystem"), cmd(DESTROY_TW)],
          qmp=[*graph("#block044", [job("local", "ready")]),
               q("job-complete", args={"id": "commit-local"}),
+              q("query-jobs", [job("local", "waiting")]),
               q("query-jobs", [job("local", "pending")]),
+              q("job-finalize", args={"id": "commit-local"}),
               q("query-jobs", [job("local", "concluded")]),
               *graph("local", [job("local", "concluded")], GRAPH + ("local", "local-file")),
               q("job-dismiss", args={"id": "commit-local"}),
               q("blockdev-del", args={"node-name": "ovl"}),
               q("blockdev-del", args={"node-name": "ovl-file"}),
               q("blockdev-del", args={"node-name": "origin"})],
-         changed=True, mutating=[DESTROY_TW], sleeps=1,
+         changed=True, mutating=[RM_OVERLAY, DESTROY_TW], sleeps=1,
          facts={"driver": "qcow2", "exists": True, "device": URL, "phase": "pivoted",
                 "into": "local", "status": "linear", "temp_write_destroyed": True},
          message="overlay vm1-vol pivoted onto the local"),
+    dict(id="qcow2-pivot-pending", step="overlay.linear", tags=["changes"],
+         note="a pivot killed while the job was pending (guest I/O held): no second "
+              "job-complete; the file goes (again: rm -f), then job-finalize",
+         args=QC, fs=RUNNING,
+         script=[tw("filesystem"), ZMOUNT, tw("filesystem"), cmd(DESTROY_TW)],
+         qmp=[*graph("#block044", [job("local", "pending")]),
+              q("query-jobs", [job("local", "pending")]),
+              q("job-finalize", args={"id": "commit-local"}),
+              q("query-jobs", [job("local", "concluded")]),
+              *graph("local", [job("local", "concluded")], GRAPH + ("local", "local-file")),
+              q("job-dismiss", args={"id": "commit-local"}),
+              q("blockdev-del", args={"node-name": "ovl"}),
+              q("blockdev-del", args={"node-name": "ovl-file"}),
+              q("blockdev-del", args={"node-name": "origin"})],
+         changed=True, mutating=[DESTROY_TW], facts_include={"phase": "pivoted"}),
     dict(id="qcow2-pivot-cancel", step="overlay.linear", tags=["changes"],
-         note="after a commit into the origin the VM runs on the iSCSI origin alone",
-         args=QC, fs=RUNNING, script=[tw("filesystem"), cmd(DESTROY_TW)],
+         note="after a commit into the origin the VM runs on the iSCSI origin alone (a "
+              "commit started with auto-finalize on just concludes)",
+         args=QC, fs=RUNNING, script=[tw("filesystem"), ZMOUNT, tw("filesystem"),
+                                      cmd(DESTROY_TW)],
          qmp=[*graph("#block044", [job("origin", "ready")]),
               q("job-complete", args={"id": "commit-origin"}),
               q("query-jobs", [job("origin", "concluded")]),
@@ -513,6 +594,23 @@ QCOW2_SCENARIOS = [
     dict(id="qcow2-will-not-die", step="overlay.remove", tags=["error"], args=QC,
          fs=RUNNING, script=[cmd(["kill", "-TERM", "4242"]), cmd(["kill", "-KILL", "4242"])],
          qmp=[q("quit")], raises=("StepError", "qemu-storage-daemon 4242 did not exit")),
+    # ------------------------------------------------------------------ overlay.users
+    dict(id="qcow2-users-named", step="overlay.users", tags=["read"],
+         note="the export's connected sockets (/proc/net/unix state 03), their peers named "
+              "by ss -xpn; a client waiting in the backlog (state 02) is not served yet",
+         args=QC, env={"tools": {"ss": "/usr/bin/ss"}},
+         fs={"files": {"/proc/net/unix": UNIX}},
+         script=[cmd(["ss", "-x", "-p", "-n"], stdout=SS)], changed=False,
+         facts={"users": [f"pid 31337 (qemu-io) is connected to the NBD export {NBD_SOCK}"]},
+         message=f"vm1-vol: in use: pid 31337 (qemu-io) is connected to the NBD export "
+                 f"{NBD_SOCK}"),
+    dict(id="qcow2-users-counted", step="overlay.users", tags=["read"],
+         note="no ss: counted only", args=QC, fs={"files": {"/proc/net/unix": UNIX}},
+         script=[], changed=False,
+         facts={"users": [f"1 NBD client(s) connected to {NBD_SOCK} (a VM?)"]}),
+    dict(id="qcow2-users-none", step="overlay.users", tags=["read", "dry-run"], dry_run=True,
+         args=QC, fs={"files": {"/proc/net/unix": UNIX.replace(" 03 5707860", " 02 0")}},
+         script=[], skipped=[], changed=False, facts={"users": []}),
 ]
 
 SCENARIOS = DM_SCENARIOS + QCOW2_SCENARIOS

@@ -70,7 +70,7 @@ WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.r
                "nas.hold_base", "nas.release_base", "host.destroy_marked",
                "vm.start", "vm.stop")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
-              "probe", "overlay.status", "host.facts",
+              "probe", "overlay.status", "overlay.users", "host.facts",
               "nas.inventory", "compute.inventory", "node.sync_facts",
               "vm.status", "vm.list")
 KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
