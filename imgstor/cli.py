@@ -204,7 +204,9 @@ COMMANDS: list[Cmd] = [
     Cmd(("repair",), "imgstor.workflows.check:repair", [], {},
         "fix what `check` finds (--dry-run: the plan); leaves what may hold a VM's only "
         "data and says how to remove it (--destroy-orphans: orphan temp-writes and local "
-        "copies too; never a NAS volume)", flags=("--destroy-orphans",)),
+        "copies too; never a NAS volume; --adopt: take back the marked NAS volumes the store "
+        "lost, unmapped or mapped where the hosts agree)",
+        flags=("--destroy-orphans", "--adopt")),
     Cmd(("rebuild",), "imgstor.workflows.rebuild:rebuild", [], {},
         "make the lost state file again from the hosts (the NAS volumes' imgstor: "
         "properties, the nodes' local copies and overlays, the live targets); refused "

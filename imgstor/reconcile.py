@@ -23,7 +23,7 @@ from imgstor.state.model import Job, Volume
 __all__ = ["Action", "Finding", "FRONTEND", "wants_target", "target_plan", "nas_plan",
            "store_plan", "imgstor_iqn_prefix", "restore_plan", "node_plan",
            "nas_volume_plan", "on_host", "ORIGIN_FROM_ATTACH", "ORIGIN_LOCAL", "sync_view",
-           "restore_finding"]
+           "restore_finding", "Lost", "lost_volume"]
 
 FRONTEND = "frontend"          # Action.host of the store's own repairs (no remote step)
 
@@ -104,17 +104,20 @@ def imgstor_iqn_prefix(nas: str) -> str:
 
 def nas_plan(nas: str, volumes: Iterable[Volume], live: list[dict], *, driver: str,
              kind: str | None = None, portal: Portal | str | None = None,
-             skip: Callable[[Volume], bool] = lambda v: False) -> list[Finding]:
+             skip: Callable[[Volume], bool] = lambda v: False,
+             keep: Iterable[str] = ()) -> list[Finding]:
     """Everything that differs between the store's volumes of NAS and its live targets
     (``nas.target_facts`` rows): each volume's ``target_plan`` (a record whose target is
     gone gets it back; a wrong ACL is put right; a target the record does not want goes),
     and orphans: targets named like imgstor's whose volume the store does not have.
     ``skip(v)``: volumes a user command or a job is working on (not judged now).
+    ``keep``: IQNs of marked NAS volumes the store lost (a re-adopt takes them back with
+    their targets: not orphans).
     An orphan with initiators logged in is left (removing it would cut a live disk)."""
     vols = [v for v in volumes if v.nas == nas]
     by_iqn = {t["iqn"]: t for t in live}
     out: list[Finding] = []
-    known: set[str] = set()
+    known: set[str] = {str(i).lower() for i in keep}
     for v in sorted(vols, key=lambda v: v.vol):
         iqn = v.target or target_iqn(nas, v.vol)
         known.update({iqn, target_iqn(nas, v.vol)})
@@ -126,7 +129,7 @@ def nas_plan(nas: str, volumes: Iterable[Volume], live: list[dict], *, driver: s
     prefix = imgstor_iqn_prefix(nas)
     for t in sorted(live, key=lambda t: t["iqn"]):
         iqn = t["iqn"]
-        if iqn in known or not iqn.lower().startswith(prefix):
+        if iqn in known or iqn.lower() in known or not iqn.lower().startswith(prefix):
             continue
         why = "orphan target: no volume in the store has it"
         if t.get("sessions"):
@@ -275,15 +278,18 @@ def _local_only(a: Action) -> bool:
 def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, driver: str,
               pool: str, volume_kind: str, skip: Callable[[Volume], bool] = lambda v: False,
               pivoting: Callable[[Volume], bool] = lambda v: False,
-              destroy_orphans: bool = False) -> list[Finding]:
+              destroy_orphans: bool = False, keep: Iterable[str] = ()) -> list[Finding]:
     """Everything that differs between the store and compute node HOST's ``host.facts``:
     each mapped volume's ``restore_plan`` (``session`` / ``overlay`` findings), and orphans
     -- sessions to an imgstor-named target no volume here has (logged out), overlays no
     record has (removed, unless their temp-write holds writes), temp-write stores and
     local copies no record has (a temp-write without writes is destroyed; one with writes
     and a local copy -- it may be newer than the NAS -- are left unless
-    ``destroy_orphans``)."""
+    ``destroy_orphans``).  ``keep``: names of volumes that marked NAS volumes the store
+    lost say are mapped here: their sessions, overlays and datasets are not orphans (a
+    re-adopt takes them back)."""
     mine = [v for v in volumes if on_host(v, host)]
+    kept = set(keep)
     out: list[Finding] = []
     for v in sorted(mine, key=lambda v: v.key):
         if skip(v):
@@ -304,14 +310,15 @@ def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, d
     iqns = {v.target for v in mine if v.target} | {target_iqn(v.nas, v.vol) for v in mine}
     for s in sorted(facts.get("sessions") or [], key=lambda s: s["iqn"]):
         iqn = s["iqn"]
-        if iqn in iqns or not iqn.lower().startswith("iqn.2001-04.com."):
+        if iqn in iqns or not iqn.lower().startswith("iqn.2001-04.com.") \
+                or any(iqn.lower().endswith("-" + k.lower()) for k in kept):
             continue
         why = "orphan session: no volume mapped here has this target"
         portal = f"{s['address']}:{s['port']}"
         out.append(Finding("orphan-session", f"{host}:{iqn}", why, (
             Action(host, "compute.detach", {"kind": kind, "portal": portal, "iqn": iqn},
                    why),)))
-    names = {v.vol for v in mine}       # … nor its mode: any volume there owns its overlay
+    names = {v.vol for v in mine} | kept   # … nor its mode: any volume owns its overlay
     writes = {d["name"]: d.get("writes") for d in facts.get("datasets") or []
               if d["role"] == "temp-write"}
     for o in sorted(facts.get("overlays") or [], key=lambda o: o["vol"]):
@@ -328,7 +335,8 @@ def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, d
         out.append(Finding("orphan-overlay", f"{host}:{vol}", why, (
             Action(host, "overlay.remove", {"driver": o["driver"], "pool": pool, "vol": vol},
                    why),)))
-    known = {f"{v.extra.get('local_pool') or pool}/{v.vol}" for v in mine}
+    known = {f"{v.extra.get('local_pool') or pool}/{v.vol}" for v in mine} | \
+        {f"{pool}/{k}" for k in kept}
     for d in sorted(facts.get("datasets") or [], key=lambda d: d["name"]):
         name, role = d["name"], d["role"]
         if role == "volume":
@@ -357,15 +365,58 @@ def node_plan(host: str, volumes: Iterable[Volume], facts: dict, *, kind: str, d
 def nas_volume_plan(nas: str, volumes: Iterable[Volume], facts: dict) -> list[Finding]:
     """NAS volumes carrying imgstor's mark (``imgstor:role=volume``) the store does not
     know: always left -- they may hold a VM's only copy; never destroyed by repair, not even
-    with ``--destroy-orphans``."""
+    with ``--destroy-orphans``.  (check's own rows say more: ``lost_volume``.)"""
     known = {f"{v.zpool}/{v.vol}" for v in volumes if v.nas == nas}
     out = []
     for d in sorted(facts.get("datasets") or [], key=lambda d: d["name"]):
         if d["role"] != "volume" or d["name"] in known:
             continue
         out.append(Finding("orphan-volume", f"{nas}:{d['name']}",
-                           "marked imgstor:role=volume, not in the store", left=(
-                               f"it may hold a VM's only copy: imgstor never destroys it; "
-                               f"once you know it holds nothing needed, `zfs destroy "
-                               f"{d['name']}` on {nas} by hand")))
+                           "marked imgstor:role=volume, not in the store", left=_NEVER))
     return out
+
+
+_NEVER = ("imgstor never destroys it (it may hold a VM's only copy); once you know it holds "
+          "nothing needed, `zfs destroy` it on the NAS by hand")
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A marked NAS volume the store lacks, as check found it: what its checked
+    properties claim (``says``), why they cannot be taken (``conflicts``), what the hosts
+    do not back (``doubts``: rebuild's notes), and the records a re-adopt would write
+    (``record``: Volume.to_dict(); ``jobs``/``vms``: to_dict() too)."""
+    nas: str
+    pool: str
+    vol: str
+    says: str
+    conflicts: tuple[str, ...] = ()
+    doubts: tuple[str, ...] = ()
+    record: dict | None = None
+    jobs: tuple[dict, ...] = ()
+    vms: tuple[dict, ...] = ()
+
+
+def lost_volume(lost: Lost, *, adopt: bool) -> Finding:
+    """check's row for a marked NAS volume the store lacks (a state file restored from an
+    older backup, a record removed by hand): what it claims, and ``repair --adopt``'s
+    ``store.adopt`` when its claim holds and the live target, session and node facts
+    back it; else left, with why.  Never destroyed."""
+    subject = f"{lost.nas}:{lost.pool}/{lost.vol}"
+    why = f"marked imgstor:role=volume, not in the store; it says: {lost.says}"
+    if lost.conflicts:
+        return Finding("orphan-volume", subject, why, left=(
+            "its properties cannot be taken: " + "; ".join(lost.conflicts) + "; fix them on "
+            f"{lost.nas} (zfs inherit/zfs set imgstor:…), then `imgstor repair --adopt`; "
+            + _NEVER))
+    if lost.doubts or lost.record is None:
+        return Finding("orphan-volume", subject, why, left=(
+            "the hosts do not back it: " + ("; ".join(lost.doubts) or "no record")
+            + "; once they agree, `imgstor repair --adopt`; " + _NEVER))
+    if not adopt:
+        return Finding("orphan-volume", subject, why, left=(
+            "`imgstor repair --adopt` takes it back as it says; " + _NEVER))
+    args = {"key": f"{lost.nas}/{lost.vol}", "record": lost.record,
+            "jobs": list(lost.jobs), "vms": list(lost.vms)}
+    return Finding("orphan-volume", subject, why,
+                   (Action(FRONTEND, "store.adopt", args, "taken back as it says"),))

@@ -25,6 +25,7 @@ from typing import Any
 from imgstor import jobs as jobmod
 from imgstor import reconcile
 from imgstor.errors import BusyError, ImgstorError
+from imgstor.names import target_iqn
 from imgstor.output import Output
 from imgstor.state.store import pid_alive, this_host
 from imgstor.workflows.storagemap.common import portal_of
@@ -43,11 +44,13 @@ def _in_flight(st, v) -> bool:
     return any(jobmod.owner_alive(j) for j in st.jobs_of(v.key))
 
 
-def plan(ctx, *, destroy_orphans: bool = False,
-         restore_only: bool = False) -> list[reconcile.Finding]:
+def plan(ctx, *, destroy_orphans: bool = False, restore_only: bool = False,
+         adopt: bool = False) -> list[reconcile.Finding]:
     """The findings of ``check``/``repair``; ``restore_only`` (refresh): what a reboot or
     a daemon restart lost of mapped volumes only -- targets and ACLs to put back, sessions
-    and overlays to start again -- and nothing of the store's own or of orphans."""
+    and overlays to start again -- and nothing of the store's own or of orphans.
+    ``adopt`` (``repair --adopt``): the marked NAS volumes the store lacks whose claims
+    hold are taken back first, and the rest is judged as if they were in the store."""
     st = ctx.store.read()
     findings = [] if restore_only else reconcile.store_plan(
         st.volumes.values(), st.jobs.values(), here=this_host(), alive=pid_alive)
@@ -66,10 +69,14 @@ def plan(ctx, *, destroy_orphans: bool = False,
     def live(host: str):
         cfg = ctx.config.host(host)
         if host in nases:
-            t = cl.step(host, "nas.target_facts", driver=cfg.target_driver).facts["targets"]
-            f = {} if restore_only else cl.step(host, "host.facts",
-                                                 pools=list(cfg.img_zpools)).facts
-            return t, f
+            if restore_only:
+                return cl.step(host, "nas.target_facts",
+                               driver=cfg.target_driver).facts["targets"], {}
+            # the marked volumes with their imgstor: properties (and sources) and the live
+            # targets, in one read
+            inv = cl.step(host, "nas.inventory", pools=list(cfg.img_zpools),
+                          driver=cfg.target_driver).facts
+            return inv["targets"], inv
         return None, cl.step(host, "host.facts", pools=[cfg.vm_container_zpool],
                              initiator=cfg.initiator, overlay=cfg.overlay).facts
 
@@ -77,6 +84,20 @@ def plan(ctx, *, destroy_orphans: bool = False,
     found = cl.parallel(hosts, live) if hosts else {}
     in_flight = (lambda v: _restore_skip(st, v)) if restore_only else \
         (lambda v: _in_flight(st, v))
+    lost: list[reconcile.Lost] = [] if restore_only else _lost(
+        ctx, st, {n: found[n][1] for n in nases if not isinstance(found[n], ImgstorError)})
+    findings += [reconcile.lost_volume(x, adopt=adopt) for x in lost]
+    from imgstor.state.model import Volume
+    taken = [Volume.from_dict(x.record) for x in lost
+             if adopt and x.record is not None and not x.conflicts and not x.doubts]
+    volumes = list(st.volumes.values()) + taken
+    # what the lost volumes (not taken back now) hold on the hosts is theirs: not orphans
+    keep_iqns = {n: {target_iqn(n, x.vol) for x in lost if x.nas == n} for n in nases}
+    keep_vols: dict[str, set[str]] = {}
+    for x in lost:
+        h = (x.record or {}).get("host") or _claimed_host(x)
+        if h:
+            keep_vols.setdefault(h, set()).add(x.vol)
     for host in hosts:
         res = found[host]
         if isinstance(res, ImgstorError):
@@ -87,22 +108,21 @@ def plan(ctx, *, destroy_orphans: bool = False,
         cfg = ctx.config.host(host)
         targets, facts = res
         if host in nases:
-            nf = reconcile.nas_plan(host, st.volumes.values(), targets, driver=cfg.target_driver,
+            nf = reconcile.nas_plan(host, volumes, targets, driver=cfg.target_driver,
                                     kind=cfg.volume_kind, portal=portal_of(cfg),
-                                    skip=in_flight)
+                                    skip=in_flight, keep=keep_iqns.get(host, ()))
             if restore_only:    # put back what is missing; removing waits for repair
                 nf = [f for f in nf if f.what == "target"
                       and all(a.step == "nas.ensure_target" for a in f.actions)]
-            else:
-                nf += reconcile.nas_volume_plan(host, st.volumes.values(), facts)
             findings += nf
             continue
-        vols = [_with_portal(ctx, v) for v in st.volumes.values()]
+        vols = [_with_portal(ctx, v) for v in volumes]
         nf = reconcile.node_plan(host, vols, facts, kind=cfg.initiator,
                                  driver=cfg.overlay, pool=cfg.vm_container_zpool,
                                  volume_kind=_kind(ctx, host, st),
                                  skip=_busy_live, pivoting=(lambda v: _pivoting(st, v)),
-                                 destroy_orphans=destroy_orphans)
+                                 destroy_orphans=destroy_orphans,
+                                 keep=keep_vols.get(host, ()))
         if restore_only:
             nf = [f for f in nf if f.what in ("session", "overlay")]
         findings += nf
@@ -111,6 +131,62 @@ def plan(ctx, *, destroy_orphans: bool = False,
         findings += synccheck.findings(ctx, st, [h for h in hosts
                                                  if not isinstance(found[h], ImgstorError)])
     return findings
+
+
+def _claimed_host(x: reconcile.Lost) -> str | None:
+    """The host a lost volume's claim names (``says``: "… mapped to HOST, …")."""
+    _, sep, rest = x.says.partition(" mapped to ")
+    return rest.split(",", 1)[0].strip() or None if sep else None
+
+
+def _lost(ctx, st, inventories: dict[str, dict]) -> list[reconcile.Lost]:
+    """The marked NAS volumes (``imgstor:role=volume`` set on the NAS) the store lacks,
+    each with what its checked properties claim (``nasclaims``, as rebuild checks them)
+    and the records rebuild's rules would make of it from the live targets and the
+    claimed nodes' facts (``compute.inventory``, read only when there is such a volume).
+    Nothing is changed."""
+    import time
+
+    from imgstor.state.model import volume_key
+    from imgstor.workflows import rebuild
+    unknown = {volume_key(n, r["vol"]) for n, f in inventories.items()
+               for r in f.get("volumes", ()) if r.get("role") == "volume"
+               and volume_key(n, r["vol"]) not in st.volumes}
+    if not unknown:
+        return []
+    nas_info, node_info = rebuild.host_info(ctx.config)
+    nas_facts: dict[str, dict | None] = {
+        n: {**f, "volumes": [r for r in f.get("volumes", ())
+                             if volume_key(n, r["vol"]) in unknown]}
+        for n, f in inventories.items() if n in nas_info}
+    hosts = sorted({r["props"]["host"] for f in nas_facts.values() for r in (f or {})["volumes"]
+                    if r["props"].get("host") in node_info})
+    got = rebuild.node_round(ctx, nas_facts, nas_info, node_info, hosts)
+    node_facts = {h: (None if isinstance(r, ImgstorError) else r) for h, r in got.items()}
+    known = list(st.volumes.values())
+    out = rebuild.records_from_facts(nas_facts, node_facts, nas_info=nas_info,
+                                     node_info=node_info, known=known, now=time.time(),
+                                     chap_users=rebuild.chap_users(ctx, nas_facts))
+    claims = {c.key: c for c in rebuild.claims(nas_facts, node_facts, nas_info=nas_info,
+                                               node_info=node_info, known=known)}
+    notes: dict[str, list[str]] = {}
+    for subject, what in out.notes:
+        notes.setdefault(subject, []).append(what)
+    lost = []
+    for key in sorted(unknown):
+        c = claims.get(key)
+        if c is None:            # its NAS is not in the config's NASes any more
+            continue
+        v = out.state.volumes.get(key)
+        doubts = tuple(notes.get(key, ())) if key in out.unsure else ()
+        if c.host and c.host in node_facts and node_facts[c.host] is None:
+            doubts += (f"{c.host} unreachable",)
+        jobs = tuple(j.to_dict() for j in out.state.jobs.values() if j.volume == key)
+        vms = tuple(vm.to_dict() for n, vm in out.state.vms.items()
+                    if n == c.props.get("vm") and n not in st.vms)
+        lost.append(reconcile.Lost(c.nas, c.pool, c.vol, c.says(), tuple(c.conflicts),
+                                   doubts, v.to_dict() if v is not None else None, jobs, vms))
+    return lost
 
 
 def _busy_live(v) -> bool:
@@ -174,10 +250,10 @@ def _brief(a: reconcile.Action) -> str:
                     if k in ("iqn", "job", "key", "vol", "name"))
 
 
-def repair(ctx, *, destroy_orphans: bool = False) -> Output:
+def repair(ctx, *, destroy_orphans: bool = False, adopt: bool = False) -> Output:
     rows = []
     failed = False
-    for f in plan(ctx, destroy_orphans=destroy_orphans):
+    for f in plan(ctx, destroy_orphans=destroy_orphans, adopt=adopt):
         if not f.actions:
             rows.append(_row(f, f"left: {f.left}"))
             failed = True
@@ -239,6 +315,8 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
     if a.step == "store.unbusy":
         ctx.store.unbusy(a.args["key"])
         return "busy marker cleared"
+    if a.step == "store.adopt":
+        return _adopt(ctx, a.args)
     if a.step == "monitor.start":
         try:
             return f"started monitor pid {jobmod.spawn(ctx.store, ctx.config.path, a.args['job'])}"
@@ -276,6 +354,36 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
         return r.message or f"{a.step} done"
     r = ctx.cluster.step(a.host, a.step, **args)
     return r.message or f"{a.step} done"
+
+
+def _adopt(ctx, args: dict) -> str:
+    """``repair --adopt``: the record (and its job, its VM) of a marked NAS volume the
+    store lacks, written as check found it; refused if the store has it meanwhile or its
+    names now collide with a record.  A job gets its monitor at once."""
+    from imgstor.errors import Conflict
+    from imgstor.names import check_collisions
+    from imgstor.state.model import Job, Vm, Volume
+    v = Volume.from_dict(args["record"])
+    jobs = [Job.from_dict(j) for j in args.get("jobs", ())]
+    with ctx.store.transaction() as st:
+        if v.key in st.volumes:
+            raise Conflict(f"{v.key} is in the store already (recorded meanwhile)")
+        check_collisions(st.volumes.values(), v.nas, v.vol, host=v.host,
+                         chap_user=v.extra.get("chap_user"))
+        st.volumes[v.key] = v
+        for j in jobs:
+            st.jobs[j.id] = j
+        for d in args.get("vms", ()):
+            vm = Vm.from_dict(d)
+            st.vms.setdefault(vm.name, vm)
+    started = []
+    for j in jobs:
+        try:
+            started.append(f"monitor of {j.id} pid {jobmod.spawn(ctx.store, ctx.config.path, j.id)}")
+        except OSError as e:
+            started.append(f"monitor of {j.id} not started ({e}): `imgstor monitor --resume`")
+    where = f" on {v.host}" if v.host else ""
+    return f"taken back: {v.state}{where}" + ("; " + "; ".join(started) if started else "")
 
 
 def _record(ctx, key: str, **changes) -> None:

@@ -37,8 +37,10 @@ from typing import Any
 from imgstor.errors import Conflict, ImgstorError
 from imgstor.output import Output
 from imgstor.state.model import Job, State, Vm, Volume, volume_key
+from imgstor.workflows import nasclaims
 
-__all__ = ["rebuild", "records_from_facts", "Rebuilt", "EXIT_PARTIAL"]
+__all__ = ["rebuild", "records_from_facts", "claims", "Rebuilt", "EXIT_PARTIAL",
+           "host_info", "node_round", "chap_users"]
 
 EXIT_PARTIAL = 9          # written, but something could not be restored (as check's exit)
 MERGING = ("merging", "merged", "pivoted")
@@ -49,10 +51,16 @@ class Rebuilt:
     state: State
     notes: list[tuple[str, str]] = field(default_factory=list)    # (subject, what)
     partial: bool = False            # something could not be restored
+    # subjects whose record the live facts do not fully back (a partial note, or a doubt:
+    # a missing session, an ACL that differs): `repair --adopt` leaves these
+    unsure: set[str] = field(default_factory=set)
 
-    def note(self, subject: str, what: str, *, partial: bool = False) -> None:
+    def note(self, subject: str, what: str, *, partial: bool = False,
+             doubt: bool = False) -> None:
         self.notes.append((subject, what))
         self.partial |= partial
+        if partial or doubt:
+            self.unsure.add(subject)
 
 
 def _int(v: Any) -> int | None:
@@ -65,15 +73,25 @@ def _int(v: Any) -> int | None:
 def records_from_facts(nas_facts: dict[str, dict | None], node_facts: dict[str, dict | None],
                        *, nas_info: dict[str, dict], node_info: dict[str, dict],
                        chap_users: dict[str, str] | None = None,
-                       now: float = 0.0) -> Rebuilt:
+                       now: float = 0.0, known: list | None = None) -> Rebuilt:
     """The state the facts prove (pure).  ``nas_facts[nas]`` / ``node_facts[host]``: the
     inventory step's facts, None when the host could not be reached.  ``nas_info[nas]``:
-    ``{"driver", "portal"}`` (its target driver and default portal); ``node_info[host]``:
-    ``{"pool", "overlay"}`` (its vm_container_zpool and overlay driver).
-    ``chap_users[key]``: the CHAP user of a volume whose credentials file exists."""
+    ``{"driver", "portal", "portals"}`` (its target driver, default portal and every
+    portal a claim may name); ``node_info[host]``: ``{"pool", "overlay"}`` (its
+    vm_container_zpool and overlay driver), one per compute host of the config.  Every
+    volume's properties are checked first (``claims``): a conflict is noted, not
+    recorded.
+    ``chap_users[key]``: the CHAP user of a volume whose credentials file exists.
+    ``known``: records the claims must not collide with (check's re-adopt: the store's)."""
     out = Rebuilt(State())
     chap_users = chap_users or {}
     used: set[tuple[str, str]] = set()                  # (host, node dataset) accounted for
+    found = claims(nas_facts, node_facts, nas_info=nas_info, node_info=node_info,
+                   known=known)
+    for c in found:
+        if c.conflicts:
+            out.note(c.key, "conflict, not recorded: " + "; ".join(c.conflicts), partial=True)
+    taken = {(c.nas, c.vol) for c in found if not c.conflicts}
     for nas in sorted(nas_facts):
         facts = nas_facts[nas]
         if facts is None:
@@ -86,7 +104,12 @@ def records_from_facts(nas_facts: dict[str, dict | None], node_facts: dict[str, 
         live = {str(t["iqn"]).lower(): t for t in facts.get("targets", ())}
         for row in facts.get("volumes", ()):
             if row.get("role") != "volume":
+                if (row.get("foreign") or {}).get("role"):
+                    out.note(volume_key(nas, row["vol"]), "imgstor:role="
+                             f"{row['foreign']['role']}: not set by imgstor, not imgstor's")
                 continue                 # not imgstor's: never recorded, never touched
+            if (nas, row["vol"]) not in taken:
+                continue                 # a conflict: said above, nothing recorded
             v = _volume(out, nas, row, info, live, node_facts, node_info, chap_users, used,
                         now)
             out.state.volumes[v.key] = v
@@ -109,6 +132,32 @@ def records_from_facts(nas_facts: dict[str, dict | None], node_facts: dict[str, 
                 out.note(f"{host}:{d['name']}", f"imgstor:role={d['role']} of no volume "
                          "mapped to this node: not recorded, left as it is", partial=True)
     return out
+
+
+def claims(nas_facts: dict[str, dict | None], node_facts: dict[str, dict | None], *,
+           nas_info: dict[str, dict], node_info: dict[str, dict],
+           known: list | None = None, only: set[str] | None = None) -> list[nasclaims.Claim]:
+    """Every imgstor volume (``imgstor:role=volume`` set locally) of the NASes' facts,
+    its properties checked (``nasclaims``): against the config (``nas_info[nas]
+    ["portals"]``, the compute hosts of ``node_info``), the node's initiator name when the
+    node was read, and each other and ``known`` (the store's records) for collisions.
+    ``only``: the volume keys to check (the others are still compared against)."""
+    computes = set(node_info)
+    out: list[nasclaims.Claim] = []
+    for nas in sorted(nas_facts):
+        facts = nas_facts[nas]
+        if facts is None:
+            continue
+        portals = nas_info.get(nas, {}).get("portals") or []
+        for row in facts.get("volumes", ()):
+            if row.get("role") != "volume":
+                continue
+            host = (row.get("props") or {}).get("host")
+            nf = node_facts.get(host) if host else None
+            out.append(nasclaims.claim(nas, row, computes=computes, portals=portals,
+                                       node_initiator=(nf or {}).get("initiator")))
+    nasclaims.collisions(out, known or ())
+    return [c for c in out if only is None or c.key in only]
 
 
 def _volume(out: Rebuilt, nas: str, row: dict, info: dict, live: dict,
@@ -145,7 +194,8 @@ def _volume(out: Rebuilt, nas: str, row: dict, info: dict, live: dict,
                 v.extra[k] = d[k]
         if d.get("session") is False:
             out.note(key, f"{host} has no iSCSI session to {iqn}: map it again to the same "
-                     "host to log in")
+                     "host to log in", doubt=True)
+        _acl(out, key, target, initiator)
         return v
     if v.mode != "sync":
         v.state, v.error = "error", f"rebuilt: unknown imgstor:mode {v.mode!r}"
@@ -186,6 +236,7 @@ def _volume(out: Rebuilt, nas: str, row: dict, info: dict, live: dict,
     if target is None:
         out.note(key, f"the NAS has no target {iqn}: `imgstor repair` puts it back",
                  partial=True)
+    _acl(out, key, target, initiator)
     if ovl.get("phase") in MERGING and ovl.get("into", "local") == "local" and has_local:
         v.state = "merging"
         job = Job(id=f"sync-in-{uuid.uuid4().hex[:12]}", kind="sync-in", volume=key,
@@ -199,6 +250,17 @@ def _volume(out: Rebuilt, nas: str, row: dict, info: dict, live: dict,
                  "restored: `remove host storagemap` cancels it (the VM's writes merge "
                  "into the NAS volume), then map again", partial=True)
     return v
+
+
+def _acl(out: Rebuilt, key: str, target: dict | None, initiator: str | None) -> None:
+    """A live target whose ACL is not exactly the recorded initiator: said (``imgstor
+    repair`` puts it right), and a doubt for a re-adopt."""
+    if target is None or not initiator:
+        return
+    acls = [str(a).lower() for a in target.get("acls") or []]
+    if acls != [initiator.lower()]:
+        out.note(key, f"target {target['iqn']} admits {', '.join(acls) or 'nobody'}, not "
+                 f"{initiator}: `imgstor repair` puts its ACL right", doubt=True)
 
 
 def _vm(st: State, v: Volume, props: dict) -> None:
@@ -231,45 +293,64 @@ def _rows(out: Rebuilt) -> list[dict[str, Any]]:
     return rows
 
 
-def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
-    cfg = ctx.config
+def host_info(cfg) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(nas_info, node_info) of ``records_from_facts`` for every NAS and compute host."""
+    from imgstor.workflows.storagemap.common import portal_of
     nases = sorted(n for n, h in cfg.hosts.items() if h.role == "nas")
     nodes = sorted(n for n, h in cfg.hosts.items() if h.role == "compute")
-    from imgstor.workflows.storagemap.common import portal_of
-    nas_info = {n: {"driver": cfg.host(n).target_driver, "portal": portal_of(cfg.host(n))}
-                for n in nases}
+    nas_info = {n: {"driver": cfg.host(n).target_driver, "portal": portal_of(cfg.host(n)),
+                    "portals": nasclaims.nas_portals(cfg.host(n))} for n in nases}
     node_info = {n: {"pool": cfg.host(n).vm_container_zpool, "overlay": cfg.host(n).overlay,
                      "initiator": cfg.host(n).initiator} for n in nodes}
+    return nas_info, node_info
+
+
+def node_round(ctx, nas_facts: dict[str, dict | None], nas_info: dict, node_info: dict,
+               hosts: list[str]) -> dict[str, Any]:
+    """``compute.inventory`` of HOSTS at once, each told the direct mappings the NASes'
+    facts say it has (only claims that could be taken: nasclaims), to describe their
+    devices without a login.  {host: facts, or the ImgstorError}."""
+    direct: dict[str, list[dict]] = {}
+    for n, f in nas_facts.items():
+        for row in (f or {}).get("volumes", ()):
+            c = nasclaims.claim(n, row, computes=node_info, portals=nas_info[n]["portals"])
+            p = row["props"]
+            if not c.conflicts and p.get("mode") == "direct" and row.get("role") == "volume":
+                direct.setdefault(p["host"], []).append(
+                    {"iqn": p["target"], "lun": 0 if nas_info[n]["driver"] == "lio" else 1,
+                     "portal": p.get("portal") or nas_info[n]["portal"]})
     cl = ctx.cluster
 
-    def one(h: str, direct: list[dict] | None = None):
-        if h in nas_info:
-            c = cfg.host(h)
-            return cl.step(h, "nas.inventory", pools=list(c.img_zpools),
-                           driver=c.target).facts
+    def one(h: str):
         i = node_info[h]
         return cl.step(h, "compute.inventory", pool=i["pool"], overlay=i["overlay"],
-                       initiator=i["initiator"], direct=direct or []).facts
+                       initiator=i["initiator"], direct=direct.get(h, [])).facts
+    return cl.parallel(hosts, one) if hosts else {}
+
+
+def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
+    cfg = ctx.config
+    nas_info, node_info = host_info(cfg)
+    nases, nodes = sorted(nas_info), sorted(node_info)
+    cl = ctx.cluster
+
+    def one(h: str):
+        c = cfg.host(h)
+        return cl.step(h, "nas.inventory", pools=list(c.img_zpools),
+                       driver=c.target_driver).facts
 
     # Two rounds, each host of a round at once: the NASes, then the nodes (each is told
     # the direct mappings the NASes say it has, to describe their devices).
     got = cl.parallel(nases, one) if nases else {}
-    direct: dict[str, list[dict]] = {}
-    for n in nases:
-        for row in (got[n] if not isinstance(got[n], ImgstorError) else {}).get("volumes", ()):
-            p = row["props"]
-            if p.get("host") in node_info and p.get("mode") == "direct" and p.get("target"):
-                direct.setdefault(p["host"], []).append(
-                    {"iqn": p["target"], "lun": 0 if nas_info[n]["driver"] == "lio" else 1,
-                     "portal": p.get("portal") or nas_info[n]["portal"]})
-    got.update(cl.parallel(nodes, lambda h: one(h, direct.get(h, []))) if nodes else {})
+    first = {n: None if isinstance(got[n], ImgstorError) else got[n] for n in nases}
+    got.update(node_round(ctx, first, nas_info, node_info, nodes))
     errors = {h: r for h, r in got.items() if isinstance(r, ImgstorError)}
     nas_facts = {n: None if n in errors else got[n] for n in nases}
     node_facts = {n: None if n in errors else got[n] for n in nodes}
     return nas_facts, node_facts, nas_info, node_info, errors
 
 
-def _chap_users(ctx, nas_facts: dict) -> dict[str, str]:
+def chap_users(ctx, nas_facts: dict) -> dict[str, str]:
     from imgstor import chap as chapstore
     from imgstor.workflows.storagemap.common import state_path
     users = {}
@@ -293,7 +374,7 @@ def rebuild(ctx, force: bool = False) -> Output:
                        "--force (the old one is kept beside it)", path=path)
     nas_facts, node_facts, nas_info, node_info, errors = _gather(ctx)
     out = records_from_facts(nas_facts, node_facts, nas_info=nas_info, node_info=node_info,
-                             chap_users=_chap_users(ctx, nas_facts), now=time.time())
+                             chap_users=chap_users(ctx, nas_facts), now=time.time())
     for h, e in sorted(errors.items()):
         out.notes.insert(0, (h, f"unreachable: {e}"))
     st = out.state

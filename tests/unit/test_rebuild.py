@@ -4,10 +4,12 @@ from __future__ import annotations
 import pytest
 
 from imgstor.errors import Conflict
+from imgstor.remote.protocol import Portal
 from imgstor.workflows.rebuild import records_from_facts
 
 NAS, NODE = "nas-0-0", "compute-0-0"
-INFO = {NAS: {"driver": "tgt", "portal": "10.1.0.1:3260"}}
+INFO = {NAS: {"driver": "tgt", "portal": "10.1.0.1:3260",
+              "portals": [Portal("10.1.0.1", 3260), Portal("10.9.0.1", 3260)]}}
 NODES = {NODE: {"pool": "tank", "overlay": "qcow2", "initiator": "userspace"}}
 INIT = "iqn.1994-05.com.debian:node0"
 
@@ -165,3 +167,66 @@ def test_replace_all_refuses_then_keeps_the_old_file(tmp_path) -> None:
     assert kept and json.loads(open(kept).read())["volumes"] == {}
     assert os.stat(kept).st_mode & 0o777 == 0o600
     assert list(store.read().volumes) == [f"{NAS}/v"]
+
+
+# ---------------------------------------------------------------- forged properties (M3)
+def _conflicts(out) -> dict[str, str]:
+    return {s: w for s, w in out.notes if w.startswith("conflict")}
+
+
+@pytest.mark.parametrize("forged,why", [
+    ({"portal": "10.9.9.9:3260"}, "not a portal of nas-0-0"),
+    ({"target": "iqn.2001-04.com.nas-0-0-other"}, "not this volume's target"),
+    ({"host": "nas-0-0"}, "not a compute host"),
+    ({"host": "compute-9-9"}, "not a compute host"),
+    ({"mode": "raw"}, "neither direct nor sync"),
+    ({"initiator": "iqn.1994-05.com.debian:intruder"}, "initiator is " + INIT),
+    ({"vm_container": "elsewhere"}, "vm_container=elsewhere"),
+])
+def test_a_forged_property_is_a_conflict_and_nothing_is_recorded(forged, why) -> None:
+    props = {"host": NODE, "target": iqn("d"), "mode": "direct", "initiator": INIT,
+             "portal": "10.1.0.1:3260", "vm": "web1", "vm_container": NODE, **forged}
+    out = run([nasvol("d", **props), nasvol("free")], targets=[target("d")],
+              nodef={**node(), "initiator": INIT})
+    assert list(out.state.volumes) == [f"{NAS}/free"] and not out.state.vms
+    c = _conflicts(out)
+    assert list(c) == [f"{NAS}/d"] and why in c[f"{NAS}/d"], out.notes
+    assert out.partial
+
+
+def test_received_or_inherited_properties_are_not_imgstors() -> None:
+    row = nasvol("d", host=NODE, target=iqn("d"), mode="direct", initiator=INIT)
+    row["foreign"] = {"portal": "10.9.9.9:3260 (received)"}
+    out = run([row])
+    assert out.state.volumes == {}
+    assert "imgstor:portal=10.9.9.9:3260 (received): not set by imgstor" in \
+        _conflicts(out)[f"{NAS}/d"]
+    # a mark that came with a stream: not imgstor's volume at all (said, not a conflict)
+    row = nasvol("planted")
+    row["role"], row["foreign"] = None, {"role": "volume (received)"}
+    out = run([row])
+    assert out.state.volumes == {} and not _conflicts(out)
+    assert any("not set by imgstor" in w for _, w in out.notes)
+
+
+def test_colliding_claims_are_both_conflicts() -> None:
+    """Two NASes' volumes of one name on one node, two volumes naming one VM: which is
+    genuine cannot be told from the NASes, so neither is recorded."""
+    nas2 = "nas-0-1"
+    info = {**INFO, nas2: {"driver": "tgt", "portal": "10.1.0.2:3260",
+                           "portals": [Portal("10.1.0.2", 3260)]}}
+    a = nasvol("v", host=NODE, mode="sync", initiator=INIT)
+    b = nasvol("v", host=NODE, mode="sync", initiator=INIT)
+    c = nasvol("c", host=NODE, target=iqn("c"), mode="direct", initiator=INIT, vm="web1",
+               vm_container=NODE)
+    d = {**nasvol("d", host=NODE, mode="sync", initiator=INIT, vm="web1",
+                  vm_container=NODE)}
+    out = records_from_facts(
+        {NAS: {"volumes": [a, c], "targets": [target("c")], "missing_pools": []},
+         nas2: {"volumes": [b, d], "targets": [], "missing_pools": []}},
+        {NODE: node([("tank/v", "local-copy"), ("tank/d", "local-copy")])},
+        nas_info=info, node_info=NODES, now=100.0)
+    assert out.state.volumes == {} and not out.state.vms
+    assert set(_conflicts(out)) == {f"{NAS}/v", f"{nas2}/v", f"{NAS}/c", f"{nas2}/d"}
+    assert "already holds volume v" in _conflicts(out)[f"{NAS}/v"]
+    assert "imgstor:vm=web1 is claimed by nas-0-1/d too" in _conflicts(out)[f"{NAS}/c"]

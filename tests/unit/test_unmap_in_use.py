@@ -55,7 +55,7 @@ def unmap(config_path, imgstor, monkeypatch):
 
 @pytest.mark.parametrize("state", ["mapped", "NAS->VM", "merging"])
 @pytest.mark.parametrize("overlay,user", [
-    ("qcow2", "pid 31337 (qemu-io) is connected to the NBD export /run/imgstor/nbd/v.sock"),
+    ("qcow2", "pid 31337 (qemu-io), an NBD client of /run/imgstor/nbd/v.sock"),
     ("dm", "pid 77 (qemu-system-x86) has /dev/dm-3 open")])
 def test_sync_unmap_refused_while_the_overlay_is_in_use(unmap, state, overlay, user) -> None:
     r, store, spawned = unmap(state, overlay, [user])

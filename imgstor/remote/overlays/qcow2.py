@@ -481,7 +481,7 @@ def nbd_users(ex, sock: str) -> list[str]:
         for t in lines:
             if len(t) >= 9 and t[5] in peers and t[4] != sock:
                 for comm, pid in re.findall(r'\("([^"]*)",pid=([0-9]+)', " ".join(t[8:])):
-                    out.append(f"pid {pid} ({comm}) is connected to the NBD export {sock}")
+                    out.append(f"pid {pid} ({comm}), an NBD client of {sock}")
     if not out:
         out.append(f"{len(server)} NBD client(s) connected to {sock} (a VM?)")
     return sorted(set(out))

@@ -31,22 +31,41 @@ def _children(ex: Executor, pool: str, columns: tuple[str, ...]) -> list[dict]:
 @step("nas.inventory", read_only=True)
 def nas_inventory(ex: Executor, *, pools: list[str], driver: str) -> StepResult:
     """Read-only: every dataset directly under POOLS with its type and ``imgstor:``
-    properties (``zfs list -H -o name,type,imgstor:… -t filesystem,volume -r POOL``), and
-    the target driver's live targets (LUN paths, ACLs, sessions).  A missing pool is
+    properties (``zfs get -H -p -o name,property,value,source -r -d 1 type,imgstor:… POOL``)
+    and the target driver's live targets (LUN paths, ACLs, sessions).  A property counts
+    only when set on the dataset itself (source ``local``; issue 18): ``role`` and
+    ``props`` hold those, ``foreign`` {property: "value (source)"} the ones set otherwise
+    (received with a stream, inherited from a parent) -- imgstor never wrote them, so
+    rebuild and check report them instead of taking them (audit M3).  A missing pool is
     reported in ``missing_pools``, not an error."""
-    cols = ("name", "type", MARK) + tuple(PROP_PREFIX + p for p in NAS_PROPS)
+    want = ("type", MARK) + tuple(PROP_PREFIX + p for p in NAS_PROPS)
     vols: list[dict] = []
     missing: list[str] = []
     for pool in pools:
         try:
-            rows = _children(ex, pool, cols)
+            tree = zfs.get_tree(ex, pool, want, depth=1)
         except NotFound:
             missing.append(pool)
             continue
-        for r in rows:
-            pool_, _, vol = str(r["name"]).partition("/")
-            vols.append({"pool": pool_, "vol": vol, "type": r["type"], "role": r[MARK],
-                         "props": {p: r[PROP_PREFIX + p] for p in NAS_PROPS}})
+        for name, props in tree.items():
+            if name.count("/") != 1 or "@" in name:
+                continue                 # the pool itself, snapshots, deeper datasets
+            pool_, _, vol = name.partition("/")
+            local: dict[str, str | None] = {}
+            foreign: dict[str, str] = {}
+            for k in (MARK,) + tuple(PROP_PREFIX + p for p in NAS_PROPS):
+                pr = props.get(k)
+                if pr is None or pr.value is None:
+                    local[k] = None
+                elif pr.source == "local":
+                    local[k] = pr.value
+                else:
+                    local[k] = None
+                    foreign[k[len(PROP_PREFIX):]] = f"{pr.value} ({pr.source or 'no source'})"
+            kind = props["type"].value if props.get("type") else None
+            vols.append({"pool": pool_, "vol": vol, "type": kind, "role": local[MARK],
+                         "props": {p: local[PROP_PREFIX + p] for p in NAS_PROPS},
+                         "foreign": foreign})
     tg = targets.get(driver).facts(ex)
     return StepResult(False, {"volumes": vols, "targets": tg, "missing_pools": missing},
                       f"{len(vols)} datasets, {len(tg)} targets")
@@ -82,17 +101,22 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str,
     ``local-copy``), the overlay of every volume that has one of them (the overlay
     driver's ``status``), the iSCSI sessions' target names (none with the userspace
     initiator: a VM's qemu logs in itself), and for each of ``direct`` ({iqn, lun,
-    portal}: the direct mappings the NAS says this node has) its device, no login made."""
+    portal}: the direct mappings the NAS says this node has) its device, no login made;
+    ``initiator``: this node's initiator name (what a NAS volume's imgstor:initiator must
+    be)."""
     from imgstor.remote.steps.compute import INITIATORS
     try:
         rows = _children(ex, pool, ("name", "type", MARK))
     except NotFound:
         rows = None
+    from imgstor.remote.steps._util import initiator_name
     sessions = sorted(INITIATORS[initiator].sessions(ex)) if initiator in INITIATORS else []
     dev = _direct(ex, initiator, list(direct or ()), sessions)
+    me = initiator_name(ex)
     if rows is None:
         return StepResult(False, {"pool_missing": True, "datasets": [], "overlays": {},
-                                  "sessions": sessions, "direct": dev}, f"no zpool {pool}")
+                                  "sessions": sessions, "direct": dev, "initiator": me},
+                          f"no zpool {pool}")
     datasets = [{"name": str(r["name"]), "type": r["type"], "role": r[MARK]}
                 for r in rows if r[MARK]]
     vols = sorted({d["name"].split("/", 1)[1].removesuffix(TEMP_WRITE) for d in datasets})
@@ -103,7 +127,7 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str,
         except ImgstorError as e:
             ovl[vol] = {"exists": False, "error": str(e)}
     return StepResult(False, {"pool_missing": False, "datasets": datasets, "overlays": ovl,
-                              "sessions": sessions, "direct": dev},
+                              "sessions": sessions, "direct": dev, "initiator": me},
                       f"{len(datasets)} marked datasets, {len(sessions)} sessions")
 
 

@@ -24,36 +24,53 @@ from scn_nas_target import LAB_SUB
 from scn_overlay import DM_SNAP_FACTS, MAPPER, S_SNAP, T_SNAP, TABLE, kcap
 
 # ------------------------------------------------------------------ nas.inventory
-NAS_COLS = ("name,type,imgstor:role,imgstor:size,imgstor:host,imgstor:target,imgstor:mode,"
-            "imgstor:initiator,imgstor:portal,imgstor:vm,imgstor:vm_container")
+NAS_PROPS = ("type,imgstor:role,imgstor:size,imgstor:host,imgstor:target,imgstor:mode,"
+             "imgstor:initiator,imgstor:portal,imgstor:vm,imgstor:vm_container")
+NAMES = ("role", "size", "host", "target", "mode", "initiator", "portal", "vm", "vm_container")
 
 
 def nas_list(pool: str) -> list[str]:
-    return ["zfs", "list", "-H", "-o", NAS_COLS, "-t", "filesystem,volume", "-r", pool]
+    return ["zfs", "get", "-H", "-p", "-o", "name,property,value,source", "-r", "-d", "1",
+            NAS_PROPS, pool]
 
 
-def row(*cols: str) -> str:
-    return "\t".join(cols) + "\n"
+def row(name: str, kind: str, *values: str, source: str = "local") -> str:
+    """``zfs get -r`` lines of one dataset: its type, then each imgstor: property
+    (``-`` = unset, source ``-``); SOURCE for the set ones, or a {name: source} dict."""
+    out = f"{name}\ttype\t{kind}\t-\n"
+    for k, v in zip(NAMES, values):
+        src = "-" if v == "-" else (source.get(k, "local") if isinstance(source, dict)
+                                    else source)
+        out += f"{name}\timgstor:{k}\t{v}\t{src}\n"
+    return out
 
 
 # the pool itself, a mapped file volume (every imgstor: property the map writes), an
-# unmapped one (host & co. cleared: "-"), a child of a child (not the pool's: skipped),
-# and a dataset imgstor did not make
+# unmapped one (host & co. cleared: "-"), a dataset imgstor did not make, and one whose
+# mapping came with a received stream / an inherited value (not imgstor's: "foreign")
 NAS_LIST_OUT = (row("tank", "filesystem", *["-"] * 9)
+                + row("tank@auto", "snapshot", *["-"] * 9)
                 + row("tank/vm1-vol", "filesystem", "volume", "1073741824", "compute-0-0",
                       IQN1, "sync", INIT0, "127.0.0.1:3261", "vm1", "-")
                 + row("tank/vm2-vol", "filesystem", "volume", "67108864", *["-"] * 7)
-                + row("tank/vm2-vol/old", "filesystem", "volume", "67108864", *["-"] * 7)
-                + row("tank/backups", "filesystem", *["-"] * 9))
+                + row("tank/backups", "filesystem", *["-"] * 9)
+                + row("tank/planted", "filesystem", "volume", "1", "compute-0-0", "-", "-",
+                      "-", "10.9.9.9:3260", "-", "-",
+                      source={"host": "received", "portal": "inherited from tank"}))
 VOL1 = {"pool": "tank", "vol": "vm1-vol", "type": "filesystem", "role": "volume",
         "props": {"size": "1073741824", "host": "compute-0-0", "target": IQN1,
                   "mode": "sync", "initiator": INIT0, "portal": "127.0.0.1:3261",
-                  "vm": "vm1", "vm_container": None}}
+                  "vm": "vm1", "vm_container": None}, "foreign": {}}
 VOL2 = {"pool": "tank", "vol": "vm2-vol", "type": "filesystem", "role": "volume",
         "props": {"size": "67108864", "host": None, "target": None, "mode": None,
-                  "initiator": None, "portal": None, "vm": None, "vm_container": None}}
+                  "initiator": None, "portal": None, "vm": None, "vm_container": None},
+        "foreign": {}}
 OTHER = {"pool": "tank", "vol": "backups", "type": "filesystem", "role": None,
-         "props": dict.fromkeys(VOL2["props"])}
+         "props": dict.fromkeys(VOL2["props"]), "foreign": {}}
+PLANTED = {"pool": "tank", "vol": "planted", "type": "filesystem", "role": "volume",
+           "props": {**dict.fromkeys(VOL2["props"]), "size": "1"},
+           "foreign": {"host": "compute-0-0 (received)",
+                       "portal": "10.9.9.9:3260 (inherited from tank)"}}
 # lab capture tgt_show_nexus: one target (tid 1), LUN 1 on PATH1, ACL INIT0, INIT0 logged in
 SHOW_ONE = cmd(TGT_SHOW, capture="tgt_show_nexus",
                sub={**LAB_SUB, "/var/lib/imgstor-lab-w/hosts/nas-0-0/mnt/tank/cap1/disk.raw":
@@ -69,8 +86,9 @@ NAS_INVENTORY = [
               "wrote them, unset ones None; the live target with its ACL and session",
          script=[cmd(nas_list("tank"), stdout=NAS_LIST_OUT), SHOW_ONE],
          changed=False, mutating=[],
-         facts={"volumes": [VOL1, VOL2, OTHER], "targets": [TARGET1], "missing_pools": []},
-         message="3 datasets, 1 targets"),
+         facts={"volumes": [VOL1, VOL2, OTHER, PLANTED], "targets": [TARGET1],
+                "missing_pools": []},
+         message="4 datasets, 1 targets"),
     dict(id="missing-pool-reported", tags={"read"},
          args=dict(pools=[GONE, "tank"], driver="tgt"),
          note="a configured pool that is not there is a fact, not an error; the next pool "
@@ -84,7 +102,8 @@ NAS_INVENTORY = [
          args=dict(pools=["tank"], driver="tgt"), note="read-only: a dry run reads the same",
          script=[cmd(nas_list("tank"), stdout=NAS_LIST_OUT), SHOW_ONE], skipped=[],
          changed=False,
-         facts={"volumes": [VOL1, VOL2, OTHER], "targets": [TARGET1], "missing_pools": []}),
+         facts={"volumes": [VOL1, VOL2, OTHER, PLANTED], "targets": [TARGET1],
+                "missing_pools": []}),
     dict(id="tgtd-not-running", tags={"error"}, args=dict(pools=["tank"], driver="tgt"),
          script=[cmd(nas_list("tank"), stdout=NAS_LIST_OUT),
                  cmd(TGT_SHOW, capture="tgt_noserver")],
@@ -124,7 +143,7 @@ COMPUTE_INVENTORY = [
          script=[cmd(COMPUTE_LIST, stdout=COMPUTE_LIST_OUT), SESSION, T_SNAP, S_SNAP],
          changed=False, mutating=[],
          facts={"pool_missing": False, "datasets": MARKED, "overlays": {"vm1-vol": DM_SNAP_FACTS},
-                "sessions": [IQN1], "direct": DIRECT_FACTS},
+                "sessions": [IQN1], "direct": DIRECT_FACTS, "initiator": None},
          message="2 marked datasets, 1 sessions"),
     dict(id="overlay-not-imgstors", tags={"read"}, args=CI,
          note="an overlay the driver cannot read is reported on its volume, not raised: "
@@ -137,13 +156,13 @@ COMPUTE_INVENTORY = [
                     "exists": False,
                     "error": "scripted: dm device vm1-vol-snap exists with table striped; "
                              "not an imgstor overlay"}},
-                "sessions": [], "direct": {}}),
+                "sessions": [], "direct": {}, "initiator": None}),
     dict(id="no-marked-datasets", tags={"read"}, args={**CI, "overlay": "qcow2"},
          script=[cmd(COMPUTE_LIST, stdout="tank\tfilesystem\t-\ntank/scratch\tvolume\t-\n"),
                  cmd(ISCSIADM_SESSIONS, **NO_SESSIONS)],
          changed=False,
          facts={"pool_missing": False, "datasets": [], "overlays": {}, "sessions": [],
-                "direct": {}},
+                "direct": {}, "initiator": None},
          message="0 marked datasets, 0 sessions"),
     dict(id="missing-pool", tags={"read"}, args={**CI, "direct": DIRECT[:1]},
          env={"links": {LAB_BY_PATH: "/dev/sdb"}},
@@ -153,7 +172,7 @@ COMPUTE_INVENTORY = [
                  SESSION],
          changed=False, mutating=[],
          facts={"pool_missing": True, "datasets": [], "overlays": {}, "sessions": [IQN1],
-                "direct": {IQN1: {"session": True, "device": "/dev/sdb"}}},
+                "direct": {IQN1: {"session": True, "device": "/dev/sdb"}}, "initiator": None},
          message="no zpool tank"),
     dict(id="userspace-no-sessions", tags={"read"},
          args={**CI, "initiator": "userspace",
@@ -170,13 +189,14 @@ COMPUTE_INVENTORY = [
                                   '"transport":"tcp","portal":"127.0.0.1:3261",'
                                   f'"target":"{IQN1}","lun":1,"initiator-name":"{INIT0}"}}}}'),
                     "image_opts": ("driver=iscsi,transport=tcp,portal=127.0.0.1:3261,"
-                                   f"target={IQN1},lun=1,initiator-name={INIT0}")}}}),
+                                   f"target={IQN1},lun=1,initiator-name={INIT0}")}},
+                "initiator": INIT0}),
     dict(id="dry-run", tags={"read", "dry-run"}, dry_run=True, args={**CI, "direct": DIRECT},
          env={"links": {LAB_BY_PATH: "/dev/sdb"}}, note="read-only: a dry run reads the same",
          script=[cmd(COMPUTE_LIST, stdout=COMPUTE_LIST_OUT), SESSION, T_SNAP, S_SNAP],
          skipped=[], changed=False,
          facts={"pool_missing": False, "datasets": MARKED, "overlays": {"vm1-vol": DM_SNAP_FACTS},
-                "sessions": [IQN1], "direct": DIRECT_FACTS}),
+                "sessions": [IQN1], "direct": DIRECT_FACTS, "initiator": None}),
     dict(id="bad-portal", tags={"error"},
          args={**CI, "direct": [{"iqn": IQN1, "lun": 1, "portal": ""}]},
          script=[cmd(COMPUTE_LIST, stdout=COMPUTE_LIST_OUT), SESSION],

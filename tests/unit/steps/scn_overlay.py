@@ -601,8 +601,8 @@ QCOW2_SCENARIOS = [
          args=QC, env={"tools": {"ss": "/usr/bin/ss"}},
          fs={"files": {"/proc/net/unix": UNIX}},
          script=[cmd(["ss", "-x", "-p", "-n"], stdout=SS)], changed=False,
-         facts={"users": [f"pid 31337 (qemu-io) is connected to the NBD export {NBD_SOCK}"]},
-         message=f"vm1-vol: in use: pid 31337 (qemu-io) is connected to the NBD export "
+         facts={"users": [f"pid 31337 (qemu-io), an NBD client of {NBD_SOCK}"]},
+         message=f"vm1-vol: in use: pid 31337 (qemu-io), an NBD client of "
                  f"{NBD_SOCK}"),
     dict(id="qcow2-users-counted", step="overlay.users", tags=["read"],
          note="no ss: counted only", args=QC, fs={"files": {"/proc/net/unix": UNIX}},
