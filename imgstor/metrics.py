@@ -14,6 +14,8 @@ Families (all gauges):
     imgstor_volume_last_error{nas,zpool,vol}              1 when the volume or its job has an
                                                           error recorded, else 0
     imgstor_volume_last_error_info{nas,zpool,vol,message} 1, only while there is an error
+    imgstor_foreign_snapshot{nas,zpool,vol,snapshot}     1 per NAS snapshot made after the
+                                                          last common one: sends back stop
     imgstor_host_up{host,role}                            1 when refresh reached the host over
                                                           SSH, else 0 (every configured host)
     imgstor_host_probe_seconds{host,role}                 how long that probe took (to the
@@ -101,6 +103,10 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
     family("imgstor_volume_last_error_info", "The recorded error, in label message.",
            [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "message": (errs[v.key] or "")[:500]}, 1)
             for v in vols if errs[v.key]])
+    family("imgstor_foreign_snapshot", "1 for each NAS snapshot, made after the last "
+           "common one, that stops a sync volume's sends back (imgstor never destroys it).",
+           [({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "snapshot": snap}, 1)
+            for v in vols for snap in v.extra.get("foreign_snapshots") or ()])
     hosts = list(hosts)
     family("imgstor_host_up", "1 when imgstor refresh reached the host over SSH, else 0.",
            [({"host": h.host, "role": h.role}, 1 if h.up else 0) for h in hosts])

@@ -23,7 +23,7 @@ from imgstor.state.model import Job, Volume
 __all__ = ["Action", "Finding", "FRONTEND", "wants_target", "target_plan", "nas_plan",
            "store_plan", "imgstor_iqn_prefix", "restore_plan", "node_plan",
            "nas_volume_plan", "on_host", "ORIGIN_FROM_ATTACH", "ORIGIN_LOCAL", "sync_view",
-           "restore_finding", "Lost", "lost_volume"]
+           "restore_finding", "Lost", "lost_volume", "snapshot_plan"]
 
 FRONTEND = "frontend"          # Action.host of the store's own repairs (no remote step)
 
@@ -420,3 +420,22 @@ def lost_volume(lost: Lost, *, adopt: bool) -> Finding:
             "jobs": list(lost.jobs), "vms": list(lost.vms)}
     return Finding("orphan-volume", subject, why,
                    (Action(FRONTEND, "store.adopt", args, "taken back as it says"),))
+
+
+def snapshot_plan(volumes: Iterable[Volume]) -> list[Finding]:
+    """Sync volumes whose sends back stop on snapshots made on the NAS after the last
+    common one (``extra.foreign_snapshots``, recorded by the pull or sync back that met
+    them; audit L4): left, named -- imgstor never destroys a snapshot it did not make."""
+    out = []
+    for v in sorted(volumes, key=lambda v: v.key):
+        snaps = v.extra.get("foreign_snapshots") or []
+        if not snaps:
+            continue
+        out.append(Finding("foreign-snapshot", v.key, "sends back to the NAS stop on "
+                           + ", ".join(snaps) + " (made on the NAS after the last common "
+                           "snapshot)", left=(
+                               f"destroy or rename {'it' if len(snaps) == 1 else 'them'} on "
+                               f"{v.nas} by hand (imgstor never destroys a snapshot it did "
+                               "not make; keep snapshot tools off imgstor's volumes); the "
+                               "next pull or sync back then sends")))
+    return out

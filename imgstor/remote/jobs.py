@@ -41,7 +41,7 @@ from typing import Any, Callable
 from imgstor.errors import UsageError
 from imgstor.remote import atomicfile
 
-__all__ = ["JOBS_DIR", "FINAL", "Job", "job_dir", "start", "status", "cancel", "lock_held",
+__all__ = ["JOBS_DIR", "FINAL", "Job", "job_dir", "start", "status", "cancel", "ours", "lock_held",
            "proc_start_time", "write_json", "read_json"]
 
 JOBS_DIR = os.environ.get("IMGSTOR_JOBS_DIR", "/run/imgstor/jobs")
@@ -262,6 +262,16 @@ def status(name: str, *, base: str | None = None) -> dict:
     return out
 
 
+def ours(pgid: int, start_time: int | None) -> bool:
+    """Whether process group PGID is the job whose pid file recorded START_TIME: its
+    leader (pid = pgid: the job called setpgid(0, 0)) runs with that start time, or is
+    gone while members remain -- Linux does not hand out a number still in use as a
+    process group id, so a group whose leader is gone is still the job's.  A live
+    process with that pid and another start time is someone else's (pid reused)."""
+    now = proc_start_time(int(pgid))
+    return now is None or start_time is None or now == start_time
+
+
 def cancel(name: str, *, base: str | None = None, timeout: float = 15.0) -> dict:
     """Stop the job: SIGTERM to its process group, SIGKILL after ``timeout``/2, until the
     lock is free.  Returns its status afterwards (``cancelled`` unless it had finished)."""
@@ -282,10 +292,13 @@ def cancel(name: str, *, base: str | None = None, timeout: float = 15.0) -> dict
             # the lock is taken before the pid file is written: read it again
             pid = read_json(os.path.join(d, "pid")) or {}
             pgid = pid.get("pgid") or pid.get("pid")
-        if pgid is not None:
+        if pgid is not None and not ours(pgid, pid.get("start_time")):
+            # the pid file is an older job's (a new one holds the lock and has not written
+            # its own yet) and that number is someone else's now: read it again (audit L1)
+            pid = read_json(os.path.join(d, "pid")) or {}
+            pgid = None
+        elif pgid is not None:
             try:
-                # the group id is the job's pid (it called setpgid(0, 0)); a group cannot
-                # outlive its members, so while the lock is held by a member it is ours
                 os.killpg(int(pgid), sig)
             except ProcessLookupError:
                 pass

@@ -127,6 +127,7 @@ def plan(ctx, *, destroy_orphans: bool = False, restore_only: bool = False,
             nf = [f for f in nf if f.what in ("session", "overlay")]
         findings += nf
     if not restore_only:
+        findings += reconcile.snapshot_plan(st.volumes.values())
         from imgstor.workflows import synccheck
         findings += synccheck.findings(ctx, st, [h for h in hosts
                                                  if not isinstance(found[h], ImgstorError)])

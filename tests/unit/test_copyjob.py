@@ -289,3 +289,28 @@ def test_gate_incremental_only_from_the_mapped_host(monkeypatch) -> None:
             syncgate.check_incremental(ds, "compute-0-14")
     with pytest.raises(syncgate.Refused, match="not allowed for this key"):
         syncgate.check_incremental("tank/v", None)
+
+
+def test_cancel_never_signals_a_group_that_reused_the_jobs_number(tmp_path) -> None:
+    """Audit L1: the lock is held (a new job starting, its pid file not written yet) and
+    the pid file is an older job's, whose group id now belongs to another process group
+    (a reused pid: another start time).  cancel must not signal it."""
+    import fcntl
+    import signal
+    base = str(tmp_path)
+    d = jobs.job_dir("l1", base)
+    os.makedirs(d, mode=0o700)
+    victim = subprocess.Popen(["sleep", "60"], start_new_session=True)   # its own group
+    holder = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)           # "the new job" (this process) holds it
+    try:
+        real = jobs.proc_start_time(victim.pid)
+        jobs.write_json(os.path.join(d, "pid"), {"pid": victim.pid, "pgid": victim.pid,
+                                                 "start_time": real - 1, "started": 0})
+        jobs.cancel("l1", base=base, timeout=1.0)
+        assert victim.poll() is None, "cancel signalled a process group that is not the job's"
+        assert not jobs.ours(victim.pid, real - 1) and jobs.ours(victim.pid, real)
+    finally:
+        os.close(holder)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()

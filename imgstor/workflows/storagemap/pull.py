@@ -57,6 +57,7 @@ def _pull_trust(ctx, job: Job) -> None:
 def _pull_send(ctx, job: Job) -> None:
     v = _check(ctx, job)
     n = _sync._names(ctx, v)
+    _sync.check_nas_snapshots(ctx, job, v, n)     # audit L4: a snapshot made on the NAS
     snap = f"{n['local']}@{snapshot_name(job)}"
     # the snapshot carries imgstor's mark (nas.snapshot); the copy sends it
     ctx.cluster.step(v.host, "nas.snapshot", pool=n["pool"], vol=v.vol,

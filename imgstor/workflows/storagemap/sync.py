@@ -37,7 +37,14 @@ from typing import Any
 
 from imgstor import jobs as jobmod
 from imgstor import synctrust
-from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
+from imgstor.errors import (
+    BusyError,
+    Conflict,
+    NotFound,
+    RemoteCommandError,
+    StateError,
+    StepError,
+)
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
@@ -444,9 +451,45 @@ def _back_trust(ctx, job: Job) -> None:
     synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
+FOREIGN = "foreign_snapshots"      # volume extra: NAS snapshots that stop the sends back
+
+
+def check_nas_snapshots(ctx, job: Job, v: Volume, n: dict) -> None:
+    """Before a send back (periodic pull, sync back): the NAS volume's snapshots made
+    after the last one both sides hold stop it -- ``zfs receive`` takes an incremental only
+    onto the destination's newest snapshot, and the gate's rollback only to it; getting
+    past them would mean destroying them (``receive -F``), and imgstor never destroys a
+    snapshot it did not make (audit L4: zfs-auto-snapshot or sanoid on the NAS).  So the
+    send stops here with a Conflict naming them, and the volume records them
+    (``extra.foreign_snapshots``: ``check`` and the metrics show them) until they are gone;
+    the next try sends."""
+    cl = ctx.cluster
+    nas = cl.step(v.nas, "node.sync_facts", pool=v.zpool, vol=v.vol).facts
+    node = cl.step(_host(v), "node.sync_facts", pool=n["pool"], vol=v.vol).facts
+    have = {(s["name"], s["guid"]) for s in node.get("snapshots", ())}
+    snaps = nas.get("snapshots", ())
+    common = max((i for i, s in enumerate(snaps) if (s["name"], s["guid"]) in have),
+                 default=None)
+    newer = [f"{v.zpool}/{v.vol}@{s['name']}" for s in snaps[common + 1:]] \
+        if common is not None else []
+    if newer != list(v.extra.get(FOREIGN) or []):
+        _set(ctx, job, extra={FOREIGN: newer or None})
+    if newer:
+        theirs = [s for s in newer if not s.split("@", 1)[1].startswith("imgstor-")]
+        raise Conflict(
+            f"{v.nas}: {', '.join(newer)} made after the last common snapshot "
+            f"@{snaps[common]['name']}" + (" (not imgstor's)" if theirs == newer else "")
+            + f": the NAS cannot receive {v.vol}'s data back on top of "
+            f"{'it' if len(newer) == 1 else 'them'}, and imgstor never destroys a snapshot "
+            "it did not make; destroy or rename "
+            f"{'it' if len(newer) == 1 else 'them'} on {v.nas} (and keep snapshot tools off "
+            "imgstor's volumes), then the next try sends", snapshots=newer)
+
+
 def _back_send(ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
+    check_nas_snapshots(ctx, job, v, n)
     _snapshot_copy(ctx, job, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
                    base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
 
