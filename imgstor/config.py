@@ -9,7 +9,7 @@ and the dotted key.  Relative paths inside the file (``state.path``, ``ssh.known
 [state]
 path = "/var/lib/imgstor/state.json"
 lock_timeout = 30
-metrics_path = ""     # refresh writes a node_exporter textfile here ("": none)
+metrics_path = ""     # refresh writes a node_exporter textfile here ("": none); *.prom
 [ssh]
 user = "root"
 port = 22
@@ -267,8 +267,16 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
 }
 # Where a host attribute's value comes from (``list host attr``, column SOURCE).
 SOURCES = ("built-in default", "config default", "config host", "set by command")
+def _metrics_path(v: Any) -> str:
+    s = _str(v)
+    if s and not s.endswith(".prom"):
+        raise ValueError("must end in .prom (node_exporter's textfile collector reads only "
+                         "*.prom files), or be \"\" for none")
+    return s
+
+
 _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive,
-                                                  "metrics_path": _str}
+                                                  "metrics_path": _metrics_path}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
     "connect_timeout": _positive, "command_timeout": _positive,

@@ -90,3 +90,186 @@ def test_identity_when_set_is_the_only_key(tmp_path: Path) -> None:
     assert connections.identities(ssh) == ["/etc/imgstor/id_ed25519"]
     assert sys.modules["imgstor.connections"] is connections
     assert os.path.basename(connections.DEFAULT_KEYS[-1]) == "id_ed25519"
+
+
+# ------------------------------------------------------------ 6. the metrics file (audit M2)
+def test_the_temp_files_mode_is_set_on_the_open_file_not_by_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another account that can rename in the metrics directory swaps the temp file for a
+    link to root's key between the write and the mode change: the key keeps its mode (a
+    chmod by path after the write made it 0644)."""
+    from imgstor import metrics
+    from imgstor.remote import atomicfile
+    victim = tmp_path / "id_ed25519"
+    victim.write_text("secret\n")
+    victim.chmod(0o600)
+    d = tmp_path / "textfile"
+    d.mkdir(mode=0o755)
+    prom = d / "imgstor.prom"
+    real_fsync = os.fsync
+
+    def swap(fd: int) -> None:
+        real_fsync(fd)
+        for name in os.listdir(d):
+            if name.startswith(".imgstor.prom.tmp-"):
+                os.unlink(d / name)
+                os.symlink(victim, d / name)
+    monkeypatch.setattr(atomicfile.os, "fsync", swap)
+    metrics.write(str(prom), "imgstor_refresh_timestamp_seconds 1\n")
+    assert victim.stat().st_mode & 0o777 == 0o600
+    assert victim.read_text() == "secret\n"
+
+
+def test_a_metrics_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    from imgstor import metrics
+    for mode, owner in ((0o777, os.geteuid()), (0o1777, os.geteuid()), (0o775, os.geteuid()),
+                        (0o755, 65534)):
+        d = tmp_path / f"d{mode:o}-{owner}"
+        d.mkdir()
+        d.chmod(mode)
+        if owner != os.geteuid():
+            if os.geteuid() != 0:
+                continue
+            os.chown(d, owner, -1)
+        with pytest.raises(ConfigError, match="another account could swap") as ei:
+            metrics.write(str(d / "imgstor.prom"), "x 1\n")
+        assert str(d) in ei.value.message
+        assert os.listdir(d) == []
+    ok = tmp_path / "ok"
+    ok.mkdir(mode=0o755)
+    metrics.write(str(ok / "imgstor.prom"), "x 1\n")
+    assert (ok / "imgstor.prom").stat().st_mode & 0o777 == 0o644
+
+
+def test_metrics_path_must_end_in_prom(tmp_path: Path) -> None:
+    p = tmp_path / "imgstor.toml"
+    for path, ok in (("/var/lib/node_exporter/imgstor.txt", False), ("imgstor.prom.tmp", False),
+                     ("", True), ("/var/lib/node_exporter/imgstor.prom", True)):
+        p.write_text(f'[state]\nmetrics_path = "{path}"\n')
+        if ok:
+            assert load_config(str(p)).metrics_path.endswith(path)
+        else:
+            with pytest.raises(ConfigError, match=r"state\.metrics_path: must end in \.prom"):
+                load_config(str(p))
+
+
+# ------------------------------------------------------------ 5. refresh's exit status
+@pytest.fixture
+def rctx(imgstor, config_path, state_path, monkeypatch):
+    """refresh with no hosts' restore (tests/unit/test_reconcile*) and no real monitors."""
+    from imgstor.workflows import refresh as rf
+    from imgstor.workflows.storagemap import sync as syncmod
+    monkeypatch.setattr(syncmod, "_spawn", lambda c, job: True)
+    monkeypatch.setattr(rf, "_restore", lambda c: [])
+    return config_path
+
+
+def _metrics_at(config_path: Path, prom: Path) -> None:
+    config_path.write_text(config_path.read_text().replace(
+        "lock_timeout = 5", f'lock_timeout = 5\nmetrics_path = "{prom}"'))
+
+
+def test_refresh_quiet_fails_loudly_when_it_cannot_write_the_metrics(
+        rctx, tmp_path: Path, imgstor) -> None:
+    """cron runs `refresh --quiet` and mails what it prints: a metrics file it cannot
+    write is stderr and exit 1 (it was silence and exit 0); the plain run prints its table
+    and the same line, exit 1."""
+    prom = tmp_path / "no-such-dir" / "imgstor.prom"
+    _metrics_at(rctx, prom)
+    r = imgstor("refresh", "--quiet")
+    assert r.rc == 1 and r.out == "", r
+    assert f"imgstor refresh: metrics: {prom} could not write:" in r.err
+    assert "No such file or directory" in r.err and "failed" in r.err
+    r = imgstor("refresh")
+    assert r.rc == 1 and "host" in r.out and f"{prom} could not write" in r.out, r
+    assert f"imgstor refresh: metrics: {prom} could not write:" in r.err
+    (tmp_path / "no-such-dir").mkdir(mode=0o700)
+    r = imgstor("refresh", "--quiet")
+    assert (r.rc, r.out, r.err) == (0, "", ""), r
+    assert prom.exists()
+
+
+def test_refresh_fails_when_a_monitor_or_a_restore_it_started_fails(
+        rctx, imgstor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgstor import jobs as jobmod
+    from imgstor import reconcile
+    from imgstor.config import load_config
+    from imgstor.state.model import Job
+    from imgstor.state.store import Store
+    from imgstor.workflows import check
+    from imgstor.workflows import refresh as rf
+    store = Store(load_config(str(rctx)).state_path)
+    with store.transaction() as st:
+        st.jobs["pull-0123456789ab"] = Job(id="pull-0123456789ab", kind="pull",
+                                           volume="nas-0-0/v", phase="trust", created=0,
+                                           updated=0)
+
+    def no_fork(*a, **kw):
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(jobmod, "spawn", no_fork)
+    r = imgstor("refresh", "--quiet")
+    assert r.rc == 1 and r.out == "", r
+    assert ("imgstor refresh: job nas-0-0/v pull-0123456789ab: could not start a monitor: "
+            "[Errno 11] Resource temporarily unavailable") in r.err
+    with store.transaction() as st:
+        st.jobs.clear()
+    # a restore whose action failed (the NAS refused the target)
+    monkeypatch.undo()
+    f = reconcile.Finding("target", "nas-0-0/v", "target missing",
+                          (reconcile.Action("nas-0-0", "nas.ensure_target"),))
+    monkeypatch.setattr(check, "plan", lambda ctx, restore_only: [f])
+    monkeypatch.setattr(check, "run_finding", lambda ctx, f: ("failed: tgtadm: refused", False))
+    monkeypatch.setattr(rf, "_restore", rf.__dict__["_restore"])
+    r = imgstor("refresh", "--quiet")
+    assert r.rc == 1 and "target nas-0-0/v: target missing: failed: tgtadm: refused" in r.err, r
+
+
+def test_a_host_going_down_is_one_stderr_line_not_a_failure_every_minute(
+        rctx, imgstor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgstor.workflows import probe
+    down = {"compute-0-0"}
+
+    def one(cluster, host, role, timeout):
+        if host in down:
+            return probe.HostProbe(host, role, False, 2.0, error="cannot connect: refused")
+        return probe.HostProbe(host, role, True, 0.001, boot_id="b")
+    monkeypatch.setattr(probe, "probe_one", one)
+    line = "imgstor refresh: host compute-0-0 (compute) is down: cannot connect: refused\n"
+    r = imgstor("refresh", "--quiet")
+    assert (r.rc, r.out, r.err) == (0, "", line), r         # never seen before: down
+    for _ in range(2):                                      # still down: nothing more
+        r = imgstor("refresh", "--quiet")
+        assert (r.rc, r.out, r.err) == (0, "", ""), r
+    down.clear()
+    assert imgstor("refresh", "--quiet").err == ""          # up again: the rows say it
+    down.add("compute-0-0")
+    r = imgstor("refresh")
+    assert r.rc == 0 and r.err == line and "DOWN since" in r.out, r
+
+
+def test_a_refresh_lock_held_too_long_is_reported_by_the_next_run(rctx, imgstor) -> None:
+    import fcntl
+    import json
+    import time
+
+    from imgstor.workflows import refresh as rf
+    lock = str(rctx.parent / "state.json") + ".refresh.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"pid": 4242, "since": time.time() - 60,
+                                 "cmd": "imgstor refresh --quiet"}).encode())
+        r = imgstor("refresh", "--quiet")
+        assert (r.rc, r.out, r.err) == (0, "", ""), r          # a minute: it is working
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": 4242, "since": time.time() - rf.STALE_LOCK - 60,
+                                  "cmd": "imgstor refresh --quiet"}).encode(), 0)
+        r = imgstor("refresh", "--quiet")
+        assert r.rc == 5 and r.out == "", r
+        assert "pid 4242" in r.err and lock in r.err and "hung" in r.err
+    finally:
+        os.close(fd)
+    r = imgstor("refresh", "--quiet")
+    assert (r.rc, r.err) == (0, ""), r
+    with open(lock) as f:                 # the run that held it named itself
+        assert json.load(f)["pid"] == os.getpid()
