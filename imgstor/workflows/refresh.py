@@ -85,6 +85,9 @@ def _busy_live(v) -> bool:
 
 
 def refresh(ctx, quiet: bool = False) -> Output | None:
+    # cron's run on a new install, before anything is recorded, must not mail every minute:
+    # the missing file is said by every other command (and refresh without --quiet)
+    ctx.store.quiet_missing = quiet
     os.makedirs(os.path.dirname(os.path.abspath(ctx.store.path)), mode=0o700, exist_ok=True)
     fd = os.open(lock_path(ctx), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:

@@ -161,6 +161,7 @@ def rctx(imgstor, config_path, state_path, monkeypatch):
     from imgstor.workflows.storagemap import sync as syncmod
     monkeypatch.setattr(syncmod, "_spawn", lambda c, job: True)
     monkeypatch.setattr(rf, "_restore", lambda c: [])
+    state_path.write_text('{"schema": 2}\n')
     return config_path
 
 
@@ -273,3 +274,45 @@ def test_a_refresh_lock_held_too_long_is_reported_by_the_next_run(rctx, imgstor)
     assert (r.rc, r.err) == (0, ""), r
     with open(lock) as f:                 # the run that held it named itself
         assert json.load(f)["pid"] == os.getpid()
+
+
+# ------------------------------------------------------------ 7. the state file
+def test_a_missing_state_file_is_said_on_stderr_with_its_path(imgstor, state_path) -> None:
+    """A typo in [state] path looked like an empty cluster: an empty table, exit 0."""
+    from imgstor.state import store
+    store._said_missing.discard(str(state_path))
+    r = imgstor("list", "host", "vm")
+    assert r.rc == 0
+    assert r.err.startswith(f"imgstor: no state file {state_path}: nothing is recorded yet"), r
+    assert "[state] path" in r.err and r.err.count("\n") == 1
+    r = imgstor("refresh", "--quiet")          # cron on a new install: no mail every minute
+    assert (r.rc, r.out, r.err) == (0, "", ""), r
+
+
+@pytest.mark.parametrize("content,what", [
+    (b'{"schema": 2, "volumes": {"nas-0-0/v": {"nas": "nas-0-0", "vol": "v",'
+     b' "state": "mapped", "mode": "direct", "host": "compute-0-0"}}}',
+     "volumes['nas-0-0/v']: missing field(s) zpool"),
+    (b'{"schema": 2, "jobs": {"j": {"id": "j", "kind": "pull", "volume": "n/v"}}}',
+     "jobs['j']: missing field(s) phase, created, updated"),
+    (b'{"schema": 2, "vms": {"a": {"name": "a"}}}', "vms['a']: missing field(s) container"),
+    (b'[]', "a JSON list, not an object"),
+    (b'{"vms": {}}', "schema None, not one of 1, 2"),
+    (b'{"schema": 2, "vms": {', "not valid JSON"),
+])
+def test_a_damaged_state_file_is_one_clear_error_that_names_rebuild(
+        imgstor, state_path, content: bytes, what: str) -> None:
+    state_path.write_bytes(content)
+    r = imgstor("list", "host", "vm")
+    assert r.rc == 4 and r.out == "", r
+    assert r.err.startswith(f"error: state file {state_path} is damaged: {what}"), r.err
+    assert "`imgstor rebuild`" in r.err and "backup" in r.err
+    assert "__init__" not in r.err and "positional" not in r.err
+    assert r.err.count("\n") == 1
+    assert state_path.read_bytes() == content
+
+
+def test_a_state_file_of_a_newer_imgstor_says_so(imgstor, state_path) -> None:
+    state_path.write_text('{"schema": 99}')
+    r = imgstor("list", "host", "vm")
+    assert r.rc == 4 and "schema 99, written by a newer imgstor" in r.err, r
