@@ -104,9 +104,9 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
         if h.went_down:
             _say(f"host {h.host} ({h.role}) is down: {h.error}")
     failed = [r for r in rows if r.pop("failed", False)]
-    for r in failed:
-        _say(" ".join(str(x) for x in (r["what"], r.get("volume") or r.get("host") or "",
-                                       r.get("job") or "") if x) + f": {r['action']}")
+    for r in failed:                        # "job nas-0-0/v pull-…: could not start …"
+        subject = [r[k] for k in ("what", "host", "volume", "job") if r.get(k)]
+        _say(f"{' '.join(subject)}: {r['action']}")
     if quiet:
         if failed:
             raise RefreshFailed(f"refresh: {len(failed)} of its actions failed (above)")
