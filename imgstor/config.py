@@ -267,6 +267,8 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
 }
 # Where a host attribute's value comes from (``list host attr``, column SOURCE).
 SOURCES = ("built-in default", "config default", "config host", "set by command")
+
+
 def _metrics_path(v: Any) -> str:
     s = _str(v)
     if s and not s.endswith(".prom"):

@@ -4,8 +4,9 @@ Pure text building (``render``) plus one atomic write (``write``: temp file besi
 target, fsync, ``os.replace``, mode 0644 set on the open file), so node_exporter's textfile
 collector never reads half a file.  The directory must be root's (this user's) and not
 writable by group or others (``check_dir``): another account that may rename files there
-could swap the file root writes (audit M2).  The format is Prometheus' text exposition format 0.0.4: ``# HELP`` and
-``# TYPE`` once per metric family, label values escaped (``\\`` ``\\"`` ``\\n``).
+could swap the file root writes (audit M2).  The format is Prometheus' text exposition
+format 0.0.4: ``# HELP`` and ``# TYPE`` once per metric family, label values escaped
+(``\\`` ``\\"`` ``\\n``).
 
 Families (all gauges):
     imgstor_volume_state{nas,zpool,vol,host,mode,state}   1 for the volume's state, 0 for

@@ -2,10 +2,11 @@
 
 ``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), loads the file (a
 missing file is an empty state; ``read()`` says so on stderr, with the path, once per
-process: a wrong ``[state] path`` must not look like an empty cluster), yields a mutable ``State`` and, on normal exit, writes
-``<path>.tmp-<pid>`` (0600), fsyncs it, ``os.replace``s it over the file and fsyncs the
-directory.  On an exception nothing is written.  ``store.read()`` takes no lock: thanks to
-the rename a reader sees the old file or the new one, never half of one.
+process: a wrong ``[state] path`` must not look like an empty cluster), yields a mutable
+``State`` and, on normal exit, writes ``<path>.tmp-<pid>`` (0600), fsyncs it,
+``os.replace``s it over the file and fsyncs the directory.  On an exception nothing is
+written.  ``store.read()`` takes no lock: thanks to the rename a reader sees the old file
+or the new one, never half of one.
 
 Never hold the lock across a remote command: mark the volume busy (``store.busy(...)`` or
 ``acquire_busy``), leave the transaction, do the remote work, then re-open a transaction to
