@@ -22,7 +22,10 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    NAS (tgtd restarted, a NAS rebooted), whose iSCSI session or sync overlay is missing on
    its node (a node rebooted, a killed qemu-storage-daemon) gets it back; a sync overlay
    is rebuilt over its temp-write store (before the pivot) or its local copy (after).
-5. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+5. The guests of VM runners (issue 27; imgstor/workflows/guests.py): each node with a
+   guest recorded running is asked (read-only ``vm.list``) which still run; one gone is
+   recorded ``exited`` -- what ``list host vm`` shows as GUEST.
+6. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
 
 It prints one row per thing it found and what it did (``--json``: the same rows;
 ``--quiet``: nothing when all went well).  What went wrong goes to stderr whatever the
@@ -162,10 +165,12 @@ def _refresh(ctx) -> tuple[list[dict], list]:
     rows += _restore(ctx)
     # 3. periodic pulls
     rows += _pulls(ctx)
+    # 4. the guests of VM runners: which still run (list host vm's GUEST)
+    rows += _guests(ctx)
     hosts = probing.wait()
     probe.record(ctx, hosts)
     rows = probe.rows(hosts) + rows
-    # 4. metrics
+    # 5. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
     return rows, hosts
@@ -178,6 +183,15 @@ def _restore(ctx) -> list[dict]:
     return [{"what": r["what"], "volume": r["subject"], "job": None,
              "action": f"{r['found']}: {r['action']}", "failed": r.get("failed", False)}
             for r in restore(ctx)]
+
+
+def _guests(ctx) -> list[dict]:
+    from imgstor.workflows.guests import observe
+    try:
+        return observe(ctx)
+    except ImgstorError as e:
+        return [{"what": "guest", "volume": None, "job": None,
+                 "action": f"not observed: {e.message.splitlines()[0]}"}]
 
 
 def _pulls(ctx) -> list[dict]:
