@@ -181,8 +181,9 @@ COMMANDS: list[Cmd] = [
         [Arg("args", nargs="+", metavar="ARG", help="NAS ATTR, or NAS with attr=ATTR")],
         {"attr": str}, "drop a NAS's sync attribute: the config's value applies again"),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
-        "reach every host (or those named) and show its tools and pools",
-        aliases=(("hosts",),)),
+        "reach every host (or those named) and show its tools and pools; --trust HOST…: "
+        "confirm host keys pinned on first use (the sync hop uses them only then)",
+        aliases=(("hosts",),), flags=("--trust",)),
     Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
         "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
         "for every job whose monitor is gone", flags=("--resume",)),
