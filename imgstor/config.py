@@ -9,12 +9,12 @@ and the dotted key.  Relative paths inside the file (``state.path``, ``ssh.known
 [state]
 path = "/var/lib/imgstor/state.json"
 lock_timeout = 30
-metrics_path = ""     # refresh writes a node_exporter textfile here ("": none)
+metrics_path = ""     # refresh writes a node_exporter textfile here ("": none); *.prom
 [ssh]
 user = "root"
 port = 22
 known_hosts = "/root/.ssh/known_hosts"
-identity = ""
+identity = ""         # "": OpenSSH's default keys (~/.ssh/id_rsa, id_ecdsa, id_ed25519)
 connect_timeout = 10
 command_timeout = 3600
 accept_unknown_host_keys = false   # true: trust on first use (pinned in known_hosts)
@@ -293,8 +293,18 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
 }
 # Where a host attribute's value comes from (``list host attr``, column SOURCE).
 SOURCES = ("built-in default", "config default", "config host", "set by command")
+
+
+def _metrics_path(v: Any) -> str:
+    s = _str(v)
+    if s and not s.endswith(".prom"):
+        raise ValueError("must end in .prom (node_exporter's textfile collector reads only "
+                         "*.prom files), or be \"\" for none")
+    return s
+
+
 _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive,
-                                                  "metrics_path": _str}
+                                                  "metrics_path": _metrics_path}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
     "connect_timeout": _positive, "command_timeout": _positive,

@@ -66,6 +66,15 @@ def _err(what: str, msg: str) -> StateError:
     return StateError(f"{what}: {msg}" if what else msg)
 
 
+def _missing(cls: type, d: dict, what: str) -> StateError:
+    """What ``cls(**d)``'s TypeError means, in the file's words: the fields it lacks
+    (``_from`` has refused unknown ones already)."""
+    need = [f.name for f in fields(cls)
+            if f.default is MISSING and f.default_factory is MISSING and f.name not in d]
+    return _err(what, f"missing field(s) {', '.join(need)}" if need else
+                "fields do not fit together")
+
+
 def _from(cls: type, d: Any, what: str) -> dict:
     """Check ``d`` against ``cls``'s fields: returns kwargs or raises StateError."""
     if type(d) is dict and d.keys() <= _FIELDS.get(cls, _NONE):
@@ -85,8 +94,8 @@ def _make(cls: Any, d: Any, what: str) -> Any:
     """``cls(**d)`` checked against its fields, any mismatch a StateError."""
     try:
         return cls(**_from(cls, d, what))
-    except TypeError as e:
-        raise _err(what, str(e)) from None
+    except TypeError:
+        raise _missing(cls, d, what) from None
 
 
 @dataclass
@@ -106,8 +115,8 @@ class Busy:
     def from_dict(cls, d: Any, what: str = "") -> "Busy":
         try:
             return cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
 
 
 @dataclass
@@ -127,8 +136,8 @@ class Lease:
     def from_dict(cls, d: Any, what: str = "") -> "Lease":
         try:
             lease = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         if not _is_int(lease.pid) or not isinstance(lease.host, str):
             raise _err(what, "pid must be an integer and host a string")
         return lease
@@ -169,8 +178,8 @@ class Job:
             kw["owner"] = Lease.from_dict(kw["owner"], f"{what}.owner" if what else "owner")
         try:
             job = cls(**kw)
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         if job.kind not in JOB_KINDS:
             raise _err(what, f"unknown job kind {job.kind!r}")
         if not all(isinstance(x, str) for x in (job.id, job.volume, job.phase)) \
@@ -297,8 +306,8 @@ class Vm:
             kw = dict(_from(cls, d, what))
             _typed(kw, what)
             return cls(**kw)
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
 
     @property
     def vol(self) -> str:
@@ -355,8 +364,8 @@ class Volume:
             kw["busy"] = Busy.from_dict(kw["busy"], f"{what}.busy" if what else "busy")
         try:
             v = cls(**kw)
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         if v.state not in VOLUME_STATES:
             raise _err(what, f"unknown state {v.state!r}")
         if v.mode not in VOLUME_MODES:
@@ -389,8 +398,8 @@ class HostAttrs:
     def from_dict(cls, d: Any, what: str = "") -> "HostAttrs":
         try:
             a = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         try:
             if a.img_sync is not None and type(a.img_sync) is not bool:
                 raise _err(what, "img_sync must be true or false")
@@ -437,8 +446,8 @@ class SyncAttrs:
     def from_dict(cls, d: Any, what: str = "") -> "SyncAttrs":
         try:
             a = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         for k, v in a.values().items():
             if not _is_int(v) or v < (1 if k == "frequency" else 0):
                 raise _err(what, f"{k} must be an integer >= {1 if k == 'frequency' else 0}")

@@ -269,13 +269,15 @@ def repair(ctx, *, destroy_orphans: bool = False, adopt: bool = False) -> Output
 
 def restore(ctx) -> list[dict]:
     """``refresh``'s restore: targets, ACLs, sessions and overlays that mapped volumes
-    lost (a reboot, a daemon restart) are put back; rows like ``repair``'s."""
+    lost (a reboot, a daemon restart) are put back; rows like ``repair``'s, with
+    ``failed`` when an action failed."""
     rows = []
     for f in plan(ctx, restore_only=True):
         if f.actions:
-            rows.append(_row(f, run_finding(ctx, f)[0]))
-        else:
-            rows.append(_row(f, f"left: {f.left}"))
+            action, ok = run_finding(ctx, f)
+            rows.append({**_row(f, action), "failed": not ok})
+        else:       # an unreachable host: refresh's probe reports it
+            rows.append({**_row(f, f"left: {f.left}"), "failed": False})
     return rows
 
 

@@ -95,15 +95,17 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def _spawn(ctx, job: Job) -> None:
+def _spawn(ctx, job: Job) -> bool:
+    """Start the job's detached monitor; False (and a warning) when it could not."""
     try:
         pid = jobmod.spawn(ctx.store, ctx.config.path, job.id)
     except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
         print(f"warning: could not start the monitor of job {job.id}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
-        return
+        return False
     if ctx.debug:
         print(f"monitor of job {job.id} started (pid {pid})", file=sys.stderr)
+    return True
 
 
 # ------------------------------------------------------------------ the unmap
