@@ -17,8 +17,12 @@ root's; per boot, like the zipapp):
   changes of open-iscsi's node database: two discoveries at once on one node fail with
   exit 11 (ISCSI_ERR_IDBM; seen on the kernel lab with concurrent maps of two volumes to
   one node), and a discovery rewrites the records of every target of that portal.
+* ``keys``, taken by ``sync.install_key`` / ``sync.authorize`` / ``sync.revoke`` around
+  their read-modify-write of root's ``authorized_keys`` and the sync key's ``known_hosts``:
+  two first trusts at once (two volumes of one NAS mapped to two nodes) lost each
+  other's lines, and the copy that lost its line then stuck (audit L2).
 
-Order is always volume locks (sorted) before ``targets`` / ``initiator``, so two processes never wait on
+Order is always volume locks (sorted) before ``targets`` / ``initiator`` / ``keys``, so two processes never wait on
 each other in a cycle.  The kernel drops a flock when its process dies, so a killed step
 leaves no stale lock.  Waiting is normal (bounded); a wait that runs out is a
 ``BusyError`` naming the holder's pid and command line (written into the lock file).
@@ -38,13 +42,15 @@ from typing import Iterable, Iterator
 
 from imgstor.errors import BusyError, UsageError
 
-__all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "VOLUME_WAIT", "TARGETS_WAIT", "hold",
+__all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "KEYS", "VOLUME_WAIT", "TARGETS_WAIT",
+           "hold",
            "volume_lock_names", "lock_dir", "holder"]
 
 LOCK_DIR = "/run/imgstor/lock"
 LOCK_DIR_ENV = "IMGSTOR_LOCK_DIR"      # tests point this at a temp dir
 TARGETS = "targets"
 INITIATOR = "initiator"
+KEYS = "keys"
 VOLUME_WAIT = 300.0     # an orphaned step may still be waiting for a device (30 s) or a
                         # zfs-fuse destroy retry (10 s); a batch is a few of those
 TARGETS_WAIT = 120.0    # one target change: tgtadm calls or rtslib + saveconfig (TCG: ~10 s)

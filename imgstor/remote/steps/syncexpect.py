@@ -31,7 +31,7 @@ from imgstor.remote import syncgate
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps.synckeys import AUTHORIZED_KEYS, GATE_PATH, TAG
+from imgstor.remote.steps.synckeys import AUTHORIZED_KEYS, GATE_PATH, TAG, under_keys_lock
 
 __all__ = ["expect", "revoke", "audit", "EXPECT_TTL", "gate_digest"]
 
@@ -129,6 +129,7 @@ def _without_tag(text: str, sender: str) -> tuple[str, bool]:
 
 
 @step("sync.revoke")
+@under_keys_lock
 def revoke(ex: Executor, *, sender: str | None = None, receiver: str | None = None,
            authorized_keys: str = AUTHORIZED_KEYS,
            key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:

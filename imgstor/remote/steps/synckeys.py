@@ -17,16 +17,19 @@ the frontend half; docs/DESIGN.md "Copy jobs" the whole story).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import pkgutil
 import re
 
 from imgstor.errors import StepError, UsageError
+from imgstor.remote import locks
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 
 __all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line",
-           "TAG"]
+           "TAG", "under_keys_lock"]
 
 GATE_PATH = "/var/lib/imgstor/sync-gate.py"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
@@ -37,6 +40,20 @@ _ADDR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:*?-]{0,252}$", re.ASCII)
 _POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$", re.ASCII)
 _PRIV_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 TAG = "imgstor-sync:"                  # the comment that marks imgstor's lines
+
+
+def under_keys_lock(fn):
+    """Run the step holding the node's ``keys`` lock (imgstor.remote.locks): its
+    read-modify-write of authorized_keys / known_hosts must not interleave with another
+    step's, or one of two concurrent first trusts loses its line (audit L2).  A dry run
+    changes nothing and takes none."""
+    @functools.wraps(fn)
+    def wrapper(ex: Executor, **kw):
+        with (contextlib.nullcontext() if ex.dry_run
+              else locks.hold([locks.KEYS], timeout=locks.VOLUME_WAIT,
+                              what="the key files' lock")):
+            return fn(ex, **kw)
+    return wrapper
 
 
 def _abs(path: str, what: str) -> str:
@@ -54,6 +71,7 @@ def _ensure_file(ex: Executor, path: str, data: bytes, mode: int) -> bool:
 
 
 @step("sync.install_key")
+@under_keys_lock
 def install_key(ex: Executor, *, private_key: str, pins: list[dict],
                 key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:
     """Ensure KEY_DIR/id_ed25519 is PRIVATE_KEY and KEY_DIR/known_hosts pins each
@@ -115,6 +133,7 @@ def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
 
 
 @step("sync.authorize")
+@under_keys_lock
 def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: list[str],
               pools: list[str], authorized_keys: str = AUTHORIZED_KEYS,
               gate_path: str = GATE_PATH, python: str | None = None,
