@@ -1,15 +1,21 @@
 """The locked JSON state store.
 
-``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), loads the file (a
-missing file is an empty state), yields a mutable ``State`` and, on normal exit, writes
-``<path>.tmp-<pid>`` (0600), fsyncs it, ``os.replace``s it over the file and fsyncs the
-directory.  On an exception nothing is written.  ``store.read()`` takes no lock: thanks to
-the rename a reader sees the old file or the new one, never half of one.
+``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), brings the command's
+one in-memory state up to date (parsed once per command: ``memory.py``), yields a view of
+it (``journal.View``: records are copied when first touched) and, on normal exit, appends
+what changed as one line to ``<path>.journal`` (``journal.py``), releases the lock and
+returns once that line is durable (one ``fdatasync`` shared by the transactions that
+finish together).  On an exception nothing is written.  The journal is folded into the
+state file (written whole to ``<path>.tmp-<pid>``, 0600, fsynced, ``os.replace``d over the
+file) when it outgrows the file, when the file does not exist yet, and by ``fold()``.
+``store.read()`` takes no lock and returns the command's state read-only (change records
+only inside a transaction); a reader sees a state some transaction left, never half of
+one.
 
 Never hold the lock across a remote command: mark the volume busy (``store.busy(...)`` or
 ``acquire_busy``), leave the transaction, do the remote work, then re-open a transaction to
-record the result.  The lock guards seconds of JSON work, the busy marker guards minutes of
-remote work.
+record the result.  The lock guards milliseconds of work, the busy marker guards minutes
+of remote work.
 
 While the lock is held ``<path>.lock.holder`` names the holder (pid, command line, host,
 since) so a ``LockTimeout`` can say who is in the way.
@@ -24,9 +30,11 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
+from imgstor.state.memory import Memory, _ident
 from imgstor.state.model import (
     READS_SCHEMAS,
     SCHEMA,
@@ -97,23 +105,35 @@ class Store:
         self.lock_timeout = lock_timeout
         self.lock_path = self.path + ".lock"
         self.holder_path = self.path + ".lock.holder"
+        self.journal_path = self.path + ".journal"
         # Test hook: called between writing the temp file and replacing the state file.
         self._before_replace: Callable[[str], None] | None = None
-        self._last_read: bytes | None = None       # raw bytes of the last read()
+        self._memory = Memory(self)
+        self._tlock: Any = None        # the threads of this process, before the file lock
+
+    @property
+    def stats(self):
+        """Counts of what this Store did (loads, parsed_bytes, journal_lines,
+        journal_bytes, fsyncs, folds, state_bytes): tests and benches, never times."""
+        return self._memory.stats
 
     # ---- reading ----
     def read(self) -> State:
-        """The current state, without taking the lock."""
-        data = self._read_bytes()
-        self._last_read = data
-        return State() if data is None else self._parse(data)
+        """The current state, without taking the lock: the command's own, shared with its
+        later reads and transactions.  Read-only: change records in a transaction."""
+        with _no_gc():
+            return self._memory.snapshot()
 
     def _read_bytes(self) -> bytes | None:
+        return self._read_state()[0]
+
+    def _read_state(self) -> tuple[bytes | None, tuple | None]:
+        """The state file's bytes and identity (None, None: no file)."""
         try:
             with open(self.path, "rb") as f:
-                return f.read()
+                return f.read(), _ident(os.fstat(f.fileno()))
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as e:
             raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
 
@@ -124,7 +144,11 @@ class Store:
         """The ``attrs`` section alone (host -> the attributes `set host attr` set), for
         building the config every command uses.  Reads only that section when the file
         is laid out as imgstor writes it (attrs right after schema, or none at all), so a
-        command on 10,000 VMs does not parse them twice; anything else gets a full read."""
+        command on 10,000 VMs does not parse them twice; anything else gets a full read.
+        With a journal (which may hold attribute changes) or the state already loaded:
+        the command's state."""
+        if self._memory.loaded() or os.path.exists(self.journal_path):
+            return self.read().attrs
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -145,9 +169,10 @@ class Store:
 
     def _parse(self, data: bytes) -> State:
         with _no_gc():
-            return self._parse_raw(data)
+            return self._build(self._decode(data))
 
-    def _parse_raw(self, data: bytes) -> State:
+    def _decode(self, data: bytes) -> dict:
+        """The state file's JSON, its schema checked (``_build`` makes the State)."""
         try:
             raw = json.loads(data)
         except ValueError as e:
@@ -158,28 +183,57 @@ class Store:
             raise StateError(f"state file {self.path} has schema {schema!r}; this imgstor "
                              f"reads schemas {', '.join(map(str, READS_SCHEMAS))} (newer "
                              "imgstor? restore a backup)")
+        return raw
+
+    def _build(self, raw: dict, *, journal: bool = False) -> State:
+        """The State of a decoded state file (with its journal applied: ``journal``),
+        migrated from an older schema."""
+        schema = raw["schema"]
+        if journal:
+            what = f"state file {self.path} with its journal {self.journal_path}"
+        else:
+            what = f"state file {self.path}"
         if schema != SCHEMA:
             try:
                 raw = migrate(raw)
             except StateError as e:
-                raise StateError(f"state file {self.path}: {e.message}; imgstor will not "
+                raise StateError(f"{what}: {e.message}; imgstor will not "
                                  "overwrite it") from None
         try:
             return State.from_dict(raw)
         except StateError as e:
-            raise StateError(f"state file {self.path}: {e.message}; fix or restore it, "
+            raise StateError(f"{what}: {e.message}; fix or restore it, "
                              "imgstor will not overwrite it") from None
 
     # ---- writing ----
     @contextlib.contextmanager
     def transaction(self) -> Iterator[State]:
-        """Lock, load, yield the state, write it back atomically unless the body raised."""
+        """Lock, yield a view of the state, commit what changed unless the body raised;
+        returns once it is durable."""
         with self._locked():
-            # the bytes read here, not self._last_read: a batch's threads share this Store
-            before = self._read_bytes()
-            state = State() if before is None else self._parse(before)
-            yield state
-            self._write(state, unless=before)
+            with _no_gc():
+                view = self._memory.begin()
+            yield view
+            seq = self._memory.commit(view)
+        self._memory.wait(seq)
+
+    @contextlib.contextmanager
+    def preview(self) -> Iterator[State]:
+        """A transaction's view without the lock whose changes are dropped (dry runs)."""
+        from imgstor.state.journal import view_of
+        yield view_of(self.read())
+
+    def fold(self) -> bool:
+        """Fold the journal into the state file (under the lock), if there is one: the
+        file is then whole by itself.  True if there was a journal."""
+        if not os.path.exists(self.journal_path):
+            return False
+        with self._locked():
+            self._memory.refresh(locked=True)
+            if not os.path.exists(self.journal_path):
+                return False
+            self._memory.fold()
+            return True
 
     def _ensure_dir(self) -> None:
         d = os.path.dirname(self.path)
@@ -196,9 +250,26 @@ class Store:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        import filelock  # lazy: read-only commands never need it
+        import threading  # lazy, as filelock: read-only commands never need them
         self._ensure_dir()
-        lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
+        if self._tlock is None:
+            self._tlock = threading.Lock()
+        # The threads of a batch queue here, handing over at once, not in filelock's
+        # polling loop; the file lock is between processes.
+        if not self._tlock.acquire(timeout=self.lock_timeout):
+            raise LockTimeout(f"state store {self.path} is locked by {self._holder_text()}; "
+                              f"waited {self.lock_timeout:g}s", path=self.path) from None
+        try:
+            with self._file_locked():
+                yield
+        finally:
+            self._tlock.release()
+
+    @contextlib.contextmanager
+    def _file_locked(self) -> Iterator[None]:
+        import filelock
+        lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600,
+                                 poll_interval=0.005)
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -233,12 +304,14 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             return "an unknown process"
 
-    def _write(self, state: State, *, unless: bytes | None = None) -> None:
+    def _write(self, state: State) -> None:
+        from imgstor.state.journal import dump
         state.schema = SCHEMA
-        # No sort_keys: State.to_dict orders vms and volumes naturally (readers rely on it).
-        data = json.dumps(state.to_dict(), indent=1).encode() + b"\n"
-        if unless is not None and data == unless:
-            return            # nothing changed: no rewrite, no fsync
+        # State.to_dict orders vms and volumes naturally (readers rely on it).
+        self._replace(dump(state))
+
+    def _replace(self, data: bytes) -> None:
+        """The state file made ``data`` (under the lock), fsynced."""
         # Under the lock any other temp file is left over from a killed writer.
         import glob
         for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):
@@ -263,7 +336,13 @@ class Store:
                 with open(self.path, "rb") as f:
                     old = f.read()
                 atomicfile.replace(kept, old, mode=0o600)
+                if os.path.exists(self.journal_path):       # its transactions, kept too
+                    with open(self.journal_path, "rb") as f:
+                        atomicfile.replace(kept + ".journal", f.read(), mode=0o600)
+            self._memory.forget()
             self._write(state)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.journal_path)
             return kept
 
     # ---- busy markers ----

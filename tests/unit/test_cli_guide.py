@@ -207,6 +207,7 @@ def test_attr_set_list_remove(guide, config_path):
                  ("vm-container-0-14", "vm_container_zpool")):
         assert guide("remove", "host", "attr", h, a).rc == 0
     assert store(config_path).read().attrs == {}
+    store(config_path).fold()          # the journal into the file (issue 25)
     assert b'"attrs"' not in (config_path.parent / "state.json").read_bytes()
 
 
@@ -233,11 +234,12 @@ def test_attr_set_list_remove(guide, config_path):
 ])
 def test_attr_errors_change_nothing(guide, state_path, argv, rc, text):
     guide("set", "host", "attr", "compute-0-0", "img_sync", "value=false")
-    before = state_path.read_bytes()
+    journal = state_path.parent / (state_path.name + ".journal")
+    before = state_path.read_bytes(), journal.exists() and journal.read_bytes()
     r = guide(*argv, rocks=True)
     assert (r.rc, r.out) == (rc, ""), r
     assert text in r.err, r
-    assert state_path.read_bytes() == before
+    assert (state_path.read_bytes(), journal.exists() and journal.read_bytes()) == before
 
 
 def test_attrs_reach_the_workflows(guide, config_path):
