@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ex: Executor = LocalExecutor()
     try:
-        req = json.loads(sys.stdin.read() or "{}")
+        data = sys.stdin.read()
+        if not data.strip():
+            # the frontend closed a step it had started ahead (Cluster.prepare) and no
+            # longer wants: nothing runs
+            raise UsageError(f"node step {argv[1]}: no request on stdin; nothing done")
+        req = json.loads(data)
         ex = DryRunExecutor() if req.get("dry_run") else LocalExecutor()
         out = run_locked(argv[1], req.get("args") or {}, ex)
         rc = 0

@@ -67,8 +67,30 @@ class FakeCluster:
     def steps(self, host, steps, /, *, stop_after=None):
         return [self.step(host, n, **a) for n, a in steps]
 
+    def prepare(self, host, name, /):
+        return FakePrepared(self, host, name)
+
+    def prepare_steps(self, host, /):
+        return FakePrepared(self, host, "batch")
+
     def parallel(self, hosts, fn):
         return {h: fn(h) for h in hosts}
+
+
+class FakePrepared:
+    """Cluster.prepare's Prepared, scripted: the step runs when its arguments come."""
+
+    def __init__(self, cl, host, name):
+        self.cl, self.host, self.name = cl, host, name
+
+    def run(self, **args):
+        return self.cl.step(self.host, self.name, **args)
+
+    def run_steps(self, steps, *, stop_after=None):
+        return self.cl.steps(self.host, steps, stop_after=stop_after)
+
+    def cancel(self):
+        pass
 
 
 @pytest.fixture
