@@ -527,14 +527,10 @@ class Prepared:
     does."""
 
     def __init__(self, cl: Cluster, host: str, name: str, *, background: bool = True) -> None:
-        from imgstor.zipapp import BOOT
         self.cl, self.host, self.name = cl, host, name
-        self.app = cl._app()
-        # -I: isolated (no PYTHON* variables, no user site, no cwd on sys.path).  Not -S:
-        # `site` is what puts the distribution's packages (rtslib-fb, pyzfs) on the path.
-        self.argv = [PYTHON, "-I", "-c", BOOT, self.app.remote_path, self.app.sha256,
-                     "node", name]
-        self.shown = [PYTHON, "-I", self.app.remote_path, "node", name]
+        self.app: Any = None
+        self.argv: list[str] = []
+        self.shown: list[str] = []
         self.conn: Any = None
         self.chan: Any = None
         self.error: BaseException | None = None
@@ -551,6 +547,13 @@ class Prepared:
 
     def _open(self) -> None:
         try:
+            from imgstor.zipapp import BOOT
+            self.app = self.cl._app()
+            # -I: isolated (no PYTHON* variables, no user site, no cwd on sys.path).  Not
+            # -S: `site` puts the distribution's packages (rtslib-fb, pyzfs) on the path.
+            self.argv = [PYTHON, "-I", "-c", BOOT, self.app.remote_path, self.app.sha256,
+                         "node", self.name]
+            self.shown = [PYTHON, "-I", self.app.remote_path, "node", self.name]
             with self._lk:
                 self.cl._lease(self.host)
                 self._held = True
