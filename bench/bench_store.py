@@ -125,9 +125,9 @@ def killed(n: int, file: str, env: dict, work: str, *, after: float) -> None:
 def make_big(path: str, vms: int, volumes: int) -> None:
     """A state file with VMS VMs (on compute-0-0..99, assigned over nas-0-0..3) and
     VOLUMES mapped volumes, none of them on the lab's hosts' pools."""
-    from imgstor.state import Store, Vm, Volume
-    s = Store(path)
-    with s.transaction() as st:
+    from imgstor.state import State, Store, Vm, Volume
+    st = State()
+    if True:
         for i in range(vms):
             c = f"compute-0-{i % 100}"
             name = f"{c}-{i // 100}"
@@ -142,7 +142,56 @@ def make_big(path: str, vms: int, volumes: int) -> None:
                 device="/dev/sdc", since=time.time(),
                 extra={"initiator": f"iqn.2005-03.org.open-iscsi:{c}", "lun": 1,
                        "marked": True, "portal": "10.1.255.254:3260", "chap_user": None})
-    s.fold()
+    Store(path).replace_all(st, force=True)
+
+
+def per_transaction(a, work: str) -> None:
+    """In this process: the cost of one transaction that records a volume's new state
+    (as a map's ``record`` does), on an empty store and on 10,000 VMs + 2,000 volumes;
+    and the state file's size per VM and per volume."""
+    from imgstor.state import Store, Volume
+    rows = []
+    for name, (vms, vols) in (("empty", (0, 0)), ("10,000 VMs + 2,000 volumes", (10_000, 2_000))):
+        d = os.path.join(work, f"txn-{vms}")
+        os.makedirs(d, mode=0o700)
+        path = os.path.join(d, "state.json")
+        make_big(path, vms, vols)
+        size = os.path.getsize(path)
+        s = Store(path)
+        key = "nas-0-0/txn-vol"
+        with s.transaction() as st:
+            st.volumes[key] = Volume(nas="nas-0-0", zpool="tank", vol="txn-vol")
+        s.stats.clear()
+        n = a.txns
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(n):
+            with s.transaction() as st:
+                v = st.volumes[key]
+                v.state = "mapped" if i % 2 == 0 else "unmapped"
+                v.since = time.time()
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        st_ = s.stats
+        rows.append((name, size, cpu / n, wall / n, (st_["journal_bytes"] + st_["state_bytes"]) / n,
+                     st_["fsyncs"] / n, st_["folds"]))
+    print(f"state file: {rows[1][1]} bytes for 10,000 VMs + 2,000 mapped volumes (a VM "
+          f"{_per_record(work)}")
+    for name, size, cpu, wall, b, f, folds in rows:
+        print(f"one transaction ({name:27s}, file {size:8d} B): cpu {cpu * 1e3:6.3f} ms, wall "
+              f"{wall * 1e3:6.2f} ms, {b:7.0f} bytes written, {f:.2f} fsyncs ({folds} folds)")
+
+
+def _per_record(work: str) -> str:
+    from imgstor.state import State, Vm, Volume
+    from imgstor.state.journal import dump
+    vm = Vm(name="compute-0-14-0", container="compute-0-14", nas="nas-0-0", zpool="tank")
+    one = len(dump(State(vms={vm.name: vm}))) - len(dump(State()))
+    vol = Volume(nas="nas-0-0", zpool="tank", vol="compute-0-14-0-vol", size=10 << 30,
+                 host="compute-0-14", target="iqn.2001-04.com.nas-0-0-compute-0-14-0-vol",
+                 state="mapped", mode="direct", device="/dev/sdc", since=time.time(),
+                 extra={"initiator": "iqn.2005-03.org.open-iscsi:compute-0-14", "lun": 1,
+                        "marked": True, "portal": "10.1.255.254:3260", "chap_user": None})
+    two = len(dump(State(volumes={vol.key: vol}))) - len(dump(State()))
+    return f"{one} bytes, a mapped volume ~{two} bytes)"
 
 
 def s2(a, env: dict, work: str) -> None:
@@ -196,12 +245,16 @@ def main() -> None:
     ap.add_argument("--s2", action="store_true", help="also S2 (needs the lab up)")
     ap.add_argument("--no-s1", action="store_true")
     ap.add_argument("--map-rounds", type=int, default=7)
+    ap.add_argument("--txns", type=int, default=1000,
+                    help="transactions timed per store (in-process, no lab); 0: none")
     a = ap.parse_args()
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)       # as installed: .pyc files kept
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     work = tempfile.mkdtemp(prefix="bench-store-", dir="/var/tmp")
     try:
+        if a.txns:
+            per_transaction(a, work)
         if not a.no_s1:
             s1(a, env, work)
         if a.s2:

@@ -34,7 +34,7 @@ from typing import Any
 
 from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
-from imgstor.state.memory import Memory, _ident
+from imgstor.state.memory import FOLD_MIN, Memory, _ident
 from imgstor.state.model import (
     READS_SCHEMAS,
     SCHEMA,
@@ -223,17 +223,29 @@ class Store:
         from imgstor.state.journal import view_of
         yield view_of(self.read())
 
-    def fold(self) -> bool:
+    def fold(self, *, timeout: float | None = None) -> bool:
         """Fold the journal into the state file (under the lock), if there is one: the
         file is then whole by itself.  True if there was a journal."""
         if not os.path.exists(self.journal_path):
             return False
-        with self._locked():
+        with self._locked(timeout=timeout):
             self._memory.refresh(locked=True)
             if not os.path.exists(self.journal_path):
                 return False
             self._memory.fold()
             return True
+
+    def close(self) -> None:
+        """The end of a command that wrote: a small state file (under ``FOLD_MIN``, where
+        that costs milliseconds) gets its journal folded in, so that it is whole at rest
+        as it always was; a large one waits for its journal to outgrow it, the end of a
+        batch, refresh or ``imgstorageadmin fold``.  Never fails the command: a lock not
+        free within a second is someone else's, who will fold."""
+        m = self._memory
+        if not m.stats["commits"] or m.ident is None or m.ident[2] >= FOLD_MIN:
+            return
+        with contextlib.suppress(LockTimeout, StateError, OSError):
+            self.fold(timeout=1.0)
 
     def _ensure_dir(self) -> None:
         d = os.path.dirname(self.path)
@@ -249,32 +261,33 @@ class Store:
                              "imgstor will not write its state there")
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, timeout: float | None = None) -> Iterator[None]:
         import threading  # lazy, as filelock: read-only commands never need them
         self._ensure_dir()
         if self._tlock is None:
             self._tlock = threading.Lock()
+        wait = self.lock_timeout if timeout is None else timeout
         # The threads of a batch queue here, handing over at once, not in filelock's
         # polling loop; the file lock is between processes.
-        if not self._tlock.acquire(timeout=self.lock_timeout):
+        if not self._tlock.acquire(timeout=wait):
             raise LockTimeout(f"state store {self.path} is locked by {self._holder_text()}; "
-                              f"waited {self.lock_timeout:g}s", path=self.path) from None
+                              f"waited {wait:g}s", path=self.path) from None
         try:
-            with self._file_locked():
+            with self._file_locked(wait):
                 yield
         finally:
             self._tlock.release()
 
     @contextlib.contextmanager
-    def _file_locked(self) -> Iterator[None]:
+    def _file_locked(self, wait: float) -> Iterator[None]:
         import filelock
-        lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600,
+        lock = filelock.FileLock(self.lock_path, timeout=wait, mode=0o600,
                                  poll_interval=0.005)
         try:
             lock.acquire()
         except filelock.Timeout:
             raise LockTimeout(f"state store {self.path} is locked by {self._holder_text()}; "
-                              f"waited {self.lock_timeout:g}s", path=self.path) from None
+                              f"waited {wait:g}s", path=self.path) from None
         try:
             self._write_holder()
             try:

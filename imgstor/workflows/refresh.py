@@ -99,6 +99,9 @@ def _refresh(ctx) -> list[dict]:
     # 4. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
+    # 5. the store's journal folded into its file: whole again at least once a minute
+    if not ctx.dry_run:
+        ctx.store.fold()
     return rows
 
 
