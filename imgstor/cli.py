@@ -410,8 +410,6 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
     finally:
         if "cluster" in ctx.__dict__:        # only if the command reached hosts
             ctx.cluster.close()
-        if "store" in ctx.__dict__:          # a small state is whole again at rest
-            ctx.store.close()
     from imgstor.output import emit
     emit(result, json=ctx.json)
     return int(getattr(result, "exit_code", 0) or 0)

@@ -34,7 +34,7 @@ from typing import Any
 
 from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
-from imgstor.state.memory import FOLD_MIN, Memory, _ident
+from imgstor.state.memory import Memory, _ident
 from imgstor.state.model import (
     READS_SCHEMAS,
     SCHEMA,
@@ -235,18 +235,6 @@ class Store:
             self._memory.fold()
             return True
 
-    def close(self) -> None:
-        """The end of a command that wrote: a small state file (under ``FOLD_MIN``, where
-        that costs milliseconds) gets its journal folded in, so that it is whole at rest
-        as it always was; a large one waits for its journal to outgrow it, the end of a
-        batch, refresh or ``imgstorageadmin fold``.  Never fails the command: a lock not
-        free within a second is someone else's, who will fold."""
-        m = self._memory
-        if not m.stats["commits"] or m.ident is None or m.ident[2] >= FOLD_MIN:
-            return
-        with contextlib.suppress(LockTimeout, StateError, OSError):
-            self.fold(timeout=1.0)
-
     def _ensure_dir(self) -> None:
         d = os.path.dirname(self.path)
         if not os.path.isdir(d):
@@ -399,6 +387,9 @@ class Store:
     def release_busy(self, key: str, pid: int | None = None) -> bool:
         """Clear the busy marker of ``key`` if ``pid`` (default: this process) holds it."""
         pid = os.getpid() if pid is None else pid
+        seen = self.read().volumes.get(key)
+        if seen is None or seen.busy is None or seen.busy.pid != pid:
+            return False      # cleared already (with the outcome): no lock, no write
         with self.transaction() as st:
             vol = st.volumes.get(key)
             if vol is None or vol.busy is None or vol.busy.pid != pid \

@@ -319,17 +319,6 @@ def test_batch_killed_then_run_again_has_every_vm_once(config_path, tmp_path):
     assert sum(1 for ln in lines if ln.startswith('  "k')) == n     # folded: each once
 
 
-def test_a_command_leaves_a_small_state_whole(imgstor, state_path, monkeypatch):
-    assert imgstor("add", "host", "vm", "compute-0-0", "name=a").rc == 0
-    assert imgstor("add", "host", "vm", "compute-0-0", "name=b").rc == 0
-    journal = state_path.parent / "state.json.journal"
-    assert not journal.exists() and '"b"' in state_path.read_text()
-    monkeypatch.setattr(store_mod, "FOLD_MIN", 10)          # a large state: it waits
-    assert imgstor("add", "host", "vm", "compute-0-0", "name=c").rc == 0
-    assert journal.exists() and '"c"' not in state_path.read_text()
-    assert "c" in Store(str(state_path)).read().vms
-
-
 def test_imgstorageadmin_fold_makes_the_file_whole(imgstor, state_path):
     from imgstor import admin
     s = Store(str(state_path))
