@@ -103,7 +103,9 @@ def _map_volume(ctx, cl, pre: _Started, key, nas, nas_cfg, zpool, vol, host, hos
         # to another host), and the intent recorded before any host is touched: a kill
         # from here on leaves a record that `remove host storagemap` undoes.
         check_map(v, key, zpool, host)
-        names.check_collisions(st.volumes.values(), nas, vol, host, chap_user)
+        # the store as committed, read under the lock: every other volume, none of them
+        # copied into this transaction (its own record is skipped)
+        names.check_collisions(ctx.store.read().volumes.values(), nas, vol, host, chap_user)
         done["had_host"] = bool(v.host)
         v.host, v.target = host, iqn
         v.extra["intent"] = "map-sync" if sync else "map"
