@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ex: Executor = LocalExecutor()
     try:
+        # the step modules first: a step started ahead (the frontend's Cluster.prepare)
+        # loads them while it waits for its request
+        from imgstor.remote import locks  # noqa: F401 - run_locked's
+        from imgstor.remote.steps import load_all
+        load_all()
+        import inspect  # noqa: F401 - run_step binds the request's arguments with it
         data = sys.stdin.read()
         if not data.strip():
             # the frontend closed a step it had started ahead (Cluster.prepare) and no
