@@ -10,7 +10,8 @@ state file (written whole to ``<path>.tmp-<pid>``, 0600, fsynced, ``os.replace``
 file) when it outgrows the file, when the file does not exist yet, and by ``fold()``.
 ``store.read()`` takes no lock and returns the command's state read-only (change records
 only inside a transaction); a reader sees a state some transaction left, never half of
-one.
+one.  A missing file is an empty state; ``read()`` says so on stderr, with the path,
+once per process: a wrong ``[state] path`` must not look like an empty cluster.
 
 Never hold the lock across a remote command: mark the volume busy (``store.busy(...)`` or
 ``acquire_busy``), leave the transaction, do the remote work, then re-open a transaction to
@@ -19,6 +20,10 @@ of remote work.
 
 While the lock is held ``<path>.lock.holder`` names the holder (pid, command line, host,
 since) so a ``LockTimeout`` can say who is in the way.
+
+A file that cannot be read completely (not JSON, not an object, a missing or bad field)
+is one ``StateError`` that says what is wrong and what to do: restore a backup, or move it
+aside and run ``imgstor rebuild``; imgstor never overwrites it.
 """
 from __future__ import annotations
 
@@ -97,6 +102,17 @@ def _no_gc() -> Iterator[None]:
         gc.enable()
 
 
+_said_missing: set[str] = set()
+
+
+def _say_missing(path: str) -> None:
+    if path not in _said_missing:
+        _said_missing.add(path)
+        print(f"imgstor: no state file {path}: nothing is recorded yet (if imgstor has "
+              "been used with this config, [state] path is wrong or the file was lost: "
+              "restore it, or run `imgstor rebuild`)", file=sys.stderr, flush=True)
+
+
 class Store:
     """The state file at ``path``; see the module docstring."""
 
@@ -110,6 +126,7 @@ class Store:
         self._before_replace: Callable[[str], None] | None = None
         self._memory = Memory(self)
         self._tlock: Any = None        # the threads of this process, before the file lock
+        self.quiet_missing = False    # refresh --quiet: a new install has no file yet
 
     @property
     def stats(self):
@@ -120,9 +137,13 @@ class Store:
     # ---- reading ----
     def read(self) -> State:
         """The current state, without taking the lock: the command's own, shared with its
-        later reads and transactions.  Read-only: change records in a transaction."""
+        later reads and transactions.  Read-only: change records in a transaction.  A
+        missing file is an empty state, said on stderr (once per process and path)."""
         with _no_gc():
-            return self._memory.snapshot()
+            st = self._memory.snapshot()
+        if self._memory.ident is None and not self.quiet_missing:
+            _say_missing(self.path)
+        return st
 
     def _read_bytes(self) -> bytes | None:
         return self._read_state()[0]
@@ -171,39 +192,43 @@ class Store:
         with _no_gc():
             return self._build(self._decode(data))
 
+    def _damaged(self, what: str, *, journal: bool = False) -> StateError:
+        where = f"state file {self.path}" + (f" with its journal {self.journal_path}"
+                                             if journal else "")
+        return StateError(f"{where} is damaged: {what}.  imgstor will not "
+                          "overwrite it: restore it from a backup, or move it aside and run "
+                          "`imgstor rebuild` (it makes the state again from the hosts)",
+                          path=self.path)
+
     def _decode(self, data: bytes) -> dict:
         """The state file's JSON, its schema checked (``_build`` makes the State)."""
         try:
             raw = json.loads(data)
         except ValueError as e:
-            raise StateError(f"state file {self.path} is not valid JSON ({e}); "
-                             "fix or restore it, imgstor will not overwrite it") from None
-        schema = raw.get("schema") if isinstance(raw, dict) else None
+            raise self._damaged(f"not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise self._damaged(f"a JSON {type(raw).__name__}, not an object")
+        schema = raw.get("schema")
+        if type(schema) is int and schema > SCHEMA:
+            raise StateError(f"state file {self.path} has schema {schema}, written by a newer "
+                             f"imgstor; this one reads schemas "
+                             f"{', '.join(map(str, READS_SCHEMAS))}: run the newer imgstor",
+                             path=self.path)
         if type(schema) is not int or schema not in READS_SCHEMAS:
-            raise StateError(f"state file {self.path} has schema {schema!r}; this imgstor "
-                             f"reads schemas {', '.join(map(str, READS_SCHEMAS))} (newer "
-                             "imgstor? restore a backup)")
+            raise self._damaged(f"schema {schema!r}, not one of "
+                                f"{', '.join(map(str, READS_SCHEMAS))}")
         return raw
 
     def _build(self, raw: dict, *, journal: bool = False) -> State:
         """The State of a decoded state file (with its journal applied: ``journal``),
         migrated from an older schema."""
         schema = raw["schema"]
-        if journal:
-            what = f"state file {self.path} with its journal {self.journal_path}"
-        else:
-            what = f"state file {self.path}"
-        if schema != SCHEMA:
-            try:
-                raw = migrate(raw)
-            except StateError as e:
-                raise StateError(f"{what}: {e.message}; imgstor will not "
-                                 "overwrite it") from None
         try:
+            if schema != SCHEMA:
+                raw = migrate(raw)
             return State.from_dict(raw)
         except StateError as e:
-            raise StateError(f"{what}: {e.message}; fix or restore it, "
-                             "imgstor will not overwrite it") from None
+            raise self._damaged(e.message, journal=journal) from None
 
     # ---- writing ----
     @contextlib.contextmanager
