@@ -319,6 +319,65 @@ def test_batch_killed_then_run_again_has_every_vm_once(config_path, tmp_path):
     assert sum(1 for ln in lines if ln.startswith('  "k')) == n     # folded: each once
 
 
+# A process whose threads commit transactions (group commit; a fold every few dozen
+# lines, so the kill may land in one), each of two records: the thread's next VM and its
+# "last" VM saying how far it got.  A name is printed once its transaction returned.
+_WRITER = r"""
+import sys, threading
+from imgstor.state import Store, Vm
+from imgstor.state import memory
+memory.FOLD_MIN = 4096
+s = Store(sys.argv[1], lock_timeout=60)
+out = threading.Lock()
+def work(t):
+    for i in range(100000):
+        with s.transaction() as st:
+            st.vms[f"t{t}-{i}"] = Vm(name=f"t{t}-{i}", container="compute-0-0")
+            st.vms[f"last{t}"] = Vm(name=f"last{t}", container="compute-0-0",
+                                    extra={"i": i})
+        with out:
+            sys.stdout.write(f"{t} {i}\n")
+            sys.stdout.flush()
+for t in range(4):
+    threading.Thread(target=work, args=(t,), daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_kill_9_mid_commits_every_reported_transaction_is_in_the_state(tmp_path):
+    path = str(tmp_path / "state.json")
+    p = subprocess.Popen([sys.executable, "-c", _WRITER, path], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    reported: dict[int, int] = {}
+    n = 0
+    for ln in p.stdout:
+        t, i = map(int, ln.split())
+        reported[t] = max(reported.get(t, -1), i)
+        n += 1
+        if n >= 400:
+            break
+    os.kill(p.pid, signal.SIGKILL)
+    rest, err = p.communicate(timeout=30)
+    for ln in rest.splitlines():
+        t, i = map(int, ln.split())
+        reported[t] = max(reported.get(t, -1), i)
+    assert n >= 400, err[-2000:]
+    s = Store(path)
+    vms = s.read().vms                            # readable, whatever the journal's tail
+    for t in range(4):
+        last = vms[f"last{t}"].extra["i"] if f"last{t}" in vms else -1
+        assert last >= reported.get(t, -1)        # every transaction reported ok is there
+        mine = {k for k in vms if k.startswith(f"t{t}-")}
+        assert mine == {f"t{t}-{i}" for i in range(last + 1)}   # whole ones, no other
+    with s.transaction() as st:                   # the next writer (cuts a torn tail)
+        st.vms["after"] = Vm(name="after", container="compute-0-0")
+    s.fold()
+    whole = json.loads(open(path).read())["vms"]  # the JSON file alone holds it all
+    assert set(whole) == set(vms) | {"after"}
+    assert not os.path.exists(s.journal_path)
+
+
 def test_imgstorageadmin_fold_makes_the_file_whole(imgstor, state_path):
     from imgstor import admin
     s = Store(str(state_path))
