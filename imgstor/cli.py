@@ -407,8 +407,11 @@ REACHES_HOSTS = frozenset({f"{_MAP}:map_volume", f"{_MAP}:unmap_volume",
 
 
 def _preload_ssh() -> None:
+    # Not a daemon: the interpreter waits for it before it finalizes.  A command that ends
+    # while a daemon thread is still importing (cryptography's extension modules) may
+    # crash in its exit (SIGSEGV, about 1 in 10 quick refusals on the lab).
     import threading
-    threading.Thread(target=importlib.import_module, args=("fabric",), daemon=True).start()
+    threading.Thread(target=importlib.import_module, args=("fabric",)).start()
 
 
 def _load(handler: str) -> Callable[..., Any]:

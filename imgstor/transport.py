@@ -86,6 +86,7 @@ class Cluster:
         self._leases: Counter[str] = Counter()
         self._used: dict[str, float] = {}
         self.opened = 0                        # connections opened (tests, bench)
+        self._bg: list[threading.Thread] = []  # Prepared's openers, joined by close()
         self.peak = 0                          # most slots held at once
 
     # ------------------------------------------------------------ connections
@@ -211,6 +212,14 @@ class Cluster:
                 conn.client.close()          # a refused key leaves paramiko's thread up
 
     def close(self) -> None:
+        # A prepared step's opener still connecting (a command that ended before it
+        # needed it): wait for it, so that its connection is closed here and no thread
+        # is inside paramiko or cryptography when the interpreter exits (a daemon thread
+        # there can crash the exit).  Bounded: a connect gives up at connect_timeout.
+        with self._glock:
+            bg, self._bg = self._bg, []
+        for t in bg:
+            t.join(2 * float(getattr(self.config.ssh, "connect_timeout", 10)) + 5)
         with self._pool:
             conns = list(self._conns.values())
             self._conns.clear()
@@ -541,6 +550,9 @@ class Prepared:
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(target=self._open, daemon=True)
+            with cl._glock:
+                cl._bg[:] = [t for t in cl._bg if t.is_alive()]
+                cl._bg.append(self._thread)
             self._thread.start()
         else:
             self._open()
