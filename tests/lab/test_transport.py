@@ -11,6 +11,7 @@ import pytest
 from imgstor.config import load_config
 from imgstor.errors import HostKeyError, NotFound, StepError, TransportError, UsageError
 from imgstor.hostkeys import UNCONFIRMED
+from imgstor.state import Store
 from imgstor.transport import Cluster
 from tests.conftest import Lab
 
@@ -190,8 +191,7 @@ def test_cli_refuses_untrusted_nas_key_before_any_command(lab: Lab, tmp_path: Pa
     assert "trusted on first use" not in p.stderr
     assert kh.read_text() == kh_before                       # nothing pinned
     assert _nas_state(lab, nas) == nas_before                # nothing made on the NAS
-    st = json.loads((tmp_path / "state.json").read_text()) \
-        if (tmp_path / "state.json").exists() else {}
+    st = Store(str(tmp_path / "state.json")).read().to_dict()
     assert not st.get("volumes"), st                         # and no record
 
 
