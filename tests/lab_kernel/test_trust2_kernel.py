@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from imgstor.state import Store
 from tests.lab_kernel.conftest import LAB_KERNEL
 from tests.lab_kernel.test_imgstor_kernel import NAS, cli
 from tests.lab_kernel.test_sync_kernel import NODE, SIZE, MiB, dd_in, prefilled, row, sha
@@ -40,6 +41,7 @@ def test_merge_started_then_reboot_and_unmap_in_use_dm(kernel_lab) -> None:
     state = klab.dir / "state.json"
     pristine = klab.dir / f"state.json.pristine-{os.getpid()}"
     if state.exists():
+        Store(str(state)).fold()                       # the copy is then whole
         shutil.copy2(state, pristine)
     vol = None
     holder = None
@@ -96,6 +98,7 @@ def test_merge_started_then_reboot_and_unmap_in_use_dm(kernel_lab) -> None:
                 check=False)
             cli(klab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)
         if pristine.exists():
+            Store(str(state)).fold()                   # no journal left to extend it
             os.replace(pristine, state)
         elif state.exists():
             os.unlink(state)
