@@ -21,8 +21,12 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    its node (a node rebooted, a killed qemu-storage-daemon) gets it back; a sync overlay
    is rebuilt over its temp-write store (before the pivot) or its local copy (after).
 5. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+6. Job logs and progress files of jobs that are gone, older than ``[log] job_log_days``,
+   are removed (``jobs.prune_logs``).
 
-It prints one row per thing it found and what it did (``--json``: the same rows).
+It prints one row per thing it found and what it did (``--json``: the same rows), and logs
+to the audit trail (imgstor/audit.py) each thing it did: a host that went down, came back
+or rebooted, a monitor or a pull it started, what it restored, the job logs it pruned.
 """
 from __future__ import annotations
 
@@ -70,9 +74,12 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None                     # another refresh runs: nothing to say
+        started = time.time()
         rows = _refresh(ctx)
     finally:
         os.close(fd)                        # releases the flock
+    if not ctx.dry_run:
+        _audit(ctx, rows, started)
     if quiet:
         return None
     return Output(rows, _COLUMNS, json_extra=_JSON_EXTRA)
@@ -99,7 +106,40 @@ def _refresh(ctx) -> list[dict]:
     # 4. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
+    # 5. old job logs
+    rows += _prune(ctx)
     return rows
+
+
+def _prune(ctx) -> list[dict]:
+    if ctx.dry_run:
+        return []
+    days = ctx.config.log.job_log_days
+    gone = jobmod.prune_logs(ctx.store, days, set(ctx.store.read().jobs))
+    if not gone:
+        return []
+    return [{"what": "jobs", "host": None, "volume": None, "job": None,
+             "action": f"removed {len(gone)} job files older than {days:g} days"}]
+
+
+def _audit(ctx, rows: list[dict], started: float) -> None:
+    """One audit line per row that did something or found something new: not the hosts
+    that are up as before, the pulls not yet due, the monitors that run."""
+    from imgstor import audit
+    for r in rows:
+        what, action = r["what"], r["action"]
+        if what == "host":
+            went_down = not r.get("up") and (r.get("since") or 0) >= started
+            if not (r.get("rebooted") or "reachable again" in action or went_down):
+                continue
+        elif what in ("pull", "job"):
+            if not action.startswith(("started", "could not")):
+                continue
+        elif what == "metrics" and "could not" not in action:
+            continue
+        bad = "could not" in action or action.startswith(("DOWN", "left"))
+        audit.record(ctx, what=f"refresh {what}", target=r.get("host") or r.get("volume"),
+                     result="failed" if bad else "ok", job=r.get("job"), message=action)
 
 
 def _restore(ctx) -> list[dict]:

@@ -58,7 +58,7 @@ print(json.dumps(out))
 
 
 def test_ping_reports_pyzfs(kernel_lab) -> None:
-    rows = {r["host"]: r for r in json.loads(cli(kernel_lab, "ping", "--json").stdout)}
+    rows = {r["host"]: r for r in json.loads(cli(kernel_lab, "ping", "--json").stdout)["rows"]}
     for host in kernel_lab.names():
         assert rows[host]["pyzfs"].startswith("2.1."), rows[host]
     assert "PYZFS" in cli(kernel_lab, "ping").stdout.splitlines()[0]
