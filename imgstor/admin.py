@@ -65,8 +65,7 @@ Global flags: --json (a list of what was done), -n/--dry-run (show it, change no
 --config PATH.
 Exit: 0 all done, 1 an action failed, 2 bad input, 130 aborted (EOF or Ctrl-C at a prompt:
 what was done so far stays done, nothing is half-done).
-
-commands (no questions):"""
+"""
 
 
 def list_volumes(ctx: Ctx) -> Output:
@@ -128,14 +127,18 @@ def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
+_GROUP = "Commands (no questions)"
 ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("list",), "imgstor.admin:list_volumes", [], {},
-        "list volumes in the store with state and busy markers"),
+        "volumes in the store, with busy markers", group=_GROUP,
+        examples=("list --json",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
-        "clear the busy marker of volume VOL on NAS"),
+        "clear the busy marker of a volume", group=_GROUP,
+        examples=("unbusy nas-0-0 vol1",)),
     Cmd(("set-state",), "imgstor.admin:set_state",
-        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES))], {},
-        "force the state of volume VOL on NAS (unmapped also clears host/target)"),
+        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES), kind="state")],
+        {}, "force the state of a volume", group=_GROUP,
+        details="unmapped also clears its host, target, device and mode."),
 ]
 
 

@@ -39,7 +39,7 @@ import importlib
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imgstor.errors import ImgstorError, UsageError
 
@@ -64,26 +64,36 @@ class Arg:
     kind: str = ""
 
 
-@dataclass(frozen=True)
 class Cmd:
     """One command of the table: its words, handler, arguments, keys and flags, and what
     ``--help``, the man page and the shell completion say about it (imgstor/clihelp.py,
-    imgstor/docgen.py: all made from this table)."""
-    words: tuple[str, ...]
-    handler: str                                  # "package.module:function"
-    args: Sequence[Arg] = ()
-    keys: dict[str, Callable[[str], Any]] = field(default_factory=dict)
-    help: str = ""                                # one line (the overview; <= 50 columns)
-    aliases: tuple[tuple[str, ...], ...] = ()
-    flags: tuple[str, ...] = ()                   # boolean options, e.g. ("--verify",)
-    options: tuple[tuple[str, Callable[[str], Any]], ...] = ()   # (("--jobs", int),)
-    details: str = ""                             # the rest of the description (-h, man)
-    group: str = ""                               # its heading in --help and the man page
-    examples: tuple[str, ...] = ()                # command lines without the program name
-    flag_help: dict[str, str] = field(default_factory=dict)      # else clihelp.FLAG_HELP's
-    key_help: dict[str, str] = field(default_factory=dict)       # else clihelp.KEY_HELP's
-    hidden: bool = False                          # not in help, man page or completion
-    audit: bool | None = None                     # logs an audit line; None: by its verb
+    imgstor/docgen.py: all made from this table).  A plain class, not a dataclass: with
+    its 15 fields, making the dataclass and its 40 entries was ~1 ms of every command's
+    start-up (bench/bench_list_vm_nas.py)."""
+    __slots__ = ("words", "handler", "args", "keys", "help", "aliases", "flags", "options",
+                 "details", "group", "examples", "flag_help", "key_help", "hidden", "audit")
+
+    def __init__(self, words: tuple[str, ...], handler: str,       # "package.module:function"
+                 args: Sequence[Arg] = (), keys: dict[str, Callable[[str], Any]] | None = None,
+                 help: str = "",                      # one line (the overview; <= 50 columns)
+                 aliases: tuple[tuple[str, ...], ...] = (),
+                 flags: tuple[str, ...] = (),         # boolean options, e.g. ("--verify",)
+                 options: tuple[tuple[str, Callable[[str], Any]], ...] = (),  # (("--jobs", int),)
+                 *, details: str = "",                # the rest of the description (-h, man)
+                 group: str = "",                     # its heading in --help and the man page
+                 examples: tuple[str, ...] = (),      # command lines without the program name
+                 flag_help: dict[str, str] | None = None,   # else clihelp.FLAG_HELP's
+                 key_help: dict[str, str] | None = None,    # else clihelp.KEY_HELP's
+                 hidden: bool = False,                # not in help, man page or completion
+                 audit: bool | None = None) -> None:  # logs an audit line; None: by its verb
+        self.words, self.handler, self.args, self.keys = words, handler, args, keys or {}
+        self.help, self.aliases, self.flags, self.options = help, aliases, flags, options
+        self.details, self.group, self.examples = details, group, examples
+        self.flag_help, self.key_help = flag_help or {}, key_help or {}
+        self.hidden, self.audit = hidden, audit
+
+    def __repr__(self) -> str:
+        return f"Cmd({self.name!r}, {self.handler!r})"
 
     @property
     def name(self) -> str:

@@ -69,10 +69,10 @@ ARG_HELP = {
     "file": "a file of commands, - for stdin",
 }
 # What completes an argument, by its kind (default: its name); clihelp.complete answers
-# the dynamic ones from the config and the state.
+# the dynamic ones from the config and the state; "text" is free text (nothing offered).
 ARG_KINDS = {"nas": "nas", "nases": "nas", "host": "compute", "container": "compute",
              "hosts": "host", "vm": "vm", "vms": "vm", "vol": "volume", "zpool": "zpool",
-             "job": "job", "file": "file"}
+             "job": "job", "file": "file", "membership": "text", "size": "text"}
 
 
 def groups(table: Sequence[Any]) -> list[str]:
@@ -152,11 +152,13 @@ def overview(table: Sequence[Any], prog: str, prefix: Sequence[str] = ()) -> str
         lines.append(f"`{prog} COMMAND help` or `{prog} COMMAND -h`: a command's "
                      "arguments")
         return "\n".join(lines)
-    lines.append("Examples (more in each command's help):")
+    examples = []
     for g in groups(table):             # the first two of each group
         shown = [c.examples[0] for c in cmds if c.group == g and c.examples][:2]
-        lines += [f"  {prog} {e}" for e in shown]
-    lines += ["", "Global flags (before or after the command):"]
+        examples += [f"  {prog} {e}" for e in shown]
+    if examples:
+        lines += ["Examples (more in each command's help):", *examples, ""]
+    lines += ["Global flags (before or after the command):"]
     lines += _two_columns(GLOBAL_FLAGS)
     lines += ["", "Exit status:", table_text(WIDTH, "  "), ""]
     lines += _wrap(f"`{prog} COMMAND -h` or `{prog} COMMAND help` shows a command's "
@@ -186,8 +188,8 @@ def command_help(cmd: Any, prog: str) -> str:
         lines += ["", "examples:"]
         for e in cmd.examples:
             lines += _wrap(f"{prog} {e}", "      ", first="  ")
-    lines += ["", "global flags: --json, -n/--dry-run, -v/--debug, --config PATH "
-              f"(`{prog} --help`)"]
+    lines += [""] + _wrap("global flags: --json, -n/--dry-run, -v/--debug, --config PATH "
+                          f"(`{prog} --help`)")
     return "\n".join(lines)
 
 
