@@ -94,12 +94,11 @@ def handler(spec: str, facility: str = "user") -> logging.Handler | None:
     """The syslog handler for ``spec`` (made once per process), None when there is none
     or it cannot be reached."""
     key = (spec, facility)
-    if key in _ready:
-        return _ready[key]
     with _lock:
         if key not in _ready:
+            _ready.clear()
             _ready[key] = _make(spec, facility)
-    return _ready[key]
+        return _ready[key]
 
 
 def _make(spec: str, facility: str) -> logging.Handler | None:
@@ -133,7 +132,11 @@ def _make(spec: str, facility: str) -> logging.Handler | None:
                   file=sys.stderr)
     log = logging.getLogger(LOGGER)
     log.setLevel(logging.INFO)
+    for old in [x for x in log.handlers if getattr(x, "imgstor_audit", False)]:
+        log.removeHandler(old)          # one destination per process (tests change it)
+        old.close()
     if h is not None:
+        h.imgstor_audit = True          # type: ignore[attr-defined]
         log.addHandler(h)
     return h
 
