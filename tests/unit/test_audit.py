@@ -164,3 +164,30 @@ def test_refresh_prunes_and_logs_what_it_did(syslog, imgstor, config_path, state
     f = fields(syslog.lines(1)[0])
     assert f["what"] == "refresh jobs" and f["result"] == "ok"
     assert imgstor("refresh").rc == 0 and syslog.none()      # nothing done: nothing said
+
+
+def test_monitors_log_each_phase_and_a_failure(syslog, imgstor, state_path, monkeypatch):
+    from imgstor.errors import RemoteCommandError
+    from imgstor.workflows import monitor as mon
+
+    def fail(ctx, job):
+        raise RemoteCommandError("nas-0-0", ["zfs", "send"], 1, "broken pipe")
+    monkeypatch.setitem(mon.PHASES, "pull", [("trust", lambda c, j: None),
+                                             ("send", lambda c, j: None)])
+    store = Store(str(state_path))
+    with store.transaction() as st:
+        j = jobs.new_job(st, "pull", "nas-0-0/v1", "trust")
+    assert imgstor("monitor", j.id).rc == 0
+    got = [fields(x) for x in syslog.lines(2)]
+    assert [(f["what"], f["target"], f["job"], f["result"]) for f in got] == [
+        ("monitor pull", "nas-0-0/v1", j.id, "ok")] * 2
+    assert [f["message"] for f in got] == ["phase trust done, next send",
+                                           "phase send done; job done"]
+    monkeypatch.setitem(mon.PHASES, "pull", [("trust", lambda c, j: None), ("send", fail)])
+    with store.transaction() as st:
+        j = jobs.new_job(st, "pull", "nas-0-0/v2", "trust")
+    assert imgstor("monitor", j.id).rc == 10
+    f = fields(syslog.lines(2)[1])
+    assert (f["result"], f["exit"], f["job"]) == ("failed", "10", j.id)
+    assert f["message"].startswith("phase send: nas-0-0: command failed")
+    assert syslog.none()                       # the monitor command itself: no extra line
