@@ -13,7 +13,8 @@ function of the row gives the cell a person reads (``0:01:23``, ``Tue 14:05.33``
 ``--json`` prints one object, ``{"version": JSON_VERSION, "command": …, "exit_code": …}``
 and ``"rows"`` (every key of every row, the columns' first; a ``When`` as ISO 8601 local
 time with its offset) and ``"messages"`` (the lines the text prints under the table), or
-``"message"`` (a one-line message), or ``"lines"``; an error is ``"error": {"type",
+``"message"`` (a one-line message; a ``Message`` adds ``"text"``, what the text shows), or
+``"lines"``; an error is ``"error": {"type",
 "message", "exit_code", "details"}`` (``error_json``).  Scripts check ``version``: a key
 may be added within a version, never renamed or removed.
 
@@ -241,8 +242,8 @@ def json_document(result: Any, *, command: str | None = None) -> str:
                          messages=list(result.footer))
     if isinstance(result, Lines):
         return _document(command, rc, lines=list(result.lines))
-    if isinstance(result, Message):
-        return _document(command, rc, message=result.message)
+    if isinstance(result, Message):        # and the guide's lines the text shows
+        return _document(command, rc, message=result.message, text=result.text)
     return _document(command, rc, message=str(result))
 
 

@@ -218,3 +218,10 @@ def test_ctrl_c_is_130(imgstor, monkeypatch):
     assert r.rc == 130 and "interrupted" in r.err
     r = imgstor("list", "host", "vm", "--json")
     assert r.rc == 130 and json.loads(r.out)["error"]["type"] == "Interrupted"
+
+
+def test_a_message_carries_the_text_too(populated, imgstor):
+    text, _, doc = run(imgstor, "add", "host", "storagemap", "nas-0-0", "tank", "v9",
+                       "compute-0-0", "1G")
+    assert doc["message"] == "nas-0-0:v9 mapped to compute-0-0:/dev/sdc"
+    assert doc["text"] + "\n" == text.out and "/dev/sdc" in doc["text"]
