@@ -57,8 +57,10 @@ def config_with(lab: Lab, tmp_path: Path, extra: str) -> Path:
 
 def test_audit_lines_of_a_map_an_unmap_and_a_refresh(lab: Lab, tmp_path: Path, syslog) -> None:
     path, s = syslog
-    # a host that does not answer: the refresh has something to log (it went down)
-    down = f'[hosts.compute-0-9]\nrole = "compute"\naddress = "{lab.host(HOST)["address"]}"\n' \
+    # a host that does not answer (new to refresh's record of the hosts, which the lab's
+    # state keeps between runs): the refresh has something to log, it went down
+    gone = f"compute-9-{uuid.uuid4().int % 100000}"
+    down = f'[hosts.{gone}]\nrole = "compute"\naddress = "{lab.host(HOST)["address"]}"\n' \
            'port = 1\n'
     cfg = config_with(lab, tmp_path, f'[log]\nsyslog = "{path}"\n')
     cfg.write_text(cfg.read_text() + down)
@@ -79,12 +81,13 @@ def test_audit_lines_of_a_map_an_unmap_and_a_refresh(lab: Lab, tmp_path: Path, s
         assert f"unmapped from {HOST}" in u["message"]
         p = cli(cfg, "refresh")
         assert p.returncode == 0, p.stderr
-        r = [x for x in received(s) if x["what"] == "refresh host"]
-        assert [(x["target"], x["result"]) for x in r] == [("compute-0-9", "failed")], r
+        r = [x for x in received(s) if x["what"] == "refresh host" and x["target"] == gone]
+        assert [x["result"] for x in r] == ["failed"], r
         assert r[0]["message"].startswith("DOWN since "), r
         p = cli(cfg, "refresh")                     # the same again: nothing new to log
         assert p.returncode == 0 and not [x for x in received(s)
-                                          if x["what"] == "refresh host"]
+                                          if x["what"] == "refresh host"
+                                          and x["target"] == gone]
         p = cli(cfg, "remove", "host", "storageimg", NAS, "tank", vol)
         assert p.returncode == 0, p.stderr
         (i,) = received(s)
