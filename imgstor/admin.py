@@ -249,6 +249,7 @@ def dialogue_main(argv: list[str]) -> int:
     nas = _nas_filter(ctx, a.nas)
     term = dlg.Term(sys.stdin, sys.stderr if ctx.json else sys.stdout)
     done: list = []
+    host = a.host
     try:
         try:
             host = a.host or _pick_host(ctx, term)
@@ -266,6 +267,7 @@ def dialogue_main(argv: list[str]) -> int:
                                nas_filter=(lambda n: nas is None or n == nas))
         done = dlg.run_dialogue(qs, term, answers or None, confirm=bool(answers) and not a.yes)
     except dlg.Aborted as e:
+        _audit(ctx, host, e.details.get("done", []))
         if ctx.json:
             emit(Output(e.details.get("done", []), _DONE_COLUMNS), json=True)
         raise
@@ -273,6 +275,7 @@ def dialogue_main(argv: list[str]) -> int:
         if "cluster" in ctx.__dict__:
             ctx.cluster.close()
     rows = [d.__dict__ for d in done]
+    _audit(ctx, host, rows)
     failed = any(not d.ok for d in done)
     if ctx.json:
         emit(Output(rows, _DONE_COLUMNS), json=True)
@@ -283,3 +286,15 @@ def dialogue_main(argv: list[str]) -> int:
 
 _DONE_COLUMNS = [("question", "QUESTION"), ("item", "ITEM"), ("result", "RESULT"),
                  ("ok", "OK")]
+
+
+def _audit(ctx, host: str | None, rows: list[dict]) -> None:
+    """One audit line per action the dialogue ran on ``host`` (imgstor/audit.py); a dry
+    run: none."""
+    if ctx.dry_run or not rows:
+        return
+    from imgstor import audit
+    for r in rows:
+        audit.record(ctx, what=f"imgstorageadmin {r['question']}",
+                     target=f"{host}: {r['item']}",
+                     result="ok" if r["ok"] else "failed", message=r["result"])

@@ -191,3 +191,20 @@ def test_monitors_log_each_phase_and_a_failure(syslog, imgstor, state_path, monk
     assert (f["result"], f["exit"], f["job"]) == ("failed", "10", j.id)
     assert f["message"].startswith("phase send: nas-0-0: command failed")
     assert syslog.none()                       # the monitor command itself: no extra line
+
+
+def test_imgstorageadmin_dialogue_logs_each_action(syslog, imgstor, state_path, monkeypatch):
+    from test_cli_guide import FakeCluster
+
+    from imgstor import admin
+    from imgstor.state import Busy, Volume
+    monkeypatch.setattr("imgstor.transport.Cluster", FakeCluster)
+    with Store(str(state_path)).transaction() as st:
+        v = Volume("nas-0-0", "tank", "v1", busy=Busy(op="map", pid=4242, host="fe",
+                                                      since=time.time()))
+        st.volumes[v.key] = v
+    r = imgstor("--host", "nas-0-0", "--unbusy-zvol", "v1", "--yes", main=admin.main)
+    assert r.rc == 0, r
+    f = fields(syslog.lines(1)[0])
+    assert (f["what"], f["result"]) == ("imgstorageadmin unbusy-zvol", "ok"), f
+    assert f["target"].startswith("nas-0-0: v1 map pid 4242@fe"), f
