@@ -116,20 +116,36 @@ _VMS = "imgstor.workflows.vms"
 _MAP = "imgstor.workflows.storagemap"
 _ATTRS = "imgstor.workflows.attrs"
 _SATTRS = "imgstor.workflows.syncattrs"
+_MACHINE: dict[str, Callable[[str], Any]] = {k: str for k in (
+    "mem", "cpus", "mac", "kernel", "initrd", "append", "network", "hook")}
 COMMANDS: list[Cmd] = [
     Cmd(("add", "host", "vm"), f"{_VMS}:add_vm",
         [Arg("container", help="the compute node that runs the VM"),
          Arg("membership", nargs="?", help="names the VM as Rocks does: compute on "
              "vm-container-0-14 -> compute-0-14-0")],
-        {"name": str, "membership": str}, "add a VM on a compute node",
+        {"name": str, "membership": str, **_MACHINE}, "add a VM on a compute node",
         details="The VM is named MEMBERSHIP-RACK-RANK-N after its container, else "
-                "CONTAINER-N; name= gives it a name (then the line is safe to re-run).",
+                "CONTAINER-N; name= gives it a name (then the line is safe to re-run).  "
+                "The other keys are its definition for a VM runner (direct boot with "
+                "kernel=; default: the firmware boots the disk).",
         group=_G_VM, examples=("add host vm vm-container-0-14 compute",
-                               "add host vm compute-0-14 name=web1")),
+                               "add host vm compute-0-14 name=web1 mem=2G cpus=2")),
+    Cmd(("set", "host", "vm"), "imgstor.workflows.vmspec:set_vm", [Arg("vm")], dict(_MACHINE),
+        "change a VM's definition",
+        details="mem= cpus= mac= kernel= initrd= append= network= hook= (kernel= empty: "
+                "the firmware boots the disk); applies from its next start.", group=_G_VM,
+        examples=("set host vm web1 kernel=/boot/vmlinuz initrd=/boot/initrd.img",)),
+    Cmd(("move", "host", "vm"), "imgstor.workflows.vmspec:move_vm",
+        [Arg("vm"), Arg("container", help="the compute node its next start runs on")], {},
+        "move a stopped VM to another container",
+        details="Its disk unmapped and its guest not running; its next start runs there.",
+        group=_G_VM, examples=("move host vm web1 compute-0-15",)),
     Cmd(("list", "host", "vm"), f"{_VMS}:list_vms", [Arg("vms", nargs="*", metavar="VM")],
         {"showdisks": bool}, "list VMs: container, NAS, zpool, mode",
         details="MODE is the mode of the VM's mapping while it has one, else the one its "
-                "next start would use (sync if its container has img_sync).",
+                "next start would use (sync if its container has img_sync).  With VM "
+                "definitions also MEM, CPUS and GUEST (running, stopped, exited, failed: as "
+                "the last command or refresh saw it).",
         group=_G_VM, examples=("list host vm showdisks=1",)),
     Cmd(("remove", "host", "vm"), f"{_VMS}:remove_vm", [Arg("vm")], {},
         "remove a VM (refused while its volume is mapped)", group=_G_VM),
@@ -155,14 +171,22 @@ COMMANDS: list[Cmd] = [
         examples=("dump host vm nas | imgstor batch -",)),
     Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm",
         [Arg("vms", nargs="+", metavar="VM")],
-        {"size": str}, "map each VM's disk on its container",
-        details="The disk is <vm>-vol on the VM's NAS (size= if it is new).  Several VMs "
-                "at once: one line each, exit 1 if any failed.",
+        {"size": str}, "map each VM's disk, start its guest",
+        details="The disk is <vm>-vol on the VM's NAS (size= if it is new), mapped on its "
+                "container; then its guest starts with the container's vm_runner (none: "
+                "the disk only; a guest that fails to start leaves the disk mapped).  "
+                "Several VMs at once: one line each, exit 1 if any failed.",
         flags=("--wait",), group=_G_VM, examples=("start host vm compute-0-14-0 size=40G",)),
     Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm",
         [Arg("vms", nargs="+", metavar="VM")], {},
-        "unmap each VM's disk", flags=("--force", "--wait"), group=_G_VM,
-        examples=("stop host vm compute-0-14-0",)),
+        "shut each VM's guest down, unmap its disk",
+        details="ACPI powerdown, up to --timeout SECONDS (default the container's "
+                "vm_stop_timeout); still running: exit 8 and the disk stays mapped, unless "
+                "--force: a hard stop.", flags=("--force", "--wait"),
+        options=(("--timeout", float),), group=_G_VM,
+        flag_help={"--force": "stop a guest that does not shut down, and unmap a disk "
+                              "in use (its VM loses it)"},
+        examples=("stop host vm compute-0-14-0 --timeout 60",)),
     Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
         [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
         {"img_sync": bool, "adopt": bool}, "create a volume and map it to a node",
@@ -200,8 +224,8 @@ COMMANDS: list[Cmd] = [
         [Arg("args", nargs="+", metavar="ARG", kind="host-attr",
              help="HOST... ATTR [VALUE], or HOST... with attr=ATTR value=VALUE")],
         {"attr": str, "value": str}, "set a storage attribute of hosts",
-        details="img_sync, vm_container_zpool, img_zpools, ib_net; kept in the state and "
-                "stronger than the config file.", group=_G_ATTR,
+        details="img_sync, vm_container_zpool, img_zpools, ib_net, vm_runner; kept in the "
+                "state and stronger than the config file.", group=_G_ATTR,
         examples=("set host attr nas-0-0 img_zpools value=tank1,tank2",
                   "set host attr compute-0-1 img_sync value=true")),
     Cmd(("list", "host", "attr"), f"{_ATTRS}:list_attrs",
@@ -252,7 +276,10 @@ COMMANDS: list[Cmd] = [
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")],
         {}, "reach hosts, show their tools and pools",
         details="Every host of the config, or those named; exit 11 if one is unreachable.",
-        aliases=(("hosts",),), group=_G_HEALTH, examples=("ping", "ping nas-0-0")),
+        aliases=(("hosts",),), flags=("--trust",), group=_G_HEALTH,
+        flag_help={"--trust": "confirm the host keys pinned on first use (the sync hop "
+                              "uses them only then)"},
+        examples=("ping", "ping nas-0-0")),
     Cmd(("doctor",), "imgstor.workflows.doctor:doctor",
         [Arg("hosts", nargs="*", metavar="HOST")], {},
         "check the setup before the first map",
@@ -605,7 +632,7 @@ def entry() -> int:
 ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",),
                ("zvolattr",), ("storageattr",))
 ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
-              "rocks start|stop host vm ..., rocks set|list|remove host attr with "
+              "rocks start|stop|move host vm ..., rocks set|list|remove host attr with "
               "img_sync, vm_container_zpool, img_zpools, IB_net, rocks set|list|remove "
               "host zvolattr|storageattr with frequency, uploadspeed, downloadspeed")
 

@@ -46,6 +46,7 @@ FLAG_HELP = {
                          "a NAS volume)",
     "--discard-node-data": "discard data on the node newer than the NAS's last copy",
     "--local": "only the checks on this frontend, no host is reached",
+    "--timeout": "seconds to wait for the guest to shut down",
 }
 KEY_HELP = {
     "name": "the VM's name (makes the line safe to re-run)",
@@ -58,6 +59,14 @@ KEY_HELP = {
     "size": "size of a new volume: a number with K, M, G or T (no unit: GiB)",
     "attr": "the attribute's name",
     "value": "the attribute's value",
+    "mem": "the guest's memory: MiB, or with a unit (2G)",
+    "cpus": "the guest's CPUs",
+    "mac": "the guest's MAC address",
+    "kernel": "boot this kernel (a path on the node; empty: the firmware boots the disk)",
+    "initrd": "the initrd of kernel=",
+    "append": "the kernel command line of kernel=",
+    "network": "none, user, or bridge:NAME",
+    "hook": "a program the runner calls around the guest's start and stop",
 }
 ARG_HELP = {
     "nas": "a NAS host of the config", "zpool": "a pool of that NAS", "vol": "a volume name",

@@ -15,7 +15,8 @@ passes (else 9, as ``check``).  On this frontend:
   names exists;
 - ``last refresh``: refresh ran in the last ``REFRESH_MAX_AGE`` seconds (its record of the
   hosts, ``<state>.hosts.json``, is that fresh);
-- ``metrics``: ``[state] metrics_path`` ends in ``.prom`` and its directory is writable;
+- ``metrics``: ``[state] metrics_path``'s directory is there and writable (the config
+  itself refuses a name not ending in ``.prom``);
 
 then, unless ``--local``, on every host (or those named) at once: ``reachable`` (SSH, its
 host key, imgstor's node app), ``tools`` (those its role and drivers need, with their
@@ -270,9 +271,6 @@ def _metrics(cfg) -> dict:
     path = cfg.metrics_path
     if not path:
         return _row("metrics", "[state] metrics_path", True, "not configured")
-    if not path.endswith(".prom"):
-        return _row("metrics", path, False, "node_exporter reads only *.prom files",
-                    "name it …/imgstor.prom")
     d = os.path.dirname(path)
     if not os.path.isdir(d):
         return _row("metrics", path, False, f"no directory {d}",

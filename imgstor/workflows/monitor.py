@@ -143,13 +143,15 @@ def resume_all(ctx) -> Output:
             rows.append({"job": j.id, "volume": j.volume, "phase": j.phase,
                          "action": f"running (pid {j.owner.pid})" if j.owner else "running"})
             continue
+        failed = False
         if ctx.dry_run:
             action = "would start a monitor"
         else:
             try:
                 action = f"started monitor pid {jobmod.spawn(ctx.store, ctx.config.path, j.id)}"
             except (OSError, BusyError, NotFound) as e:
-                action = f"could not start a monitor: {e}"
-        rows.append({"job": j.id, "volume": j.volume, "phase": j.phase, "action": action})
+                action, failed = f"could not start a monitor: {e}", True
+        rows.append({"job": j.id, "volume": j.volume, "phase": j.phase, "action": action,
+                     "failed": failed})
     return Output(rows, [("job", "JOB"), ("volume", "VOLUME"), ("phase", "PHASE"),
                          ("action", "ACTION")])

@@ -93,7 +93,8 @@ def test_dump_then_batch_round_trip(config_path, imgstor, tmp_path):
     through `imgstor batch -` (review: `dump host vm nas | imgstor batch -` failed)."""
     for argv in (("add", "host", "vm", "compute-0-0", "compute"),
                  ("add", "host", "vm", "compute-0-0", "name=web1"),
-                 ("add", "host", "vm", "compute-0-1", "name=db1"),
+                 ("add", "host", "vm", "compute-0-1", "name=db1", "mem=2G", "cpus=2",
+                  "kernel=/boot/vmlinuz", "append=root=/dev/vda1 console=ttyS0"),
                  ("set", "host", "vm", "nas", "web1", "nas=nas-0-0", "zpool=tank2"),
                  ("set", "host", "vm", "nas", "compute-0-0-0", "nas=nas-0-1"),
                  ("set", "host", "attr", "compute-0-0", "img_sync", "value=true"),
@@ -109,6 +110,8 @@ def test_dump_then_batch_round_trip(config_path, imgstor, tmp_path):
                    for what in ("vm", "vm nas", "attr"))
     assert "imgstor add host vm compute-0-0 name=compute-0-0-0 membership=compute\n" in dump
     assert "imgstor set host vm nas web1 nas=nas-0-0 zpool=tank2\n" in dump
+    assert "mem=2048 cpus=2 mac=52:54:00:" in dump and \
+        "'append=root=/dev/vda1 console=ttyS0'" in dump
     assert "imgstor set host attr compute-0-0 img_sync value=true\n" in dump
     assert "imgstor set host storageattr nas-0-1 uploadspeed 10M\n" in dump
     assert "imgstor set host zvolattr nas-0-0 web1-vol downloadspeed 5M\n" in dump

@@ -206,7 +206,7 @@ def _break(setup, what: str, monkeypatch) -> None:
     ("cron runs a missing program", "schedule", "CRON"),
     ("refresh never ran", "last refresh", "HOSTS"),
     ("last refresh too old", "last refresh", "HOSTS"),
-    ("metrics not .prom", "metrics", "PROMTXT"),
+    ("metrics not .prom", "config", "CFG"),           # the config refuses it
     ("metrics dir missing", "metrics", "PROM"),
     ("host unreachable", "reachable", "compute-0-1"),
     ("tool missing", "tools", "compute-0-0"),
@@ -222,13 +222,14 @@ def test_each_broken_precondition_fails_its_check(imgstor, setup, monkeypatch, w
                "STATE": f"{setup.state}/state.json", "STATEDIR": str(setup.state),
                "SOCK": str(setup.sock), "CRON": str(setup.cron / "imgstor"),
                "HOSTS": f"{setup.state}/state.json.hosts.json",
-               "PROMTXT": f"{setup.prom}/imgstor.txt",
                "PROM": f"{setup.prom}/imgstor.prom"}.get(subject, subject)
     rc, rows = doctor(imgstor, setup)
     assert rc == 9
     assert failed(rows) == [(check, subject)], rows
     row = rows[(check, subject)]
     assert row["status"] == "FAIL" and row["detail"] and row["fix"], row
+    if what == "metrics not .prom":
+        assert ".prom" in row["detail"]
     if what == "state unreadable":
         assert "imgstor rebuild" in row["fix"]
     if what == "host unreachable":
