@@ -158,6 +158,12 @@ def _break(setup, what: str, monkeypatch) -> None:
         (setup.state / "state.json").write_text('{"schema": 1, "vms": [')
     elif what == "state dir writable by others":
         setup.state.chmod(0o777)
+    elif what in ("state not writable", "metrics dir not writable"):
+        # the tests run as root, for whom access(W_OK) is always true: this user's view
+        d = str(setup.state if what == "state not writable" else setup.prom)
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if (
+            os.fspath(path) == d and mode & os.W_OK) else real(path, mode, **kw))
     elif what == "no syslog socket":
         setup.sock.unlink()
     elif what == "no cron line or timer":
@@ -201,6 +207,7 @@ def _break(setup, what: str, monkeypatch) -> None:
     ("known_hosts writable by others", "known_hosts", "KH"),
     ("state unreadable", "state", "STATE"),
     ("state dir writable by others", "state", "STATEDIR"),
+    ("state not writable", "state", "STATE"),
     ("no syslog socket", "audit log", "SOCK"),
     ("no cron line or timer", "schedule", "refresh"),
     ("cron runs a missing program", "schedule", "CRON"),
@@ -208,6 +215,7 @@ def _break(setup, what: str, monkeypatch) -> None:
     ("last refresh too old", "last refresh", "HOSTS"),
     ("metrics not .prom", "config", "CFG"),           # the config refuses it
     ("metrics dir missing", "metrics", "PROM"),
+    ("metrics dir not writable", "metrics", "PROM"),
     ("host unreachable", "reachable", "compute-0-1"),
     ("tool missing", "tools", "compute-0-0"),
     ("pool missing", "pools", "nas-0-0"),
