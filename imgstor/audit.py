@@ -1,8 +1,9 @@
 """The audit trail: what imgstor changed, who asked, and how it ended, one syslog line each.
 
-Every command that changes something (``Cmd.audited``: add, set, remove, start, stop,
-clean, unbusy, repair, rebuild; each batch item; each action of imgstorageadmin's dialogue)
-logs one line when it ends, also when it fails; a dry run logs nothing.  Monitors log each phase of a job and its end; ``refresh`` logs what it did
+Every command that changes something (``Cmd.audits``: add, set, remove, move, start, stop,
+clean, unbusy, repair, rebuild, ``ping --trust``; each batch item; each action of
+imgstorageadmin's dialogue) logs one line when it ends, also when it fails; a dry run logs
+nothing.  Monitors log each phase of a job and its end; ``refresh`` logs what it did
 (a host that went down, came back or rebooted, a monitor or a pull it started, what it
 restored, job logs it pruned), not the runs that found nothing to do.  A line is
 ``key=value`` pairs (values with a space or a quote in double quotes)::

@@ -48,9 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import argparse
     from typing import Any, NoReturn
 
-__all__ = ["Arg", "Cmd", "COMMANDS", "CHANGING_VERBS", "main", "entry", "run", "parse",
-           "rocks_main", "split_globals", "report_error", "wants_json", "bind_plain", "call",
-           "strip_program"]
+__all__ = ["Arg", "Cmd", "COMMANDS", "CHANGING_VERBS", "CHANGING_FLAGS", "main", "entry",
+           "run", "parse", "rocks_main", "split_globals", "report_error", "wants_json",
+           "bind_plain", "call", "strip_program"]
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,16 @@ class Cmd:
         something; refresh and monitor log each of their actions themselves."""
         return self.audit if self.audit is not None else self.words[0] in CHANGING_VERBS
 
+    def audits(self, kwargs: dict[str, Any]) -> bool:
+        """Whether this run logs an audit line: an audited command, or one given a flag
+        that makes it change something (``ping --trust`` confirms pinned host keys)."""
+        return self.audited or any(kwargs.get(_dest(f)) for f in self.flags
+                                   if f in CHANGING_FLAGS)
 
-CHANGING_VERBS = frozenset({"add", "set", "remove", "start", "stop", "clean", "unbusy",
-                            "repair", "rebuild", "set-state"})
+
+CHANGING_VERBS = frozenset({"add", "set", "remove", "move", "start", "stop", "clean",
+                            "unbusy", "repair", "rebuild", "set-state"})
+CHANGING_FLAGS = frozenset({"--trust"})
 # The headings of --help and of the man page (in this order: their first command's).
 _G_VM, _G_MAP, _G_ATTR, _G_HEALTH, _G_BG, _G_MANY = (
     "VMs and their NAS", "Volumes and maps", "Attributes", "Health and repair",
@@ -554,7 +561,7 @@ def call(cmd: Cmd, ctx: Any, kwargs: dict[str, Any]) -> Any:
     """The handler's result (or exception).  A command that changes something logs one
     audit line (imgstor/audit.py) when it ends, also when it fails, naming the jobs it
     started; a dry run logs nothing.  ``batch`` calls each item through here."""
-    if not cmd.audited or ctx.dry_run:
+    if not cmd.audits(kwargs) or ctx.dry_run:
         return _load(cmd.handler)(ctx, **kwargs)
     from imgstor import audit
     jobs: list[str] = []

@@ -87,6 +87,23 @@ def test_changes_log_one_line_reads_and_dry_runs_none(syslog, imgstor, monkeypat
     assert "unknown VM 'nope'" in f["message"]
 
 
+def test_move_and_ping_trust_are_changes_ping_is_not(syslog, imgstor, monkeypatch):
+    """`move host vm` changes where a VM runs; `ping --trust` confirms pinned host keys."""
+    assert imgstor("add", "host", "vm", "compute-0-0", "name=web1").rc == 0
+    syslog.lines(1)
+    assert imgstor("move", "host", "vm", "web1", "compute-0-1").rc == 0
+    f = fields(syslog.lines(1)[0])
+    assert (f["what"], f["target"], f["result"]) == ("move host vm", "web1 compute-0-1", "ok")
+    monkeypatch.setattr("imgstor.workflows.hosts.ping",
+                        lambda ctx, hosts=None, trust=False: f"trusted {hosts}" if trust
+                        else "reached")
+    assert imgstor("ping", "nas-0-0").rc == 0
+    assert syslog.none()
+    assert imgstor("ping", "--trust", "nas-0-0").rc == 0
+    f = fields(syslog.lines(1)[0])
+    assert (f["what"], f["target"], f["result"]) == ("ping", "nas-0-0 --trust", "ok")
+
+
 def started(ctx, vol: str) -> str:
     audit.job_started("sync-in-0123456789ab")          # what jobs.spawn notes
     return f"{vol} mapped"
