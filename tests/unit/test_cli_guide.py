@@ -58,6 +58,7 @@ class FakeCluster:
                  "nas.ensure_volume": {"size": 10 << 30},
                  "nas.ensure_target": {"lun": 1},
                  "compute.attach": {"device": "/dev/sdc"},
+                 "nas.target_facts": {"targets": []},
                  "compute.devices": {"devices": [{"iqn": t["iqn"], "device": "/dev/sdc",
                                                   "status": "ok", "size": 10 << 30}
                                                  for t in args.get("targets", [])]},

@@ -71,7 +71,8 @@ def run(imgstor, *argv, main=cli.main):
 
 LISTS = [("list", "host", "vm"), ("list", "host", "vm", "showdisks=1"),
          ("list", "host", "vm", "nas"), ("list", "host", "storagemap"),
-         ("list", "host", "storagemap", "nas-0-0"), ("list", "host", "storagedev", "compute-0-1"),
+         ("list", "host", "storagemap", "nas-0-0"), ("list", "host", "storagemap", "--verify"),
+         ("list", "host", "storagedev", "compute-0-1"),
          ("list", "host", "attr"), ("list", "host", "zvolattr", "nas-0-0"),
          ("list", "host", "storageattr"), ("ping",), ("refresh",), ("check",)]
 
