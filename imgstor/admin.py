@@ -25,7 +25,8 @@ from imgstor.state import transitions
 from imgstor.state.model import VOLUME_STATES, volume_key
 from imgstor.workflows.context import Ctx
 
-__all__ = ["ADMIN_COMMANDS", "DIALOGUE_HELP", "list_volumes", "unbusy", "set_state", "main"]
+__all__ = ["ADMIN_COMMANDS", "DIALOGUE_HELP", "list_volumes", "unbusy", "set_state", "fold",
+           "main"]
 
 DIALOGUE_HELP = """\
 usage: imgstorageadmin [--host HOST] [--yes] [--force] [--nas NAS] [choice flags]
@@ -127,6 +128,17 @@ def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
+def fold(ctx: Ctx) -> str:
+    """Fold the state file's journal into it: the file alone then holds everything (before
+    a hand edit or a copy of the file alone; refresh does it every run)."""
+    path = ctx.store.path
+    if ctx.dry_run:
+        return f"dry run, nothing saved: would fold {ctx.store.journal_path} into {path}"
+    if ctx.store.fold():
+        return f"{path}: journal folded in; the file holds every transaction"
+    return f"{path}: no journal; the file holds every transaction"
+
+
 _GROUP = "Commands (no questions)"
 ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("list",), "imgstor.admin:list_volumes", [], {},
@@ -139,6 +151,11 @@ ADMIN_COMMANDS: list[Cmd] = [
         [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES), kind="state")],
         {}, "force the state of a volume", group=_GROUP,
         details="unmapped also clears its host, target, device and mode."),
+    Cmd(("fold",), "imgstor.admin:fold", [], {},
+        "fold the state file's journal into it", group=_GROUP,
+        details="The file alone then holds every transaction: before a hand edit or a "
+                "copy of the file alone (refresh does it every run).",
+        examples=("fold",)),
 ]
 
 

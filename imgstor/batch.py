@@ -238,6 +238,8 @@ def run_batch(ctx, file: str, jobs: int | None = None) -> Printed:
 
     sched.run([job(it) for it in runnable], workers=workers,
               on_done=lambda i, result: done(runnable[i], result))
+    if runnable and not ctx.dry_run:
+        ctx.store.fold()      # the batch's journal into the state file: whole again
     rc = EXIT_FAILED if failed else 0
     summary = {"items": len(items), "ok": len(items) - failed, "failed": failed}
     if ctx.json:

@@ -28,6 +28,8 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
 6. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
 7. Job logs and progress files of jobs that are gone, older than ``[log] job_log_days``,
    are removed (``jobs.prune_logs``).
+8. The store's journal is folded into its file (``Store.fold``): whole again at least once
+   a minute.
 
 It prints one row per thing it found and what it did (``--json``: the same rows;
 ``--quiet``: nothing when all went well).  What went wrong goes to stderr whatever the
@@ -182,6 +184,9 @@ def _refresh(ctx) -> tuple[list[dict], list]:
         rows.append(_metrics(ctx, hosts))
     # 6. old job logs
     rows += _prune(ctx)
+    # 7. the store's journal folded into its file: whole again at least once a minute
+    if not ctx.dry_run:
+        ctx.store.fold()
     return rows, hosts
 
 
