@@ -92,7 +92,7 @@ def test_qsd_killed_after_job_complete_with_the_nas_down_restores_on_the_local_c
         restart(NODE, f"qsd:{vol}")             # and the VM's daemon dies
         wait_for("the monitor to fail its untarget", lambda: monitor_failed(lab, vol), 120)
         assert maps(lab)[vol]["state"] == "merging"
-        rows = json.loads(cli(lab, "refresh", "--json").stdout)
+        rows = json.loads(cli(lab, "refresh", "--json").stdout)["rows"]
         mine = [r for r in rows if r["volume"] == f"{NAS}/{vol}" and r["what"] == "overlay"]
         assert mine and "local copy" in mine[0]["action"] and "failed" not in mine[0]["action"], \
             rows
@@ -164,7 +164,7 @@ def test_rebuild_reports_forged_portal_and_target_and_records_nothing_of_them(
         shutil.copy2(path, kept)
         p = cli(lab, "rebuild", "--force", "--json", check=False)
         assert p.returncode == 9, p
-        rows = json.loads(p.stdout)
+        rows = json.loads(p.stdout)["rows"]
         notes = {r["subject"]: r["found"] for r in rows if r["what"] == "note"}
         assert "imgstor:portal=10.9.9.9:3260: not a portal of nas-0-0" in \
             notes[f"{NAS}/{forged_portal}"]
@@ -214,7 +214,7 @@ def test_a_state_file_restored_from_an_older_backup_is_adopted_back(lab: Lab,
         shutil.copy2(backup, path)              # the backup, taken before the three maps
         p = cli(lab, "check", "--json", check=False)
         assert p.returncode == 9, p
-        rows = json.loads(p.stdout)
+        rows = json.loads(p.stdout)["rows"]
         lost = {r["subject"]: r for r in rows if r["what"] == "orphan-volume"}
         for vol in direct + [svol]:
             assert f"{NAS}:tank/{vol}" in lost, rows
@@ -226,7 +226,7 @@ def test_a_state_file_restored_from_an_older_backup_is_adopted_back(lab: Lab,
             assert not any(v in r["subject"] for v in direct + [svol]) \
                 or r["what"] == "orphan-volume", r
         p = cli(lab, "repair", "--adopt", "--json", check=False)
-        done = {r["subject"]: r["action"] for r in json.loads(p.stdout)}
+        done = {r["subject"]: r["action"] for r in json.loads(p.stdout)["rows"]}
         for vol in direct + [svol]:
             assert done[f"{NAS}:tank/{vol}"].startswith("taken back: mapped on"), done
         assert cli(lab, "check").returncode == 0
@@ -265,7 +265,7 @@ def test_a_snapshot_made_by_hand_on_the_nas_stops_the_pull_named_by_check(lab: L
         assert state(lab)["volumes"][f"{NAS}/{vol}"]["extra"]["foreign_snapshots"] == [snap]
         assert lab.out(NAS, f"zfs list -H -o name -t snapshot {snap}") == snap   # untouched
         p = cli(lab, "check", "--json", check=False)
-        rows = [r for r in json.loads(p.stdout) if r["what"] == "foreign-snapshot"]
+        rows = [r for r in json.loads(p.stdout)["rows"] if r["what"] == "foreign-snapshot"]
         assert p.returncode == 9 and len(rows) == 1 and snap in rows[0]["found"], p.stdout
         # gone by hand: the next try sends, and check has nothing to say of it
         lab.destroy(NAS, snap)
@@ -273,7 +273,7 @@ def test_a_snapshot_made_by_hand_on_the_nas_stops_the_pull_named_by_check(lab: L
         wait_for("the pull", lambda: not jobs_of(lab, vol), 180)
         assert nas_file_sha(lab, vol) == img.sha() == node_sha(lab, vol)
         assert "foreign_snapshots" not in state(lab)["volumes"][f"{NAS}/{vol}"]["extra"]
-        assert not [r for r in json.loads(cli(lab, "check", "--json", check=False).stdout)
+        assert not [r for r in json.loads(cli(lab, "check", "--json", check=False).stdout)["rows"]
                     if r["what"] == "foreign-snapshot"]
     finally:
         cli(lab, "remove", "host", "zvolattr", NAS, vol, "frequency", check=False)

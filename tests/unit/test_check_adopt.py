@@ -84,7 +84,7 @@ def cluster(monkeypatch):
 def test_check_names_each_lost_volume_and_repair_adopt_takes_back_what_holds(
         cluster, imgstor, config_path) -> None:
     r = imgstor("check", "--json")
-    rows = {x["subject"]: x for x in json.loads(r.out)}
+    rows = {x["subject"]: x for x in json.loads(r.out)["rows"]}
     assert r.rc == 9, r
     a, b, f = (rows[f"{NAS}:tank/{v}"] for v in "abf")
     assert f"direct mapped to {NODE}, target {iqn('a')}" in a["found"]
@@ -98,7 +98,7 @@ def test_check_names_each_lost_volume_and_repair_adopt_takes_back_what_holds(
     assert r.rc == 9 and Store(str(config_path.parent / "state.json")).read().volumes == {}
     r = imgstor("repair", "--adopt", "--json")
     assert r.rc == 9, r                        # f is left: its claim does not hold
-    done = {x["subject"]: x["action"] for x in json.loads(r.out)}
+    done = {x["subject"]: x["action"] for x in json.loads(r.out)["rows"]}
     assert done[f"{NAS}:tank/a"] == f"taken back: mapped on {NODE}"
     assert done[f"{NAS}:tank/b"] == "taken back: unmapped"
     st = Store(str(config_path.parent / "state.json")).read()
@@ -108,7 +108,7 @@ def test_check_names_each_lost_volume_and_repair_adopt_takes_back_what_holds(
         ("mapped", NODE, iqn("a"), "direct", "/dev/sdc")
     assert va.extra["initiator"] == INIT and va.extra["portal"] == "nas-0-0:3260"
     # once taken back they are no findings; f still is
-    rows = {x["subject"] for x in json.loads(imgstor("check", "--json").out)}
+    rows = {x["subject"] for x in json.loads(imgstor("check", "--json").out)["rows"]}
     assert rows == {f"{NAS}:tank/f"}
 
 
@@ -117,7 +117,7 @@ def test_a_lost_volume_whose_hosts_disagree_is_left(cluster, imgstor, config_pat
     cluster.answers[(NODE, "compute.inventory")]["direct"][iqn("a")]["session"] = False
     cluster.answers[(NAS, "nas.inventory")]["targets"][0]["acls"] = ["iqn.x:intruder"]
     r = imgstor("repair", "--adopt", "--json")
-    done = {x["subject"]: x["action"] for x in json.loads(r.out)}
+    done = {x["subject"]: x["action"] for x in json.loads(r.out)["rows"]}
     assert "the hosts do not back it" in done[f"{NAS}:tank/a"]
     assert "no iSCSI session" in done[f"{NAS}:tank/a"] and "admits" in done[f"{NAS}:tank/a"]
     assert set(Store(str(config_path.parent / "state.json")).read().volumes) == {f"{NAS}/b"}
