@@ -17,7 +17,7 @@ import sys
 import time
 from typing import NoReturn, Sequence
 
-from imgstor import validate
+from imgstor import log, validate
 from imgstor.cli import Arg, Cmd, report_error, run, split_globals
 from imgstor.errors import ImgstorError, NotFound, UsageError
 from imgstor.output import Output, format_duration
@@ -208,6 +208,7 @@ def dialogue_main(argv: list[str]) -> int:
     from imgstor.workflows.context import Ctx
     opts, rest = split_globals(argv)
     a = _dialogue_args(rest)
+    log.setup(1 if opts["debug"] else 0)
     answers: dict[str, list[str]] = {}
     for ks in CHOICE_FLAGS.values():
         for k in ks:

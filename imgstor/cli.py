@@ -33,6 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from imgstor import log
 from imgstor.errors import ImgstorError, UsageError
 
 TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
@@ -387,6 +388,7 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
     opts, cmd, kwargs = parse(argv, table, prog)
     if cmd is None:
         return 0
+    log.setup(1 if opts["debug"] else 0)        # -v: the imgstor loggers on stderr
     from imgstor.workflows.context import Ctx
     ctx = Ctx(**opts)
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import shlex
@@ -53,6 +54,7 @@ from imgstor.remote.protocol import Result, StepResult, dry_run_gate
 __all__ = ["Cluster", "StepResult", "StepOutcome"]
 
 PYTHON = "python3"
+_log = logging.getLogger(__name__)      # -v: every command and upload (imgstor/log.py)
 
 
 # One result type on both sides (imgstor.remote.protocol); the old name stays an alias.
@@ -62,11 +64,10 @@ StepOutcome = StepResult
 class Cluster:
     """The hosts of one config, reached over SSH."""
 
-    def __init__(self, config: Any, *, dry_run: bool = False, debug: bool = False,
+    def __init__(self, config: Any, *, dry_run: bool = False,
                  err: TextIO | None = None) -> None:
         self.config = config
         self.dry_run = dry_run
-        self.debug = debug
         self.err = err or sys.stderr
         self._conns: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -252,8 +253,7 @@ class Cluster:
               timeout: float | None, shown: list[str] | None) -> Result:
         cmd = shlex.join(str(a) for a in argv)
         text = shlex.join(shown) if shown is not None else cmd
-        if self.debug:
-            self.echo(host, "$ " + text)
+        _log.debug("[%s] $ %s", host, text)
         timeout = timeout or self.config.ssh.command_timeout
         import paramiko
         deadline = time.monotonic() + timeout
@@ -409,8 +409,7 @@ class Cluster:
             except Exception:  # best effort; a leftover temp name is harmless
                 pass
             raise
-        if self.debug:
-            self.echo(host, f"uploaded {app.remote_path} ({len(app.data)} bytes)")
+        _log.debug("[%s] uploaded %s (%d bytes)", host, app.remote_path, len(app.data))
         self._uploaded.add(host)
 
     def step(self, host: str, name: str, /, **args: Any) -> StepResult:
@@ -441,9 +440,11 @@ class Cluster:
         except (IndexError, json.JSONDecodeError):
             raise RemoteCommandError(host, shown, r.rc, r.stderr or r.stdout)
         cmds = out.get("commands") or []
-        for c in cmds:
-            if self.debug or c.startswith("SKIP> "):
-                self.echo(host, c if c.startswith("SKIP> ") else "  " + c)
+        for c in cmds:          # what the node ran: -v; what a dry run did not: always
+            if c.startswith("SKIP> "):
+                self.echo(host, c)
+            else:
+                _log.debug("[%s]   %s", host, c)
         if out.get("ok"):
             return StepResult.received(host, name, out, cmds)
         err = out.get("error") or {}

@@ -50,7 +50,7 @@ class Ctx:
     @cached_property
     def cluster(self):  # -> imgstor.transport.Cluster (written by the transport owner)
         from imgstor.transport import Cluster
-        return Cluster(self.config, dry_run=self.dry_run, debug=self.debug)
+        return Cluster(self.config, dry_run=self.dry_run)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["State"]:

@@ -28,6 +28,7 @@ imgstor's own (imgstor/synctrust.py), set up by the ``trust`` phases.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -46,6 +47,7 @@ from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
 __all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
 
 POLL = float(os.environ.get("IMGSTOR_SYNC_POLL", "1.0"))   # seconds between status reads
+_log = logging.getLogger(__name__)
 COPY_RESTARTS = 5          # a copy that died is started again this many times per monitor
 LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
@@ -93,8 +95,7 @@ def _spawn(ctx, job: Job) -> None:
         print(f"warning: could not start the monitor of job {job.id}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
         return
-    if ctx.debug:
-        print(f"monitor of job {job.id} started (pid {pid})", file=sys.stderr)
+    _log.debug("monitor of job %s started (pid %d)", job.id, pid)
 
 
 # ------------------------------------------------------------------ the unmap
