@@ -191,7 +191,7 @@ COMMANDS: list[Cmd] = [
         "properties, the nodes' local copies and overlays, the live targets); refused "
         "while one exists unless --force; says what it could not restore",
         flags=("--force",)),
-    Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
+    Cmd(("unbusy",), "imgstor.workflows.volumes:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of volume VOL on NAS (when its process is gone)"),
 ]
 
@@ -383,14 +383,18 @@ def _load(handler: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), func)
 
 
-def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
-    """Parse, call the handler, print its result.  Raises ImgstorError."""
+def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str,
+        self_argv: Sequence[str] | None = None) -> int:
+    """Parse, call the handler, print its result.  Raises ImgstorError.  ``self_argv``
+    starts this imgstor again (``Ctx.self_argv``; default ``python -m imgstor``)."""
     opts, cmd, kwargs = parse(argv, table, prog)
     if cmd is None:
         return 0
     log.setup(1 if opts["debug"] else 0)        # -v: the imgstor loggers on stderr
     from imgstor.workflows.context import Ctx
     ctx = Ctx(**opts)
+    if self_argv is not None:
+        ctx.self_argv = list(self_argv)
     try:
         result = _load(cmd.handler)(ctx, **kwargs)
     finally:
@@ -410,17 +414,18 @@ def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
     return e.exit_code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, self_argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(argv, COMMANDS, prog="imgstor")
+        return run(argv, COMMANDS, prog="imgstor", self_argv=self_argv)
     except ImgstorError as e:
         return report_error(e, argv)
 
 
-def entry() -> int:
+def entry(*, self_argv: Sequence[str] | None = None) -> int:
     """The ``imgstor`` program (console script, ``python -m imgstor``, bin/imgstor, the
-    one-file build): ``main()`` with the cyclic collector tuned for a command, whose tens of
+    one-file build, which passes ``self_argv``: how a monitor starts it again; else
+    ``python -m imgstor``): ``main()`` with the cyclic collector tuned for a command, whose tens of
     thousands of containers (10,000 VMs: ~40,000) live until it exits: young objects are
     collected every 50,000 allocations instead of 700 (cycles are still collected, in a
     long-running monitor too), and what is left at the end is frozen (``gc.freeze``) so
@@ -431,7 +436,7 @@ def entry() -> int:
     0.52 -> 0.35 s).  Files and connections are closed by then (``run`` closes the cluster)."""
     import gc
     gc.set_threshold(50_000, 10, 10)
-    rc = main()
+    rc = main(self_argv=self_argv)
     gc.freeze()
     return rc
 
@@ -444,7 +449,8 @@ ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ...,
               "host zvolattr|storageattr with frequency, uploadspeed, downloadspeed")
 
 
-def rocks_main(argv: Sequence[str] | None = None) -> int:
+def rocks_main(argv: Sequence[str] | None = None, *,
+               self_argv: Sequence[str] | None = None) -> int:
     """``rocks <verb> host <storage noun> ...``: forward to imgstor, refuse the rest."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -456,4 +462,4 @@ def rocks_main(argv: Sequence[str] | None = None) -> int:
         print(f"rocks: {' '.join(rest)!r} is not an imgstor storage command; "
               f"imgstor handles only: {ROCKS_HELP}", file=sys.stderr)
         return 2
-    return main(argv)
+    return main(argv, self_argv=self_argv)

@@ -230,7 +230,7 @@ def _zpools(v: Any) -> tuple[str, ...]:
 
 def _bwlimit(v: Any) -> int:
     """``sync_bwlimit``: bytes per second, an int or written like a size (``"12M"``)."""
-    from imgstor.remote.copyjob import parse_rate
+    from imgstor.remote.protocol import parse_rate
     try:
         return parse_rate(v)
     except UsageError as e:

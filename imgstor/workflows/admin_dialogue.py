@@ -232,8 +232,8 @@ def _unmap_said(ctx, nas: str, vol: str, force: bool) -> str:
 
 
 def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
-    from imgstor.admin import unbusy
     from imgstor.workflows.storagemap import unmap_volume
+    from imgstor.workflows.volumes import unbusy
     cfg = ctx.config.host(nas, role="nas")
 
     def vols():

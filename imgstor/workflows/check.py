@@ -230,7 +230,9 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
         return "busy marker cleared"
     if a.step == "monitor.start":
         try:
-            return f"started monitor pid {jobmod.spawn(ctx.store, ctx.config.path, a.args['job'])}"
+            pid = jobmod.spawn(ctx.store, ctx.config.path, a.args["job"],
+                               self_argv=ctx.self_argv)
+            return f"started monitor pid {pid}"
         except OSError as e:
             raise BusyError(f"could not start a monitor: {e}") from None
     args = dict(a.args)

@@ -8,43 +8,26 @@ recorded one on, and records each completed phase in the store before the next s
 last phase is done the job is removed.  A failure records the job's ``last_error`` and
 leaves the phase where it was: a later ``monitor --resume`` (or cron's refresh) retries.
 
-Kinds register their phases with ``register`` (imgstor.workflows.storagemap.sync).
+The kinds and their phases: imgstor/jobkinds.py.
 """
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
 
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, UsageError
+from imgstor.faults import fault
+from imgstor.jobkinds import PHASES, Phase
 from imgstor.output import Output
 from imgstor.state.model import Job
-from imgstor.workflows.storagemap.common import fault
 
-__all__ = ["register", "PHASES", "monitor", "run_job", "resume_all"]
+__all__ = ["monitor", "run_job", "resume_all"]
 
-Phase = Callable[..., None]
-PHASES: dict[str, list[tuple[str, Phase]]] = {}
 DONE = "done"
 
 
-def register(kind: str, phases: list[tuple[str, Phase]]) -> None:
-    PHASES[kind] = list(phases)
-
-
-def _load_kinds() -> None:
-    try:
-        import imgstor.workflows.storagemap.pull  # noqa: F401  (the periodic pull)
-        import imgstor.workflows.storagemap.sync  # noqa: F401  (registers its kinds)
-    except ModuleNotFoundError as e:             # sync mode not in this version yet
-        if e.name != "imgstor.workflows.storagemap.sync":
-            raise
-
-
 def _phases(kind: str) -> list[tuple[str, Phase]]:
-    if kind not in PHASES:
-        _load_kinds()
     try:
         return PHASES[kind]
     except KeyError:
@@ -131,7 +114,8 @@ def resume_all(ctx) -> Output:
             action = "would start a monitor"
         else:
             try:
-                action = f"started monitor pid {jobmod.spawn(ctx.store, ctx.config.path, j.id)}"
+                pid = jobmod.spawn(ctx.store, ctx.config.path, j.id, self_argv=ctx.self_argv)
+                action = f"started monitor pid {pid}"
             except (OSError, BusyError, NotFound) as e:
                 action = f"could not start a monitor: {e}"
         rows.append({"job": j.id, "volume": j.volume, "phase": j.phase, "action": action})

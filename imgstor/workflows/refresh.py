@@ -33,11 +33,13 @@ import time
 from imgstor import jobs as jobmod
 from imgstor import metrics
 from imgstor.errors import ImgstorError
+from imgstor.faults import fault
 from imgstor.output import Output
 from imgstor.state.store import pid_alive, this_host
 from imgstor.workflows import syncattrs
+from imgstor.workflows.syncattrs import due
 
-__all__ = ["refresh", "due", "lock_path"]
+__all__ = ["refresh", "lock_path"]
 
 _COLUMNS = [("what", "WHAT"), ("host", "HOST"), ("volume", "VOLUME"), ("job", "JOB"),
             ("action", "ACTION")]
@@ -46,15 +48,6 @@ _JSON_EXTRA = ["role", "up", "seconds", "boot_id", "since", "rebooted", "error"]
 
 def lock_path(ctx) -> str:
     return ctx.store.path + ".refresh.lock"
-
-
-def due(v, freq: float, now: float) -> float | None:
-    """Seconds until sync volume ``v``'s next pull (<= 0: due), or None when it gets none
-    (not a mapped sync volume on its local copy)."""
-    if v.mode != "sync" or v.state != "mapped" or v.target:
-        return None
-    last = float(v.extra.get("last_pull") or v.since or 0)
-    return last + freq - now
 
 
 def _busy_live(v) -> bool:
@@ -81,7 +74,6 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
 def _refresh(ctx) -> list[dict]:
     from imgstor.workflows import probe
     from imgstor.workflows.monitor import resume_all
-    from imgstor.workflows.storagemap.common import fault
     fault("refresh")            # IMGSTOR_PAUSE=refresh:S holds the lock a while (tests)
     probing = probe.start(ctx)  # every host at once, in the background, over the pool
     rows: list[dict] = []

@@ -32,10 +32,10 @@ from typing import Any
 from imgstor import validate
 from imgstor.errors import UsageError
 from imgstor.output import Output
-from imgstor.state.model import SYNC_ATTR_NAMES, State, SyncAttrs, volume_key
+from imgstor.state.model import SYNC_ATTR_NAMES, State, SyncAttrs, Volume, volume_key
 
 __all__ = ["parse_frequency", "parse_speed", "parse_value", "effective", "bwlimit",
-           "frequency", "fmt_rate", "set_zvolattr", "set_storageattr", "list_zvolattr",
+           "frequency", "due", "fmt_rate", "set_zvolattr", "set_storageattr", "list_zvolattr",
            "list_storageattr", "remove_zvolattr", "remove_storageattr"]
 
 _FREQ = re.compile(r"([0-9]+)\s*([smhd]?)", re.ASCII | re.IGNORECASE)
@@ -58,7 +58,7 @@ def parse_frequency(text: str) -> int:
 def parse_speed(attr: str, text: str) -> int:
     """``uploadspeed``/``downloadspeed``: bytes per second like ``sync_bwlimit`` (``10M`` =
     10 MiB/s; pv's suffixes, which the roll passed to ``pv -L``); 0 = no limit."""
-    from imgstor.remote.copyjob import parse_rate
+    from imgstor.remote.protocol import parse_rate
     try:
         return parse_rate(str(text).strip())
     except UsageError:
@@ -122,6 +122,15 @@ def effective(st: State, config: Any, nas: str, vol: str, attr: str,
 def frequency(st: State, config: Any, nas: str, vol: str) -> int:
     """Seconds between the periodic pulls of NAS/VOL."""
     return effective(st, config, nas, vol, "frequency")[0]
+
+
+def due(v: Volume, freq: float, now: float) -> float | None:
+    """Seconds until sync volume ``v``'s next pull (<= 0: due), or None when it gets none
+    (not a mapped sync volume on its local copy)."""
+    if v.mode != "sync" or v.state != "mapped" or v.target:
+        return None
+    last = float(v.extra.get("last_pull") or v.since or 0)
+    return last + freq - now
 
 
 def bwlimit(st: State, config: Any, v: Any, direction: str) -> int:
@@ -226,7 +235,6 @@ def list_zvolattr(ctx, nas: str, vol: str | None = None) -> Output:
     itself is shown in parentheses: the one that applies (the NAS's or the config's)."""
     import time
 
-    from imgstor.workflows.refresh import due
     nas = _nas(ctx, nas)
     if vol is not None:
         vol = validate.volume(vol)

@@ -15,9 +15,9 @@ from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.drivers.blockdev import users as device_users
 from imgstor.remote.drivers.iscsiadm import write_node_password
 from imgstor.remote.executor import Executor
-from imgstor.remote.protocol import Portal, no_initiator_name
-from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import (
+from imgstor.remote.protocol import Portal, StepResult, no_initiator_name
+from imgstor.remote.steps.registry import step
+from imgstor.remote.util import (
     MASK,
     chap_pair,
     initiator_name,

@@ -25,8 +25,9 @@ from imgstor.remote import copyjob, jobs
 from imgstor.remote.copyjob import Peer
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import run_mapped
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
+from imgstor.remote.util import run_mapped
 
 __all__ = ["start", "status", "cancel"]
 

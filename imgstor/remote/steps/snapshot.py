@@ -24,8 +24,9 @@ import re
 from imgstor.errors import AlreadyExists, Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.nas import BASE_TAG, HOLD_PREFIX, SNAP_PREFIX
+from imgstor.remote.steps.registry import step
 
 __all__ = ["snapshot", "destroy_snapshot", "hold_base", "release_base", "prune_snapshots",
            "SNAPSHOT_NAME", "ROLE_PROP", "SNAP_ROLE", "HOLD_TAG", "BASE_TAG"]

@@ -1,4 +1,4 @@
-"""What the storagemap workflows share: fault injection, recording outcomes and errors,
+"""What the storagemap workflows share: the fault points, recording outcomes and errors,
 the NAS batch, CHAP arguments, and the checks every map makes.
 
 The map records its intent before it touches a host; every writer of a volume's state
@@ -6,41 +6,26 @@ goes through ``record`` (or ``state.transitions``)."""
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import time
 from typing import Any
 
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError, TransportError, UsageError
+from imgstor.faults import FAULT_ENV, fault
 from imgstor.remote import protocol
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Volume
 
-__all__ = ["FAULT_ENV", "MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "fault", "portal_of",
+__all__ = ["MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "portal_of",
            "record", "record_error", "connect_error", "store_owns", "check_pool",
            "check_map", "read_initiator", "nas_batch", "state_path", "chap_args",
            "mapping_props", "CLEAR_MAPPING", "vm_of"]
 
-FAULT_ENV = "IMGSTOR_FAULT"
-# Step boundaries, in order; IMGSTOR_FAULT=<name> dies right after that one.
+# Step boundaries, in order; IMGSTOR_FAULT=<name> dies right after that one (faults.py).
 MAP_POINTS = ("busy", "initiator", "volume", "props", "target", "attach")
 UNMAP_POINTS = ("busy", "detach", "untarget", "props", "recorded")
 TRANSITIONAL = ("NAS->VM", "merging", "NAS<-VM")
-
-
-def fault(point: str) -> None:
-    """Fault injection: SIGKILL ourselves (no cleanup runs) right after ``point``.
-    ``IMGSTOR_PAUSE=<point>:<seconds>`` sleeps there instead (to make runs overlap)."""
-    pause = os.environ.get("IMGSTOR_PAUSE", "")
-    where, _, secs = pause.rpartition(":")          # points may hold ':' (job:copy)
-    if pause and (where or pause) == point:
-        time.sleep(float(secs if where else 1))
-    if os.environ.get(FAULT_ENV) == point:
-        print(f"{FAULT_ENV}={point}: killing this process now", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def portal_of(nas_cfg) -> Portal:

@@ -10,8 +10,8 @@ from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Output, format_duration
 from imgstor.workflows import syncattrs
-from imgstor.workflows.refresh import due
 from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_path
+from imgstor.workflows.syncattrs import due
 
 __all__ = ["list_maps", "list_devs"]
 

@@ -7,6 +7,7 @@ import time
 
 from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
+from imgstor.faults import fault
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
@@ -15,7 +16,6 @@ from imgstor.workflows.storagemap.common import (
     chap_args,
     check_map,
     check_pool,
-    fault,
     mapping_props,
     nas_batch,
     portal_of,

@@ -25,7 +25,6 @@ from imgstor import synctrust
 from imgstor.errors import StepError
 from imgstor.state import transitions
 from imgstor.state.model import Job
-from imgstor.workflows import monitor
 from imgstor.workflows.storagemap import sync as _sync
 
 __all__ = ["PHASES", "snapshot_name", "start_pull"]
@@ -98,4 +97,3 @@ def _pull_prune(ctx, job: Job) -> None:
 
 
 PHASES = [("trust", _pull_trust), ("send", _pull_send), ("prune", _pull_prune)]
-monitor.register("pull", PHASES)

@@ -37,12 +37,12 @@ from typing import Any
 from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
+from imgstor.faults import fault
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
-from imgstor.workflows import monitor
-from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
+from imgstor.workflows.storagemap.common import nas_batch, portal_of
 
 __all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
 
@@ -90,7 +90,7 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
 
 def _spawn(ctx, job: Job) -> None:
     try:
-        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id)
+        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id, self_argv=ctx.self_argv)
     except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
         print(f"warning: could not start the monitor of job {job.id}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
@@ -485,8 +485,6 @@ PHASES = {
     "cancel": [("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
                ("teardown", _cancel_teardown)],
 }
-for _kind, _phases in PHASES.items():
-    monitor.register(_kind, _phases)
 
 
 # ------------------------------------------------------------------ --wait

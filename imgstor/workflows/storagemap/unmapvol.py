@@ -5,12 +5,12 @@ from __future__ import annotations
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import ImgstorError
+from imgstor.faults import fault
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
 from imgstor.workflows.storagemap.common import (
     CLEAR_MAPPING,
-    fault,
     nas_batch,
     portal_of,
     record,
