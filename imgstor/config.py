@@ -104,12 +104,6 @@ class HostConfig:
     sync_bwlimit: int = 0          # bytes per second, 0 = unlimited
     sync_compress: str = ""        # "" | "zstd"
 
-    @property
-    def target(self) -> str:
-        """The old name of ``target_driver`` (a target is an IQN elsewhere); kept while
-        other branches still read it."""
-        return self.target_driver
-
 
 @dataclass
 class Config:

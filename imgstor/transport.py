@@ -51,14 +51,10 @@ from imgstor.errors import (
 )
 from imgstor.remote.protocol import Result, StepResult, dry_run_gate
 
-__all__ = ["Cluster", "StepResult", "StepOutcome"]
+__all__ = ["Cluster", "StepResult"]
 
 PYTHON = "python3"
 _log = logging.getLogger(__name__)      # -v: every command and upload (imgstor/log.py)
-
-
-# One result type on both sides (imgstor.remote.protocol); the old name stays an alias.
-StepOutcome = StepResult
 
 
 class Cluster:
@@ -356,12 +352,6 @@ class Cluster:
         if not stat.S_ISDIR(mode) or st.st_uid != 0 or stat.S_IMODE(mode) != 0o700:
             raise StepError(_unsafe_dir(host, f"mode {mode:o}, uid {st.st_uid}"), host=host)
 
-    def upload_node_app(self, host: str) -> bool:
-        """Put this version's zipapp on host unless it is there with the right content;
-        True if it was sent.  Refuses (``StepError``) an unsafe /run/imgstor."""
-        with self._sftp_errors(host), self._sftp_lock(host):
-            return self._upload(host)
-
     @contextlib.contextmanager
     def _sftp_errors(self, host: str) -> Iterator[None]:
         """SFTP failures (no space, no sftp-server, lost connection) as TransportError."""
@@ -372,27 +362,6 @@ class Cluster:
             from imgstor.zipapp import REMOTE_DIR
             raise TransportError(f"{host}: cannot upload imgstor's node app to {REMOTE_DIR} "
                                  f"over SFTP: {e}", host=host, stage="upload") from None
-
-    def _upload(self, host: str) -> bool:
-        app = self._app()
-        with self._leased(host) as conn:
-            return self._upload_on(host, conn, app)
-
-    def _upload_on(self, host: str, conn: Any, app: Any) -> bool:
-        sftp = conn.sftp()
-        self._check_dir(host, sftp)
-        try:
-            st = sftp.lstat(app.remote_path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISREG(st.st_mode or 0) and st.st_uid == 0 \
-                and st.st_size == len(app.data):
-            r = self.exec(host, ["sha256sum", "--", app.remote_path])
-            if r.rc == 0 and r.stdout.split()[:1] == [app.sha256]:
-                self._uploaded.add(host)
-                return False
-        self._send(host, sftp, app)
-        return True
 
     def _send(self, host: str, sftp: Any, app: Any) -> None:
         self._check_dir(host, sftp)

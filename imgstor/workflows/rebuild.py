@@ -246,7 +246,7 @@ def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
         if h in nas_info:
             c = cfg.host(h)
             return cl.step(h, "nas.inventory", pools=list(c.img_zpools),
-                           driver=c.target).facts
+                           driver=c.target_driver).facts
         i = node_info[h]
         return cl.step(h, "compute.inventory", pool=i["pool"], overlay=i["overlay"],
                        initiator=i["initiator"], direct=direct or []).facts

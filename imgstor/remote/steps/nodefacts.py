@@ -16,7 +16,7 @@ from imgstor.errors import ImgstorError, NotFound
 from imgstor.remote import overlays
 from imgstor.remote.drivers import dm, iscsiadm, zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.overlays.base import ROLE_PROP, TEMP_WRITE_SUFFIX
+from imgstor.remote.overlays.base import ROLE_PROP
 from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.registry import step
 
@@ -96,12 +96,6 @@ def qcow2_has_writes(ex: Executor, dataset: str) -> bool | None:
         return int(json.loads(r.stdout).get("allocated-clusters", 0)) > 0
     except (ValueError, AttributeError):
         return None
-
-
-def temp_write_vol(name: str) -> str | None:
-    """``POOL/VOL-temp-write`` -> VOL."""
-    base = name.split("/", 1)[-1]
-    return base[:-len(TEMP_WRITE_SUFFIX)] if base.endswith(TEMP_WRITE_SUFFIX) else None
 
 
 @step("host.destroy_marked")
