@@ -115,7 +115,7 @@ class _DialogueParser(argparse.ArgumentParser):
         raise UsageError(f"imgstorageadmin: {message} (see imgstorageadmin --help)")
 
 
-def _pick_host(ctx, term) -> str:
+def _pick_host(ctx: Ctx, term) -> str:
     from imgstor.workflows.admin_dialogue import parse_choices
     hosts = sorted(h for h, c in ctx.config.hosts.items() if c.role in CHOICE_FLAGS)
     if not hosts:
@@ -136,7 +136,7 @@ def _pick_host(ctx, term) -> str:
         term.say("one host, please")
 
 
-def _nas_filter(ctx, answer: str | None):
+def _nas_filter(ctx: Ctx, answer: str | None):
     """The guide's "From which NAS? (Don't forget .ibnet if used)": a NAS name, or that
     name with the InfiniBand suffix; none: all."""
     if not answer or answer.lower() == "all":

@@ -36,6 +36,7 @@ from typing import Any
 from imgstor import sched, validate
 from imgstor.errors import ImgstorError, UsageError
 from imgstor.output import Message, Output, printable
+from imgstor.workflows.context import Ctx
 
 __all__ = ["Item", "read_items", "prepare", "run_batch", "EXIT_FAILED"]
 
@@ -89,7 +90,7 @@ def read_items(data: bytes) -> list[Item]:
     return items
 
 
-def prepare(item: Item, ctx, table, *, prog: str = "imgstor") -> None:
+def prepare(item: Item, ctx: Ctx, table, *, prog: str = "imgstor") -> None:
     """Parse the item and check its names against the config (nothing runs); on a problem
     set ``item.error``."""
     if item.error is not None:
@@ -113,7 +114,7 @@ def prepare(item: Item, ctx, table, *, prog: str = "imgstor") -> None:
         item.error = e
 
 
-def _check_names(ctx, words: tuple[str, ...], kw: dict[str, Any]) -> None:
+def _check_names(ctx: Ctx, words: tuple[str, ...], kw: dict[str, Any]) -> None:
     """What every workflow checks first, done for all items before any runs: names
     against their patterns, hosts against the config (and their role)."""
     cfg = ctx.config
@@ -164,7 +165,7 @@ def _outcome(result: Any) -> tuple[int, str, list]:
     return 0, "" if result is None else str(result), []
 
 
-def run_batch(ctx, file: str, jobs: int | None = None) -> Output:
+def run_batch(ctx: Ctx, file: str, jobs: int | None = None) -> Output:
     """Run the commands of FILE (``-``: stdin), in parallel where they allow it."""
     from imgstor.cli import COMMANDS
     workers = sched.DEFAULT_JOBS if jobs is None else jobs

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from imgstor.errors import ImgstorError, TransportError
 from imgstor.output import Output
+from imgstor.workflows.context import Ctx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 __all__ = ["ping"]
 
@@ -16,7 +21,7 @@ _TOOL_ORDER = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qe
                "iscsi-inq")
 
 
-def ping(ctx, hosts: list[str] | None = None) -> Output:
+def ping(ctx: Ctx, hosts: list[str] | None = None) -> Output:
     from imgstor import validate
     cfg = ctx.config
     names = [validate.host(h) for h in hosts] if hosts else list(cfg.hosts)
@@ -27,7 +32,7 @@ def ping(ctx, hosts: list[str] | None = None) -> Output:
     for n in names:
         r = results[n]
         hc = cfg.host(n)
-        row = {"host": n, "role": hc.role, "address": hc.address}
+        row: dict[str, Any] = {"host": n, "role": hc.role, "address": hc.address}
         if isinstance(r, ImgstorError):
             row.update(status="unreachable" if isinstance(r, TransportError) else "error",
                        error=str(r), tools=None, pyzfs=None, pools=None, initiator=None)

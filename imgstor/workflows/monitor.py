@@ -21,6 +21,7 @@ from imgstor.faults import fault
 from imgstor.jobkinds import PHASES, Phase
 from imgstor.output import Output
 from imgstor.state.model import Job
+from imgstor.workflows.context import Ctx
 
 __all__ = ["monitor", "run_job", "resume_all"]
 
@@ -34,7 +35,7 @@ def _phases(kind: str) -> list[tuple[str, Phase]]:
         raise UsageError(f"no monitor for job kind {kind!r}") from None
 
 
-def _advance(ctx, job_id: str, phase: str) -> Job | None:
+def _advance(ctx: Ctx, job_id: str, phase: str) -> Job | None:
     with ctx.store.transaction() as st:
         job = st.jobs.get(job_id)
         if job is None:
@@ -46,7 +47,7 @@ def _advance(ctx, job_id: str, phase: str) -> Job | None:
         return job
 
 
-def _failed(ctx, job_id: str, e: ImgstorError) -> None:
+def _failed(ctx: Ctx, job_id: str, e: ImgstorError) -> None:
     try:
         with ctx.store.transaction() as st:
             job = st.jobs.get(job_id)
@@ -56,7 +57,7 @@ def _failed(ctx, job_id: str, e: ImgstorError) -> None:
         pass
 
 
-def run_job(ctx, job: Job) -> None:
+def run_job(ctx: Ctx, job: Job) -> None:
     """Run ``job``'s phases from its recorded phase to the end (the caller holds the
     lease)."""
     phases = _phases(job.kind)
@@ -76,7 +77,7 @@ def run_job(ctx, job: Job) -> None:
         i += 1
 
 
-def monitor(ctx, job: str | None = None, resume: bool = False) -> str | Output:
+def monitor(ctx: Ctx, job: str | None = None, resume: bool = False) -> str | Output:
     """Run one job to its end (JOB), or start a detached monitor for every job whose
     owner is gone (--resume)."""
     if resume:
@@ -102,7 +103,7 @@ def monitor(ctx, job: str | None = None, resume: bool = False) -> str | Output:
     return f"job {job_id} done"
 
 
-def resume_all(ctx) -> Output:
+def resume_all(ctx: Ctx) -> Output:
     """Start ``imgstor monitor ID`` for every job that has no live owner."""
     rows = []
     for j in ctx.store.read().jobs.values():

@@ -37,6 +37,7 @@ from imgstor.faults import fault
 from imgstor.output import Output
 from imgstor.state.store import pid_alive, this_host
 from imgstor.workflows import syncattrs
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.syncattrs import due
 
 __all__ = ["refresh", "lock_path"]
@@ -46,7 +47,7 @@ _COLUMNS = [("what", "WHAT"), ("host", "HOST"), ("volume", "VOLUME"), ("job", "J
 _JSON_EXTRA = ["role", "up", "seconds", "boot_id", "since", "rebooted", "error"]
 
 
-def lock_path(ctx) -> str:
+def lock_path(ctx: Ctx) -> str:
     return ctx.store.path + ".refresh.lock"
 
 
@@ -55,7 +56,7 @@ def _busy_live(v) -> bool:
     return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
 
 
-def refresh(ctx, quiet: bool = False) -> Output | None:
+def refresh(ctx: Ctx, quiet: bool = False) -> Output | None:
     os.makedirs(os.path.dirname(os.path.abspath(ctx.store.path)), mode=0o700, exist_ok=True)
     fd = os.open(lock_path(ctx), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
@@ -71,7 +72,7 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
     return Output(rows, _COLUMNS, json_extra=_JSON_EXTRA)
 
 
-def _refresh(ctx) -> list[dict]:
+def _refresh(ctx: Ctx) -> list[dict]:
     from imgstor.workflows import probe
     from imgstor.workflows.monitor import resume_all
     fault("refresh")            # IMGSTOR_PAUSE=refresh:S holds the lock a while (tests)
@@ -94,7 +95,7 @@ def _refresh(ctx) -> list[dict]:
     return rows
 
 
-def _restore(ctx) -> list[dict]:
+def _restore(ctx: Ctx) -> list[dict]:
     """workflows/check.py's ``restore``: put back what mapped volumes lost (only starts
     things: a target, a login, an overlay daemon; never a copy)."""
     from imgstor.workflows.check import restore
@@ -102,7 +103,7 @@ def _restore(ctx) -> list[dict]:
              "action": f"{r['found']}: {r['action']}"} for r in restore(ctx)]
 
 
-def _pulls(ctx) -> list[dict]:
+def _pulls(ctx: Ctx) -> list[dict]:
     from imgstor.workflows.storagemap.pull import start_pull
     from imgstor.workflows.storagemap.sync import _spawn
     now = time.time()
@@ -118,7 +119,7 @@ def _pulls(ctx) -> list[dict]:
             continue
         if st.jobs_of(v.key):
             continue                        # its job (a pull, an unmap) is reported above
-        if _busy_live(v):
+        if v.busy is not None and _busy_live(v):
             rows.append({"what": "pull", "volume": v.key, "job": None,
                          "action": f"due, skipped: busy ({v.busy.op}, pid {v.busy.pid})"})
             continue
@@ -146,7 +147,7 @@ def _pulls(ctx) -> list[dict]:
     return rows
 
 
-def _metrics(ctx, hosts: list) -> dict:
+def _metrics(ctx: Ctx, hosts: list) -> dict:
     st = ctx.store.read()
     progress = {j: jobmod.read_progress(ctx.store, j) for j in st.jobs}
     path = ctx.config.metrics_path

@@ -33,6 +33,7 @@ from imgstor import validate
 from imgstor.errors import UsageError
 from imgstor.output import Output
 from imgstor.state.model import SYNC_ATTR_NAMES, State, SyncAttrs, Volume, volume_key
+from imgstor.workflows.context import Ctx
 
 __all__ = ["parse_frequency", "parse_speed", "parse_value", "effective", "bwlimit",
            "frequency", "due", "fmt_rate", "set_zvolattr", "set_storageattr", "list_zvolattr",
@@ -158,13 +159,13 @@ def _split(args: list[str], attr: str | None, value: str | None, *, verb: str, n
     return args, attr_name(attr), value
 
 
-def _nas(ctx, nas: str) -> str:
+def _nas(ctx: Ctx, nas: str) -> str:
     nas = validate.host(nas, "NAS")
     ctx.config.host(nas, role="nas", what="NAS")
     return nas
 
 
-def _set(ctx, section: str, key: str, attr: str, value: int | None) -> None:
+def _set(ctx: Ctx, section: str, key: str, attr: str, value: int | None) -> None:
     with ctx.transaction() as st:
         sect = getattr(st, section)
         a = sect.get(key) or SyncAttrs()
@@ -175,7 +176,7 @@ def _set(ctx, section: str, key: str, attr: str, value: int | None) -> None:
             sect.pop(key, None)
 
 
-def set_zvolattr(ctx, args: list[str], attr: str | None = None,
+def set_zvolattr(ctx: Ctx, args: list[str], attr: str | None = None,
                  value: str | None = None) -> str:
     """``set host zvolattr NAS VOL ATTR VALUE``: checked, then kept in the store."""
     (nas, vol), attr, text = _split(args, attr, value, verb="set", noun="zvolattr",
@@ -192,7 +193,7 @@ def set_zvolattr(ctx, args: list[str], attr: str | None = None,
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
-def set_storageattr(ctx, args: list[str], attr: str | None = None,
+def set_storageattr(ctx: Ctx, args: list[str], attr: str | None = None,
                     value: str | None = None) -> str:
     """``set host storageattr NAS ATTR VALUE``: the NAS's value for its volumes."""
     (nas,), attr, text = _split(args, attr, value, verb="set", noun="storageattr",
@@ -206,20 +207,20 @@ def set_storageattr(ctx, args: list[str], attr: str | None = None,
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
-def remove_zvolattr(ctx, args: list[str], attr: str | None = None) -> str:
+def remove_zvolattr(ctx: Ctx, args: list[str], attr: str | None = None) -> str:
     (nas, vol), attr, _ = _split(args, attr, None, verb="remove", noun="zvolattr",
                                  n_names=2, want_value=False)
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
     return _remove(ctx, "zvolattrs", volume_key(nas, vol), attr)
 
 
-def remove_storageattr(ctx, args: list[str], attr: str | None = None) -> str:
+def remove_storageattr(ctx: Ctx, args: list[str], attr: str | None = None) -> str:
     (nas,), attr, _ = _split(args, attr, None, verb="remove", noun="storageattr",
                              n_names=1, want_value=False)
     return _remove(ctx, "storageattrs", validate.host(nas, "NAS"), attr)
 
 
-def _remove(ctx, section: str, key: str, attr: str) -> str:
+def _remove(ctx: Ctx, section: str, key: str, attr: str) -> str:
     """Unset ATTR of KEY (a volume's key, or a NAS) in the store's SECTION."""
     a = getattr(ctx.store.read(), section).get(key)
     if a is None or getattr(a, attr) is None:
@@ -229,7 +230,7 @@ def _remove(ctx, section: str, key: str, attr: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
-def list_zvolattr(ctx, nas: str, vol: str | None = None) -> Output:
+def list_zvolattr(ctx: Ctx, nas: str, vol: str | None = None) -> Output:
     """The roll's columns NAS ZVOL FREQUENCY NEXTSYNC UPLOADSPEED DOWNLOADSPEED, for each
     volume of NAS the store knows or has attributes for.  A value the volume does not set
     itself is shown in parentheses: the one that applies (the NAS's or the config's)."""
@@ -269,7 +270,7 @@ def list_zvolattr(ctx, nas: str, vol: str | None = None) -> Output:
                               for s in ("value", "source")])
 
 
-def list_storageattr(ctx, nases: list[str] | None = None) -> Output:
+def list_storageattr(ctx: Ctx, nases: list[str] | None = None) -> Output:
     """The roll's columns NAS ATTR VALUE, plus SOURCE: each NAS's sync attributes and,
     where it sets none, what applies (downloadspeed: each node's sync_bwlimit)."""
     cfg = ctx.config

@@ -14,6 +14,7 @@ from typing import Callable
 from imgstor import sched, validate
 from imgstor.errors import ImgstorError, NotFound
 from imgstor.output import Message, Output
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap import map_volume, unmap_volume
 
 __all__ = ["start_vm", "stop_vm", "DEFAULT_DISK_SIZE"]
@@ -21,7 +22,7 @@ __all__ = ["start_vm", "stop_vm", "DEFAULT_DISK_SIZE"]
 DEFAULT_DISK_SIZE = "10G"     # only used when the volume does not exist yet
 
 
-def _vm(ctx, name: str):
+def _vm(ctx: Ctx, name: str):
     name = validate.vm(name)
     vm = ctx.store.read().vms.get(name)
     if vm is None:
@@ -29,19 +30,19 @@ def _vm(ctx, name: str):
     return vm
 
 
-def start_vm(ctx, vms: list[str] | str, size: str | None = None,
+def start_vm(ctx: Ctx, vms: list[str] | str, size: str | None = None,
              wait: bool = False) -> str | Output:
     """Map the disk of each VM (several: at once, one line each)."""
     return _each(ctx, vms, lambda vm: _start(ctx, vm, size, wait))
 
 
-def stop_vm(ctx, vms: list[str] | str, force: bool = False,
+def stop_vm(ctx: Ctx, vms: list[str] | str, force: bool = False,
             wait: bool = False) -> str | Output:
     """Unmap the disk of each VM (several: at once, one line each)."""
     return _each(ctx, vms, lambda vm: _stop(ctx, vm, force, wait))
 
 
-def _each(ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
+def _each(ctx: Ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
     """One VM: its line, or its error raised.  Several: a VM/RC/MESSAGE table in the
     order given, run in parallel (distinct volumes, one Cluster), exit code 1 if any
     failed.  Every name is checked before any VM is touched."""
@@ -64,7 +65,7 @@ def _each(ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
                   exit_code=1 if any(r["exit_code"] for r in rows) else 0)
 
 
-def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
+def _start(ctx: Ctx, vm: str, size: str | None, wait: bool) -> str:
     v = _vm(ctx, vm)
     if not v.nas:
         return (f"{v.name} has no NAS assignment: it keeps its own local disks on "
@@ -75,7 +76,7 @@ def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
                                 note_size=size is not None))
 
 
-def _stop(ctx, vm: str, force: bool, wait: bool) -> str:
+def _stop(ctx: Ctx, vm: str, force: bool, wait: bool) -> str:
     v = _vm(ctx, vm)
     if not v.nas:
         return f"{v.name} has no NAS assignment: nothing to unmap"

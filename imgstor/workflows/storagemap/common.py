@@ -16,6 +16,11 @@ from imgstor.remote import protocol
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Volume
+from imgstor.workflows.context import Ctx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.transport import Cluster
 
 __all__ = ["MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "portal_of",
            "record", "record_error", "connect_error", "store_owns", "check_pool",
@@ -34,7 +39,7 @@ def portal_of(nas_cfg) -> Portal:
     return Portal(nas_cfg.data_address, protocol.ISCSI_PORT)
 
 
-def record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
+def record(ctx: Ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
     """Write the outcome of a step into the store (a short transaction of its own).
     ``extra`` is merged into the volume's extra facts; a None value removes that key."""
     if ctx.dry_run:
@@ -56,7 +61,7 @@ def connect_error(e: ImgstorError) -> bool:
     return isinstance(e, TransportError) and e.details.get("stage") == "connect"
 
 
-def record_error(ctx, key: str, e: ImgstorError) -> None:
+def record_error(ctx: Ctx, key: str, e: ImgstorError) -> None:
     """Record a step's error on the volume (shown by list host storagemap).  Not for a
     host that could not be reached or bad input: nothing happened, so nothing changes.  A
     command that timed out or lost its connection may have changed the host: recorded."""
@@ -98,7 +103,7 @@ def check_map(v: Volume | None, key: str, zpool: str, host: str) -> None:
         raise Conflict(f"{key} lives on zpool {v.zpool}, not {zpool}")
 
 
-def read_initiator(cl, host: str) -> str:
+def read_initiator(cl: Cluster, host: str) -> str:
     """The compute node's initiator name, read with a plain `cat` (no node Python start)."""
     r = cl.run(host, ["cat", protocol.INITIATOR_NAME_FILE], read_only=True, check=False)
     name = protocol.parse_initiator_name(r.stdout) if r.rc == 0 else None
@@ -107,7 +112,7 @@ def read_initiator(cl, host: str) -> str:
     return validate.iqn(name, f"{host}'s initiator name")
 
 
-def nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]]):
+def nas_batch(cl: Cluster, nas: str, steps: list[tuple[str, str, dict]]):
     """Run (point, step, args) on the NAS in one round trip; honour IMGSTOR_FAULT at each
     point by stopping the batch there, then dying."""
     at = os.environ.get(FAULT_ENV)
@@ -142,11 +147,11 @@ def vm_of(st, nas: str, vol: str):
     return vm if vm is not None and vm.nas == nas else None
 
 
-def state_path(ctx) -> str:
+def state_path(ctx: Ctx) -> str:
     return ctx.store.path
 
 
-def chap_args(ctx, nas: str, vol: str, nas_cfg) -> dict:
+def chap_args(ctx: Ctx, nas: str, vol: str, nas_cfg) -> dict:
     """``{"chap": {...}}`` for the node steps when the NAS wants CHAP, else {}.  A dry run
     shows the plan with throw-away credentials and keeps nothing."""
     if not nas_cfg.chap:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from imgstor import chap as chapstore
@@ -10,6 +11,7 @@ from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Output, format_duration
 from imgstor.workflows import syncattrs
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_path
 from imgstor.workflows.syncattrs import due
 
@@ -20,7 +22,7 @@ _MAP_COLUMNS = [("zvol", "ZVOL"), ("host", "HOST"), ("zpool", "ZPOOL"), ("target
                 ("state", "STATE"), ("time", "TIME")]
 
 
-def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
+def list_maps(ctx: Ctx, nas: str | None = None, verify: bool = False) -> Output:
     if nas is not None:
         nas = validate.host(nas, "NAS")
         ctx.config.host(nas, role="nas")
@@ -73,7 +75,7 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
 
-def _progress(ctx, job, now: float) -> str:
+def _progress(ctx: Ctx, job, now: float) -> str:
     """``41% 1.3/3.2 GiB, ETA 0:00:09`` from the job's progress file (a merge without
     byte counters: its SYNCED text); a job that failed: its phase and error."""
     from imgstor import jobs as jobmod
@@ -91,7 +93,7 @@ def _progress(ctx, job, now: float) -> str:
     return f"{job.kind} {job.phase}"
 
 
-def _verify(ctx, rows: list[dict], vols: list) -> int:
+def _verify(ctx: Ctx, rows: list[dict], vols: list) -> int:
     """Compare each volume with its NAS's live targets (``reconcile.target_plan``: what
     would make them agree); mark rows that differ."""
     from imgstor import reconcile
@@ -120,7 +122,7 @@ def _verify(ctx, rows: list[dict], vols: list) -> int:
     return 9 if bad else 0
 
 
-def list_devs(ctx, host: str) -> Output:
+def list_devs(ctx: Ctx, host: str) -> Output:
     host = validate.host(host, "host")
     host_cfg = ctx.config.host(host, role="compute")
     st = ctx.store.read()
@@ -142,7 +144,7 @@ def list_devs(ctx, host: str) -> Output:
         seen = {d["iqn"]: d for d in facts["devices"]}
     # sync mode: each overlay read live, in one round trip
     syncs = [v for v in vols if v.mode == "sync" and v.state != "NAS<-VM"]
-    ovl: dict[str, dict] = {}
+    ovl: dict[str, Mapping[str, Any]] = {}
     if syncs:
         res = ctx.cluster.steps(host, [("overlay.status", {
             "driver": v.extra.get("overlay") or host_cfg.overlay,

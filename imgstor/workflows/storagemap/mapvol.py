@@ -12,6 +12,7 @@ from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state.model import State, Volume, volume_key
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import (
     chap_args,
     check_map,
@@ -26,10 +27,14 @@ from imgstor.workflows.storagemap.common import (
     vm_of,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.transport import Cluster
+
 __all__ = ["map_volume"]
 
 
-def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
+def map_volume(ctx: Ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                img_sync: bool | None = None, adopt: bool = False, wait: bool = False, *,
                note_size: bool = True) -> Message | str:
     """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
@@ -105,7 +110,7 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     return out
 
 
-def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
+def _sync_again(ctx: Ctx, st, v, host: str, *, wait: bool) -> str:
     """A map of a sync volume that is already mapped (or on its way): the same host gets
     the same answer (and its job a monitor again if its monitor is gone); the sync back
     running is "busy"; another host must wait for the unmap."""
@@ -127,7 +132,7 @@ def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
     return f"{v.nas}:{v.vol} mapped to {v.host}:{v.device} ({v.state})"
 
 
-def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
+def _map_steps(ctx: Ctx, cl: Cluster, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
                sync: bool = False, vm=None) -> Message | str:
     portal = portal_of(nas_cfg)
@@ -177,7 +182,7 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
                                              initiator=initiator, portal=portal, **chap))]
 
 
-def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
+def _mapped(ctx: Ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
             zpool: str, portal: Portal) -> Message | str:
     """Record a finished map (clears the intent and the busy marker).  The portal is
     recorded: an ib_net changed later applies to the next map, not to this one's unmap."""
