@@ -9,8 +9,8 @@ printed, with or without ``-v``.
 
 :func:`setup` is the only place where handlers are attached; ``cli.run`` calls it once a
 command's flags are known (and ``imgstorageadmin``'s dialogue, which parses its own).  The
-audit trail of changes attaches here too: an ``imgstor.audit`` logger with its own handler
-(syslog), configured in :func:`setup` whatever the verbosity.
+audit trail of changes, when it comes, attaches here too: an ``imgstor.audit`` logger with
+a handler of its own (syslog), set up by :func:`setup` whatever the verbosity.
 
 Start-up: ``import logging`` is ~5 ms (it brings threading, traceback, weakref, string);
 ``imgstor list host vm nas`` on 10,000 VMs takes ~60.  So this module imports it only when
