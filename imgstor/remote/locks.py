@@ -56,10 +56,14 @@ def lock_dir() -> str:
 
 
 def volume_lock_names(args: dict) -> list[str]:
-    """The volume lock a step with these arguments needs: ``vol%POOL%VOL`` when it names a
+    """The volume lock a step with these arguments needs: ``vm%VM`` for a VM's guest
+    (``runner`` and ``vm``), ``vol%POOL%VOL`` when it names a
     volume, else ``iqn%IQN`` when it names a target, else none.  (``%`` is in no valid
     pool, volume or IQN, so the encoding is injective.)"""
     pool, vol, iqn = args.get("pool"), args.get("vol"), args.get("iqn")
+    vm = args.get("vm")
+    if isinstance(vm, str) and vm and "runner" in args:      # a VM's guest (steps/vm.py)
+        return [_check(f"vm%{vm}")]
     if isinstance(pool, str) and isinstance(vol, str) and pool and vol:
         return [_check(f"vol%{pool}%{vol}")]
     if isinstance(iqn, str) and iqn:

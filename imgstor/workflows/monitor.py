@@ -105,12 +105,13 @@ def monitor(ctx: Ctx, job: str | None = None, resume: bool = False) -> str | Out
 
 def resume_all(ctx: Ctx) -> Output:
     """Start ``imgstor monitor ID`` for every job that has no live owner."""
-    rows = []
+    rows: list[dict] = []
     for j in ctx.store.read().jobs.values():
         if jobmod.owner_alive(j):
             rows.append({"job": j.id, "volume": j.volume, "phase": j.phase,
                          "action": f"running (pid {j.owner.pid})" if j.owner else "running"})
             continue
+        failed = False
         if ctx.dry_run:
             action = "would start a monitor"
         else:
@@ -118,7 +119,8 @@ def resume_all(ctx: Ctx) -> Output:
                 pid = jobmod.spawn(ctx.store, ctx.config.path, j.id, self_argv=ctx.self_argv)
                 action = f"started monitor pid {pid}"
             except (OSError, BusyError, NotFound) as e:
-                action = f"could not start a monitor: {e}"
-        rows.append({"job": j.id, "volume": j.volume, "phase": j.phase, "action": action})
+                action, failed = f"could not start a monitor: {e}", True
+        rows.append({"job": j.id, "volume": j.volume, "phase": j.phase, "action": action,
+                     "failed": failed})
     return Output(rows, [("job", "JOB"), ("volume", "VOLUME"), ("phase", "PHASE"),
                          ("action", "ACTION")])

@@ -1,5 +1,5 @@
-"""VMs and their NAS assignment (``add/list/remove host vm``, ``set/list/remove/dump host
-vm nas``).  Store only: nothing here reaches a host.
+"""VMs and their NAS assignment (``add/set/move/list/remove host vm``, ``set/list/remove/dump
+host vm nas``; a VM's definition's rules: workflows/vmspec.py).  Store only: nothing here reaches a host.
 
 Every name is validated before the store is opened for writing; an error leaves the store
 unchanged.  An assignment cannot change while the VM's volume (``<vm>-vol`` on its NAS)
@@ -16,7 +16,7 @@ from imgstor.output import Output
 from imgstor.state.model import State, Vm, natural_key
 from imgstor.workflows.context import Ctx
 
-__all__ = ["add_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
+__all__ = ["add_vm", "set_vm", "move_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
            "remove_vm_nas", "dump_vm_nas", "natural_key", "pick_zpool", "vm_base",
            "format_size"]
 
@@ -69,10 +69,13 @@ def vm_base(container: str, membership: str | None) -> str:
 
 
 def add_vm(ctx: Ctx, container: str, membership: str | None = None,
-           name: str | None = None) -> str:
+           name: str | None = None, **machine: str | None) -> str:
     """Record a VM on compute node ``container``; default name ``<base>-<n>`` (see
     ``vm_base``: ``compute-0-14-0`` for membership compute on vm-container-0-14, else
-    ``<container>-<n>``)."""
+    ``<container>-<n>``).  ``machine``: its definition's keys (mem=, cpus=, mac=, kernel=,
+    initrd=, append=, network=, hook=; imgstor/workflows/vmspec.py), checked first."""
+    from imgstor.workflows import vmspec
+    changes = vmspec.machine_changes(**machine)
     validate.host(container, "container")
     if membership is not None:
         validate.host(membership.lower(), "membership")
@@ -98,6 +101,8 @@ def add_vm(ctx: Ctx, container: str, membership: str | None = None,
             raise Conflict(f"VM {name!r} exists already (on {st.vms[name].container})")
         st.vms[name] = Vm(name=name, container=container,
                           extra={"membership": membership} if membership else {})
+        if changes:
+            vmspec.apply(st, st.vms[name], changes)
     return _saved(ctx, f"added VM {name} on physical node {container}")
 
 
@@ -105,9 +110,13 @@ def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) ->
     """Columns VM CONTAINER NAS ZPOOL MODE; ``showdisks``: DISK (``NAS:pool/volume``, or
     ``local`` for a VM without a NAS, which keeps its own disks) and DISKSIZE.  MODE is the
     mode of the VM's mapping while it has one, else the one its next start would use
-    (sync if its container has img_sync)."""
+    (sync if its container has img_sync).  When some VM has a definition or a guest
+    (issue 27): MEM (MiB), CPUS, and GUEST -- running, stopped, exited or failed, as a
+    command or ``imgstor refresh`` last saw it (no node is asked); ``--json`` adds mac,
+    boot, runner, guest_host, guest_since, guest_error."""
     st = ctx.store.read()
     rows = []
+    machines = any(v.machine is not None or v.guest is not None for v in st.vms.values())
     for v in _vms(st, vms):
         host = ctx.config.hosts.get(v.container)
         mode = None if host is None else ("sync" if host.img_sync else "direct")
@@ -119,12 +128,31 @@ def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) ->
         if showdisks:
             row["disk"] = f"{v.nas}:{v.zpool}/{v.vol}" if v.nas else "local"
             row["disksize"] = format_size(vol.size) if vol is not None and vol.size else None
+        if machines:
+            _machine_cols(row, v, host)
         rows.append(row)
     cols = [("vm", "VM"), ("container", "CONTAINER"), ("nas", "NAS"), ("zpool", "ZPOOL"),
             ("mode", "MODE")]
     if showdisks:
         cols += [("disk", "DISK"), ("disksize", "DISKSIZE")]
-    return Output(rows, cols)
+    if machines:
+        cols += [("mem", "MEM"), ("cpus", "CPUS"), ("guest", "GUEST")]
+    return Output(rows, cols, json_extra=_JSON_EXTRA if machines else [])
+
+
+_JSON_EXTRA = ["mac", "boot", "runner", "guest_host", "guest_pid", "guest_since",
+               "guest_error"]
+
+
+def _machine_cols(row: dict, v: Vm, host) -> None:
+    m, g = v.machine, v.guest
+    row.update(mem=m.mem if m else None, cpus=m.cpus if m else None,
+               mac=m.mac if m else None,
+               boot=("kernel" if m.kernel else "disk") if m else None,
+               runner=host.vm_runner if host is not None else None,
+               guest=g.state if g else None, guest_host=g.host if g else None,
+               guest_pid=g.pid if g else None,
+               guest_since=g.since if g else None, guest_error=g.error if g else None)
 
 
 def format_size(nbytes: int) -> str:
@@ -145,6 +173,39 @@ def remove_vm(ctx: Ctx, vm: str) -> str:
         _check_unmapped(st, v, f"remove VM {vm}")
         del st.vms[vm]
     return _saved(ctx, f"removed VM {vm}")
+
+
+def set_vm(ctx: Ctx, vm: str, **keys: str | None) -> str:
+    """``set host vm VM key=value…``: change VM's definition; applies at its next start
+    (a running guest keeps what it was started with)."""
+    from imgstor.workflows import vmspec
+    validate.vm(vm)
+    changes = vmspec.machine_changes(**keys)
+    if not changes:
+        raise UsageError("set host vm: give one or more of " +
+                         ", ".join(f"{k}=" for k in vmspec.MACHINE_KEYS))
+    with ctx.transaction() as st:
+        m = vmspec.apply(st, _get_vm(st, vm), changes)
+    shown = " ".join(f"{k}={getattr(m, k)}" for k in changes)
+    return _saved(ctx, f"VM {vm}: {shown} (from its next start)")
+
+
+def move_vm(ctx: Ctx, vm: str, container: str) -> str:
+    """``move host vm VM CONTAINER``: VM's next start runs on CONTAINER.  Refused while its
+    disk is mapped or busy, or its guest runs (stop it first)."""
+    validate.vm(vm)
+    validate.host(container, "container")
+    ctx.config.host(container, role="compute", what="container")
+    with ctx.transaction() as st:
+        v = _get_vm(st, vm)
+        if v.container == container:
+            return f"VM {vm} is on {container} already"
+        _check_unmapped(st, v, f"move VM {vm}")
+        if v.guest is not None and v.guest.state == "running":
+            raise Conflict(f"cannot move VM {vm}: its guest runs on {v.guest.host} (as last "
+                           f"seen); stop it first (imgstor stop host vm {vm})")
+        old, v.container = v.container, container
+    return _saved(ctx, f"moved VM {vm} from {old} to {container} (from its next start)")
 
 
 def pick_zpool(st: State, nas: str, pools: tuple[str, ...] | list[str],

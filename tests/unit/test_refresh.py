@@ -242,6 +242,7 @@ def test_copy_waits_for_another_snapshots_copy_to_the_same_dataset(tmp_path,
     from imgstor.state.model import Job
     monkeypatch.setattr(syncmod, "POLL", 0)
     monkeypatch.setattr(synctrust, "copy_args", lambda *a, **kw: {"snapshot": kw["snapshot"]})
+    monkeypatch.setattr(synctrust, "expect", lambda *a, **kw: {})   # the gate's announcement
     mine, pulls = "tank/v@imgstor-back-2", "tank/v@imgstor-pull-1"
     answers = iter([
         ("copy.start", {"state": "running", "snapshot": pulls}),     # the pull's, running

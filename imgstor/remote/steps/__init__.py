@@ -25,6 +25,8 @@ def load_all() -> dict[str, Callable[..., StepResult]]:
         overlay,
         probe,
         snapshot,
+        syncexpect,
         synckeys,
+        vm,
     )
     return STEPS

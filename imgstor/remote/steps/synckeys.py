@@ -8,9 +8,11 @@ the frontend half; docs/DESIGN.md "Copy jobs" the whole story).
                         not used or touched.
 * ``sync.authorize``    on the RECEIVING host: the sync gate (imgstor.remote.syncgate) as
                         GATE_PATH (0700) and one line in AUTHORIZED_KEYS for the sender's key:
-                        ``restrict,from="ADDR…",command="python3 -I GATE --pool P…"``, so
-                        the key can only run the gate, only from the sender's addresses,
-                        only on datasets of the listed pools.  Other lines are kept; a line
+                        ``restrict,from="ADDR…",command="python3 -I GATE --pool P… --sender
+                        S"``, so the key can only run the gate, only from the sender's
+                        addresses, only on datasets of the listed pools, only for copies the
+                        frontend announced (``sync.expect``).  An older gate is replaced by
+                        this code's (the upgrade of installed gates).  Other lines are kept; a line
                         for the same sender (comment ``imgstor-sync:SENDER``) is replaced.
 """
 from __future__ import annotations
@@ -24,7 +26,8 @@ from imgstor.remote.executor import Executor
 from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.registry import step
 
-__all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line"]
+__all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line",
+           "TAG"]
 
 GATE_PATH = "/var/lib/imgstor/sync-gate.py"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
@@ -34,6 +37,7 @@ _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", re.ASCII)
 _ADDR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:*?-]{0,252}$", re.ASCII)
 _POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$", re.ASCII)
 _PRIV_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+TAG = "imgstor-sync:"                  # the comment that marks imgstor's lines
 
 
 def _abs(path: str, what: str) -> str:
@@ -103,11 +107,12 @@ def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
     _abs(python, "python path")
     _abs(gate_path, "gate path")
     command = " ".join([python, "-I", gate_path] + [w for p in pools for w in ("--pool", p)]
+                       + ["--sender", sender]
                        + (["--incremental-from", sender] if incremental else []))
     if any(c in command for c in '"\\'):
         raise UsageError(f"refusing a forced command with quotes: {command!r}")
     return (f'restrict,from="{",".join(from_addresses)}",command="{command}" '
-            f"{public_key} imgstor-sync:{sender}")
+            f"{public_key} {TAG}{sender}")
 
 
 @step("sync.authorize")
@@ -130,7 +135,7 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
                         "from the node app")
     changed = _ensure_file(ex, gate_path, gate, 0o700)
     have = (ex.fs.read_bytes(authorized_keys) or b"").decode(errors="replace").splitlines()
-    tag = f" imgstor-sync:{sender}"
+    tag = f" {TAG}{sender}"
     lines: list[str] = []
     for ln in have:                       # the sender's line is replaced where it stands
         if not ln.rstrip().endswith(tag):

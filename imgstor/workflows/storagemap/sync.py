@@ -24,7 +24,9 @@ Jobs (phases run by ``imgstor monitor``, each idempotent; see workflows/monitor.
 
 The copies run detached on the sending host (``copy.start``; imgstor/remote/copyjob.py);
 a phase polls ``copy.status`` and writes the job's progress file.  The NAS<->node trust is
-imgstor's own (imgstor/synctrust.py), set up by the ``trust`` phases.
+imgstor's own (imgstor/synctrust.py), set up by the ``trust`` phases; each copy is
+announced to the receiver's gate before it starts (``synctrust.start_copy``), and a hop no
+job needs any more is revoked (``_release``).
 """
 from __future__ import annotations
 
@@ -94,14 +96,16 @@ def map_sync(ctx: Ctx, cl: Cluster, key: str, nas: str, nas_cfg, zpool: str, vol
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def _spawn(ctx: Ctx, job: Job) -> None:
+def _spawn(ctx: Ctx, job: Job) -> bool:
+    """Start the job's detached monitor; False (and a warning) when it could not."""
     try:
         pid = jobmod.spawn(ctx.store, ctx.config.path, job.id, self_argv=ctx.self_argv)
     except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
         print(f"warning: could not start the monitor of job {job.id}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
-        return
+        return False
     _log.debug("monitor of job %s started (pid %d)", job.id, pid)
+    return True
 
 
 # ------------------------------------------------------------------ the unmap
@@ -237,7 +241,7 @@ def _copy(ctx: Ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_d
     args = synctrust.copy_args(ctx.config, sender, receiver, snapshot=snapshot,
                                to_dataset=to_dataset, **kw)
     restarts = 0
-    st = cl.step(sender, "copy.start", **args).facts
+    st = synctrust.start_copy(cl, sender, receiver, args).facts
     while True:
         state = st.get("state")
         other = st.get("snapshot") not in (None, snapshot)
@@ -250,7 +254,7 @@ def _copy(ctx: Ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_d
                 st = cl.step(sender, "copy.status", to_alias=receiver,
                              to_dataset=to_dataset).facts
                 continue
-            st = cl.step(sender, "copy.start", **args).facts
+            st = synctrust.start_copy(cl, sender, receiver, args).facts
             if st.get("snapshot") not in (None, snapshot) and st.get("state") != "running":
                 raise StepError(f"{sender}: copy to {receiver}:{to_dataset} did not start "
                                 f"for {snapshot} (its job reports {st.get('snapshot')})")
@@ -274,7 +278,7 @@ def _copy(ctx: Ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_d
                   f"({st.get('error') or 'no result'}); starting it again", file=sys.stderr,
                   flush=True)
             time.sleep(min(POLL * restarts, 10))
-            st = cl.step(sender, "copy.start", **args).facts
+            st = synctrust.start_copy(cl, sender, receiver, args).facts
             continue
         time.sleep(POLL)
         _alive(ctx, job)
@@ -378,9 +382,27 @@ def _in_copy(ctx: Ctx, job: Job) -> None:
                      props={"role": LOCAL_COPY})
 
 
+def _release(ctx: Ctx, v: Volume, *, inbound: bool) -> None:
+    """Revoke the NAS -> node hop (INBOUND: no other volume's sync-in copy needs it) or
+    the node -> NAS one (no other sync volume of that node and NAS is on the node): the
+    next copy's trust phase sets it up again (issue 18: keys with a life cycle)."""
+    st = ctx.store.read()
+    for o in st.volumes.values():
+        if o.key == v.key or o.nas != v.nas or o.host != v.host or o.mode != "sync":
+            continue
+        js = st.jobs_of(o.key)
+        if inbound and any(j.kind == "sync-in" and j.phase in ("trust", "copy") for j in js):
+            return
+        if not inbound and o.state in ("mapped", "NAS->VM", "merging", "NAS<-VM"):
+            return
+    sender, receiver = (v.nas, _host(v)) if inbound else (_host(v), v.nas)
+    synctrust.revoke(ctx.cluster, sender, receiver)
+
+
 def _in_merge(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
+    _release(ctx, v, inbound=True)        # the copy is there: the NAS sends nothing more
     local = _local_path(ctx, n, v.vol)
     ctx.cluster.step(_host(v), "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
                      into="local", local=local)
@@ -442,6 +464,7 @@ def _back_cleanup(ctx: Ctx, job: Job) -> None:
     # no next incremental: the NAS's base hold goes too
     ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
+    _release(ctx, v, inbound=False)
     _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
@@ -450,6 +473,10 @@ def _back_cleanup(ctx: Ctx, job: Job) -> None:
 def _cancel_stop(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
+    # the NAS asks the node's gate about the partial receive: the hop and an expectation
+    # (state and abort only) must be there, whatever was revoked or expired meanwhile
+    synctrust.ensure(ctx.cluster, v.nas, _host(v), pools=[n["pool"]])
+    ctx.cluster.step(_host(v), "sync.expect", dataset=n["local"], sender=v.nas, kind="cancel")
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
@@ -479,6 +506,8 @@ def _cancel_teardown(ctx: Ctx, job: Job) -> None:
             driver=None, role=LOCAL_COPY)
     cl.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
+    _release(ctx, v, inbound=True)
+    _release(ctx, v, inbound=False)
     _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
