@@ -10,6 +10,7 @@ import pytest
 
 from imgstor.config import load_config
 from imgstor.errors import HostKeyError, NotFound, StepError, TransportError, UsageError
+from imgstor.hostkeys import UNCONFIRMED
 from imgstor.transport import Cluster
 from tests.conftest import Lab
 
@@ -198,8 +199,8 @@ def test_trust_on_first_use_pins_then_refuses_a_changed_key(lab: Lab, tmp_path: 
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("trusted on first use") == len(lab.names()), p.stderr
     assert p.stderr.count("SHA256:") == len(lab.names())
-    assert sorted(kh.read_text().splitlines()) == sorted(
-        f"{lab.host(h)['address']} {_lab_key(lab, h)}" for h in lab.names())
+    assert sorted(kh.read_text().splitlines()) == sorted(       # pinned, not yet confirmed
+        f"{lab.host(h)['address']} {_lab_key(lab, h)} {UNCONFIRMED}" for h in lab.names())
     assert oct(kh.stat().st_mode & 0o777) == "0o600"
     p = imgstor(lab, "--config", str(cfgfile), "ping")       # pinned: accepted, silently
     assert p.returncode == 0 and "trusted on first use" not in p.stderr, p.stderr
