@@ -76,6 +76,8 @@ ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("set-state",), "imgstor.workflows.volumes:set_state",
         [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES))], {},
         "force the state of volume VOL on NAS (unmapped also clears host/target)"),
+    Cmd(("fold",), "imgstor.workflows.volumes:fold", [], {},
+        "fold the state file's journal into it (before a hand edit or a copy of the file)"),
 ]
 
 

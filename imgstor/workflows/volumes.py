@@ -1,4 +1,4 @@
-"""The store's volumes by hand: the handlers of ``imgstorageadmin list|unbusy|set-state``
+"""The store's volumes by hand: the handlers of ``imgstorageadmin list|unbusy|set-state|fold``
 and ``imgstor unbusy``.  They change only the store, never a host; the guide's dialogue
 (imgstor.workflows.admin_dialogue) uses ``unbusy`` too."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from imgstor.state import transitions
 from imgstor.state.model import VOLUME_STATES, volume_key
 from imgstor.workflows.context import Ctx
 
-__all__ = ["list_volumes", "unbusy", "set_state"]
+__all__ = ["list_volumes", "unbusy", "set_state", "fold"]
 
 
 def list_volumes(ctx: Ctx) -> Output:
@@ -65,3 +65,14 @@ def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
             v.host = v.target = v.device = v.mode = None
     msg = f"{key}: state {old} -> {state}"
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
+
+
+def fold(ctx: Ctx) -> str:
+    """Fold the state file's journal into it: the file alone then holds everything (before
+    a hand edit or a copy of the file alone; refresh does it every run)."""
+    path = ctx.store.path
+    if ctx.dry_run:
+        return f"dry run, nothing saved: would fold {ctx.store.journal_path} into {path}"
+    if ctx.store.fold():
+        return f"{path}: journal folded in; the file holds every transaction"
+    return f"{path}: no journal; the file holds every transaction"

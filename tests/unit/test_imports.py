@@ -2,8 +2,9 @@
 "Layers").  Every import statement counts: at module level, inside a function, under
 ``TYPE_CHECKING``.  Importing ``a.b.c`` from outside package ``a.b`` runs ``a/b/__init__.py``
 first, so that is an edge too.  Imports by name at run time (``importlib``) are not seen:
-the command table of cli.py (down, by construction) and the target drivers of
-remote/targets (inside their own package) are the only ones.
+the command table of cli.py (down, by construction), the target drivers of
+remote/targets (inside their own package) and workflows/storagemap's lazy commands (its
+``__getattr__``; the same imports under ``TYPE_CHECKING`` are seen) are the only ones.
 
 A new module must be placed in ``LAYERS``; a failure names each edge as
 ``importer:line -> imported``."""

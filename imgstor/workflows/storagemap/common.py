@@ -13,14 +13,14 @@ from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError, TransportError, UsageError
 from imgstor.faults import FAULT_ENV, fault
 from imgstor.remote import protocol
-from imgstor.remote.protocol import Portal
+from imgstor.remote.protocol import Portal, StepResult
 from imgstor.state import transitions
 from imgstor.state.model import Volume
 from imgstor.workflows.context import Ctx
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from imgstor.transport import Cluster
+    from imgstor.transport import Cluster, Prepared
 
 __all__ = ["MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "portal_of",
            "record", "record_error", "connect_error", "store_owns", "check_pool",
@@ -112,12 +112,17 @@ def read_initiator(cl: Cluster, host: str) -> str:
     return validate.iqn(name, f"{host}'s initiator name")
 
 
-def nas_batch(cl: Cluster, nas: str, steps: list[tuple[str, str, dict]]):
+def nas_batch(cl: Cluster, nas: str, steps: list[tuple[str, str, dict]], *,
+              prepared: Prepared | None = None) -> list[StepResult]:
     """Run (point, step, args) on the NAS in one round trip; honour IMGSTOR_FAULT at each
-    point by stopping the batch there, then dying."""
+    point by stopping the batch there, then dying.  ``prepared``: a
+    ``cl.prepare_steps(nas)`` started ahead, to run them."""
     at = os.environ.get(FAULT_ENV)
     idx = next((i for i, (p, _, _) in enumerate(steps) if p == at), None)
-    res = cl.steps(nas, [(n, a) for _, n, a in steps], stop_after=idx)
+    if prepared is not None:
+        res = prepared.run_steps([(n, a) for _, n, a in steps], stop_after=idx)
+    else:
+        res = cl.steps(nas, [(n, a) for _, n, a in steps], stop_after=idx)
     for (p, _, _), _r in zip(steps, res):
         fault(p)
     return res

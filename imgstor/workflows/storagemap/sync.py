@@ -50,7 +50,7 @@ from imgstor.workflows.storagemap.common import nas_batch, portal_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from imgstor.transport import Cluster
+    from imgstor.transport import Cluster, Prepared
 
 __all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
 
@@ -62,13 +62,15 @@ LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 # ------------------------------------------------------------------ the map
 def map_sync(ctx: Ctx, cl: Cluster, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
-             host_cfg, iqn: str, attach_result: tuple, *, portal: Portal) -> Message | str:
+             host_cfg, iqn: str, attach_result: tuple, *, portal: Portal,
+             overlay: Prepared | None = None) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
-    (NAS->VM and a sync-in job, one transaction) and the monitor."""
+    (NAS->VM and a sync-in job, one transaction) and the monitor.  ``overlay``: its step
+    started ahead (``cl.prepare``)."""
     volf, att, initiator, lun, chap = attach_result
     origin = att.facts.get("qemu_json") or att.facts.get("device")
-    ovl = cl.step(host, "overlay.create", driver=host_cfg.overlay,
-                  pool=host_cfg.vm_container_zpool, vol=vol, origin=origin)
+    ovl = (overlay or cl.prepare(host, "overlay.create")).run(
+        driver=host_cfg.overlay, pool=host_cfg.vm_container_zpool, vol=vol, origin=origin)
     fault("overlay")
     device = ovl.facts.get("device")
     if ctx.dry_run:
