@@ -64,20 +64,26 @@ Global flags: --json (a list of what was done), -n/--dry-run (show it, change no
 --config PATH.
 Exit: 0 all done, 1 an action failed, 2 bad input, 130 aborted (EOF or Ctrl-C at a prompt:
 what was done so far stays done, nothing is half-done).
+"""
 
-commands (no questions):"""
 
-
+_GROUP = "Commands (no questions)"
 ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("list",), "imgstor.workflows.volumes:list_volumes", [], {},
-        "list volumes in the store with state and busy markers"),
+        "volumes in the store, with busy markers", group=_GROUP,
+        examples=("list --json",)),
     Cmd(("unbusy",), "imgstor.workflows.volumes:unbusy", [Arg("nas"), Arg("vol")], {},
-        "clear the busy marker of volume VOL on NAS"),
+        "clear the busy marker of a volume", group=_GROUP,
+        examples=("unbusy nas-0-0 vol1",)),
     Cmd(("set-state",), "imgstor.workflows.volumes:set_state",
-        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES))], {},
-        "force the state of volume VOL on NAS (unmapped also clears host/target)"),
+        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES), kind="state")],
+        {}, "force the state of a volume", group=_GROUP,
+        details="unmapped also clears its host, target, device and mode."),
     Cmd(("fold",), "imgstor.workflows.volumes:fold", [], {},
-        "fold the state file's journal into it (before a hand edit or a copy of the file)"),
+        "fold the state file's journal into it", group=_GROUP,
+        details="The file alone then holds every transaction: before a hand edit or a "
+                "copy of the file alone (refresh does it every run).",
+        examples=("fold",)),
 ]
 
 
@@ -191,6 +197,7 @@ def dialogue_main(argv: list[str], *, self_argv: Sequence[str] | None = None) ->
     nas = _nas_filter(ctx, a.nas)
     term = dlg.Term(sys.stdin, sys.stderr if ctx.json else sys.stdout)
     done: list = []
+    host = a.host
     try:
         try:
             host = a.host or _pick_host(ctx, term)
@@ -208,6 +215,7 @@ def dialogue_main(argv: list[str], *, self_argv: Sequence[str] | None = None) ->
                                nas_filter=(lambda n: nas is None or n == nas))
         done = dlg.run_dialogue(qs, term, answers or None, confirm=bool(answers) and not a.yes)
     except dlg.Aborted as e:
+        _audit(ctx, host, e.details.get("done", []))
         if ctx.json:
             emit(Output(e.details.get("done", []), _DONE_COLUMNS), json=True)
         raise
@@ -215,6 +223,7 @@ def dialogue_main(argv: list[str], *, self_argv: Sequence[str] | None = None) ->
         if "cluster" in ctx.__dict__:
             ctx.cluster.close()
     rows = [d.__dict__ for d in done]
+    _audit(ctx, host, rows)
     failed = any(not d.ok for d in done)
     if ctx.json:
         emit(Output(rows, _DONE_COLUMNS), json=True)
@@ -225,3 +234,15 @@ def dialogue_main(argv: list[str], *, self_argv: Sequence[str] | None = None) ->
 
 _DONE_COLUMNS = [("question", "QUESTION"), ("item", "ITEM"), ("result", "RESULT"),
                  ("ok", "OK")]
+
+
+def _audit(ctx: Ctx, host: str | None, rows: list[dict]) -> None:
+    """One audit line per action the dialogue ran on ``host`` (imgstor/audit.py); a dry
+    run: none."""
+    if ctx.dry_run or not rows:
+        return
+    from imgstor import audit
+    for r in rows:
+        audit.record(ctx, what=f"imgstorageadmin {r['question']}",
+                     target=f"{host}: {r['item']}",
+                     result="ok" if r["ok"] else "failed", message=r["result"])

@@ -19,6 +19,11 @@ connect_timeout = 10
 command_timeout = 3600
 accept_unknown_host_keys = false   # true: trust on first use (pinned in known_hosts)
 max_connections = 16  # SSH connections one imgstor process keeps open at once (its pool)
+[log]
+syslog = "/dev/log"   # the audit trail (imgstor/audit.py): a Unix socket, udp://HOST:PORT,
+                      # or "" (none)
+facility = "user"     # syslog facility: user, daemon, local0 … local7, authpriv …
+job_log_days = 30     # refresh removes job logs (<state dir>/jobs/) older than this
 [defaults]            # host attributes; each may be overridden in [hosts.NAME]
 img_sync = false
 vm_container_zpool = "tank"
@@ -66,7 +71,8 @@ TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "HostConfig", "load_config",
+__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "LogConfig", "HostConfig",
+           "load_config",
            "config_path", "HOST_ATTRS", "SOURCES", "RENAMED_KEYS"]
 
 DEFAULT_PATH = "/etc/imgstor/imgstor.toml"
@@ -84,6 +90,15 @@ class SshConfig:
     command_timeout: float = 3600
     accept_unknown_host_keys: bool = False
     max_connections: int = 16      # the bound of transport.Cluster's connection pool
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the audit trail goes (the config's [log]; imgstor/audit.py) and how long job
+    logs are kept."""
+    syslog: str = "/dev/log"
+    facility: str = "user"
+    job_log_days: float = 30
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,7 @@ class Config:
     lock_timeout: float = 30
     metrics_path: str = ""
     ssh: SshConfig = field(default_factory=SshConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     # host -> the keys its [hosts.NAME] table sets; host -> the attributes set by command
@@ -304,11 +320,25 @@ _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "connect_timeout": _positive, "command_timeout": _positive,
     "accept_unknown_host_keys": _bool, "max_connections": _positive_int,
 }
+_FACILITIES = ("auth", "authpriv", "cron", "daemon", "kern", "local0", "local1", "local2",
+               "local3", "local4", "local5", "local6", "local7", "lpr", "mail", "news",
+               "syslog", "user", "uucp")
+
+
+def _syslog(v: Any) -> str:
+    from imgstor.audit import syslog_address
+    syslog_address(_str(v))          # ValueError says what it must be
+    return v
+
+
+_LOG_KEYS: dict[str, Callable[[Any], Any]] = {
+    "syslog": _syslog, "facility": _choice(*_FACILITIES), "job_log_days": _positive,
+}
 _HOST_KEYS: dict[str, Callable[[Any], Any]] = {
     "role": _choice("nas", "compute"), "address": _address, "port": _port,
     "data_address": lambda v: _address(v) if _str(v) else v, **HOST_ATTRS,
 }
-_TOP = ("state", "ssh", "defaults", "hosts")
+_TOP = ("state", "ssh", "log", "defaults", "hosts")
 
 
 def config_path(path: str | None = None) -> str:
@@ -383,11 +413,12 @@ def _build(path: str, raw: dict) -> Config:
     for k in ("known_hosts", "identity"):
         if k in ssh:
             ssh[k] = rel(ssh[k])
+    log = _check(path, "log", _section(path, raw, "log"), _LOG_KEYS)
     defaults = _check(path, "defaults", _section(path, raw, "defaults"), HOST_ATTRS)
     cfg = Config(path=path, state_path=rel(state.get("path", Config.state_path)),
                  lock_timeout=state.get("lock_timeout", Config.lock_timeout),
                  metrics_path=rel(state.get("metrics_path", "")),
-                 ssh=SshConfig(**ssh), defaults=defaults)
+                 ssh=SshConfig(**ssh), log=LogConfig(**log), defaults=defaults)
     for name, sec in _section(path, raw, "hosts").items():
         prefix = f"hosts.{name}"
         try:

@@ -29,7 +29,8 @@ from imgstor.state.model import JOB_KINDS, Job, Lease, State
 from imgstor.state.store import Store, pid_alive, proc_starttime, this_host
 
 __all__ = ["JOB_ID_RE", "new_job", "job_dir", "progress_path", "log_path", "write_progress",
-           "read_progress", "acquire", "release", "owner_alive", "spawn", "check_id"]
+           "read_progress", "acquire", "release", "owner_alive", "spawn", "check_id",
+           "prune_logs"]
 
 JOB_ID_RE = re.compile(r"[a-z-]+-[0-9a-f]{12}", re.ASCII)
 
@@ -137,4 +138,32 @@ def spawn(store: Store, config_path: str, job_id: str, *, self_argv: Sequence[st
                              cwd="/", env={**os.environ, "IMGSTOR_MONITOR": job_id})
     finally:
         os.close(log)
+    from imgstor import audit
+    audit.job_started(job_id)            # the audit line of the command names the job
     return p.pid
+
+
+def prune_logs(store: Store, max_age_days: float, keep: set[str] | frozenset[str] = frozenset(),
+               *, now: float | None = None) -> list[str]:
+    """Remove the job files (``jobs/ID.log``, ``jobs/ID.progress``) not changed for
+    ``max_age_days`` of jobs not in ``keep`` (the store's jobs); their names, sorted."""
+    d = job_dir(store)
+    limit = (time.time() if now is None else now) - max_age_days * 86400
+    gone = []
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        job_id, dot, ext = name.rpartition(".")
+        if not dot or ext not in ("log", "progress") or not JOB_ID_RE.fullmatch(job_id) \
+                or job_id in keep:
+            continue
+        path = os.path.join(d, name)
+        try:
+            if os.lstat(path).st_mtime < limit:
+                os.unlink(path)
+                gone.append(name)
+        except FileNotFoundError:
+            pass
+    return sorted(gone)

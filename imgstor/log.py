@@ -9,8 +9,9 @@ printed, with or without ``-v``.
 
 :func:`setup` is the only place where handlers are attached; ``cli.run`` calls it once a
 command's flags are known (and ``imgstorageadmin``'s dialogue, which parses its own).  The
-audit trail of changes, when it comes, attaches here too: an ``imgstor.audit`` logger with
-a handler of its own (syslog), set up by :func:`setup` whatever the verbosity.
+audit trail of changes is a child of this tree: the ``imgstor.audit`` logger, with a
+syslog handler of its own that imgstor/audit.py sets up at its first line, whatever the
+verbosity (with ``-v`` its lines show on stderr too).
 
 Start-up: ``import logging`` is ~5 ms (it brings threading, traceback, weakref, string);
 ``imgstor list host vm nas`` on 10,000 VMs takes ~60.  So this module imports it only when

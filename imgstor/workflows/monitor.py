@@ -5,7 +5,8 @@ ensures its phase's result (idempotent, like node steps: a re-run after a kill a
 inside it converges).  The monitor holds the job's lease, runs the phases from the
 recorded one on, and records each completed phase in the store before the next starts;
 ``IMGSTOR_FAULT=job:<phase>`` kills it right after recording that phase (tests).  When the
-last phase is done the job is removed.  A failure records the job's ``last_error`` and
+last phase is done the job is removed.  Each phase done and a failure are audit lines
+(imgstor/audit.py).  A failure records the job's ``last_error`` and
 leaves the phase where it was: a later ``monitor --resume`` (or cron's refresh) retries.
 
 The kinds and their phases: imgstor/jobkinds.py.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 
+from imgstor import audit
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, UsageError
 from imgstor.faults import fault
@@ -57,6 +59,14 @@ def _failed(ctx: Ctx, job_id: str, e: ImgstorError) -> None:
         pass
 
 
+def _phase(ctx: Ctx, job_id: str) -> str:
+    try:
+        j = ctx.store.read().jobs.get(job_id)
+    except ImgstorError:
+        j = None
+    return j.phase if j is not None else "?"
+
+
 def run_job(ctx: Ctx, job: Job) -> None:
     """Run ``job``'s phases from its recorded phase to the end (the caller holds the
     lease)."""
@@ -73,6 +83,9 @@ def run_job(ctx: Ctx, job: Job) -> None:
         fn(ctx, current)
         nxt = names[i + 1] if i + 1 < len(names) else DONE
         current = _advance(ctx, job.id, nxt)
+        audit.record(ctx, what=f"monitor {job.kind}", target=job.volume, result="ok",
+                     job=job.id, message=f"phase {name} done"
+                     + ("; job done" if nxt == DONE else f", next {nxt}"))
         fault(f"job:{name}")
         i += 1
 
@@ -97,6 +110,9 @@ def monitor(ctx: Ctx, job: str | None = None, resume: bool = False) -> str | Out
         run_job(ctx, j)
     except ImgstorError as e:
         _failed(ctx, job_id, e)
+        audit.record(ctx, what=f"monitor {j.kind}", target=j.volume, result="failed",
+                     exit=e.exit_code, job=job_id, message=f"phase {_phase(ctx, job_id)}: "
+                     f"{e.message}")
         raise
     finally:
         jobmod.release(ctx.store, job_id)

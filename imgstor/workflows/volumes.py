@@ -7,7 +7,7 @@ import time
 
 from imgstor import validate
 from imgstor.errors import NotFound, UsageError
-from imgstor.output import Output, format_duration
+from imgstor.output import Output, When, duration_cell, format_duration
 from imgstor.state import transitions
 from imgstor.state.model import VOLUME_STATES, volume_key
 from imgstor.workflows.context import Ctx
@@ -23,14 +23,21 @@ def list_volumes(ctx: Ctx) -> Output:
     for v in st.volumes.values():          # natural key order, as the store writes them
         busy = None
         if v.busy:
-            busy = (f"{v.busy.op} pid {v.busy.pid}@{v.busy.host} "
-                    f"{format_duration(now - v.busy.since)}")
+            busy = {"op": v.busy.op, "pid": v.busy.pid, "host": v.busy.host,
+                    "since": When(v.busy.since), "seconds": round(now - v.busy.since)}
         rows.append({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "host": v.host,
-                     "state": v.state, "time": format_duration(now - v.since) if v.since
-                     else None, "busy": busy, "error": v.error})
+                     "state": v.state, "time": round(now - v.since) if v.since else None,
+                     "since": When(v.since) if v.since else None, "busy": busy,
+                     "error": v.error})
     return Output(rows, [("nas", "NAS"), ("zpool", "ZPOOL"), ("vol", "VOLUME"),
-                         ("host", "HOST"), ("state", "STATE"), ("time", "TIME"),
-                         ("busy", "BUSY"), ("error", "ERROR")])
+                         ("host", "HOST"), ("state", "STATE"),
+                         ("time", "TIME", duration_cell("time")),
+                         ("busy", "BUSY", _busy_cell), ("error", "ERROR")])
+
+
+def _busy_cell(row: dict) -> str | None:
+    b = row["busy"]
+    return b and f"{b['op']} pid {b['pid']}@{b['host']} {format_duration(b['seconds'])}"
 
 
 def unbusy(ctx: Ctx, nas: str, vol: str) -> str:

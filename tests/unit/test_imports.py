@@ -22,7 +22,8 @@ PKG = ROOT / "imgstor"
 # they import nothing else, and the frontend imports no node layer, only the shared one.
 LAYERS: list[tuple[str, str, list[str]]] = [
     ("entry points", "frontend", ["imgstor.__main__", "imgstor.onefile"]),
-    ("command line", "frontend", ["imgstor.cli", "imgstor.admin", "imgstor.batch"]),
+    ("command line", "frontend", ["imgstor.cli", "imgstor.admin", "imgstor.batch",
+                                  "imgstor.clihelp", "imgstor.docgen"]),
     ("workflows", "frontend", ["imgstor.workflows", "imgstor.workflows.*", "imgstor.jobkinds"]),
     ("jobs, reconcile, credentials", "frontend",
      ["imgstor.jobs", "imgstor.reconcile", "imgstor.metrics", "imgstor.synctrust",
@@ -32,7 +33,7 @@ LAYERS: list[tuple[str, str, list[str]]] = [
       "imgstor.transport", "imgstor.connections", "imgstor.hostkeys", "imgstor.zipapp"]),
     ("frontend base", "frontend",
      ["imgstor.atomicfile", "imgstor.validate", "imgstor.output", "imgstor.sched",
-      "imgstor.faults", "imgstor.log"]),
+      "imgstor.faults", "imgstor.log", "imgstor.audit", "imgstor.exitcodes"]),
     ("node entry", "node", ["imgstor.remote.__main__", "imgstor.remote.node"]),
     ("node steps", "node", ["imgstor.remote.steps", "imgstor.remote.steps.*"]),
     ("node drivers: targets, overlays, VM runners", "node",
