@@ -21,9 +21,9 @@ import re
 import subprocess
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Sequence
 
-from imgstor import atomicfile, onefile
+from imgstor import atomicfile
 from imgstor.errors import BusyError, NotFound, UsageError
 from imgstor.state.model import JOB_KINDS, Job, Lease, State
 from imgstor.state.store import Store, pid_alive, proc_starttime, this_host
@@ -121,18 +121,18 @@ def release(store: Store, job_id: str) -> None:
             job.owner = None
 
 
-def spawn(store: Store, config_path: str, job_id: str, *,
-          argv0: Callable[[], list[str]] | None = None) -> int:
+def spawn(store: Store, config_path: str, job_id: str, *, self_argv: Sequence[str]) -> int:
     """Start ``imgstor monitor JOB`` detached: a new session, stdin from /dev/null, output
-    appended to the job's log (0600).  Returns the monitor's pid; does not wait."""
+    appended to the job's log (0600).  ``self_argv`` starts this imgstor again
+    (``Ctx.self_argv``: ``python -m imgstor``, or the one-file build).  Returns the
+    monitor's pid; does not wait."""
     check_id(job_id)
     _ensure_dir(store)
     log = os.open(log_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND
                   | os.O_NOFOLLOW, 0o600)
     try:
-        cmd = argv0() if argv0 else onefile.self_argv()   # python -m imgstor, or dist/imgstor
-        p = subprocess.Popen(cmd + ["--config", os.path.abspath(config_path), "monitor",
-                                    job_id],
+        p = subprocess.Popen([*self_argv, "--config", os.path.abspath(config_path), "monitor",
+                              job_id],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, close_fds=True,
                              cwd="/", env={**os.environ, "IMGSTOR_MONITOR": job_id})

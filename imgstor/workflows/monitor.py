@@ -9,51 +9,35 @@ last phase is done the job is removed.  Each phase done and a failure are audit 
 (imgstor/audit.py).  A failure records the job's ``last_error`` and
 leaves the phase where it was: a later ``monitor --resume`` (or cron's refresh) retries.
 
-Kinds register their phases with ``register`` (imgstor.workflows.storagemap.sync).
+The kinds and their phases: imgstor/jobkinds.py.
 """
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
 
 from imgstor import audit
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, UsageError
+from imgstor.faults import fault
+from imgstor.jobkinds import PHASES, Phase
 from imgstor.output import Output
 from imgstor.state.model import Job
-from imgstor.workflows.storagemap.common import fault
+from imgstor.workflows.context import Ctx
 
-__all__ = ["register", "PHASES", "monitor", "run_job", "resume_all"]
+__all__ = ["monitor", "run_job", "resume_all"]
 
-Phase = Callable[..., None]
-PHASES: dict[str, list[tuple[str, Phase]]] = {}
 DONE = "done"
 
 
-def register(kind: str, phases: list[tuple[str, Phase]]) -> None:
-    PHASES[kind] = list(phases)
-
-
-def _load_kinds() -> None:
-    try:
-        import imgstor.workflows.storagemap.pull  # noqa: F401  (the periodic pull)
-        import imgstor.workflows.storagemap.sync  # noqa: F401  (registers its kinds)
-    except ModuleNotFoundError as e:             # sync mode not in this version yet
-        if e.name != "imgstor.workflows.storagemap.sync":
-            raise
-
-
 def _phases(kind: str) -> list[tuple[str, Phase]]:
-    if kind not in PHASES:
-        _load_kinds()
     try:
         return PHASES[kind]
     except KeyError:
         raise UsageError(f"no monitor for job kind {kind!r}") from None
 
 
-def _advance(ctx, job_id: str, phase: str) -> Job | None:
+def _advance(ctx: Ctx, job_id: str, phase: str) -> Job | None:
     with ctx.store.transaction() as st:
         job = st.jobs.get(job_id)
         if job is None:
@@ -65,7 +49,7 @@ def _advance(ctx, job_id: str, phase: str) -> Job | None:
         return job
 
 
-def _failed(ctx, job_id: str, e: ImgstorError) -> None:
+def _failed(ctx: Ctx, job_id: str, e: ImgstorError) -> None:
     try:
         with ctx.store.transaction() as st:
             job = st.jobs.get(job_id)
@@ -75,7 +59,7 @@ def _failed(ctx, job_id: str, e: ImgstorError) -> None:
         pass
 
 
-def _phase(ctx, job_id: str) -> str:
+def _phase(ctx: Ctx, job_id: str) -> str:
     try:
         j = ctx.store.read().jobs.get(job_id)
     except ImgstorError:
@@ -83,7 +67,7 @@ def _phase(ctx, job_id: str) -> str:
     return j.phase if j is not None else "?"
 
 
-def run_job(ctx, job: Job) -> None:
+def run_job(ctx: Ctx, job: Job) -> None:
     """Run ``job``'s phases from its recorded phase to the end (the caller holds the
     lease)."""
     phases = _phases(job.kind)
@@ -106,7 +90,7 @@ def run_job(ctx, job: Job) -> None:
         i += 1
 
 
-def monitor(ctx, job: str | None = None, resume: bool = False) -> str | Output:
+def monitor(ctx: Ctx, job: str | None = None, resume: bool = False) -> str | Output:
     """Run one job to its end (JOB), or start a detached monitor for every job whose
     owner is gone (--resume)."""
     if resume:
@@ -135,9 +119,9 @@ def monitor(ctx, job: str | None = None, resume: bool = False) -> str | Output:
     return f"job {job_id} done"
 
 
-def resume_all(ctx) -> Output:
+def resume_all(ctx: Ctx) -> Output:
     """Start ``imgstor monitor ID`` for every job that has no live owner."""
-    rows = []
+    rows: list[dict] = []
     for j in ctx.store.read().jobs.values():
         if jobmod.owner_alive(j):
             rows.append({"job": j.id, "volume": j.volume, "phase": j.phase,
@@ -148,7 +132,8 @@ def resume_all(ctx) -> Output:
             action = "would start a monitor"
         else:
             try:
-                action = f"started monitor pid {jobmod.spawn(ctx.store, ctx.config.path, j.id)}"
+                pid = jobmod.spawn(ctx.store, ctx.config.path, j.id, self_argv=ctx.self_argv)
+                action = f"started monitor pid {pid}"
             except (OSError, BusyError, NotFound) as e:
                 action, failed = f"could not start a monitor: {e}", True
         rows.append({"job": j.id, "volume": j.volume, "phase": j.phase, "action": action,

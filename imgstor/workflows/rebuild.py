@@ -38,6 +38,7 @@ from imgstor.errors import Conflict, ImgstorError
 from imgstor.output import Output
 from imgstor.state.model import Job, State, Vm, Volume, volume_key
 from imgstor.workflows import nasclaims
+from imgstor.workflows.context import Ctx
 
 __all__ = ["rebuild", "records_from_facts", "claims", "Rebuilt", "EXIT_PARTIAL",
            "host_info", "node_round", "chap_users"]
@@ -350,7 +351,7 @@ def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
     return nas_facts, node_facts, nas_info, node_info, errors
 
 
-def chap_users(ctx, nas_facts: dict) -> dict[str, str]:
+def chap_users(ctx: Ctx, nas_facts: dict) -> dict[str, str]:
     from imgstor import chap as chapstore
     from imgstor.workflows.storagemap.common import state_path
     users = {}
@@ -365,7 +366,7 @@ def chap_users(ctx, nas_facts: dict) -> dict[str, str]:
     return users
 
 
-def rebuild(ctx, force: bool = False) -> Output:
+def rebuild(ctx: Ctx, force: bool = False) -> Output:
     """Rebuild the state file from the hosts; refused (Conflict, exit 8) when one exists,
     unless ``force`` (the old file is kept beside it as ``…before-rebuild-<time>``)."""
     path = ctx.store.path

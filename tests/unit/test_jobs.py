@@ -91,7 +91,7 @@ def test_spawn_is_detached_and_logs(ctx) -> None:
     probe = [sys.executable, "-c", "import os, sys; print('session leader', "
              "os.getsid(0) == os.getpid(), 'stdin empty', sys.stdin.read() == '', "
              "'args', sys.argv[1:])"]
-    jobs.spawn(ctx.store, "/etc/imgstor.toml", j.id, argv0=lambda: probe)
+    jobs.spawn(ctx.store, "/etc/imgstor.toml", j.id, self_argv=probe)
     log = jobs.log_path(ctx.store, j.id)
     for _ in range(100):
         if os.path.exists(log) and os.path.getsize(log) > 0:

@@ -36,7 +36,7 @@ class UsersCluster:
 def unmap(config_path, imgstor, monkeypatch):
     monkeypatch.setattr("imgstor.transport.Cluster", UsersCluster)
     spawned: list[str] = []
-    monkeypatch.setattr(jobmod, "spawn", lambda store, cfg, job_id: spawned.append(job_id)
+    monkeypatch.setattr(jobmod, "spawn", lambda store, cfg, job_id, **kw: spawned.append(job_id)
                         or 4242)
     UsersCluster.calls = []
     store = Store(str(config_path.parent / "state.json"))

@@ -12,8 +12,9 @@ from imgstor.errors import ImgstorError, NotFound
 from imgstor.remote import overlays, targets
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.nas import MARK, PROP_PREFIX
+from imgstor.remote.steps.registry import step
 
 __all__ = ["nas_inventory", "compute_inventory", "NAS_PROPS"]
 
@@ -109,7 +110,7 @@ def compute_inventory(ex: Executor, *, pool: str, overlay: str, initiator: str,
         rows = _children(ex, pool, ("name", "type", MARK))
     except NotFound:
         rows = None
-    from imgstor.remote.steps._util import initiator_name
+    from imgstor.remote.util import initiator_name
     sessions = sorted(INITIATORS[initiator].sessions(ex)) if initiator in INITIATORS else []
     dev = _direct(ex, initiator, list(direct or ()), sessions)
     me = initiator_name(ex)

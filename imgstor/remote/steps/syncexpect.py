@@ -30,7 +30,8 @@ from imgstor.errors import UsageError
 from imgstor.remote import syncgate
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
 from imgstor.remote.steps.synckeys import AUTHORIZED_KEYS, GATE_PATH, TAG, under_keys_lock
 
 __all__ = ["expect", "revoke", "audit", "EXPECT_TTL", "gate_digest"]

@@ -25,7 +25,7 @@ from imgstor import synctrust
 from imgstor.errors import StepError
 from imgstor.state import transitions
 from imgstor.state.model import Job
-from imgstor.workflows import monitor
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap import sync as _sync
 
 __all__ = ["PHASES", "snapshot_name", "start_pull"]
@@ -41,7 +41,7 @@ def start_pull(st, key: str) -> Job:
     return jobmod.new_job(st, "pull", key, "trust")
 
 
-def _check(ctx, job: Job):
+def _check(ctx: Ctx, job: Job):
     v = _sync._vol(ctx, job)
     if v.state != "mapped" or v.mode != "sync" or v.target:
         raise StepError(f"job {job.id}: {job.volume} is {v.state} (mode {v.mode}); a pull "
@@ -49,12 +49,12 @@ def _check(ctx, job: Job):
     return v
 
 
-def _pull_trust(ctx, job: Job) -> None:
+def _pull_trust(ctx: Ctx, job: Job) -> None:
     v = _check(ctx, job)
     synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
 
 
-def _pull_send(ctx, job: Job) -> None:
+def _pull_send(ctx: Ctx, job: Job) -> None:
     v = _check(ctx, job)
     n = _sync._names(ctx, v)
     _sync.check_nas_snapshots(ctx, job, v, n)     # audit L4: a snapshot made on the NAS
@@ -67,7 +67,7 @@ def _pull_send(ctx, job: Job) -> None:
                 bwlimit=_sync._rate(ctx, v, "down"))
 
 
-def _pull_prune(ctx, job: Job) -> None:
+def _pull_prune(ctx: Ctx, job: Job) -> None:
     v = _sync._vol(ctx, job)
     n = _sync._names(ctx, v)
     keep = ctx.config.host(v.nas).sync_keep
@@ -76,7 +76,7 @@ def _pull_prune(ctx, job: Job) -> None:
     # the snapshot just sent is the new last common one: held on both sides, then the
     # previous base released on both, then the old ones pruned
     _sync.hold_base(ctx, v, n, snapshot_name(job))
-    for host, pool in ((v.host, n["pool"]), (v.nas, v.zpool)):
+    for host, pool in ((_sync._host(v), n["pool"]), (v.nas, v.zpool)):
         r = cl.step(host, "nas.prune_snapshots", pool=pool, vol=v.vol, keep=keep,
                     protect=protect)
         for why in r.facts.get("left") or ():
@@ -99,4 +99,3 @@ def _pull_prune(ctx, job: Job) -> None:
 
 
 PHASES = [("trust", _pull_trust), ("send", _pull_send), ("prune", _pull_prune)]
-monitor.register("pull", PHASES)

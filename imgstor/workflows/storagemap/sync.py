@@ -30,9 +30,11 @@ job needs any more is revoked (``_release``).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from imgstor import jobs as jobmod
@@ -45,24 +47,30 @@ from imgstor.errors import (
     StateError,
     StepError,
 )
+from imgstor.faults import fault
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
-from imgstor.workflows import monitor
-from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
+from imgstor.workflows.context import Ctx
+from imgstor.workflows.storagemap.common import nas_batch, portal_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.transport import Cluster, Prepared
 
 __all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
 
 POLL = float(os.environ.get("IMGSTOR_SYNC_POLL", "1.0"))   # seconds between status reads
+_log = logging.getLogger(__name__)
 COPY_RESTARTS = 5          # a copy that died is started again this many times per monitor
 LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 
 # ------------------------------------------------------------------ the map
-def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
+def map_sync(ctx: Ctx, cl: Cluster, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
              host_cfg, iqn: str, attach_result: tuple, *, portal: Portal,
-             overlay=None) -> Message | str:
+             overlay: Prepared | None = None) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
     (NAS->VM and a sync-in job, one transaction) and the monitor.  ``overlay``: its step
     started ahead (``cl.prepare``)."""
@@ -97,21 +105,20 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def _spawn(ctx, job: Job) -> bool:
+def _spawn(ctx: Ctx, job: Job) -> bool:
     """Start the job's detached monitor; False (and a warning) when it could not."""
     try:
-        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id)
+        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id, self_argv=ctx.self_argv)
     except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
         print(f"warning: could not start the monitor of job {job.id}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
         return False
-    if ctx.debug:
-        print(f"monitor of job {job.id} started (pid {pid})", file=sys.stderr)
+    _log.debug("monitor of job %s started (pid %d)", job.id, pid)
     return True
 
 
 # ------------------------------------------------------------------ the unmap
-def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
+def unmap_sync(ctx: Ctx, key: str, v: Volume, force: bool) -> Message | str:
     """Unmap a sync volume: returns at once; a job finishes it (NAS<-VM until done)."""
     nas, vol = v.nas, v.vol
     if ctx.dry_run:
@@ -178,7 +185,7 @@ def _stop_owner(job: Job) -> None:
 
 
 # ------------------------------------------------------------------ phase helpers
-def _vol(ctx, job: Job) -> Volume:
+def _vol(ctx: Ctx, job: Job) -> Volume:
     v = ctx.store.read().volumes.get(job.volume)
     if v is None:
         raise NotFound(f"job {job.id}: volume {job.volume} is not in the store")
@@ -192,8 +199,8 @@ def _host(v: Volume) -> str:
     return v.host
 
 
-def _names(ctx, v: Volume) -> dict[str, Any]:
-    host_cfg = ctx.config.host(v.host)
+def _names(ctx: Ctx, v: Volume) -> dict[str, Any]:
+    host_cfg = ctx.config.host(_host(v))
     nas_cfg = ctx.config.host(v.nas)
     pool = v.extra.get("local_pool") or host_cfg.vm_container_zpool
     return {"host": v.host, "nas": v.nas, "host_cfg": host_cfg, "nas_cfg": nas_cfg,
@@ -202,7 +209,7 @@ def _names(ctx, v: Volume) -> dict[str, Any]:
             "kind": nas_cfg.volume_kind}
 
 
-def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
+def _set(ctx: Ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
     with ctx.store.transaction() as st:
         v = st.volumes[job.volume]
         if state is not None:
@@ -220,7 +227,7 @@ def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
                 v.extra[k] = val
 
 
-def _job_extra(ctx, job: Job, **extra: Any) -> None:
+def _job_extra(ctx: Ctx, job: Job, **extra: Any) -> None:
     with ctx.store.transaction() as st:
         j = st.jobs.get(job.id)
         if j is not None:
@@ -228,7 +235,7 @@ def _job_extra(ctx, job: Job, **extra: Any) -> None:
             job.extra.update(extra)
 
 
-def _alive(ctx, job: Job) -> Job:
+def _alive(ctx: Ctx, job: Job) -> Job:
     """The job as the store has it now (a cancel may have removed it: stop)."""
     j = ctx.store.read().jobs.get(job.id)
     if j is None:
@@ -236,8 +243,8 @@ def _alive(ctx, job: Job) -> Job:
     return j
 
 
-def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
-          what: str, **kw: Any) -> dict:
+def _copy(ctx: Ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
+          what: str, **kw: Any) -> Mapping[str, Any]:
     """Run one copy job on SENDER to its end, polling it; restart it if it died."""
     cl = ctx.cluster
     args = synctrust.copy_args(ctx.config, sender, receiver, snapshot=snapshot,
@@ -288,7 +295,7 @@ def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_datase
                      to_dataset=to_dataset).facts
 
 
-def _wait_merged(ctx, job: Job, n: dict) -> None:
+def _wait_merged(ctx: Ctx, job: Job, n: dict) -> None:
     while True:
         s = ctx.cluster.step(n["host"], "overlay.status", driver=n["driver"], pool=n["pool"],
                              vol=job.volume.split("/", 1)[1]).facts
@@ -302,7 +309,7 @@ def _wait_merged(ctx, job: Job, n: dict) -> None:
         _alive(ctx, job)
 
 
-def _local_path(ctx, n: dict, vol: str) -> str:
+def _local_path(ctx: Ctx, n: dict, vol: str) -> str:
     f = ctx.cluster.step(n["host"], "nas.get_props", pool=n["pool"], vol=vol,
                          kind=n["kind"]).facts
     if not f.get("exists") or not f.get("path"):
@@ -310,7 +317,7 @@ def _local_path(ctx, n: dict, vol: str) -> str:
     return f["path"]
 
 
-def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
+def _untarget(ctx: Ctx, v: Volume, n: dict, *, force: bool) -> None:
     """The iSCSI origin is no longer used: log the node out, remove the target, clear the
     NAS's mapping properties (the volume stays the store's, mode sync)."""
     cl = ctx.cluster
@@ -329,19 +336,19 @@ def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
                 **({"chap_user": creds.user} if creds else {})))])
 
 
-def _clear_nas_props(ctx, v: Volume) -> None:
+def _clear_nas_props(ctx: Ctx, v: Volume) -> None:
     from imgstor.workflows.storagemap.common import CLEAR_MAPPING
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol, props=CLEAR_MAPPING)
 
 
 # ------------------------------------------------------------------ sync-in phases
-def _in_trust(ctx, job: Job) -> None:
+def _in_trust(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
 
-def _snapshot_copy(ctx, job: Job, sender: str, receiver: str, source: str, dest: str,
+def _snapshot_copy(ctx: Ctx, job: Job, sender: str, receiver: str, source: str, dest: str,
                    tag: str, what: str, **kw: Any) -> None:
     """A new imgstor snapshot of SOURCE on SENDER (named once, kept in the job: a restarted
     monitor copies the same one) copied to DEST on RECEIVER."""
@@ -352,19 +359,19 @@ def _snapshot_copy(ctx, job: Job, sender: str, receiver: str, source: str, dest:
           create_snapshot=True, **kw)
 
 
-def _rate(ctx, v: Volume, direction: str) -> int:
+def _rate(ctx: Ctx, v: Volume, direction: str) -> int:
     """The copy's limit: the volume's or its NAS's uploadspeed (``up``, NAS->node) or
     downloadspeed (``down``, node->NAS), else the sender's sync_bwlimit (syncattrs)."""
     from imgstor.workflows import syncattrs
     return syncattrs.bwlimit(ctx.store.read(), ctx.config, v, direction)
 
 
-def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
+def hold_base(ctx: Ctx, v: Volume, n: dict, short: str) -> None:
     """Snapshot SHORT, on both sides now, becomes the last common one: it is held
     (``imgstor-base``) on both sides first, and only then released from the previous base
     on both (a crash in between leaves two held bases, never none)."""
     cl = ctx.cluster
-    sides = ((v.host, n["pool"]), (v.nas, v.zpool))
+    sides = ((_host(v), n["pool"]), (v.nas, v.zpool))
     for host, pool in sides:
         cl.step(host, "nas.hold_base", pool=pool, vol=v.vol, snapshot=short)
     for host, pool in sides:
@@ -372,7 +379,7 @@ def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
                 release_others=True)
 
 
-def _in_copy(ctx, job: Job) -> None:
+def _in_copy(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     _snapshot_copy(ctx, job, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
@@ -380,11 +387,11 @@ def _in_copy(ctx, job: Job) -> None:
     # the copied snapshot is the base of the first periodic pull and of the sync back
     hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
-    ctx.cluster.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "nas.set_props", pool=n["pool"], vol=v.vol,
                      props={"role": LOCAL_COPY})
 
 
-def _release(ctx, v: Volume, *, inbound: bool) -> None:
+def _release(ctx: Ctx, v: Volume, *, inbound: bool) -> None:
     """Revoke the NAS -> node hop (INBOUND: no other volume's sync-in copy needs it) or
     the node -> NAS one (no other sync volume of that node and NAS is on the node): the
     next copy's trust phase sets it up again (issue 18: keys with a life cycle)."""
@@ -401,7 +408,7 @@ def _release(ctx, v: Volume, *, inbound: bool) -> None:
     synctrust.revoke(ctx.cluster, sender, receiver)
 
 
-def _in_merge(ctx, job: Job) -> None:
+def _in_merge(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     _release(ctx, v, inbound=True)        # the copy is there: the NAS sends nothing more
@@ -410,20 +417,20 @@ def _in_merge(ctx, job: Job) -> None:
     # is the local copy plus what is left in the temp-write, never the NAS volume again
     if v.state != "merging":
         _set(ctx, job, state="merging")
-    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
                      into="local", local=local)
     fault("job:merge-started")
 
 
-def _in_merged(ctx, job: Job) -> None:
+def _in_merged(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     _wait_merged(ctx, job, _names(ctx, v))
 
 
-def _in_pivot(ctx, job: Job) -> None:
+def _in_pivot(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    ctx.cluster.step(_host(v), "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
     fault("job:linear")
     _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
@@ -441,16 +448,16 @@ def _in_pivot(ctx, job: Job) -> None:
 
 
 # ------------------------------------------------------------------ sync-back phases
-def _back_quiesce(ctx, job: Job) -> None:
+def _back_quiesce(ctx: Ctx, job: Job) -> None:
     """The overlay's device goes before the last snapshot: no write can land after it.
     dm refuses while the VM holds the device open (dmsetup remove: busy)."""
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol,
                      force=bool(job.extra.get("force")))    # --force: even while in use
 
 
-def _back_trust(ctx, job: Job) -> None:
+def _back_trust(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
@@ -458,7 +465,7 @@ def _back_trust(ctx, job: Job) -> None:
 FOREIGN = "foreign_snapshots"      # volume extra: NAS snapshots that stop the sends back
 
 
-def check_nas_snapshots(ctx, job: Job, v: Volume, n: dict) -> None:
+def check_nas_snapshots(ctx: Ctx, job: Job, v: Volume, n: dict) -> None:
     """Before a send back (periodic pull, sync back): the NAS volume's snapshots made
     after the last one both sides hold stop it -- ``zfs receive`` takes an incremental only
     onto the destination's newest snapshot, and the gate's rollback only to it; getting
@@ -490,7 +497,7 @@ def check_nas_snapshots(ctx, job: Job, v: Volume, n: dict) -> None:
             "imgstor's volumes), then the next try sends", snapshots=newer)
 
 
-def _back_send(ctx, job: Job) -> None:
+def _back_send(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     check_nas_snapshots(ctx, job, v, n)
@@ -498,11 +505,11 @@ def _back_send(ctx, job: Job) -> None:
                    base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
 
 
-def _back_cleanup(ctx, job: Job) -> None:
+def _back_cleanup(ctx: Ctx, job: Job) -> None:
     """Only now, with the NAS holding the last snapshot, does the local copy go."""
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "nas.destroy_volume", pool=n["pool"], vol=v.vol,
                      kind=n["kind"], driver=None, role=LOCAL_COPY)   # releases its holds
     # no next incremental: the NAS's base hold goes too
     ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
@@ -513,7 +520,7 @@ def _back_cleanup(ctx, job: Job) -> None:
 
 
 # ------------------------------------------------------------------ cancel phases
-def _cancel_stop(ctx, job: Job) -> None:
+def _cancel_stop(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     # the NAS asks the node's gate about the partial receive: the hop and an expectation
@@ -523,37 +530,37 @@ def _cancel_stop(ctx, job: Job) -> None:
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
-def _cancel_merge(ctx, job: Job) -> None:
+def _cancel_merge(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
                      into="origin")
 
 
-def _cancel_merged(ctx, job: Job) -> None:
+def _cancel_merged(ctx: Ctx, job: Job) -> None:
     _wait_merged(ctx, job, _names(ctx, _vol(ctx, job)))
 
 
-def _cancel_teardown(ctx, job: Job) -> None:
+def _cancel_teardown(ctx: Ctx, job: Job) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     cl = ctx.cluster
     ovl = dict(driver=n["driver"], pool=n["pool"], vol=v.vol)
-    st = cl.step(v.host, "overlay.status", **ovl).facts
+    st = cl.step(_host(v), "overlay.status", **ovl).facts
     if st.get("exists") and st.get("phase") in ("snapshot", "merging"):
         # restored after a reboot (refresh: over the origin, from its temp-write): merge
         # what is left into the origin again before the pivot
         _cancel_merge(ctx, job)
         _cancel_merged(ctx, job)
     if st.get("exists"):        # gone: the node rebooted after this cancel's pivot
-        cl.step(v.host, "overlay.linear", **ovl)
-    cl.step(v.host, "overlay.remove", **ovl)
+        cl.step(_host(v), "overlay.linear", **ovl)
+    cl.step(_host(v), "overlay.remove", **ovl)
     _untarget(ctx, v, n, force=bool(job.extra.get("force")))
     # a copy that finished before the cancel is stale now (the writes went to the NAS)
     st = cl.step(v.nas, "copy.status", to_alias=v.host, to_dataset=n["local"]).facts
     if st.get("state") == "done":
-        cl.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol, props={"role": LOCAL_COPY})
-    cl.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol, kind=n["kind"],
+        cl.step(_host(v), "nas.set_props", pool=n["pool"], vol=v.vol, props={"role": LOCAL_COPY})
+    cl.step(_host(v), "nas.destroy_volume", pool=n["pool"], vol=v.vol, kind=n["kind"],
             driver=None, role=LOCAL_COPY)
     cl.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
@@ -571,12 +578,10 @@ PHASES = {
     "cancel": [("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
                ("teardown", _cancel_teardown)],
 }
-for _kind, _phases in PHASES.items():
-    monitor.register(_kind, _phases)
 
 
 # ------------------------------------------------------------------ --wait
-def wait_for_jobs(ctx, key: str, *, timeout: float | None = None) -> None:
+def wait_for_jobs(ctx: Ctx, key: str, *, timeout: float | None = None) -> None:
     """Block until volume ``key`` has no job left (``--wait``), showing progress on a
     terminal; a job that fails or whose monitor died is an error naming it."""
     tty = sys.stderr.isatty()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError
+from imgstor.faults import fault
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import (
     CLEAR_MAPPING,
-    fault,
     nas_batch,
     portal_of,
     record,
@@ -21,7 +22,7 @@ from imgstor.workflows.storagemap.common import (
 __all__ = ["unmap_volume"]
 
 
-def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
+def unmap_volume(ctx: Ctx, nas: str, vol: str, force: bool = False,
                  wait: bool = False) -> Message | str:
     """Unmap NAS:VOL.  Direct mode: at once.  Sync mode: returns at once, a job brings the
     VM's last writes to the NAS (NAS<-VM) and removes the volume from the node; ``wait``
@@ -62,7 +63,7 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
             raise
 
 
-def _sync_in_use(ctx, v: Volume) -> None:
+def _sync_in_use(ctx: Ctx, v: Volume) -> None:
     """A sync volume's VM runs on its overlay (before and after the pivot): the unmap is
     refused (Conflict, exit 8, nothing recorded) while anything uses the overlay's device
     -- dm: holders and openers of /dev/mapper/VOL-snap; qcow2: NBD clients of its export
@@ -80,7 +81,7 @@ def _sync_in_use(ctx, v: Volume) -> None:
                        reason="in-use", users=users)
 
 
-def _needs_detach(ctx, host: str) -> bool:
+def _needs_detach(ctx: Ctx, host: str) -> bool:
     """The userspace initiator keeps no session on the node (a VM's qemu logs in itself),
     so unmapping it needs only the NAS; the kernel initiator must log out."""
     try:
@@ -89,7 +90,7 @@ def _needs_detach(ctx, host: str) -> bool:
         return True
 
 
-def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | str:
+def _unmap_steps(ctx: Ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | str:
     cl = ctx.cluster
     iqn = v.target or target_iqn(nas, v.vol)
     portal = v.extra.get("portal") or portal_of(nas_cfg)     # what the map used
