@@ -39,10 +39,10 @@ import time
 from typing import Any, Callable
 
 from imgstor.errors import UsageError
-from imgstor.remote import atomicfile
+from imgstor.remote import atomicfile, procfs
 
 __all__ = ["JOBS_DIR", "FINAL", "Job", "job_dir", "start", "status", "cancel", "lock_held",
-           "proc_start_time", "write_json", "read_json"]
+           "write_json", "read_json"]
 
 JOBS_DIR = os.environ.get("IMGSTOR_JOBS_DIR", "/run/imgstor/jobs")
 FINAL = ("done", "failed", "cancelled")
@@ -69,18 +69,6 @@ def read_json(path: str) -> dict | None:
     except (FileNotFoundError, ValueError):
         return None
     return d if isinstance(d, dict) else None
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if gone."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'
-    rest = stat[stat.rfind(")") + 2:].split()
-    return int(rest[19]) if len(rest) > 19 else None
 
 
 def lock_held(path: str) -> bool:
@@ -147,7 +135,7 @@ def _job_main(name: str, d: str, spec: dict, body: Callable[[Job], dict],
         old = read_json(os.path.join(d, "progress")) or {}
         write_json(os.path.join(d, "spec"), spec)
         write_json(os.path.join(d, "pid"), {"pid": pid, "pgid": os.getpgid(0),
-                                            "start_time": proc_start_time(pid),
+                                            "start_time": procfs.start_time(pid),
                                             "started": time.time()})
         previous = {k: old[k] for k in ("state", "phase", "bytes_done", "bytes_total",
                                         "error", "snapshot") if k in old} or None
@@ -250,7 +238,7 @@ def status(name: str, *, base: str | None = None) -> dict:
     out["job"] = name
     if held:
         out["state"] = "running"
-        if pid.get("pid") and proc_start_time(pid["pid"]) != pid.get("start_time"):
+        if pid.get("pid") and procfs.start_time(pid["pid"]) != pid.get("start_time"):
             # the job process is gone but one of its stages still holds the lock
             out["orphaned_stages"] = True
     elif prog is None:

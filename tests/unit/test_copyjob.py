@@ -10,7 +10,7 @@ import time
 import pytest
 
 from imgstor.errors import UsageError
-from imgstor.remote import copyjob, jobs, syncgate
+from imgstor.remote import copyjob, jobs, procfs, syncgate
 from imgstor.remote.copyjob import CopyFailed, Peer
 
 PEER = Peer("10.1.1.14", "compute-0-14", "tank/vm1-vol")
@@ -195,7 +195,7 @@ def test_job_start_status_second_start_cancel(tmp_path) -> None:
     assert oct(os.stat(jobs.job_dir("j", base)).st_mode & 0o777) == "0o700"
     st3 = jobs.cancel("j", base=base)
     assert st3["state"] == "cancelled"
-    assert jobs.proc_start_time(st["pid"]) is None or \
+    assert procfs.start_time(st["pid"]) is None or \
         open(f"/proc/{st['pid']}/stat").read().split()[2] == "Z"
 
 
