@@ -164,9 +164,12 @@ COMMANDS: list[Cmd] = [
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
         "reach every host (or those named) and show its tools and pools",
         aliases=(("hosts",),)),
-    Cmd(("monitor",), "imgstor.workflows.monitor:monitor", [Arg("job", nargs="?")], {},
-        "finish job JOB (started detached by sync maps and unmaps); --resume starts one "
-        "for every job whose monitor is gone", flags=("--resume",)),
+    Cmd(("monitor",), "imgstor.workflows.monitor:monitor",
+        [Arg("jobs", nargs="*", metavar="JOB")], {},
+        "run jobs JOB... to their end in this process (sync maps and unmaps start them "
+        "detached); --resume hands every job no monitor runs, failed ones too, to a "
+        "detached monitor (--pool KEY: the pool monitor that does, internal)",
+        flags=("--resume",), options=(("--pool", str),)),
     Cmd(("batch",), "imgstor.batch:run_batch",
         [Arg("file", help="one imgstor command per line (- : stdin); # comments")], {},
         "run the commands of FILE in parallel (--jobs N, default 8; same volume or VM: in "

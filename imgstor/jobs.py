@@ -1,20 +1,35 @@
-"""Jobs: sync mode's long work, recorded in the store and finished by detached monitors.
+"""Jobs: sync mode's long work, recorded in the store and run by detached monitors.
 
-A job (``state.model.Job``) belongs to one volume and has a kind and a phase.  The
-workflow that starts it records it in the same transaction as the volume's new state,
-then ``spawn`` starts ``imgstor monitor ID`` detached (own session, stdin closed, output
-to ``<state dir>/jobs/ID.log``) and returns at once.  The monitor takes the job's lease
-(``acquire``: only one live owner, checked by pid + /proc start time), runs the kind's
-phase functions from the recorded phase on, and records each phase as it completes.  A
-monitor that dies leaves its phase: ``imgstor monitor --resume`` (and cron's refresh)
-starts a new one that continues from there.
+A job (``state.model.Job``) belongs to one volume and has a kind, a phase, the failed
+tries of that phase (``attempts``), the last one's error and what it waits for (``state``
+ready | retry | failed, ``next_try``).  Beside the store, each job has files in
+``<state dir>/jobs/`` (0700), modelled on the node's copy jobs (imgstor/remote/jobs.py):
 
-Progress (bytes done/total of a copy, a merge's counters) changes often: it goes to a
-small side file ``jobs/ID.progress`` (atomic replace, no fsync), never through the
-store's lock.
+* ``ID.lock``      an ``flock`` held by the monitor that runs the job, for as long as it
+                   runs it: the liveness test (``running``).  The kernel drops it when the
+                   monitor dies, so a job can never be run twice at once nor be thought
+                   running by a dead or recycled pid.
+* ``ID.stop``      the stop flag: an unmap that replaces the job (a cancel during the copy)
+                   creates it; the job's monitor sees it at its next wait (a ``stat``, not
+                   a parse of the whole store per poll) and lets the job go.
+* ``ID.progress``  bytes done/total of a copy, a merge's counters: replaced atomically,
+                   never through the store's lock.
+* ``ID.log``       what the job did, line by line (``log``).
+
+Monitors multiplex: one monitor process (``imgstor monitor``, workflows/monitor.py) runs
+any number of jobs, one thread each.  ``launch`` hands jobs to the running *pool* monitor
+of this config (``monitor-KEY.lock`` held, ``queue-KEY/ID`` files it takes within a
+second), or starts one, detached, passing it the pool lock it took itself (so two
+launches at once never start two pools).  A pool with nothing to do for a few seconds
+exits.  A monitor that dies takes its jobs' locks with it: cron's ``imgstor refresh``
+(``monitor.resume_all``) hands them to a new one, which continues each from its phase.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -23,15 +38,23 @@ import time
 import uuid
 from typing import Any, Callable
 
-from imgstor import atomicfile, onefile
-from imgstor.errors import BusyError, NotFound, UsageError
+from imgstor import atomicfile
+from imgstor.errors import UsageError
+from imgstor.remote.jobs import lock_held
 from imgstor.state.model import JOB_KINDS, Job, Lease, State
-from imgstor.state.store import Store, pid_alive, proc_starttime, this_host
+from imgstor.state.store import Store, proc_starttime, this_host
 
-__all__ = ["JOB_ID_RE", "new_job", "job_dir", "progress_path", "log_path", "write_progress",
-           "read_progress", "acquire", "release", "owner_alive", "spawn", "check_id"]
+__all__ = ["JOB_ID_RE", "DONE", "HOOK_ENV", "new_job", "check_id", "job_dir", "progress_path",
+           "log_path", "lock_path", "stop_path", "write_progress", "read_progress", "log",
+           "running", "shown_state", "request_stop", "stop_requested", "acquire",
+           "advance", "record_failure", "start_try", "release", "restart", "launch",
+           "pool_key", "queue_dir", "pool_lock_path", "take_queued", "forget"]
 
 JOB_ID_RE = re.compile(r"[a-z-]+-[0-9a-f]{12}", re.ASCII)
+DONE = "done"
+# Test hooks (IMGSTOR_FAULT kills, IMGSTOR_PAUSE sleeps at a point): a job started with one
+# of them gets a monitor of its own, started with them, never the pool's.
+HOOK_ENV = ("IMGSTOR_FAULT", "IMGSTOR_PAUSE")
 
 
 def check_id(job_id: object) -> str:
@@ -52,16 +75,29 @@ def new_job(st: State, kind: str, key: str, phase: str, **extra: Any) -> Job:
     return job
 
 
+# ------------------------------------------------------------------ files
 def job_dir(store: Store) -> str:
     return os.path.join(os.path.dirname(store.path), "jobs")
 
 
+def _path(store: Store, job_id: str, suffix: str) -> str:
+    return os.path.join(job_dir(store), f"{check_id(job_id)}.{suffix}")
+
+
 def progress_path(store: Store, job_id: str) -> str:
-    return os.path.join(job_dir(store), f"{check_id(job_id)}.progress")
+    return _path(store, job_id, "progress")
 
 
 def log_path(store: Store, job_id: str) -> str:
-    return os.path.join(job_dir(store), f"{check_id(job_id)}.log")
+    return _path(store, job_id, "log")
+
+
+def lock_path(store: Store, job_id: str) -> str:
+    return _path(store, job_id, "lock")
+
+
+def stop_path(store: Store, job_id: str) -> str:
+    return _path(store, job_id, "stop")
 
 
 def _ensure_dir(store: Store) -> str:
@@ -86,55 +122,265 @@ def read_progress(store: Store, job_id: str) -> dict:
         return {}
 
 
-def owner_alive(job: Job) -> bool:
-    """The job's owner runs (on this frontend; another frontend's owner counts as alive:
-    it cannot be checked from here)."""
-    o = job.owner
-    if o is None:
-        return False
-    return o.host != this_host() or pid_alive(o.pid, o.starttime)
+def log(store: Store, job_id: str, text: str) -> None:
+    """Append ``HH:MM:SS ID: text`` to the job's log (0600)."""
+    _ensure_dir(store)
+    fd = os.open(log_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                 | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, f"{time.strftime('%H:%M:%S')} {job_id}: {text}\n".encode())
+    finally:
+        os.close(fd)
 
 
-def acquire(store: Store, job_id: str) -> Job:
-    """Take the job's lease for this process: BusyError if a live monitor owns it,
-    NotFound if the job is gone (done)."""
+def forget(store: Store, job_id: str) -> None:
+    """A finished or removed job's side files go (its log stays).  Its lock file too: a
+    process that opened it meanwhile and takes the lock finds no job in the store."""
+    for suffix in ("progress", "stop", "lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_path(store, job_id, suffix))
+
+
+# ------------------------------------------------------------------ liveness and stop
+def running(store: Store, job_id: str) -> bool:
+    """A monitor runs the job now (it holds the job's lock)."""
+    return lock_held(lock_path(store, job_id))
+
+
+def shown_state(store: Store, job: Job) -> str:
+    """running | ready (no monitor yet, or its monitor is gone) | retry | failed."""
+    if job.state != "failed" and running(store, job.id):
+        return "running"
+    return job.state
+
+
+def request_stop(store: Store, job_id: str) -> None:
+    """Tell the monitor that runs the job to let it go (the job was replaced)."""
+    _ensure_dir(store)
+    os.close(os.open(stop_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                     0o600))
+
+
+def stop_requested(store: Store, job_id: str) -> bool:
+    return os.path.exists(stop_path(store, job_id))
+
+
+def _take_lock(store: Store, job_id: str) -> int | None:
+    """The job's lock for this process (its fd), or None when another holds it."""
+    _ensure_dir(store)
+    fd = os.open(lock_path(store, job_id), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+# ------------------------------------------------------------------ the records
+def _me() -> Lease:
+    return Lease(pid=os.getpid(), host=this_host(), since=time.time(),
+                 starttime=proc_starttime(os.getpid()))
+
+
+def acquire(store: Store, ids: list[str], *, policy: Any,
+            restart_failed: bool = False) -> list[tuple[Job, int]]:
+    """Take the jobs ``ids`` that no monitor runs, for this process, in one transaction:
+    (the job as recorded, its lock fd) each.  A failed job is taken only with
+    ``restart_failed`` (and starts again with no attempts).  A job whose last monitor took
+    it and never let it go died in it: that counts as a failed try (a crash loop ends
+    ``failed`` after ``policy.attempts``, like any other failure)."""
+    taken: list[tuple[Job, int]] = []
+    with store.transaction() as st:
+        for job_id in dict.fromkeys(ids):
+            job = st.jobs.get(job_id)
+            if job is None or (job.state == "failed" and not restart_failed):
+                continue
+            fd = _take_lock(store, job_id)
+            if fd is None:
+                continue
+            if job.state == "failed":
+                job.state, job.attempts, job.next_try = "ready", 0, None
+            elif job.owner is not None:
+                job.attempts += 1
+                job.last_error = (f"its monitor (pid {job.owner.pid}) ended in phase "
+                                  f"{job.phase} without a result")
+                if job.attempts >= policy.attempts:
+                    job.state, job.next_try = "failed", None
+                    job.owner = None
+                    os.close(fd)
+                    continue
+            job.owner = _me()
+            taken.append((copy.deepcopy(job), fd))
+    for job, _ in taken:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stop_path(store, job.id))        # a stale flag of an earlier run
+    return taken
+
+
+def advance(store: Store, job_id: str, phase: str) -> Job | None:
+    """Record that the job's current phase is done and ``phase`` is next (DONE: the job
+    is removed).  None when the job is gone (done, or removed by an unmap)."""
     with store.transaction() as st:
         job = st.jobs.get(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id} in the state store (finished?)")
-        if job.owner is not None and job.owner.pid != os.getpid() and owner_alive(job):
-            raise BusyError(f"job {job_id} is run by pid {job.owner.pid} on "
-                            f"{job.owner.host}", job=job_id, pid=job.owner.pid)
-        job.owner = Lease(pid=os.getpid(), host=this_host(), since=time.time(),
-                          starttime=proc_starttime(os.getpid()))
-        job.attempts += 1
-        job.updated = time.time()
+            return None
+        if phase == DONE:
+            del st.jobs[job_id]
+            return None
+        job.phase, job.updated = phase, time.time()
+        job.attempts, job.last_error, job.state, job.next_try = 0, None, "ready", None
         return job
 
 
-def release(store: Store, job_id: str) -> None:
-    """Give the lease back (the job stays, for the next monitor to continue)."""
+def record_failure(store: Store, job_id: str, error: str, *, policy: Any,
+                   now: float | None = None) -> Job | None:
+    """A try of the job's phase failed: ``attempts`` + 1, ``last_error``; then either its
+    next try (``retry`` at now + the policy's backoff) or, after ``policy.attempts``,
+    ``failed``.  Recorded on the job, never on the volume (restore and pulls skip a volume
+    in error: marking it would strand the VM's writes)."""
+    now = time.time() if now is None else now
     with store.transaction() as st:
         job = st.jobs.get(job_id)
-        if job is not None and job.owner is not None and job.owner.pid == os.getpid():
-            job.owner = None
+        if job is None:
+            return None
+        job.attempts += 1
+        job.last_error, job.updated = error, now
+        if job.attempts >= policy.attempts:
+            job.state, job.next_try = "failed", None
+        else:
+            job.state, job.next_try = "retry", now + policy.backoff_after(job.attempts)
+        return job
 
 
-def spawn(store: Store, config_path: str, job_id: str, *,
-          argv0: Callable[[], list[str]] | None = None) -> int:
-    """Start ``imgstor monitor JOB`` detached: a new session, stdin from /dev/null, output
-    appended to the job's log (0600).  Returns the monitor's pid; does not wait."""
-    check_id(job_id)
-    _ensure_dir(store)
-    log = os.open(log_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                  | os.O_NOFOLLOW, 0o600)
+def start_try(store: Store, job_id: str) -> Job | None:
+    """The retry is due: the job is ``ready`` (running) again, its phase as recorded."""
+    with store.transaction() as st:
+        job = st.jobs.get(job_id)
+        if job is not None:
+            job.state, job.next_try = "ready", None
+        return job
+
+
+def release(store: Store, job_id: str, fd: int) -> None:
+    """This monitor lets the job go: its owner cleared (the job, if not done, stays for
+    the next monitor), then its lock; a job no longer in the store loses its files."""
+    gone = False
     try:
-        cmd = argv0() if argv0 else onefile.self_argv()   # python -m imgstor, or dist/imgstor
-        p = subprocess.Popen(cmd + ["--config", os.path.abspath(config_path), "monitor",
-                                    job_id],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True, close_fds=True,
-                             cwd="/", env={**os.environ, "IMGSTOR_MONITOR": job_id})
+        with store.transaction() as st:
+            job = st.jobs.get(job_id)
+            gone = job is None
+            if job is not None and job.owner is not None and job.owner.pid == os.getpid():
+                job.owner = None
     finally:
-        os.close(log)
+        if gone:
+            forget(store, job_id)
+        os.close(fd)
+
+
+def restart(store: Store, ids: list[str]) -> None:
+    """Failed jobs back to ``ready`` with no attempts (`monitor --resume`, `repair`)."""
+    with store.transaction() as st:
+        for job_id in ids:
+            job = st.jobs.get(job_id)
+            if job is not None and job.state == "failed":
+                job.state, job.attempts, job.next_try = "ready", 0, None
+
+
+# ------------------------------------------------------------------ handing jobs over
+def pool_key(config_path: str) -> str:
+    """The pool a job goes to: one per config file (as it is now) and IMGSTOR_* settings,
+    so that a job never runs under another config than the command that started it."""
+    path = os.path.abspath(config_path)
+    try:
+        st = os.stat(path)
+        stamp = f"{st.st_mtime_ns}:{st.st_size}"
+    except OSError:
+        stamp = "-"
+    env = sorted((k, v) for k, v in os.environ.items()
+                 if k.startswith("IMGSTOR_") and not k.startswith("IMGSTOR_MONITOR"))
+    return hashlib.sha256(json.dumps([path, stamp, env]).encode()).hexdigest()[:12]
+
+
+def queue_dir(store: Store, key: str) -> str:
+    return os.path.join(job_dir(store), f"queue-{key}")
+
+
+def pool_lock_path(store: Store, key: str) -> str:
+    return os.path.join(job_dir(store), f"monitor-{key}.lock")
+
+
+def take_queued(store: Store, key: str) -> list[str]:
+    """The job ids queued for pool KEY (their queue files removed)."""
+    d = queue_dir(store, key)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(d, name))
+        if JOB_ID_RE.fullmatch(name):
+            out.append(name)
+    return sorted(out)
+
+
+def launch(store: Store, config_path: str, ids: list[str], *,
+           argv0: Callable[[], list[str]] | None = None) -> str:
+    """Make sure a monitor runs each of ``ids`` soon: queued for this config's pool
+    monitor if one runs (it takes them within a second), else a new one is started,
+    detached (new session, stdin /dev/null, output appended to ``jobs/monitor.log``).
+    With a test hook set (HOOK_ENV) the jobs get a monitor of their own.  Says what it did."""
+    ids = [check_id(i) for i in ids]
+    if not ids:
+        return "nothing to start"
+    d = _ensure_dir(store)
+    if any(os.environ.get(k) for k in HOOK_ENV):
+        return f"started monitor pid {_spawn(d, config_path, ids, argv0=argv0)}"
+    key = pool_key(config_path)
+    q = queue_dir(store, key)
+    os.makedirs(q, mode=0o700, exist_ok=True)
+    for job_id in ids:
+        os.close(os.open(os.path.join(q, job_id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                         0o600))
+    fd = os.open(pool_lock_path(store, key), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            return f"handed to monitor pid {pid}"
+        pid_ = _spawn(d, config_path, [], argv0=argv0, pool=key, lock_fd=fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{pid_}\n".encode(), 0)
+        return f"started monitor pid {pid_}"
+    finally:
+        os.close(fd)          # the new monitor holds the lock now (inherited)
+
+
+def _spawn(d: str, config_path: str, ids: list[str], *, argv0: Callable[[], list[str]] | None,
+           pool: str | None = None, lock_fd: int | None = None) -> int:
+    log_fd = os.open(os.path.join(d, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                     | os.O_NOFOLLOW, 0o600)
+    env = {**os.environ, "IMGSTOR_MONITOR": pool or " ".join(ids)}
+    if lock_fd is not None:
+        os.set_inheritable(lock_fd, True)
+        env["IMGSTOR_MONITOR_LOCK_FD"] = str(lock_fd)
+    try:
+        if argv0 is not None:
+            cmd = argv0()
+        else:
+            from imgstor import onefile  # python -m imgstor, or dist/imgstor
+            cmd = onefile.self_argv()
+        p = subprocess.Popen(cmd + ["--config", os.path.abspath(config_path), "monitor",
+                                    *(["--pool", pool] if pool else []), *ids],
+                             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                             start_new_session=True, close_fds=True,
+                             pass_fds=(lock_fd,) if lock_fd is not None else (),
+                             cwd="/", env=env)
+    finally:
+        os.close(log_fd)
     return p.pid

@@ -28,7 +28,8 @@ from imgstor.errors import NotFound, StepError, UsageError
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
-           "OverlayStatus", "OverlayFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts"]
+           "OverlayStatus", "OverlayFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts",
+           "WatchFacts"]
 
 ISCSI_PORT = 3260
 INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
@@ -256,6 +257,14 @@ class CopyFacts:
     aborted_partial: bool | None = None
 
 
+@dataclass(frozen=True)
+class WatchFacts:
+    """``jobs.watch``: per copy (``ALIAS:DATASET``) what ``copy.status`` answers, per
+    overlay (``DRIVER/POOL/VOL``) what ``overlay.status`` answers, or ``{"error": …}``."""
+    copies: dict = field(default_factory=dict)
+    overlays: dict = field(default_factory=dict)
+
+
 FACTS: dict[str, type] = {
     "nas.ensure_volume": VolumeFacts, "nas.get_props": VolumePropsFacts,
     "nas.ensure_target": TargetFacts, "nas.target_facts": TargetListFacts,
@@ -264,6 +273,7 @@ FACTS: dict[str, type] = {
     "overlay.status": OverlayFacts, "overlay.linear": OverlayFacts,
     "overlay.remove": OverlayFacts, "nas.prune_snapshots": PruneFacts,
     "copy.start": CopyFacts, "copy.status": CopyFacts, "copy.cancel": CopyFacts,
+    "jobs.watch": WatchFacts,
 }
 # Facts the node cannot list ahead (a job's progress file): checked on the frontend only.
 OPEN_FACTS = frozenset({"copy.start", "copy.status", "copy.cancel"})

@@ -10,7 +10,8 @@ compute the plan with the pure functions of ``imgstor.reconcile``:
 - ``orphan-target``: a target named like imgstor's (``iqn.2001-04.com.<nas>-…``) that no
   volume in the store has: removed (left, and said, while initiators are logged in);
 - ``busy``: a busy marker of this frontend whose process is gone: cleared;
-- ``monitor``: a job without a live monitor: a new detached monitor is started.
+- ``monitor``: a job no monitor runs (its lock is free): handed to a detached monitor;
+- ``job``: a job that failed (its retry policy gave up): started again, from its phase.
 
 Volumes that a live user command holds (busy) or that have a job running are not judged:
 their work is in flight.  Repair never destroys a volume or a snapshot; an unreachable
@@ -34,11 +35,11 @@ _COLUMNS = [("what", "WHAT"), ("subject", "SUBJECT"), ("found", "FOUND"),
             ("action", "ACTION")]
 
 
-def _in_flight(st, v) -> bool:
+def _in_flight(ctx, st, v) -> bool:
     b = v.busy
     if b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime)):
         return True
-    return any(jobmod.owner_alive(j) for j in st.jobs_of(v.key))
+    return any(jobmod.running(ctx.store, j.id) for j in st.jobs_of(v.key))
 
 
 def plan(ctx, *, destroy_orphans: bool = False,
@@ -48,7 +49,8 @@ def plan(ctx, *, destroy_orphans: bool = False,
     and overlays to start again -- and nothing of the store's own or of orphans."""
     st = ctx.store.read()
     findings = [] if restore_only else reconcile.store_plan(
-        st.volumes.values(), st.jobs.values(), here=this_host(), alive=pid_alive)
+        st.volumes.values(), st.jobs.values(), here=this_host(), alive=pid_alive,
+        running=lambda j: jobmod.running(ctx.store, j.id))
     nases = sorted({n for n, h in ctx.config.hosts.items() if h.role == "nas"}
                    | {v.nas for v in st.volumes.values() if v.nas in ctx.config.hosts})
     nodes = sorted({n for n, h in ctx.config.hosts.items() if h.role == "compute"}
@@ -73,8 +75,8 @@ def plan(ctx, *, destroy_orphans: bool = False,
 
     hosts = nases + nodes
     found = cl.parallel(hosts, live) if hosts else {}
-    in_flight = (lambda v: _restore_skip(st, v)) if restore_only else \
-        (lambda v: _in_flight(st, v))
+    in_flight = (lambda v: _restore_skip(ctx, st, v)) if restore_only else \
+        (lambda v: _in_flight(ctx, st, v))
     for host in hosts:
         res = found[host]
         if isinstance(res, ImgstorError):
@@ -99,7 +101,7 @@ def plan(ctx, *, destroy_orphans: bool = False,
         nf = reconcile.node_plan(host, vols, facts, kind=cfg.initiator,
                                  driver=cfg.overlay, pool=cfg.vm_container_zpool,
                                  volume_kind=_kind(ctx, host, st),
-                                 skip=(lambda v: _restore_skip(st, v)),
+                                 skip=(lambda v: _restore_skip(ctx, st, v)),
                                  destroy_orphans=destroy_orphans)
         if restore_only:
             nf = [f for f in nf if f.what in ("session", "overlay")]
@@ -114,14 +116,18 @@ def _busy_live(v) -> bool:
     return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
 
 
-# a sync-in job in these phases is itself removing the target and the session, or
-# switching the overlay to the local copy: what looks missing is on its way out
-_PIVOTING = ("merged", "pivot")
+# a sync-in job in this phase is itself switching the overlay to the local copy and
+# removing the target and the session: what looks missing is on its way out.  (In
+# `merged` it only waits: an overlay lost meanwhile is restored, and the job merges it
+# again -- audit M1.)
+_PIVOTING = ("pivot",)
 
 
-def _restore_skip(st, v) -> bool:
-    """Not restored now: a live user command holds v, or its live monitor is pivoting."""
-    return _busy_live(v) or any(j.phase in _PIVOTING and jobmod.owner_alive(j)
+def _restore_skip(ctx, st, v) -> bool:
+    """Not restored now: a live user command holds v, or its monitor is pivoting it (a
+    try in progress, not one waiting out its backoff)."""
+    return _busy_live(v) or any(j.phase in _PIVOTING and j.state == "ready"
+                                and jobmod.running(ctx.store, j.id)
                                 for j in st.jobs_of(v.key))
 
 
@@ -230,7 +236,8 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
         return "busy marker cleared"
     if a.step == "monitor.start":
         try:
-            return f"started monitor pid {jobmod.spawn(ctx.store, ctx.config.path, a.args['job'])}"
+            jobmod.restart(ctx.store, [a.args["job"]])      # a failed job: from its phase
+            return jobmod.launch(ctx.store, ctx.config.path, [a.args["job"]])
         except OSError as e:
             raise BusyError(f"could not start a monitor: {e}") from None
     args = dict(a.args)

@@ -28,7 +28,7 @@ from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import run_mapped
 
-__all__ = ["start", "status", "cancel"]
+__all__ = ["start", "status", "status_facts", "cancel"]
 
 # the launcher and the killer; unit tests replace them (a scenario must not fork a real
 # job nor signal a process group)
@@ -105,16 +105,22 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
     return StepResult(made, facts, f"copy job {name} is {st.get('state')}")
 
 
-@step("copy.status", read_only=True)
-def status(ex: Executor, *, to_alias: str, to_dataset: str) -> StepResult:
-    """Read-only: the copy job's progress file and whether its process lives (``died``:
-    ended without a result; the caller starts it again)."""
+def status_facts(to_alias: str, to_dataset: str) -> dict:
+    """The copy job's progress file and whether its process lives (``died``: ended
+    without a result; the caller starts it again), with ``percent``."""
     name = copyjob.job_name(to_alias, to_dataset)
     st = jobs.status(name, base=JOBS_BASE)
     total, done = st.get("bytes_total"), st.get("bytes_done") or 0
     if total:
         st["percent"] = min(100.0, round(100.0 * done / total, 1))
-    return StepResult(False, st, f"{name}: {st['state']}")
+    return st
+
+
+@step("copy.status", read_only=True)
+def status(ex: Executor, *, to_alias: str, to_dataset: str) -> StepResult:
+    """Read-only: the copy job's progress (``status_facts``)."""
+    st = status_facts(to_alias, to_dataset)
+    return StepResult(False, st, f"{st['job']}: {st['state']}")
 
 
 @step("copy.cancel")

@@ -82,7 +82,7 @@ def loss(nas_snaps: list[dict], node: dict) -> dict[str, Any]:
             "newer": newer, "lines": lines}
 
 
-def _check(st, v, key: str) -> None:
+def _check(store, st, v, key: str) -> None:
     if v is None:
         raise NotFound(f"no volume {key} in the state store")
     if v.mode != "sync" or not v.host:
@@ -96,11 +96,11 @@ def _check(st, v, key: str) -> None:
     b = v.busy
     if b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime)):
         raise BusyError(Store.busy_message(key, b), key=key)
-    live = [j for j in st.jobs_of(key) if jobmod.owner_alive(j)]
+    live = [j for j in st.jobs_of(key) if jobmod.running(store, j.id)]
     if live:
         raise BusyError(f"{key}: job {live[0].id} ({live[0].kind} {live[0].phase}) has a "
                         "live monitor; wait for it or stop it first", key=key)
-    if v.state == "NAS<-VM" and not any(j.last_error for j in st.jobs_of(key)) \
+    if v.state == "NAS<-VM" and not any(j.state == "failed" for j in st.jobs_of(key)) \
             and st.jobs_of(key):
         raise Conflict(f"{key} is NAS<-VM and its job has not failed: `imgstor monitor "
                        "--resume` finishes it (the VM's writes reach the NAS)")
@@ -124,7 +124,7 @@ def clean_map(ctx, nas: str, vol: str, yes: bool = False,
     key = volume_key(nas, vol)
     st = ctx.store.read()
     v = st.volumes.get(key)
-    _check(st, v, key)
+    _check(ctx.store, st, v, key)
     host = v.host
     hc = ctx.config.host(host, role="compute")
     pool = v.extra.get("local_pool") or hc.vm_container_zpool

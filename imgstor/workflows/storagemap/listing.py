@@ -5,6 +5,7 @@ import time
 from typing import Any
 
 from imgstor import chap as chapstore
+from imgstor import jobs as jobmod
 from imgstor import validate
 from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
@@ -39,6 +40,8 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
         js = sorted(jobs_of.get(v.key, ()), key=lambda j: j.created)
         if v.state == "mapped" and any(j.kind == "pull" for j in js):
             state = "NAS<-VM sched" + state[len(v.state):]     # the periodic pull runs
+        if any(j.state == "failed" for j in js):
+            state += " (job failed)"
         nextsync = None
         if v.mode == "sync" and not js:
             left = due(v, syncattrs.frequency(st, ctx.config, v.nas, v.vol)
@@ -51,6 +54,8 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
                      "device": v.device, "error": v.error, "mode": v.mode,
                      "initiator": v.extra.get("initiator"),
                      "job": js[0].id if js else None,
+                     "job_state": jobmod.shown_state(ctx.store, js[0]) if js else None,
+                     "job_error": js[0].last_error if js else None,
                      "progress": _progress(ctx, js[0], now) if js else None,
                      "nextsync": nextsync})
     columns = list(_MAP_COLUMNS)
@@ -61,12 +66,14 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
     if nas is None:
         columns.insert(0, ("nas", "NAS"))
     footer = [f"{r['nas']}:{r['zvol']}: last error: {r['error']}" for r in rows if r["error"]]
+    footer += [f"{r['nas']}:{r['zvol']}: job {r['job']} {r['job_state']}: {r['job_error']}"
+               for r in rows if r["job_error"] and r["job_state"] in ("retry", "failed")]
     exit_code = 0
     if verify:
         columns.append(("live", "LIVE"))
         exit_code = _verify(ctx, rows, vols)
     return Output(rows, columns, footer=footer, exit_code=exit_code,
-                  json_extra=["mode", "job", "progress", "nextsync"])
+                  json_extra=["mode", "job", "job_state", "job_error", "progress", "nextsync"])
 
 
 def _gib(n: float) -> str:
@@ -75,10 +82,14 @@ def _gib(n: float) -> str:
 
 def _progress(ctx, job, now: float) -> str:
     """``41% 1.3/3.2 GiB, ETA 0:00:09`` from the job's progress file (a merge without
-    byte counters: its SYNCED text); a job that failed: its phase and error."""
-    from imgstor import jobs as jobmod
-    if job.last_error and not jobmod.owner_alive(job):
-        return f"{job.kind} {job.phase}: failed, `imgstor monitor --resume` retries"
+    byte counters: its SYNCED text); a job that failed: its phase and what starts it
+    again; a try that failed: when the next one is."""
+    if job.state == "failed":
+        return (f"{job.kind} {job.phase}: failed after {job.attempts} tries, `imgstor "
+                "monitor --resume` or `imgstor repair` starts it again")
+    if job.state == "retry" and job.next_try:
+        return (f"{job.kind} {job.phase}: try {job.attempts + 1} at "
+                f"{time.strftime('%H:%M:%S', time.localtime(job.next_try))}")
     p = jobmod.read_progress(ctx.store, job.id)
     done, total, rate = p.get("done"), p.get("total"), p.get("rate")
     if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:

@@ -18,17 +18,15 @@ same NAS dataset must never overlap: the copy job is keyed by destination).
 """
 from __future__ import annotations
 
-import time
-
 from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import StepError
+from imgstor.jobrun import Phase, Runtime
 from imgstor.state import transitions
 from imgstor.state.model import Job
-from imgstor.workflows import monitor
 from imgstor.workflows.storagemap import sync as _sync
 
-__all__ = ["PHASES", "snapshot_name", "start_pull"]
+__all__ = ["PULL", "snapshot_name", "start_pull"]
 
 
 def snapshot_name(job: Job) -> str:
@@ -49,24 +47,24 @@ def _check(ctx, job: Job):
     return v
 
 
-def _pull_trust(ctx, job: Job) -> None:
+def _pull_trust(ctx, job: Job, rt: Runtime) -> None:
     v = _check(ctx, job)
     synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
 
 
-def _pull_send(ctx, job: Job) -> None:
+def _pull_send(ctx, job: Job, rt: Runtime) -> None:
     v = _check(ctx, job)
     n = _sync._names(ctx, v)
     snap = f"{n['local']}@{snapshot_name(job)}"
     # the snapshot carries imgstor's mark (nas.snapshot); the copy sends it
     ctx.cluster.step(v.host, "nas.snapshot", pool=n["pool"], vol=v.vol,
                      snapshot=snapshot_name(job))
-    _sync._copy(ctx, job, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
+    _sync._copy(ctx, job, rt, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
                 what="NAS<-VM sched", base="auto", rollback=True,
                 bwlimit=_sync._rate(ctx, v, "down"))
 
 
-def _pull_prune(ctx, job: Job) -> None:
+def _pull_prune(ctx, job: Job, rt: Runtime) -> None:
     v = _sync._vol(ctx, job)
     n = _sync._names(ctx, v)
     keep = ctx.config.host(v.nas).sync_keep
@@ -79,7 +77,7 @@ def _pull_prune(ctx, job: Job) -> None:
         r = cl.step(host, "nas.prune_snapshots", pool=pool, vol=v.vol, keep=keep,
                     protect=protect)
         for why in r.facts.get("left") or ():
-            print(f"{time.strftime('%H:%M:%S')} {job.id}: kept {host}:{why}", flush=True)
+            rt.log(job.id, f"kept {host}:{why}")
     with ctx.store.transaction() as st:
         vv = st.volumes.get(job.volume)
         if vv is not None:
@@ -94,8 +92,9 @@ def _pull_prune(ctx, job: Job) -> None:
             nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
                                  force=bool(j.extra.get("force")))
     if nxt is not None:
-        _sync._spawn(ctx, nxt)
+        _sync.start_jobs(ctx, [nxt])
 
 
-PHASES = [("trust", _pull_trust), ("send", _pull_send), ("prune", _pull_prune)]
-monitor.register("pull", PHASES)
+# The kind's phases (the table that names every kind: workflows/jobkinds.py).
+PULL: list[tuple[str, Phase]] = [("trust", _pull_trust), ("send", _pull_send),
+                                 ("prune", _pull_prune)]

@@ -7,7 +7,8 @@ initiator, attach), puts the overlay over the iSCSI disk (``overlay.create``), r
 ``NAS->VM`` with a ``sync-in`` job in one transaction, starts the job's monitor detached
 and returns the overlay's device: its time does not depend on the volume's size.
 
-Jobs (phases run by ``imgstor monitor``, each idempotent; see workflows/monitor.py):
+Jobs (phases run by ``imgstor monitor``, each idempotent; the table of kinds is
+workflows/jobkinds.py, the runtime imgstor/jobs.py and imgstor/jobrun.py):
 
     sync-in    trust -> copy -> merge -> merged -> pivot
                NAS->VM until the copy is there, merging until merged, then mapped (local,
@@ -23,12 +24,15 @@ Jobs (phases run by ``imgstor monitor``, each idempotent; see workflows/monitor.
                the target, the temp-write and any local copy go; unmapped.
 
 The copies run detached on the sending host (``copy.start``; imgstor/remote/copyjob.py);
-a phase polls ``copy.status`` and writes the job's progress file.  The NAS<->node trust is
-imgstor's own (imgstor/synctrust.py), set up by the ``trust`` phases.
+a phase reads their status through the monitor's watch (one ``jobs.watch`` per host for
+all of its jobs) and writes the job's progress file.  Every waiting phase has a bound:
+a merge found back in ``snapshot`` (an overlay restored after a reboot or a killed
+daemon) is merged again, and no progress for ``[jobs] stall_timeout`` fails the try.
+The NAS<->node trust is imgstor's own (imgstor/synctrust.py), set up by the ``trust``
+phases.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
@@ -36,17 +40,19 @@ from typing import Any
 from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
+from imgstor.jobrun import Phase, Runtime
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
-from imgstor.workflows import monitor
 from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
 
-__all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
+__all__ = ["map_sync", "unmap_sync", "SYNC_IN", "SYNC_BACK", "CANCEL", "wait_for_jobs",
+           "hold_base", "start_jobs", "REMERGES"]
 
-POLL = float(os.environ.get("IMGSTOR_SYNC_POLL", "1.0"))   # seconds between status reads
-COPY_RESTARTS = 5          # a copy that died is started again this many times per monitor
+COPY_RESTARTS = 5          # a copy that died is started again this many times per try
+REMERGES = 3               # an overlay found back in `snapshot` is merged again this often
+REPLACED_WAIT = 120.0      # seconds a cancel waits for the replaced job's monitor to let go
 LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 
@@ -81,20 +87,26 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
                 v.extra[k] = val
         job = running[0] if running else jobmod.new_job(st, "sync-in", key, "trust")
     fault("recorded")
-    _spawn(ctx, job)
+    start_jobs(ctx, [job])
     return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def _spawn(ctx, job: Job) -> None:
+def start_jobs(ctx, jobs: list[Job]) -> None:
+    """Hand recorded jobs to a detached monitor (imgstor/jobs.py ``launch``: the running
+    pool monitor, or a new one).  A failure to start one is a warning: the jobs are
+    recorded, `imgstor monitor --resume` (and cron's refresh) runs them."""
+    if not jobs:
+        return
+    ids = ", ".join(j.id for j in jobs)
     try:
-        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id)
-    except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
-        print(f"warning: could not start the monitor of job {job.id}: {e}; run "
+        what = jobmod.launch(ctx.store, ctx.config.path, [j.id for j in jobs])
+    except OSError as e:
+        print(f"warning: could not start the monitor of job {ids}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
         return
     if ctx.debug:
-        print(f"monitor of job {job.id} started (pid {pid})", file=sys.stderr)
+        print(f"job {ids}: {what}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ the unmap
@@ -124,12 +136,15 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
             msg = (f"{nas}:{vol}: the merge finishes first, then NAS<-VM "
                    f"(job {job.id})")
         elif v.state == "NAS->VM":
+            replaced = None
             for j in jobs:
                 if j.kind == "sync-in":
-                    _stop_owner(j)
+                    jobmod.request_stop(ctx.store, j.id)     # its monitor lets it go
                     del st.jobs[j.id]
+                    replaced = j.id
             transitions.move(v, "NAS<-VM")
-            job = jobmod.new_job(st, "cancel", key, "stop", force=force)
+            job = jobmod.new_job(st, "cancel", key, "stop", force=force,
+                                 **({"replaces": replaced} if replaced else {}))
             msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (cancel, job {job.id})"
         elif v.state == "mapped" and any(j.kind == "pull" for j in jobs):
             # a periodic pull sends to the same NAS dataset: it ends first, then chains
@@ -145,23 +160,13 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
         else:
             raise StateError(f"{key} is {v.state}: see `imgstorageadmin list`")
         v.busy = None
-    _spawn(ctx, job)
+    start_jobs(ctx, [job])
     # the guide's lines (the state shows NAS<-VM until the job is done)
     return Message(f"unmapping   {nas} : {vol}\nSuccess", msg)
 
 
 def _copy_done(jobs: list[Job]) -> bool:
     return any(j.kind == "sync-in" and j.phase in ("merge", "merged", "pivot") for j in jobs)
-
-
-def _stop_owner(job: Job) -> None:
-    """End the monitor that owns ``job`` (on this frontend): its job is being replaced."""
-    if job.owner is not None and jobmod.owner_alive(job) and job.owner.pid != os.getpid():
-        import signal
-        try:
-            os.kill(job.owner.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 # ------------------------------------------------------------------ phase helpers
@@ -190,13 +195,13 @@ def _names(ctx, v: Volume) -> dict[str, Any]:
 
 
 def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
+    moved = None
     with ctx.store.transaction() as st:
         v = st.volumes[job.volume]
         if state is not None:
             old = v.state
             if transitions.move(v, state):
-                print(f"{time.strftime('%H:%M:%S')} {job.volume}: state {old} -> {state}",
-                      file=sys.stderr, flush=True)
+                moved = f"{job.volume}: state {old} -> {state}"
         extra = changes.pop("extra", {})
         for k, val in changes.items():
             setattr(v, k, val)
@@ -205,6 +210,8 @@ def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
                 v.extra.pop(k, None)
             else:
                 v.extra[k] = val
+    if moved:
+        jobmod.log(ctx.store, job.id, moved)
 
 
 def _job_extra(ctx, job: Job, **extra: Any) -> None:
@@ -215,44 +222,37 @@ def _job_extra(ctx, job: Job, **extra: Any) -> None:
             job.extra.update(extra)
 
 
-def _alive(ctx, job: Job) -> Job:
-    """The job as the store has it now (a cancel may have removed it: stop)."""
-    j = ctx.store.read().jobs.get(job.id)
-    if j is None:
-        raise StepError(f"job {job.id} was removed (unmapped meanwhile): stopping")
-    return j
-
-
-def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
-          what: str, **kw: Any) -> dict:
-    """Run one copy job on SENDER to its end, polling it; restart it if it died."""
+def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: str,
+          to_dataset: str, what: str, **kw: Any) -> dict:
+    """Run one copy job on SENDER to its end, reading its status through the monitor's
+    watch; restart it if it died; fail the try if it makes no progress for the bound."""
     cl = ctx.cluster
     args = synctrust.copy_args(ctx.config, sender, receiver, snapshot=snapshot,
                                to_dataset=to_dataset, **kw)
     restarts = 0
-    st = cl.step(sender, "copy.start", **args).facts
+    bound = rt.bound(f"{sender}: copy of {snapshot} to {receiver}:{to_dataset}")
+    st: Any = cl.step(sender, "copy.start", **args).facts
+    delay = rt.policy.poll
     while True:
         state = st.get("state")
-        other = st.get("snapshot") not in (None, snapshot)
-        if other:
+        if st.get("snapshot") not in (None, snapshot):
             # the copy job is keyed by its destination: this is another snapshot's copy
             # (a periodic pull's, say).  Its "done" is not ours: let it end, then start ours.
             if state == "running":
-                time.sleep(POLL)
-                _alive(ctx, job)
-                st = cl.step(sender, "copy.status", to_alias=receiver,
-                             to_dataset=to_dataset).facts
+                bound.saw(("other", st.get("snapshot"), st.get("bytes_done")),
+                          f"{st.get('snapshot')} is being copied there")
+                st = rt.copy_status(job.id, sender, receiver, to_dataset, delay=delay)
                 continue
             st = cl.step(sender, "copy.start", **args).facts
             if st.get("snapshot") not in (None, snapshot) and st.get("state") != "running":
                 raise StepError(f"{sender}: copy to {receiver}:{to_dataset} did not start "
                                 f"for {snapshot} (its job reports {st.get('snapshot')})")
             continue
-        jobmod.write_progress(ctx.store, job.id, phase=what, state=state,
-                              done=st.get("bytes_done"), total=st.get("bytes_total"),
-                              rate=st.get("rate"), exact=st.get("total_exact", True))
+        rt.progress(job.id, phase=what, state=state, done=st.get("bytes_done"),
+                    total=st.get("bytes_total"), rate=st.get("rate"),
+                    exact=st.get("total_exact", True))
         if state == "done":
-            return st
+            return dict(st)
         if state in ("failed", "cancelled", "died", "none"):
             # a broken stream (a receiver killed, a network blip) is started again: it
             # resumes from its token where the pool has them, else from its beginning
@@ -263,30 +263,65 @@ def _copy(ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_datase
                     str(st.get("error") or state),
                     message=f"{sender}: copy of {snapshot} to {receiver}:{to_dataset} "
                             f"{state} ({restarts} attempts): {st.get('error')}")
-            print(f"{time.strftime('%H:%M:%S')} {job.id}: copy {state} "
-                  f"({st.get('error') or 'no result'}); starting it again", file=sys.stderr,
-                  flush=True)
-            time.sleep(min(POLL * restarts, 10))
+            rt.log(job.id, f"copy {state} ({st.get('error') or 'no result'}); starting it "
+                   "again")
+            rt.pause(job.id, min(rt.policy.poll * restarts, 10))
             st = cl.step(sender, "copy.start", **args).facts
+            bound.reset()
             continue
-        time.sleep(POLL)
-        _alive(ctx, job)
-        st = cl.step(sender, "copy.status", to_alias=receiver,
-                     to_dataset=to_dataset).facts
+        try:
+            bound.saw((state, st.get("bytes_done")),
+                      f"{st.get('bytes_done')} of {st.get('bytes_total')} bytes")
+        except StepError:
+            # a copy that hangs is stopped (its partial receive kept: the next try
+            # resumes from it), so the next try starts it again
+            cl.step(sender, "copy.cancel", to_alias=receiver, to_dataset=to_dataset,
+                    keep_partial=True)
+            raise
+        delay = rt.next_delay(st)
+        st = rt.copy_status(job.id, sender, receiver, to_dataset, delay=delay)
 
 
-def _wait_merged(ctx, job: Job, n: dict) -> None:
+def _wait_merged(ctx, job: Job, rt: Runtime, n: dict, *, into: str) -> None:
+    """Until the overlay is merged (or pivoted).  An overlay found in ``snapshot`` -- made
+    again by a restore after a reboot or a killed daemon, or a merge that failed -- is
+    merged again (``overlay.merge`` is idempotent), up to REMERGES times; a merge that
+    makes no progress for the bound fails the try (audit M1: it used to wait forever)."""
+    vol = job.volume.split("/", 1)[1]
+    bound = rt.bound(f"{n['host']}: merge of {job.volume}'s overlay into the {into}")
+    remerged = 0
+    delay = 0.0
     while True:
-        s = ctx.cluster.step(n["host"], "overlay.status", driver=n["driver"], pool=n["pool"],
-                             vol=job.volume.split("/", 1)[1]).facts
-        jobmod.write_progress(ctx.store, job.id, phase="merging", done=s.get("done"),
-                              total=s.get("total"), synced=s.get("synced"))
-        if s.get("phase") in ("merged", "pivoted"):
+        s = rt.overlay_status(job.id, n["host"], n["driver"], n["pool"], vol, delay=delay)
+        delay = rt.policy.poll
+        rt.progress(job.id, phase="merging", done=s.get("done"), total=s.get("total"),
+                    synced=s.get("synced"))
+        phase = s.get("phase")
+        if phase in ("merged", "pivoted"):
             return
         if not s.get("exists", True):
-            raise NotFound(f"{n['host']}: overlay of {job.volume} is gone")
-        time.sleep(POLL)
-        _alive(ctx, job)
+            raise NotFound(f"{n['host']}: overlay of {job.volume} is gone (a restore puts "
+                           "it back: `imgstor refresh`)")
+        if phase == "snapshot":
+            if remerged >= REMERGES:
+                raise StepError(f"{n['host']}: the overlay of {job.volume} is back in "
+                                f"snapshot after {remerged} merges into the {into}")
+            remerged += 1
+            rt.log(job.id, f"overlay found in snapshot (restored?): merging into the "
+                   f"{into} again ({remerged}/{REMERGES})")
+            _merge(ctx, n, vol, into=into)
+            bound.reset()
+            delay = 0.0
+            continue
+        bound.saw((phase, s.get("done"), s.get("total"), s.get("synced")),
+                  f"{phase} {s.get('synced') or ''}".strip())
+
+
+def _merge(ctx, n: dict, vol: str, *, into: str) -> None:
+    """``overlay.merge`` into the local copy or (cancel) the origin."""
+    local = _local_path(ctx, n, vol) if into == "local" else None
+    ctx.cluster.step(n["host"], "overlay.merge", driver=n["driver"], pool=n["pool"], vol=vol,
+                     into=into, **({"local": local} if local else {}))
 
 
 def _local_path(ctx, n: dict, vol: str) -> str:
@@ -322,20 +357,20 @@ def _clear_nas_props(ctx, v: Volume) -> None:
 
 
 # ------------------------------------------------------------------ sync-in phases
-def _in_trust(ctx, job: Job) -> None:
+def _in_trust(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
     synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
 
-def _snapshot_copy(ctx, job: Job, sender: str, receiver: str, source: str, dest: str,
-                   tag: str, what: str, **kw: Any) -> None:
+def _snapshot_copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, source: str,
+                   dest: str, tag: str, what: str, **kw: Any) -> None:
     """A new imgstor snapshot of SOURCE on SENDER (named once, kept in the job: a restarted
     monitor copies the same one) copied to DEST on RECEIVER."""
     snap = job.extra.get("snapshot") or f"{source}@imgstor-{tag}-{int(job.created)}"
     if "snapshot" not in job.extra:
         _job_extra(ctx, job, snapshot=snap)
-    _copy(ctx, job, sender, receiver, snapshot=snap, to_dataset=dest, what=what,
+    _copy(ctx, job, rt, sender, receiver, snapshot=snap, to_dataset=dest, what=what,
           create_snapshot=True, **kw)
 
 
@@ -359,10 +394,10 @@ def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
                 release_others=True)
 
 
-def _in_copy(ctx, job: Job) -> None:
+def _in_copy(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
+    _snapshot_copy(ctx, job, rt, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
                    bwlimit=_rate(ctx, v, "up"))
     # the copied snapshot is the base of the first periodic pull and of the sync back
     hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
@@ -371,24 +406,23 @@ def _in_copy(ctx, job: Job) -> None:
                      props={"role": LOCAL_COPY})
 
 
-def _in_merge(ctx, job: Job) -> None:
+def _in_merge(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
-    n = _names(ctx, v)
-    local = _local_path(ctx, n, v.vol)
-    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
-                     into="local", local=local)
+    _merge(ctx, _names(ctx, v), v.vol, into="local")
     if v.state != "merging":
         _set(ctx, job, state="merging")
 
 
-def _in_merged(ctx, job: Job) -> None:
-    v = _vol(ctx, job)
-    _wait_merged(ctx, job, _names(ctx, v))
+def _in_merged(ctx, job: Job, rt: Runtime) -> None:
+    _wait_merged(ctx, job, rt, _names(ctx, _vol(ctx, job)), into="local")
 
 
-def _in_pivot(ctx, job: Job) -> None:
+def _in_pivot(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
+    # a restore (a reboot, a killed daemon) may have made the overlay again, unmerged,
+    # since the merged phase: merge it again first (overlay.linear refuses otherwise)
+    _wait_merged(ctx, job, rt, n, into="local")
     ctx.cluster.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
     _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
@@ -402,11 +436,11 @@ def _in_pivot(ctx, job: Job) -> None:
             transitions.move(vv, "NAS<-VM")
             nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
                                  force=bool(j.extra.get("force")))
-        _spawn(ctx, nxt)
+        start_jobs(ctx, [nxt])
 
 
 # ------------------------------------------------------------------ sync-back phases
-def _back_quiesce(ctx, job: Job) -> None:
+def _back_quiesce(ctx, job: Job, rt: Runtime) -> None:
     """The overlay's device goes before the last snapshot: no write can land after it.
     dm refuses while the VM holds the device open (dmsetup remove: busy)."""
     v = _vol(ctx, job)
@@ -414,19 +448,19 @@ def _back_quiesce(ctx, job: Job) -> None:
     ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
 
 
-def _back_trust(ctx, job: Job) -> None:
+def _back_trust(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
     synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
-def _back_send(ctx, job: Job) -> None:
+def _back_send(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
+    _snapshot_copy(ctx, job, rt, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
                    base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
 
 
-def _back_cleanup(ctx, job: Job) -> None:
+def _back_cleanup(ctx, job: Job, rt: Runtime) -> None:
     """Only now, with the NAS holding the last snapshot, does the local copy go."""
     v = _vol(ctx, job)
     n = _names(ctx, v)
@@ -440,24 +474,33 @@ def _back_cleanup(ctx, job: Job) -> None:
 
 
 # ------------------------------------------------------------------ cancel phases
-def _cancel_stop(ctx, job: Job) -> None:
+def _cancel_stop(ctx, job: Job, rt: Runtime) -> None:
+    """The sync-in job this cancel replaced lets go first (its stop flag is set; its
+    monitor sees it at its next wait), so it cannot start the copy again after this
+    cancels it; then the copy is cancelled."""
+    replaced = job.extra.get("replaces")
+    if replaced:
+        end = rt.clock() + REPLACED_WAIT
+        while jobmod.running(ctx.store, replaced):
+            if rt.clock() > end:
+                raise BusyError(f"job {replaced} (replaced by this cancel) still runs "
+                                f"{REPLACED_WAIT:g}s after its stop flag was set")
+            rt.pause(job.id, 0.2)
     v = _vol(ctx, job)
     n = _names(ctx, v)
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
-def _cancel_merge(ctx, job: Job) -> None:
+def _cancel_merge(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
-    n = _names(ctx, v)
-    ctx.cluster.step(v.host, "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
-                     into="origin")
+    _merge(ctx, _names(ctx, v), v.vol, into="origin")
 
 
-def _cancel_merged(ctx, job: Job) -> None:
-    _wait_merged(ctx, job, _names(ctx, _vol(ctx, job)))
+def _cancel_merged(ctx, job: Job, rt: Runtime) -> None:
+    _wait_merged(ctx, job, rt, _names(ctx, _vol(ctx, job)), into="origin")
 
 
-def _cancel_teardown(ctx, job: Job) -> None:
+def _cancel_teardown(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(ctx, job)
     n = _names(ctx, v)
     cl = ctx.cluster
@@ -476,22 +519,23 @@ def _cancel_teardown(ctx, job: Job) -> None:
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
 
-PHASES = {
-    "sync-in": [("trust", _in_trust), ("copy", _in_copy), ("merge", _in_merge),
-                ("merged", _in_merged), ("pivot", _in_pivot)],
-    "sync-back": [("quiesce", _back_quiesce), ("trust", _back_trust), ("send", _back_send),
-                  ("cleanup", _back_cleanup)],
-    "cancel": [("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
-               ("teardown", _cancel_teardown)],
-}
-for _kind, _phases in PHASES.items():
-    monitor.register(_kind, _phases)
+# The kinds' phases (the table that names them all: workflows/jobkinds.py).
+SYNC_IN: list[tuple[str, Phase]] = [
+    ("trust", _in_trust), ("copy", _in_copy), ("merge", _in_merge),
+    ("merged", _in_merged), ("pivot", _in_pivot)]
+SYNC_BACK: list[tuple[str, Phase]] = [
+    ("quiesce", _back_quiesce), ("trust", _back_trust), ("send", _back_send),
+    ("cleanup", _back_cleanup)]
+CANCEL: list[tuple[str, Phase]] = [
+    ("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
+    ("teardown", _cancel_teardown)]
 
 
 # ------------------------------------------------------------------ --wait
 def wait_for_jobs(ctx, key: str, *, timeout: float | None = None) -> None:
     """Block until volume ``key`` has no job left (``--wait``), showing progress on a
-    terminal; a job that fails or whose monitor died is an error naming it."""
+    terminal (and a try that failed, with its next); a job that failed for good or whose
+    monitor died is an error naming it."""
     tty = sys.stderr.isatty()
     deadline = None if timeout is None else time.monotonic() + timeout
     last = ""
@@ -506,14 +550,22 @@ def wait_for_jobs(ctx, key: str, *, timeout: float | None = None) -> None:
                 raise StepError(f"{key}: {v.error}")
             return
         j = js[0]
-        if j.last_error and not jobmod.owner_alive(j):
-            raise StepError(f"{key}: job {j.id} failed in phase {j.phase}: {j.last_error} "
-                            "(`imgstor monitor --resume` retries it)")
+        if j.state == "failed":
+            raise StepError(f"{key}: job {j.id} failed in phase {j.phase} after "
+                            f"{j.attempts} tries: {j.last_error} (`imgstor monitor "
+                            "--resume` or `imgstor repair` starts it again)")
         p = jobmod.read_progress(ctx.store, j.id)
         done, total = p.get("done"), p.get("total")
         pct = f" {100 * done / total:.0f}%" if done is not None and total else ""
+        if j.owner is not None and not jobmod.running(ctx.store, j.id):
+            raise StepError(f"{key}: the monitor of job {j.id} (pid {j.owner.pid}) ended in "
+                            f"phase {j.phase}: `imgstor monitor --resume` (or cron's "
+                            "refresh) continues it")
         line = f"{key}: {st.volumes[key].state if key in st.volumes else '?'} " \
                f"({j.kind} {j.phase}){pct}"
+        if j.state == "retry" and j.next_try:
+            at = time.strftime("%H:%M:%S", time.localtime(j.next_try))
+            line += f", try {j.attempts + 1} at {at}: {j.last_error}"
         if tty and line != last:
             print("\r" + line.ljust(70), end="", file=sys.stderr, flush=True)
             last = line
