@@ -13,6 +13,10 @@ root's; per boot, like the zipapp):
   taken by ``imgstor.remote.node`` for the whole step or batch from the step arguments;
 * ``targets``, taken by ``nas.ensure_target`` / ``nas.remove_target`` around their
   read-modify-save of the target configuration;
+* ``sync-keys``, taken by ``sync.install_key`` / ``sync.authorize`` around their
+  read-modify-write of imgstor's known_hosts and of root's authorized_keys: a batch's
+  first trusts at once lost lines without it (audit L2; seen as "Permission denied" in a
+  20-VM storm on the lab);
 * ``initiator``, taken by ``compute.attach`` / ``compute.detach`` (iscsiadm) around their
   changes of open-iscsi's node database: two discoveries at once on one node fail with
   exit 11 (ISCSI_ERR_IDBM; seen on the kernel lab with concurrent maps of two volumes to
@@ -38,13 +42,15 @@ from typing import Iterable, Iterator
 
 from imgstor.errors import BusyError, UsageError
 
-__all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "VOLUME_WAIT", "TARGETS_WAIT", "hold",
+__all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "SYNC_KEYS", "VOLUME_WAIT",
+           "TARGETS_WAIT", "hold",
            "volume_lock_names", "lock_dir", "holder"]
 
 LOCK_DIR = "/run/imgstor/lock"
 LOCK_DIR_ENV = "IMGSTOR_LOCK_DIR"      # tests point this at a temp dir
 TARGETS = "targets"
 INITIATOR = "initiator"
+SYNC_KEYS = "sync-keys"
 VOLUME_WAIT = 300.0     # an orphaned step may still be waiting for a device (30 s) or a
                         # zfs-fuse destroy retry (10 s); a batch is a few of those
 TARGETS_WAIT = 120.0    # one target change: tgtadm calls or rtslib + saveconfig (TCG: ~10 s)

@@ -15,11 +15,14 @@ the frontend half; docs/DESIGN.md "Copy jobs" the whole story).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pkgutil
 import re
+from collections.abc import Iterator
 
 from imgstor.errors import StepError, UsageError
+from imgstor.remote import locks
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 
@@ -49,6 +52,18 @@ def _ensure_file(ex: Executor, path: str, data: bytes, mode: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _keys_locked(ex: Executor) -> Iterator[None]:
+    """The node's ``sync-keys`` lock around a read-modify-write of the key files (audit
+    L2: two first trusts at once each wrote back what it had read, losing the other's
+    line).  A dry run writes nothing and takes no lock."""
+    if ex.dry_run:
+        yield
+        return
+    with locks.hold([locks.SYNC_KEYS], timeout=locks.TARGETS_WAIT, what="the sync keys"):
+        yield
+
+
 @step("sync.install_key")
 def install_key(ex: Executor, *, private_key: str, pins: list[dict],
                 key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:
@@ -58,6 +73,12 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
     if not isinstance(private_key, str) or not private_key.startswith(_PRIV_BEGIN):
         raise UsageError("private_key is not an OpenSSH private key (not shown)")
     kh_path = os.path.join(key_dir, "known_hosts")
+    with _keys_locked(ex):
+        return _install_key(ex, private_key, pins, key_dir, kh_path)
+
+
+def _install_key(ex: Executor, private_key: str, pins: list[dict], key_dir: str,
+                 kh_path: str) -> StepResult:
     keep = []
     for line in (ex.fs.read_bytes(kh_path) or b"").decode(errors="replace").splitlines():
         first = line.split(" ", 1)[0]
@@ -127,7 +148,16 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
     if gate is None:                 # the app's loader cannot read its own files
         raise StepError("sync.authorize: imgstor/remote/syncgate.py is not readable "
                         "from the node app")
-    changed = _ensure_file(ex, gate_path, gate, 0o700)
+    with _keys_locked(ex):
+        changed = _ensure_file(ex, gate_path, gate, 0o700)
+        changed |= _authorize_line(ex, authorized_keys, sender, line)
+    return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,
+                                "line": line},
+                      f"{sender} may run the sync gate here" + ("" if changed else " already"))
+
+
+def _authorize_line(ex: Executor, authorized_keys: str, sender: str, line: str) -> bool:
+    """AUTHORIZED_KEYS with SENDER's LINE (replaced where it stands); True if written."""
     have = (ex.fs.read_bytes(authorized_keys) or b"").decode(errors="replace").splitlines()
     tag = f" imgstor-sync:{sender}"
     lines: list[str] = []
@@ -144,7 +174,5 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
         have_mode = ex.fs.mode(authorized_keys)
         mode = 0o600 if have_mode is None else have_mode & ~0o022
         ex.write_file(authorized_keys, data, mode=mode)
-        changed = True
-    return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,
-                                "line": line},
-                      f"{sender} may run the sync gate here" + ("" if changed else " already"))
+        return True
+    return False

@@ -163,6 +163,7 @@ def clean_map(ctx, nas: str, vol: str, yes: bool = False,
             vv = st2.volumes[key]
             for j in st2.jobs_of(key):
                 del st2.jobs[j.id]
+                jobmod.forget(ctx.store, j.id)
             transitions.move(vv, "unmapped", now=time.time())   # from mapped, error, NAS<-VM
             vv.host = vv.target = vv.mode = vv.device = vv.error = None
             for k in ("origin", "overlay", "local_pool", "intent", "unmap"):

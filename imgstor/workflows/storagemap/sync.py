@@ -139,9 +139,14 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
             replaced = None
             for j in jobs:
                 if j.kind == "sync-in":
-                    jobmod.request_stop(ctx.store, j.id)     # its monitor lets it go
+                    # its monitor (if one runs it: the lock, checked under the store's
+                    # lock that acquire takes too) lets it go at its next wait
+                    if jobmod.running(ctx.store, j.id):
+                        jobmod.request_stop(ctx.store, j.id)
+                        replaced = j.id
+                    else:
+                        jobmod.forget(ctx.store, j.id)
                     del st.jobs[j.id]
-                    replaced = j.id
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "cancel", key, "stop", force=force,
                                  **({"replaces": replaced} if replaced else {}))
