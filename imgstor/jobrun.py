@@ -128,7 +128,11 @@ class Watch:
             for r in batch:
                 by_host.setdefault(r.host, []).append(r)
             try:
-                self.cluster.parallel(list(by_host), lambda h: self._read(h, by_host[h]))
+                if len(by_host) == 1:          # no thread pool for one host
+                    for h, reqs in by_host.items():
+                        self._read(h, reqs)
+                else:
+                    self.cluster.parallel(list(by_host), lambda h: self._read(h, by_host[h]))
             except BaseException as e:          # noqa: BLE001 - never leave a waiter hanging
                 for r in batch:
                     if not r.done.is_set():
@@ -224,11 +228,16 @@ class Runtime:
         return self.watch.overlay(host, driver, pool, vol, delay=delay,
                                   stopped=lambda: self.stopped(job_id))
 
-    def next_delay(self, facts: dict) -> float:
+    def next_delay(self, facts: Any) -> float:
         """How long to wait before a copy's next status read: ``poll``, longer (up to
-        ``poll_max``) while it has long to go (a tenth of its remaining time)."""
+        ``poll_max``) while it has long to go (a tenth of its remaining time, at the rate
+        it has made so far: the node's progress has bytes and seconds while it runs)."""
         p = self.policy
-        done, total, rate = facts.get("bytes_done"), facts.get("bytes_total"), facts.get("rate")
+        done, total = facts.get("bytes_done"), facts.get("bytes_total")
+        rate, secs = facts.get("rate"), facts.get("seconds")
+        if not isinstance(rate, (int, float)) and isinstance(done, (int, float)) \
+                and isinstance(secs, (int, float)) and secs > 0:
+            rate = done / secs
         if not (isinstance(total, (int, float)) and isinstance(done, (int, float))
                 and isinstance(rate, (int, float)) and rate > 0 and total > done):
             return float(p.poll)

@@ -289,6 +289,9 @@ def test_poll_delay_grows_with_what_is_left() -> None:
     assert rt.next_delay({"bytes_done": 0, "bytes_total": 600, "rate": 1}) == 10
     assert rt.next_delay({"bytes_done": 550, "bytes_total": 600, "rate": 1}) == 5
     assert rt.next_delay({"bytes_done": 599, "bytes_total": 600, "rate": 1}) == 1
+    # running: the rate so far, from bytes and seconds
+    assert rt.next_delay({"bytes_done": 100, "bytes_total": 600, "seconds": 100}) == 10
+    assert rt.next_delay({"bytes_done": 100, "bytes_total": None, "seconds": 100}) == 1
 
 
 # ------------------------------------------------------------------ stop flags, liveness
