@@ -11,6 +11,11 @@
   ReplicationMonitor: the same receive token seen too long is a failure, not a wait).
 * ``rt.pause`` / ``rt.check``: sleeping and checking without missing a stop.
 * ``rt.log`` / ``rt.progress``: the job's log and progress files.
+* ``rt.commit(fn)`` / ``rt.read()``: the store, shared by the monitor's jobs.  A change is
+  a function of the State; ``Committer`` applies those that arrive while a transaction
+  runs together in the next one (group commit): a hundred jobs advancing at once cost a
+  few lock-parse-write-fsync rounds, not a hundred.  ``read`` parses the file again only
+  when it changed (``Store.read_shared``; read only).
 
 The clock and the sleep are injected (unit tests run a monitor on a fake clock); so is
 the watch (``Watch(..., threaded=False)`` reads at once, one request at a time).
@@ -23,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imgstor import jobs as jobmod
-from imgstor.errors import ImgstorError, StepError, from_wire
+from imgstor.errors import ImgstorError, LockTimeout, StepError, from_wire
 from imgstor.remote.protocol import Facts
 
-__all__ = ["Stopped", "Runtime", "Watch", "Bound", "Phase", "describe"]
+__all__ = ["Stopped", "Runtime", "Watch", "Bound", "Committer", "Phase", "describe"]
 
 
 # A phase: ``fn(ctx, job, rt)`` ensures its phase's result (idempotent: a re-run after a
@@ -166,6 +171,83 @@ class Watch:
                 r.done.set()
 
 
+@dataclass
+class _Commit:
+    fn: Callable[[Any], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Committer:
+    """Group commit for the threads of one process: ``commit(fn)`` runs ``fn(state)`` in
+    a store transaction and returns its result.  The first caller to find no transaction
+    running leads: it runs one transaction for everything queued so far, then for what
+    queued meanwhile, until the queue is empty; the others wait for theirs.  A function
+    that raises aborts its group (nothing written) and each function of the group runs
+    again alone, so it fails alone; keep the functions free of side effects beyond the
+    State (do those after the commit)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._queue: list[_Commit] = []
+        self._leading = False
+        self.transactions = 0                 # store transactions run (tests, bench)
+        self.commits = 0                      # functions committed
+
+    def __call__(self, fn: Callable[[Any], Any]) -> Any:
+        c = _Commit(fn)
+        with self._lock:
+            self._queue.append(c)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead()
+        c.done.wait()
+        if c.error is not None:
+            raise c.error
+        return c.result
+
+    def _lead(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._leading = False
+                    return
+            try:
+                self._run(batch)
+            except BaseException as e:        # noqa: BLE001 - never leave a waiter hanging
+                for c in batch:
+                    if not c.done.is_set():
+                        c.error = e
+                        c.done.set()
+                if not isinstance(e, Exception):
+                    with self._lock:
+                        self._leading = False
+                    raise
+
+    def _run(self, batch: list[_Commit]) -> None:
+        try:
+            self.transactions += 1
+            with self.store.transaction() as st:
+                results = [c.fn(st) for c in batch]
+        except Exception as e:                # noqa: BLE001 - given to its caller
+            if len(batch) > 1 and not isinstance(e, LockTimeout):
+                for c in batch:
+                    self._run([c])
+                return
+            for c in batch:
+                c.error = e
+                c.done.set()
+            return
+        self.commits += len(batch)
+        for c, r in zip(batch, results):
+            c.result = r
+            c.done.set()
+
+
 class Bound:
     """A waiting phase's bound: ``saw(signature, detail)`` each time it reads its status;
     the same signature for longer than ``limit`` seconds raises StepError (``what``: no
@@ -197,6 +279,18 @@ class Runtime:
     watch: Any                                     # Watch
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    committer: Committer | None = None            # default: a transaction each
+
+    def commit(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(state)`` in a store transaction (the monitor's group commit)."""
+        if self.committer is not None:
+            return self.committer(fn)
+        with self.store.transaction() as st:
+            return fn(st)
+
+    def read(self) -> Any:
+        """The state, for reading only (parsed again only when the file changed)."""
+        return self.store.read_shared()
 
     def stopped(self, job_id: str) -> bool:
         return jobmod.stop_requested(self.store, job_id)

@@ -47,7 +47,8 @@ from imgstor.state.store import Store, proc_starttime, this_host
 __all__ = ["JOB_ID_RE", "DONE", "HOOK_ENV", "new_job", "check_id", "job_dir", "progress_path",
            "log_path", "lock_path", "stop_path", "write_progress", "read_progress", "log",
            "running", "shown_state", "request_stop", "stop_requested", "acquire",
-           "advance", "record_failure", "start_try", "release", "restart", "launch",
+           "advance_in", "failure_in", "start_try_in", "release_in", "advance",
+           "record_failure", "release", "restart", "launch",
            "pool_key", "queue_dir", "pool_lock_path", "take_queued", "forget"]
 
 JOB_ID_RE = re.compile(r"[a-z-]+-[0-9a-f]{12}", re.ASCII)
@@ -192,87 +193,120 @@ def acquire(store: Store, ids: list[str], *, policy: Any,
     it and never let it go died in it: that counts as a failed try (a crash loop ends
     ``failed`` after ``policy.attempts``, like any other failure)."""
     taken: list[tuple[Job, int]] = []
-    with store.transaction() as st:
-        for job_id in dict.fromkeys(ids):
-            job = st.jobs.get(job_id)
-            if job is None or (job.state == "failed" and not restart_failed):
-                continue
-            fd = _take_lock(store, job_id)
-            if fd is None:
-                continue
-            if job.state == "failed":
-                job.state, job.attempts, job.next_try = "ready", 0, None
-            elif job.owner is not None:
-                job.attempts += 1
-                job.last_error = (f"its monitor (pid {job.owner.pid}) ended in phase "
-                                  f"{job.phase} without a result")
-                if job.attempts >= policy.attempts:
-                    job.state, job.next_try = "failed", None
-                    job.owner = None
-                    os.close(fd)
+    try:
+        with store.transaction() as st:
+            for job_id in dict.fromkeys(ids):
+                job = st.jobs.get(job_id)
+                if job is None or (job.state == "failed" and not restart_failed):
                     continue
-            job.owner = _me()
-            taken.append((copy.deepcopy(job), fd))
+                fd = _take_lock(store, job_id)
+                if fd is None:
+                    continue
+                taken.append((job, fd))
+                if job.state == "failed":
+                    job.state, job.attempts, job.next_try = "ready", 0, None
+                elif job.owner is not None:
+                    job.attempts += 1
+                    job.last_error = (f"its monitor (pid {job.owner.pid}) ended in phase "
+                                      f"{job.phase} without a result")
+                    if job.attempts >= policy.attempts:
+                        job.state, job.next_try = "failed", None
+                        job.owner = None
+                        continue
+                job.owner = _me()
+    except BaseException:
+        for _, fd in taken:                  # nothing recorded: nothing taken
+            os.close(fd)
+        raise
+    out = []
+    for job, fd in taken:
+        if job.state == "failed":            # its crash loop ended here: not run
+            os.close(fd)
+        else:
+            out.append((copy.deepcopy(job), fd))
+    taken = out
     for job, _ in taken:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stop_path(store, job.id))        # a stale flag of an earlier run
     return taken
 
 
-def advance(store: Store, job_id: str, phase: str) -> Job | None:
+# Each change of a job record is a function of the State (``*_in``), so that a monitor
+# can apply those of many jobs in one transaction (jobrun.Committer: group commit); the
+# plain names run one in a transaction of its own.
+def advance_in(st: State, job_id: str, phase: str) -> Job | None:
     """Record that the job's current phase is done and ``phase`` is next (DONE: the job
     is removed).  None when the job is gone (done, or removed by an unmap)."""
-    with store.transaction() as st:
-        job = st.jobs.get(job_id)
-        if job is None:
-            return None
-        if phase == DONE:
-            del st.jobs[job_id]
-            return None
-        job.phase, job.updated = phase, time.time()
-        job.attempts, job.last_error, job.state, job.next_try = 0, None, "ready", None
-        return job
+    job = st.jobs.get(job_id)
+    if job is None:
+        return None
+    if phase == DONE:
+        del st.jobs[job_id]
+        return None
+    job.phase, job.updated = phase, time.time()
+    job.attempts, job.last_error, job.state, job.next_try = 0, None, "ready", None
+    return job
 
 
-def record_failure(store: Store, job_id: str, error: str, *, policy: Any,
-                   now: float | None = None) -> Job | None:
+def failure_in(st: State, job_id: str, error: str, *, policy: Any,
+               now: float | None = None) -> Job | None:
     """A try of the job's phase failed: ``attempts`` + 1, ``last_error``; then either its
     next try (``retry`` at now + the policy's backoff) or, after ``policy.attempts``,
     ``failed``.  Recorded on the job, never on the volume (restore and pulls skip a volume
     in error: marking it would strand the VM's writes)."""
     now = time.time() if now is None else now
-    with store.transaction() as st:
-        job = st.jobs.get(job_id)
-        if job is None:
-            return None
-        job.attempts += 1
-        job.last_error, job.updated = error, now
-        if job.attempts >= policy.attempts:
-            job.state, job.next_try = "failed", None
-        else:
-            job.state, job.next_try = "retry", now + policy.backoff_after(job.attempts)
-        return job
+    job = st.jobs.get(job_id)
+    if job is None:
+        return None
+    job.attempts += 1
+    job.last_error, job.updated = error, now
+    if job.attempts >= policy.attempts:
+        job.state, job.next_try = "failed", None
+    else:
+        job.state, job.next_try = "retry", now + policy.backoff_after(job.attempts)
+    return job
 
 
-def start_try(store: Store, job_id: str) -> Job | None:
+def start_try_in(st: State, job_id: str) -> Job | None:
     """The retry is due: the job is ``ready`` (running) again, its phase as recorded."""
+    job = st.jobs.get(job_id)
+    if job is not None:
+        job.state, job.next_try = "ready", None
+    return job
+
+
+def release_in(st: State, job_id: str, pid: int) -> bool:
+    """Monitor PID lets the job go: its owner cleared (the job, if not done, stays for
+    the next monitor).  True when the job is no longer in the store."""
+    job = st.jobs.get(job_id)
+    if job is not None and job.owner is not None and job.owner.pid == pid:
+        job.owner = None
+    return job is None
+
+
+def advance(store: Store, job_id: str, phase: str) -> Job | None:
     with store.transaction() as st:
-        job = st.jobs.get(job_id)
-        if job is not None:
-            job.state, job.next_try = "ready", None
-        return job
+        return advance_in(st, job_id, phase)
 
 
-def release(store: Store, job_id: str, fd: int) -> None:
-    """This monitor lets the job go: its owner cleared (the job, if not done, stays for
-    the next monitor), then its lock; a job no longer in the store loses its files."""
+def record_failure(store: Store, job_id: str, error: str, *, policy: Any,
+                   now: float | None = None) -> Job | None:
+    with store.transaction() as st:
+        return failure_in(st, job_id, error, policy=policy, now=now)
+
+
+def release(store: Store, job_id: str, fd: int, *,
+            commit: Callable[[Callable[[State], Any]], Any] | None = None) -> None:
+    """``release_in`` (through COMMIT, a monitor's group commit, if given), then the
+    job's lock; a job no longer in the store loses its files."""
     gone = False
+    pid = os.getpid()
     try:
-        with store.transaction() as st:
-            job = st.jobs.get(job_id)
-            gone = job is None
-            if job is not None and job.owner is not None and job.owner.pid == os.getpid():
-                job.owner = None
+        if commit is not None:
+            gone = commit(lambda st: release_in(st, job_id, pid))
+        else:
+            with store.transaction() as st:
+                gone = release_in(st, job_id, pid)
     finally:
         if gone:
             forget(store, job_id)

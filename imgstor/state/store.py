@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -85,6 +86,8 @@ class Store:
         # Test hook: called between writing the temp file and replacing the state file.
         self._before_replace: Callable[[str], None] | None = None
         self._last_read: bytes | None = None       # raw bytes of the last read()
+        self._shared: tuple[tuple, State] | None = None   # read_shared's
+        self._shared_lock = threading.Lock()
 
     # ---- reading ----
     def read(self) -> State:
@@ -92,6 +95,30 @@ class Store:
         data = self._read_bytes()
         self._last_read = data
         return State() if data is None else self._parse(data)
+
+    def read_shared(self) -> State:
+        """The current state, parsed again only when the file changed since the last call
+        (another inode, size or mtime: every write is a rename): many threads of one
+        monitor reading between two writes parse it once.  The State is shared by all
+        callers: read it, never change it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return State()
+        except OSError as e:
+            raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
+        try:
+            s = os.fstat(fd)
+            key = (s.st_ino, s.st_size, s.st_mtime_ns)
+            with self._shared_lock:
+                if self._shared is not None and self._shared[0] == key:
+                    return self._shared[1]
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    state = self._parse(f.read())
+                self._shared = (key, state)
+                return state
+        finally:
+            os.close(fd)
 
     def _read_bytes(self) -> bytes | None:
         try:

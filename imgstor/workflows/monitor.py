@@ -23,8 +23,11 @@ queued for KEY as they come and exits after POOL_IDLE seconds with nothing to do
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
+import functools
 import os
+import sys
 import threading
 import time
 import traceback
@@ -32,7 +35,7 @@ from typing import Any
 
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, StateError, StepError, UsageError
-from imgstor.jobrun import Phase, Runtime, Stopped, Watch, describe
+from imgstor.jobrun import Committer, Phase, Runtime, Stopped, Watch, describe
 from imgstor.output import Output
 from imgstor.state.model import Job
 from imgstor.workflows import jobkinds
@@ -60,9 +63,18 @@ def run_phases(ctx: Any, job: Job, rt: Runtime,
         rt.log(job.id, f"phase {name}")
         fn(ctx, current, rt)
         nxt = names[i + 1] if i + 1 < len(names) else jobmod.DONE
-        current = jobmod.advance(ctx.store, job.id, nxt)
+        current = rt.commit(functools.partial(_advance, job.id, nxt))
         fault(f"job:{name}")
         i += 1
+
+
+def _own(job: Job | None) -> Job | None:
+    """A job record out of a committed State, for the thread that goes on with it."""
+    return copy.deepcopy(job)
+
+
+def _advance(job_id: str, phase: str, st: Any) -> Job | None:
+    return _own(jobmod.advance_in(st, job_id, phase))
 
 
 class Runner:
@@ -71,7 +83,8 @@ class Runner:
     def __init__(self, ctx: Any, *, rt: Runtime | None = None,
                  kinds: dict[str, list[tuple[str, Phase]]] | None = None) -> None:
         self.ctx = ctx
-        self.rt = rt or Runtime(ctx.store, ctx.config.jobs, Watch(ctx.cluster))
+        self.rt = rt or Runtime(ctx.store, ctx.config.jobs, Watch(ctx.cluster),
+                                committer=Committer(ctx.store))
         self.kinds = kinds
         self.threads: dict[str, threading.Thread] = {}
         self.results: dict[str, str] = {}
@@ -105,7 +118,7 @@ class Runner:
             self._log_traceback(job.id)
         finally:
             try:
-                jobmod.release(self.ctx.store, job.id, fd)
+                jobmod.release(self.ctx.store, job.id, fd, commit=self.rt.commit)
             except ImgstorError as e:
                 self.rt.log(job.id, f"could not release the job: {e}")
 
@@ -116,14 +129,14 @@ class Runner:
     def run(self, job: Job) -> str:
         """Run ``job`` to its end (done, failed, stopped or gone): its phases, each
         failure recorded and retried as the policy says."""
-        rt, store, policy = self.rt, self.ctx.store, self.rt.policy
+        rt, policy = self.rt, self.rt.policy
         rt.log(job.id, f"taken by pid {os.getpid()} ({job.kind} of {job.volume}, phase "
                f"{job.phase}, {job.attempts} failed tries)")
         while True:
             try:
                 if job.state == "retry" and job.next_try is not None:
                     rt.pause(job.id, job.next_try - time.time())
-                    got = jobmod.start_try(store, job.id)
+                    got = rt.commit(lambda st: _own(jobmod.start_try_in(st, job.id)))
                     if got is None:
                         return "gone"
                     job = got
@@ -138,7 +151,8 @@ class Runner:
                     self._log_traceback(job.id)
                 why = describe(e)
                 try:
-                    rec = jobmod.record_failure(store, job.id, why, policy=policy)
+                    rec = rt.commit(lambda st: _own(jobmod.failure_in(st, job.id, why,
+                                                                      policy=policy)))
                 except ImgstorError as e2:      # the store itself: try again later
                     rt.log(job.id, f"failed ({why}); could not record it: {e2}")
                     rt.pause(job.id, policy.backoff)
@@ -203,22 +217,30 @@ def _pool(ctx: Any, key: str) -> str:
     runner = Runner(ctx)
     _ = ctx.config                # built once, before the threads share it
     idle = time.monotonic()
-    while True:
-        ids = jobmod.take_queued(ctx.store, key)
-        if ids:
-            runner.take(ids)
-        if runner.active():
-            idle = time.monotonic()
-        elif time.monotonic() - idle >= POOL_IDLE:
-            os.close(fd)                       # no longer the pool: a launch starts one
-            if not _queued(ctx.store, key):
-                break
-            again = _take_pool_lock(ctx.store, key)
-            if again is None:                  # a new pool took over the queue
-                break
-            fd, idle = again, time.monotonic()
-        time.sleep(TICK)
-    runner.join()
+    pending: list[str] = []
+    try:
+        while True:
+            pending += jobmod.take_queued(ctx.store, key)
+            if pending:
+                try:
+                    runner.take(pending)
+                    pending = []
+                except ImgstorError as e:      # the store busy: the jobs wait a tick
+                    print(f"{time.strftime('%H:%M:%S')} monitor pool {key}: could not take "
+                          f"{len(pending)} jobs yet: {e}", file=sys.stderr, flush=True)
+            if runner.active() or pending:
+                idle = time.monotonic()
+            elif time.monotonic() - idle >= POOL_IDLE:
+                os.close(fd)                   # no longer the pool: a launch starts one
+                if not _queued(ctx.store, key):
+                    break
+                again = _take_pool_lock(ctx.store, key)
+                if again is None:              # a new pool took over the queue
+                    break
+                fd, idle = again, time.monotonic()
+            time.sleep(TICK)
+    finally:
+        runner.join()                          # the jobs' threads end as they do
     return f"monitor pool {key}: {len(runner.results)} jobs run"
 
 

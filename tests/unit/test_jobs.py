@@ -97,13 +97,13 @@ def test_runtime_error_is_recorded_on_the_job_backed_off_then_failed(ctx, monkey
     j = new(ctx, volume=v)
     clock = Clock()
     seen: list[tuple] = []
-    real = jobs.record_failure
+    real = jobs.failure_in
 
-    def spy(store, job_id, error, **kw):
-        rec = real(store, job_id, error, **kw)
+    def spy(st, job_id, error, **kw):
+        rec = real(st, job_id, error, **kw)
         seen.append((rec.attempts, rec.state, rec.next_try and round(rec.next_try - rec.updated)))
         return rec
-    monkeypatch.setattr(jobs, "record_failure", spy)
+    monkeypatch.setattr(jobs, "failure_in", spy)
     out = run_one(runner(ctx, clock, kinds=kinds), j.id)
     assert out.startswith("failed in phase a: RuntimeError: nas-0-0: bug in node step")
     assert seen == [(1, "retry", 10), (2, "retry", 20), (3, "failed", None)]
@@ -460,3 +460,87 @@ def test_job_state_fields_read_from_old_files_and_round_trip() -> None:
         Job.from_dict({**old, "state": "sleeping"})
     assert JobPolicy().backoff_after(1) == 10 and JobPolicy().backoff_after(4) == 80
     assert JobPolicy().backoff_after(20) == 300
+
+
+# ------------------------------------------------------------------ the store, shared
+def _slow_writes(ctx, monkeypatch) -> None:
+    real = ctx.store._write
+
+    def slow(state, **kw):               # a write that takes a while, as fsync does
+        time.sleep(0.05)
+        real(state, **kw)
+    monkeypatch.setattr(ctx.store, "_write", slow)
+
+
+def _all_at_once(n: int, fn) -> None:
+    ts = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def test_group_commit_runs_many_jobs_changes_in_few_transactions(ctx, monkeypatch) -> None:
+    from imgstor.jobrun import Committer
+    ids = [new(ctx).id for _ in range(20)]
+    _slow_writes(ctx, monkeypatch)
+    c = Committer(ctx.store)
+    _all_at_once(20, lambda i: c(lambda st: jobs.advance_in(st, ids[i], "b")))
+    assert [j.phase for j in ctx.store.read().jobs.values()] == ["b"] * 20
+    assert c.commits == 20 and c.transactions <= 5, c.transactions
+
+
+def test_a_change_that_fails_in_a_group_fails_alone(ctx, monkeypatch) -> None:
+    from imgstor.jobrun import Committer
+    ids = [new(ctx).id for _ in range(8)]
+    _slow_writes(ctx, monkeypatch)
+    c = Committer(ctx.store)
+    errors: list[Exception] = []
+
+    def bad(st):
+        st.jobs[ids[3]].phase = "half-done"
+        raise StateError("no")
+
+    def one(i: int) -> None:
+        try:
+            c(bad if i == 3 else (lambda st: jobs.advance_in(st, ids[i], "b")))
+        except StateError as e:
+            errors.append(e)
+    _all_at_once(8, one)
+    st = ctx.store.read()
+    assert [st.jobs[i].phase for i in ids] == ["b"] * 3 + ["a"] + ["b"] * 4
+    assert len(errors) == 1 and c.commits == 7
+
+
+def test_read_shared_parses_again_only_after_a_write(ctx) -> None:
+    new(ctx)
+    a = ctx.store.read_shared()
+    assert ctx.store.read_shared() is a
+    new(ctx)
+    b = ctx.store.read_shared()
+    assert b is not a and len(b.jobs) == 2
+
+
+def test_the_pool_survives_a_busy_store(ctx, monkeypatch) -> None:
+    """The store's lock held past its timeout while the pool takes its queue: the jobs
+    wait for the next tick (the pool used to die, and its jobs with it)."""
+    monkeypatch.setattr(mon, "POOL_IDLE", 0.3)
+    monkeypatch.setattr(mon, "TICK", 0.05)
+    seen = []
+    monkeypatch.setitem(jobkinds.KINDS, "pull", [("a", lambda c, j, rt: seen.append(j.id))])
+    a = new(ctx)
+    key = jobs.pool_key(ctx.config.path)
+    os.makedirs(jobs.queue_dir(ctx.store, key))
+    open(os.path.join(jobs.queue_dir(ctx.store, key), a.id), "w").close()
+    real = jobs.acquire
+    calls = []
+
+    def busy_once(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            from imgstor.errors import LockTimeout
+            raise LockTimeout("state store is locked by pid 1; waited 30s")
+        return real(*args, **kw)
+    monkeypatch.setattr(jobs, "acquire", busy_once)
+    assert mon.monitor(ctx, pool=key) == f"monitor pool {key}: 1 jobs run"
+    assert seen == [a.id] and len(calls) == 2

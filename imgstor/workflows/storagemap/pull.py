@@ -39,8 +39,8 @@ def start_pull(st, key: str) -> Job:
     return jobmod.new_job(st, "pull", key, "trust")
 
 
-def _check(ctx, job: Job):
-    v = _sync._vol(ctx, job)
+def _check(ctx, job: Job, rt: Runtime):
+    v = _sync._vol(rt, job)
     if v.state != "mapped" or v.mode != "sync" or v.target:
         raise StepError(f"job {job.id}: {job.volume} is {v.state} (mode {v.mode}); a pull "
                         "runs only on a mapped sync volume on its local copy")
@@ -48,12 +48,12 @@ def _check(ctx, job: Job):
 
 
 def _pull_trust(ctx, job: Job, rt: Runtime) -> None:
-    v = _check(ctx, job)
+    v = _check(ctx, job, rt)
     synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
 
 
 def _pull_send(ctx, job: Job, rt: Runtime) -> None:
-    v = _check(ctx, job)
+    v = _check(ctx, job, rt)
     n = _sync._names(ctx, v)
     snap = f"{n['local']}@{snapshot_name(job)}"
     # the snapshot carries imgstor's mark (nas.snapshot); the copy sends it
@@ -61,11 +61,11 @@ def _pull_send(ctx, job: Job, rt: Runtime) -> None:
                      snapshot=snapshot_name(job))
     _sync._copy(ctx, job, rt, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
                 what="NAS<-VM sched", base="auto", rollback=True,
-                bwlimit=_sync._rate(ctx, v, "down"))
+                bwlimit=_sync._rate(ctx, rt, v, "down"))
 
 
 def _pull_prune(ctx, job: Job, rt: Runtime) -> None:
-    v = _sync._vol(ctx, job)
+    v = _sync._vol(rt, job)
     n = _sync._names(ctx, v)
     keep = ctx.config.host(v.nas).sync_keep
     protect = [snapshot_name(job)]
@@ -78,19 +78,20 @@ def _pull_prune(ctx, job: Job, rt: Runtime) -> None:
                     protect=protect)
         for why in r.facts.get("left") or ():
             rt.log(job.id, f"kept {host}:{why}")
-    with ctx.store.transaction() as st:
+    def record(st) -> Job | None:
         vv = st.volumes.get(job.volume)
         if vv is not None:
             vv.extra["last_pull"] = job.created
             vv.extra["last_pull_snapshot"] = snapshot_name(job)
         j = st.jobs.get(job.id)
-        nxt = None
         if j is not None and j.extra.get("unmap") and vv is not None \
                 and vv.state == "mapped":
             # an unmap came during the pull: the NAS gets the volume back now
             transitions.move(vv, "NAS<-VM")
-            nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
-                                 force=bool(j.extra.get("force")))
+            return jobmod.new_job(st, "sync-back", job.volume, "quiesce",
+                                  force=bool(j.extra.get("force")))
+        return None
+    nxt = rt.commit(record)
     if nxt is not None:
         _sync.start_jobs(ctx, [nxt])
 

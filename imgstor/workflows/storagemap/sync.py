@@ -175,8 +175,9 @@ def _copy_done(jobs: list[Job]) -> bool:
 
 
 # ------------------------------------------------------------------ phase helpers
-def _vol(ctx, job: Job) -> Volume:
-    v = ctx.store.read().volumes.get(job.volume)
+def _vol(rt: Runtime, job: Job) -> Volume:
+    """The job's volume as the store has it now (read only: shared by the monitor)."""
+    v = rt.read().volumes.get(job.volume)
     if v is None:
         raise NotFound(f"job {job.id}: volume {job.volume} is not in the store")
     return v
@@ -199,15 +200,18 @@ def _names(ctx, v: Volume) -> dict[str, Any]:
             "kind": nas_cfg.volume_kind}
 
 
-def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
-    moved = None
-    with ctx.store.transaction() as st:
+def _set(job: Job, rt: Runtime, *, state: str | None = None, **changes: Any) -> None:
+    """The job's volume: its state moved (the transitions table) and fields set, in the
+    monitor's group commit."""
+    extra = changes.pop("extra", {})
+
+    def change(st) -> str | None:
         v = st.volumes[job.volume]
+        moved = None
         if state is not None:
             old = v.state
             if transitions.move(v, state):
                 moved = f"{job.volume}: state {old} -> {state}"
-        extra = changes.pop("extra", {})
         for k, val in changes.items():
             setattr(v, k, val)
         for k, val in extra.items():
@@ -215,16 +219,19 @@ def _set(ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
                 v.extra.pop(k, None)
             else:
                 v.extra[k] = val
+        return moved
+    moved = rt.commit(change)
     if moved:
-        jobmod.log(ctx.store, job.id, moved)
+        rt.log(job.id, moved)
 
 
-def _job_extra(ctx, job: Job, **extra: Any) -> None:
-    with ctx.store.transaction() as st:
+def _job_extra(rt: Runtime, job: Job, **extra: Any) -> None:
+    def change(st) -> None:
         j = st.jobs.get(job.id)
         if j is not None:
             j.extra.update(extra)
-            job.extra.update(extra)
+    rt.commit(change)
+    job.extra.update(extra)
 
 
 def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: str,
@@ -363,7 +370,7 @@ def _clear_nas_props(ctx, v: Volume) -> None:
 
 # ------------------------------------------------------------------ sync-in phases
 def _in_trust(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
@@ -374,16 +381,16 @@ def _snapshot_copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, sourc
     monitor copies the same one) copied to DEST on RECEIVER."""
     snap = job.extra.get("snapshot") or f"{source}@imgstor-{tag}-{int(job.created)}"
     if "snapshot" not in job.extra:
-        _job_extra(ctx, job, snapshot=snap)
+        _job_extra(rt, job, snapshot=snap)
     _copy(ctx, job, rt, sender, receiver, snapshot=snap, to_dataset=dest, what=what,
           create_snapshot=True, **kw)
 
 
-def _rate(ctx, v: Volume, direction: str) -> int:
+def _rate(ctx, rt: Runtime, v: Volume, direction: str) -> int:
     """The copy's limit: the volume's or its NAS's uploadspeed (``up``, NAS->node) or
     downloadspeed (``down``, node->NAS), else the sender's sync_bwlimit (syncattrs)."""
     from imgstor.workflows import syncattrs
-    return syncattrs.bwlimit(ctx.store.read(), ctx.config, v, direction)
+    return syncattrs.bwlimit(rt.read(), ctx.config, v, direction)
 
 
 def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
@@ -400,10 +407,10 @@ def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
 
 
 def _in_copy(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     _snapshot_copy(ctx, job, rt, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
-                   bwlimit=_rate(ctx, v, "up"))
+                   bwlimit=_rate(ctx, rt, v, "up"))
     # the copied snapshot is the base of the first periodic pull and of the sync back
     hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
@@ -412,18 +419,18 @@ def _in_copy(ctx, job: Job, rt: Runtime) -> None:
 
 
 def _in_merge(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     _merge(ctx, _names(ctx, v), v.vol, into="local")
     if v.state != "merging":
-        _set(ctx, job, state="merging")
+        _set(job, rt, state="merging")
 
 
 def _in_merged(ctx, job: Job, rt: Runtime) -> None:
-    _wait_merged(ctx, job, rt, _names(ctx, _vol(ctx, job)), into="local")
+    _wait_merged(ctx, job, rt, _names(ctx, _vol(rt, job)), into="local")
 
 
 def _in_pivot(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     # a restore (a reboot, a killed daemon) may have made the overlay again, unmerged,
     # since the merged phase: merge it again first (overlay.linear refuses otherwise)
@@ -432,49 +439,49 @@ def _in_pivot(ctx, job: Job, rt: Runtime) -> None:
     _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
                      props={"host": v.host, "target": None, "mode": "sync"})
-    _set(ctx, job, state="mapped", target=None, error=None)
-    j = ctx.store.read().jobs.get(job.id)
+    _set(job, rt, state="mapped", target=None, error=None)
+    j = rt.read().jobs.get(job.id)
     if j is not None and j.extra.get("unmap"):
         # an unmap came during the merge: the NAS gets the volume back now
-        with ctx.store.transaction() as st:
-            vv = st.volumes[job.volume]
-            transitions.move(vv, "NAS<-VM")
-            nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
-                                 force=bool(j.extra.get("force")))
-        start_jobs(ctx, [nxt])
+        force = bool(j.extra.get("force"))
+
+        def chain(st) -> Job:
+            transitions.move(st.volumes[job.volume], "NAS<-VM")
+            return jobmod.new_job(st, "sync-back", job.volume, "quiesce", force=force)
+        start_jobs(ctx, [rt.commit(chain)])
 
 
 # ------------------------------------------------------------------ sync-back phases
 def _back_quiesce(ctx, job: Job, rt: Runtime) -> None:
     """The overlay's device goes before the last snapshot: no write can land after it.
     dm refuses while the VM holds the device open (dmsetup remove: busy)."""
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
 
 
 def _back_trust(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
 def _back_send(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     _snapshot_copy(ctx, job, rt, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
-                   base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
+                   base="auto", rollback=True, bwlimit=_rate(ctx, rt, v, "down"))
 
 
 def _back_cleanup(ctx, job: Job, rt: Runtime) -> None:
     """Only now, with the NAS holding the last snapshot, does the local copy go."""
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     ctx.cluster.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol,
                      kind=n["kind"], driver=None, role=LOCAL_COPY)   # releases its holds
     # no next incremental: the NAS's base hold goes too
     ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
-    _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
+    _set(job, rt, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
 
@@ -491,22 +498,22 @@ def _cancel_stop(ctx, job: Job, rt: Runtime) -> None:
                 raise BusyError(f"job {replaced} (replaced by this cancel) still runs "
                                 f"{REPLACED_WAIT:g}s after its stop flag was set")
             rt.pause(job.id, 0.2)
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
 def _cancel_merge(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     _merge(ctx, _names(ctx, v), v.vol, into="origin")
 
 
 def _cancel_merged(ctx, job: Job, rt: Runtime) -> None:
-    _wait_merged(ctx, job, rt, _names(ctx, _vol(ctx, job)), into="origin")
+    _wait_merged(ctx, job, rt, _names(ctx, _vol(rt, job)), into="origin")
 
 
 def _cancel_teardown(ctx, job: Job, rt: Runtime) -> None:
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     cl = ctx.cluster
     cl.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
@@ -520,7 +527,7 @@ def _cancel_teardown(ctx, job: Job, rt: Runtime) -> None:
             driver=None, role=LOCAL_COPY)
     cl.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
-    _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
+    _set(job, rt, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
 
