@@ -162,6 +162,9 @@ def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
             msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (job {job.id})"
+        elif v.state == "unmapped":
+            # its sync back ended between the caller's read and this transaction
+            return f"{nas}:{vol} is not mapped"
         else:
             raise StateError(f"{key} is {v.state}: see `imgstorageadmin list`")
         v.busy = None
