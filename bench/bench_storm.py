@@ -38,9 +38,47 @@ import time
 import uuid
 from pathlib import Path
 
-from labbench import LAB_DIR, ROOT, Frontend, imgstor, require_lab, ssh
+import labbench
+from labbench import LAB_DIR, ROOT, Frontend, require_lab, ssh
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+CONFIG: Path = labbench.CONFIG        # the lab's, with a longer lock_timeout (main)
+
+
+def imgstor(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imgstor", "--config", str(CONFIG), *args]
+
+
+class FsyncProbe:
+    """How long an fsync of a state-sized file takes in the lab's directory (the state
+    file's filesystem, which the lab's 32 zfs-fuse pools and the other labs share), once
+    a second: what the store's transactions wait for under the storm."""
+
+    def __init__(self, size: int = 130_000) -> None:
+        import threading
+        self.path, self.data, self.lat = LAB_DIR / ".fsync-probe", b"x" * size, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, self.data)
+                t = time.monotonic()
+                os.fsync(fd)
+                self.lat.append(time.monotonic() - t)
+            finally:
+                os.close(fd)
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._t.join()
+        self.path.unlink(missing_ok=True)
+        x = sorted(self.lat) or [0.0]
+        return (f"median {x[len(x) // 2] * 1000:.0f} ms, p99 {x[int(len(x) * .99)] * 1000:.0f} "
+                f"ms, max {x[-1] * 1000:.0f} ms ({len(x)} probes)")
 
 
 def sh(argv: list[str], *, check: bool = True, timeout: float = 1800) -> str:
@@ -161,6 +199,13 @@ def main() -> None:
              for i in range(a.vms)]
     solo = (nases[0], f"{tag}-solo", nodes[-1])
     d = Path(tempfile.mkdtemp(prefix="bench-storm-", dir="/var/tmp"))
+    global CONFIG
+    # The lab's config, state file included, with a store lock that may wait 300 s: the
+    # lab's disk holds the state file, 32 zfs-fuse pools and the other labs' (an fsync
+    # waited up to tens of seconds there under the storm; the FsyncProbe line says how long)
+    CONFIG = d / "imgstor.toml"
+    CONFIG.write_text(labbench.CONFIG.read_text().replace("[state]\n",
+                                                          "[state]\nlock_timeout = 300\n", 1))
     print(f"lab: {len(nases)} NAS, {len(nodes)} compute nodes; {a.vms} VMs of {a.mib} MiB; "
           f"batch --jobs {a.jobs}", flush=True)
     keys = {f"{n}/{v}": n for n, v, _ in items}
@@ -184,6 +229,7 @@ def main() -> None:
         time.sleep(8)                     # its monitor idles out: the storm starts clean
 
         fe = Frontend()
+        probe = FsyncProbe()
         t0 = time.monotonic()
         p = batch([f"add host storagemap {n} tank {v} {h} {a.mib}M img_sync=yes"
                    for n, v, h in items], "maps", d, jobs=a.jobs, fe=fe)
@@ -201,6 +247,7 @@ def main() -> None:
         t_unmapped = wait_all(keys, "unmapped", 7200) - t1
         fe.settle()
         fe.stop()
+        fsync = probe.stop()
         unmapped = sum(state()["volumes"][k]["state"] == "unmapped" for k in keys)
         check = subprocess.run(imgstor("check"), cwd=ROOT, capture_output=True, text=True)
         left = leftovers(hosts, tag)
@@ -219,6 +266,7 @@ def main() -> None:
               f"{fe.peak_procs} imgstor processes (goal <= 1024 MiB)")
         print(f"frontend CPU          {cpu:7.1f} s = {cpu / a.vms:.2f} s per VM "
               f"(goal <= 1 s per VM)")
+        print(f"fsync in the lab dir  {fsync}")
         for pid, (what, secs) in sorted(fe.reaped.items(), key=lambda x: -x[1][1]):
             print(f"  pid {pid:<8} {what:<18} {secs:7.1f} s")
         ok = (verified == unmapped == a.vms and check.returncode == 0 and not left)

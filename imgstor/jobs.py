@@ -17,23 +17,18 @@ ready | retry | failed, ``next_try``).  Beside the store, each job has files in
 * ``ID.log``       what the job did, line by line (``log``).
 
 Monitors multiplex: one monitor process (``imgstor monitor``, workflows/monitor.py) runs
-any number of jobs, one thread each.  ``launch`` hands jobs to the running *pool* monitor
-of this config (``monitor-KEY.lock`` held, ``queue-KEY/ID`` files it takes within a
-second), or starts one, detached, passing it the pool lock it took itself (so two
-launches at once never start two pools).  A pool with nothing to do for a few seconds
-exits.  A monitor that dies takes its jobs' locks with it: cron's ``imgstor refresh``
-(``monitor.resume_all``) hands them to a new one, which continues each from its phase.
+any number of jobs, one thread each; imgstor/jobpool.py hands jobs to one.  A monitor that
+dies takes its jobs' locks with it: cron's ``imgstor refresh`` (``monitor.resume_all``)
+hands them to a new one, which continues each from its phase.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 import uuid
 from typing import Any, Callable
@@ -44,18 +39,14 @@ from imgstor.remote.jobs import lock_held
 from imgstor.state.model import JOB_KINDS, Job, Lease, State
 from imgstor.state.store import Store, proc_starttime, this_host
 
-__all__ = ["JOB_ID_RE", "DONE", "HOOK_ENV", "new_job", "check_id", "job_dir", "progress_path",
+__all__ = ["JOB_ID_RE", "DONE", "new_job", "check_id", "job_dir", "progress_path",
            "log_path", "lock_path", "stop_path", "write_progress", "read_progress", "log",
            "running", "shown_state", "request_stop", "stop_requested", "acquire",
            "advance_in", "failure_in", "start_try_in", "release_in", "advance",
-           "record_failure", "release", "restart", "launch",
-           "pool_key", "queue_dir", "pool_lock_path", "take_queued", "forget"]
+           "record_failure", "release", "restart", "forget", "ensure_dir"]
 
 JOB_ID_RE = re.compile(r"[a-z-]+-[0-9a-f]{12}", re.ASCII)
 DONE = "done"
-# Test hooks (IMGSTOR_FAULT kills, IMGSTOR_PAUSE sleeps at a point): a job started with one
-# of them gets a monitor of its own, started with them, never the pool's.
-HOOK_ENV = ("IMGSTOR_FAULT", "IMGSTOR_PAUSE")
 
 
 def check_id(job_id: object) -> str:
@@ -101,7 +92,7 @@ def stop_path(store: Store, job_id: str) -> str:
     return _path(store, job_id, "stop")
 
 
-def _ensure_dir(store: Store) -> str:
+def ensure_dir(store: Store) -> str:
     d = job_dir(store)
     os.makedirs(d, mode=0o700, exist_ok=True)
     return d
@@ -109,7 +100,7 @@ def _ensure_dir(store: Store) -> str:
 
 def write_progress(store: Store, job_id: str, **facts: Any) -> None:
     """Replace the job's progress file (small JSON; no fsync: losing it costs a display)."""
-    _ensure_dir(store)
+    ensure_dir(store)
     atomicfile.replace(progress_path(store, job_id),
                        json.dumps({"time": time.time(), **facts}).encode(), durable=False)
 
@@ -125,7 +116,7 @@ def read_progress(store: Store, job_id: str) -> dict:
 
 def log(store: Store, job_id: str, text: str) -> None:
     """Append ``HH:MM:SS ID: text`` to the job's log (0600)."""
-    _ensure_dir(store)
+    ensure_dir(store)
     fd = os.open(log_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND
                  | os.O_NOFOLLOW, 0o600)
     try:
@@ -157,7 +148,7 @@ def shown_state(store: Store, job: Job) -> str:
 
 def request_stop(store: Store, job_id: str) -> None:
     """Tell the monitor that runs the job to let it go (the job was replaced)."""
-    _ensure_dir(store)
+    ensure_dir(store)
     os.close(os.open(stop_path(store, job_id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
                      0o600))
 
@@ -168,7 +159,7 @@ def stop_requested(store: Store, job_id: str) -> bool:
 
 def _take_lock(store: Store, job_id: str) -> int | None:
     """The job's lock for this process (its fd), or None when another holds it."""
-    _ensure_dir(store)
+    ensure_dir(store)
     fd = os.open(lock_path(store, job_id), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
                  | os.O_CLOEXEC, 0o600)
     try:
@@ -320,101 +311,3 @@ def restart(store: Store, ids: list[str]) -> None:
             job = st.jobs.get(job_id)
             if job is not None and job.state == "failed":
                 job.state, job.attempts, job.next_try = "ready", 0, None
-
-
-# ------------------------------------------------------------------ handing jobs over
-def pool_key(config_path: str) -> str:
-    """The pool a job goes to: one per config file (as it is now) and IMGSTOR_* settings,
-    so that a job never runs under another config than the command that started it."""
-    path = os.path.abspath(config_path)
-    try:
-        st = os.stat(path)
-        stamp = f"{st.st_mtime_ns}:{st.st_size}"
-    except OSError:
-        stamp = "-"
-    env = sorted((k, v) for k, v in os.environ.items()
-                 if k.startswith("IMGSTOR_") and not k.startswith("IMGSTOR_MONITOR"))
-    return hashlib.sha256(json.dumps([path, stamp, env]).encode()).hexdigest()[:12]
-
-
-def queue_dir(store: Store, key: str) -> str:
-    return os.path.join(job_dir(store), f"queue-{key}")
-
-
-def pool_lock_path(store: Store, key: str) -> str:
-    return os.path.join(job_dir(store), f"monitor-{key}.lock")
-
-
-def take_queued(store: Store, key: str) -> list[str]:
-    """The job ids queued for pool KEY (their queue files removed)."""
-    d = queue_dir(store, key)
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    out = []
-    for name in names:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(d, name))
-        if JOB_ID_RE.fullmatch(name):
-            out.append(name)
-    return sorted(out)
-
-
-def launch(store: Store, config_path: str, ids: list[str], *,
-           argv0: Callable[[], list[str]] | None = None) -> str:
-    """Make sure a monitor runs each of ``ids`` soon: queued for this config's pool
-    monitor if one runs (it takes them within a second), else a new one is started,
-    detached (new session, stdin /dev/null, output appended to ``jobs/monitor.log``).
-    With a test hook set (HOOK_ENV) the jobs get a monitor of their own.  Says what it did."""
-    ids = [check_id(i) for i in ids]
-    if not ids:
-        return "nothing to start"
-    d = _ensure_dir(store)
-    if any(os.environ.get(k) for k in HOOK_ENV):
-        return f"started monitor pid {_spawn(d, config_path, ids, argv0=argv0)}"
-    key = pool_key(config_path)
-    q = queue_dir(store, key)
-    os.makedirs(q, mode=0o700, exist_ok=True)
-    for job_id in ids:
-        os.close(os.open(os.path.join(q, job_id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
-                         0o600))
-    fd = os.open(pool_lock_path(store, key), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            return f"handed to monitor pid {pid}"
-        pid_ = _spawn(d, config_path, [], argv0=argv0, pool=key, lock_fd=fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{pid_}\n".encode(), 0)
-        return f"started monitor pid {pid_}"
-    finally:
-        os.close(fd)          # the new monitor holds the lock now (inherited)
-
-
-def _spawn(d: str, config_path: str, ids: list[str], *, argv0: Callable[[], list[str]] | None,
-           pool: str | None = None, lock_fd: int | None = None) -> int:
-    log_fd = os.open(os.path.join(d, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                     | os.O_NOFOLLOW, 0o600)
-    env = {**os.environ, "IMGSTOR_MONITOR": pool or " ".join(ids)}
-    if lock_fd is not None:
-        os.set_inheritable(lock_fd, True)
-        env["IMGSTOR_MONITOR_LOCK_FD"] = str(lock_fd)
-    try:
-        if argv0 is not None:
-            cmd = argv0()
-        else:
-            from imgstor import onefile  # python -m imgstor, or dist/imgstor
-            cmd = onefile.self_argv()
-        p = subprocess.Popen(cmd + ["--config", os.path.abspath(config_path), "monitor",
-                                    *(["--pool", pool] if pool else []), *ids],
-                             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                             start_new_session=True, close_fds=True,
-                             pass_fds=(lock_fd,) if lock_fd is not None else (),
-                             cwd="/", env=env)
-    finally:
-        os.close(log_fd)
-    return p.pid

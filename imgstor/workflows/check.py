@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgstor import jobpool, reconcile
 from imgstor import jobs as jobmod
-from imgstor import reconcile
 from imgstor.errors import BusyError, ImgstorError
 from imgstor.output import Output
 from imgstor.state.store import pid_alive, this_host
@@ -237,7 +237,7 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
     if a.step == "monitor.start":
         try:
             jobmod.restart(ctx.store, [a.args["job"]])      # a failed job: from its phase
-            return jobmod.launch(ctx.store, ctx.config.path, [a.args["job"]])
+            return jobpool.launch(ctx.store, ctx.config.path, [a.args["job"]])
         except OSError as e:
             raise BusyError(f"could not start a monitor: {e}") from None
     args = dict(a.args)

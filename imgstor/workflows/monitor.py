@@ -17,8 +17,8 @@ again; after ``retry_attempts`` failed tries the job is ``failed`` and its threa
 --resume` or `imgstor repair` starts it again).  A job whose stop flag is set (an unmap
 replaced it) is let go at its next wait.
 
-``imgstor monitor --pool KEY`` is the pool monitor ``jobs.launch`` starts: it runs the jobs
-queued for KEY as they come and exits after POOL_IDLE seconds with nothing to do.
+``imgstor monitor --pool KEY`` is the pool monitor ``jobpool.launch`` starts: it runs the
+jobs queued for KEY as they come and exits after POOL_IDLE seconds with nothing to do.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import time
 import traceback
 from typing import Any
 
+from imgstor import jobpool
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, StateError, StepError, UsageError
 from imgstor.jobrun import Committer, Phase, Runtime, Stopped, Watch, describe
@@ -220,7 +221,7 @@ def _pool(ctx: Any, key: str) -> str:
     pending: list[str] = []
     try:
         while True:
-            pending += jobmod.take_queued(ctx.store, key)
+            pending += jobpool.take_queued(ctx.store, key)
             if pending:
                 try:
                     runner.take(pending)
@@ -245,7 +246,7 @@ def _pool(ctx: Any, key: str) -> str:
 
 
 def _take_pool_lock(store: Any, key: str) -> int | None:
-    fd = os.open(jobmod.pool_lock_path(store, key), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+    fd = os.open(jobpool.pool_lock_path(store, key), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
                  | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -259,7 +260,7 @@ def _take_pool_lock(store: Any, key: str) -> int | None:
 
 def _queued(store: Any, key: str) -> bool:
     try:
-        return bool(os.listdir(jobmod.queue_dir(store, key)))
+        return bool(os.listdir(jobpool.queue_dir(store, key)))
     except FileNotFoundError:
         return False
 
@@ -289,7 +290,7 @@ def resume_all(ctx: Any, *, restart_failed: bool = False) -> Output:
             try:
                 if restart_failed:
                     jobmod.restart(ctx.store, [j.id for j in start if j.state == "failed"])
-                action = jobmod.launch(ctx.store, ctx.config.path, [j.id for j in start])
+                action = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in start])
             except (OSError, ImgstorError) as e:
                 action = f"could not start a monitor: {e}"
         rows += [{"job": j.id, "volume": j.volume, "phase": j.phase, "action": action}

@@ -14,7 +14,7 @@ import time
 import pytest
 from fake_cluster import Clock, FakeCluster
 
-from imgstor import jobs
+from imgstor import jobpool, jobs
 from imgstor.config import JobPolicy
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, UsageError
 from imgstor.jobrun import Runtime, Watch
@@ -30,7 +30,7 @@ KEY = "nas-0-0/v"
 def ctx(config_path, monkeypatch):
     """A real Ctx on the unit config (2 NAS, 2 nodes; dm overlays, zvols), a FakeCluster."""
     from imgstor.workflows.context import Ctx
-    for k in jobs.HOOK_ENV:
+    for k in jobpool.HOOK_ENV:
         monkeypatch.delenv(k, raising=False)
     c = Ctx(config_path=str(config_path))
     c.__dict__["cluster"] = FakeCluster()
@@ -397,13 +397,13 @@ def test_launches_share_one_pool_monitor(ctx, monkeypatch) -> None:
     monkeypatch.setenv("SLEEP", "3")
     a, b = new(ctx), new(ctx)
     argv0 = lambda: [sys.executable, "-c", SLEEPER]            # noqa: E731
-    first = jobs.launch(ctx.store, ctx.config.path, [a.id], argv0=argv0)
+    first = jobpool.launch(ctx.store, ctx.config.path, [a.id], argv0=argv0)
     pid = int(first.split()[-1])
     assert first == f"started monitor pid {pid}"
-    second = jobs.launch(ctx.store, ctx.config.path, [b.id], argv0=argv0)
+    second = jobpool.launch(ctx.store, ctx.config.path, [b.id], argv0=argv0)
     assert second == f"handed to monitor pid {pid}"
-    key = jobs.pool_key(ctx.config.path)
-    assert jobs.take_queued(ctx.store, key) == sorted([a.id, b.id])
+    key = jobpool.pool_key(ctx.config.path)
+    assert jobpool.take_queued(ctx.store, key) == sorted([a.id, b.id])
     log = os.path.join(jobs.job_dir(ctx.store), "monitor.log")
     for _ in range(100):
         if "args" in (open(log).read() if os.path.exists(log) else ""):
@@ -413,7 +413,7 @@ def test_launches_share_one_pool_monitor(ctx, monkeypatch) -> None:
     assert f"'monitor', '--pool', '{key}']" in text and "sid True" in text
     assert oct(os.stat(log).st_mode & 0o777) == "0o600"
     os.waitpid(pid, 0)                          # the sleeper ends: its lock with it
-    third = jobs.launch(ctx.store, ctx.config.path, [a.id], argv0=argv0)
+    third = jobpool.launch(ctx.store, ctx.config.path, [a.id], argv0=argv0)
     assert third.startswith("started monitor pid") and third != first
     os.waitpid(int(third.split()[-1]), 0)
 
@@ -422,7 +422,7 @@ def test_a_test_hook_gets_a_monitor_of_its_own(ctx, monkeypatch) -> None:
     monkeypatch.setenv("IMGSTOR_PAUSE", "job:copy:1")
     monkeypatch.setenv("SLEEP", "0")
     a = new(ctx)
-    out = jobs.launch(ctx.store, ctx.config.path, [a.id],
+    out = jobpool.launch(ctx.store, ctx.config.path, [a.id],
                       argv0=lambda: [sys.executable, "-c", SLEEPER])
     os.waitpid(int(out.split()[-1]), 0)
     text = open(os.path.join(jobs.job_dir(ctx.store), "monitor.log")).read()
@@ -435,14 +435,14 @@ def test_the_pool_runs_queued_jobs_and_exits_when_idle(ctx, monkeypatch) -> None
     seen = []
     monkeypatch.setitem(jobkinds.KINDS, "pull", [("a", lambda c, j, rt: seen.append(j.id))])
     a, b = new(ctx), new(ctx)
-    key = jobs.pool_key(ctx.config.path)
-    q = jobs.queue_dir(ctx.store, key)
+    key = jobpool.pool_key(ctx.config.path)
+    q = jobpool.queue_dir(ctx.store, key)
     os.makedirs(q)
     for j in (a, b):
         open(os.path.join(q, j.id), "w").close()
     assert mon.monitor(ctx, pool=key) == f"monitor pool {key}: 2 jobs run"
     assert sorted(seen) == sorted([a.id, b.id]) and ctx.store.read().jobs == {}
-    fd = os.open(jobs.pool_lock_path(ctx.store, key), os.O_RDWR)
+    fd = os.open(jobpool.pool_lock_path(ctx.store, key), os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)          # it let its pool lock go
     os.close(fd)
 
@@ -529,9 +529,9 @@ def test_the_pool_survives_a_busy_store(ctx, monkeypatch) -> None:
     seen = []
     monkeypatch.setitem(jobkinds.KINDS, "pull", [("a", lambda c, j, rt: seen.append(j.id))])
     a = new(ctx)
-    key = jobs.pool_key(ctx.config.path)
-    os.makedirs(jobs.queue_dir(ctx.store, key))
-    open(os.path.join(jobs.queue_dir(ctx.store, key), a.id), "w").close()
+    key = jobpool.pool_key(ctx.config.path)
+    os.makedirs(jobpool.queue_dir(ctx.store, key))
+    open(os.path.join(jobpool.queue_dir(ctx.store, key), a.id), "w").close()
     real = jobs.acquire
     calls = []
 

@@ -37,8 +37,8 @@ import sys
 import time
 from typing import Any
 
+from imgstor import jobpool, synctrust
 from imgstor import jobs as jobmod
-from imgstor import synctrust
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
 from imgstor.jobrun import Phase, Runtime
 from imgstor.output import Message
@@ -100,7 +100,7 @@ def start_jobs(ctx, jobs: list[Job]) -> None:
         return
     ids = ", ".join(j.id for j in jobs)
     try:
-        what = jobmod.launch(ctx.store, ctx.config.path, [j.id for j in jobs])
+        what = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in jobs])
     except OSError as e:
         print(f"warning: could not start the monitor of job {ids}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
