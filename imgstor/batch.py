@@ -45,7 +45,8 @@ _GLOBALS = {"json": False, "dry_run": False, "debug": False, "config_path": None
 _VOLUME_CMDS = {("add", "host", "storagemap"), ("remove", "host", "storagemap"),
                 ("remove", "host", "storageimg"), ("unbusy",)}
 _VM_CMDS = {("start", "host", "vm"), ("stop", "host", "vm"), ("remove", "host", "vm"),
-            ("set", "host", "vm", "nas"), ("remove", "host", "vm", "nas")}
+            ("set", "host", "vm", "nas"), ("remove", "host", "vm", "nas"),
+            ("set", "host", "vm"), ("move", "host", "vm")}
 
 
 @dataclass

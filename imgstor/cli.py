@@ -74,16 +74,30 @@ _VMS = "imgstor.workflows.vms"
 _MAP = "imgstor.workflows.storagemap"
 _ATTRS = "imgstor.workflows.attrs"
 _SATTRS = "imgstor.workflows.syncattrs"
+_MACHINE: dict[str, Callable[[str], Any]] = {k: str for k in (
+    "mem", "cpus", "mac", "kernel", "initrd", "append", "network", "hook")}
 COMMANDS: list[Cmd] = [
     Cmd(("add", "host", "vm"), f"{_VMS}:add_vm",
         [Arg("container", help="compute node"),
          Arg("membership", nargs="?", help="names the VM as Rocks does: compute on "
              "vm-container-0-14 -> compute-0-14-0")],
-        {"name": str, "membership": str},
-        "add a VM on compute node CONTAINER (name: MEMBERSHIP-RACK-RANK-N, else CONTAINER-N)"),
+        {"name": str, "membership": str, **_MACHINE},
+        "add a VM on compute node CONTAINER (name: MEMBERSHIP-RACK-RANK-N, else CONTAINER-N); "
+        "its definition for a VM runner: mem=MiB|2G cpus=N mac=MAC kernel=PATH initrd=PATH "
+        "append=ARGS (direct boot; default: the firmware boots the disk) "
+        "network=none|user|bridge:NAME hook=PATH"),
+    Cmd(("set", "host", "vm"), "imgstor.workflows.vmspec:set_vm", [Arg("vm")], dict(_MACHINE),
+        "change a VM's definition (mem= cpus= mac= kernel= initrd= append= network= hook=; "
+        "kernel= empty: the firmware boots the disk); applies from its next start"),
+    Cmd(("move", "host", "vm"), "imgstor.workflows.vmspec:move_vm",
+        [Arg("vm"), Arg("container", help="compute node")], {},
+        "move a stopped VM (disk unmapped, guest not running) to another container: its "
+        "next start runs there"),
     Cmd(("list", "host", "vm"), f"{_VMS}:list_vms", [Arg("vms", nargs="*", metavar="VM")],
         {"showdisks": bool}, "list VMs with their container, NAS, zpool and mode "
-        "(showdisks=1: each VM's disk NAS:pool/volume or local, and its size)"),
+        "(showdisks=1: each VM's disk NAS:pool/volume or local, and its size); with VM "
+        "definitions also MEM, CPUS and GUEST (running, stopped, exited, failed: as the "
+        "last command or refresh saw it)"),
     Cmd(("remove", "host", "vm"), f"{_VMS}:remove_vm", [Arg("vm")], {},
         "remove a VM (refused while its volume is mapped)"),
     Cmd(("set", "host", "vm", "nas"), f"{_VMS}:set_vm_nas", [Arg("vm")],
@@ -119,16 +133,21 @@ COMMANDS: list[Cmd] = [
         "what is mapped on compute node HOST, read live from the node"),
     Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm",
         [Arg("vms", nargs="+", metavar="VM")],
-        {"size": str}, "map each VM's disk <vm>-vol on its container (size= if new); "
-        "several VMs at once: one line each, exit 1 if any failed",
-        flags=("--wait",)),
+        {"size": str}, "map each VM's disk <vm>-vol on its container (size= if new), then "
+        "start its guest with the container's vm_runner (none: the disk only; a guest that "
+        "fails to start leaves the disk mapped); several VMs at once: one line each, exit 1 "
+        "if any failed", flags=("--wait",)),
     Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm",
         [Arg("vms", nargs="+", metavar="VM")], {},
-        "unmap each VM's disk", flags=("--force", "--wait")),
+        "shut each VM's guest down (ACPI powerdown, up to --timeout SECONDS, default the "
+        "container's vm_stop_timeout; still running: exit 8, disk kept mapped, unless "
+        "--force: a hard stop), then unmap its disk",
+        flags=("--force", "--wait"), options=(("--timeout", float),)),
     Cmd(("set", "host", "attr"), f"{_ATTRS}:set_attr",
         [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR [VALUE], or HOST... with "
              "attr=ATTR value=VALUE")], {"attr": str, "value": str},
-        "set a storage attribute (img_sync, vm_container_zpool, img_zpools, ib_net) on hosts: "
+        "set a storage attribute (img_sync, vm_container_zpool, img_zpools, ib_net, "
+        "vm_runner) on hosts: "
         "set host attr nas-0-0 img_zpools value=tank1,tank2"),
     Cmd(("list", "host", "attr"), f"{_ATTRS}:list_attrs",
         [Arg("args", nargs="*", metavar="HOST_OR_ATTR", help="hosts and attribute names, "
@@ -162,8 +181,9 @@ COMMANDS: list[Cmd] = [
         [Arg("args", nargs="+", metavar="ARG", help="NAS ATTR, or NAS with attr=ATTR")],
         {"attr": str}, "drop a NAS's sync attribute: the config's value applies again"),
     Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
-        "reach every host (or those named) and show its tools and pools",
-        aliases=(("hosts",),)),
+        "reach every host (or those named) and show its tools and pools; --trust HOST…: "
+        "confirm host keys pinned on first use (the sync hop uses them only then)",
+        aliases=(("hosts",),), flags=("--trust",)),
     Cmd(("monitor",), "imgstor.workflows.monitor:monitor",
         [Arg("jobs", nargs="*", metavar="JOB")], {},
         "run jobs JOB... to their end in this process (sync maps and unmaps start them "
@@ -440,7 +460,7 @@ def entry() -> int:
 ROCKS_NOUNS = (("vm",), ("storagemap",), ("storagedev",), ("storageimg",), ("attr",),
                ("zvolattr",), ("storageattr",))
 ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ..., "
-              "rocks start|stop host vm ..., rocks set|list|remove host attr with "
+              "rocks start|stop|move host vm ..., rocks set|list|remove host attr with "
               "img_sync, vm_container_zpool, img_zpools, IB_net, rocks set|list|remove "
               "host zvolattr|storageattr with frequency, uploadspeed, downloadspeed")
 

@@ -9,12 +9,12 @@ and the dotted key.  Relative paths inside the file (``state.path``, ``ssh.known
 [state]
 path = "/var/lib/imgstor/state.json"
 lock_timeout = 30
-metrics_path = ""     # refresh writes a node_exporter textfile here ("": none)
+metrics_path = ""     # refresh writes a node_exporter textfile here ("": none); *.prom
 [ssh]
 user = "root"
 port = 22
 known_hosts = "/root/.ssh/known_hosts"
-identity = ""
+identity = ""         # "": OpenSSH's default keys (~/.ssh/id_rsa, id_ecdsa, id_ed25519)
 connect_timeout = 10
 command_timeout = 3600
 accept_unknown_host_keys = false   # true: trust on first use (pinned in known_hosts)
@@ -42,6 +42,10 @@ sync_keep = 3         # imgstor snapshots kept on each side of a sync volume (>=
 overcommit = 1.0      # NAS: imgstor's volumes on a pool may promise pool size x this
 sync_bwlimit = 0      # copy throttle, bytes/s on the wire: 0 = none, or like a size: "12M"
 sync_compress = ""    # "" | "zstd": compress the copy stream in transit
+vm_runner = "none"    # compute: what runs a VM's guest at start host vm: none | qemu
+vm_accel = "kvm"      # compute: qemu's -accel: kvm | tcg | kvm:tcg
+vm_stop_timeout = 120 # compute: seconds stop host vm waits for the guest's powerdown
+vm_hook = ""          # compute: hook script (on the frontend) run around start/stop
 [hosts.nas-0-0]
 role = "nas"          # nas|compute (required)
 address = "10.1.1.1"  # SSH address; default: the host name
@@ -63,6 +67,7 @@ from dataclasses import dataclass, field, replace
 
 from imgstor import tomlcache, validate
 from imgstor.errors import ConfigError, NotFound, UsageError
+from imgstor.remote.naming import VM_ACCELS, VM_RUNNERS
 
 TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,6 +131,10 @@ class HostConfig:
     overcommit: float = 1.0
     sync_bwlimit: int = 0          # bytes per second, 0 = unlimited
     sync_compress: str = ""        # "" | "zstd"
+    vm_runner: str = "none"        # compute: what runs a VM's guest (none: the disk only)
+    vm_accel: str = "kvm"          # compute: qemu's accelerators, "kvm", "tcg", "kvm:tcg"
+    vm_stop_timeout: float = 120   # compute: seconds stop host vm waits for a powerdown
+    vm_hook: str = ""              # compute: hook script on the frontend for its VMs
 
     @property
     def target(self) -> str:
@@ -223,6 +232,19 @@ def _positive(v: Any) -> float:
     return v
 
 
+def _nonnegative(v: Any) -> float:
+    if not (_is_int(v) or isinstance(v, float)) or isinstance(v, bool) or v < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return v
+
+
+def _abspath(v: Any) -> str:
+    s = _str(v)
+    if s and not os.path.isabs(s):
+        raise ValueError("must be an absolute path (or \"\": none)")
+    return s
+
+
 def _positive_int(v: Any) -> int:
     if not _is_int(v) or v <= 0:
         raise ValueError("must be an integer greater than zero")
@@ -288,11 +310,25 @@ HOST_ATTRS: dict[str, Callable[[Any], Any]] = {
     "overcommit": lambda v: float(_positive(v)),
     "sync_bwlimit": lambda v: _bwlimit(v),
     "sync_compress": _choice("", "zstd"),
+    "vm_runner": _choice(*VM_RUNNERS),
+    "vm_accel": _choice(*VM_ACCELS),
+    "vm_stop_timeout": lambda v: float(_nonnegative(v)),
+    "vm_hook": lambda v: _abspath(v),
 }
 # Where a host attribute's value comes from (``list host attr``, column SOURCE).
 SOURCES = ("built-in default", "config default", "config host", "set by command")
+
+
+def _metrics_path(v: Any) -> str:
+    s = _str(v)
+    if s and not s.endswith(".prom"):
+        raise ValueError("must end in .prom (node_exporter's textfile collector reads only "
+                         "*.prom files), or be \"\" for none")
+    return s
+
+
 _STATE_KEYS: dict[str, Callable[[Any], Any]] = {"path": _str, "lock_timeout": _positive,
-                                                  "metrics_path": _str}
+                                                  "metrics_path": _metrics_path}
 _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "user": _str, "port": _port, "known_hosts": _str, "identity": _str,
     "connect_timeout": _positive, "command_timeout": _positive,

@@ -7,20 +7,56 @@
   by ``Connection.__init__``) is already replaced by ``hostkeys.Policy`` and whose only host
   keys are the configured known_hosts; its ``open()`` refuses to run otherwise.
 * ``keepalive(transport)``: SSH and TCP keepalives on an open connection.
+* ``identities(ssh)``: the key files to log in with: ``[ssh] identity``, or without it
+  OpenSSH's default keys of this user (``default_identities``), never an agent.
 
 Fabric is imported inside these functions, so importing this module costs nothing.
 """
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, TextIO
 
-from imgstor.errors import HostKeyError
+from imgstor.errors import ConfigError, HostKeyError
 
-__all__ = ["KEEPALIVE", "fabric_config", "connection", "keepalive"]
+__all__ = ["KEEPALIVE", "DEFAULT_KEYS", "fabric_config", "connection", "keepalive",
+           "identities", "default_identities"]
 
 IDLE_WAKEUP = 1.0       # seconds: how often an idle transport thread looks up
 KEEPALIVE = 15          # seconds: a dead host is noticed long before command_timeout
+# ssh(1) -i: the identities OpenSSH tries when none is given, in its order, less those
+# paramiko cannot load (the FIDO -sk keys, XMSS; DSA is gone from paramiko and OpenSSH).
+DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ed25519")
+
+
+def _home() -> str:
+    import pwd
+    return pwd.getpwuid(os.geteuid()).pw_dir
+
+
+def default_identities(home: str | None = None) -> list[str]:
+    """OpenSSH's default key files that exist for this user: ``~/.ssh/id_rsa``,
+    ``id_ecdsa``, ``id_ed25519``, where ``~`` is the home directory of the passwd entry
+    (as ssh(1) takes it, not ``$HOME``: root's cron and systemd give different ones)."""
+    keys = [os.path.join(home or _home(), ".ssh", name) for name in DEFAULT_KEYS]
+    return [k for k in keys if os.path.isfile(k)]
+
+
+def identities(ssh: Any, *, path: str = "the config") -> list[str]:
+    """The key files a connection offers: ``[ssh] identity`` when set, else OpenSSH's
+    default keys of this user (``ConfigError`` when there is none: nothing to log in
+    with).  The agent is never asked (``allow_agent=False``)."""
+    if ssh.identity:
+        return [ssh.identity]
+    keys = default_identities()
+    if not keys:
+        home = _home()
+        raise ConfigError(f"{path}: [ssh] identity is not set and there is no default SSH "
+                          f"key ({', '.join(os.path.join(home, '.ssh', k) for k in DEFAULT_KEYS)}"
+                          "): set ssh.identity to a key file, or make one with "
+                          "ssh-keygen -t ed25519", key="ssh.identity")
+    return keys
 
 
 def fabric_config(ssh: Any) -> Any:
@@ -48,9 +84,11 @@ def connection(config: Any, host: str, *, err: TextIO, fabric_cfg: Any = None) -
     port = hc.port or ssh.port
     conn = _safe_connection_class()(
         hc.address, user=ssh.user, port=port, config=fabric_cfg or fabric_config(ssh),
+        # The key files are named here, never searched (look_for_keys would take $HOME's
+        # ~/.ssh): Fabric iterates key_filename, so it is always a list (None crashed it).
         connect_kwargs={
-            "key_filename": [ssh.identity] if ssh.identity else None,
-            "look_for_keys": not ssh.identity, "allow_agent": False,
+            "key_filename": identities(ssh, path=f"config file {config.path}"),
+            "look_for_keys": False, "allow_agent": False,
             "timeout": ssh.connect_timeout, "banner_timeout": ssh.connect_timeout,
             "auth_timeout": ssh.connect_timeout})
     # Connection.__init__ installed AutoAddPolicy; nothing has connected yet.  Only the

@@ -13,6 +13,10 @@ host whose key is not in it (refuse, or trust on first use and pin it).
   key is appended to the known_hosts file (created 0600), as ``ADDRESS`` or
   ``[ADDRESS]:PORT`` like OpenSSH, and its fingerprint is printed on stderr; the next run
   finds it there and a changed key is refused like any other.
+* A pin made that way carries the comment ``imgstor-unconfirmed`` (UNCONFIRMED): nobody
+  compared its fingerprint (cron's refresh pins a new host unattended, audit L5).  The
+  transport uses it (it is pinned), but the sync hop does not (imgstor/synctrust.py) until
+  ``imgstor ping --trust HOST`` (``confirm``) removed the comment.
 """
 from __future__ import annotations
 
@@ -28,7 +32,10 @@ import paramiko
 
 from imgstor.errors import HostKeyError
 
-__all__ = ["KnownHosts", "Policy", "fingerprint", "load_known_hosts"]
+__all__ = ["KnownHosts", "Policy", "fingerprint", "load_known_hosts", "confirm",
+           "UNCONFIRMED"]
+
+UNCONFIRMED = "imgstor-unconfirmed"
 
 _pin_lock = threading.Lock()
 
@@ -53,6 +60,8 @@ class KnownHosts:
     path: str
     keys: Any                                        # paramiko.HostKeys
     revoked: set[bytes] = field(default_factory=set)  # key blobs of @revoked lines
+    # (host name, key blob) of pins made on first use and not confirmed yet
+    unconfirmed: set[tuple[str, bytes]] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -107,6 +116,8 @@ def load_known_hosts(path: str, *, missing_ok: bool, into: Any = None) -> KnownH
                                "(bad key data or key type); ignored")
             continue
         entries.append(entry)
+        if line.split()[3:4] == [UNCONFIRMED]:
+            kh.unconfirmed |= {(n, entry.key.asbytes()) for n in entry.hostnames}
     for entry in entries:
         if entry.key.asbytes() in kh.revoked:
             continue                       # revoked: as if unknown; the policy refuses it
@@ -146,7 +157,7 @@ class Policy(paramiko.MissingHostKeyPolicy):
             raise HostKeyError(f"{where}: host key {fp} is not in {self.kh.path}; refusing "
                                f"to connect: {verify_hint(self.address, self.port)}, then "
                                f"add it to {self.kh.path}", stage="connect", host=self.host)
-        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        line = f"{hostname} {key.get_name()} {key.get_base64()} {UNCONFIRMED}\n"
         with _pin_lock:
             try:
                 _append(self.kh.path, line)
@@ -157,7 +168,8 @@ class Policy(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
         print(f"imgstor: {where}: new host key {fp} trusted on first use and pinned in "
               f"{self.kh.path} (accept_unknown_host_keys = true); a changed key will be "
-              f"refused; {verify_hint(self.address, self.port)}", file=self.err, flush=True)
+              f"refused; {verify_hint(self.address, self.port)}; the sync hop uses it "
+              f"only once `imgstor ping --trust {self.host}` confirmed it", file=self.err, flush=True)
 
 
 def _append(path: str, line: str) -> None:
@@ -180,3 +192,33 @@ def _append(path: str, line: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fingerprint_of(line: str) -> str:
+    """``SHA256:…`` of a known_hosts line's key."""
+    blob = _key_blob(line)
+    if blob is None:
+        return "?"
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def confirm(path: str, names: list[str]) -> list[str]:
+    """Drop the UNCONFIRMED comment from the lines of NAMES (``ADDRESS`` or
+    ``[ADDRESS]:PORT``) in known_hosts PATH, rewriting it atomically; the lines changed."""
+    from imgstor import atomicfile
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    done, out = [], []
+    for line in lines:
+        w = line.split()
+        if len(w) >= 4 and w[3] == UNCONFIRMED and set(w[0].split(",")) & set(names):
+            line = " ".join(w[:3] + w[4:])
+            done.append(line)
+        out.append(line)
+    if done:
+        with _pin_lock:
+            atomicfile.replace(path, ("\n".join(out) + "\n").encode())
+    return done

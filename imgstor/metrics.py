@@ -1,9 +1,12 @@
 """The node_exporter textfile ``imgstor refresh`` writes (``[state] metrics_path``).
 
 Pure text building (``render``) plus one atomic write (``write``: temp file beside the
-target, fsync, ``os.replace``, mode 0644), so node_exporter's textfile collector never
-reads half a file.  The format is Prometheus' text exposition format 0.0.4: ``# HELP`` and
-``# TYPE`` once per metric family, label values escaped (``\\`` ``\\"`` ``\\n``).
+target, fsync, ``os.replace``, mode 0644 set on the open file), so node_exporter's textfile
+collector never reads half a file.  The directory must be root's (this user's) and not
+writable by group or others (``check_dir``): another account that may rename files there
+could swap the file root writes (audit M2).  The format is Prometheus' text exposition
+format 0.0.4: ``# HELP`` and ``# TYPE`` once per metric family, label values escaped
+(``\\`` ``\\"`` ``\\n``).
 
 Families (all gauges):
     imgstor_volume_state{nas,zpool,vol,host,mode,state}   1 for the volume's state, 0 for
@@ -30,9 +33,10 @@ import time
 from typing import Iterable
 
 from imgstor import atomicfile
+from imgstor.errors import ConfigError
 from imgstor.state.model import JOB_STATES, VOLUME_STATES
 
-__all__ = ["escape_label", "render", "write", "sync_lag"]
+__all__ = ["escape_label", "render", "write", "sync_lag", "check_dir"]
 
 
 def escape_label(value: object) -> str:
@@ -126,9 +130,25 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
     return "\n".join(out) + "\n"
 
 
+def check_dir(d: str) -> None:
+    """Refuse (``ConfigError``) a metrics directory another account could write in: not
+    owned by this user (root), or writable by its group or others.  A missing one is
+    the ``OSError`` of ``os.stat``."""
+    st = os.stat(d)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigError(
+            f"metrics directory {d} is owned by uid {st.st_uid} with mode "
+            f"{st.st_mode & 0o7777:o}: another account could swap the file imgstor writes "
+            f"there; it must be owned by uid {os.geteuid()} and not writable by group or "
+            f"others (chown {os.geteuid()} {d}; chmod go-w {d}), e.g. node_exporter's "
+            "textfile directory made by root", key="state.metrics_path")
+
+
 def write(path: str, text: str) -> None:
     """Replace ``path`` atomically (a hidden temp file in its directory, which
-    node_exporter's textfile collector ignores; fsync, rename; 0644)."""
+    node_exporter's textfile collector ignores; fsync, rename; 0644) in a directory
+    ``check_dir`` accepts."""
     d = os.path.dirname(os.path.abspath(path))
+    check_dir(d)
     atomicfile.replace(path, text.encode(), mode=0o644,
                        tmp=os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}"))

@@ -2,7 +2,8 @@
 
 The build is a shiv zipapp (imgstor and its dependencies, with the compiled ones as wheels
 for the frontend's Python 3.11) whose first line is ``#!/usr/bin/python3 -I``; shiv
-unpacks it once into ``~/.shiv/imgstor_<build id>/`` and runs :func:`main` from there.
+unpacks it once into ``/var/lib/imgstor/shiv/imgstor_<build id>/`` (root's, never
+``$HOME``) and runs :func:`main` from there.
 The node zipapp is built from the package's own sources as in any install
 (``imgstor/zipapp.py`` reads them as package resources).
 

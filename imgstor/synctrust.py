@@ -24,6 +24,15 @@ fresh dataset of tank" on the nodes, not a root shell.
 
 ``copy_args(config, sender, receiver, …)`` builds the ``copy.start`` arguments the way
 ``ensure`` set the trust up (data address, alias, port, bwlimit, compression).
+
+``expect(cluster, sender, receiver, …)`` announces one copy to the receiver's gate before
+it starts (issue 18: the gate takes nothing else): ``copy.prepare`` on the sender (the
+snapshot, made if asked, and its guids), then ``sync.expect`` on the receiver, both over
+the frontend's own verified SSH.  ``start_copy`` is that plus ``copy.start``.
+``revoke(cluster, sender, receiver)`` undoes ``ensure`` when no job needs the hop.
+
+Host keys pinned on first use without a person (cron's refresh: see imgstor/hostkeys.py)
+are not handed to the sync hop until ``imgstor ping --trust HOST`` confirmed them.
 """
 from __future__ import annotations
 
@@ -38,7 +47,7 @@ from imgstor import atomicfile, validate
 from imgstor.errors import HostKeyError, StateError
 
 __all__ = ["key_paths", "ensure_key", "host_keys", "from_addresses", "receiver_pools",
-           "ensure", "copy_args"]
+           "ensure", "copy_args", "expect", "start_copy", "revoke", "objset_type"]
 
 
 def _keys_dir(state_path: str) -> str:
@@ -125,9 +134,15 @@ def host_keys(config: Any, host: str) -> list[str]:
     hc = config.host(host)                            # @revoked keys never pinned
     port = hc.port or config.ssh.port
     lookup = hc.address if port == 22 else f"[{hc.address}]:{port}"
-    hk = load_known_hosts(config.ssh.known_hosts, missing_ok=False).keys
-    found = hk.lookup(lookup) or {}
-    keys = sorted(f"{k.get_name()} {k.get_base64()}" for k in found.values())
+    kh = load_known_hosts(config.ssh.known_hosts, missing_ok=False)
+    found = kh.keys.lookup(lookup) or {}
+    keys = sorted(f"{k.get_name()} {k.get_base64()}" for k in found.values()
+                  if (lookup, k.asbytes()) not in kh.unconfirmed)
+    if not keys and found:
+        raise HostKeyError(f"{host}: its host key in {config.ssh.known_hosts} was pinned on "
+                           "first use by an unattended run and is not confirmed: imgstor "
+                           "does not hand it to the sync hop; check its fingerprint and run "
+                           f"`imgstor ping --trust {host}`", host=host)
     if not keys:
         raise HostKeyError(f"{host}: no host key for {lookup} in {config.ssh.known_hosts}; "
                            "imgstor pins only keys it has verified itself")
@@ -185,3 +200,57 @@ def copy_args(config: Any, sender: str, receiver: str, *, snapshot: str, to_data
             "compress": getattr(hs, "sync_compress", ""), "key_dir": key_dir}
     args.update(extra)
     return args
+
+
+def objset_type(config: Any, sender: str, receiver: str) -> str:
+    """What a copy between SENDER and RECEIVER carries: a zvol (``volume``) or a file
+    volume's dataset (``filesystem``), from the NAS's ``volume_kind`` (the config's word,
+    not the sender's)."""
+    nas = sender if config.host(sender).role == "nas" else receiver
+    return "volume" if config.host(nas).volume_kind == "zvol" else "filesystem"
+
+
+def expect(cluster: Any, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
+           base: str | None = None, rollback: bool = False, create_snapshot: bool = False,
+           objtype: str | None = None, kind: str | None = None) -> dict:
+    """Announce SENDER's copy of SNAPSHOT into TO_DATASET to RECEIVER's gate (see the module
+    docstring); BASE as ``copy.start`` takes it (None, ``"auto"`` or a snapshot).  Facts
+    of ``sync.expect`` (``fromguid``…)."""
+    config = cluster.config
+    src = cluster.step(sender, "copy.prepare", snapshot=snapshot,
+                       create_snapshot=create_snapshot).facts
+    kw: dict[str, Any] = {}
+    if base == "auto":
+        kw["candidates"] = src["older"]
+    elif base:
+        bshort = base.split("@", 1)[1]
+        found = [g for n, g in src["older"] if n == bshort]
+        if not found:
+            raise StateError(f"{sender}: {base} is not an older snapshot of {snapshot}")
+        kw["fromguid"] = found[0]
+    role = config.host(receiver).role
+    return cluster.step(receiver, "sync.expect", dataset=to_dataset, sender=sender,
+                        kind=kind or ("volume" if role == "nas" else "local-copy"),
+                        type=objtype or objset_type(config, sender, receiver),
+                        toguid=src["guid"], rollback=rollback, **kw).facts
+
+
+def start_copy(cluster: Any, sender: str, receiver: str, args: dict, *,
+               objtype: str | None = None) -> Any:
+    """``expect`` then ``copy.start`` with ARGS (``copy_args``'s): the step's result."""
+    expect(cluster, sender, receiver, snapshot=args["snapshot"],
+           to_dataset=args.get("to_dataset", ""), base=args.get("base"),
+           rollback=bool(args.get("rollback")),
+           create_snapshot=bool(args.get("create_snapshot")), objtype=objtype)
+    return cluster.step(sender, "copy.start", **args)
+
+
+def revoke(cluster: Any, sender: str, receiver: str, *,
+           key_dir: str = "/root/.ssh/imgstor-sync",
+           authorized_keys: str | None = None) -> dict:
+    """Undo ``ensure``: RECEIVER no longer lets SENDER's key in (``sync.revoke`` there),
+    SENDER forgets RECEIVER's pin (and its key once it pins nothing)."""
+    extra = {"authorized_keys": authorized_keys} if authorized_keys else {}
+    a = cluster.step(receiver, "sync.revoke", sender=sender, **extra)
+    b = cluster.step(sender, "sync.revoke", receiver=receiver, key_dir=key_dir)
+    return {"changed": a.changed or b.changed, "receiver": a.facts, "sender": b.facts}

@@ -3,8 +3,12 @@
 Every command reads the config; ``import tomllib`` (typing, datetime, string and the
 regular expressions it compiles) and the parse are ~7 ms of a fresh process, a tenth of
 ``imgstor list host vm nas`` on 10,000 VMs (bench/bench_list_vm_nas.py).  ``load(path)``
-returns what ``tomllib.load`` would, from ``$XDG_CACHE_HOME/imgstor/`` (default
-``~/.cache/imgstor/``) when the file is unchanged, as ``marshal`` data.
+returns what ``tomllib.load`` would, from ``CACHE_DIR`` (``/var/lib/imgstor/cache``: the
+default state directory's, beside the node app cache) when the file is unchanged, as
+``marshal`` data.  Never under ``$HOME``: root's cron and systemd give it different ones,
+or none.  This module never makes the directory: the transport makes ``<state dir>/cache``
+(0700) for the node app, so with the default ``[state] path`` the cache appears after the
+first command that reached a host; with the state elsewhere there is simply no cache.
 
 - Unchanged means the same device, inode, size, mtime and ctime (nanoseconds; ctime cannot
   be set by hand).  A file modified less than ``RACY`` seconds before it is read is not
@@ -27,15 +31,15 @@ TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["load", "cache_dir", "RACY"]
+__all__ = ["load", "cache_dir", "RACY", "CACHE_DIR"]
 
 RACY = 2.0
 _VERSION = 1
+CACHE_DIR = "/var/lib/imgstor/cache"     # the default [state] path's directory + /cache
 
 
 def cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "imgstor")
+    return CACHE_DIR
 
 
 def _key(path: str, st: os.stat_result) -> tuple:
@@ -92,8 +96,7 @@ def _write(d: str, entry: str, key: tuple, raw: dict) -> None:
     tmp = f"{entry}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         data = marshal.dumps((key, raw))
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        dst = os.lstat(d)
+        dst = os.lstat(d)                 # not there: no cache (never made here)
         if not (stat.S_ISDIR(dst.st_mode) and _ours(dst, mode=0o077)):
             return
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

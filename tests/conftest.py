@@ -20,12 +20,18 @@ LAB = ROOT / "lab" / "lab"
 
 
 LAB_TIMES: dict[str, float] = {}
+# CPU seconds of each QEMU guest a lab test booted (tests/lab/test_vmlife.py), by label
+GUEST_CPU: dict[str, float] = {}
 
 
 def pytest_terminal_summary(terminalreporter):
     if LAB_TIMES:
         terminalreporter.write_line("userspace lab: " + ", ".join(
             f"{k} {v:.1f}s" for k, v in LAB_TIMES.items()))
+    if GUEST_CPU:
+        terminalreporter.write_line("guest CPU (qemu TCG, user+system): " + ", ".join(
+            f"{k} {v:.1f}s" for k, v in GUEST_CPU.items())
+            + f"; total {sum(GUEST_CPU.values()):.1f}s")
 
 
 def pytest_configure(config):

@@ -2,9 +2,10 @@
 CHAP files, sync keys, the node app cache) and on the nodes (``Executor.write_file``, copy
 job files, the iscsiadm node record).  Standard library only: shipped in the zipapp.
 
-Write a temp file beside it (``O_EXCL|O_NOFOLLOW``: never through a planted link), then
-``os.replace``; with ``durable`` the data and the directory entry are fsynced too.  A
-failure leaves the old file as it was and no temp file behind.
+Write a temp file beside it (``O_EXCL|O_NOFOLLOW``: never through a planted link; its
+mode set on the open descriptor, never by path: audit M2), then ``os.replace``; with
+``durable`` the data and the directory entry are fsynced too.  A failure leaves the old
+file as it was and no temp file behind.
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def replace(path: str, data: bytes, *, mode: int = 0o600, durable: bool = True,
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            # whatever the umask, on this file: a chmod by path after the write would follow
+            # whatever another account put at that name meanwhile (a link to root's key)
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, mode)                      # whatever the umask
         if before_replace is not None:
             before_replace(tmp)
         os.replace(tmp, path)

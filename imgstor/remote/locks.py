@@ -13,7 +13,8 @@ root's; per boot, like the zipapp):
   taken by ``imgstor.remote.node`` for the whole step or batch from the step arguments;
 * ``targets``, taken by ``nas.ensure_target`` / ``nas.remove_target`` around their
   read-modify-save of the target configuration;
-* ``sync-keys``, taken by ``sync.install_key`` / ``sync.authorize`` around their
+* ``sync-keys``, taken by ``sync.install_key`` / ``sync.authorize`` / ``sync.revoke``
+  (``sync_keys()``) around their
   read-modify-write of imgstor's known_hosts and of root's authorized_keys: a batch's
   first trusts at once lost lines without it (audit L2; seen as "Permission denied" in a
   20-VM storm on the lab);
@@ -43,7 +44,7 @@ from typing import Iterable, Iterator
 from imgstor.errors import BusyError, UsageError
 
 __all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "SYNC_KEYS", "VOLUME_WAIT",
-           "TARGETS_WAIT", "hold",
+           "TARGETS_WAIT", "hold", "sync_keys",
            "volume_lock_names", "lock_dir", "holder"]
 
 LOCK_DIR = "/run/imgstor/lock"
@@ -62,10 +63,14 @@ def lock_dir() -> str:
 
 
 def volume_lock_names(args: dict) -> list[str]:
-    """The volume lock a step with these arguments needs: ``vol%POOL%VOL`` when it names a
+    """The volume lock a step with these arguments needs: ``vm%VM`` for a VM's guest
+    (``runner`` and ``vm``), ``vol%POOL%VOL`` when it names a
     volume, else ``iqn%IQN`` when it names a target, else none.  (``%`` is in no valid
     pool, volume or IQN, so the encoding is injective.)"""
     pool, vol, iqn = args.get("pool"), args.get("vol"), args.get("iqn")
+    vm = args.get("vm")
+    if isinstance(vm, str) and vm and "runner" in args:      # a VM's guest (steps/vm.py)
+        return [_check(f"vm%{vm}")]
     if isinstance(pool, str) and isinstance(vol, str) and pool and vol:
         return [_check(f"vol%{pool}%{vol}")]
     if isinstance(iqn, str) and iqn:
@@ -157,3 +162,15 @@ def hold(names: Iterable[str], *, timeout: float | None = None,
     finally:
         for fd in reversed(fds):
             os.close(fd)          # closing the last fd drops the flock
+
+
+@contextlib.contextmanager
+def sync_keys(*, dry_run: bool) -> Iterator[None]:
+    """The ``sync-keys`` lock around a read-modify-write of imgstor's sync known_hosts or
+    of root's authorized_keys (audit L2: two first trusts at once each wrote back what it
+    had read, losing the other's line).  A dry run writes nothing and takes no lock."""
+    if dry_run:
+        yield
+        return
+    with hold([SYNC_KEYS], timeout=TARGETS_WAIT, what="the sync keys"):
+        yield

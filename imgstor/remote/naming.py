@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["backstore_name", "BACKSTORE_LEN"]
+__all__ = ["backstore_name", "BACKSTORE_LEN", "VM_RUNNERS", "VM_ACCELS"]
 
 BACKSTORE_LEN = 64                 # LIO's limit on a storage object's name
+# The VM runners both sides know by name (issue 27: the config and `set host attr` check
+# ``vm_runner`` against these; the node's registry, imgstor/remote/vmrunners, has the
+# classes; "none" runs no guest) and qemu's accelerators a container may name.
+VM_RUNNERS = ("none", "qemu")
+VM_ACCELS = ("kvm", "tcg", "kvm:tcg")
 
 
 def backstore_name(iqn: str) -> str:

@@ -19,16 +19,19 @@ Standard library only: shipped to nodes inside the zipapp.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from imgstor.errors import NotFound, StepError, UsageError
+from imgstor.remote.naming import VM_ACCELS, VM_RUNNERS
 
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
            "OverlayStatus", "OverlayFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts",
+           "VM_RUNNERS", "VM_ACCELS", "GuestSpec", "GuestDisk", "GuestFacts", "GuestListFacts",
            "WatchFacts"]
 
 ISCSI_PORT = 3260
@@ -265,6 +268,117 @@ class WatchFacts:
     overlays: dict = field(default_factory=dict)
 
 
+# ------------------------------------------------------------------ VM guests (issue 27)
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}", re.ASCII)
+_PATH = re.compile(r"/[A-Za-z0-9._+@/-]{1,1023}", re.ASCII)
+_BRIDGE = re.compile(r"bridge:[A-Za-z0-9_.-]{1,15}", re.ASCII)
+MAX_APPEND = 2048                           # x86's kernel command line (COMMAND_LINE_SIZE)
+
+
+def _bad(field: str, value: Any, why: str) -> UsageError:
+    return UsageError(f"invalid {field} {value!r:.60}: {why}", field=field)
+
+
+def check_path(value: Any, field: str) -> str:
+    """An absolute path a runner hands to qemu (kernel, initrd): plain characters, no
+    ``..`` (it never becomes a shell word or a qemu option string)."""
+    if not isinstance(value, str) or not _PATH.fullmatch(value) or ".." in value.split("/"):
+        raise _bad(field, value, "must be an absolute path of letters, digits and ._+@-/")
+    return value
+
+
+def check_mac(value: Any) -> str:
+    if not isinstance(value, str) or not _MAC.fullmatch(value) or int(value[:2], 16) & 1:
+        raise _bad("mac", value, "must be a unicast MAC address like 52:54:00:12:34:56 "
+                                 "(lower case)")
+    return value
+
+
+def check_network(value: Any) -> str:
+    if value not in ("none", "user") and not (isinstance(value, str)
+                                              and _BRIDGE.fullmatch(value)):
+        raise _bad("network", value, "must be none, user or bridge:NAME")
+    return value
+
+
+def check_append(value: Any) -> str:
+    if not isinstance(value, str) or len(value) >= MAX_APPEND \
+            or any(not " " <= c <= "~" for c in value):
+        raise _bad("append", value, f"must be printable ASCII, under {MAX_APPEND} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What a runner needs to start a VM's guest (``vm.start``'s ``spec``): the VM's
+    definition in the store, plus its container's ``vm_accel``.  No kernel: the firmware
+    boots the disk; a kernel (and initrd, append): qemu boots it directly."""
+    mem: int                             # MiB
+    cpus: int
+    mac: str
+    kernel: str = ""
+    initrd: str = ""
+    append: str = ""
+    network: str = "none"                # none | user | bridge:NAME
+    accel: str = "kvm"                   # one of VM_ACCELS
+
+    @classmethod
+    def parse(cls, d: Any) -> GuestSpec:
+        """Checked both where it is made and on the node (a bad one is a UsageError)."""
+        if not isinstance(d, Mapping) or not set(d) <= {f.name for f in fields(cls)}:
+            raise UsageError(f"bad guest spec {d!r:.80}", field="spec")
+        try:
+            g = cls(**d)
+        except TypeError as e:
+            raise UsageError(f"bad guest spec: {e}", field="spec") from None
+        for k, lo, hi in (("mem", 16, 1 << 22), ("cpus", 1, 512)):
+            v = getattr(g, k)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise _bad(k, v, f"must be an integer {lo}..{hi}")
+        check_mac(g.mac)
+        for k in ("kernel", "initrd"):
+            if getattr(g, k):
+                check_path(getattr(g, k), k)
+        if (g.initrd or g.append) and not g.kernel:
+            raise UsageError("initrd= and append= need kernel= (direct boot); without a "
+                             "kernel the firmware boots the disk", field="kernel")
+        check_append(g.append)
+        check_network(g.network)
+        if g.accel not in VM_ACCELS:
+            raise _bad("accel", g.accel, f"must be one of {', '.join(VM_ACCELS)}")
+        return g
+
+
+@dataclass(frozen=True)
+class GuestDisk:
+    """The disk a guest boots from: what the map recorded (``device``: /dev/sdX,
+    /dev/mapper/VOL-snap, an ``iscsi://`` URL or an ``nbd+unix://`` URL) and, for the
+    userspace initiator, qemu's ``json:`` spec of it."""
+    device: str
+    qemu_json: str | None = None
+
+
+@dataclass(frozen=True)
+class GuestFacts:
+    """``vm.start`` / ``vm.stop`` / ``vm.status``: one guest on the node."""
+    runner: str = ""
+    vm: str = ""
+    running: bool = False
+    pid: int | None = None
+    status: str | None = None            # qemu's query-status (running, paused …)
+    qmp: str | None = None
+    console: str | None = None           # the guest's serial console, a file on the node
+    console_tail: list = field(default_factory=list)
+    stopped: str | None = None           # vm.stop: "powerdown" | "hard"
+    seconds: float | None = None         # vm.stop: how long it waited
+
+
+@dataclass(frozen=True)
+class GuestListFacts:
+    """``vm.list``: the guests of a runner on the node, ``{vm, running, pid}`` each."""
+    guests: list = field(default_factory=list)
+
+
 FACTS: dict[str, type] = {
     "nas.ensure_volume": VolumeFacts, "nas.get_props": VolumePropsFacts,
     "nas.ensure_target": TargetFacts, "nas.target_facts": TargetListFacts,
@@ -274,6 +388,8 @@ FACTS: dict[str, type] = {
     "overlay.remove": OverlayFacts, "nas.prune_snapshots": PruneFacts,
     "copy.start": CopyFacts, "copy.status": CopyFacts, "copy.cancel": CopyFacts,
     "jobs.watch": WatchFacts,
+    "vm.start": GuestFacts, "vm.stop": GuestFacts, "vm.status": GuestFacts,
+    "vm.list": GuestListFacts,
 }
 # Facts the node cannot list ahead (a job's progress file): checked on the frontend only.
 OPEN_FACTS = frozenset({"copy.start", "copy.status", "copy.cancel"})

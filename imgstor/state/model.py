@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from imgstor import validate
 from imgstor.errors import StateError, UsageError
+from imgstor.remote.naming import VM_RUNNERS
 
 TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS", "JOB_STATES",
            "HOST_ATTR_NAMES", "SYNC_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume",
-           "HostAttrs", "SyncAttrs", "State",
+           "HostAttrs", "SyncAttrs", "State", "Machine", "GuestRun", "GUEST_STATES",
            "volume_key", "split_key", "natural_key", "migrate"]
 
 # Schema 2 adds jobs (sync mode's long work, finished by monitors).  A schema 1 file is
@@ -71,6 +72,15 @@ def _err(what: str, msg: str) -> StateError:
     return StateError(f"{what}: {msg}" if what else msg)
 
 
+def _missing(cls: type, d: dict, what: str) -> StateError:
+    """What ``cls(**d)``'s TypeError means, in the file's words: the fields it lacks
+    (``_from`` has refused unknown ones already)."""
+    need = [f.name for f in fields(cls)
+            if f.default is MISSING and f.default_factory is MISSING and f.name not in d]
+    return _err(what, f"missing field(s) {', '.join(need)}" if need else
+                "fields do not fit together")
+
+
 def _from(cls: type, d: Any, what: str) -> dict:
     """Check ``d`` against ``cls``'s fields: returns kwargs or raises StateError."""
     if type(d) is dict and d.keys() <= _FIELDS.get(cls, _NONE):
@@ -84,6 +94,14 @@ def _from(cls: type, d: Any, what: str) -> dict:
         unknown = set(d) - names
         raise _err(what, f"unknown field(s) {', '.join(sorted(unknown))}")
     return d
+
+
+def _make(cls: Any, d: Any, what: str) -> Any:
+    """``cls(**d)`` checked against its fields, any mismatch a StateError."""
+    try:
+        return cls(**_from(cls, d, what))
+    except TypeError:
+        raise _missing(cls, d, what) from None
 
 
 @dataclass
@@ -103,8 +121,8 @@ class Busy:
     def from_dict(cls, d: Any, what: str = "") -> "Busy":
         try:
             return cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
 
 
 @dataclass
@@ -124,8 +142,8 @@ class Lease:
     def from_dict(cls, d: Any, what: str = "") -> "Lease":
         try:
             lease = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         if not _is_int(lease.pid) or not isinstance(lease.host, str):
             raise _err(what, "pid must be an integer and host a string")
         return lease
@@ -174,8 +192,8 @@ class Job:
             kw["owner"] = Lease.from_dict(kw["owner"], f"{what}.owner" if what else "owner")
         try:
             job = cls(**kw)
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         if job.kind not in JOB_KINDS:
             raise _err(what, f"unknown job kind {job.kind!r}")
         if job.state not in JOB_STATES:
@@ -188,19 +206,93 @@ class Job:
 
 
 @dataclass
+class Machine:
+    """A VM's definition (issue 27), what a VM runner boots: ``mem`` MiB, ``cpus``, its
+    ``mac``; without ``kernel`` the firmware boots the disk, with it qemu boots the kernel
+    (``initrd``, ``append``: the kernel command line) directly; ``network`` none | user |
+    bridge:NAME; ``hook``: this VM's hook script on the frontend ("" = the container's
+    ``vm_hook``).  Checked as ``protocol.GuestSpec`` checks what reaches the node."""
+    mem: int = 1024
+    cpus: int = 1
+    mac: str = ""
+    kernel: str = ""
+    initrd: str = ""
+    append: str = ""
+    network: str = "none"
+    hook: str = ""
+
+    def to_dict(self) -> dict:
+        d = {"mem": self.mem, "cpus": self.cpus, "mac": self.mac}
+        d.update({k: getattr(self, k) for k in ("kernel", "initrd", "append", "hook")
+                  if getattr(self, k)})
+        if self.network != "none":
+            d["network"] = self.network
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "Machine":
+        m = _make(cls, d, what)
+        if not (_is_int(m.mem) and _is_int(m.cpus)) or not all(
+                isinstance(getattr(m, k), str)
+                for k in ("mac", "kernel", "initrd", "append", "network", "hook")):
+            raise _err(what, "bad field types")
+        return m
+
+
+GUEST_STATES = ("running", "stopped", "exited", "failed")
+
+
+@dataclass
+class GuestRun:
+    """What imgstor last knew of a VM's guest: ``state`` running (started, or seen running
+    by refresh), stopped (by ``stop host vm``), exited (refresh found it gone: it shut
+    itself down or died) or failed (its start failed: ``error``); on ``host`` with
+    ``runner`` (what the stop uses, whatever the container's runner is now), ``pid``,
+    ``since`` (the state's start) and ``seen`` (when a command or refresh last looked)."""
+    state: str
+    host: str
+    runner: str
+    since: float
+    seen: float
+    pid: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "host": self.host, "runner": self.runner,
+                "since": self.since, "seen": self.seen, "pid": self.pid, "error": self.error}
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "") -> "GuestRun":
+        g = _make(cls, d, what)
+        if g.state not in GUEST_STATES:
+            raise _err(what, f"unknown guest state {g.state!r}")
+        return g
+
+
+@dataclass
 class Vm:
-    """A VM: its compute node (container) and the NAS and zpool of its volume."""
+    """A VM: its compute node (container) and the NAS and zpool of its volume; its
+    definition (``machine``, None until one is given or its first start with a runner)
+    and what imgstor last knew of its guest (``guest``, None: never started by a
+    runner).  Both fields are written only when set: a file without them reads as before
+    (no schema change)."""
     name: str
     container: str
     nas: str | None = None
     zpool: str | None = None
     extra: dict = field(default_factory=dict)
+    machine: Machine | None = None
+    guest: GuestRun | None = None
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "container": self.container,
                              "nas": self.nas, "zpool": self.zpool}
         if self.extra:
             d["extra"] = self.extra
+        if self.machine is not None:
+            d["machine"] = self.machine.to_dict()
+        if self.guest is not None:
+            d["guest"] = self.guest.to_dict()
         return d
 
     @classmethod
@@ -211,25 +303,41 @@ class Vm:
             # own) becomes the record's __dict__, with __init__'s defaults filled in and
             # without calling it: no second dict per VM (on a cold process every new
             # object costs page faults; this halves the model's share).
-            if len(d) != 5:
+            if len(d) != 7:
                 if "nas" not in d:
                     d["nas"] = None
                 if "zpool" not in d:
                     d["zpool"] = None
                 if "extra" not in d:
                     d["extra"] = {}
+                if "machine" not in d:
+                    d["machine"] = None
+                if "guest" not in d:
+                    d["guest"] = None
+            if d["machine"] is not None or d["guest"] is not None:
+                _typed(d, what or d.get("name", ""))
             v = _new(cls)
             v.__dict__ = d
             return v
         try:
-            return cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+            kw = dict(_from(cls, d, what))
+            _typed(kw, what)
+            return cls(**kw)
+        except TypeError:
+            raise _missing(cls, d, what) from None
 
     @property
     def vol(self) -> str:
         """The name of this VM's volume on its NAS: ``<vm>-vol``."""
         return f"{self.name}-vol"
+
+
+def _typed(d: dict, what: str) -> None:
+    """A VM record's ``machine`` and ``guest`` dicts as their dataclasses (in place)."""
+    if d.get("machine") is not None and not isinstance(d["machine"], Machine):
+        d["machine"] = Machine.from_dict(d["machine"], f"{what}.machine")
+    if d.get("guest") is not None and not isinstance(d["guest"], GuestRun):
+        d["guest"] = GuestRun.from_dict(d["guest"], f"{what}.guest")
 
 
 _VM_KEYS = frozenset(f.name for f in fields(Vm))
@@ -273,8 +381,8 @@ class Volume:
             kw["busy"] = Busy.from_dict(kw["busy"], f"{what}.busy" if what else "busy")
         try:
             v = cls(**kw)
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         if v.state not in VOLUME_STATES:
             raise _err(what, f"unknown state {v.state!r}")
         if v.mode not in VOLUME_MODES:
@@ -282,7 +390,7 @@ class Volume:
         return v
 
 
-HOST_ATTR_NAMES = ("img_sync", "vm_container_zpool", "img_zpools", "ib_net")
+HOST_ATTR_NAMES = ("img_sync", "vm_container_zpool", "img_zpools", "ib_net", "vm_runner")
 
 
 @dataclass
@@ -294,6 +402,7 @@ class HostAttrs:
     vm_container_zpool: str | None = None
     img_zpools: list[str] | None = None
     ib_net: str | None = None
+    vm_runner: str | None = None
 
     def values(self) -> dict[str, Any]:
         """The attributes that are set, by name."""
@@ -306,8 +415,8 @@ class HostAttrs:
     def from_dict(cls, d: Any, what: str = "") -> "HostAttrs":
         try:
             a = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         try:
             if a.img_sync is not None and type(a.img_sync) is not bool:
                 raise _err(what, "img_sync must be true or false")
@@ -320,6 +429,8 @@ class HostAttrs:
                     validate.zpool(z, "img_zpools entry")
             if a.ib_net is not None:
                 validate.host(a.ib_net, "ib_net")
+            if a.vm_runner is not None and a.vm_runner not in VM_RUNNERS:
+                raise _err(what, f"vm_runner must be one of {', '.join(VM_RUNNERS)}")
         except UsageError as e:
             raise _err(what, e.message) from None
         if not a.values():
@@ -352,8 +463,8 @@ class SyncAttrs:
     def from_dict(cls, d: Any, what: str = "") -> "SyncAttrs":
         try:
             a = cls(**_from(cls, d, what))
-        except TypeError as e:
-            raise _err(what, str(e)) from None
+        except TypeError:
+            raise _missing(cls, d, what) from None
         for k, v in a.values().items():
             if not _is_int(v) or v < (1 if k == "frequency" else 0):
                 raise _err(what, f"{k} must be an integer >= {1 if k == 'frequency' else 0}")

@@ -1,10 +1,12 @@
 """The locked JSON state store.
 
 ``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), loads the file (a
-missing file is an empty state), yields a mutable ``State`` and, on normal exit, writes
-``<path>.tmp-<pid>`` (0600), fsyncs it, ``os.replace``s it over the file and fsyncs the
-directory.  On an exception nothing is written.  ``store.read()`` takes no lock: thanks to
-the rename a reader sees the old file or the new one, never half of one.
+missing file is an empty state; ``read()`` says so on stderr, with the path, once per
+process: a wrong ``[state] path`` must not look like an empty cluster), yields a mutable
+``State`` and, on normal exit, writes ``<path>.tmp-<pid>`` (0600), fsyncs it,
+``os.replace``s it over the file and fsyncs the directory.  On an exception nothing is
+written.  ``store.read()`` takes no lock: thanks to the rename a reader sees the old file
+or the new one, never half of one.
 
 Never hold the lock across a remote command: mark the volume busy (``store.busy(...)`` or
 ``acquire_busy``), leave the transaction, do the remote work, then re-open a transaction to
@@ -13,6 +15,10 @@ remote work.
 
 While the lock is held ``<path>.lock.holder`` names the holder (pid, command line, host,
 since) so a ``LockTimeout`` can say who is in the way.
+
+A file that cannot be read completely (not JSON, not an object, a missing or bad field)
+is one ``StateError`` that says what is wrong and what to do: restore a backup, or move it
+aside and run ``imgstor rebuild``; imgstor never overwrites it.
 """
 from __future__ import annotations
 
@@ -75,6 +81,17 @@ def _no_gc() -> Iterator[None]:
         gc.enable()
 
 
+_said_missing: set[str] = set()
+
+
+def _say_missing(path: str) -> None:
+    if path not in _said_missing:
+        _said_missing.add(path)
+        print(f"imgstor: no state file {path}: nothing is recorded yet (if imgstor has "
+              "been used with this config, [state] path is wrong or the file was lost: "
+              "restore it, or run `imgstor rebuild`)", file=sys.stderr, flush=True)
+
+
 class Store:
     """The state file at ``path``; see the module docstring."""
 
@@ -88,13 +105,19 @@ class Store:
         self._last_read: bytes | None = None       # raw bytes of the last read()
         self._shared: tuple[tuple, State] | None = None   # read_shared's
         self._shared_lock = threading.Lock()
+        self.quiet_missing = False    # refresh --quiet: a new install has no file yet
 
     # ---- reading ----
     def read(self) -> State:
-        """The current state, without taking the lock."""
+        """The current state, without taking the lock; a missing file is an empty state,
+        said on stderr (once per process and path)."""
         data = self._read_bytes()
         self._last_read = data
-        return State() if data is None else self._parse(data)
+        if data is None:
+            if not self.quiet_missing:
+                _say_missing(self.path)
+            return State()
+        return self._parse(data)
 
     def read_shared(self) -> State:
         """The current state, parsed again only when the file changed since the last call
@@ -159,28 +182,34 @@ class Store:
         with _no_gc():
             return self._parse_raw(data)
 
+    def _damaged(self, what: str) -> StateError:
+        return StateError(f"state file {self.path} is damaged: {what}.  imgstor will not "
+                          "overwrite it: restore it from a backup, or move it aside and run "
+                          "`imgstor rebuild` (it makes the state again from the hosts)",
+                          path=self.path)
+
     def _parse_raw(self, data: bytes) -> State:
         try:
             raw = json.loads(data)
         except ValueError as e:
-            raise StateError(f"state file {self.path} is not valid JSON ({e}); "
-                             "fix or restore it, imgstor will not overwrite it") from None
-        schema = raw.get("schema") if isinstance(raw, dict) else None
+            raise self._damaged(f"not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise self._damaged(f"a JSON {type(raw).__name__}, not an object")
+        schema = raw.get("schema")
+        if type(schema) is int and schema > SCHEMA:
+            raise StateError(f"state file {self.path} has schema {schema}, written by a newer "
+                             f"imgstor; this one reads schemas "
+                             f"{', '.join(map(str, READS_SCHEMAS))}: run the newer imgstor",
+                             path=self.path)
         if type(schema) is not int or schema not in READS_SCHEMAS:
-            raise StateError(f"state file {self.path} has schema {schema!r}; this imgstor "
-                             f"reads schemas {', '.join(map(str, READS_SCHEMAS))} (newer "
-                             "imgstor? restore a backup)")
-        if schema != SCHEMA:
-            try:
-                raw = migrate(raw)
-            except StateError as e:
-                raise StateError(f"state file {self.path}: {e.message}; imgstor will not "
-                                 "overwrite it") from None
+            raise self._damaged(f"schema {schema!r}, not one of "
+                                f"{', '.join(map(str, READS_SCHEMAS))}")
         try:
+            if schema != SCHEMA:
+                raw = migrate(raw)
             return State.from_dict(raw)
         except StateError as e:
-            raise StateError(f"state file {self.path}: {e.message}; fix or restore it, "
-                             "imgstor will not overwrite it") from None
+            raise self._damaged(e.message) from None
 
     # ---- writing ----
     @contextlib.contextmanager

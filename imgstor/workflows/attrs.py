@@ -27,7 +27,7 @@ __all__ = ["set_attr", "list_attrs", "remove_attr", "attr_name", "parse_value", 
 
 # Which hosts an attribute belongs to (None: any).
 ROLES: dict[str, str | None] = {"img_sync": "compute", "vm_container_zpool": "compute",
-                                "img_zpools": "nas", "ib_net": None}
+                                "img_zpools": "nas", "ib_net": None, "vm_runner": "compute"}
 _BOOL = {"yes": True, "true": True, "1": True, "on": True,
          "no": False, "false": False, "0": False, "off": False}
 
@@ -68,6 +68,12 @@ def parse_value(attr: str, text: str) -> Any:
             if p not in out:
                 out.append(p)
         return out
+    if attr == "vm_runner":
+        from imgstor.remote.naming import VM_RUNNERS
+        if text.strip() not in VM_RUNNERS:
+            raise UsageError(f"vm_runner: expected one of {', '.join(VM_RUNNERS)}, got "
+                             f"{text!r:.60}", field="value")
+        return text.strip()
     # ib_net: the storage network's domain; host h is reached for data as h.<ib_net>
     text = text.strip()
     if not text:

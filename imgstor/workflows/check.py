@@ -11,7 +11,9 @@ compute the plan with the pure functions of ``imgstor.reconcile``:
   volume in the store has: removed (left, and said, while initiators are logged in);
 - ``busy``: a busy marker of this frontend whose process is gone: cleared;
 - ``monitor``: a job no monitor runs (its lock is free): handed to a detached monitor;
-- ``job``: a job that failed (its retry policy gave up): started again, from its phase.
+- ``job``: a job that failed (its retry policy gave up): started again, from its phase;
+- ``sync-key`` / ``sync-gate``: imgstor's sync keys no job needs (revoked), lines tagged
+  like them that imgstor did not write, gates older than this code (workflows/synccheck.py).
 
 Volumes that a live user command holds (busy) or that have a job running are not judged:
 their work is in flight.  Repair never destroys a volume or a snapshot; an unreachable
@@ -106,6 +108,10 @@ def plan(ctx, *, destroy_orphans: bool = False,
         if restore_only:
             nf = [f for f in nf if f.what in ("session", "overlay")]
         findings += nf
+    if not restore_only:
+        from imgstor.workflows import synccheck
+        findings += synccheck.findings(ctx, st, [h for h in hosts
+                                                 if not isinstance(found[h], ImgstorError)])
     return findings
 
 
@@ -187,13 +193,15 @@ def repair(ctx, *, destroy_orphans: bool = False) -> Output:
 
 def restore(ctx) -> list[dict]:
     """``refresh``'s restore: targets, ACLs, sessions and overlays that mapped volumes
-    lost (a reboot, a daemon restart) are put back; rows like ``repair``'s."""
+    lost (a reboot, a daemon restart) are put back; rows like ``repair``'s, with
+    ``failed`` when an action failed."""
     rows = []
     for f in plan(ctx, restore_only=True):
         if f.actions:
-            rows.append(_row(f, run_finding(ctx, f)[0]))
-        else:
-            rows.append(_row(f, f"left: {f.left}"))
+            action, ok = run_finding(ctx, f)
+            rows.append({**_row(f, action), "failed": not ok})
+        else:       # an unreachable host: refresh's probe reports it
+            rows.append({**_row(f, f"left: {f.left}"), "failed": False})
     return rows
 
 

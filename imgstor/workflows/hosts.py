@@ -16,13 +16,19 @@ _TOOL_ORDER = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qe
                "iscsi-inq")
 
 
-def ping(ctx, hosts: list[str] | None = None) -> Output:
+def ping(ctx, hosts: list[str] | None = None, trust: bool = False) -> Output:
     from imgstor import validate
+    from imgstor.errors import UsageError
     cfg = ctx.config
+    if trust and not hosts:
+        raise UsageError("ping --trust names the hosts whose keys you checked: "
+                         "imgstor ping --trust HOST…")
     names = [validate.host(h) for h in hosts] if hosts else list(cfg.hosts)
     for n in names:
         cfg.host(n)                      # unknown host: NotFound before anything runs
     results = ctx.cluster.parallel(names, lambda h: ctx.cluster.step(h, "probe"))
+    if trust:
+        _confirm(ctx, [n for n in names if not isinstance(results[n], ImgstorError)])
     rows = []
     for n in names:
         r = results[n]
@@ -51,3 +57,23 @@ def ping(ctx, hosts: list[str] | None = None) -> Output:
     if bad:
         out.exit_code = 11      # some host unreachable: scripts can tell
     return out
+
+
+def _confirm(ctx, names: list[str]) -> None:
+    """``--trust``: the keys pinned on first use for NAMES (just reached, so the key in the
+    file is the one each presents) lose their ``imgstor-unconfirmed`` comment; each
+    confirmed key's fingerprint is printed on stderr."""
+    import sys
+
+    from imgstor import hostkeys
+    cfg = ctx.config
+    lookups = []
+    for n in names:
+        hc = cfg.host(n)
+        port = hc.port or cfg.ssh.port
+        lookups.append(hc.address if port == 22 else f"[{hc.address}]:{port}")
+    if ctx.dry_run:
+        return
+    for line in hostkeys.confirm(cfg.ssh.known_hosts, lookups):
+        print(f"imgstor: confirmed {line.split()[0]} {line.split()[1]} "
+              f"{hostkeys.fingerprint_of(line)}", file=sys.stderr)

@@ -284,6 +284,7 @@ def resume_all(ctx: Any, *, restart_failed: bool = False) -> Output:
         else:
             start.append(j)
     if start:
+        failed = False
         if ctx.dry_run:
             action = "would start a monitor"
         else:
@@ -292,9 +293,9 @@ def resume_all(ctx: Any, *, restart_failed: bool = False) -> Output:
                     jobmod.restart(ctx.store, [j.id for j in start if j.state == "failed"])
                 action = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in start])
             except (OSError, ImgstorError) as e:
-                action = f"could not start a monitor: {e}"
-        rows += [{"job": j.id, "volume": j.volume, "phase": j.phase, "action": action}
-                 for j in start]
+                action, failed = f"could not start a monitor: {e}", True
+        rows += [{"job": j.id, "volume": j.volume, "phase": j.phase, "action": action,
+                  "failed": failed} for j in start]
     rows.sort(key=lambda r: r["job"])
     return Output(rows, [("job", "JOB"), ("volume", "VOLUME"), ("phase", "PHASE"),
                          ("action", "ACTION")])

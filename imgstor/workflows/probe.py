@@ -42,6 +42,7 @@ class HostProbe:
     last_up: float | None = None   # the last time it answered (record())
     rebooted: bool = False         # its boot id differs from the recorded one (record())
     changed: bool = False          # up/down differs from the recorded state (record())
+    went_down: bool = False        # down now, and up or unknown before (record())
 
 
 def probe_one(cluster: Any, host: str, role: str, timeout: float) -> HostProbe:
@@ -108,9 +109,9 @@ def _load(path: str) -> dict[str, dict]:
 
 
 def record(ctx: Any, probes: list[HostProbe], *, now: float | None = None) -> None:
-    """Fill ``since``, ``last_up``, ``rebooted`` and ``changed`` from the last run's
-    record, then (not in a dry run) replace the record with this run's answers.  Hosts no
-    longer in the config drop out of it."""
+    """Fill ``since``, ``last_up``, ``rebooted``, ``changed`` and ``went_down`` from the
+    last run's record, then (not in a dry run) replace the record with this run's answers.
+    Hosts no longer in the config drop out of it."""
     from imgstor import atomicfile
     now = time.time() if now is None else now
     path = record_path(ctx)
@@ -121,6 +122,7 @@ def record(ctx: Any, probes: list[HostProbe], *, now: float | None = None) -> No
         o: dict = prev if isinstance(prev, dict) else {}
         known = "up" in o
         p.changed = known and bool(o["up"]) != p.up
+        p.went_down = not p.up and (p.changed or not known)
         p.since = o.get("since") if known and not p.changed else now
         p.last_up = now if p.up else o.get("last_up")
         p.rebooted = bool(p.up and p.boot_id and o.get("boot_id")
@@ -156,6 +158,7 @@ def rows(probes: list[HostProbe]) -> list[dict]:
         d = asdict(p)
         d.pop("host")
         d.pop("changed")
+        d.pop("went_down")
         d["seconds"] = round(p.seconds, 3)
         out.append({"what": "host", "host": p.host, "volume": None, "job": None,
                     "action": action, **d})

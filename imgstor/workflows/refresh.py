@@ -1,8 +1,10 @@
 """``imgstor refresh [--quiet]``: what cron runs every minute (contrib/imgstor.cron, or the
 systemd timer in contrib/).  It only starts things and returns; it never waits on a copy.
 
-1. One refresh at a time: an ``flock`` on ``<state file>.refresh.lock``.  A second run
-   while one holds it exits 0 at once and prints nothing (cron must not pile up).
+1. One refresh at a time: an ``flock`` on ``<state file>.refresh.lock``, which names the
+   holder (pid, since).  A second run while one holds it exits 0 at once and prints
+   nothing (cron must not pile up) -- unless the holder has held it longer than
+   ``STALE_LOCK`` seconds: then it is hung, and the run says so (``BusyError``, exit 5).
    Then every configured host is probed at once, in the background, over the run's one
    bounded connection pool (imgstor/workflows/probe.py); the answers (up/down, since
    when, rebooted) are rows, the record ``<state file>.hosts.json`` and metrics.
@@ -22,24 +24,47 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    NAS (tgtd restarted, a NAS rebooted), whose iSCSI session or sync overlay is missing on
    its node (a node rebooted, a killed qemu-storage-daemon) gets it back; a sync overlay
    is rebuilt over its temp-write store (before the pivot) or its local copy (after).
-5. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+5. The guests of VM runners (issue 27; imgstor/workflows/guests.py): each node with a
+   guest recorded running is asked (read-only ``vm.list``) which still run; one gone is
+   recorded ``exited`` -- what ``list host vm`` shows as GUEST.
+6. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
 
-It prints one row per thing it found and what it did (``--json``: the same rows).
+It prints one row per thing it found and what it did (``--json``: the same rows;
+``--quiet``: nothing when all went well).  What went wrong goes to stderr whatever the
+flags, so that cron mails it: a line per failure of its own work -- a monitor, restore or
+pull it could not start, the metrics file it could not write -- and then exit 1
+(``EXIT_FAILED``); a line when a host goes down (up or unknown before, down now; not
+again while it stays down, which the metrics and the rows show), exit 0.  A state file it
+cannot read is the store's ``StateError`` (exit 4).
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import sys
 import time
 
 from imgstor import jobs as jobmod
 from imgstor import metrics
-from imgstor.errors import ImgstorError
-from imgstor.output import Output
+from imgstor.errors import BusyError, ImgstorError
+from imgstor.output import Output, printable
 from imgstor.state.store import pid_alive, this_host
 from imgstor.workflows import syncattrs
 
-__all__ = ["refresh", "due", "lock_path"]
+__all__ = ["refresh", "due", "lock_path", "STALE_LOCK", "EXIT_FAILED", "RefreshFailed"]
+
+# A refresh only starts things: seconds, or a few minutes on hundreds of hosts that do not
+# answer (connect timeouts, max_connections at a time).  Held longer, it is hung; the
+# systemd unit's TimeoutStartSec (contrib/imgstor-refresh.service) is the same bound.
+STALE_LOCK = 900
+EXIT_FAILED = 1
+
+
+class RefreshFailed(ImgstorError):
+    """Part of refresh's own work failed (each failure was said on stderr)."""
+
+    exit_code = EXIT_FAILED
 
 _COLUMNS = [("what", "WHAT"), ("host", "HOST"), ("volume", "VOLUME"), ("job", "JOB"),
             ("action", "ACTION")]
@@ -65,22 +90,69 @@ def _busy_live(v) -> bool:
 
 
 def refresh(ctx, quiet: bool = False) -> Output | None:
+    # cron's run on a new install, before anything is recorded, must not mail every minute:
+    # the missing file is said by every other command (and refresh without --quiet)
+    ctx.store.quiet_missing = quiet
     os.makedirs(os.path.dirname(os.path.abspath(ctx.store.path)), mode=0o700, exist_ok=True)
     fd = os.open(lock_path(ctx), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            _check_holder(ctx, fd)          # raises when the holder is hung
             return None                     # another refresh runs: nothing to say
-        rows = _refresh(ctx)
+        _name_holder(fd)
+        rows, hosts = _refresh(ctx)
     finally:
         os.close(fd)                        # releases the flock
+    for h in hosts:
+        if h.went_down:
+            _say(f"host {h.host} ({h.role}) is down: {h.error}")
+    failed = [r for r in rows if r.pop("failed", False)]
+    for r in failed:                        # "job nas-0-0/v pull-…: could not start …"
+        subject = [r[k] for k in ("what", "host", "volume", "job") if r.get(k)]
+        _say(f"{' '.join(subject)}: {r['action']}")
     if quiet:
+        if failed:
+            raise RefreshFailed(f"refresh: {len(failed)} of its actions failed (above)")
         return None
-    return Output(rows, _COLUMNS, json_extra=_JSON_EXTRA)
+    return Output(rows, _COLUMNS, json_extra=_JSON_EXTRA,
+                  exit_code=EXIT_FAILED if failed else 0)
 
 
-def _refresh(ctx) -> list[dict]:
+def _say(text: str) -> None:
+    print(f"imgstor refresh: {printable(text)}", file=sys.stderr, flush=True)
+
+
+def _name_holder(fd: int) -> None:
+    """Write who holds the refresh lock into the lock file (the flock is the lock; this
+    is what the next run reads when it cannot get it)."""
+    data = json.dumps({"pid": os.getpid(), "since": time.time(),
+                       "cmd": " ".join(sys.argv)[:300]}).encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError:
+        pass                                # the lock still works without its name
+
+
+def _check_holder(ctx, fd: int) -> None:
+    try:
+        h = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        since, pid = float(h["since"]), int(h["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return                              # an older imgstor's lock: nothing to judge
+    age = time.time() - since
+    if age > STALE_LOCK:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        raise BusyError(f"refresh: another refresh (pid {pid}: {printable(str(h.get('cmd')))}) "
+                        f"has held {lock_path(ctx)} since {when}, {age / 60:.0f} minutes, "
+                        f"longer than the {STALE_LOCK // 60} minutes a refresh may take: it "
+                        f"is hung, and no refresh runs until it ends (look at it, then "
+                        f"kill {pid})", pid=pid)
+
+
+def _refresh(ctx) -> tuple[list[dict], list]:
     from imgstor.workflows import probe
     from imgstor.workflows.monitor import resume_all
     from imgstor.workflows.storagemap.common import fault
@@ -90,18 +162,20 @@ def _refresh(ctx) -> list[dict]:
     # 1. monitors whose owner is gone
     for r in resume_all(ctx).rows:
         rows.append({"what": "job", "volume": r["volume"], "job": r["job"],
-                     "action": r["action"]})
+                     "action": r["action"], "failed": r.get("failed", False)})
     # 2. what a reboot or a daemon restart lost: targets, sessions, overlays
     rows += _restore(ctx)
     # 3. periodic pulls
     rows += _pulls(ctx)
+    # 4. the guests of VM runners: which still run (list host vm's GUEST)
+    rows += _guests(ctx)
     hosts = probing.wait()
     probe.record(ctx, hosts)
     rows = probe.rows(hosts) + rows
-    # 4. metrics
+    # 5. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
-    return rows
+    return rows, hosts
 
 
 def _restore(ctx) -> list[dict]:
@@ -109,15 +183,25 @@ def _restore(ctx) -> list[dict]:
     things: a target, a login, an overlay daemon; never a copy)."""
     from imgstor.workflows.check import restore
     return [{"what": r["what"], "volume": r["subject"], "job": None,
-             "action": f"{r['found']}: {r['action']}"} for r in restore(ctx)]
+             "action": f"{r['found']}: {r['action']}", "failed": r.get("failed", False)}
+            for r in restore(ctx)]
+
+
+def _guests(ctx) -> list[dict]:
+    from imgstor.workflows.guests import observe
+    try:
+        return observe(ctx)
+    except ImgstorError as e:
+        return [{"what": "guest", "volume": None, "job": None,
+                 "action": f"not observed: {e.message.splitlines()[0]}"}]
 
 
 def _pulls(ctx) -> list[dict]:
     from imgstor.workflows.storagemap.pull import start_pull
     from imgstor.workflows.storagemap.sync import start_jobs
     now = time.time()
-    rows = []
-    started = []
+    rows: list[dict] = []
+    started: list[tuple] = []
     st = ctx.store.read()
     for v in sorted(st.volumes.values(), key=lambda v: v.key):
         try:        # the volume's frequency, else its NAS's, else sync_frequency
@@ -151,10 +235,13 @@ def _pulls(ctx) -> list[dict]:
             rows.append({"what": "pull", "volume": v.key, "job": None,
                          "action": "changed meanwhile, not started"})
             continue
-        started.append(job)
-        rows.append({"what": "pull", "volume": v.key, "job": job.id,
-                     "action": "started (NAS<-VM sched)"})
-    start_jobs(ctx, started)          # one monitor for all of them
+        row = {"what": "pull", "volume": v.key, "job": job.id,
+               "action": "started (NAS<-VM sched)"}
+        started.append((job, row))
+        rows.append(row)
+    if started and not start_jobs(ctx, [j for j, _ in started]):   # one monitor for all
+        for _, row in started:
+            row.update(failed=True, action="recorded, but its monitor could not start")
     return rows
 
 
@@ -166,10 +253,12 @@ def _metrics(ctx, hosts: list) -> dict:
     if ctx.dry_run:
         return {"what": "metrics", "volume": None, "job": None, "action": f"{path} would be "
                 "written"}
+    failed = False
     try:
         metrics.write(path, metrics.render(st.volumes.values(), st.jobs.values(), progress,
                                           hosts=hosts, job_states=states))
         action = "written"
-    except OSError as e:
-        action = f"could not write: {e}"
-    return {"what": "metrics", "volume": None, "job": None, "action": f"{path} {action}"}
+    except (OSError, ImgstorError) as e:
+        action, failed = f"could not write: {e}", True
+    return {"what": "metrics", "volume": None, "job": None, "action": f"{path} {action}",
+            "failed": failed}

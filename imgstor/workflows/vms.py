@@ -69,10 +69,13 @@ def vm_base(container: str, membership: str | None) -> str:
 
 
 def add_vm(ctx: Ctx, container: str, membership: str | None = None,
-           name: str | None = None) -> str:
+           name: str | None = None, **machine: str | None) -> str:
     """Record a VM on compute node ``container``; default name ``<base>-<n>`` (see
     ``vm_base``: ``compute-0-14-0`` for membership compute on vm-container-0-14, else
-    ``<container>-<n>``)."""
+    ``<container>-<n>``).  ``machine``: its definition's keys (mem=, cpus=, mac=, kernel=,
+    initrd=, append=, network=, hook=; imgstor/workflows/vmspec.py), checked first."""
+    from imgstor.workflows import vmspec
+    changes = vmspec.machine_changes(**machine)
     validate.host(container, "container")
     if membership is not None:
         validate.host(membership.lower(), "membership")
@@ -98,6 +101,8 @@ def add_vm(ctx: Ctx, container: str, membership: str | None = None,
             raise Conflict(f"VM {name!r} exists already (on {st.vms[name].container})")
         st.vms[name] = Vm(name=name, container=container,
                           extra={"membership": membership} if membership else {})
+        if changes:
+            vmspec.apply(st, st.vms[name], changes)
     return _saved(ctx, f"added VM {name} on physical node {container}")
 
 
@@ -105,9 +110,13 @@ def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) ->
     """Columns VM CONTAINER NAS ZPOOL MODE; ``showdisks``: DISK (``NAS:pool/volume``, or
     ``local`` for a VM without a NAS, which keeps its own disks) and DISKSIZE.  MODE is the
     mode of the VM's mapping while it has one, else the one its next start would use
-    (sync if its container has img_sync)."""
+    (sync if its container has img_sync).  When some VM has a definition or a guest
+    (issue 27): MEM (MiB), CPUS, and GUEST -- running, stopped, exited or failed, as a
+    command or ``imgstor refresh`` last saw it (no node is asked); ``--json`` adds mac,
+    boot, runner, guest_host, guest_since, guest_error."""
     st = ctx.store.read()
     rows = []
+    machines = any(v.machine is not None or v.guest is not None for v in st.vms.values())
     for v in _vms(st, vms):
         host = ctx.config.hosts.get(v.container)
         mode = None if host is None else ("sync" if host.img_sync else "direct")
@@ -119,12 +128,31 @@ def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) ->
         if showdisks:
             row["disk"] = f"{v.nas}:{v.zpool}/{v.vol}" if v.nas else "local"
             row["disksize"] = format_size(vol.size) if vol is not None and vol.size else None
+        if machines:
+            _machine_cols(row, v, host)
         rows.append(row)
     cols = [("vm", "VM"), ("container", "CONTAINER"), ("nas", "NAS"), ("zpool", "ZPOOL"),
             ("mode", "MODE")]
     if showdisks:
         cols += [("disk", "DISK"), ("disksize", "DISKSIZE")]
-    return Output(rows, cols)
+    if machines:
+        cols += [("mem", "MEM"), ("cpus", "CPUS"), ("guest", "GUEST")]
+    return Output(rows, cols, json_extra=_JSON_EXTRA if machines else [])
+
+
+_JSON_EXTRA = ["mac", "boot", "runner", "guest_host", "guest_pid", "guest_since",
+               "guest_error"]
+
+
+def _machine_cols(row: dict, v: Vm, host) -> None:
+    m, g = v.machine, v.guest
+    row.update(mem=m.mem if m else None, cpus=m.cpus if m else None,
+               mac=m.mac if m else None,
+               boot=("kernel" if m.kernel else "disk") if m else None,
+               runner=host.vm_runner if host is not None else None,
+               guest=g.state if g else None, guest_host=g.host if g else None,
+               guest_pid=g.pid if g else None,
+               guest_since=g.since if g else None, guest_error=g.error if g else None)
 
 
 def format_size(nbytes: int) -> str:

@@ -45,7 +45,7 @@ def test_resume_from_token_after_the_receive_is_killed(kernel_lab, capsys) -> No
     with Cluster(cfg) as c:
         synctrust.ensure(c, NAS, NODE)
         args = synctrust.copy_args(cfg, NAS, NODE, snapshot=f"{ds}@s1", to_dataset=ds)
-        first = c.step(NAS, "copy.start", **{**args, "bwlimit": "2M"})
+        first = synctrust.start_copy(c, NAS, NODE, {**args, "bwlimit": "2M"})  # announced
         assert first.facts["started"]
         st = _wait(c, ds, lambda s: (s.get("bytes_done") or 0) >= 12 * MiB
                    or s["state"] != "running")
@@ -57,7 +57,7 @@ def test_resume_from_token_after_the_receive_is_killed(kernel_lab, capsys) -> No
         assert failed["state"] == "failed", failed
         token = k.out(NODE, f"zfs get -H -o value receive_resume_token {ds}")
         assert token not in ("", "-"), "receive -s left no resume token"
-        c.step(NAS, "copy.start", **args)                            # the monitor's restart
+        synctrust.start_copy(c, NAS, NODE, args)                     # the monitor's restart
         done = _wait(c, ds, lambda s: s["state"] != "running")
     assert done["state"] == "done", done
     assert done["resumed"] is True and done["resume_offset"] > 0

@@ -128,6 +128,7 @@ def test_sync_walkthrough_dm_zvol_lio(kernel_lab) -> None:
     assert tags(klab, NAS, new) == tags(klab, NODE, f"{ds}@{nshort}") == ["imgstor-base"]
     assert tags(klab, NAS, base) == tags(klab, NODE, f"{ds}@{short}") == []
     dd_in(klab, NODE, dev, 50, os.urandom(MiB), img)             # after the pull
+    hostile_stream_refused(klab, vol)
 
     cli(klab, "remove", "host", "storagemap", NAS, vol, "--wait")
     assert row(klab, vol)["state"] == "unmapped"
@@ -151,3 +152,26 @@ def test_unmap_during_copy_merges_into_the_nas_dm(kernel_lab) -> None:
     assert sha(klab, NAS, f"/dev/zvol/tank/{vol}") == img.sha()
     nothing_left(klab, vol)
     cli(klab, "remove", "host", "storageimg", NAS, "tank", vol)
+
+
+def hostile_stream_refused(klab, vol: str) -> None:
+    """Issue 18 on OpenZFS: root on the node, with the sync key the pull left there, pipes
+    a filesystem with its properties (send -p, a canary mountpoint) into the NAS's gate,
+    named like a zvol: refused before zfs receive, nothing created or mounted."""
+    evil, kd = f"tank/{vol}-evil", "/root/.ssh/imgstor-sync"
+    klab.out(NODE, f"zfs create -o mountpoint=/var/tmp/{vol}-canary {evil} && "
+                   f"zfs snapshot {evil}@s")
+    before = klab.out(NAS, "zfs list -H -o name -t all")
+    ssh = (f"ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -i {kd}/id_ed25519 "
+           f"-o UserKnownHostsFile={kd}/known_hosts -o HostKeyAlias=imgstor-{NAS} "
+           f"{klab.host(NAS)['address']}")
+    try:
+        for how in ("-p ", ""):
+            p = klab.ssh(NODE, f"zfs send {how}{evil}@s | {ssh} "
+                               f"'imgstor-sync-gate receive tank/{vol}-x'")
+            assert p.returncode == 2, p.stderr
+            assert (b"compound stream" if how else b"is expected from") in p.stderr, p.stderr
+    finally:
+        klab.out(NODE, f"zfs destroy -r {evil}")
+    assert klab.out(NAS, "zfs list -H -o name -t all") == before
+    assert f"{vol}-canary" not in klab.out(NAS, "cat /proc/mounts")

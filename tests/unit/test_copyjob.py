@@ -277,13 +277,14 @@ def test_pump_reports_the_failing_stage() -> None:
 
 
 def test_gate_incremental_only_from_the_mapped_host(monkeypatch) -> None:
-    answers = {"tank/v": "compute-0-14\n", "tank/w": "compute-0-1\n", "tank/x": "-\n"}
+    answers = {"tank/v": "compute-0-14\tlocal\n", "tank/w": "compute-0-1\tlocal\n",
+               "tank/x": "-\t-\n", "tank/r": "compute-0-14\treceived\n"}
 
     def fake_zfs(*args):
         return subprocess.CompletedProcess(args, 0, answers[args[-1]], "")
     monkeypatch.setattr(syncgate, "zfs", fake_zfs)
     syncgate.check_incremental("tank/v", "compute-0-14")
-    for ds in ("tank/w", "tank/x"):
+    for ds in ("tank/w", "tank/x", "tank/r"):      # a received imgstor:host does not count
         with pytest.raises(syncgate.Refused, match="not mapped to compute-0-14"):
             syncgate.check_incremental(ds, "compute-0-14")
     with pytest.raises(syncgate.Refused, match="not allowed for this key"):

@@ -235,6 +235,7 @@ def test_an_overlay_back_in_snapshot_again_and_again_fails(ctx) -> None:
 def test_a_stuck_copy_is_cancelled_and_fails_within_its_bound(ctx, monkeypatch) -> None:
     from imgstor import synctrust
     monkeypatch.setattr(synctrust, "copy_args", lambda *a, **kw: {"snapshot": kw["snapshot"]})
+    monkeypatch.setattr(synctrust, "expect", lambda *a, **kw: {})   # the gate's announcement
     facts = {"state": "running", "snapshot": "tank/v@imgstor-in-1", "bytes_done": 5,
              "bytes_total": 10}
     ctx.cluster.handlers.update({"copy.start": lambda h, **kw: facts,
@@ -257,6 +258,7 @@ def test_copy_waits_for_another_snapshots_copy_to_the_same_dataset(ctx, monkeypa
     the sync back's; _copy waits for it to end and starts its own."""
     from imgstor import synctrust
     monkeypatch.setattr(synctrust, "copy_args", lambda *a, **kw: {"snapshot": kw["snapshot"]})
+    monkeypatch.setattr(synctrust, "expect", lambda *a, **kw: {})   # the gate's announcement
     mine, pulls = "tank/v@imgstor-back-2", "tank/v@imgstor-pull-1"
     answers = iter([
         ("copy.start", {"state": "running", "snapshot": pulls}),     # the pull's, running

@@ -140,7 +140,7 @@ def ctx(imgstor, config_path, state_path, monkeypatch):
     from imgstor.workflows.context import Ctx
     spawned = []
     monkeypatch.setattr(syncmod, "start_jobs",
-                        lambda c, jobs: spawned.extend(j.id for j in jobs))
+                        lambda c, jobs: spawned.extend(j.id for j in jobs) or True)
     monkeypatch.setattr(rf, "_restore", lambda c: [])     # no hosts here (test_reconcile)
     c = Ctx(config_path=str(config_path))
     c.spawned = spawned

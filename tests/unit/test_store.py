@@ -129,7 +129,7 @@ def test_writer_killed_mid_write_leaves_old_file(store):
     (b'{"schema": 1, "volumes": {"n/v": {"nas": "n", "zpool": "t", "vol": "v", "state": "odd"}}}', "odd"),
     (b'{"schema": 1, "volumes": {"x/v": {"nas": "n", "zpool": "t", "vol": "v"}}}', "key"),
     (b'{"schema": 1, "vms": {', "not valid JSON"),
-    (b'[1, 2]', "schema None"),
+    (b'[1, 2]', "not an object"),
 ])
 def test_unreadable_file_refused_and_kept(store, content, match):
     os.makedirs(os.path.dirname(store.path), exist_ok=True)

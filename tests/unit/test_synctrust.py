@@ -123,3 +123,45 @@ def test_ensure_runs_the_two_steps(cfg) -> None:
     assert c2.calls[1][2]["incremental"] is True       # the pull back
     assert a2["public_key"] == synctrust.ensure_key(cfg.state_path, "nas-0-0")[1]
     assert "PRIVATE" not in repr(a2)
+
+
+def test_an_unconfirmed_pin_is_not_handed_to_the_sync_hop(cfg) -> None:
+    """Audit L5: a key cron's refresh pinned on first use waits for `ping --trust`."""
+    from imgstor import hostkeys
+    kh = Path(cfg.ssh.known_hosts)
+    kh.write_text(f"10.1.1.14 {HOSTKEY} {hostkeys.UNCONFIRMED}\n10.1.1.1 {HOSTKEY}\n")
+    with pytest.raises(HostKeyError, match="ping --trust compute-0-14"):
+        synctrust.host_keys(cfg, "compute-0-14")
+    assert synctrust.host_keys(cfg, "nas-0-0") == [HOSTKEY]
+    hostkeys.confirm(str(kh), ["10.1.1.14"])
+    assert synctrust.host_keys(cfg, "compute-0-14") == [HOSTKEY]
+
+
+class GuidCluster(FakeCluster):
+    def step(self, host, name, **args):
+        self.calls.append((host, name, args))
+        facts = {"guid": "12", "older": [["s0", "10"], ["s1", "11"]]} \
+            if name == "copy.prepare" else {}
+        return type("O", (), {"changed": True, "facts": facts})()
+
+
+def test_expect_announces_the_copy_to_the_receiver(cfg) -> None:
+    c = GuidCluster(cfg)
+    synctrust.start_copy(c, "nas-0-0", "compute-0-14",
+                         {"snapshot": "tank/v@s2", "to_dataset": "vmpool/v",
+                          "create_snapshot": True})
+    (h1, s1, a1), (h2, s2, a2), (h3, s3, _) = c.calls
+    assert (h1, s1, a1["create_snapshot"]) == ("nas-0-0", "copy.prepare", True)
+    assert (h2, s2) == ("compute-0-14", "sync.expect")
+    assert a2 == {"dataset": "vmpool/v", "sender": "nas-0-0", "kind": "local-copy",
+                  "type": "volume", "toguid": "12", "rollback": False}
+    assert (h3, s3) == ("nas-0-0", "copy.start")
+    c = GuidCluster(cfg)                    # the pull back: auto base, rollback, a volume
+    synctrust.expect(c, "compute-0-14", "nas-0-0", snapshot="vmpool/v@s2",
+                     to_dataset="tank/v", base="auto", rollback=True)
+    a = c.calls[1][2]
+    assert a["kind"] == "volume" and a["candidates"] == [["s0", "10"], ["s1", "11"]]
+    c = GuidCluster(cfg)
+    synctrust.expect(c, "compute-0-14", "nas-0-0", snapshot="vmpool/v@s2",
+                     to_dataset="tank/v", base="vmpool/v@s0")
+    assert c.calls[1][2]["fromguid"] == "10"

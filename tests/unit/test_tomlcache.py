@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return tmp_path / "xdg" / "imgstor"
+    (tmp_path / "varlib" / "cache").mkdir(mode=0o700, parents=True)
+    monkeypatch.setattr(tomlcache, "CACHE_DIR", str(tmp_path / "varlib" / "cache"))
+    return tmp_path / "varlib" / "cache"
 
 
 def old(path: Path) -> None:
@@ -42,16 +43,34 @@ def test_kept_while_unchanged_and_reread_when_changed(tmp_path, cache):
     assert tomlcache.load(str(cfg)) == {"state": {"path": "other.json"}}
 
 
-def test_a_cache_hit_does_not_import_tomllib(tmp_path):
+def test_a_cache_hit_does_not_import_tomllib(tmp_path, cache):
     cfg = tmp_path / "imgstor.toml"
     cfg.write_text('[state]\npath = "s.json"\n')
     old(cfg)
-    code = ("import sys; from imgstor import tomlcache; r = tomlcache.load(sys.argv[1]); "
-            "print(r['state']['path'], 'tomllib' in sys.modules)")
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    outs = [subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True,
-                           text=True, env=env, cwd=ROOT).stdout.split() for _ in range(2)]
+    code = ("import sys; from imgstor import tomlcache; tomlcache.CACHE_DIR = sys.argv[2]; "
+            "r = tomlcache.load(sys.argv[1]); print(r['state']['path'], 'tomllib' in sys.modules)")
+    outs = [subprocess.run([sys.executable, "-c", code, str(cfg), str(cache)],
+                           capture_output=True, text=True, cwd=ROOT).stdout.split()
+            for _ in range(2)]
     assert outs == [["s.json", "True"], ["s.json", "False"]]
+
+
+def test_the_cache_is_in_the_state_directory_never_home(tmp_path, monkeypatch):
+    """As root with HOME=/nonexistent it made /nonexistent/.cache/imgstor; now it is
+    /var/lib/imgstor/cache, used only where it exists (the transport makes it for the node
+    app)."""
+    from imgstor.config import Config
+    assert tomlcache.CACHE_DIR == os.path.join(os.path.dirname(Config.state_path), "cache")
+    home = tmp_path / "nonexistent"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    (tmp_path / "varlib").mkdir(mode=0o700)
+    monkeypatch.setattr(tomlcache, "CACHE_DIR", str(tmp_path / "varlib" / "cache"))
+    cfg = tmp_path / "imgstor.toml"
+    cfg.write_text('[state]\npath = "s.json"\n')
+    old(cfg)
+    assert tomlcache.load(str(cfg)) == {"state": {"path": "s.json"}}
+    assert not home.exists() and not (tmp_path / "varlib" / "cache").exists()
 
 
 def test_others_cache_is_not_read(tmp_path, cache):

@@ -222,7 +222,9 @@ def test_first_use_pins_the_key_once(tmp_path: Path, capsys: pytest.CaptureFixtu
     client = paramiko.SSHClient()
     pol = hostkeys.Policy(loaded, pin=True, host="nas-0-0", address="192.0.2.10", port=2222)
     pol.missing_host_key(client, "[192.0.2.10]:2222", key(0))
-    assert path.read_text() == kh_line("[192.0.2.10]:2222", key(0))
+    # pinned unattended: marked unconfirmed (audit L5) until `imgstor ping --trust`
+    assert path.read_text() == kh_line("[192.0.2.10]:2222", key(0)).replace(
+        "\n", f" {hostkeys.UNCONFIRMED}\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     err = capsys.readouterr().err
@@ -233,7 +235,17 @@ def test_first_use_pins_the_key_once(tmp_path: Path, capsys: pytest.CaptureFixtu
     # a file without a final newline is not glued onto
     path.write_text(path.read_text().rstrip("\n"))
     pol.missing_host_key(client, "192.0.2.11", key(1))
-    assert path.read_text().splitlines()[-1] == kh_line("192.0.2.11", key(1)).strip()
+    assert path.read_text().splitlines()[-1] == \
+        kh_line("192.0.2.11", key(1)).strip() + f" {hostkeys.UNCONFIRMED}"
+    # both pins are unconfirmed; `ping --trust` confirms only the hosts it names
+    again = hostkeys.load_known_hosts(str(path), missing_ok=True)
+    assert again.unconfirmed == {("[192.0.2.10]:2222", key(0).asbytes()),
+                                 ("192.0.2.11", key(1).asbytes())}
+    assert len(hostkeys.confirm(str(path), ["192.0.2.11"])) == 1
+    again = hostkeys.load_known_hosts(str(path), missing_ok=True)
+    assert again.unconfirmed == {("[192.0.2.10]:2222", key(0).asbytes())}
+    assert again.keys.lookup("192.0.2.11")[key(1).get_name()] == key(1)
+    assert hostkeys.confirm(str(path), ["192.0.2.11"]) == []
 
 
 def test_pinning_refuses_a_symlinked_known_hosts(tmp_path: Path) -> None:

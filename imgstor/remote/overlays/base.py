@@ -151,7 +151,7 @@ def temp_write_props(ex: Executor, name: str, want_type: str) -> dict | None:
     t = props.get("type")
     role = props.get(ROLE_PROP)
     have = t.value if t is not None else None
-    mark = role.value if role is not None and role.source in ("local", "received") else None
+    mark = role.value if role is not None and role.source == "local" else None
     if have != want_type or mark != ROLE_TEMP_WRITE:
         raise Conflict(f"{ex.host}: {name} exists as a {have or '?'} with {ROLE_PROP}="
                        f"{mark or '(unset)'}, not imgstor's temp-write {want_type}: imgstor "

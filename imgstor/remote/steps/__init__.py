@@ -32,7 +32,7 @@ def step(name: str, *, read_only: bool = False):
 
 def load_all() -> dict[str, Callable[..., StepResult]]:
     from imgstor.remote.steps import probe  # noqa: F401
-    for mod in ("nas", "compute", "overlay", "copy", "synckeys", "snapshot", "inventory",
-                "nodefacts", "watch"):
+    for mod in ("nas", "compute", "overlay", "copy", "synckeys", "syncexpect", "snapshot",
+                "inventory", "nodefacts", "vm", "watch"):
         __import__(f"imgstor.remote.steps.{mod}")
     return STEPS

@@ -28,7 +28,7 @@ from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 from imgstor.remote.steps._util import run_mapped
 
-__all__ = ["start", "status", "status_facts", "cancel"]
+__all__ = ["prepare", "start", "status", "status_facts", "cancel"]
 
 # the launcher and the killer; unit tests replace them (a scenario must not fork a real
 # job nor signal a process group)
@@ -63,6 +63,11 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
             raise UsageError(f"base {base} is not a snapshot of {snapshot.split('@')[0]}")
     if rollback and not base:
         raise UsageError("rollback needs base (it is for incremental streams only)")
+    if intermediate:
+        # zfs send -I writes a compound stream (seen on zfs-fuse and OpenZFS), which the
+        # sync gate refuses (it may carry properties): one incremental, -i, instead
+        raise UsageError("intermediate (zfs send -I) sends a compound stream, which the "
+                         "sync gate refuses; send one incremental (-i) from the base")
     if compress not in ("", "zstd"):
         raise UsageError(f"bad compress {compress!r}: \"\" or \"zstd\"")
     peer = _peer(to_address, to_alias, to_dataset, port, user)
@@ -103,6 +108,35 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
     if started:
         return StepResult(True, facts, f"started copy job {name} (pid {st.get('pid')})")
     return StepResult(made, facts, f"copy job {name} is {st.get('state')}")
+
+
+@step("copy.prepare")
+def prepare(ex: Executor, *, snapshot: str, create_snapshot: bool = False) -> StepResult:
+    """Ensure SNAPSHOT exists here (made with CREATE_SNAPSHOT) and tell its guid and the
+    guids of its dataset's older snapshots, oldest first: what the frontend announces to
+    the receiver (``sync.expect``) before ``copy.start``.  Runs ``zfs list``, ``zfs get
+    guid`` (and ``zfs snapshot``)."""
+    copyjob.check_snapshot(snapshot)
+    ds, short = snapshot.split("@", 1)
+    made = False
+    if not zfs.exists(ex, snapshot):
+        if not create_snapshot:
+            raise NotFound(f"{ex.host}: snapshot {snapshot} does not exist")
+        run_mapped(ex, zfs.snapshot(snapshot), zfs.classify)
+        made = True
+    if ex.dry_run and made:
+        return StepResult(True, {"guid": "", "older": [], "snapshot_created": True},
+                          f"would snapshot {snapshot}")
+    snaps = zfs.snapshots_by_age(ex, ds)
+    r = ex.run(["zfs", "get", "-H", "-p", "-o", "name,value", "guid", *snaps],
+               read_only=True) if snaps else None
+    guids = dict(copyjob.parse_snapshot_guids(r.stdout if r else "", ds))
+    names = [s.split("@", 1)[1] for s in snaps]
+    older = [[n, guids.get(n, "")] for n in names[:names.index(short)]] \
+        if short in names else []
+    return StepResult(made, {"guid": guids.get(short, ""), "older": older,
+                             "snapshot_created": made},
+                      f"{snapshot}: guid {guids.get(short, '?')}")
 
 
 def status_facts(to_alias: str, to_dataset: str) -> dict:

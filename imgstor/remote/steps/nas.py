@@ -103,7 +103,7 @@ def _ours(ex: Executor, name: str, kind: str, props: dict, *, owned: bool,
         raise Conflict(f"{ex.host}: {name} is a {have or 'dataset of unknown type'}, not "
                        f"{what}: imgstor will not use or destroy it", dataset=name)
     m = props.get(MARK)
-    role = m.value if m is not None and m.source in ("local", "received") else None
+    role = m.value if m is not None and m.source == "local" else None
     if role == role_wanted:
         return False
     if role is not None:
@@ -244,7 +244,8 @@ def set_props(ex: Executor, *, pool: str, vol: str, props: dict) -> StepResult:
     for k, v in props.items():
         full = PROP_PREFIX + k
         cur = have.get(full)
-        cur_val = cur.value if cur is not None and cur.source in ("local", "received") else None
+        # a received value is not imgstor's: setting it here makes it local (issue 18)
+        cur_val = cur.value if cur is not None and cur.source == "local" else None
         if v is None and cur_val is not None:
             _zfs(ex, zfs.inherit(full, name))
             changed = True
@@ -265,7 +266,7 @@ def get_props(ex: Executor, *, pool: str, vol: str, kind: str) -> StepResult:
         return StepResult(False, {"exists": False}, f"no volume {name}")
     have = volume_facts(ex, pool, vol, kind, props)
     out = {k[len(PROP_PREFIX):]: (props[k].value if k in props and props[k].source
-                                  in ("local", "received") else None) for k in keys}
+                                  == "local" else None) for k in keys}
     return StepResult(False, {"exists": True, **(have or {}), "props": out}, "")
 
 

@@ -119,7 +119,7 @@ def destroy_marked(ex: Executor, *, name: str, role: str, force: bool = False) -
     except NotFound:
         return StepResult(False, {}, f"{name} is gone already")
     p = props.get(ROLE_PROP)
-    if p is None or p.value != role or p.source not in ("local", "received"):
+    if p is None or p.value != role or p.source != "local":
         raise Conflict(f"{ex.host}: {name} does not carry {ROLE_PROP}={role}: imgstor will "
                        "not destroy it", dataset=name)
     kind = props["type"].value if props.get("type") else None

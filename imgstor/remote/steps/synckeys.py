@@ -8,25 +8,26 @@ the frontend half; docs/DESIGN.md "Copy jobs" the whole story).
                         not used or touched.
 * ``sync.authorize``    on the RECEIVING host: the sync gate (imgstor.remote.syncgate) as
                         GATE_PATH (0700) and one line in AUTHORIZED_KEYS for the sender's key:
-                        ``restrict,from="ADDR…",command="python3 -I GATE --pool P…"``, so
-                        the key can only run the gate, only from the sender's addresses,
-                        only on datasets of the listed pools.  Other lines are kept; a line
+                        ``restrict,from="ADDR…",command="python3 -I GATE --pool P… --sender
+                        S"``, so the key can only run the gate, only from the sender's
+                        addresses, only on datasets of the listed pools, only for copies the
+                        frontend announced (``sync.expect``).  An older gate is replaced by
+                        this code's (the upgrade of installed gates).  Other lines are kept; a line
                         for the same sender (comment ``imgstor-sync:SENDER``) is replaced.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pkgutil
 import re
-from collections.abc import Iterator
 
 from imgstor.errors import StepError, UsageError
 from imgstor.remote import locks
 from imgstor.remote.executor import Executor
 from imgstor.remote.steps import StepResult, step
 
-__all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line"]
+__all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line",
+           "TAG"]
 
 GATE_PATH = "/var/lib/imgstor/sync-gate.py"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
@@ -36,6 +37,7 @@ _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", re.ASCII)
 _ADDR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:*?-]{0,252}$", re.ASCII)
 _POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$", re.ASCII)
 _PRIV_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
+TAG = "imgstor-sync:"                  # the comment that marks imgstor's lines
 
 
 def _abs(path: str, what: str) -> str:
@@ -52,18 +54,6 @@ def _ensure_file(ex: Executor, path: str, data: bytes, mode: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _keys_locked(ex: Executor) -> Iterator[None]:
-    """The node's ``sync-keys`` lock around a read-modify-write of the key files (audit
-    L2: two first trusts at once each wrote back what it had read, losing the other's
-    line).  A dry run writes nothing and takes no lock."""
-    if ex.dry_run:
-        yield
-        return
-    with locks.hold([locks.SYNC_KEYS], timeout=locks.TARGETS_WAIT, what="the sync keys"):
-        yield
-
-
 @step("sync.install_key")
 def install_key(ex: Executor, *, private_key: str, pins: list[dict],
                 key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:
@@ -73,7 +63,7 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
     if not isinstance(private_key, str) or not private_key.startswith(_PRIV_BEGIN):
         raise UsageError("private_key is not an OpenSSH private key (not shown)")
     kh_path = os.path.join(key_dir, "known_hosts")
-    with _keys_locked(ex):
+    with locks.sync_keys(dry_run=ex.dry_run):
         return _install_key(ex, private_key, pins, key_dir, kh_path)
 
 
@@ -123,11 +113,12 @@ def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
     _abs(python, "python path")
     _abs(gate_path, "gate path")
     command = " ".join([python, "-I", gate_path] + [w for p in pools for w in ("--pool", p)]
+                       + ["--sender", sender]
                        + (["--incremental-from", sender] if incremental else []))
     if any(c in command for c in '"\\'):
         raise UsageError(f"refusing a forced command with quotes: {command!r}")
     return (f'restrict,from="{",".join(from_addresses)}",command="{command}" '
-            f"{public_key} imgstor-sync:{sender}")
+            f"{public_key} {TAG}{sender}")
 
 
 @step("sync.authorize")
@@ -148,7 +139,7 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
     if gate is None:                 # the app's loader cannot read its own files
         raise StepError("sync.authorize: imgstor/remote/syncgate.py is not readable "
                         "from the node app")
-    with _keys_locked(ex):
+    with locks.sync_keys(dry_run=ex.dry_run):
         changed = _ensure_file(ex, gate_path, gate, 0o700)
         changed |= _authorize_line(ex, authorized_keys, sender, line)
     return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,
@@ -159,7 +150,7 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
 def _authorize_line(ex: Executor, authorized_keys: str, sender: str, line: str) -> bool:
     """AUTHORIZED_KEYS with SENDER's LINE (replaced where it stands); True if written."""
     have = (ex.fs.read_bytes(authorized_keys) or b"").decode(errors="replace").splitlines()
-    tag = f" imgstor-sync:{sender}"
+    tag = f" {TAG}{sender}"
     lines: list[str] = []
     for ln in have:                       # the sender's line is replaced where it stands
         if not ln.rstrip().endswith(tag):

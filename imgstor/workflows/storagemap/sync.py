@@ -29,7 +29,8 @@ all of its jobs) and writes the job's progress file.  Every waiting phase has a 
 a merge found back in ``snapshot`` (an overlay restored after a reboot or a killed
 daemon) is merged again, and no progress for ``[jobs] stall_timeout`` fails the try.
 The NAS<->node trust is imgstor's own (imgstor/synctrust.py), set up by the ``trust``
-phases.
+phases; each copy is announced to the receiver's gate before it starts
+(``synctrust.start_copy``), and a hop no job needs any more is revoked (``_release``).
 """
 from __future__ import annotations
 
@@ -92,21 +93,22 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def start_jobs(ctx, jobs: list[Job]) -> None:
-    """Hand recorded jobs to a detached monitor (imgstor/jobs.py ``launch``: the running
-    pool monitor, or a new one).  A failure to start one is a warning: the jobs are
+def start_jobs(ctx, jobs: list[Job]) -> bool:
+    """Hand recorded jobs to a detached monitor (imgstor/jobpool.py ``launch``: the running
+    pool monitor, or a new one).  False (and a warning) when that failed: the jobs are
     recorded, `imgstor monitor --resume` (and cron's refresh) runs them."""
     if not jobs:
-        return
+        return True
     ids = ", ".join(j.id for j in jobs)
     try:
         what = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in jobs])
     except OSError as e:
         print(f"warning: could not start the monitor of job {ids}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
-        return
+        return False
     if ctx.debug:
         print(f"job {ids}: {what}", file=sys.stderr)
+    return True
 
 
 # ------------------------------------------------------------------ the unmap
@@ -246,7 +248,7 @@ def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: s
                                to_dataset=to_dataset, **kw)
     restarts = 0
     bound = rt.bound(f"{sender}: copy of {snapshot} to {receiver}:{to_dataset}")
-    st: Any = cl.step(sender, "copy.start", **args).facts
+    st: Any = synctrust.start_copy(cl, sender, receiver, args).facts
     delay = rt.policy.poll
     while True:
         state = st.get("state")
@@ -258,7 +260,7 @@ def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: s
                           f"{st.get('snapshot')} is being copied there")
                 st = rt.copy_status(job.id, sender, receiver, to_dataset, delay=delay)
                 continue
-            st = cl.step(sender, "copy.start", **args).facts
+            st = synctrust.start_copy(cl, sender, receiver, args).facts
             if st.get("snapshot") not in (None, snapshot) and st.get("state") != "running":
                 raise StepError(f"{sender}: copy to {receiver}:{to_dataset} did not start "
                                 f"for {snapshot} (its job reports {st.get('snapshot')})")
@@ -281,7 +283,7 @@ def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: s
             rt.log(job.id, f"copy {state} ({st.get('error') or 'no result'}); starting it "
                    "again")
             rt.pause(job.id, min(rt.policy.poll * restarts, 10))
-            st = cl.step(sender, "copy.start", **args).facts
+            st = synctrust.start_copy(cl, sender, receiver, args).facts
             bound.reset()
             continue
         try:
@@ -421,8 +423,26 @@ def _in_copy(ctx, job: Job, rt: Runtime) -> None:
                      props={"role": LOCAL_COPY})
 
 
+def _release(ctx, v: Volume, *, inbound: bool) -> None:
+    """Revoke the NAS -> node hop (INBOUND: no other volume's sync-in copy needs it) or
+    the node -> NAS one (no other sync volume of that node and NAS is on the node): the
+    next copy's trust phase sets it up again (issue 18: keys with a life cycle)."""
+    st = ctx.store.read_shared()                  # read only
+    for o in st.volumes.values():
+        if o.key == v.key or o.nas != v.nas or o.host != v.host or o.mode != "sync":
+            continue
+        js = st.jobs_of(o.key)
+        if inbound and any(j.kind == "sync-in" and j.phase in ("trust", "copy") for j in js):
+            return
+        if not inbound and o.state in ("mapped", "NAS->VM", "merging", "NAS<-VM"):
+            return
+    sender, receiver = (v.nas, _host(v)) if inbound else (_host(v), v.nas)
+    synctrust.revoke(ctx.cluster, sender, receiver)
+
+
 def _in_merge(ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
+    _release(ctx, v, inbound=True)        # the copy is there: the NAS sends nothing more
     _merge(ctx, _names(ctx, v), v.vol, into="local")
     if v.state != "merging":
         _set(job, rt, state="merging")
@@ -484,6 +504,7 @@ def _back_cleanup(ctx, job: Job, rt: Runtime) -> None:
     # no next incremental: the NAS's base hold goes too
     ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
+    _release(ctx, v, inbound=False)
     _set(job, rt, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
@@ -503,6 +524,10 @@ def _cancel_stop(ctx, job: Job, rt: Runtime) -> None:
             rt.pause(job.id, 0.2)
     v = _vol(rt, job)
     n = _names(ctx, v)
+    # the NAS asks the node's gate about the partial receive: the hop and an expectation
+    # (state and abort only) must be there, whatever was revoked or expired meanwhile
+    synctrust.ensure(ctx.cluster, v.nas, _host(v), pools=[n["pool"]])
+    ctx.cluster.step(_host(v), "sync.expect", dataset=n["local"], sender=v.nas, kind="cancel")
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
@@ -530,6 +555,8 @@ def _cancel_teardown(ctx, job: Job, rt: Runtime) -> None:
             driver=None, role=LOCAL_COPY)
     cl.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
+    _release(ctx, v, inbound=True)
+    _release(ctx, v, inbound=False)
     _set(job, rt, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 

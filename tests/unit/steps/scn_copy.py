@@ -147,8 +147,8 @@ PINS = [{"alias": "compute-0-14", "keys": [HOSTKEY]}]
 KH = f"imgstor-compute-0-14 {HOSTKEY}\n"
 AK = "{tmp}/authorized_keys"
 GATE = "{tmp}/gate.py"
-LINE = (f'restrict,from="10.1.1.1",command="/usr/bin/python3 -I {GATE} --pool tank" '
-        f"{PUB} imgstor-sync:nas-0-0")
+LINE = (f'restrict,from="10.1.1.1",command="/usr/bin/python3 -I {GATE} --pool tank '
+        f'--sender nas-0-0" {PUB} imgstor-sync:nas-0-0')
 AUTH = {"public_key": PUB, "sender": "nas-0-0", "from_addresses": ["10.1.1.1"],
         "pools": ["tank"], "authorized_keys": AK, "gate_path": GATE,
         "python": "/usr/bin/python3"}
@@ -204,7 +204,8 @@ SCENARIOS += [
     {"id": "pull-back-key-on-a-nas", "step": "sync.authorize", "tags": ["changes"],
      "args": {**AUTH, "incremental": True}, "script": [cmd(["write-file", GATE, "0700"]),
                                                       cmd(["write-file", AK, "0600"])],
-     "written": {AK: LINE.replace(" --pool tank", " --pool tank --incremental-from nas-0-0")
+     "written": {AK: LINE.replace(" --sender nas-0-0",
+                                  " --sender nas-0-0 --incremental-from nas-0-0")
                  + "\n"}, "changed": True},
     {"id": "pool-with-space", "step": "sync.authorize", "tags": ["error"],
      "args": {**AUTH, "pools": ["tank --pool x"]}, "script": [],
@@ -241,3 +242,105 @@ SCENARIOS += [
      "raises": ("UsageError", "copies must be a list")},
 ]
 
+
+# ------------------------------------------------------------------ copy.prepare (issue 18)
+LSNAPS = ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-d", "1",
+          DEST]
+GUIDS = ["zfs", "get", "-H", "-p", "-o", "name,value", "guid", BASE, SNAP]
+SCENARIOS += [
+    {"id": "snapshots-and-tells-guids", "step": "copy.prepare", "tags": ["changes"],
+     "args": {"snapshot": SNAP, "create_snapshot": True},
+     "script": [cmd(ZLIST, **MISSING), cmd(["zfs", "snapshot", SNAP]),
+                cmd(LSNAPS, stdout=f"{BASE}\n{SNAP}\n"),
+                cmd(GUIDS, stdout=f"{BASE}\t11\n{SNAP}\t12\n")],
+     "mutating": [["zfs", "snapshot", SNAP]], "changed": True,
+     "facts_include": {"guid": "12", "older": [["imgstor-0", "11"]]}},
+    {"id": "snapshot-there", "step": "copy.prepare", "tags": ["done"],
+     "args": {"snapshot": SNAP, "create_snapshot": True},
+     "script": [cmd(ZLIST, stdout=SNAP + "\n"), cmd(LSNAPS, stdout=f"{BASE}\n{SNAP}\n"),
+                cmd(GUIDS, stdout=f"{BASE}\t11\n{SNAP}\t12\n")],
+     "mutating": [], "changed": False, "facts_include": {"guid": "12"}},
+    {"id": "dry-run-makes-no-snapshot", "step": "copy.prepare", "tags": ["dry-run"],
+     "dry_run": True, "args": {"snapshot": SNAP, "create_snapshot": True},
+     "script": [cmd(ZLIST, **MISSING)], "skipped": [shlex.join(["zfs", "snapshot", SNAP])],
+     "changed": True},
+    {"id": "no-such-snapshot", "step": "copy.prepare", "tags": ["error"],
+     "args": {"snapshot": SNAP}, "script": [cmd(ZLIST, **MISSING)],
+     "raises": ("NotFound", "does not exist")},
+]
+
+# ------------------------------------------------------------------ sync.expect (issue 18)
+EXP_DIR = "{tmp}/expect/tank%vm1-vol"
+EXP_FULL = f"{EXP_DIR}/nas-0-0@0@12"
+EXPECT = {"dataset": DEST, "sender": "nas-0-0", "kind": "local-copy", "type": "volume",
+          "toguid": "12"}
+DSLIST = ["zfs", "list", "-H", "-o", "name", DEST]
+SCENARIOS += [
+    {"id": "announces-a-full-copy", "step": "sync.expect", "tags": ["changes"],
+     "args": dict(EXPECT), "env": {"dirs": {EXP_DIR: 0o700}},
+     "script": [cmd(["write-file", EXP_FULL, "0600"])], "changed": True,
+     "written": {EXP_FULL: '"fromguid": "0"'}, "facts_include": {"fromguid": "0"}},
+    {"id": "picks-the-base-like-the-job", "step": "sync.expect", "tags": ["changes"],
+     "args": {**EXPECT, "dataset": DEST, "sender": "compute-0-14", "kind": "volume",
+              "candidates": [["imgstor-0", "11"], ["imgstor-x", "99"]], "rollback": True},
+     "env": {"dirs": {EXP_DIR: 0o700}},
+     "script": [cmd(DSLIST, stdout=DEST + "\n"), cmd(LSNAPS, stdout=f"{BASE}\n"),
+                cmd(["zfs", "get", "-H", "-p", "-o", "name,value", "guid", BASE],
+                    stdout=f"{BASE}\t11\n"),
+                cmd(["write-file", f"{EXP_DIR}/compute-0-14@11@12", "0600"])],
+     "changed": True, "facts_include": {"fromguid": "11"},
+     "written": {f"{EXP_DIR}/compute-0-14@11@12": '"rollback": true'}},
+    {"id": "announced-already", "step": "sync.expect", "tags": ["done"],
+     "args": dict(EXPECT),
+     "env": {"files": {EXP_FULL: ['{"dataset": "tank/vm1-vol", "expires": 99999999999, '
+                                  '"fromguid": "0", "kind": "local-copy", "rollback": false, '
+                                  '"sender": "nas-0-0", "toguid": "12", "type": "volume"}',
+                                  0o600]}},
+     "script": [], "mutating": [], "changed": False},
+    {"id": "dry-run-announces-nothing", "step": "sync.expect", "tags": ["dry-run"],
+     "dry_run": True, "args": dict(EXPECT), "script": [],
+     "skipped": ["mkdir -m 0700 -p {tmp}/expect", f"mkdir -m 0700 -p {EXP_DIR}",
+                 f"write-file {EXP_FULL} 0600"], "changed": True},
+    {"id": "only-pool-slash-name", "step": "sync.expect", "tags": ["error"],
+     "args": {**EXPECT, "dataset": "tank/a/b"}, "script": [],
+     "raises": ("UsageError", "exactly POOL/NAME")},
+    {"id": "bad-guid", "step": "sync.expect", "tags": ["error"],
+     "args": {**EXPECT, "toguid": "12; rm"}, "script": [],
+     "raises": ("UsageError", "bad toguid")},
+]
+
+# ------------------------------------------------------------------ sync.revoke, sync.audit
+SCENARIOS += [
+    {"id": "revokes-the-senders-line", "step": "sync.revoke", "tags": ["changes"],
+     "args": {"sender": "nas-0-0", "authorized_keys": AK},
+     "env": {"files": {AK: [OTHER + LINE + "\n", 0o600],
+                       f"{EXP_DIR}/nas-0-0@0@12": ["{}", 0o600],
+                       f"{EXP_DIR}/nas-0-1@0@13": ["{}", 0o600]}},
+     "script": [cmd(["write-file", AK, "0600"]),
+                cmd(["rm", "-f", "--", f"{EXP_DIR}/nas-0-0@0@12"])],
+     "written": {AK: OTHER}, "changed": True},
+    {"id": "forgets-the-pin-then-the-key", "step": "sync.revoke", "tags": ["changes"],
+     "args": {"receiver": "compute-0-14", "key_dir": KD},
+     "env": {"files": {f"{KD}/id_ed25519": [PRIV, 0o600], f"{KD}/known_hosts": [KH, 0o600]}},
+     "script": [cmd(["rm", "-f", "--", f"{KD}/known_hosts", f"{KD}/id_ed25519"])],
+     "changed": True},
+    {"id": "nothing-to-revoke", "step": "sync.revoke", "tags": ["done"],
+     "args": {"sender": "nas-0-0", "authorized_keys": AK},
+     "env": {"files": {AK: [OTHER, 0o600]}}, "script": [], "mutating": [], "changed": False},
+    {"id": "dry-run-revokes-nothing", "step": "sync.revoke", "tags": ["dry-run"],
+     "dry_run": True, "args": {"sender": "nas-0-0", "authorized_keys": AK},
+     "env": {"files": {AK: [OTHER + LINE + "\n", 0o600]}}, "script": [],
+     "skipped": [f"write-file {AK} 0600"], "changed": True},
+    {"id": "bad-sender", "step": "sync.revoke", "tags": ["error"],
+     "args": {"sender": "nas 0", "authorized_keys": AK}, "script": [],
+     "raises": ("UsageError", "bad sender")},
+    {"id": "audits-lines-and-gate", "step": "sync.audit", "tags": ["read"],
+     "args": {"authorized_keys": AK, "gate_path": GATE, "key_dir": KD},
+     "env": {"files": {AK: [OTHER + LINE + "\n", 0o600], GATE: ["old gate", 0o700]}},
+     "script": [], "changed": False, "facts_include": {"gate_current": False, "pins": []}},
+    {"id": "dry-run-audits", "step": "sync.audit", "tags": ["read", "dry-run"],
+     "dry_run": True, "args": {"authorized_keys": AK, "gate_path": GATE, "key_dir": KD},
+     "env": {"files": {GATE: ["@gate", 0o700]}}, "script": [], "changed": False,
+     "skipped": [],
+     "facts_include": {"gate_current": True, "lines": []}},
+]

@@ -13,15 +13,16 @@ import pytest
 import scn_copy
 
 from imgstor import errors
-from imgstor.remote import jobs
+from imgstor.remote import jobs, syncgate
 from imgstor.remote.executor import HostFS
 from imgstor.remote.steps import copy as copy_steps
-from imgstor.remote.steps import load_all, synckeys
+from imgstor.remote.steps import load_all, syncexpect, synckeys
 from imgstor.remote.steps import watch as watch_steps
 from tests.scripted import Expect, ScriptedExecutor
 
-WRITE_STEPS = ("copy.start", "copy.cancel", "sync.install_key", "sync.authorize")
-READ_STEPS = ("copy.status", "jobs.watch")
+WRITE_STEPS = ("copy.start", "copy.cancel", "sync.install_key", "sync.authorize",
+               "copy.prepare", "sync.expect", "sync.revoke")
+READ_STEPS = ("copy.status", "sync.audit", "jobs.watch")
 
 
 class RecordingExecutor(ScriptedExecutor):
@@ -63,6 +64,7 @@ def test_scenario(sc: dict, tmp_path, monkeypatch) -> None:
     env = sc.get("env", {})
     base = str(tmp_path / "jobs")
     monkeypatch.setattr(copy_steps, "JOBS_BASE", base)
+    monkeypatch.setattr(syncgate, "EXPECT_DIR", str(tmp_path / "expect"))
     held: list[int] = []
     for name, j in env.get("jobs", {}).items():
         d = jobs.job_dir(name, base)
@@ -175,7 +177,7 @@ def test_every_step_has_the_required_cases() -> None:
 
 
 def test_every_step_of_these_modules_has_scenarios() -> None:
-    mods = {copy_steps.__name__, synckeys.__name__, watch_steps.__name__}
+    mods = {copy_steps.__name__, synckeys.__name__, syncexpect.__name__, watch_steps.__name__}
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods}
     assert mine == set(WRITE_STEPS + READ_STEPS)
 

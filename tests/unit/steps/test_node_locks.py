@@ -121,7 +121,7 @@ def test_sync_key_files_are_changed_under_one_lock(monkeypatch, tmp_path):
     read, and one sender's line was lost (a 20-VM storm on the lab: "Permission
     denied"). sync.authorize and sync.install_key take the node's sync-keys lock."""
     from imgstor.remote.executor import HostFS
-    from imgstor.remote.steps import synckeys
+    from imgstor.remote.steps import syncexpect, synckeys
     monkeypatch.setattr(locks, "TARGETS_WAIT", 0.3)
     p = _holder(locks.SYNC_KEYS, 5)
     try:
@@ -134,6 +134,8 @@ def test_sync_key_files_are_changed_under_one_lock(monkeypatch, tmp_path):
         with pytest.raises(BusyError, match="the sync keys"):
             synckeys.install_key(ex, private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n",
                                  pins=[], key_dir=str(tmp_path / "k"))
+        with pytest.raises(BusyError, match="the sync keys"):
+            syncexpect.revoke(ex, sender="nas-0-0", authorized_keys=str(tmp_path / "ak"))
         assert not (tmp_path / "ak").exists()
     finally:
         p.kill()

@@ -40,6 +40,7 @@ import scn_nas_target
 import scn_nas_volume
 import scn_nodefacts
 import scn_overlay
+import scn_vm
 
 from imgstor import errors
 from imgstor.remote import protocol
@@ -53,22 +54,25 @@ from imgstor.remote.steps import (
     overlay,
     probe,
     snapshot,
+    vm,
 )
 from tests.scripted import Expect, FakeFS, ScriptedExecutor
 
 SCENARIOS = (scn_nas_volume.SCENARIOS + scn_nas_target.SCENARIOS + scn_compute.SCENARIOS
              + scn_overlay.SCENARIOS + scn_nas_snapshot.SCENARIOS + scn_nodefacts.SCENARIOS
-             + scn_inventory.SCENARIOS)
+             + scn_inventory.SCENARIOS + scn_vm.SCENARIOS)
 
 WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.remove_target",
                "nas.destroy_volume", "compute.attach", "compute.detach",
                "overlay.create", "overlay.merge", "overlay.linear", "overlay.restore_local",
                "overlay.remove",
                "nas.snapshot", "nas.destroy_snapshot", "nas.prune_snapshots",
-               "nas.hold_base", "nas.release_base", "host.destroy_marked")
+               "nas.hold_base", "nas.release_base", "host.destroy_marked",
+               "vm.start", "vm.stop")
 READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
               "probe", "overlay.status", "host.facts",
-              "nas.inventory", "compute.inventory", "node.sync_facts")
+              "nas.inventory", "compute.inventory", "node.sync_facts",
+              "vm.status", "vm.list")
 KNOWN_KEYS = {"id", "step", "args", "tags", "dry_run", "env", "script", "changed", "facts",
               "facts_include", "message", "raises", "details", "mutating", "skipped",
               "sleeps", "note", "fs", "qmp", "qmp_mutating", "lzc_calls"}
@@ -218,7 +222,7 @@ def test_every_step_has_the_required_cases(step: str):
 
 def test_every_step_of_these_modules_has_scenarios():
     mods = {m.__name__ for m in (nas, compute, probe, overlay, snapshot, nodefacts,
-                                 inventory)}
+                                 inventory, vm)}
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods}
     assert mine == set(WRITE_STEPS + READ_STEPS)
 
