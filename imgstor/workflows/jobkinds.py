@@ -2,7 +2,7 @@
 
 The one place a monitor learns what a kind does (workflows/monitor.py imports this table;
 the job modules import nothing of the monitor).  ``state.model.JOB_KINDS`` names the same
-kinds for the store's checks (tests/unit/test_jobkinds.py keeps the two equal).
+kinds for the store's checks (tests/unit/test_jobs.py keeps the two equal).
 
     sync-in    trust -> copy -> merge -> merged -> pivot          (storagemap/sync.py)
     sync-back  quiesce -> trust -> send -> cleanup                (storagemap/sync.py)

@@ -340,6 +340,32 @@ def test_monitor_of_a_failed_job_says_how_to_restart_it(ctx) -> None:
         mon.monitor(ctx, [j.id])
 
 
+def test_refresh_leaves_a_failed_job_and_resume_starts_it_again(ctx, monkeypatch) -> None:
+    """cron's refresh (resume_all) hands a job no monitor runs to a monitor, says a failed
+    one is not restarted and leaves one that runs; `monitor --resume` restarts the failed
+    one too, with no attempts."""
+    handed: list[list[str]] = []
+    monkeypatch.setattr(jobpool, "launch",
+                        lambda store, path, ids: handed.append(list(ids)) or "handed")
+    idle, bad, busy = new(ctx), new(ctx), new(ctx)
+    with ctx.store.transaction() as st:
+        st.jobs[bad.id].state, st.jobs[bad.id].attempts = "failed", 5
+        st.jobs[bad.id].last_error = "no route"
+    (_, fd), = jobs.acquire(ctx.store, [busy.id], policy=JobPolicy())
+    try:
+        rows = {r["job"]: r["action"] for r in mon.resume_all(ctx).rows}
+        assert handed == [[idle.id]] and rows[idle.id] == "handed"
+        assert rows[bad.id].startswith("failed after 5 tries: no route; not restarted")
+        assert rows[busy.id].startswith("running")
+        assert ctx.store.read().jobs[bad.id].state == "failed"
+        rows = {r["job"]: r["action"] for r in mon.monitor(ctx, resume=True).rows}
+        assert sorted(handed[1]) == sorted([idle.id, bad.id]) and rows[bad.id] == "handed"
+        rec = ctx.store.read().jobs[bad.id]
+        assert (rec.state, rec.attempts) == ("ready", 0)
+    finally:
+        jobs.release(ctx.store, busy.id, fd)
+
+
 def test_progress_side_file_and_ids(ctx) -> None:
     j = new(ctx)
     jobs.write_progress(ctx.store, j.id, done=5, total=10)
