@@ -163,7 +163,7 @@ def throughput(c: Cluster, a, src: str, tag: str) -> None:
     print(f"  engine, stream only                {pump_t:6.2f} s  {a.mib / pump_t:6.1f} MiB/s"
           f"   ratio engine/raw {raw_t / pump_t:.2f}")
     print(f"  (each job also pays ~{wall_t - pump_t:.1f} s outside the stream: the start "
-          "step, the probe connection)")
+          "step, the probe of the destination)")
     if EXPECT_SECONDS:
         e = statistics.median(EXPECT_SECONDS)
         print(f"  announcing the copy to the gate (copy.prepare + sync.expect, before the "

@@ -25,7 +25,8 @@ from imgstor.state import transitions
 from imgstor.state.model import VOLUME_STATES, volume_key
 from imgstor.workflows.context import Ctx
 
-__all__ = ["ADMIN_COMMANDS", "DIALOGUE_HELP", "list_volumes", "unbusy", "set_state", "main"]
+__all__ = ["ADMIN_COMMANDS", "DIALOGUE_HELP", "list_volumes", "unbusy", "set_state", "fold",
+           "main"]
 
 DIALOGUE_HELP = """\
 usage: imgstorageadmin [--host HOST] [--yes] [--force] [--nas NAS] [choice flags]
@@ -121,6 +122,17 @@ def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
+def fold(ctx: Ctx) -> str:
+    """Fold the state file's journal into it: the file alone then holds everything (before
+    a hand edit or a copy of the file alone; refresh does it every run)."""
+    path = ctx.store.path
+    if ctx.dry_run:
+        return f"dry run, nothing saved: would fold {ctx.store.journal_path} into {path}"
+    if ctx.store.fold():
+        return f"{path}: journal folded in; the file holds every transaction"
+    return f"{path}: no journal; the file holds every transaction"
+
+
 ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("list",), "imgstor.admin:list_volumes", [], {},
         "list volumes in the store with state and busy markers"),
@@ -129,6 +141,8 @@ ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("set-state",), "imgstor.admin:set_state",
         [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES))], {},
         "force the state of volume VOL on NAS (unmapped also clears host/target)"),
+    Cmd(("fold",), "imgstor.admin:fold", [], {},
+        "fold the state file's journal into it (before a hand edit or a copy of the file)"),
 ]
 
 

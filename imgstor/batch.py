@@ -201,6 +201,8 @@ def run_batch(ctx, file: str, jobs: int | None = None) -> Output:
         return sched.Job(it.keys, call)
 
     results = sched.run([job(it) for it in runnable], workers=workers)
+    if runnable and not ctx.dry_run:
+        ctx.store.fold()      # the batch's journal into the state file: whole again
     by_item = dict(zip((it.n for it in runnable), results))
     rows: list[dict[str, Any]] = []
     for it in items:

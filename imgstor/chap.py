@@ -39,6 +39,7 @@ PASSWORD_RE = re.compile(r"^[A-Za-z0-9]{12,64}$")
 
 @dataclass(frozen=True)
 class Credentials:
+    """One volume's CHAP account (a docstring: dataclasses then needs no inspect)."""
     user: str
     password: str
 

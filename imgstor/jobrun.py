@@ -14,8 +14,9 @@
 * ``rt.commit(fn)`` / ``rt.read()``: the store, shared by the monitor's jobs.  A change is
   a function of the State; ``Committer`` applies those that arrive while a transaction
   runs together in the next one (group commit): a hundred jobs advancing at once cost a
-  few lock-parse-write-fsync rounds, not a hundred.  ``read`` parses the file again only
-  when it changed (``Store.read_shared``; read only).
+  few lock-and-journal-line rounds, not a hundred.  ``read`` is the store's one in-memory
+  state of this process (``Store.read``: parsed once, brought up to date from the
+  journal; read only), shared by the jobs.
 
 The clock and the sleep are injected (unit tests run a monitor on a fake clock); so is
 the watch (``Watch(..., threaded=False)`` reads at once, one request at a time).
@@ -289,8 +290,8 @@ class Runtime:
             return fn(st)
 
     def read(self) -> Any:
-        """The state, for reading only (parsed again only when the file changed)."""
-        return self.store.read_shared()
+        """The state, for reading only (the process's one in-memory state: Store.read)."""
+        return self.store.read()
 
     def stopped(self, job_id: str) -> bool:
         return jobmod.stop_requested(self.store, job_id)

@@ -18,6 +18,7 @@ guide's IQN form stays readable).  Pure functions over the store's records.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable
 
 from imgstor import validate
@@ -50,7 +51,9 @@ def check_name(vol: str) -> None:
                              f"{vol[:-len(suffix)]!r} on a compute node)", field="volume")
 
 
+@lru_cache(maxsize=65536)
 def _derived(nas: str, vol: str) -> dict[str, str]:
+    # cached: a map checks every volume of the store twice (before and under the lock)
     iqn = target_iqn(nas, vol)
     return {"target": iqn, "LIO backstore": backstore_name(iqn)}
 

@@ -70,13 +70,17 @@ def run(jobs: Sequence[Job], *, workers: int = DEFAULT_JOBS) -> list[Any]:
         except Exception as e:          # noqa: BLE001 - the job's result, reported by it
             return e
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    import heapq
+    workers = max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         running: dict[Future, int] = {}
-        ready = [i for i in range(n) if not waiting_on[i]]
+        ready = [i for i in range(n) if not waiting_on[i]]       # a heap: file order first
         while ready or running:
-            for i in ready:
+            # no more submitted than there are workers: wait() looks at every future
+            # it is given, so 10,000 ready items submitted at once made a batch quadratic
+            while ready and len(running) < workers:
+                i = heapq.heappop(ready)
                 running[pool.submit(call, i)] = i
-            ready = []
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in sorted(done, key=running.__getitem__):
                 i = running.pop(f)
@@ -84,6 +88,5 @@ def run(jobs: Sequence[Job], *, workers: int = DEFAULT_JOBS) -> list[Any]:
                 for k in after[i]:
                     waiting_on[k] -= 1
                     if not waiting_on[k]:
-                        ready.append(k)
-            ready.sort()
+                        heapq.heappush(ready, k)
     return results

@@ -50,7 +50,7 @@ from imgstor.errors import (
 )
 from imgstor.remote.protocol import Result, StepResult, dry_run_gate
 
-__all__ = ["Cluster", "StepResult", "StepOutcome"]
+__all__ = ["Cluster", "Prepared", "StepResult", "StepOutcome"]
 
 PYTHON = "python3"
 
@@ -86,6 +86,7 @@ class Cluster:
         self._leases: Counter[str] = Counter()
         self._used: dict[str, float] = {}
         self.opened = 0                        # connections opened (tests, bench)
+        self._bg: list[threading.Thread] = []  # Prepared's openers, joined by close()
         self.peak = 0                          # most slots held at once
 
     # ------------------------------------------------------------ connections
@@ -211,6 +212,14 @@ class Cluster:
                 conn.client.close()          # a refused key leaves paramiko's thread up
 
     def close(self) -> None:
+        # A prepared step's opener still connecting (a command that ended before it
+        # needed it): wait for it, so that its connection is closed here and no thread
+        # is inside paramiko or cryptography when the interpreter exits (a daemon thread
+        # there can crash the exit).  Bounded: a connect gives up at connect_timeout.
+        with self._glock:
+            bg, self._bg = self._bg, []
+        for t in bg:
+            t.join(2 * float(getattr(self.config.ssh, "connect_timeout", 10)) + 5)
         with self._pool:
             conns = list(self._conns.values())
             self._conns.clear()
@@ -250,17 +259,38 @@ class Cluster:
 
     def _exec(self, conn: Any, host: str, argv: list[str], *, stdin: bytes | None,
               timeout: float | None, shown: list[str] | None) -> Result:
-        cmd = shlex.join(str(a) for a in argv)
-        text = shlex.join(shown) if shown is not None else cmd
+        chan = self._start(conn, host, argv, shown=shown)
+        return self._finish(conn, host, chan, argv, stdin=stdin, timeout=timeout,
+                            shown=shown)
+
+    def _start(self, conn: Any, host: str, argv: list[str], *,
+               shown: list[str] | None) -> Any:
+        """A channel with ``argv`` started on it (its stdin still open)."""
+        text = shlex.join(shown if shown is not None else [str(a) for a in argv])
         if self.debug:
             self.echo(host, "$ " + text)
-        timeout = timeout or self.config.ssh.command_timeout
         import paramiko
-        deadline = time.monotonic() + timeout
         chan = None
         try:
             chan = conn.transport.open_session(timeout=self.config.ssh.connect_timeout)
-            chan.exec_command(cmd)
+            chan.exec_command(shlex.join(str(a) for a in argv))
+            return chan
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            if chan is not None:
+                chan.close()
+            self._drop(host, conn)
+            raise TransportError(f"{host}: connection lost running {text}: {e}", host=host,
+                                 stage="command")
+
+    def _finish(self, conn: Any, host: str, chan: Any, argv: list[str], *,
+                stdin: bytes | None, timeout: float | None,
+                shown: list[str] | None) -> Result:
+        """Send ``stdin`` to a started command, then read it to its end: its Result."""
+        text = shlex.join(shown if shown is not None else [str(a) for a in argv])
+        timeout = timeout or self.config.ssh.command_timeout
+        import paramiko
+        deadline = time.monotonic() + timeout
+        try:
             try:
                 if stdin:
                     chan.sendall(stdin)
@@ -415,18 +445,39 @@ class Cluster:
 
     def step(self, host: str, name: str, /, **args: Any) -> StepResult:
         """Run node step ``name`` on host with JSON args; raise its error if it failed."""
-        from imgstor.zipapp import BOOT, BOOT_MISSING, BOOT_UNSAFE
-        app = self._app()
-        # -I: isolated (no PYTHON* variables, no user site, no cwd on sys.path).  Not -S:
-        # `site` is what puts the distribution's packages (rtslib-fb, pyzfs) on the path.
-        argv = [PYTHON, "-I", "-c", BOOT, app.remote_path, app.sha256, "node", name]
-        shown = [PYTHON, "-I", app.remote_path, "node", name]
-        req = json.dumps({"args": args, "dry_run": self.dry_run}).encode()
-        r = self.exec(host, argv, stdin=req, shown=shown)
+        return Prepared(self, host, name, background=False).run(**args)
+
+    def prepare(self, host: str, name: str, /) -> "Prepared":
+        """Start node step ``name`` on host now, in the background, and send its arguments
+        later (``.run(**args)``; ``.cancel()`` if they never come): the node's Python
+        starts and loads the app while the frontend waits on something else (the NAS's
+        work, for the node's attach).  The node runs nothing until the request comes."""
+        return Prepared(self, host, name)
+
+    def prepare_steps(self, host: str, /) -> "Prepared":
+        """``prepare`` for ``steps``: ``.run_steps(steps, stop_after=…)``."""
+        return Prepared(self, host, "batch")
+
+    def _lease(self, host: str) -> None:
+        with self._pool:
+            self._leases[host] += 1
+
+    def _unlease(self, host: str) -> None:
+        with self._pool:
+            self._leases[host] -= 1
+            if not self._leases[host]:
+                del self._leases[host]
+            self._used[host] = time.monotonic()
+            self._pool.notify_all()
+
+    def _step_result(self, host: str, name: str, p: "Prepared", req: bytes,
+                     r: Result) -> StepResult:
+        from imgstor.zipapp import BOOT_MISSING, BOOT_UNSAFE
+        argv, shown = p.argv, p.shown
         boot = r.stderr.startswith("imgstor-boot: ")
         if boot and r.rc == BOOT_MISSING:
             with self._sftp_errors(host), self._sftp_lock(host), self._leased(host) as c:
-                self._send(host, c.sftp(), app)
+                self._send(host, c.sftp(), p.app)
             r = self.exec(host, argv, stdin=req, shown=shown)
             boot = r.stderr.startswith("imgstor-boot: ")
         if boot and r.rc == BOOT_UNSAFE:
@@ -454,10 +505,8 @@ class Cluster:
     def steps(self, host: str, steps: list[tuple[str, dict]], /, *,
               stop_after: int | None = None) -> list[StepResult]:
         """Run several node steps in one round trip, in order; the first error raises."""
-        out = self.step(host, "batch", steps=[{"step": n, "args": a} for n, a in steps],
-                        stop_after=stop_after)
-        return [StepResult.received(host, n, r)
-                for (n, _), r in zip(steps, out.facts["results"])]
+        return Prepared(self, host, "batch", background=False).run_steps(
+            steps, stop_after=stop_after)
 
     # ------------------------------------------------------------ parallel
     def parallel(self, hosts: Iterable[str], fn: Callable[[str], Any]) -> dict[str, Any]:
@@ -477,6 +526,105 @@ class Cluster:
             for h, v in pool.map(one, hosts):
                 out[h] = v
         return out
+
+
+class Prepared:
+    """A node step started on its host before its arguments are known (``Cluster.prepare``):
+    the command (the boot check, then the app waiting for its request on stdin) is started
+    on a channel of the pooled connection, holding a lease on it until ``run`` or
+    ``cancel``.  An app missing on the node is found at ``run`` and uploaded as ``step``
+    does."""
+
+    def __init__(self, cl: Cluster, host: str, name: str, *, background: bool = True) -> None:
+        self.cl, self.host, self.name = cl, host, name
+        self.app: Any = None
+        self.argv: list[str] = []
+        self.shown: list[str] = []
+        self.conn: Any = None
+        self.chan: Any = None
+        self.error: BaseException | None = None
+        self._lk = threading.Lock()
+        self._held = False
+        self._cancelled = False
+        self._opened = False
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._open, daemon=True)
+            with cl._glock:
+                cl._bg[:] = [t for t in cl._bg if t.is_alive()]
+                cl._bg.append(self._thread)
+            self._thread.start()
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            from imgstor.zipapp import BOOT
+            self.app = self.cl._app()
+            # -I: isolated (no PYTHON* variables, no user site, no cwd on sys.path).  Not
+            # -S: `site` puts the distribution's packages (rtslib-fb, pyzfs) on the path.
+            self.argv = [PYTHON, "-I", "-c", BOOT, self.app.remote_path, self.app.sha256,
+                         "node", self.name]
+            self.shown = [PYTHON, "-I", self.app.remote_path, "node", self.name]
+            with self._lk:
+                self.cl._lease(self.host)
+                self._held = True
+            self.conn = self.cl.connection(self.host)
+            chan = self.cl._start(self.conn, self.host, self.argv, shown=self.shown)
+        except BaseException as e:    # raised by run(), in the caller's thread
+            self.error = e
+            chan = None
+        with self._lk:
+            self._opened = True
+            if self._cancelled:
+                if chan is not None:
+                    with contextlib.suppress(Exception):
+                        chan.close()
+                self._release()
+            else:
+                self.chan = chan
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self.cl._unlease(self.host)
+
+    def run(self, **args: Any) -> StepResult:
+        """Send the step's arguments; its result (or its error, raised)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        req = json.dumps({"args": args, "dry_run": self.cl.dry_run}).encode()
+        try:
+            if self.error is not None:
+                raise self.error
+            chan, self.chan = self.chan, None
+            r = self.cl._finish(self.conn, self.host, chan, self.argv, stdin=req,
+                                timeout=None, shown=self.shown)
+        finally:
+            with self._lk:
+                self._release()
+        return self.cl._step_result(self.host, self.name, self, req, r)
+
+    def run_steps(self, steps: list[tuple[str, dict]], *,
+                  stop_after: int | None = None) -> list[StepResult]:
+        """``run`` of a prepared ``batch``: several steps, one round trip."""
+        out = self.run(steps=[{"step": n, "args": a} for n, a in steps],
+                       stop_after=stop_after)
+        return [StepResult.received(self.host, n, r)
+                for (n, _), r in zip(steps, out.facts["results"])]
+
+    def cancel(self) -> None:
+        """Not needed after all: the node's app gets no request and runs nothing.  Does
+        not wait for a connection still being opened."""
+        with self._lk:
+            self._cancelled = True
+            chan, self.chan = self.chan, None
+            if self._opened:
+                self._release()
+        if chan is not None:
+            with contextlib.suppress(Exception):
+                chan.close()
 
 
 def _close(conn: Any) -> None:

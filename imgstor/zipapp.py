@@ -31,9 +31,7 @@ import contextlib
 import hashlib
 import importlib.resources
 import importlib.util
-import io
 import os
-import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources.abc import Traversable
@@ -155,6 +153,8 @@ def node_app(cache_dir: str | None = None) -> NodeApp:
 
 
 def _build() -> NodeApp:
+    import io
+    import zipfile  # lazy: a command uses the cached build (zipfile pulls in shutil, bz2…)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, src in [("__main__.py", _MAIN), *_files()]:

@@ -20,6 +20,12 @@ restart there sends again from byte 0 ("resume" = the job's phase).  A destinati
 exists and is not this job's partial receive is refused (audit L15): imgstor never uses
 ``receive -F``.
 
+One connection: the job opens its master connection to the receiver first (``ssh -M``,
+``copypipe.mux_argv``), while it reads its own snapshot's facts, and runs the gate's
+``state`` and the stream on it as two sessions: one key exchange, not two (a second cost
+~0.35 s of each job, bench/bench_copy.py).  Should the master fail, each ssh connects by
+itself and says why.
+
 Progress: ``bytes_done`` (logical, this attempt plus what a resumed receive already had)
 against ``bytes_total`` (``zfs send -nP`` on OpenZFS; on zfs-fuse, which lacks it, the
 snapshot's ``referenced``: approximate, ``total_exact`` false).
@@ -28,6 +34,7 @@ Standard library only: shipped to nodes in the zipapp.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -49,6 +56,8 @@ from imgstor.remote.copypipe import (  # noqa: F401 - the engine's public face, 
     check_snapshot,
     gate_argv,
     job_name,
+    mux_argv,
+    mux_exit_argv,
     parse_rate,
     parse_send_size,
     parse_token_info,
@@ -77,8 +86,10 @@ def _tail(text: str, n: int = 1500) -> str:
     return text if len(text) <= n else "…" + text[-n:]
 
 
-def gate_state(peer: Peer, *, key_dir: str, connect_timeout: int) -> dict:
-    argv = gate_argv(peer, "state", key_dir=key_dir, connect_timeout=connect_timeout)
+def gate_state(peer: Peer, *, key_dir: str, connect_timeout: int,
+               control: str | None = None) -> dict:
+    argv = gate_argv(peer, "state", key_dir=key_dir, connect_timeout=connect_timeout,
+                     control=control)
     r = _zfs(argv, timeout=connect_timeout + 120)
     if r.returncode != 0:
         raise CopyFailed(f"asking {peer.alias} for {peer.dataset}'s state failed "
@@ -185,19 +196,74 @@ def _resolve_auto(spec: dict, st: dict) -> dict:
     return dict(spec, base=found[0], base_guid=found[1])
 
 
+class _Master:
+    """The job's master connection to the receiver (``copypipe.mux_argv``), connecting in
+    the background from the job's start; ``ready()`` is its control socket, or None when
+    it could not be made (the sessions then connect by themselves)."""
+
+    def __init__(self, peer: Peer, *, key_dir: str, connect_timeout: int, where: str):
+        self.peer, self.key_dir, self.cto = peer, key_dir, connect_timeout
+        self.path: str | None = None
+        self._path = os.path.join(where, f".mux-{os.getpid()}")
+        self.p: subprocess.Popen | None = None
+        if len(self._path) > 100:               # a unix socket's path: 108 bytes at most
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)               # a killed job's, this pid's before
+        try:
+            self.p = subprocess.Popen(mux_argv(peer, self._path, key_dir=key_dir,
+                                               connect_timeout=connect_timeout),
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        except OSError:
+            self.p = None
+
+    def ready(self) -> str | None:
+        if self.p is None:
+            return None
+        try:
+            rc = self.p.wait(timeout=self.cto + 60)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            return None
+        if rc == 0 and os.path.exists(self._path):
+            self.path = self._path
+        return self.path
+
+    def close(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        if self.path is not None:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(mux_exit_argv(self.peer, self.path, key_dir=self.key_dir),
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+
+
 def run(job) -> dict:
     """The job body (runs detached, see imgstor.remote.jobs)."""
     spec = job.spec
     peer = Peer.from_dict(spec["to"])
     kd, cto = spec.get("key_dir", KEY_DIR), int(spec.get("connect_timeout", 10))
+    master = _Master(peer, key_dir=kd, connect_timeout=cto,
+                     where=os.path.dirname(os.path.abspath(job.dir)))
+    try:
+        return _run(job, spec, peer, kd, cto, master)
+    finally:
+        master.close()
+
+
+def _run(job, spec, peer, kd, cto, master):
     snap, base = spec["snapshot"], spec.get("base")
     stall = float(spec.get("stall_timeout", 600))
     t_start = time.monotonic()
     job.update(phase="probe", snapshot=snap, force=True)
-    openzfs = _flavor_openzfs()
+    openzfs = _flavor_openzfs()               # while the master connects
     spec = dict(spec, guid=_guid(snap),
                 base_guid=_guid(base) if base and base != "auto" else None)
-    st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+    ctl = master.ready()
+    st = gate_state(peer, key_dir=kd, connect_timeout=cto, control=ctl)
     if base == "auto":
         spec = _resolve_auto(spec, st)
         base = spec["base"]
@@ -232,14 +298,14 @@ def run(job) -> dict:
     if p["incremental"] and spec.get("rollback"):
         opts.append(f"--rollback={base.split('@', 1)[1]}")
     stages = [p["send"]] + ([ZSTD] if zstd else []) + \
-        [gate_argv(peer, "receive", *opts, key_dir=kd, connect_timeout=cto)]
+        [gate_argv(peer, "receive", *opts, key_dir=kd, connect_timeout=cto, control=ctl)]
     job.update(phase="send", bytes_total=total, total_exact=exact, resumed=bool(p["token"]),
                probe_seconds=round(time.monotonic() - t_start, 3),
                resume_offset=resume_offset, bytes_done=resume_offset,
                stages=[{"argv": a, "rc": None} for a in stages], force=True)
     return _pump(job, stages, zstd=zstd, rate=int(spec.get("bwlimit") or 0),
                  offset=resume_offset, stall=stall, peer=peer, kd=kd, cto=cto, snap=snap,
-                 guid=spec["guid"])
+                 guid=spec["guid"], ctl=ctl)
 
 
 def _take(stream: IO[bytes] | None) -> int:
@@ -252,7 +318,8 @@ def _take(stream: IO[bytes] | None) -> int:
     return fd
 
 
-def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) -> dict:
+def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid,
+          ctl=None) -> dict:
     keep = (job.lock_fd,)
     errs = [tempfile.TemporaryFile() for _ in stages]
     procs: list[subprocess.Popen] = []
@@ -337,7 +404,7 @@ def _pump(job, stages, *, zstd, rate, offset, stall, peer, kd, cto, snap, guid) 
     try:
         st = json.loads(answer.read().decode(errors="replace").strip().splitlines()[-1])
     except (ValueError, IndexError):
-        st = gate_state(peer, key_dir=kd, connect_timeout=cto)
+        st = gate_state(peer, key_dir=kd, connect_timeout=cto, control=ctl)
     finally:
         answer.close()
     short = snap.split("@", 1)[1]

@@ -19,7 +19,8 @@ from imgstor.errors import UsageError
 from imgstor.remote.drivers._common import positional
 
 __all__ = ["KEY_DIR", "GATE", "ZSTD", "DATASET", "SNAPSHOT", "ALIAS", "Peer", "check_dataset",
-           "check_snapshot", "job_name", "parse_rate", "ssh_argv", "gate_argv", "send_argv",
+           "check_snapshot", "job_name", "parse_rate", "ssh_argv", "gate_argv", "mux_argv",
+           "mux_exit_argv", "MUX_PERSIST", "send_argv",
            "size_argv", "token_info_argv", "parse_send_size", "parse_token_info", "Meter",
            "relay"]
 
@@ -104,13 +105,18 @@ def parse_rate(value: int | str | None) -> int:
 
 
 # ------------------------------------------------------------------ argv builders
-def ssh_argv(peer: Peer, *, key_dir: str = KEY_DIR, connect_timeout: int = 10) -> list[str]:
+def ssh_argv(peer: Peer, *, key_dir: str = KEY_DIR, connect_timeout: int = 10,
+             control: str | None = None) -> list[str]:
     """ssh with imgstor's own key and pinned host key only: no user ssh_config (``-F
     /dev/null``), no agent, no other identities, the receiver's key looked up under the
     alias ``imgstor-<name>`` (so the storage network address verifies too), a connect
-    timeout and keepalives (a dead peer ends the stream within a minute)."""
+    timeout and keepalives (a dead peer ends the stream within a minute).  ``control``:
+    the socket of the job's master connection (``mux_argv``) to run the session on; ssh
+    connects by itself if it is gone."""
     positional(key_dir, "key directory")
-    return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes",
+    mux = ["-o", f"ControlPath={positional(control, 'control socket')}",
+           "-o", "ControlMaster=no"] if control else []
+    return ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", *mux,
             "-o", f"ConnectTimeout={int(connect_timeout)}",
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={key_dir}/known_hosts",
@@ -124,11 +130,33 @@ def ssh_argv(peer: Peer, *, key_dir: str = KEY_DIR, connect_timeout: int = 10) -
 
 
 def gate_argv(peer: Peer, verb: str, *opts: str, key_dir: str = KEY_DIR,
-              connect_timeout: int = 10) -> list[str]:
+              connect_timeout: int = 10, control: str | None = None) -> list[str]:
     """``ssh … ADDRESS 'imgstor-sync-gate VERB [OPTS] DATASET'``: the remote command becomes
     text exactly once, here (ssh would join the words with spaces anyway)."""
-    return ssh_argv(peer, key_dir=key_dir, connect_timeout=connect_timeout) + [
-        shlex.join([GATE, verb, *opts, peer.dataset])]
+    return ssh_argv(peer, key_dir=key_dir, connect_timeout=connect_timeout,
+                    control=control) + [shlex.join([GATE, verb, *opts, peer.dataset])]
+
+
+MUX_PERSIST = 30      # seconds a master connection outlives its last session (a killed job)
+
+
+def mux_argv(peer: Peer, control: str, *, key_dir: str = KEY_DIR,
+             connect_timeout: int = 10) -> list[str]:
+    """``ssh -M -N``: the one connection (one key exchange) a job's probe and stream run
+    on as sessions.  It returns once connected, the master going on in the background
+    (``ControlPersist``); ``mux_exit_argv`` ends it, else it leaves by itself
+    ``MUX_PERSIST`` seconds after its last session."""
+    argv = ssh_argv(peer, key_dir=key_dir, connect_timeout=connect_timeout)
+    at = argv.index("--")
+    return argv[:at] + ["-M", "-N", "-o", f"ControlPath={positional(control, 'control socket')}",
+                        "-o", f"ControlPersist={MUX_PERSIST}"] + argv[at:]
+
+
+def mux_exit_argv(peer: Peer, control: str, *, key_dir: str = KEY_DIR) -> list[str]:
+    """``ssh -O exit``: the master connection at ``control`` closed now."""
+    argv = ssh_argv(peer, key_dir=key_dir, control=control)
+    at = argv.index("--")
+    return argv[:at] + ["-O", "exit"] + argv[at:]
 
 
 def send_argv(snapshot: str, *, base: str | None = None, token: str | None = None,

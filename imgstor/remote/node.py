@@ -92,7 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ex: Executor = LocalExecutor()
     try:
-        req = json.loads(sys.stdin.read() or "{}")
+        # the step modules first: a step started ahead (the frontend's Cluster.prepare)
+        # loads them while it waits for its request
+        from imgstor.remote import locks  # noqa: F401 - run_locked's
+        from imgstor.remote.steps import load_all
+        load_all()
+        import inspect  # noqa: F401 - run_step binds the request's arguments with it
+        data = sys.stdin.read()
+        if not data.strip():
+            # the frontend closed a step it had started ahead (Cluster.prepare) and no
+            # longer wants: nothing runs
+            raise UsageError(f"node step {argv[1]}: no request on stdin; nothing done")
+        req = json.loads(data)
         ex = DryRunExecutor() if req.get("dry_run") else LocalExecutor()
         out = run_locked(argv[1], req.get("args") or {}, ex)
         rc = 0

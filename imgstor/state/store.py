@@ -1,17 +1,22 @@
 """The locked JSON state store.
 
-``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), loads the file (a
-missing file is an empty state; ``read()`` says so on stderr, with the path, once per
-process: a wrong ``[state] path`` must not look like an empty cluster), yields a mutable
-``State`` and, on normal exit, writes ``<path>.tmp-<pid>`` (0600), fsyncs it,
-``os.replace``s it over the file and fsyncs the directory.  On an exception nothing is
-written.  ``store.read()`` takes no lock: thanks to the rename a reader sees the old file
-or the new one, never half of one.
+``with store.transaction() as st:`` takes ``<path>.lock`` (filelock), brings the command's
+one in-memory state up to date (parsed once per command: ``memory.py``), yields a view of
+it (``journal.View``: records are copied when first touched) and, on normal exit, appends
+what changed as one line to ``<path>.journal`` (``journal.py``), releases the lock and
+returns once that line is durable (one ``fdatasync`` shared by the transactions that
+finish together).  On an exception nothing is written.  The journal is folded into the
+state file (written whole to ``<path>.tmp-<pid>``, 0600, fsynced, ``os.replace``d over the
+file) when it outgrows the file, when the file does not exist yet, and by ``fold()``.
+``store.read()`` takes no lock and returns the command's state read-only (change records
+only inside a transaction); a reader sees a state some transaction left, never half of
+one.  A missing file is an empty state; ``read()`` says so on stderr, with the path,
+once per process: a wrong ``[state] path`` must not look like an empty cluster.
 
 Never hold the lock across a remote command: mark the volume busy (``store.busy(...)`` or
 ``acquire_busy``), leave the transaction, do the remote work, then re-open a transaction to
-record the result.  The lock guards seconds of JSON work, the busy marker guards minutes of
-remote work.
+record the result.  The lock guards milliseconds of work, the busy marker guards minutes
+of remote work.
 
 While the lock is held ``<path>.lock.holder`` names the holder (pid, command line, host,
 since) so a ``LockTimeout`` can say who is in the way.
@@ -28,13 +33,14 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
 from imgstor.remote import procfs
+from imgstor.state.memory import Memory, _ident
 from imgstor.state.model import (
     READS_SCHEMAS,
     SCHEMA,
@@ -100,55 +106,40 @@ class Store:
         self.lock_timeout = lock_timeout
         self.lock_path = self.path + ".lock"
         self.holder_path = self.path + ".lock.holder"
+        self.journal_path = self.path + ".journal"
         # Test hook: called between writing the temp file and replacing the state file.
         self._before_replace: Callable[[str], None] | None = None
-        self._last_read: bytes | None = None       # raw bytes of the last read()
-        self._shared: tuple[tuple, State] | None = None   # read_shared's
-        self._shared_lock = threading.Lock()
+        self._memory = Memory(self)
+        self._tlock: Any = None        # the threads of this process, before the file lock
         self.quiet_missing = False    # refresh --quiet: a new install has no file yet
+
+    @property
+    def stats(self):
+        """Counts of what this Store did (loads, parsed_bytes, journal_lines,
+        journal_bytes, fsyncs, folds, state_bytes): tests and benches, never times."""
+        return self._memory.stats
 
     # ---- reading ----
     def read(self) -> State:
-        """The current state, without taking the lock; a missing file is an empty state,
-        said on stderr (once per process and path)."""
-        data = self._read_bytes()
-        self._last_read = data
-        if data is None:
-            if not self.quiet_missing:
-                _say_missing(self.path)
-            return State()
-        return self._parse(data)
-
-    def read_shared(self) -> State:
-        """The current state, parsed again only when the file changed since the last call
-        (another inode, size or mtime: every write is a rename): many threads of one
-        monitor reading between two writes parse it once.  The State is shared by all
-        callers: read it, never change it."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return State()
-        except OSError as e:
-            raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
-        try:
-            s = os.fstat(fd)
-            key = (s.st_ino, s.st_size, s.st_mtime_ns)
-            with self._shared_lock:
-                if self._shared is not None and self._shared[0] == key:
-                    return self._shared[1]
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    state = self._parse(f.read())
-                self._shared = (key, state)
-                return state
-        finally:
-            os.close(fd)
+        """The current state, without taking the lock: the command's own, shared with its
+        later reads and transactions.  Read-only: change records in a transaction.  A
+        missing file is an empty state, said on stderr (once per process and path)."""
+        with _no_gc():
+            st = self._memory.snapshot()
+        if self._memory.ident is None and not self.quiet_missing:
+            _say_missing(self.path)
+        return st
 
     def _read_bytes(self) -> bytes | None:
+        return self._read_state()[0]
+
+    def _read_state(self) -> tuple[bytes | None, tuple | None]:
+        """The state file's bytes and identity (None, None: no file)."""
         try:
             with open(self.path, "rb") as f:
-                return f.read()
+                return f.read(), _ident(os.fstat(f.fileno()))
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as e:
             raise StateError(f"state file {self.path}: cannot read: {e.strerror}") from None
 
@@ -159,7 +150,11 @@ class Store:
         """The ``attrs`` section alone (host -> the attributes `set host attr` set), for
         building the config every command uses.  Reads only that section when the file
         is laid out as imgstor writes it (attrs right after schema, or none at all), so a
-        command on 10,000 VMs does not parse them twice; anything else gets a full read."""
+        command on 10,000 VMs does not parse them twice; anything else gets a full read.
+        With a journal (which may hold attribute changes) or the state already loaded:
+        the command's state."""
+        if self._memory.loaded() or os.path.exists(self.journal_path):
+            return self.read().attrs
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -180,15 +175,18 @@ class Store:
 
     def _parse(self, data: bytes) -> State:
         with _no_gc():
-            return self._parse_raw(data)
+            return self._build(self._decode(data))
 
-    def _damaged(self, what: str) -> StateError:
-        return StateError(f"state file {self.path} is damaged: {what}.  imgstor will not "
+    def _damaged(self, what: str, *, journal: bool = False) -> StateError:
+        where = f"state file {self.path}" + (f" with its journal {self.journal_path}"
+                                             if journal else "")
+        return StateError(f"{where} is damaged: {what}.  imgstor will not "
                           "overwrite it: restore it from a backup, or move it aside and run "
                           "`imgstor rebuild` (it makes the state again from the hosts)",
                           path=self.path)
 
-    def _parse_raw(self, data: bytes) -> State:
+    def _decode(self, data: bytes) -> dict:
+        """The state file's JSON, its schema checked (``_build`` makes the State)."""
         try:
             raw = json.loads(data)
         except ValueError as e:
@@ -204,23 +202,48 @@ class Store:
         if type(schema) is not int or schema not in READS_SCHEMAS:
             raise self._damaged(f"schema {schema!r}, not one of "
                                 f"{', '.join(map(str, READS_SCHEMAS))}")
+        return raw
+
+    def _build(self, raw: dict, *, journal: bool = False) -> State:
+        """The State of a decoded state file (with its journal applied: ``journal``),
+        migrated from an older schema."""
+        schema = raw["schema"]
         try:
             if schema != SCHEMA:
                 raw = migrate(raw)
             return State.from_dict(raw)
         except StateError as e:
-            raise self._damaged(e.message) from None
+            raise self._damaged(e.message, journal=journal) from None
 
     # ---- writing ----
     @contextlib.contextmanager
     def transaction(self) -> Iterator[State]:
-        """Lock, load, yield the state, write it back atomically unless the body raised."""
+        """Lock, yield a view of the state, commit what changed unless the body raised;
+        returns once it is durable."""
         with self._locked():
-            # the bytes read here, not self._last_read: a batch's threads share this Store
-            before = self._read_bytes()
-            state = State() if before is None else self._parse(before)
-            yield state
-            self._write(state, unless=before)
+            with _no_gc():
+                view = self._memory.begin()
+            yield view
+            seq = self._memory.commit(view)
+        self._memory.wait(seq)
+
+    @contextlib.contextmanager
+    def preview(self) -> Iterator[State]:
+        """A transaction's view without the lock whose changes are dropped (dry runs)."""
+        from imgstor.state.journal import view_of
+        yield view_of(self.read())
+
+    def fold(self, *, timeout: float | None = None) -> bool:
+        """Fold the journal into the state file (under the lock), if there is one: the
+        file is then whole by itself.  True if there was a journal."""
+        if not os.path.exists(self.journal_path):
+            return False
+        with self._locked(timeout=timeout):
+            self._memory.refresh(locked=True)
+            if not os.path.exists(self.journal_path):
+                return False
+            self._memory.fold()
+            return True
 
     def _ensure_dir(self) -> None:
         d = os.path.dirname(self.path)
@@ -236,15 +259,33 @@ class Store:
                              "imgstor will not write its state there")
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        import filelock  # lazy: read-only commands never need it
+    def _locked(self, *, timeout: float | None = None) -> Iterator[None]:
+        import threading  # lazy, as filelock: read-only commands never need them
         self._ensure_dir()
-        lock = filelock.FileLock(self.lock_path, timeout=self.lock_timeout, mode=0o600)
+        if self._tlock is None:
+            self._tlock = threading.Lock()
+        wait = self.lock_timeout if timeout is None else timeout
+        # The threads of a batch queue here, handing over at once, not in filelock's
+        # polling loop; the file lock is between processes.
+        if not self._tlock.acquire(timeout=wait):
+            raise LockTimeout(f"state store {self.path} is locked by {self._holder_text()}; "
+                              f"waited {wait:g}s", path=self.path) from None
+        try:
+            with self._file_locked(wait):
+                yield
+        finally:
+            self._tlock.release()
+
+    @contextlib.contextmanager
+    def _file_locked(self, wait: float) -> Iterator[None]:
+        import filelock
+        lock = filelock.FileLock(self.lock_path, timeout=wait, mode=0o600,
+                                 poll_interval=0.005)
         try:
             lock.acquire()
         except filelock.Timeout:
             raise LockTimeout(f"state store {self.path} is locked by {self._holder_text()}; "
-                              f"waited {self.lock_timeout:g}s", path=self.path) from None
+                              f"waited {wait:g}s", path=self.path) from None
         try:
             self._write_holder()
             try:
@@ -274,12 +315,14 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError):
             return "an unknown process"
 
-    def _write(self, state: State, *, unless: bytes | None = None) -> None:
+    def _write(self, state: State) -> None:
+        from imgstor.state.journal import dump
         state.schema = SCHEMA
-        # No sort_keys: State.to_dict orders vms and volumes naturally (readers rely on it).
-        data = json.dumps(state.to_dict(), indent=1).encode() + b"\n"
-        if unless is not None and data == unless:
-            return            # nothing changed: no rewrite, no fsync
+        # State.to_dict orders vms and volumes naturally (readers rely on it).
+        self._replace(dump(state))
+
+    def _replace(self, data: bytes) -> None:
+        """The state file made ``data`` (under the lock), fsynced."""
         # Under the lock any other temp file is left over from a killed writer.
         import glob
         for stale in glob.glob(glob.escape(self.path) + ".tmp-*"):
@@ -304,7 +347,13 @@ class Store:
                 with open(self.path, "rb") as f:
                     old = f.read()
                 atomicfile.replace(kept, old, mode=0o600)
+                if os.path.exists(self.journal_path):       # its transactions, kept too
+                    with open(self.journal_path, "rb") as f:
+                        atomicfile.replace(kept + ".journal", f.read(), mode=0o600)
+            self._memory.forget()
             self._write(state)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.journal_path)
             return kept
 
     # ---- busy markers ----
@@ -348,6 +397,9 @@ class Store:
     def release_busy(self, key: str, pid: int | None = None) -> bool:
         """Clear the busy marker of ``key`` if ``pid`` (default: this process) holds it."""
         pid = os.getpid() if pid is None else pid
+        seen = self.read().volumes.get(key)
+        if seen is None or seen.busy is None or seen.busy.pid != pid:
+            return False      # cleared already (with the outcome): no lock, no write
         with self.transaction() as st:
             vol = st.volumes.get(key)
             if vol is None or vol.busy is None or vol.busy.pid != pid \

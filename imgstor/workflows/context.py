@@ -57,7 +57,8 @@ class Ctx:
         """``store.transaction()``, except that a dry run reads without the lock and
         discards every change (the handler's message says what would have been done)."""
         if self.dry_run:
-            yield self.store.read()
+            with self.store.preview() as st:
+                yield st
         else:
             with self.store.transaction() as st:
                 yield st

@@ -175,6 +175,9 @@ def _refresh(ctx) -> tuple[list[dict], list]:
     # 5. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
+    # 6. the store's journal folded into its file: whole again at least once a minute
+    if not ctx.dry_run:
+        ctx.store.fold()
     return rows, hosts
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from imgstor.state import Store
 from imgstor.workflows.admin_dialogue import SEPARATOR
 from imgstor.workflows.storagemap import target_iqn
 from tests.conftest import Lab
@@ -31,7 +32,8 @@ def spawn(lab: Lab, *args: str) -> pexpect.spawn:
 
 
 def rec(lab: Lab, vol: str) -> dict:
-    return json.loads((lab.dir / "state.json").read_text())["volumes"][f"{NAS}/{vol}"]
+    # through the store: the file alone may lack its journal's transactions (issue 25)
+    return Store(str(lab.dir / "state.json")).read().to_dict()["volumes"][f"{NAS}/{vol}"]
 
 
 def number_of(text: str, pattern: str) -> str:

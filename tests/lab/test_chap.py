@@ -53,6 +53,12 @@ def qemu_opts(lab: Lab, vol: str, user: str) -> str:
             f"user={user},password-secret=chap0")
 
 
+
+def _on_disk(d) -> str:
+    """The state file and its journal, as text: what is kept of the store on disk."""
+    return "".join(p.read_text() for p in (d / "state.json", d / "state.json.journal")
+                   if p.exists())
+
 def test_chap_map_login_refusals_unmap_remove(lab: Lab, tmp_path: Path) -> None:
     cfg = chap_config(lab, tmp_path)
     vol = f"chap{uuid.uuid4().hex[:8]}-vol"
@@ -71,7 +77,7 @@ def test_chap_map_login_refusals_unmap_remove(lab: Lab, tmp_path: Path) -> None:
     assert password not in p.stdout + p.stderr
     assert "tgtadm --lld iscsi --mode account --op new" in p.stderr      # -v shows the plan
     assert "--password '***'" in p.stderr or "--password ***" in p.stderr
-    state = (tmp_path / "state.json").read_text()
+    state = _on_disk(tmp_path)
     assert password not in state and user in state
 
     show = lab.out(NAS, "tgtadm --lld iscsi --mode target --op show")
@@ -124,4 +130,4 @@ def test_chap_map_login_refusals_unmap_remove(lab: Lab, tmp_path: Path) -> None:
     # ---- remove the image: the credentials file goes with it
     cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, config=cfg)
     assert not cred.exists()
-    assert password not in (tmp_path / "state.json").read_text()
+    assert password not in _on_disk(tmp_path)

@@ -7,7 +7,6 @@ or the NAS volume (cancel).  A writer keeps writing while the commit runs."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from imgstor.config import load_config
 from imgstor.errors import Conflict
+from imgstor.state import Store
 from imgstor.transport import Cluster
 from imgstor.workflows.storagemap import target_iqn
 from tests.conftest import Lab
@@ -43,7 +43,7 @@ class Image:
 
 
 def qemu_json(lab: Lab, vol: str) -> str:
-    state = json.loads((lab.dir / "state.json").read_text())
+    state = Store(str(lab.dir / "state.json")).read().to_dict()
     return state["volumes"][f"{NAS}/{vol}"]["extra"]["qemu_json"]
 
 

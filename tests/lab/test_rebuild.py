@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from imgstor.state import Store
 from tests.conftest import Lab
 from tests.lab.test_direct import NAS, cli, maps, nas_sha, read_through, write_through
 from tests.lab.test_overlay import put
@@ -20,7 +21,7 @@ COLS = ("zvol", "host", "zpool", "target", "state", "mode")
 
 def devs(state) -> dict[str, tuple]:
     """Each volume's device and qemu spec, as the state file records them."""
-    vols = json.loads(state.read_text())["volumes"]
+    vols = Store(str(state)).read().to_dict()["volumes"]
     return {k: (v["device"], v.get("extra", {}).get("qemu_json")) for k, v in vols.items()}
 
 
@@ -43,7 +44,8 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         devices = devs(state)
         assert [before[k]["state"] for k in mine] == ["mapped", "unmapped", "mapped"]
         assert before[svol]["target"] is None and before[direct]["target"]
-        # the state file is lost
+        # the state file is lost (its journal folded in first, so the copy is whole)
+        Store(str(state)).fold()
         shutil.move(state, saved)
         plan = cli(lab, "rebuild", "--dry-run", check=False)
         assert plan.returncode in (0, 9) and "dry run: would write" in plan.stdout, plan

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imgstor.state import Store
 from tests.conftest import Lab
 from tests.lab.test_direct import NAS, ROOT, cli, maps, nas_file
 from tests.lab.test_overlay import put
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.lab
 
 
 def jobs_of(lab: Lab, vol: str) -> list[dict]:
-    st = json.loads((lab.dir / "state.json").read_text())
+    st = Store(str(lab.dir / "state.json")).read().to_dict()
     return [j for j in st["jobs"].values() if j["volume"] == f"{NAS}/{vol}"]
 
 

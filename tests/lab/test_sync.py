@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from imgstor.state import Store
 from imgstor.workflows.storagemap import target_iqn
 from tests.conftest import Lab
 from tests.lab.test_direct import NAS, cli, maps, nas_file, opts, read_through, targets
@@ -163,7 +164,7 @@ def resume_after_death(lab: Lab, vol: str, *, last: bool) -> None:
     the job may be done already), then `imgstor monitor --resume` (cron's refresh)."""
     deadline = time.monotonic() + 90
     while True:
-        st = json.loads((lab.dir / "state.json").read_text())
+        st = Store(str(lab.dir / "state.json")).read().to_dict()
         js = [j for j in st["jobs"].values() if j["volume"] == f"{NAS}/{vol}"]
         if last and not js:
             break

@@ -10,6 +10,8 @@ import pytest
 
 from imgstor.config import load_config
 from imgstor.errors import HostKeyError, NotFound, StepError, TransportError, UsageError
+from imgstor.hostkeys import UNCONFIRMED
+from imgstor.state import Store
 from imgstor.transport import Cluster
 from tests.conftest import Lab
 
@@ -189,8 +191,7 @@ def test_cli_refuses_untrusted_nas_key_before_any_command(lab: Lab, tmp_path: Pa
     assert "trusted on first use" not in p.stderr
     assert kh.read_text() == kh_before                       # nothing pinned
     assert _nas_state(lab, nas) == nas_before                # nothing made on the NAS
-    st = json.loads((tmp_path / "state.json").read_text()) \
-        if (tmp_path / "state.json").exists() else {}
+    st = Store(str(tmp_path / "state.json")).read().to_dict()
     assert not st.get("volumes"), st                         # and no record
 
 
@@ -202,11 +203,16 @@ def test_trust_on_first_use_pins_then_refuses_a_changed_key(lab: Lab, tmp_path: 
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("trusted on first use") == len(lab.names()), p.stderr
     assert p.stderr.count("SHA256:") == len(lab.names())
+    # pinned, and marked as nobody's confirmation yet (the sync hop will not use them)
     assert sorted(kh.read_text().splitlines()) == sorted(
-        f"{lab.host(h)['address']} {_lab_key(lab, h)}" for h in lab.names())
+        f"{lab.host(h)['address']} {_lab_key(lab, h)} {UNCONFIRMED}" for h in lab.names())
     assert oct(kh.stat().st_mode & 0o777) == "0o600"
     p = imgstor(lab, "--config", str(cfgfile), "ping")       # pinned: accepted, silently
     assert p.returncode == 0 and "trusted on first use" not in p.stderr, p.stderr
+    p = imgstor(lab, "--config", str(cfgfile), "ping", "--trust", *lab.names())  # admin checked
+    assert p.returncode == 0, p.stderr
+    assert sorted(kh.read_text().splitlines()) == sorted(
+        f"{lab.host(h)['address']} {_lab_key(lab, h)}" for h in lab.names())
     # the NAS "changed" its key: refused although accept_unknown_host_keys is on
     text = kh.read_text().replace(_lab_key(lab, nas), _lab_key(lab, node))
     kh.write_text(text)

@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+from imgstor.state import Store
 from tests.lab_kernel.conftest import LAB_KERNEL
 from tests.lab_kernel.test_imgstor_kernel import NAS, cli, sessions
 from tests.lab_kernel.test_sync_kernel import (
@@ -40,7 +41,7 @@ def listing(klab, vols) -> dict:
 
 
 def devices(state) -> dict:
-    return {k: v["device"] for k, v in json.loads(state.read_text())["volumes"].items()}
+    return {k: v["device"] for k, v in Store(str(state)).read().to_dict()["volumes"].items()}
 
 
 def test_rebuild_then_reboot_recovery_dm_zvol_lio_iscsiadm(kernel_lab) -> None:
@@ -48,6 +49,7 @@ def test_rebuild_then_reboot_recovery_dm_zvol_lio_iscsiadm(kernel_lab) -> None:
     state = klab.dir / "state.json"
     pristine = klab.dir / f"state.json.pristine-{os.getpid()}"
     if state.exists():
+        Store(str(state)).fold()                       # the copy is then whole
         shutil.copy2(state, pristine)
     direct = f"krbd-{uuid.uuid4().hex[:6]}"
     svol = None
@@ -66,6 +68,7 @@ def test_rebuild_then_reboot_recovery_dm_zvol_lio_iscsiadm(kernel_lab) -> None:
         mine = (direct, svol)
         before, devs = listing(klab, mine), devices(state)
         assert before[direct]["state"] == before[svol]["state"] == "mapped"
+        Store(str(state)).fold()
         os.unlink(state)
         p = cli(klab, "rebuild", "--json", check=False)
         assert p.returncode in (0, 9), p

@@ -540,13 +540,15 @@ def test_a_change_that_fails_in_a_group_fails_alone(ctx, monkeypatch) -> None:
     assert len(errors) == 1 and c.commits == 7
 
 
-def test_read_shared_parses_again_only_after_a_write(ctx) -> None:
+def test_the_jobs_reads_share_one_parse(ctx) -> None:
+    """rt.read(): the process's one in-memory state (Store.read), not a parse per read."""
     new(ctx)
-    a = ctx.store.read_shared()
-    assert ctx.store.read_shared() is a
+    rt = runner(ctx, Clock()).rt
+    loads = ctx.store.stats["loads"]
+    a, b = rt.read(), rt.read()
+    assert a.jobs == b.jobs and len(a.jobs) == 1
     new(ctx)
-    b = ctx.store.read_shared()
-    assert b is not a and len(b.jobs) == 2
+    assert len(rt.read().jobs) == 2 and ctx.store.stats["loads"] == loads
 
 
 def test_the_pool_survives_a_busy_store(ctx, monkeypatch) -> None:

@@ -76,3 +76,21 @@ def test_the_node_refuses_undeclared_facts():
 
 def test_every_facts_class_names_a_registered_step():
     assert set(protocol.FACTS) <= set(load_all())
+
+
+def test_a_node_app_given_no_request_runs_nothing(monkeypatch, capsys):
+    """A step started ahead (Cluster.prepare) and then cancelled gets an empty stdin: the
+    node must not run the step with no arguments (a step whose arguments all have
+    defaults would run)."""
+    import io
+    import json
+
+    from imgstor.remote import node
+    ran = []
+    monkeypatch.setattr(node, "run_locked", lambda *a, **k: ran.append(a) or {"ok": True})
+    for data in ("", "\n  \n"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(data))
+        assert node.main(["node", "probe"]) == 1
+        out = json.loads(capsys.readouterr().out)
+        assert out["ok"] is False and "no request on stdin" in out["error"]["message"]
+    assert ran == []

@@ -95,6 +95,7 @@ def _killed_writer(path):
     s._before_replace = lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
     with s.transaction() as st:
         st.vms["new"] = Vm(name="new", container="c")
+    s.fold()                     # the whole file written: killed before its replace
     os._exit(0)  # not reached
 
 
@@ -107,12 +108,15 @@ def test_writer_killed_mid_write_leaves_old_file(store):
     p.join(30)
     assert p.exitcode == -signal.SIGKILL
     assert open(store.path, "rb").read() == before
-    assert list(store.read().vms) == ["old"]
+    # its transaction was durable in the journal before the fold began
+    assert sorted(store.read().vms) == ["new", "old"]
     assert os.path.exists(f"{store.path}.tmp-{p.pid}")      # the half-done temp file
-    with store.transaction() as st:                          # lock free again; cleans up
+    with store.transaction() as st:                          # lock free again
         st.vms["next"] = Vm(name="next", container="c")
+    store.fold()                                             # cleans up
     assert not os.path.exists(f"{store.path}.tmp-{p.pid}")
-    assert sorted(store.read().vms) == ["next", "old"]
+    assert sorted(store.read().vms) == ["new", "next", "old"]
+    assert sorted(Store(store.path).read().vms) == ["new", "next", "old"]
 
 
 @pytest.mark.parametrize("content,match", [
@@ -314,11 +318,13 @@ def test_attrs_roundtrip_and_layout(store):
     from imgstor.state.model import HostAttrs
     with store.transaction() as st:
         st.vms["vm1"] = Vm(name="vm1", container="compute-0-0")
+    store.fold()
     assert b'"attrs"' not in open(store.path, "rb").read()      # none set: not written
     assert store.read_attrs() == {}
     with store.transaction() as st:
         st.attrs["nas-0-0"] = HostAttrs(img_zpools=["tank1", "tank2"])
         st.attrs["compute-0-1"] = HostAttrs(img_sync=True, ib_net="ibnet")
+    store.fold()
     raw = json.loads(open(store.path).read())
     assert list(raw)[:2] == ["schema", "attrs"]                  # where read_attrs looks
     assert raw["attrs"] == {"compute-0-1": {"img_sync": True, "ib_net": "ibnet"},

@@ -87,11 +87,13 @@ def test_state_sections_roundtrip_and_older_files(tmp_path) -> None:
     store = Store(str(tmp_path / "state.json"))
     with store.transaction() as st:
         st.volumes["nas-0-0/a"] = _vol("a")
+    store.fold()                       # the journal into the file (issue 25)
     raw = json.loads(open(store.path).read())
     assert "zvolattrs" not in raw and "storageattrs" not in raw   # as before when unset
     with store.transaction() as st:
         st.zvolattrs["nas-0-0/a"] = SyncAttrs(frequency=60)
         st.storageattrs["nas-0-0"] = SyncAttrs(uploadspeed=1 << 20)
+    store.fold()
     raw = json.loads(open(store.path).read())
     assert raw["zvolattrs"] == {"nas-0-0/a": {"frequency": 60}}
     assert raw["storageattrs"] == {"nas-0-0": {"uploadspeed": 1 << 20}}
@@ -146,6 +148,8 @@ def test_set_list_remove_zvolattr_and_storageattr(imgstor, state_path) -> None:
     r = imgstor("remove", "host", "zvolattr", "nas-0-0", "vm1-vol", "downloadspeed")
     assert r.rc == 0 and "removed downloadspeed" in r.out
     assert imgstor("remove", "host", "storageattr", "nas-0-0", "frequency").rc == 0
+    from imgstor.state.store import Store
+    Store(str(state_path)).fold()      # the journal into the file (issue 25)
     raw = json.loads(state_path.read_text())
     assert "zvolattrs" not in raw and "storageattrs" not in raw, raw
     r = imgstor("remove", "host", "storageattr", "nas-0-0", "frequency")

@@ -389,3 +389,35 @@ def test_commands_without_ssh_import_no_ssh_library(config_path: Path, argv) -> 
     rc, mods = json.loads(p.stdout.splitlines()[-1])
     assert rc == 0, p.stderr
     assert mods == []
+
+
+# ------------------------------------------------------------ threads at the command's end
+
+def test_a_prepared_steps_opener_has_ended_when_the_cluster_closes(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A command that ends before it needs a prepared step: close() waits for the opener
+    (its connection closed there, no thread in paramiko when the interpreter exits)."""
+    c = Cluster(load_config(str(cluster_config(tmp_path))))
+
+    def slow_app():
+        time.sleep(0.5)
+        raise TransportError("no app here")
+    monkeypatch.setattr(c, "_app", slow_app)
+    p = c.prepare("nas-0-0", "probe")
+    p.cancel()
+    c.close()
+    assert p._thread is not None and not p._thread.is_alive()
+
+
+def test_the_fabric_preload_is_waited_for_at_exit(monkeypatch) -> None:
+    """Not a daemon thread: a quick refusal that exits while it imports cryptography
+    crashed its exit now and then (SIGSEGV instead of exit 2)."""
+    from imgstor import cli
+    started: list[threading.Thread] = []
+
+    class Recorded(threading.Thread):
+        def start(self) -> None:
+            started.append(self)
+    monkeypatch.setattr(threading, "Thread", Recorded)
+    cli._preload_ssh()
+    assert len(started) == 1 and not started[0].daemon

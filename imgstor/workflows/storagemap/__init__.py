@@ -28,10 +28,19 @@ from imgstor.workflows.storagemap.common import (
                                                  UNMAP_POINTS,
                                                  fault,
 )
-from imgstor.workflows.storagemap.image import remove_image
-from imgstor.workflows.storagemap.listing import list_devs, list_maps
-from imgstor.workflows.storagemap.mapvol import map_volume
-from imgstor.workflows.storagemap.unmapvol import unmap_volume
 
 __all__ = ["map_volume", "unmap_volume", "remove_image", "list_maps", "list_devs",
            "target_iqn", "MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "FAULT_ENV", "fault"]
+
+# The commands' modules load when first asked for (PEP 562): a map does not import the
+# listing's, whose imports (refresh, jobs, metrics) cost a command's start-up.
+_LAZY = {"remove_image": "image", "list_devs": "listing", "list_maps": "listing",
+         "map_volume": "mapvol", "unmap_volume": "unmapvol"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)

@@ -122,12 +122,16 @@ def read_initiator(cl, host: str) -> str:
     return validate.iqn(name, f"{host}'s initiator name")
 
 
-def nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]]):
+def nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]], *, prepared=None):
     """Run (point, step, args) on the NAS in one round trip; honour IMGSTOR_FAULT at each
-    point by stopping the batch there, then dying."""
+    point by stopping the batch there, then dying.  ``prepared``: a
+    ``cl.prepare_steps(nas)`` started ahead, to run them."""
     at = os.environ.get(FAULT_ENV)
     idx = next((i for i, (p, _, _) in enumerate(steps) if p == at), None)
-    res = cl.steps(nas, [(n, a) for _, n, a in steps], stop_after=idx)
+    if prepared is not None:
+        res = prepared.run_steps([(n, a) for _, n, a in steps], stop_after=idx)
+    else:
+        res = cl.steps(nas, [(n, a) for _, n, a in steps], stop_after=idx)
     for (p, _, _), _r in zip(steps, res):
         fault(p)
     return res

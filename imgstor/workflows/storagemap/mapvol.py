@@ -45,6 +45,8 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     sync = host_cfg.img_sync if img_sync is None else img_sync
     iqn = target_iqn(nas, vol)
     key = volume_key(nas, vol)
+    cl = ctx.cluster
+    cl.warm([nas, host])          # connect while the store is read and updated
     st = ctx.store.read()
     v0 = st.volumes.get(key)
     if v0 is not None and v0.mode == "sync" and v0.state != "unmapped":
@@ -55,14 +57,41 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
     names.check_collisions(st.volumes.values(), nas, vol, host)
     owned = store_owns(v0)
     vm = vm_of(st, nas, vol)
-    cl = ctx.cluster
-    cl.warm([nas, host])          # connect while the store is being updated
+    # the node apps start now, while the store is updated and the initiator read: they
+    # run nothing until their request comes (or are cancelled)
+    pre = _Started(cl, nas, host, sync=sync)
+    try:
+        return _map_volume(ctx, cl, pre, key, nas, nas_cfg, zpool, vol, host, host_cfg,
+                           nbytes, iqn, note_size, owned=owned, adopt=adopt, sync=sync,
+                           vm=vm, wait=wait)
+    finally:
+        pre.cancel()
+
+
+class _Started:
+    """The map's node steps started ahead (``Cluster.prepare``): the NAS batch, the
+    attach, in sync mode the overlay."""
+
+    def __init__(self, cl, nas: str, host: str, *, sync: bool) -> None:
+        self.nas = cl.prepare_steps(nas)
+        self.attach = cl.prepare(host, "compute.attach")
+        self.overlay = cl.prepare(host, "overlay.create") if sync else None
+
+    def cancel(self) -> None:
+        for p in (self.nas, self.attach, self.overlay):
+            if p is not None:
+                p.cancel()
+
+
+def _map_volume(ctx, cl, pre: _Started, key, nas, nas_cfg, zpool, vol, host, host_cfg,
+                nbytes, iqn, note_size: bool, *, owned: bool, adopt: bool, sync: bool, vm,
+                wait: bool) -> Message | str:
     chap = chap_args(ctx, nas, vol, nas_cfg)
     chap_user = chap["chap"]["user"] if chap else None
     if ctx.dry_run:
         return _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
                           iqn, note_size, chap, owned=owned, adopt=adopt, done={}, sync=sync,
-                          vm=vm)
+                          vm=vm, pre=pre)
     created: list[bool] = []
 
     def new() -> Volume:
@@ -74,7 +103,9 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
         # to another host), and the intent recorded before any host is touched: a kill
         # from here on leaves a record that `remove host storagemap` undoes.
         check_map(v, key, zpool, host)
-        names.check_collisions(st.volumes.values(), nas, vol, host, chap_user)
+        # the store as committed, read under the lock: every other volume, none of them
+        # copied into this transaction (its own record is skipped)
+        names.check_collisions(ctx.store.read().volumes.values(), nas, vol, host, chap_user)
         done["had_host"] = bool(v.host)
         v.host, v.target = host, iqn
         v.extra["intent"] = "map-sync" if sync else "map"
@@ -85,7 +116,7 @@ def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
         try:
             out = _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes,
                              iqn, note_size, chap, owned=owned or store_owns(v),
-                             adopt=adopt, done=done, sync=sync, vm=vm)
+                             adopt=adopt, done=done, sync=sync, vm=vm, pre=pre)
         except ImgstorError as e:
             if not done.get("nas") and not done.get("had_host"):
                 # Only the node's initiator name was read: nothing changed on any host, so
@@ -130,11 +161,12 @@ def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
 
 def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
-               sync: bool = False, vm=None) -> Message | str:
+               sync: bool = False, vm=None, pre: _Started) -> Message | str:
     portal = portal_of(nas_cfg)
     vol_args = dict(pool=zpool, vol=vol, kind=nas_cfg.volume_kind)
     # Three exchanges: the node's initiator name (a plain `cat`), one NAS batch (volume,
-    # its imgstor properties, the target), the attach on the node.
+    # its imgstor properties, the target), the attach on the node; the two node apps
+    # were started ahead (``pre``) and wait for their requests.
     initiator = read_initiator(cl, host)
     fault("initiator")
     cl.connection(nas)            # a NAS that cannot be reached: nothing asked of it yet
@@ -142,7 +174,8 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     try:
         volf, _props, _target = nas_batch(cl, nas, _map_batch(
             nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, vol_args,
-            owned=owned, adopt=adopt, mode="sync" if sync else "direct", vm=vm))
+            owned=owned, adopt=adopt, mode="sync" if sync else "direct", vm=vm),
+            prepared=pre.nas)
     except (Conflict, NotFound, AlreadyExists, UsageError) as e:
         if e.details.get("batch_index") == 0:
             # The volume step refused (not imgstor's, wrong type, no room, no pool)
@@ -152,13 +185,13 @@ def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, i
     if volf.facts.get("size_differs") and note_size:
         print(f"note: {volf.message}", file=sys.stderr)
     lun = int(_target.facts.get("lun", 1))          # tgt: 1 (0 is the controller); LIO: 0
-    att = cl.step(host, "compute.attach", kind=host_cfg.initiator, portal=portal, iqn=iqn,
-                  lun=lun, **chap)
+    att = pre.attach.run(kind=host_cfg.initiator, portal=portal, iqn=iqn, lun=lun, **chap)
     if sync:
         from imgstor.workflows.storagemap.sync import map_sync
         fault("attach")
         return map_sync(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, iqn,
-                        (volf, att, initiator, lun, chap), portal=portal)
+                        (volf, att, initiator, lun, chap), portal=portal,
+                        overlay=pre.overlay)
     return _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes,
                    zpool=zpool, portal=portal)
 

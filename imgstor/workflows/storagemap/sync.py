@@ -59,13 +59,15 @@ LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 # ------------------------------------------------------------------ the map
 def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
-             host_cfg, iqn: str, attach_result: tuple, *, portal: Portal) -> Message | str:
+             host_cfg, iqn: str, attach_result: tuple, *, portal: Portal,
+             overlay=None) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
-    (NAS->VM and a sync-in job, one transaction) and the monitor."""
+    (NAS->VM and a sync-in job, one transaction) and the monitor.  ``overlay``: its step
+    started ahead (``cl.prepare``)."""
     volf, att, initiator, lun, chap = attach_result
     origin = att.facts.get("qemu_json") or att.facts.get("device")
-    ovl = cl.step(host, "overlay.create", driver=host_cfg.overlay,
-                  pool=host_cfg.vm_container_zpool, vol=vol, origin=origin)
+    ovl = (overlay or cl.prepare(host, "overlay.create")).run(
+        driver=host_cfg.overlay, pool=host_cfg.vm_container_zpool, vol=vol, origin=origin)
     fault("overlay")
     device = ovl.facts.get("device")
     if ctx.dry_run:
@@ -427,7 +429,7 @@ def _release(ctx, v: Volume, *, inbound: bool) -> None:
     """Revoke the NAS -> node hop (INBOUND: no other volume's sync-in copy needs it) or
     the node -> NAS one (no other sync volume of that node and NAS is on the node): the
     next copy's trust phase sets it up again (issue 18: keys with a life cycle)."""
-    st = ctx.store.read_shared()                  # read only
+    st = ctx.store.read()                         # read only
     for o in st.volumes.values():
         if o.key == v.key or o.nas != v.nas or o.host != v.host or o.mode != "sync":
             continue
