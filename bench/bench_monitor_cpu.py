@@ -15,7 +15,6 @@ in ``copy`` to the first after.  Then the unmap (--wait) and the volume's remova
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -26,6 +25,12 @@ import uuid
 from pathlib import Path
 
 from labbench import CONFIG, ROOT, require_lab, ssh
+
+
+def _state(d: Path) -> dict:
+    """The store (its file and, with this code, its journal: issue 25)."""
+    from imgstor.state import Store
+    return Store(str(d / "state.json")).read().to_dict()
 
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 NAS, NODE = "nas-0-0", "compute-0-0"
@@ -67,7 +72,7 @@ def one(src: Path, rate: str, seconds: int, mib: int) -> dict:
         t_in = t_out = None
         deadline = time.monotonic() + 30 * seconds + 300
         while time.monotonic() < deadline:
-            st = json.loads((d / "state.json").read_text())
+            st = _state(d)
             js = [j for j in st["jobs"].values() if j["volume"] == f"{NAS}/{vol}"]
             if js and js[0]["phase"] == "copy" and js[0].get("owner"):
                 pid = js[0]["owner"]["pid"]
@@ -82,7 +87,7 @@ def one(src: Path, rate: str, seconds: int, mib: int) -> dict:
             time.sleep(0.2)
         if first is None or t_out is None or last is None:
             raise SystemExit("bench: never saw the copy phase start and end")
-        while json.loads((d / "state.json").read_text())["jobs"]:
+        while _state(d)["jobs"]:
             time.sleep(0.5)
         cli("remove", "host", "storagemap", NAS, vol, "--wait")
         return {"copy": t_out - t_in, "cpu": last - first, "pid": pid}

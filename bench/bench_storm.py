@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import subprocess
@@ -105,7 +104,8 @@ def batch(lines: list[str], name: str, d: Path, *, jobs: int,
 
 
 def state() -> dict:
-    return json.loads((LAB_DIR / "state.json").read_text())
+    from imgstor.state import Store  # the state file and its journal (issue 25)
+    return Store(str(LAB_DIR / "state.json")).read().to_dict()
 
 
 def wait_all(vols: dict[str, str], want: str, timeout: float) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from imgstor.state import Store
 from tests.conftest import Lab
 from tests.lab.test_direct import NAS, cli, maps, nas_file
 from tests.lab.test_overlay import put
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.lab
 
 
 def state(lab: Lab) -> dict:
-    return json.loads((lab.dir / "state.json").read_text())
+    """The store as a command sees it (the state file and its journal: issue 25)."""
+    return Store(str(lab.dir / "state.json")).read().to_dict()
 
 
 def jobs_of(lab: Lab, vol: str) -> list[dict]:
