@@ -96,7 +96,7 @@ def main() -> None:
                 # once, checked: every host up, nothing else done
                 p = subprocess.run(refresh + ["--json"], cwd=ROOT, capture_output=True,
                                    text=True, check=True)
-                got = json.loads(p.stdout)
+                got = json.loads(p.stdout)["rows"]
                 up = [r["host"] for r in got if r["what"] == "host" and r["up"]]
                 if sorted(up) != sorted(hosts):
                     sys.exit(f"bench: refresh did not reach every host: {p.stdout}")

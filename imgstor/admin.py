@@ -20,7 +20,7 @@ from typing import NoReturn, Sequence
 from imgstor import validate
 from imgstor.cli import Arg, Cmd, report_error, run, split_globals
 from imgstor.errors import ImgstorError, NotFound, UsageError
-from imgstor.output import Output, format_duration
+from imgstor.output import Output, When, duration_cell, format_duration
 from imgstor.state import transitions
 from imgstor.state.model import VOLUME_STATES, volume_key
 from imgstor.workflows.context import Ctx
@@ -66,8 +66,7 @@ Global flags: --json (a list of what was done), -n/--dry-run (show it, change no
 --config PATH.
 Exit: 0 all done, 1 an action failed, 2 bad input, 130 aborted (EOF or Ctrl-C at a prompt:
 what was done so far stays done, nothing is half-done).
-
-commands (no questions):"""
+"""
 
 
 def list_volumes(ctx: Ctx) -> Output:
@@ -78,14 +77,21 @@ def list_volumes(ctx: Ctx) -> Output:
     for v in st.volumes.values():          # natural key order, as the store writes them
         busy = None
         if v.busy:
-            busy = (f"{v.busy.op} pid {v.busy.pid}@{v.busy.host} "
-                    f"{format_duration(now - v.busy.since)}")
+            busy = {"op": v.busy.op, "pid": v.busy.pid, "host": v.busy.host,
+                    "since": When(v.busy.since), "seconds": round(now - v.busy.since)}
         rows.append({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "host": v.host,
-                     "state": v.state, "time": format_duration(now - v.since) if v.since
-                     else None, "busy": busy, "error": v.error})
+                     "state": v.state, "time": round(now - v.since) if v.since else None,
+                     "since": When(v.since) if v.since else None, "busy": busy,
+                     "error": v.error})
     return Output(rows, [("nas", "NAS"), ("zpool", "ZPOOL"), ("vol", "VOLUME"),
-                         ("host", "HOST"), ("state", "STATE"), ("time", "TIME"),
-                         ("busy", "BUSY"), ("error", "ERROR")])
+                         ("host", "HOST"), ("state", "STATE"),
+                         ("time", "TIME", duration_cell("time")),
+                         ("busy", "BUSY", _busy_cell), ("error", "ERROR")])
+
+
+def _busy_cell(row: dict) -> str | None:
+    b = row["busy"]
+    return b and f"{b['op']} pid {b['pid']}@{b['host']} {format_duration(b['seconds'])}"
 
 
 def unbusy(ctx: Ctx, nas: str, vol: str) -> str:
@@ -133,16 +139,23 @@ def fold(ctx: Ctx) -> str:
     return f"{path}: no journal; the file holds every transaction"
 
 
+_GROUP = "Commands (no questions)"
 ADMIN_COMMANDS: list[Cmd] = [
     Cmd(("list",), "imgstor.admin:list_volumes", [], {},
-        "list volumes in the store with state and busy markers"),
+        "volumes in the store, with busy markers", group=_GROUP,
+        examples=("list --json",)),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
-        "clear the busy marker of volume VOL on NAS"),
+        "clear the busy marker of a volume", group=_GROUP,
+        examples=("unbusy nas-0-0 vol1",)),
     Cmd(("set-state",), "imgstor.admin:set_state",
-        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES))], {},
-        "force the state of volume VOL on NAS (unmapped also clears host/target)"),
+        [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES), kind="state")],
+        {}, "force the state of a volume", group=_GROUP,
+        details="unmapped also clears its host, target, device and mode."),
     Cmd(("fold",), "imgstor.admin:fold", [], {},
-        "fold the state file's journal into it (before a hand edit or a copy of the file)"),
+        "fold the state file's journal into it", group=_GROUP,
+        details="The file alone then holds every transaction: before a hand edit or a "
+                "copy of the file alone (refresh does it every run).",
+        examples=("fold",)),
 ]
 
 
@@ -253,6 +266,7 @@ def dialogue_main(argv: list[str]) -> int:
     nas = _nas_filter(ctx, a.nas)
     term = dlg.Term(sys.stdin, sys.stderr if ctx.json else sys.stdout)
     done: list = []
+    host = a.host
     try:
         try:
             host = a.host or _pick_host(ctx, term)
@@ -270,6 +284,7 @@ def dialogue_main(argv: list[str]) -> int:
                                nas_filter=(lambda n: nas is None or n == nas))
         done = dlg.run_dialogue(qs, term, answers or None, confirm=bool(answers) and not a.yes)
     except dlg.Aborted as e:
+        _audit(ctx, host, e.details.get("done", []))
         if ctx.json:
             emit(Output(e.details.get("done", []), _DONE_COLUMNS), json=True)
         raise
@@ -277,6 +292,7 @@ def dialogue_main(argv: list[str]) -> int:
         if "cluster" in ctx.__dict__:
             ctx.cluster.close()
     rows = [d.__dict__ for d in done]
+    _audit(ctx, host, rows)
     failed = any(not d.ok for d in done)
     if ctx.json:
         emit(Output(rows, _DONE_COLUMNS), json=True)
@@ -287,3 +303,15 @@ def dialogue_main(argv: list[str]) -> int:
 
 _DONE_COLUMNS = [("question", "QUESTION"), ("item", "ITEM"), ("result", "RESULT"),
                  ("ok", "OK")]
+
+
+def _audit(ctx, host: str | None, rows: list[dict]) -> None:
+    """One audit line per action the dialogue ran on ``host`` (imgstor/audit.py); a dry
+    run: none."""
+    if ctx.dry_run or not rows:
+        return
+    from imgstor import audit
+    for r in rows:
+        audit.record(ctx, what=f"imgstorageadmin {r['question']}",
+                     target=f"{host}: {r['item']}",
+                     result="ok" if r["ok"] else "failed", message=r["result"])

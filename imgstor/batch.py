@@ -1,11 +1,12 @@
 """``imgstor batch FILE|-``: many commands, one process, one SSH connection per host.
 
 FILE holds one imgstor command per line, in the command line's own grammar (shell-style
-quoting, ``#`` comments, blank lines skipped)::
+quoting, ``#`` comments, blank lines skipped); a line may start with ``imgstor`` or
+``rocks`` as a shell script's would (what ``dump host vm|vm nas|attr`` print)::
 
     add host storagemap nas-0-0 tank vm1-vol compute-0-0 10G
     start host vm web1 web2          # several VMs: one item
-    remove host storagemap nas-0-1 old-vol
+    imgstor remove host storagemap nas-0-1 old-vol
 
 Global flags go on ``batch`` itself and apply to every item (``--dry-run``, ``--config``,
 ``--debug``; ``--json`` shapes the batch's output); on an item they are that item's error,
@@ -18,15 +19,19 @@ store and one ``Cluster`` (a pooled connection per host).  Items that touch the 
 volume or VM run in file order (``sched``: resource keys); commands whose reach is not
 known (attributes, lists, ping) are barriers.  A failed item does not stop the others.
 
-Result: one line per item in input order -- item number, line number, exit code, message
--- or with ``--json`` a list of ``{item, line, command, exit_code, message, rows}``.  The
-batch exits 0 when every item did, else ``EXIT_FAILED`` (1).  Every item is written to be
+Result: one line per item, printed as the item finishes (items refused before running
+first) -- item number, line number, exit code, message -- then ``N items: X ok, Y failed``;
+with ``--json`` one JSON object per line (JSON lines), ``{version, item, line, command,
+exit_code, message, rows}``, then ``{version, command: "batch", exit_code, summary: {items,
+ok, failed}}``.  The batch exits 0 when every item did, else ``EXIT_FAILED`` (1).
+Each item that changes something logs its own audit line (``cli.call``).  Every item is written to be
 re-run: "already done" is success (a map already in place, an unmap of a volume that is
 not mapped, the remove of an image already gone), so a batch killed halfway completes
 when run again.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import traceback
@@ -35,11 +40,12 @@ from typing import Any
 
 from imgstor import sched, validate
 from imgstor.errors import ImgstorError, UsageError
-from imgstor.output import Message, Output, printable
+from imgstor.exitcodes import INTERNAL
+from imgstor.output import JSON_VERSION, Lines, Message, Output, Printed, json_rows, printable
 
 __all__ = ["Item", "read_items", "prepare", "run_batch", "EXIT_FAILED"]
 
-EXIT_FAILED = 1               # some item failed; each item's own code is in its line
+EXIT_FAILED = 1               # exitcodes.FAILED: some item failed; its own code is in its line
 _BARRIER = None
 _GLOBALS = {"json": False, "dry_run": False, "debug": False, "config_path": None}
 _VOLUME_CMDS = {("add", "host", "storagemap"), ("remove", "host", "storagemap"),
@@ -95,9 +101,9 @@ def prepare(item: Item, ctx, table, *, prog: str = "imgstor") -> None:
     set ``item.error``."""
     if item.error is not None:
         return
-    from imgstor.cli import parse, split_globals
+    from imgstor.cli import parse, split_globals, strip_program
     try:
-        opts, rest = split_globals(item.argv)
+        opts, rest = split_globals(strip_program(item.argv))
         if opts != _GLOBALS:
             raise UsageError("global flags (--json, -n/--dry-run, -v/--debug, --config) go "
                              "on the batch command, not on its items")
@@ -156,18 +162,28 @@ def _outcome(result: Any) -> tuple[int, str, list]:
     if isinstance(result, ImgstorError):
         return result.exit_code, result.message, []
     if isinstance(result, BaseException):          # a bug: its traceback goes to stderr
-        return 70, f"internal error (traceback above): {result!r}", []
+        return INTERNAL, f"internal error (traceback above): {result!r}", []
     if isinstance(result, Output):
         msg = "; ".join(result.footer) or f"{len(result.rows)} rows"
         return int(result.exit_code or 0), msg, result.rows
     if isinstance(result, Message):
         return 0, result.message, []
+    if isinstance(result, Lines):
+        return int(result.exit_code), "; ".join(result.lines), []
     return 0, "" if result is None else str(result), []
 
 
-def run_batch(ctx, file: str, jobs: int | None = None) -> Output:
-    """Run the commands of FILE (``-``: stdin), in parallel where they allow it."""
-    from imgstor.cli import COMMANDS
+_WIDTHS = (6, 6, 4)           # ITEM, LINE, RC: the plain table's (header + 2), known ahead
+
+
+def _text_line(cells: tuple[str, str, str, str]) -> str:
+    return "  ".join([c.ljust(w) for c, w in zip(cells, _WIDTHS)] + [cells[3]]).rstrip()
+
+
+def run_batch(ctx, file: str, jobs: int | None = None) -> Printed:
+    """Run the commands of FILE (``-``: stdin), in parallel where they allow it, printing
+    each item's line as it finishes."""
+    from imgstor.cli import COMMANDS, call
     workers = sched.DEFAULT_JOBS if jobs is None else jobs
     if workers < 1:
         raise UsageError(f"--jobs must be 1 or more, not {workers}")
@@ -186,32 +202,50 @@ def run_batch(ctx, file: str, jobs: int | None = None) -> Output:
     if runnable:
         # built here, once, before the threads: the items share them
         ctx.config, ctx.store, ctx.cluster  # noqa: B018
+    out = sys.stdout
+    failed = 0
+    if not ctx.json:
+        out.write(_text_line(("ITEM", "LINE", "RC", "MESSAGE")) + "\n")
+
+    def done(it: Item, result: Any) -> None:
+        nonlocal failed
+        rc, msg, rows = _outcome(result)
+        msg = " / ".join(printable(msg).splitlines())
+        failed += bool(rc)
+        if ctx.json:
+            out.write(json.dumps({"version": JSON_VERSION, "item": it.n, "line": it.line,
+                                  "command": it.text, "exit_code": rc, "message": msg,
+                                  "rows": json_rows(rows, [])}) + "\n")
+        else:
+            out.write(_text_line((str(it.n), str(it.line), str(rc), msg)) + "\n")
+        out.flush()
+
+    for it in items:
+        if it.error is not None:
+            done(it, it.error)
 
     def job(it: Item):
-        def call():
-            from imgstor.cli import _load
+        def run_item():
             try:
-                return _load(it.cmd.handler)(ctx, **it.kwargs)
+                return call(it.cmd, ctx, it.kwargs)
             except ImgstorError:
                 raise
             except Exception:
                 sys.stderr.write(f"item {it.n} (line {it.line}): {it.text}\n"
                                  + traceback.format_exc())
                 raise
-        return sched.Job(it.keys, call)
+        return sched.Job(it.keys, run_item)
 
-    results = sched.run([job(it) for it in runnable], workers=workers)
+    sched.run([job(it) for it in runnable], workers=workers,
+              on_done=lambda i, result: done(runnable[i], result))
     if runnable and not ctx.dry_run:
         ctx.store.fold()      # the batch's journal into the state file: whole again
-    by_item = dict(zip((it.n for it in runnable), results))
-    rows: list[dict[str, Any]] = []
-    for it in items:
-        rc, msg, out_rows = _outcome(it.error if it.error is not None else by_item[it.n])
-        rows.append({"item": it.n, "line": it.line, "command": it.text, "exit_code": rc,
-                     "message": " / ".join(printable(msg).splitlines()),
-                     "rows": out_rows})
-    failed = sum(1 for r in rows if r["exit_code"])
-    return Output(rows, [("item", "ITEM"), ("line", "LINE"), ("exit_code", "RC"),
-                         ("message", "MESSAGE")],
-                  footer=[f"{len(rows)} items: {len(rows) - failed} ok, {failed} failed"],
-                  exit_code=EXIT_FAILED if failed else 0, json_extra=["command", "rows"])
+    rc = EXIT_FAILED if failed else 0
+    summary = {"items": len(items), "ok": len(items) - failed, "failed": failed}
+    if ctx.json:
+        out.write(json.dumps({"version": JSON_VERSION, "command": "batch", "exit_code": rc,
+                              "summary": summary}) + "\n")
+    else:
+        out.write(f"{len(items)} items: {len(items) - failed} ok, {failed} failed\n")
+    out.flush()
+    return Printed(rc)

@@ -15,15 +15,23 @@ from its dotted name and called as ``handler(ctx, **parsed)``; it returns an
 Adding a command is one entry in ``COMMANDS``, e.g.::
 
     Cmd(words=("list", "host", "storagemap"), handler="imgstor.workflows.storagemap:list_maps",
-        args=[Arg("nas", nargs="?")], keys={"force": bool}, help="list volume mappings"),
+        args=[Arg("nas", nargs="?")], keys={"force": bool}, help="list volume mappings",
+        details="…", group=_G_MAP, examples=("list host storagemap nas-0-0",)),
+
+The same entry is what ``--help``, ``COMMAND -h`` / ``COMMAND help`` (imgstor/clihelp.py),
+the man page imgstor(8) and the bash completion (imgstor/docgen.py) say: a flag, key or
+argument without help of its own takes clihelp's FLAG_HELP / KEY_HELP / ARG_HELP, and
+tests/unit/test_docs.py refuses one with none, a line over 80 columns and a generated
+file that differs from what this table makes.
 
 ``Arg(name, nargs=None|"?"|"*"|"+", help=...)`` becomes the keyword ``name`` (``-`` -> ``_``);
 ``keys`` maps each allowed key to ``str``, ``int``, ``bool`` (yes/no/true/false/1/0/on/off)
 or any callable raising ``ValueError``; keys not given are not passed, so the handler's
 defaults apply.  ``aliases`` are extra word tuples for the same entry (``("hosts",)``).
 
-``main()`` catches ``ImgstorError`` only (prints ``error: <message>``, returns its exit
-code); any other exception is a bug and keeps its traceback.
+``main()`` catches ``ImgstorError`` only (prints ``error: <message>``, or with ``--json``
+the error document on stdout; returns its exit code, imgstor/exitcodes.py) and Ctrl-C
+(exit 130); any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import importlib
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imgstor.errors import ImgstorError, UsageError
 
@@ -40,36 +48,77 @@ if TYPE_CHECKING:  # pragma: no cover
     import argparse
     from typing import Any, NoReturn
 
-__all__ = ["Arg", "Cmd", "COMMANDS", "main", "entry", "run", "parse", "rocks_main", "split_globals",
-           "report_error", "bind_plain"]
+__all__ = ["Arg", "Cmd", "COMMANDS", "CHANGING_VERBS", "CHANGING_FLAGS", "main", "entry",
+           "run", "parse", "rocks_main", "split_globals", "report_error", "wants_json",
+           "bind_plain", "call", "strip_program"]
 
 
 @dataclass(frozen=True)
 class Arg:
-    """A positional argument of a command (argparse's name, nargs, help, metavar)."""
+    """A positional argument of a command (argparse's name, nargs, help, metavar).  ``kind``
+    says what completes it (clihelp.ARG_KINDS); by default the one named like the argument."""
     name: str
     nargs: str | int | None = None
     help: str = ""
     metavar: str | None = None
+    kind: str = ""
 
 
-@dataclass(frozen=True)
 class Cmd:
-    """One command of the table: its words, handler, arguments, keys and flags."""
-    words: tuple[str, ...]
-    handler: str                                  # "package.module:function"
-    args: Sequence[Arg] = ()
-    keys: dict[str, Callable[[str], Any]] = field(default_factory=dict)
-    help: str = ""
-    aliases: tuple[tuple[str, ...], ...] = ()
-    flags: tuple[str, ...] = ()                   # boolean options, e.g. ("--verify",)
-    options: tuple[tuple[str, Callable[[str], Any]], ...] = ()   # (("--jobs", int),)
+    """One command of the table: its words, handler, arguments, keys and flags, and what
+    ``--help``, the man page and the shell completion say about it (imgstor/clihelp.py,
+    imgstor/docgen.py: all made from this table).  A plain class, not a dataclass: with
+    its 15 fields, making the dataclass and its 40 entries was ~1 ms of every command's
+    start-up (bench/bench_list_vm_nas.py)."""
+    __slots__ = ("words", "handler", "args", "keys", "help", "aliases", "flags", "options",
+                 "details", "group", "examples", "flag_help", "key_help", "hidden", "audit")
+
+    def __init__(self, words: tuple[str, ...], handler: str,       # "package.module:function"
+                 args: Sequence[Arg] = (), keys: dict[str, Callable[[str], Any]] | None = None,
+                 help: str = "",                      # one line (the overview; <= 50 columns)
+                 aliases: tuple[tuple[str, ...], ...] = (),
+                 flags: tuple[str, ...] = (),         # boolean options, e.g. ("--verify",)
+                 options: tuple[tuple[str, Callable[[str], Any]], ...] = (),  # (("--jobs", int),)
+                 *, details: str = "",                # the rest of the description (-h, man)
+                 group: str = "",                     # its heading in --help and the man page
+                 examples: tuple[str, ...] = (),      # command lines without the program name
+                 flag_help: dict[str, str] | None = None,   # else clihelp.FLAG_HELP's
+                 key_help: dict[str, str] | None = None,    # else clihelp.KEY_HELP's
+                 hidden: bool = False,                # not in help, man page or completion
+                 audit: bool | None = None) -> None:  # logs an audit line; None: by its verb
+        self.words, self.handler, self.args, self.keys = words, handler, args, keys or {}
+        self.help, self.aliases, self.flags, self.options = help, aliases, flags, options
+        self.details, self.group, self.examples = details, group, examples
+        self.flag_help, self.key_help = flag_help or {}, key_help or {}
+        self.hidden, self.audit = hidden, audit
+
+    def __repr__(self) -> str:
+        return f"Cmd({self.name!r}, {self.handler!r})"
 
     @property
     def name(self) -> str:
         return " ".join(self.words)
 
+    @property
+    def audited(self) -> bool:
+        """Whether a run logs one audit line (imgstor/audit.py): commands that change
+        something; refresh and monitor log each of their actions themselves."""
+        return self.audit if self.audit is not None else self.words[0] in CHANGING_VERBS
 
+    def audits(self, kwargs: dict[str, Any]) -> bool:
+        """Whether this run logs an audit line: an audited command, or one given a flag
+        that makes it change something (``ping --trust`` confirms pinned host keys)."""
+        return self.audited or any(kwargs.get(_dest(f)) for f in self.flags
+                                   if f in CHANGING_FLAGS)
+
+
+CHANGING_VERBS = frozenset({"add", "set", "remove", "move", "start", "stop", "clean",
+                            "unbusy", "repair", "rebuild", "set-state"})
+CHANGING_FLAGS = frozenset({"--trust"})
+# The headings of --help and of the man page (in this order: their first command's).
+_G_VM, _G_MAP, _G_ATTR, _G_HEALTH, _G_BG, _G_MANY = (
+    "VMs and their NAS", "Volumes and maps", "Attributes", "Health and repair",
+    "Background work", "Many at once")
 _VMS = "imgstor.workflows.vms"
 _MAP = "imgstor.workflows.storagemap"
 _ATTRS = "imgstor.workflows.attrs"
@@ -78,150 +127,228 @@ _MACHINE: dict[str, Callable[[str], Any]] = {k: str for k in (
     "mem", "cpus", "mac", "kernel", "initrd", "append", "network", "hook")}
 COMMANDS: list[Cmd] = [
     Cmd(("add", "host", "vm"), f"{_VMS}:add_vm",
-        [Arg("container", help="compute node"),
+        [Arg("container", help="the compute node that runs the VM"),
          Arg("membership", nargs="?", help="names the VM as Rocks does: compute on "
              "vm-container-0-14 -> compute-0-14-0")],
-        {"name": str, "membership": str, **_MACHINE},
-        "add a VM on compute node CONTAINER (name: MEMBERSHIP-RACK-RANK-N, else CONTAINER-N); "
-        "its definition for a VM runner: mem=MiB|2G cpus=N mac=MAC kernel=PATH initrd=PATH "
-        "append=ARGS (direct boot; default: the firmware boots the disk) "
-        "network=none|user|bridge:NAME hook=PATH"),
+        {"name": str, "membership": str, **_MACHINE}, "add a VM on a compute node",
+        details="The VM is named MEMBERSHIP-RACK-RANK-N after its container, else "
+                "CONTAINER-N; name= gives it a name (then the line is safe to re-run).  "
+                "The other keys are its definition for a VM runner (direct boot with "
+                "kernel=; default: the firmware boots the disk).",
+        group=_G_VM, examples=("add host vm vm-container-0-14 compute",
+                               "add host vm compute-0-14 name=web1 mem=2G cpus=2")),
     Cmd(("set", "host", "vm"), "imgstor.workflows.vmspec:set_vm", [Arg("vm")], dict(_MACHINE),
-        "change a VM's definition (mem= cpus= mac= kernel= initrd= append= network= hook=; "
-        "kernel= empty: the firmware boots the disk); applies from its next start"),
+        "change a VM's definition",
+        details="mem= cpus= mac= kernel= initrd= append= network= hook= (kernel= empty: "
+                "the firmware boots the disk); applies from its next start.", group=_G_VM,
+        examples=("set host vm web1 kernel=/boot/vmlinuz initrd=/boot/initrd.img",)),
     Cmd(("move", "host", "vm"), "imgstor.workflows.vmspec:move_vm",
-        [Arg("vm"), Arg("container", help="compute node")], {},
-        "move a stopped VM (disk unmapped, guest not running) to another container: its "
-        "next start runs there"),
+        [Arg("vm"), Arg("container", help="the compute node its next start runs on")], {},
+        "move a stopped VM to another container",
+        details="Its disk unmapped and its guest not running; its next start runs there.",
+        group=_G_VM, examples=("move host vm web1 compute-0-15",)),
     Cmd(("list", "host", "vm"), f"{_VMS}:list_vms", [Arg("vms", nargs="*", metavar="VM")],
-        {"showdisks": bool}, "list VMs with their container, NAS, zpool and mode "
-        "(showdisks=1: each VM's disk NAS:pool/volume or local, and its size); with VM "
-        "definitions also MEM, CPUS and GUEST (running, stopped, exited, failed: as the "
-        "last command or refresh saw it)"),
+        {"showdisks": bool}, "list VMs: container, NAS, zpool, mode",
+        details="MODE is the mode of the VM's mapping while it has one, else the one its "
+                "next start would use (sync if its container has img_sync).  With VM "
+                "definitions also MEM, CPUS and GUEST (running, stopped, exited, failed: as "
+                "the last command or refresh saw it).",
+        group=_G_VM, examples=("list host vm showdisks=1",)),
     Cmd(("remove", "host", "vm"), f"{_VMS}:remove_vm", [Arg("vm")], {},
-        "remove a VM (refused while its volume is mapped)"),
+        "remove a VM (refused while its volume is mapped)", group=_G_VM),
+    Cmd(("dump", "host", "vm"), f"{_VMS}:dump_vms", [Arg("vms", nargs="*", metavar="VM")], {},
+        "print the commands that recreate the VMs",
+        details="One `imgstor add host vm CONTAINER name=VM` line per VM, which `imgstor "
+                "batch` reads back.", group=_G_VM,
+        examples=("dump host vm > vms.batch",)),
     Cmd(("set", "host", "vm", "nas"), f"{_VMS}:set_vm_nas", [Arg("vm")],
-        {"nas": str, "zpool": str},
-        "assign VM's volume to nas=NAS [zpool=POOL] (nas=none clears)"),
+        {"nas": str, "zpool": str}, "assign a VM's volume to a NAS (and pool)",
+        details="nas=NAS [zpool=POOL]; without zpool= the NAS's least used img_zpool; "
+                "nas=none clears.", group=_G_VM,
+        examples=("set host vm nas compute-0-14-0 nas=nas-0-0",)),
     Cmd(("list", "host", "vm", "nas"), f"{_VMS}:list_vm_nas",
-        [Arg("vms", nargs="*", metavar="VM")], {}, "list the NAS and zpool of each VM"),
+        [Arg("vms", nargs="*", metavar="VM")], {}, "list the NAS and zpool of each VM",
+        group=_G_VM),
     Cmd(("remove", "host", "vm", "nas"), f"{_VMS}:remove_vm_nas", [Arg("vm")], {},
-        "clear the NAS assignment of a VM"),
+        "clear the NAS assignment of a VM", group=_G_VM),
     Cmd(("dump", "host", "vm", "nas"), f"{_VMS}:dump_vm_nas", [Arg("vm", nargs="?")], {},
-        "print the commands that recreate the NAS assignments"),
-    Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
-        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
-        {"img_sync": bool, "adopt": bool},
-        "create volume VOL if needed on NAS:ZPOOL and map it to HOST over iSCSI "
-        "(adopt=yes exports an existing dataset imgstor did not make; img_sync=yes|no "
-        "overrides HOST's; --wait: until a sync copy and merge are done)",
-        flags=("--wait",)),
-    Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
-        {}, "unmap volume VOL of NAS from its host (--force goes past node errors and a "
-        "disk in use; --wait: until a sync volume is back on the NAS)",
-        flags=("--force", "--wait")),
-    Cmd(("clean", "host", "storagemap"), f"{_MAP}.clean:clean_map", [Arg("nas"), Arg("vol")],
-        {}, "reset a sync volume to the NAS's last copy, discarding its node's copy (says "
-        "what is lost, asks; --yes; refused while its VM uses it, and when the node holds "
-        "newer data unless --discard-node-data)", flags=("--yes", "--discard-node-data")),
-    Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
-        [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume"),
-    Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},
-        "volumes and where they are mapped (--verify checks the NAS live)",
-        flags=("--verify",)),
-    Cmd(("list", "host", "storagedev"), f"{_MAP}:list_devs", [Arg("host")], {},
-        "what is mapped on compute node HOST, read live from the node"),
+        "print the commands that recreate the assignments",
+        details="One `imgstor set host vm nas VM nas=NAS zpool=POOL` line per assigned VM, "
+                "which `imgstor batch` reads back.", group=_G_VM,
+        examples=("dump host vm nas | imgstor batch -",)),
     Cmd(("start", "host", "vm"), "imgstor.workflows.vmctl:start_vm",
         [Arg("vms", nargs="+", metavar="VM")],
-        {"size": str}, "map each VM's disk <vm>-vol on its container (size= if new), then "
-        "start its guest with the container's vm_runner (none: the disk only; a guest that "
-        "fails to start leaves the disk mapped); several VMs at once: one line each, exit 1 "
-        "if any failed", flags=("--wait",)),
+        {"size": str}, "map each VM's disk, start its guest",
+        details="The disk is <vm>-vol on the VM's NAS (size= if it is new), mapped on its "
+                "container; then its guest starts with the container's vm_runner (none: "
+                "the disk only; a guest that fails to start leaves the disk mapped).  "
+                "Several VMs at once: one line each, exit 1 if any failed.",
+        flags=("--wait",), group=_G_VM, examples=("start host vm compute-0-14-0 size=40G",)),
     Cmd(("stop", "host", "vm"), "imgstor.workflows.vmctl:stop_vm",
         [Arg("vms", nargs="+", metavar="VM")], {},
-        "shut each VM's guest down (ACPI powerdown, up to --timeout SECONDS, default the "
-        "container's vm_stop_timeout; still running: exit 8, disk kept mapped, unless "
-        "--force: a hard stop), then unmap its disk",
-        flags=("--force", "--wait"), options=(("--timeout", float),)),
+        "shut each VM's guest down, unmap its disk",
+        details="ACPI powerdown, up to --timeout SECONDS (default the container's "
+                "vm_stop_timeout); still running: exit 8 and the disk stays mapped, unless "
+                "--force: a hard stop.", flags=("--force", "--wait"),
+        options=(("--timeout", float),), group=_G_VM,
+        flag_help={"--force": "stop a guest that does not shut down, and unmap a disk "
+                              "in use (its VM loses it)"},
+        examples=("stop host vm compute-0-14-0 --timeout 60",)),
+    Cmd(("add", "host", "storagemap"), f"{_MAP}:map_volume",
+        [Arg("nas"), Arg("zpool"), Arg("vol"), Arg("host"), Arg("size")],
+        {"img_sync": bool, "adopt": bool}, "create a volume and map it to a node",
+        details="Creates volume VOL on NAS:ZPOOL if needed and exports it over iSCSI to "
+                "compute node HOST only; prints the device it has there.  A sync map "
+                "(img_sync) boots at once on an overlay while a monitor copies the volume "
+                "to the node.",
+        flags=("--wait",), group=_G_MAP,
+        examples=("add host storagemap nas-0-0 tank vol1 compute-0-1 10G",)),
+    Cmd(("remove", "host", "storagemap"), f"{_MAP}:unmap_volume", [Arg("nas"), Arg("vol")],
+        {}, "unmap a volume from its node",
+        details="The node logs out, the target goes; a sync volume goes back to the NAS "
+                "first.  Refused (exit 8) while the disk is in use, unless --force.",
+        flags=("--force", "--wait"), group=_G_MAP,
+        examples=("remove host storagemap nas-0-0 vol1",)),
+    Cmd(("clean", "host", "storagemap"), f"{_MAP}.clean:clean_map", [Arg("nas"), Arg("vol")],
+        {}, "reset a sync volume to the NAS's last copy",
+        details="Discards its node's copy: says what is lost and asks (--yes).  Refused "
+                "while its VM uses it, and when the node holds newer data unless "
+                "--discard-node-data.", flags=("--yes", "--discard-node-data"),
+        group=_G_MAP),
+    Cmd(("remove", "host", "storageimg"), f"{_MAP}:remove_image",
+        [Arg("nas"), Arg("zpool"), Arg("vol")], {}, "destroy an unmapped volume",
+        details="Only a volume imgstor made (its imgstor: mark); never one mapped.",
+        group=_G_MAP, examples=("remove host storageimg nas-0-0 tank vol1",)),
+    Cmd(("list", "host", "storagemap"), f"{_MAP}:list_maps", [Arg("nas", nargs="?")], {},
+        "volumes and where they are mapped",
+        details="With --verify each NAS's live targets are read and compared (LIVE).",
+        flags=("--verify",), group=_G_MAP,
+        examples=("list host storagemap nas-0-0 --verify",)),
+    Cmd(("list", "host", "storagedev"), f"{_MAP}:list_devs", [Arg("host")], {},
+        "what is mapped on a node, read live", group=_G_MAP,
+        examples=("list host storagedev compute-0-14",)),
     Cmd(("set", "host", "attr"), f"{_ATTRS}:set_attr",
-        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR [VALUE], or HOST... with "
-             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
-        "set a storage attribute (img_sync, vm_container_zpool, img_zpools, ib_net, "
-        "vm_runner) on hosts: "
-        "set host attr nas-0-0 img_zpools value=tank1,tank2"),
+        [Arg("args", nargs="+", metavar="ARG", kind="host-attr",
+             help="HOST... ATTR [VALUE], or HOST... with attr=ATTR value=VALUE")],
+        {"attr": str, "value": str}, "set a storage attribute of hosts",
+        details="img_sync, vm_container_zpool, img_zpools, ib_net, vm_runner; kept in the "
+                "state and stronger than the config file.", group=_G_ATTR,
+        examples=("set host attr nas-0-0 img_zpools value=tank1,tank2",
+                  "set host attr compute-0-1 img_sync value=true")),
     Cmd(("list", "host", "attr"), f"{_ATTRS}:list_attrs",
-        [Arg("args", nargs="*", metavar="HOST_OR_ATTR", help="hosts and attribute names, "
-             "in any order (default: all)")], {"attr": str},
-        "each host's storage attributes and where each value comes from"),
+        [Arg("args", nargs="*", metavar="HOST_OR_ATTR", kind="host-attr",
+             help="hosts and attribute names, in any order (default: all)")], {"attr": str},
+        "hosts' storage attributes and their source", group=_G_ATTR),
     Cmd(("remove", "host", "attr"), f"{_ATTRS}:remove_attr",
-        [Arg("args", nargs="+", metavar="ARG", help="HOST... ATTR, or HOST... with attr=ATTR")],
-        {"attr": str},
-        "drop an attribute set by command: the config's value applies again"),
+        [Arg("args", nargs="+", metavar="ARG", kind="host-attr",
+             help="HOST... ATTR, or HOST... with attr=ATTR")], {"attr": str},
+        "drop an attribute set by command",
+        details="The config's value applies again.", group=_G_ATTR),
+    Cmd(("dump", "host", "attr"), f"{_ATTRS}:dump_attrs", [Arg("hosts", nargs="*",
+                                                               metavar="HOST")], {},
+        "print the commands that recreate the attributes",
+        details="One `imgstor set host attr|storageattr|zvolattr …` line per attribute "
+                "set by command, which `imgstor batch` reads back.", group=_G_ATTR,
+        examples=("dump host attr > attrs.batch",)),
     Cmd(("set", "host", "zvolattr"), f"{_SATTRS}:set_zvolattr",
-        [Arg("args", nargs="+", metavar="ARG", help="NAS VOL ATTR VALUE, or NAS VOL with "
-             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
-        "set a volume's sync attribute: frequency (seconds, or 10m, 2h), uploadspeed "
-        "(NAS->node) or downloadspeed (node->NAS) in bytes/s like 10M (0: no limit); "
-        "VALUE None unsets"),
+        [Arg("args", nargs="+", metavar="ARG", kind="nas-vol-attr",
+             help="NAS VOL ATTR VALUE, or NAS VOL with attr=ATTR value=VALUE")],
+        {"attr": str, "value": str}, "set a volume's sync attribute",
+        details="frequency (seconds, or 10m, 2h), uploadspeed (NAS->node) or "
+                "downloadspeed (node->NAS) in bytes/s like 10M (0: no limit); VALUE None "
+                "unsets.", group=_G_ATTR,
+        examples=("set host zvolattr nas-0-0 vm1-vol frequency 10m",)),
     Cmd(("list", "host", "zvolattr"), f"{_SATTRS}:list_zvolattr",
-        [Arg("nas"), Arg("vol", nargs="?")], {},
-        "the sync attributes of NAS's volumes (in parentheses: inherited) and NEXTSYNC"),
+        [Arg("nas"), Arg("vol", nargs="?")], {}, "sync attributes of a NAS's volumes",
+        details="In parentheses: an inherited value.  NEXTSYNC: when the next pull is "
+                "due.", group=_G_ATTR),
     Cmd(("remove", "host", "zvolattr"), f"{_SATTRS}:remove_zvolattr",
-        [Arg("args", nargs="+", metavar="ARG", help="NAS VOL ATTR, or NAS VOL with attr=ATTR")],
-        {"attr": str}, "drop a volume's sync attribute: the NAS's or the config's applies"),
+        [Arg("args", nargs="+", metavar="ARG", kind="nas-vol-attr",
+             help="NAS VOL ATTR, or NAS VOL with attr=ATTR")],
+        {"attr": str}, "drop a volume's sync attribute",
+        details="The NAS's or the config's value applies again.", group=_G_ATTR),
     Cmd(("set", "host", "storageattr"), f"{_SATTRS}:set_storageattr",
-        [Arg("args", nargs="+", metavar="ARG", help="NAS ATTR VALUE, or NAS with "
-             "attr=ATTR value=VALUE")], {"attr": str, "value": str},
-        "set a NAS's sync attribute for all its volumes (frequency, uploadspeed, "
-        "downloadspeed; VALUE None unsets)"),
+        [Arg("args", nargs="+", metavar="ARG", kind="nas-attr",
+             help="NAS ATTR VALUE, or NAS with attr=ATTR value=VALUE")],
+        {"attr": str, "value": str}, "set a NAS's sync attribute for its volumes",
+        details="frequency, uploadspeed, downloadspeed; VALUE None unsets.", group=_G_ATTR,
+        examples=("set host storageattr nas-0-0 uploadspeed 50M",)),
     Cmd(("list", "host", "storageattr"), f"{_SATTRS}:list_storageattr",
         [Arg("nases", nargs="*", metavar="NAS")], {},
-        "each NAS's sync attributes and where each value comes from"),
+        "each NAS's sync attributes and their source", group=_G_ATTR),
     Cmd(("remove", "host", "storageattr"), f"{_SATTRS}:remove_storageattr",
-        [Arg("args", nargs="+", metavar="ARG", help="NAS ATTR, or NAS with attr=ATTR")],
-        {"attr": str}, "drop a NAS's sync attribute: the config's value applies again"),
-    Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")], {},
-        "reach every host (or those named) and show its tools and pools; --trust HOST…: "
-        "confirm host keys pinned on first use (the sync hop uses them only then)",
-        aliases=(("hosts",),), flags=("--trust",)),
-    Cmd(("monitor",), "imgstor.workflows.monitor:monitor",
-        [Arg("jobs", nargs="*", metavar="JOB")], {},
-        "run jobs JOB... to their end in this process (sync maps and unmaps start them "
-        "detached); --resume hands every job no monitor runs, failed ones too, to a "
-        "detached monitor (--pool KEY: the pool monitor that does, internal)",
-        flags=("--resume",), options=(("--pool", str),)),
-    Cmd(("batch",), "imgstor.batch:run_batch",
-        [Arg("file", help="one imgstor command per line (- : stdin); # comments")], {},
-        "run the commands of FILE in parallel (--jobs N, default 8; same volume or VM: in "
-        "file order); one result line per item; exit 0 if all succeeded, else 1; global "
-        "flags (--dry-run…) apply to every item", options=(("--jobs", int),)),
-    Cmd(("refresh",), "imgstor.workflows.refresh:refresh", [], {},
-        "cron's every-minute run: restart dead monitors, put back targets, sessions and "
-        "overlays that a reboot or a daemon restart lost, start due periodic pulls of sync "
-        "volumes, write the metrics file (a second run at once exits 0 quietly)",
-        flags=("--quiet",)),
+        [Arg("args", nargs="+", metavar="ARG", kind="nas-attr",
+             help="NAS ATTR, or NAS with attr=ATTR")],
+        {"attr": str}, "drop a NAS's sync attribute", group=_G_ATTR),
+    Cmd(("ping",), "imgstor.workflows.hosts:ping", [Arg("hosts", nargs="*", metavar="HOST")],
+        {}, "reach hosts, show their tools and pools",
+        details="Every host of the config, or those named; exit 11 if one is unreachable.",
+        aliases=(("hosts",),), flags=("--trust",), group=_G_HEALTH,
+        flag_help={"--trust": "confirm the host keys pinned on first use (the sync hop "
+                              "uses them only then)"},
+        examples=("ping", "ping nas-0-0")),
+    Cmd(("doctor",), "imgstor.workflows.doctor:doctor",
+        [Arg("hosts", nargs="*", metavar="HOST")], {},
+        "check the setup before the first map",
+        details="Config and its permissions, SSH identity and known_hosts, the state "
+                "file, the audit log, refresh's timer or cron line and its last run, the "
+                "metrics directory; then every host (or those named): reachable, tools "
+                "and versions, pools, clock skew.  One line per check; exit 0 only if all "
+                "pass, else 9.", flags=("--local",), group=_G_HEALTH,
+        examples=("doctor", "doctor --local --json")),
     Cmd(("check",), "imgstor.workflows.check:check", [], {},
-        "compare the store with the NASes' live targets and marked volumes, the nodes' "
-        "sessions, overlays and marked datasets, busy markers and monitors (read-only; exit "
-        "9 when anything differs)"),
+        "compare the state with the hosts (read-only)",
+        details="The NASes' live targets and marked volumes, the nodes' sessions, overlays "
+                "and marked datasets, busy markers and monitors; exit 9 when anything "
+                "differs.", group=_G_HEALTH),
     Cmd(("repair",), "imgstor.workflows.check:repair", [], {},
-        "fix what `check` finds (--dry-run: the plan); leaves what may hold a VM's only "
-        "data and says how to remove it (--destroy-orphans: orphan temp-writes and local "
-        "copies too; never a NAS volume)", flags=("--destroy-orphans",)),
+        "fix what check finds",
+        details="--dry-run shows the plan.  Leaves what may hold a VM's only data and says "
+                "how to remove it.", flags=("--destroy-orphans",), group=_G_HEALTH,
+        examples=("repair --dry-run",)),
     Cmd(("rebuild",), "imgstor.workflows.rebuild:rebuild", [], {},
-        "make the lost state file again from the hosts (the NAS volumes' imgstor: "
-        "properties, the nodes' local copies and overlays, the live targets); refused "
-        "while one exists unless --force; says what it could not restore",
-        flags=("--force",)),
+        "make a lost state file again from the hosts",
+        details="From the NAS volumes' imgstor: properties, the nodes' local copies and "
+                "overlays, the live targets; refused while a state file exists unless "
+                "--force; says what it could not restore (exit 9).",
+        flags=("--force",), group=_G_HEALTH,
+        flag_help={"--force": "rebuild even though a state file exists (it is replaced)"}),
     Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
-        "clear the busy marker of volume VOL on NAS (when its process is gone)"),
+        "clear a volume's stale busy marker",
+        details="When the process that set it is gone (a dead process's marker on this "
+                "frontend is taken over by itself).", group=_G_HEALTH),
+    Cmd(("refresh",), "imgstor.workflows.refresh:refresh", [], {},
+        "the every-minute run (cron or systemd timer)",
+        details="Probes every host, restarts dead monitors, puts back targets, sessions and "
+                "overlays that a reboot or a daemon restart lost, starts due periodic "
+                "pulls of sync volumes, writes the metrics file, prunes old job logs.  A "
+                "second run at once exits 0 quietly.", flags=("--quiet",), group=_G_BG,
+        audit=False, examples=("refresh --dry-run",)),
+    Cmd(("monitor",), "imgstor.workflows.monitor:monitor",
+        [Arg("jobs", nargs="*", metavar="JOB")], {}, "run jobs (sync copies, merges, pulls)",
+        details="Runs jobs JOB... to their end in this process; sync maps, unmaps and "
+                "refresh start them detached, many in one pool monitor.  --resume hands "
+                "every job no monitor runs, failed ones too, to a detached monitor "
+                "(--pool KEY: that pool monitor, internal).", flags=("--resume",),
+        options=(("--pool", str),), group=_G_BG, audit=False),
+    Cmd(("batch",), "imgstor.batch:run_batch",
+        [Arg("file", help="one command per line (-: stdin); # comments; a line may start "
+                          "with imgstor or rocks")], {},
+        "run many commands in parallel",
+        details="Items naming the same volume or VM run in file order; one result line per "
+                "item as it finishes (--json: one JSON object per line); exit 0 if all "
+                "succeeded, else 1.  Global flags (--dry-run...) apply to every item.",
+        options=(("--jobs", int),), group=_G_MANY,
+        examples=("batch rack.txt --jobs 8", "dump host vm nas | imgstor batch -")),
+    Cmd(("_complete",), "imgstor.clihelp:complete",
+        [Arg("what"), Arg("words", nargs="*")], {}, "shell completion's words",
+        hidden=True, audit=False),
 ]
 
 _BOOL = {"yes": True, "true": True, "1": True, "on": True,
          "no": False, "false": False, "0": False, "off": False}
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_GLOBAL_HELP = ("global flags (before or after the command): --json, -n/--dry-run, "
-                "-v/--debug, --config PATH; --version alone prints the version")
+_HELP_WORDS = ("-h", "--help", "help")
 
 
 def _Parser(**kw: Any) -> "argparse.ArgumentParser":
@@ -273,20 +400,10 @@ def _match(words: list[str], table: Sequence[Cmd]) -> tuple[Cmd, int] | None:
     return best
 
 
-def _usage(table: Sequence[Cmd], prog: str) -> str:
-    width = max(len(c.name) for c in table) + 2
-    lines = [f"usage: {prog} [global flags] <command> [args] [key=value...]", "",
-             "commands:"]
-    for c in table:
-        lines.append(f"  {c.name.ljust(width)}{c.help}")
-    lines += ["", _GLOBAL_HELP, f"`{prog} <command> -h` shows a command's arguments"]
-    return "\n".join(lines)
-
-
 def _unknown(words: list[str], table: Sequence[Cmd], prog: str) -> UsageError:
     import difflib
     text = " ".join(w for w in words if "=" not in w and not w.startswith("-"))
-    names = [c.name for c in table]
+    names = [c.name for c in table if not c.hidden]
     close = difflib.get_close_matches(text, names, n=5, cutoff=0.5)
     close += [n for n in names if n.startswith(text.split(" ")[0] + " ") and n not in close]
     hint = "; did you mean: " + ", ".join(close[:6]) if close and text else \
@@ -311,22 +428,33 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
     """Split ``argv`` into (global options, matched command, handler kwargs).
     The command is None when only help was asked for."""
     opts, rest = split_globals(argv)
+    if rest[:1] == ["--"]:                 # `imgstor -- list host vm`
+        rest = rest[1:]
     if rest[:1] == ["--version"]:
         from imgstor import __version__
         print(f"{prog} {__version__}")
         return opts, None, {}
-    if not rest or rest[0] in ("-h", "--help", "help"):
-        if not rest:
-            raise UsageError("no command given\n" + _usage(table, prog))
-        print(_usage(table, prog))
+    if not rest:
+        from imgstor.clihelp import overview
+        raise UsageError("no command given\n" + overview(table, prog))
+    if rest[0] in _HELP_WORDS:
+        print(_help(rest[1:], table, prog))
         return opts, None, {}
     found = _match(rest, table)
     if found is None:
+        if rest[-1] == "help":             # Rocks: `list host help`
+            print(_help(rest[:-1], table, prog))
+            return opts, None, {}
         raise _unknown(rest, table, prog)
     cmd, n = found
+    tail = rest[n:]
+    if any(t in ("-h", "--help") for t in tail) or tail[:1] == ["help"]:
+        from imgstor.clihelp import command_help  # Rocks: `list host storagemap help`
+        print(command_help(cmd, prog))
+        return opts, None, {}
     keys: dict[str, Any] = {}
     positional: list[str] = []
-    for tok in rest[n:]:
+    for tok in tail:
         k, eq, v = tok.partition("=")
         if eq and _KEY_RE.fullmatch(k):
             if k not in cmd.keys:
@@ -339,16 +467,22 @@ def parse(argv: Sequence[str], table: Sequence[Cmd], prog: str
             positional.append(tok)
     bound = bind_plain(cmd, positional)
     if bound is None:
-        try:
-            bound = vars(_argparser(cmd, prog).parse_args(positional))
-        except SystemExit as e:  # -h
-            if e.code == 0:
-                return opts, None, {}
-            raise
+        bound = vars(_argparser(cmd, prog).parse_args(positional))
     for k in keys:                      # `add host vm C compute membership=compute`
         if bound.get(k) not in (None, []):
             raise UsageError(f"{cmd.name}: {k} given twice (as an argument and as {k}=)")
     return opts, cmd, {**bound, **keys}
+
+
+def _help(words: list[str], table: Sequence[Cmd], prog: str) -> str:
+    """``help [COMMAND]``; ``help --man`` and ``help --completion`` print the man page and
+    the bash completion script (imgstor/docgen.py) of this very table."""
+    if words in (["--man"], ["--completion"]):
+        from imgstor import docgen
+        text = docgen.man_page(table) if words == ["--man"] else docgen.completion(table)
+        return text.rstrip("\n")
+    from imgstor.clihelp import help_text
+    return help_text(words, table, prog)
 
 
 def _dest(name: str) -> str:
@@ -356,9 +490,8 @@ def _dest(name: str) -> str:
 
 
 def _argparser(cmd: Cmd, prog: str) -> argparse.ArgumentParser:
-    epilog = ("keys: " + " ".join(f"{k}=VALUE" for k in cmd.keys) + "\n" if cmd.keys else "")
-    p = _Parser(prog=f"{prog} {cmd.name}", description=cmd.help, epilog=epilog + _GLOBAL_HELP,
-                allow_abbrev=False)
+    """The parser that binds what ``bind_plain`` leaves (its help is clihelp's)."""
+    p = _Parser(prog=f"{prog} {cmd.name}", add_help=False, allow_abbrev=False)
     for f in cmd.flags:
         p.add_argument(f, action="store_true", dest=_dest(f))
     for f, conv in cmd.options:
@@ -423,7 +556,8 @@ def _load(handler: str) -> Callable[..., Any]:
 
 
 def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
-    """Parse, call the handler, print its result.  Raises ImgstorError."""
+    """Parse, call the handler, print its result.  Raises ImgstorError (its ``command``
+    set to the command's name)."""
     opts, cmd, kwargs = parse(argv, table, prog)
     if cmd is None:
         return 0
@@ -432,28 +566,75 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
     from imgstor.workflows.context import Ctx
     ctx = Ctx(**opts)
     try:
-        result = _load(cmd.handler)(ctx, **kwargs)
+        result = call(cmd, ctx, kwargs)
+    except ImgstorError as e:
+        e.command = cmd.name                     # type: ignore[attr-defined]
+        raise
     finally:
-        if "cluster" in ctx.__dict__:        # only if the command reached hosts
+        if "cluster" in ctx.__dict__:            # only if the command reached hosts
             ctx.cluster.close()
     from imgstor.output import emit
-    emit(result, json=ctx.json)
+    emit(result, json=ctx.json, command=cmd.name)
     return int(getattr(result, "exit_code", 0) or 0)
 
 
+def call(cmd: Cmd, ctx: Any, kwargs: dict[str, Any]) -> Any:
+    """The handler's result (or exception).  A command that changes something logs one
+    audit line (imgstor/audit.py) when it ends, also when it fails, naming the jobs it
+    started; a dry run logs nothing.  ``batch`` calls each item through here."""
+    if not cmd.audits(kwargs) or ctx.dry_run:
+        return _load(cmd.handler)(ctx, **kwargs)
+    from imgstor import audit
+    jobs: list[str] = []
+    token = audit.JOBS.set(jobs)
+    try:
+        try:
+            result = _load(cmd.handler)(ctx, **kwargs)
+        finally:
+            audit.JOBS.reset(token)
+    except BaseException as e:
+        audit.command(ctx, cmd, kwargs, error=e, jobs=jobs)
+        raise
+    audit.command(ctx, cmd, kwargs, result=result, jobs=jobs,
+                  rc=int(getattr(result, "exit_code", 0) or 0))
+    return result
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """``--json`` among the global flags (before a ``--``)."""
+    for a in argv:
+        if a == "--":
+            return False
+        if a == "--json":
+            return True
+    return False
+
+
 def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
-    from imgstor.output import printable
-    print(f"error: {printable(e.message)}", file=sys.stderr)
+    """Print ``e`` (``error: …`` on stderr; with ``--json`` the error document on stdout)
+    and return its exit code."""
+    if wants_json(argv):
+        from imgstor.output import error_json
+        sys.stdout.write(error_json(e, command=getattr(e, "command", None)))
+    else:
+        from imgstor.output import printable
+        print(f"error: {printable(e.message)}", file=sys.stderr)
     if "-v" in argv or "--debug" in argv:
         import traceback
         traceback.print_exc()
     return e.exit_code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, table: Sequence[Cmd] | None = None,
+         prog: str = "imgstor") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(argv, COMMANDS, prog="imgstor")
+        try:
+            return run(argv, COMMANDS if table is None else table, prog=prog)
+        except KeyboardInterrupt:
+            from imgstor.errors import Interrupted
+            raise Interrupted("interrupted (Ctrl-C): what was done stays done; run the "
+                              "command again to finish it") from None
     except ImgstorError as e:
         return report_error(e, argv)
 
@@ -484,14 +665,37 @@ ROCKS_HELP = ("rocks <verb> host vm|vm nas|storagemap|storagedev|storageimg ...,
               "host zvolattr|storageattr with frequency, uploadspeed, downloadspeed")
 
 
+def strip_program(words: list[str]) -> list[str]:
+    """A command line as a shell would run it (``imgstor list host vm``, ``rocks list host
+    vm``, ``/usr/bin/imgstor …``) -> the command words; a rocks line must be one of the
+    storage commands rocks forwards (UsageError otherwise)."""
+    name = words[0].rsplit("/", 1)[-1] if words else ""
+    if name == "imgstor":
+        return words[1:]
+    if name == "rocks":
+        rest = words[1:]
+        w = [x for x in rest if "=" not in x][:3]
+        if len(w) < 3 or w[1] != "host" or (w[2],) not in ROCKS_NOUNS:
+            raise UsageError(f"rocks {' '.join(rest)!r:.60} is not a storage command rocks "
+                             f"forwards to imgstor")
+        return rest
+    return words
+
+
 def rocks_main(argv: Sequence[str] | None = None) -> int:
-    """``rocks <verb> host <storage noun> ...``: forward to imgstor, refuse the rest."""
+    """``rocks <verb> host <storage noun> ...``: forward to imgstor, refuse the rest.
+    ``rocks help`` and ``rocks <verb> host help`` list the storage commands."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _, rest = split_globals(argv)
     except ImgstorError as e:
         return report_error(e, argv)
     words = [w for w in rest if "=" not in w][:3]
+    if words and words[-1] == "help" and rest[-1] == "help" and len(words) <= 3:
+        from imgstor.clihelp import overview
+        table = [c for c in COMMANDS if c.words[1:2] == ("host",)]
+        print(overview(table, "rocks", prefix=words[:-1]))
+        return 0
     if len(words) < 3 or words[1] != "host" or (words[2],) not in ROCKS_NOUNS:
         print(f"rocks: {' '.join(rest)!r} is not an imgstor storage command; "
               f"imgstor handles only: {ROCKS_HELP}", file=sys.stderr)

@@ -26,6 +26,11 @@ retry_backoff_max = 300
 stall_timeout = 900   # a waiting phase (copy, merge) that sees no progress this long fails
 poll = 1              # seconds between two reads of a job's status, at least ...
 poll_max = 10         # ... and at most (longer while a copy has long to go)
+[log]
+syslog = "/dev/log"   # the audit trail (imgstor/audit.py): a Unix socket, udp://HOST:PORT,
+                      # or "" (none)
+facility = "user"     # syslog facility: user, daemon, local0 … local7, authpriv …
+job_log_days = 30     # refresh removes job logs (<state dir>/jobs/) older than this
 [defaults]            # host attributes; each may be overridden in [hosts.NAME]
 img_sync = false
 vm_container_zpool = "tank"
@@ -73,7 +78,8 @@ TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "JobPolicy", "HostConfig", "load_config",
+__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "JobPolicy", "LogConfig",
+           "HostConfig", "load_config",
            "config_path", "HOST_ATTRS", "SOURCES", "RENAMED_KEYS"]
 
 DEFAULT_PATH = "/etc/imgstor/imgstor.toml"
@@ -107,6 +113,15 @@ class JobPolicy:
     def backoff_after(self, attempts: int) -> float:
         """Seconds to wait after the ATTEMPTS-th failed try (1: ``backoff``)."""
         return float(min(self.backoff_max, self.backoff * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the audit trail goes (the config's [log]; imgstor/audit.py) and how long job
+    logs are kept."""
+    syslog: str = "/dev/log"
+    facility: str = "user"
+    job_log_days: float = 30
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,7 @@ class Config:
     metrics_path: str = ""
     ssh: SshConfig = field(default_factory=SshConfig)
     jobs: JobPolicy = field(default_factory=JobPolicy)
+    log: LogConfig = field(default_factory=LogConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     # host -> the keys its [hosts.NAME] table sets; host -> the attributes set by command
@@ -339,11 +355,25 @@ _JOBS_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "retry_backoff_max": ("backoff_max", _positive), "stall_timeout": ("stall", _positive),
     "poll": ("poll", _positive), "poll_max": ("poll_max", _positive),
 }
+_FACILITIES = ("auth", "authpriv", "cron", "daemon", "kern", "local0", "local1", "local2",
+               "local3", "local4", "local5", "local6", "local7", "lpr", "mail", "news",
+               "syslog", "user", "uucp")
+
+
+def _syslog(v: Any) -> str:
+    from imgstor.audit import syslog_address
+    syslog_address(_str(v))          # ValueError says what it must be
+    return v
+
+
+_LOG_KEYS: dict[str, Callable[[Any], Any]] = {
+    "syslog": _syslog, "facility": _choice(*_FACILITIES), "job_log_days": _positive,
+}
 _HOST_KEYS: dict[str, Callable[[Any], Any]] = {
     "role": _choice("nas", "compute"), "address": _address, "port": _port,
     "data_address": lambda v: _address(v) if _str(v) else v, **HOST_ATTRS,
 }
-_TOP = ("state", "ssh", "jobs", "defaults", "hosts")
+_TOP = ("state", "ssh", "jobs", "log", "defaults", "hosts")
 
 
 def config_path(path: str | None = None) -> str:
@@ -423,11 +453,13 @@ def _build(path: str, raw: dict) -> Config:
     policy = JobPolicy(**{_JOBS_KEYS[k][0]: v for k, v in jobs.items()})
     if policy.poll_max < policy.poll:
         raise _err(path, "jobs.poll_max", f"must be >= jobs.poll ({policy.poll:g})")
+    log = _check(path, "log", _section(path, raw, "log"), _LOG_KEYS)
     defaults = _check(path, "defaults", _section(path, raw, "defaults"), HOST_ATTRS)
     cfg = Config(path=path, state_path=rel(state.get("path", Config.state_path)),
                  lock_timeout=state.get("lock_timeout", Config.lock_timeout),
                  metrics_path=rel(state.get("metrics_path", "")),
-                 ssh=SshConfig(**ssh), jobs=policy, defaults=defaults)
+                 ssh=SshConfig(**ssh), jobs=policy, log=LogConfig(**log),
+                 defaults=defaults)
     for name, sec in _section(path, raw, "hosts").items():
         prefix = f"hosts.{name}"
         try:

@@ -15,7 +15,7 @@ from typing import Any
 __all__ = [
     "ImgstorError", "UsageError", "ConfigError", "StateError", "BusyError",
     "LockTimeout", "NotFound", "AlreadyExists", "Conflict", "RemoteCommandError",
-    "TransportError", "HostKeyError", "StepError", "from_wire",
+    "TransportError", "HostKeyError", "StepError", "Interrupted", "from_wire",
 ]
 
 
@@ -116,6 +116,12 @@ class StepError(ImgstorError):
     """A node step failed in a way none of the other classes describes."""
 
     exit_code = 13
+
+
+class Interrupted(ImgstorError):
+    """Ctrl-C (SIGINT): the command stopped where it was; what was done stays done."""
+
+    exit_code = 130
 
 
 def from_wire(err: dict, *, host: str | None = None) -> ImgstorError:

@@ -76,6 +76,9 @@ def launch(store: Store, config_path: str, ids: list[str], *,
     ids = [check_id(i) for i in ids]
     if not ids:
         return "nothing to start"
+    from imgstor import audit
+    for job_id in ids:
+        audit.job_started(job_id)            # the audit line of the command names the job
     d = ensure_dir(store)
     if any(os.environ.get(k) for k in HOOK_ENV):
         return f"started monitor pid {_spawn(d, config_path, ids, argv0=argv0)}"

@@ -43,7 +43,7 @@ __all__ = ["JOB_ID_RE", "DONE", "new_job", "check_id", "job_dir", "progress_path
            "log_path", "lock_path", "stop_path", "write_progress", "read_progress", "log",
            "running", "shown_state", "request_stop", "stop_requested", "acquire",
            "advance_in", "failure_in", "start_try_in", "release_in", "advance",
-           "record_failure", "release", "restart", "forget", "ensure_dir"]
+           "record_failure", "release", "restart", "forget", "ensure_dir", "prune_logs"]
 
 JOB_ID_RE = re.compile(r"[a-z-]+-[0-9a-f]{12}", re.ASCII)
 DONE = "done"
@@ -311,3 +311,29 @@ def restart(store: Store, ids: list[str]) -> None:
             job = st.jobs.get(job_id)
             if job is not None and job.state == "failed":
                 job.state, job.attempts, job.next_try = "ready", 0, None
+
+
+def prune_logs(store: Store, max_age_days: float, keep: set[str] | frozenset[str] = frozenset(),
+               *, now: float | None = None) -> list[str]:
+    """Remove the job files (``jobs/ID.log``, ``jobs/ID.progress``) not changed for
+    ``max_age_days`` of jobs not in ``keep`` (the store's jobs); their names, sorted."""
+    d = job_dir(store)
+    limit = (time.time() if now is None else now) - max_age_days * 86400
+    gone = []
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        job_id, dot, ext = name.rpartition(".")
+        if not dot or ext not in ("log", "progress") or not JOB_ID_RE.fullmatch(job_id) \
+                or job_id in keep:
+            continue
+        path = os.path.join(d, name)
+        try:
+            if os.lstat(path).st_mtime < limit:
+                os.unlink(path)
+                gone.append(name)
+        except FileNotFoundError:
+            pass
+    return sorted(gone)

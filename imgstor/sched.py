@@ -51,8 +51,11 @@ def dependencies(keys: Sequence[frozenset[str] | None]) -> list[set[int]]:
     return deps
 
 
-def run(jobs: Sequence[Job], *, workers: int = DEFAULT_JOBS) -> list[Any]:
-    """Each job's return value, or the exception it raised, in list order."""
+def run(jobs: Sequence[Job], *, workers: int = DEFAULT_JOBS,
+        on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Each job's return value, or the exception it raised, in list order.  ``on_done(i,
+    result)`` is called in the caller's thread as each job finishes (``batch`` prints its
+    line then)."""
     n = len(jobs)
     results: list[Any] = [None] * n
     if not n:
@@ -85,6 +88,8 @@ def run(jobs: Sequence[Job], *, workers: int = DEFAULT_JOBS) -> list[Any]:
             for f in sorted(done, key=running.__getitem__):
                 i = running.pop(f)
                 results[i] = f.result()
+                if on_done is not None:
+                    on_done(i, results[i])
                 for k in after[i]:
                     waiting_on[k] -= 1
                     if not waiting_on[k]:

@@ -172,6 +172,7 @@ class ProbeFacts:
     pyzfs: str = ""
     pools: list = field(default_factory=list)
     initiator: str | None = None
+    versions: dict = field(default_factory=dict)     # probe(versions=True): tool -> line
 
 
 @dataclass(frozen=True)

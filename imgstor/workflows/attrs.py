@@ -20,10 +20,11 @@ from typing import Any
 from imgstor import validate
 from imgstor.config import HostConfig
 from imgstor.errors import NotFound, UsageError
-from imgstor.output import Output
+from imgstor.output import Lines, Output
 from imgstor.state.model import HOST_ATTR_NAMES, HostAttrs
 
-__all__ = ["set_attr", "list_attrs", "remove_attr", "attr_name", "parse_value", "ROLES"]
+__all__ = ["set_attr", "list_attrs", "remove_attr", "dump_attrs", "attr_name", "parse_value",
+           "ROLES"]
 
 # Which hosts an attribute belongs to (None: any).
 ROLES: dict[str, str | None] = {"img_sync": "compute", "vm_container_zpool": "compute",
@@ -211,3 +212,33 @@ def list_attrs(ctx, args: list[str] | None = None, attr: str | None = None) -> O
     return Output(rows, [("host", "HOST"), ("attr", "ATTR"), ("value", "VALUE"),
                          ("source", "SOURCE")], footer=footer)
 
+
+
+def dump_attrs(ctx, hosts: list[str] | None = None) -> Lines:
+    """The ``imgstor set host attr|storageattr|zvolattr …`` lines that recreate every
+    attribute set by command (of ``hosts``, or all), which ``imgstor batch`` reads back.
+    Attributes that come from the config file are not dumped: the file keeps them."""
+    import shlex
+
+    from imgstor.workflows.syncattrs import shown_value
+    want = {validate.host(h, "host") for h in hosts or ()}
+    st = ctx.store.read()
+    lines = []
+
+    def add(*argv: str) -> None:
+        lines.append(shlex.join(["imgstor", "set", "host", *argv]))
+    for host, a in st.attrs.items():
+        if want and host not in want:
+            continue
+        for attr, value in a.values().items():
+            add("attr", host, attr, f"value={_shown(attr, value)}")
+    for nas, sa in st.storageattrs.items():
+        if not want or nas in want:
+            for attr, value in sa.values().items():
+                add("storageattr", nas, attr, str(shown_value(attr, value)))
+    for key, sa in st.zvolattrs.items():
+        nas, _, vol = key.partition("/")
+        if not want or nas in want:
+            for attr, value in sa.values().items():
+                add("zvolattr", nas, vol, attr, str(shown_value(attr, value)))
+    return Lines(lines)

@@ -7,7 +7,8 @@ steps: a re-run after a kill anywhere inside it converges).  A ``Runner`` takes 
 (their locks, imgstor/jobs.py ``acquire``) and runs each in a thread of its own: the
 phases from the recorded one on, each completed phase recorded before the next starts
 (``IMGSTOR_FAULT=job:<phase>`` kills the process right after recording that phase:
-the lab's crash matrix).  When the last phase is done the job is removed.
+the lab's crash matrix).  When the last phase is done the job is removed.  Each phase
+done and each failed try are audit lines (imgstor/audit.py).
 
 A failure -- any exception: an ImgstorError, a node step's bug (RuntimeError), a bound
 run out -- is recorded on the job (``attempts``, ``last_error``, ``next_try``), never on
@@ -33,7 +34,7 @@ import time
 import traceback
 from typing import Any
 
-from imgstor import jobpool
+from imgstor import audit, jobpool
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, StateError, StepError, UsageError
 from imgstor.jobrun import Committer, Phase, Runtime, Stopped, Watch, describe
@@ -65,6 +66,9 @@ def run_phases(ctx: Any, job: Job, rt: Runtime,
         fn(ctx, current, rt)
         nxt = names[i + 1] if i + 1 < len(names) else jobmod.DONE
         current = rt.commit(functools.partial(_advance, job.id, nxt))
+        audit.record(ctx, what=f"monitor {job.kind}", target=job.volume, result="ok",
+                     job=job.id, message=f"phase {name} done"
+                     + ("; job done" if nxt == jobmod.DONE else f", next {nxt}"))
         fault(f"job:{name}")
         i += 1
 
@@ -160,6 +164,11 @@ class Runner:
                     continue
                 if rec is None:
                     return "gone"
+                audit.record(self.ctx, what=f"monitor {job.kind}", target=job.volume,
+                             result="failed" if rec.state == "failed" else "retry",
+                             exit=getattr(e, "exit_code", 1), job=job.id,
+                             message=f"phase {rec.phase} (try {rec.attempts} of "
+                             f"{policy.attempts}): {why}")
                 if rec.state == "failed":
                     rt.log(job.id, f"phase {rec.phase} failed ({rec.attempts} of "
                            f"{policy.attempts} tries): {why}; the job is failed: "

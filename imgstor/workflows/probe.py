@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from imgstor.errors import ImgstorError
+from imgstor.output import When
 
 __all__ = ["BOOT_ID", "HostProbe", "Probing", "start", "probe_one", "record", "rows",
            "record_path"]
@@ -160,6 +161,8 @@ def rows(probes: list[HostProbe]) -> list[dict]:
         d.pop("changed")
         d.pop("went_down")
         d["seconds"] = round(p.seconds, 3)
+        for k in ("since", "last_up"):         # --json: ISO 8601
+            d[k] = When(d[k]) if d[k] else None
         out.append({"what": "host", "host": p.host, "volume": None, "job": None,
                     "action": action, **d})
     return out

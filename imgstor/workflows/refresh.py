@@ -28,6 +28,10 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    guest recorded running is asked (read-only ``vm.list``) which still run; one gone is
    recorded ``exited`` -- what ``list host vm`` shows as GUEST.
 6. With ``[state] metrics_path``: the node_exporter textfile (imgstor/metrics.py).
+7. Job logs and progress files of jobs that are gone, older than ``[log] job_log_days``,
+   are removed (``jobs.prune_logs``).
+8. The store's journal is folded into its file (``Store.fold``): whole again at least once
+   a minute.
 
 It prints one row per thing it found and what it did (``--json``: the same rows;
 ``--quiet``: nothing when all went well).  What went wrong goes to stderr whatever the
@@ -35,7 +39,10 @@ flags, so that cron mails it: a line per failure of its own work -- a monitor, r
 pull it could not start, the metrics file it could not write -- and then exit 1
 (``EXIT_FAILED``); a line when a host goes down (up or unknown before, down now; not
 again while it stays down, which the metrics and the rows show), exit 0.  A state file it
-cannot read is the store's ``StateError`` (exit 4).
+cannot read is the store's ``StateError`` (exit 4).  Each thing it did is a line of the
+audit trail (imgstor/audit.py): a host that went down, came back or rebooted, a monitor or
+a pull it started, what it restored, a failure, the job logs it removed; a run that did
+nothing logs nothing.
 """
 from __future__ import annotations
 
@@ -112,6 +119,8 @@ def refresh(ctx, quiet: bool = False) -> Output | None:
     for r in failed:                        # "job nas-0-0/v pull-…: could not start …"
         subject = [r[k] for k in ("what", "host", "volume", "job") if r.get(k)]
         _say(f"{' '.join(subject)}: {r['action']}")
+    if not ctx.dry_run:
+        _audit(ctx, rows, hosts, failed)
     if quiet:
         if failed:
             raise RefreshFailed(f"refresh: {len(failed)} of its actions failed (above)")
@@ -175,10 +184,44 @@ def _refresh(ctx) -> tuple[list[dict], list]:
     # 5. metrics
     if ctx.config.metrics_path:
         rows.append(_metrics(ctx, hosts))
-    # 6. the store's journal folded into its file: whole again at least once a minute
+    # 6. old job logs
+    rows += _prune(ctx)
+    # 7. the store's journal folded into its file: whole again at least once a minute
     if not ctx.dry_run:
         ctx.store.fold()
     return rows, hosts
+
+
+def _prune(ctx) -> list[dict]:
+    if ctx.dry_run:
+        return []
+    days = ctx.config.log.job_log_days
+    gone = jobmod.prune_logs(ctx.store, days, set(ctx.store.read().jobs))
+    if not gone:
+        return []
+    return [{"what": "jobs", "host": None, "volume": None, "job": None,
+             "action": f"removed {len(gone)} job files older than {days:g} days"}]
+
+
+def _audit(ctx, rows: list[dict], hosts: list, failed: list[dict]) -> None:
+    """One audit line per row that did something, failed, or found something new: not
+    the hosts that are up as before, the pulls not yet due, the monitors that run."""
+    from imgstor import audit
+    news = {h.host for h in hosts if h.went_down or h.rebooted or (h.up and h.changed)}
+    bad = {id(r) for r in failed}
+    for r in rows:
+        what, action = r["what"], r["action"]
+        if what == "host":
+            if r["host"] not in news:
+                continue
+        elif what in ("pull", "job"):
+            if id(r) not in bad and not action.startswith("started"):
+                continue
+        elif what in ("metrics", "guest") and id(r) not in bad:
+            continue
+        failure = id(r) in bad or action.startswith(("DOWN", "left"))
+        audit.record(ctx, what=f"refresh {what}", target=r.get("host") or r.get("volume"),
+                     result="failed" if failure else "ok", job=r.get("job"), message=action)
 
 
 def _restore(ctx) -> list[dict]:

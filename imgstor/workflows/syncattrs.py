@@ -31,11 +31,11 @@ from typing import Any
 
 from imgstor import validate
 from imgstor.errors import UsageError
-from imgstor.output import Output
+from imgstor.output import Output, When, when_cell
 from imgstor.state.model import SYNC_ATTR_NAMES, State, SyncAttrs, volume_key
 
 __all__ = ["parse_frequency", "parse_speed", "parse_value", "effective", "bwlimit",
-           "frequency", "fmt_rate", "set_zvolattr", "set_storageattr", "list_zvolattr",
+           "frequency", "fmt_rate", "shown_value", "set_zvolattr", "set_storageattr", "list_zvolattr",
            "list_storageattr", "remove_zvolattr", "remove_storageattr"]
 
 _FREQ = re.compile(r"([0-9]+)\s*([smhd]?)", re.ASCII | re.IGNORECASE)
@@ -92,9 +92,12 @@ def fmt_rate(rate: int | None) -> str | None:
     return str(rate)
 
 
-def _shown(attr: str, value: int | None) -> int | str | None:
+def shown_value(attr: str, value: int | None) -> int | str | None:
     """Seconds as a number (frequency), a rate as the user writes it (10M)."""
     return value if value is None or attr == "frequency" else fmt_rate(value)
+
+
+_shown = shown_value
 
 
 # ------------------------------------------------------------------ precedence
@@ -246,19 +249,25 @@ def list_zvolattr(ctx, nas: str, vol: str | None = None) -> Output:
         for attr in SYNC_ATTR_NAMES:
             val, src = effective(st, ctx.config, nas, name, attr,
                                  host=v.host if v is not None else None)
-            shown = _shown(attr, val)
-            row[attr] = shown if src == "zvolattr" else f"({shown})"
-            row[f"{attr}_value"], row[f"{attr}_source"] = val, src
+            row[attr], row[f"{attr}_source"] = val, src    # seconds, bytes/s: numbers
         if v is not None and not st.jobs_of(key):
-            left = due(v, row["frequency_value"], now)
+            left = due(v, row["frequency"], now)
             if left is not None:
-                row["nextsync"] = time.strftime("%a %H:%M.%S", time.localtime(now + left))
+                row["nextsync"] = When(now + left)
         rows.append(row)
-    return Output(rows, [("nas", "NAS"), ("zvol", "ZVOL"), ("frequency", "FREQUENCY"),
-                         ("nextsync", "NEXTSYNC"), ("uploadspeed", "UPLOADSPEED"),
-                         ("downloadspeed", "DOWNLOADSPEED")],
-                  json_extra=[f"{a}_{s}" for a in SYNC_ATTR_NAMES
-                              for s in ("value", "source")])
+    return Output(rows, [("nas", "NAS"), ("zvol", "ZVOL"),
+                         ("frequency", "FREQUENCY", _cell("frequency")),
+                         ("nextsync", "NEXTSYNC", when_cell("nextsync")),
+                         ("uploadspeed", "UPLOADSPEED", _cell("uploadspeed")),
+                         ("downloadspeed", "DOWNLOADSPEED", _cell("downloadspeed"))])
+
+
+def _cell(attr: str):
+    """A zvolattr cell: the value as written (10M), in parentheses when inherited."""
+    def text(row: dict) -> str:
+        shown = _shown(attr, row[attr])
+        return str(shown) if row[f"{attr}_source"] == "zvolattr" else f"({shown})"
+    return text
 
 
 def list_storageattr(ctx, nases: list[str] | None = None) -> Output:
@@ -274,7 +283,7 @@ def list_storageattr(ctx, nases: list[str] | None = None) -> Output:
         for attr in SYNC_ATTR_NAMES:
             val = getattr(own, attr)
             if val is not None:
-                rows.append({"nas": nas, "attr": attr, "value": _shown(attr, val),
+                rows.append({"nas": nas, "attr": attr, "value": val,
                              "source": "set by command"})
             elif attr == "frequency":
                 rows.append({"nas": nas, "attr": attr,
@@ -282,10 +291,13 @@ def list_storageattr(ctx, nases: list[str] | None = None) -> Output:
                              "source": "config sync_frequency"})
             elif attr == "uploadspeed":
                 rows.append({"nas": nas, "attr": attr,
-                             "value": fmt_rate(cfg.host(nas).sync_bwlimit),
+                             "value": cfg.host(nas).sync_bwlimit,
                              "source": "config sync_bwlimit"})
             else:
                 rows.append({"nas": nas, "attr": attr, "value": None,
                              "source": "each node's config sync_bwlimit"})
-    return Output(rows, [("nas", "NAS"), ("attr", "ATTR"), ("value", "VALUE"),
+    # value: seconds (frequency) or bytes/s, numbers; shown as written (10M)
+    return Output(rows, [("nas", "NAS"), ("attr", "ATTR"),
+                         ("value", "VALUE", lambda r: r["value"] if r["value"] is None
+                          else str(_shown(r["attr"], r["value"]))),
                          ("source", "SOURCE")])

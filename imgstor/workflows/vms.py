@@ -12,12 +12,12 @@ import shlex
 
 from imgstor import validate
 from imgstor.errors import BusyError, Conflict, NotFound, UsageError
-from imgstor.output import Output
+from imgstor.output import Lines, Output, When
 from imgstor.state.model import State, Vm, natural_key
 from imgstor.workflows.context import Ctx
 
 __all__ = ["add_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
-           "remove_vm_nas", "dump_vm_nas", "natural_key", "pick_zpool", "vm_base",
+           "remove_vm_nas", "dump_vms", "dump_vm_nas", "natural_key", "pick_zpool", "vm_base",
            "format_size"]
 
 def _saved(ctx: Ctx, msg: str) -> str:
@@ -123,25 +123,22 @@ def list_vms(ctx: Ctx, vms: list[str] | None = None, showdisks: bool = False) ->
         vol = st.vm_volume(v)
         if vol is not None and vol.mode:
             mode = vol.mode                       # a live mapping keeps what it recorded
-        row = {"vm": v.name, "container": v.container, "nas": v.nas, "zpool": v.zpool,
+        row: dict = {"vm": v.name, "container": v.container, "nas": v.nas, "zpool": v.zpool,
                "mode": mode}
         if showdisks:
             row["disk"] = f"{v.nas}:{v.zpool}/{v.vol}" if v.nas else "local"
-            row["disksize"] = format_size(vol.size) if vol is not None and vol.size else None
+            row["disksize"] = vol.size if vol is not None and vol.size else None   # bytes
         if machines:
             _machine_cols(row, v, host)
         rows.append(row)
-    cols = [("vm", "VM"), ("container", "CONTAINER"), ("nas", "NAS"), ("zpool", "ZPOOL"),
-            ("mode", "MODE")]
+    cols: list = [("vm", "VM"), ("container", "CONTAINER"), ("nas", "NAS"), ("zpool", "ZPOOL"),
+                  ("mode", "MODE")]
     if showdisks:
-        cols += [("disk", "DISK"), ("disksize", "DISKSIZE")]
+        cols += [("disk", "DISK"), ("disksize", "DISKSIZE",
+                                    lambda r: r["disksize"] and format_size(r["disksize"]))]
     if machines:
         cols += [("mem", "MEM"), ("cpus", "CPUS"), ("guest", "GUEST")]
-    return Output(rows, cols, json_extra=_JSON_EXTRA if machines else [])
-
-
-_JSON_EXTRA = ["mac", "boot", "runner", "guest_host", "guest_pid", "guest_since",
-               "guest_error"]
+    return Output(rows, cols)
 
 
 def _machine_cols(row: dict, v: Vm, host) -> None:
@@ -152,7 +149,8 @@ def _machine_cols(row: dict, v: Vm, host) -> None:
                runner=host.vm_runner if host is not None else None,
                guest=g.state if g else None, guest_host=g.host if g else None,
                guest_pid=g.pid if g else None,
-               guest_since=g.since if g else None, guest_error=g.error if g else None)
+               guest_since=When(g.since) if g and g.since else None,
+               guest_error=g.error if g else None)
 
 
 def format_size(nbytes: int) -> str:
@@ -229,10 +227,26 @@ def remove_vm_nas(ctx: Ctx, vm: str) -> str:
     return _saved(ctx, f"VM {vm}: no NAS")
 
 
-def dump_vm_nas(ctx: Ctx, vm: str | None = None) -> str | None:
-    """``imgstor set host vm nas ...`` lines that recreate the assignments."""
+def dump_vm_nas(ctx: Ctx, vm: str | None = None) -> Lines:
+    """``imgstor set host vm nas ...`` lines that recreate the assignments (``imgstor
+    batch`` reads them back)."""
     st = ctx.store.read()
-    lines = [shlex.join(["imgstor", "set", "host", "vm", "nas", v.name, f"nas={v.nas}",
-                         f"zpool={v.zpool}"])
-             for v in _vms(st, [vm] if vm else None) if v.nas]
-    return "\n".join(lines) or None
+    return Lines([shlex.join(["imgstor", "set", "host", "vm", "nas", v.name, f"nas={v.nas}",
+                              f"zpool={v.zpool}"])
+                  for v in _vms(st, [vm] if vm else None) if v.nas])
+
+
+def dump_vms(ctx: Ctx, vms: list[str] | None = None) -> Lines:
+    """``imgstor add host vm CONTAINER name=VM [membership=M] [mem=… cpus=… mac=…]`` lines
+    that recreate the VMs and their definitions (``imgstor batch`` reads them back; an existing VM on the same container is
+    "already done")."""
+    st = ctx.store.read()
+    lines = []
+    for v in _vms(st, vms):
+        argv = ["imgstor", "add", "host", "vm", v.container, f"name={v.name}"]
+        if v.extra.get("membership"):
+            argv.append(f"membership={v.extra['membership']}")
+        if v.machine is not None:              # its definition (mem=, cpus=, mac=…)
+            argv += [f"{k}={val}" for k, val in v.machine.to_dict().items()]
+        lines.append(shlex.join(argv))
+    return Lines(lines)

@@ -160,7 +160,7 @@ def test_guide_container_dialogue(lab: Lab) -> None:
                             "--json", "--host", "compute-0-0", "--yes", "--unmap-target", e],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
-        assert [x["ok"] for x in json.loads(p.stdout)] == [True]
+        assert [x["ok"] for x in json.loads(p.stdout)["rows"]] == [True]
         assert rec(lab, e)["state"] == "unmapped"
         gone(lab, "compute-0-0", e)
     finally:
@@ -183,7 +183,8 @@ def test_sync_volume_cleaned_on_its_node_then_on_the_nas(lab: Lab) -> None:
                             "--remove-zvol", f"tank/{vol}"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
-        assert [x["question"] for x in json.loads(p.stdout)] == ["destroy-lvm", "remove-zvol"]
+        assert [x["question"] for x in json.loads(p.stdout)["rows"]] == ["destroy-lvm",
+                                                                    "remove-zvol"]
         assert "WARNING: the data in these volumes is destroyed" in p.stderr
         r = rec(lab, vol)
         assert r["state"] == "error" and "destroyed its local copy" in r["error"]

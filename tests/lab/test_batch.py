@@ -39,7 +39,7 @@ def batch(lab: Lab, text: str, *args: str, env: dict | None = None,
 def records(lab: Lab) -> dict[str, dict]:
     return {f"{r['nas']}/{r['zvol']}": r for nas in NASES for r in
             [dict(x, nas=nas) for x in json.loads(
-                cli(lab, "list", "host", "storagemap", nas, "--json").stdout)]}
+                cli(lab, "list", "host", "storagemap", nas, "--json").stdout)["rows"]]}
 
 
 def acls(lab: Lab, nas: str) -> dict[str, list[str]]:
@@ -111,7 +111,8 @@ def test_batch_bad_lines_kill_and_rerun(lab2: Lab, tmp_path: Path) -> None:
         p = batch(lab2, "# 20 maps, 3 bad lines\n" + "\n".join(lines) + "\n", "--json",
                   tmp=tmp_path)
         assert p.returncode == 1, p.stdout + p.stderr
-        res = json.loads(p.stdout)
+        res = sorted((json.loads(line) for line in p.stdout.splitlines()[:-1]),
+                     key=lambda r: r["item"])           # JSON lines, as items finish
         assert len(res) == 23
         assert [r["item"] for r in res if r["exit_code"]] == [4, 10, 16], res
         assert [r["line"] for r in res][:2] == [2, 3]

@@ -117,7 +117,8 @@ def test_chap_map_login_refusals_unmap_remove(lab: Lab, tmp_path: Path) -> None:
         assert b"Authentication failure(513)" in r.stderr, r.stderr
 
     # list host storagedev logs in with the credentials too
-    devs = json.loads(cli(lab, "--json", "list", "host", "storagedev", HOST, config=cfg).stdout)
+    devs = json.loads(cli(lab, "--json", "list", "host", "storagedev", HOST,
+                          config=cfg).stdout)["rows"]
     assert next(d for d in devs if d["zvol"] == vol)["status"] == "ok"
 
     # ---- unmap: target and account gone; the credentials stay until the image goes

@@ -34,7 +34,7 @@ def cli(lab: Lab, *args: str, env: dict | None = None, config: Path | None = Non
 
 def maps(lab: Lab) -> dict[str, dict]:
     return {r["zvol"]: r for r in json.loads(cli(lab, "list", "host", "storagemap", NAS,
-                                                  "--json").stdout)}
+                                                  "--json").stdout)["rows"]}
 
 
 def opts(lab: Lab, vol: str, host: str) -> str:
@@ -90,7 +90,8 @@ def test_direct_mode_walkthrough(lab: Lab) -> None:
     assert row["target"] == f"iqn.2001-04.com.{NAS}-{vol}"
     table = cli(lab, "list", "host", "storagemap", NAS).stdout.splitlines()
     assert table[0].split() == ["ZVOL", "HOST", "ZPOOL", "TARGET", "STATE", "TIME"]
-    dev = json.loads(cli(lab, "list", "host", "storagedev", "compute-0-0", "--json").stdout)
+    dev = json.loads(cli(lab, "list", "host", "storagedev", "compute-0-0",
+                         "--json").stdout)["rows"]
     assert any(d["zvol"] == vol and d["status"] == "ok" and d["size_gb"] == 0.06 for d in dev)
 
     # data written through compute-0-0's initiator is on the NAS volume after stop

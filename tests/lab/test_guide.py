@@ -54,8 +54,9 @@ def _clean(lab: Lab, vol: str) -> None:
     """Leftovers of an earlier interrupted run of this test."""
     st = json.loads(subprocess.run(
         [sys.executable, "-m", "imgstor", "--config", str(lab.config_path), "--json", "list",
-         "host", "storagemap", NAS], capture_output=True, text=True, cwd=ROOT).stdout or "[]")
-    if any(r["zvol"] == vol for r in st):
+         "host", "storagemap", NAS], capture_output=True, text=True, cwd=ROOT).stdout
+        or '{"rows": []}')
+    if any(r["zvol"] == vol for r in st.get("rows", [])):
         rocks(lab, f"rocks remove host storagemap {NAS} {vol}")
         rocks(lab, f"rocks remove host storageimg {NAS} tank {vol}")
 

@@ -98,13 +98,13 @@ def test_a_job_that_fails_for_good_is_shown_and_repair_starts_it_again(lab: Lab,
             time.sleep(1)
         (job,) = js
         assert job["phase"] == "copy" and job["attempts"] == 2 and job["last_error"], job
-        rows = json.loads(cli(lab, "list", "host", "storagemap", NAS, "--json").stdout)
+        rows = json.loads(cli(lab, "list", "host", "storagemap", NAS, "--json").stdout)["rows"]
         row = next(r for r in rows if r["zvol"] == vol)
         assert row["state"] == "NAS->VM (job failed)" and row["job_state"] == "failed", row
         assert state(lab)["volumes"][f"{NAS}/{vol}"]["error"] is None   # not the volume
         p = cli(lab, "check", config=cfg, check=False)
         assert p.returncode == 9 and job["id"] in p.stdout and "failed after 2" in p.stdout
-        again = json.loads(cli(lab, "refresh", "--json", config=cfg).stdout)
+        again = json.loads(cli(lab, "refresh", "--json", config=cfg).stdout)["rows"]
         mine = [r for r in again if r.get("job") == job["id"]]
         assert mine and "not restarted" in mine[0]["action"], again
     finally:

@@ -76,7 +76,7 @@ def test_onefile_drives_the_lab_with_the_system_python(lab: Lab, onefile: Path,
     assert read_through(lab, NODE, vol, 4 * MiB) == want
     assert vol in targets(lab)
     rows = json.loads(run(lab, onefile, root, "--json", "list", "host", "storagemap",
-                          NAS).stdout)
+                          NAS).stdout)["rows"]
     assert [(r["host"], r["state"]) for r in rows if r["zvol"] == vol] == [(NODE, "mapped")]
     run(lab, onefile, root, "remove", "host", "storagemap", NAS, vol)
     assert vol not in targets(lab)
@@ -88,7 +88,7 @@ def test_onefile_drives_the_lab_with_the_system_python(lab: Lab, onefile: Path,
     got = lab.out(NODE, f"head -c {4 * MiB} {mp}/disk.raw | sha256sum").split()[0]
     assert got == want                        # the node's local copy has the data
     admin = onefile.parent / "imgstorageadmin"
-    rows = json.loads(run(lab, admin, root, "--json", "list").stdout)
+    rows = json.loads(run(lab, admin, root, "--json", "list").stdout)["rows"]
     assert [r["state"] for r in rows if r["vol"] == vol] == ["mapped"]
     run(lab, onefile, root, "remove", "host", "storagemap", NAS, vol, "--wait")
     run(lab, onefile, root, "remove", "host", "storageimg", NAS, "tank", vol)

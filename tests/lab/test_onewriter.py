@@ -148,7 +148,7 @@ def test_concurrent_maps_of_different_volumes_on_one_nas(lab: Lab) -> None:
             assert (rows[v]["state"], rows[v]["host"]) == ("mapped", hosts[i % 2])
         v = cli(lab, "list", "host", "storagemap", NAS, "--verify", "--json", check=False)
         assert v.returncode == 0, v.stdout
-        live = {r["zvol"]: r["live"] for r in json.loads(v.stdout)}
+        live = {r["zvol"]: r["live"] for r in json.loads(v.stdout)["rows"]}
         assert all(live[x] == "ok" for x in vols), live
         tids = [it for it in targets(lab).splitlines() if it.startswith("Target ")]
         assert len({it.split(":")[0] for it in tids}) == len(tids)

@@ -41,7 +41,7 @@ def test_refresh_probes_every_host_and_reports_the_one_it_cannot_reach(lab: Lab,
     p = subprocess.run([sys.executable, "-m", "imgstor", "--config", str(cfg), "refresh",
                         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    rows = {r["host"]: r for r in json.loads(p.stdout) if r["what"] == "host"}
+    rows = {r["host"]: r for r in json.loads(p.stdout)["rows"] if r["what"] == "host"}
     assert set(rows) == set(lab.names()) | {DOWN}
     boot = {h: lab.out(h, "cat /proc/sys/kernel/random/boot_id") for h in lab.names()}
     for h in lab.names():

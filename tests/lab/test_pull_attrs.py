@@ -75,13 +75,13 @@ def test_volume_frequency_speeds_and_the_base_hold(lab: Lab, two_vols) -> None:
     assert short.startswith("imgstor-in-")
     assert holds_base(lab, NAS, base) and holds_base(lab, NODE, f"tank/{fast}@{short}")
     rows = {r["zvol"]: r for r in json.loads(cli(lab, "list", "host", "zvolattr", NAS,
-                                                 "--json").stdout)}
-    assert rows[fast]["frequency"] == 1 and rows[slow]["frequency"] == "(3600)", rows
+                                                 "--json").stdout)["rows"]}
+    assert rows[fast]["frequency"] == 1 and rows[slow]["frequency"] == 3600, rows
     assert rows[slow]["frequency_source"] == "storageattr"
 
     put(lab, img, fast, 3 * MiB, os.urandom(MiB), "pulled")
     time.sleep(1.2)
-    out = json.loads(cli(lab, "refresh", "--json").stdout)
+    out = json.loads(cli(lab, "refresh", "--json").stdout)["rows"]
     mine = {r["volume"]: r["action"] for r in out if r["what"] == "pull"}
     assert mine[f"{NAS}/{fast}"] == "started (NAS<-VM sched)", out
     assert mine[f"{NAS}/{slow}"].startswith("next in ") and \

@@ -52,7 +52,7 @@ def test_rebuild_after_the_state_file_is_lost(lab: Lab) -> None:
         assert not state.exists()
         p = cli(lab, "rebuild", "--json", check=False)
         assert p.returncode in (0, 9), p
-        rows = {r["subject"]: r for r in json.loads(p.stdout)}
+        rows = {r["subject"]: r for r in json.loads(p.stdout)["rows"]}
         for vol in mine:
             assert rows[f"{NAS}/{vol}"]["what"] == "volume", rows
         after = {k: {c: r[c] for c in COLS} for k, r in maps(lab).items() if k in mine}

@@ -84,7 +84,7 @@ def test_refresh_restarts_a_killed_monitor(lab: Lab, svol) -> None:
             break
         assert time.monotonic() < deadline, js
         time.sleep(0.3)
-    rows = json.loads(cli(lab, "refresh", "--json").stdout)
+    rows = json.loads(cli(lab, "refresh", "--json").stdout)["rows"]
     mine = [r for r in rows if r["volume"] == f"{NAS}/{vol}"]
     assert mine and mine[0]["what"] == "job" and "started monitor" in mine[0]["action"], rows
     wait_state(lab, vol, "mapped")
@@ -103,13 +103,13 @@ def test_periodic_pull_sends_the_vms_data_to_the_nas(lab: Lab, svol, tmp_path) -
         put(lab, img, vol, (2 + 3 * i) * MiB, os.urandom(MiB), f"pull{i}")
         time.sleep(1.2)
         env = {"IMGSTOR_PAUSE": "job:trust:3"} if i == 0 else {}
-        rows = json.loads(cli(lab, "refresh", "--json", config=fast, env=env).stdout)
+        rows = json.loads(cli(lab, "refresh", "--json", config=fast, env=env).stdout)["rows"]
         mine = [r for r in rows if r["volume"] == f"{NAS}/{vol}"]
         assert mine and mine[0]["action"] == "started (NAS<-VM sched)", rows
         if i == 0:                     # the monitor rests after its trust phase
             assert maps(lab)[vol]["state"] == "NAS<-VM sched"
             # a refresh meanwhile starts no second pull
-            again = json.loads(cli(lab, "refresh", "--json", config=fast).stdout)
+            again = json.loads(cli(lab, "refresh", "--json", config=fast).stdout)["rows"]
             assert not [r for r in again if r["what"] == "pull"
                         and r["volume"] == f"{NAS}/{vol}"], again
         wait_no_job(lab, vol)
@@ -183,7 +183,7 @@ def test_check_and_repair_lost_and_orphan_targets(lab: Lab) -> None:
         assert cli(lab, "check").returncode == 0
         # idempotent: nothing left to do
         p = cli(lab, "repair", "--json")
-        assert p.returncode == 0 and json.loads(p.stdout) == []
+        assert p.returncode == 0 and json.loads(p.stdout)["rows"] == []
     finally:
         cli(lab, "remove", "host", "storagemap", NAS, vol, check=False)
         cli(lab, "remove", "host", "storageimg", NAS, "tank", vol, check=False)

@@ -54,7 +54,7 @@ def acl_of(lab: Lab, iqn: str) -> list[str]:
 
 def refresh_rows(lab: Lab, vol: str) -> list[dict]:
     """refresh's restore rows about VOL (not its monitor's, not its pull's)."""
-    rows = json.loads(cli(lab, "refresh", "--json").stdout)
+    rows = json.loads(cli(lab, "refresh", "--json").stdout)["rows"]
     return [r for r in rows if r["volume"] == f"{NAS}/{vol}" and r["what"] not in ("job", "pull")]
 
 
@@ -76,7 +76,7 @@ def test_tgtd_restarted_refresh_puts_every_mapping_back(lab: Lab) -> None:
         assert after != before and running(after) and not running(before)
         assert "Target " not in targets(lab)                       # every target gone
         assert cli(lab, "check", check=False).returncode == 9
-        rows = json.loads(cli(lab, "refresh", "--json").stdout)
+        rows = json.loads(cli(lab, "refresh", "--json").stdout)["rows"]
         for vol in vols:
             mine = [r for r in rows if r["volume"] == f"{NAS}/{vol}"]
             assert [r["what"] for r in mine] == ["target"] and "no target" in mine[0]["action"] \
@@ -85,7 +85,7 @@ def test_tgtd_restarted_refresh_puts_every_mapping_back(lab: Lab) -> None:
             assert acl_of(lab, target_iqn(NAS, vol)) == [lab.host(host)["initiator"]]
             assert read_through(lab, host, vol, 8 * MiB) == sha[vol]
         assert cli(lab, "check").returncode == 0
-        assert not [r for r in json.loads(cli(lab, "refresh", "--json").stdout)
+        assert not [r for r in json.loads(cli(lab, "refresh", "--json").stdout)["rows"]
                     if r["what"] == "target"]                     # nothing left to do
     finally:
         for vol in vols:

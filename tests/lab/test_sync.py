@@ -85,7 +85,7 @@ def test_sync_walkthrough(lab: Lab) -> None:
     assert "state NAS->VM -> merging" in logs and "state merging -> mapped" in logs, logs
     assert node_sha(lab, vol) == img.sha()
     assert lab.out(NODE, f"zfs get -H -o value imgstor:role tank/{vol}") == "local-copy"
-    devs = json.loads(cli(lab, "list", "host", "storagedev", NODE, "--json").stdout)
+    devs = json.loads(cli(lab, "list", "host", "storagedev", NODE, "--json").stdout)["rows"]
     d = next(d for d in devs if d["zvol"] == vol)
     assert (d["lvm"], d["status"], d["is_started"]) == (nbd(vol), "linear", 1), d
     assert cli(lab, "list", "host", "storagemap", NAS, "--verify").returncode == 0

@@ -27,7 +27,7 @@ def imgstor(lab: Lab, *args: str) -> subprocess.CompletedProcess:
 def test_ping_shows_every_host_and_its_tools(lab: Lab) -> None:
     p = imgstor(lab, "ping", "--json")
     assert p.returncode == 0, p.stderr
-    rows = {r["host"]: r for r in json.loads(p.stdout)}
+    rows = {r["host"]: r for r in json.loads(p.stdout)["rows"]}
     assert set(rows) == set(lab.names())
     for name, r in rows.items():
         assert r["status"] == "ok"

@@ -179,7 +179,7 @@ def test_keys_are_revoked_when_no_job_needs_them_and_check_sees_them(lab: Lab,
     assert f"imgstor-sync:{NAS}" not in ak
     # the node -> NAS hop stays while the VM runs (periodic pulls), and goes at the unmap
     assert f"imgstor-sync:{HOSTILE}" in lab.out(NAS, "cat /root/.ssh/authorized_keys")
-    rows = json.loads(cli(lab, "check", "--json", check=False).stdout or "[]")
+    rows = json.loads(cli(lab, "check", "--json", check=False).stdout)["rows"]
     assert not [r for r in rows if "sync" in json.dumps(r) and HOSTILE in json.dumps(r)], rows
     cli(lab, "remove", "host", "storagemap", NAS, vol, "--wait")
     wait_state(lab, vol, "unmapped")

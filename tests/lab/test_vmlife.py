@@ -63,7 +63,7 @@ class CpuMeter:
 
 
 def vm_row(lab: Lab, vm: str) -> dict:
-    return json.loads(cli(lab, "list", "host", "vm", vm, "--json").stdout)[0]
+    return json.loads(cli(lab, "list", "host", "vm", vm, "--json").stdout)["rows"][0]
 
 
 def console(lab: Lab, node: str, vm: str) -> str:
@@ -226,7 +226,7 @@ def test_guest_ignoring_powerdown(lab: Lab, guest: dict, runners) -> None:
         assert vm_row(lab, vm)["guest"] == "running"
         assert "labguest: powerdown" not in console(lab, DIRECT, vm)
         assert wrote(lab, DIRECT, vm) >= 4
-        rows = json.loads(cli(lab, "refresh", "--json").stdout)     # what list host vm shows
+        rows = json.loads(cli(lab, "refresh", "--json").stdout)["rows"]  # list host vm's
         mine = [r for r in rows if r["what"] == "guest" and r["volume"] == vm]
         assert len(mine) == 1 and mine[0]["action"].startswith("running (pid "), rows
         out = cli(lab, "stop", "host", "vm", vm, "--force", "--timeout", "2").stdout

@@ -36,7 +36,7 @@ COLS = ("zvol", "host", "zpool", "target", "state", "mode")
 
 
 def listing(klab, vols) -> dict:
-    rows = json.loads(cli(klab, "list", "host", "storagemap", NAS, "--json").stdout)
+    rows = json.loads(cli(klab, "list", "host", "storagemap", NAS, "--json").stdout)["rows"]
     return {r["zvol"]: {c: r[c] for c in COLS} for r in rows if r["zvol"] in vols}
 
 
@@ -86,7 +86,7 @@ def test_rebuild_then_reboot_recovery_dm_zvol_lio_iscsiadm(kernel_lab) -> None:
         assert svol not in klab.out(NODE, "dmsetup ls")            # the reboot lost it
         assert f"tank/{svol}" in klab.out(NODE, "zfs list -H -o name").split()  # pool kept
         assert cli(klab, "check", check=False).returncode == 9
-        rows = json.loads(cli(klab, "refresh", "--json").stdout)
+        rows = json.loads(cli(klab, "refresh", "--json").stdout)["rows"]
         back = [r for r in rows if r["volume"] == f"{NAS}/{svol}" and r["what"] == "overlay"]
         assert back and "failed" not in back[0]["action"], rows
         assert "linear" in klab.out(NODE, f"dmsetup table {svol}-snap")

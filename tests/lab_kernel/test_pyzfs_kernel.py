@@ -58,10 +58,27 @@ print(json.dumps(out))
 
 
 def test_ping_reports_pyzfs(kernel_lab) -> None:
-    rows = {r["host"]: r for r in json.loads(cli(kernel_lab, "ping", "--json").stdout)}
+    rows = {r["host"]: r for r in json.loads(cli(kernel_lab, "ping", "--json").stdout)["rows"]}
     for host in kernel_lab.names():
         assert rows[host]["pyzfs"].startswith("2.1."), rows[host]
     assert "PYZFS" in cli(kernel_lab, "ping").stdout.splitlines()[0]
+
+
+def test_doctor_reads_the_real_tools_versions(kernel_lab) -> None:
+    """`imgstor doctor` on OpenZFS, LIO and open-iscsi (issue 26): each guest reachable,
+    the tools its role needs with their versions, its pools, its clock."""
+    p = subprocess.run([sys.executable, "-m", "imgstor", "--config",
+                        str(kernel_lab.config_path), "--json", "doctor"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    rows = {(r["check"], r["subject"]): r for r in json.loads(p.stdout)["rows"]}
+    for host in kernel_lab.names():
+        for check in ("reachable", "tools", "pools", "clock"):
+            assert rows[(check, host)]["ok"], rows[(check, host)]
+    assert rows[("tools", NAS)]["detail"].startswith("zfs 2.1."), rows[("tools", NAS)]
+    assert "targetcli" in rows[("tools", NAS)]["detail"] or \
+        "rtslib" in rows[("tools", NAS)]["detail"]
+    computes = [h for h in kernel_lab.names() if h != NAS]
+    assert any(rows[("tools", h)]["detail"].startswith("iscsiadm 2.") for h in computes)
 
 
 def test_volume_snapshot_and_destroy_through_libzfs_core(kernel_lab) -> None:

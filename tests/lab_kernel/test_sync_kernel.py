@@ -43,7 +43,7 @@ def sha(klab, host: str, dev: str) -> str:
 
 
 def row(klab, vol: str) -> dict:
-    rows = json.loads(cli(klab, "list", "host", "storagemap", NAS, "--json").stdout)
+    rows = json.loads(cli(klab, "list", "host", "storagemap", NAS, "--json").stdout)["rows"]
     return next(r for r in rows if r["zvol"] == vol)
 
 
@@ -113,7 +113,7 @@ def test_sync_walkthrough_dm_zvol_lio(kernel_lab) -> None:
     try:
         cli(klab, "set", "host", "zvolattr", NAS, vol, "frequency", "1")
         time.sleep(1.5)
-        out = json.loads(cli(klab, "refresh", "--json").stdout)
+        out = json.loads(cli(klab, "refresh", "--json").stdout)["rows"]
         mine = [r for r in out if r["volume"] == f"{NAS}/{vol}" and r["what"] == "pull"]
         assert mine and mine[0]["action"] == "started (NAS<-VM sched)", out
         deadline = time.monotonic() + 400

@@ -58,6 +58,7 @@ class FakeCluster:
                  "nas.ensure_volume": {"size": 10 << 30},
                  "nas.ensure_target": {"lun": 1},
                  "compute.attach": {"device": "/dev/sdc"},
+                 "nas.target_facts": {"targets": []},
                  "compute.devices": {"devices": [{"iqn": t["iqn"], "device": "/dev/sdc",
                                                   "status": "ok", "size": 10 << 30}
                                                  for t in args.get("targets", [])]},
@@ -161,7 +162,7 @@ def test_vm_nas_and_showdisks(guide, config_path):
                                 "direct", "nas-0-0:tank/compute-0-14-0-vol", "40G"]
     assert lines[1].split() == ["compute-0-3-0", "compute-0-3", "-------", "-------",
                                 "direct", "local", "----------"]
-    rows = json.loads(guide("--json", "list", "host", "vm", "showdisks=true").out)
+    rows = json.loads(guide("--json", "list", "host", "vm", "showdisks=true").out)["rows"]
     assert rows[0] == {"vm": "compute-0-3-0", "container": "compute-0-3", "nas": None,
                        "zpool": None, "mode": "direct", "disk": "local", "disksize": None}
     assert "DISK" not in guide("list", "host", "vm").out
@@ -172,7 +173,7 @@ def test_vm_nas_and_showdisks(guide, config_path):
 def attrs(guide, *argv) -> dict:
     r = guide("--json", "list", "host", "attr", *argv)
     assert r.rc == 0, r
-    return {(x["host"], x["attr"]): (x["value"], x["source"]) for x in json.loads(r.out)}
+    return {(x["host"], x["attr"]): (x["value"], x["source"]) for x in json.loads(r.out)["rows"]}
 
 
 def test_attr_set_list_remove(guide, config_path):
@@ -277,7 +278,7 @@ def test_attrs_reach_the_workflows(guide, config_path):
     # in a dry run: the overlay over the iSCSI disk)
     r = guide("set", "host", "attr", "vm-container-0-14", "img_sync", "value=true", rocks=True)
     assert r.rc == 0
-    assert json.loads(guide("--json", "list", "host", "vm").out)[0]["mode"] == "sync"
+    assert json.loads(guide("--json", "list", "host", "vm").out)["rows"][0]["mode"] == "sync"
     FakeCluster.calls = []
     r = guide("-n", "start", "host", "vm", "compute-0-14-0", rocks=True)
     assert r.rc == 0 and "(sync mode)" in r.out, r
@@ -327,7 +328,7 @@ def test_storagemap_outputs_in_the_guide_shape(guide, config_path):
         (("remove", "host", "storageimg", "nas-0-0", "tank", "vol1"), "Success"),
     ]:
         r = guide("--json", *argv)
-        assert json.loads(r.out) == {"message": msg}, r
+        assert json.loads(r.out)["message"] == msg, r
 
 
 def test_storagedev_guide_columns(guide, config_path):
@@ -337,7 +338,7 @@ def test_storagedev_guide_columns(guide, config_path):
     assert re.split(r"\s{2,}", head) == ["ZVOL", "LVM", "STATUS", "SIZE (GB)", "BLOCK DEV",
                                          "IS STARTED", "SYNCED", "TIME", "DEVICE", "NAS",
                                          "STATE"]
-    row = json.loads(guide("--json", "list", "host", "storagedev", "compute-0-3").out)[0]
+    row = json.loads(guide("--json", "list", "host", "storagedev", "compute-0-3").out)["rows"][0]
     assert {k: row[k] for k in ("zvol", "device", "nas", "state", "lvm")} == \
         {"zvol": "vol1", "device": "/dev/sdc", "nas": "nas-0-0", "state": "mapped", "lvm": None}
 

@@ -492,12 +492,15 @@ def test_job_state_fields_read_from_old_files_and_round_trip() -> None:
 
 # ------------------------------------------------------------------ the store, shared
 def _slow_writes(ctx, monkeypatch) -> None:
-    real = ctx.store._write
+    import contextlib
+    real = ctx.store.transaction
 
-    def slow(state, **kw):               # a write that takes a while, as fsync does
-        time.sleep(0.05)
-        real(state, **kw)
-    monkeypatch.setattr(ctx.store, "_write", slow)
+    @contextlib.contextmanager
+    def slow():                          # a transaction that takes a while, as fsync does
+        with real() as st:
+            yield st
+            time.sleep(0.05)
+    monkeypatch.setattr(ctx.store, "transaction", slow)
 
 
 def _all_at_once(n: int, fn) -> None:

@@ -78,8 +78,8 @@ def test_non_ascii_goes_through_tabulate():
 def test_json_rows():
     buf = io.StringIO()
     rows = [{"vm": "a", "nas": None, "zpool": "tank", "other": 1}]
-    print_rows(rows, COLS, json=True, file=buf)
-    assert json.loads(buf.getvalue()) == [{"vm": "a", "nas": None, "zpool": "tank"}]
+    print_rows(rows, COLS, json=True, file=buf)      # every key, the columns' first
+    assert json.loads(buf.getvalue()) == [{"vm": "a", "nas": None, "zpool": "tank", "other": 1}]
 
 
 def test_emit():
@@ -92,7 +92,8 @@ def test_emit():
     assert buf.getvalue() == "done\n"
     buf = io.StringIO()
     emit("done", json=True, file=buf)
-    assert json.loads(buf.getvalue()) == {"message": "done"}
+    assert json.loads(buf.getvalue()) == {"version": 1, "command": None, "exit_code": 0,
+                                          "message": "done"}
     m = Message("mapping  nas-0-0 : tank / vol1  on  compute-0-3\n/dev/sdc",
                 "nas-0-0:vol1 mapped to compute-0-3:/dev/sdc")
     buf = io.StringIO()
@@ -100,7 +101,7 @@ def test_emit():
     assert buf.getvalue() == "mapping  nas-0-0 : tank / vol1  on  compute-0-3\n/dev/sdc\n"
     buf = io.StringIO()
     emit(m, json=True, file=buf)       # --json: the one-line message, as before
-    assert json.loads(buf.getvalue()) == {"message": "nas-0-0:vol1 mapped to compute-0-3:/dev/sdc"}
+    assert json.loads(buf.getvalue())["message"] == "nas-0-0:vol1 mapped to compute-0-3:/dev/sdc"
 
 
 @pytest.mark.parametrize("secs,text", [(0, "0:00:00"), (83, "0:01:23"), (3600, "1:00:00"),

@@ -129,16 +129,19 @@ def test_set_list_remove_zvolattr_and_storageattr(imgstor, state_path) -> None:
     r = imgstor("set", "host", "storageattr", "nas-0-0", "frequency", "300")
     assert r.rc == 0, r
     r = imgstor("--json", "list", "host", "zvolattr", "nas-0-0")
-    (row,) = json.loads(r.out)
+    (row,) = json.loads(r.out)["rows"]
+    # --json: numbers (seconds, bytes/s) and where each comes from
     assert (row["zvol"], row["frequency"], row["downloadspeed"], row["uploadspeed"]) == \
-        ("vm1-vol", 600, "10M", "(0)"), row
-    assert row["downloadspeed_value"] == 10 << 20 and row["uploadspeed_source"] == \
+        ("vm1-vol", 600, 10 << 20, 0), row
+    assert row["downloadspeed_source"] == "zvolattr" and row["uploadspeed_source"] == \
         "config sync_bwlimit of nas-0-0"
     r = imgstor("list", "host", "zvolattr", "nas-0-0")
     assert r.out.split("\n")[0].split() == ["NAS", "ZVOL", "FREQUENCY", "NEXTSYNC",
                                             "UPLOADSPEED", "DOWNLOADSPEED"], r.out
+    assert r.out.split("\n")[1].split() == ["nas-0-0", "vm1-vol", "600", "----------",
+                                            "(0)", "10M"], r.out
     r = imgstor("--json", "list", "host", "storageattr", "nas-0-0")
-    rows = {x["attr"]: x for x in json.loads(r.out)}
+    rows = {x["attr"]: x for x in json.loads(r.out)["rows"]}
     assert rows["frequency"]["value"] == 300 and rows["frequency"]["source"] == \
         "set by command"
     assert rows["uploadspeed"]["source"] == "config sync_bwlimit"

@@ -87,7 +87,7 @@ def test_add_set_move_and_list(imgstor, state_path):
     r = imgstor("list", "host", "vm")
     assert r.out.splitlines()[0].split() == ["VM", "CONTAINER", "NAS", "ZPOOL", "MODE", "MEM",
                                              "CPUS", "GUEST"]
-    row = json.loads(imgstor("list", "host", "vm", "g1", "--json").out)[0]
+    row = json.loads(imgstor("list", "host", "vm", "g1", "--json").out)["rows"][0]
     assert (row["mem"], row["cpus"], row["boot"], row["runner"], row["guest"]) == \
         (96, 2, "kernel", "none", None)
     assert row["mac"].startswith("52:54:00:")
@@ -107,7 +107,8 @@ def test_add_set_move_and_list(imgstor, state_path):
         s.vms["g1"].guest = GuestRun("running", "compute-0-1", "qemu", 1.0, 1.0, pid=5)
     r = imgstor("move", "host", "vm", "g1", "compute-0-0")
     assert r.rc == 8 and "its guest runs on compute-0-1" in r.err, r
-    assert json.loads(imgstor("list", "host", "vm", "g1", "--json").out)[0]["guest"] == "running"
+    assert json.loads(imgstor("list", "host", "vm", "g1",
+                                 "--json").out)["rows"][0]["guest"] == "running"
     # vm_runner is a compute host's attribute, checked by name
     assert imgstor("set", "host", "attr", "compute-0-0", "vm_runner", "qemu").rc == 0
     assert imgstor("set", "host", "attr", "compute-0-0", "vm_runner", "xen").rc == 2

@@ -9,7 +9,7 @@ from imgstor import jobs as jobmod
 from imgstor import validate
 from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
-from imgstor.output import Output, format_duration
+from imgstor.output import Output, When, duration_cell, format_duration, when_cell
 from imgstor.workflows import syncattrs
 from imgstor.workflows.refresh import due
 from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_path
@@ -17,8 +17,13 @@ from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_p
 __all__ = ["list_maps", "list_devs"]
 
 
+# TIME: how long a volume has been in a transitional state; NEXTSYNC: the roll's time of
+# day of the next periodic pull; PROGRESS: the job's (rows hold seconds, times and numbers:
+# --json has them so).
 _MAP_COLUMNS = [("zvol", "ZVOL"), ("host", "HOST"), ("zpool", "ZPOOL"), ("target", "TARGET"),
-                ("state", "STATE"), ("time", "TIME")]
+                ("state", "STATE"), ("time", "TIME", duration_cell("time"))]
+_PROGRESS = ("progress", "PROGRESS", lambda r: (r["progress"] or {}).get("text"))
+_NEXTSYNC = ("nextsync", "NEXTSYNC", when_cell("nextsync"))
 
 
 def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
@@ -47,10 +52,15 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
             left = due(v, syncattrs.frequency(st, ctx.config, v.nas, v.vol)
                        if v.nas in ctx.config.hosts else 3600, now)
             if left is not None:        # the roll's format: `Tue 14:05.33` (local time)
-                nextsync = time.strftime("%a %H:%M.%S", time.localtime(now + left))
+                nextsync = When(now + left)
         rows.append({"nas": v.nas, "zvol": v.vol, "host": v.host, "zpool": v.zpool,
                      "target": v.target, "state": state, "raw_state": v.state,
-                     "time": format_duration(now - v.since) if v.state in TRANSITIONAL else None,
+                     "time": round(max(0.0, now - v.since)) if v.state in TRANSITIONAL
+                     and v.since else None,
+                     "since": When(v.since) if v.since else None, "size": v.size,
+                     "busy": None if v.busy is None else
+                     {"op": v.busy.op, "pid": v.busy.pid, "host": v.busy.host,
+                      "since": When(v.busy.since)},
                      "device": v.device, "error": v.error, "mode": v.mode,
                      "initiator": v.extra.get("initiator"),
                      "job": js[0].id if js else None,
@@ -58,11 +68,11 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
                      "job_error": js[0].last_error if js else None,
                      "progress": _progress(ctx, js[0], now) if js else None,
                      "nextsync": nextsync})
-    columns = list(_MAP_COLUMNS)
+    columns: list = list(_MAP_COLUMNS)
     if any(r["progress"] for r in rows):
-        columns.append(("progress", "PROGRESS"))
+        columns.append(_PROGRESS)
     if any(v.mode == "sync" for v in vols):
-        columns.append(("nextsync", "NEXTSYNC"))
+        columns.append(_NEXTSYNC)
     if nas is None:
         columns.insert(0, ("nas", "NAS"))
     footer = [f"{r['nas']}:{r['zvol']}: last error: {r['error']}" for r in rows if r["error"]]
@@ -72,34 +82,49 @@ def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
     if verify:
         columns.append(("live", "LIVE"))
         exit_code = _verify(ctx, rows, vols)
-    return Output(rows, columns, footer=footer, exit_code=exit_code,
-                  json_extra=["mode", "job", "job_state", "job_error", "progress", "nextsync"])
+    return Output(rows, columns, footer=footer, exit_code=exit_code)
 
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
 
-def _progress(ctx, job, now: float) -> str:
-    """``41% 1.3/3.2 GiB, ETA 0:00:09`` from the job's progress file (a merge without
-    byte counters: its SYNCED text); a job that failed: its phase and what starts it
-    again; a try that failed: when the next one is."""
+def _progress(ctx, job, now: float) -> dict:
+    """The job's progress: ``kind``, ``phase``, ``failed``, and from its progress file
+    ``percent``, ``done_bytes``, ``total_bytes``, ``rate`` (bytes/s), ``eta_seconds``,
+    ``synced``; ``text`` is the PROGRESS cell: ``41% 1.3/3.2 GiB, ETA 0:00:09`` (a merge
+    without byte counters: its SYNCED text; a job that failed: its phase and what starts
+    it again; a try that failed: when the next one is)."""
+    out: dict = {"kind": job.kind, "phase": job.phase, "failed": False, "percent": None,
+                 "done_bytes": None, "total_bytes": None, "rate": None,
+                 "eta_seconds": None, "synced": None, "error": job.last_error}
     if job.state == "failed":
-        return (f"{job.kind} {job.phase}: failed after {job.attempts} tries, `imgstor "
-                "monitor --resume` or `imgstor repair` starts it again")
+        out.update(failed=True, text=f"{job.kind} {job.phase}: failed after {job.attempts} "
+                   "tries, `imgstor monitor --resume` or `imgstor repair` starts it again")
+        return out
     if job.state == "retry" and job.next_try:
-        return (f"{job.kind} {job.phase}: try {job.attempts + 1} at "
-                f"{time.strftime('%H:%M:%S', time.localtime(job.next_try))}")
+        out["text"] = (f"{job.kind} {job.phase}: try {job.attempts + 1} at "
+                       f"{time.strftime('%H:%M:%S', time.localtime(job.next_try))}")
+        return out
     p = jobmod.read_progress(ctx.store, job.id)
     done, total, rate = p.get("done"), p.get("total"), p.get("rate")
     if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
-        text = f"{min(100, 100 * done / total):.0f}% {_gib(done)}/{_gib(total)} GiB"
-        if isinstance(rate, (int, float)) and rate > 0 and total > done:
-            text += f", ETA {format_duration((total - done) / rate)}"
-        return text
+        pct = min(100.0, 100 * done / total)
+        out.update(percent=round(pct, 1), done_bytes=done, total_bytes=total,
+                   text=f"{pct:.0f}% {_gib(done)}/{_gib(total)} GiB")
+        if isinstance(rate, (int, float)) and rate > 0:
+            out["rate"] = rate
+            if total > done:
+                eta = (total - done) / rate
+                out["eta_seconds"] = round(eta)
+                out["text"] += f", ETA {format_duration(eta)}"
+        return out
     if p.get("synced"):
-        return f"{p.get('phase', job.phase)} {p['synced']}"
-    return f"{job.kind} {job.phase}"
+        out.update(phase=p.get("phase", job.phase), synced=p["synced"],
+                   text=f"{p.get('phase', job.phase)} {p['synced']}")
+        return out
+    out["text"] = f"{job.kind} {job.phase}"
+    return out
 
 
 def _verify(ctx, rows: list[dict], vols: list) -> int:
@@ -180,11 +205,13 @@ def list_devs(ctx, host: str) -> Output:
                      "is_started": (1 if o.get("phase") in ("merging", "merged", "pivoted")
                                     else 0) if o else None,
                      "synced": (o or {}).get("synced"),
-                     "time": format_duration(now - v.since) if o and v.state in TRANSITIONAL
-                     else None})
+                     "size": size,
+                     "time": round(max(0.0, now - v.since)) if o and v.since
+                     and v.state in TRANSITIONAL else None})
     # The guide's columns (ZVOL LVM STATUS SIZE (GB) BLOCK DEV IS STARTED SYNCED TIME),
     # then what direct mode adds: the device a VM opens, the NAS, the mapping's state.
     return Output(rows, [("zvol", "ZVOL"), ("lvm", "LVM"), ("status", "STATUS"),
                          ("size_gb", "SIZE (GB)"), ("block_dev", "BLOCK DEV"),
-                         ("is_started", "IS STARTED"), ("synced", "SYNCED"), ("time", "TIME"),
+                         ("is_started", "IS STARTED"), ("synced", "SYNCED"),
+                         ("time", "TIME", duration_cell("time")),
                          ("device", "DEVICE"), ("nas", "NAS"), ("state", "STATE")])
