@@ -8,25 +8,23 @@
 Bare (or with only dialogue flags) it asks which host, then the guide's questions for that
 host's role (imgstor.workflows.admin_dialogue); ``DIALOGUE_HELP`` documents the flags.
 The commands have the same grammar and flags as ``imgstor`` (see imgstor.cli); their
-handlers are also used by ``imgstor unbusy``; they change only the store, never a host.
+handlers (imgstor.workflows.volumes, also ``imgstor unbusy``) change only the store, never
+a host.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import NoReturn, Sequence
 
-from imgstor import validate
+from imgstor import log, validate
 from imgstor.cli import Arg, Cmd, report_error, run, split_globals
-from imgstor.errors import ImgstorError, NotFound, UsageError
-from imgstor.output import Output, When, duration_cell, format_duration
-from imgstor.state import transitions
-from imgstor.state.model import VOLUME_STATES, volume_key
+from imgstor.errors import ImgstorError, UsageError
+from imgstor.output import Output
+from imgstor.state.model import VOLUME_STATES
 from imgstor.workflows.context import Ctx
 
-__all__ = ["ADMIN_COMMANDS", "DIALOGUE_HELP", "list_volumes", "unbusy", "set_state", "fold",
-           "main"]
+__all__ = ["ADMIN_COMMANDS", "DIALOGUE_HELP", "main"]
 
 DIALOGUE_HELP = """\
 usage: imgstorageadmin [--host HOST] [--yes] [--force] [--nas NAS] [choice flags]
@@ -69,89 +67,19 @@ what was done so far stays done, nothing is half-done).
 """
 
 
-def list_volumes(ctx: Ctx) -> Output:
-    """Columns NAS ZPOOL VOLUME HOST STATE TIME BUSY."""
-    st = ctx.store.read()
-    now = time.time()
-    rows = []
-    for v in st.volumes.values():          # natural key order, as the store writes them
-        busy = None
-        if v.busy:
-            busy = {"op": v.busy.op, "pid": v.busy.pid, "host": v.busy.host,
-                    "since": When(v.busy.since), "seconds": round(now - v.busy.since)}
-        rows.append({"nas": v.nas, "zpool": v.zpool, "vol": v.vol, "host": v.host,
-                     "state": v.state, "time": round(now - v.since) if v.since else None,
-                     "since": When(v.since) if v.since else None, "busy": busy,
-                     "error": v.error})
-    return Output(rows, [("nas", "NAS"), ("zpool", "ZPOOL"), ("vol", "VOLUME"),
-                         ("host", "HOST"), ("state", "STATE"),
-                         ("time", "TIME", duration_cell("time")),
-                         ("busy", "BUSY", _busy_cell), ("error", "ERROR")])
-
-
-def _busy_cell(row: dict) -> str | None:
-    b = row["busy"]
-    return b and f"{b['op']} pid {b['pid']}@{b['host']} {format_duration(b['seconds'])}"
-
-
-def unbusy(ctx: Ctx, nas: str, vol: str) -> str:
-    """Clear the busy marker of NAS/VOL, whoever set it."""
-    key = volume_key(validate.host(nas, "nas"), validate.volume(vol))
-    if ctx.dry_run:
-        v = ctx.store.read().volumes.get(key)
-        if v is None:
-            raise NotFound(f"no volume {key} in the state store {ctx.store.path}")
-        return f"dry run, nothing saved: would clear busy marker of {key}: {v.busy}"
-    old = ctx.store.unbusy(key)
-    if old is None:
-        return f"{key} was not busy"
-    return f"{key}: cleared busy marker ({old.op} by pid {old.pid} on {old.host})"
-
-
-def set_state(ctx: Ctx, nas: str, vol: str, state: str) -> str:
-    """Force the state of NAS/VOL (clears the error text unless the state is error)."""
-    key = volume_key(validate.host(nas, "nas"), validate.volume(vol))
-    if state not in VOLUME_STATES:
-        raise UsageError(f"invalid state {state!r:.40}: must be one of "
-                         f"{', '.join(VOLUME_STATES)}")
-    with ctx.transaction() as st:
-        v = st.volumes.get(key)
-        if v is None:
-            raise NotFound(f"no volume {key} in the state store {ctx.store.path}")
-        old = v.state
-        transitions.move(v, state, force=True)     # the admin's override of the table
-        if state != "error":
-            v.error = None
-        if state == "unmapped":
-            v.host = v.target = v.device = v.mode = None
-    msg = f"{key}: state {old} -> {state}"
-    return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
-
-
-def fold(ctx: Ctx) -> str:
-    """Fold the state file's journal into it: the file alone then holds everything (before
-    a hand edit or a copy of the file alone; refresh does it every run)."""
-    path = ctx.store.path
-    if ctx.dry_run:
-        return f"dry run, nothing saved: would fold {ctx.store.journal_path} into {path}"
-    if ctx.store.fold():
-        return f"{path}: journal folded in; the file holds every transaction"
-    return f"{path}: no journal; the file holds every transaction"
-
-
 _GROUP = "Commands (no questions)"
 ADMIN_COMMANDS: list[Cmd] = [
-    Cmd(("list",), "imgstor.admin:list_volumes", [], {},
+    Cmd(("list",), "imgstor.workflows.volumes:list_volumes", [], {},
         "volumes in the store, with busy markers", group=_GROUP,
         examples=("list --json",)),
-    Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
+    Cmd(("unbusy",), "imgstor.workflows.volumes:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear the busy marker of a volume", group=_GROUP,
         examples=("unbusy nas-0-0 vol1",)),
-    Cmd(("set-state",), "imgstor.admin:set_state",
+    Cmd(("set-state",), "imgstor.workflows.volumes:set_state",
         [Arg("nas"), Arg("vol"), Arg("state", help=", ".join(VOLUME_STATES), kind="state")],
         {}, "force the state of a volume", group=_GROUP,
         details="unmapped also clears its host, target, device and mode."),
-    Cmd(("fold",), "imgstor.admin:fold", [], {},
+    Cmd(("fold",), "imgstor.workflows.volumes:fold", [], {},
         "fold the state file's journal into it", group=_GROUP,
         details="The file alone then holds every transaction: before a hand edit or a "
                 "copy of the file alone (refresh does it every run).",
@@ -159,7 +87,8 @@ ADMIN_COMMANDS: list[Cmd] = [
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, self_argv: Sequence[str] | None = None) -> int:
+    """``imgstorageadmin``; ``self_argv`` as ``cli.run``'s (the one-file build's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _, rest = split_globals(argv)
@@ -167,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DIALOGUE_HELP)
             print()
         elif not rest or (rest[0].startswith("--") and rest[0] != "--version"):
-            return dialogue_main(argv)
-        return run(argv, ADMIN_COMMANDS, prog="imgstorageadmin")
+            return dialogue_main(argv, self_argv=self_argv)
+        return run(argv, ADMIN_COMMANDS, prog="imgstorageadmin", self_argv=self_argv)
     except ImgstorError as e:
         return report_error(e, argv)
 
@@ -194,7 +123,7 @@ class _DialogueParser(argparse.ArgumentParser):
         raise UsageError(f"imgstorageadmin: {message} (see imgstorageadmin --help)")
 
 
-def _pick_host(ctx, term) -> str:
+def _pick_host(ctx: Ctx, term) -> str:
     from imgstor.workflows.admin_dialogue import parse_choices
     hosts = sorted(h for h, c in ctx.config.hosts.items() if c.role in CHOICE_FLAGS)
     if not hosts:
@@ -215,7 +144,7 @@ def _pick_host(ctx, term) -> str:
         term.say("one host, please")
 
 
-def _nas_filter(ctx, answer: str | None):
+def _nas_filter(ctx: Ctx, answer: str | None):
     """The guide's "From which NAS? (Don't forget .ibnet if used)": a NAS name, or that
     name with the InfiniBand suffix; none: all."""
     if not answer or answer.lower() == "all":
@@ -228,13 +157,13 @@ def _nas_filter(ctx, answer: str | None):
                      f"(known: {', '.join(sorted(nases)) or 'none'})")
 
 
-def dialogue_main(argv: list[str]) -> int:
+def dialogue_main(argv: list[str], *, self_argv: Sequence[str] | None = None) -> int:
     """Bare ``imgstorageadmin``: the guide's questions (see DIALOGUE_HELP)."""
     from imgstor.output import emit
     from imgstor.workflows import admin_dialogue as dlg
-    from imgstor.workflows.context import Ctx
     opts, rest = split_globals(argv)
     a = _dialogue_args(rest)
+    log.setup(1 if opts["debug"] else 0)
     answers: dict[str, list[str]] = {}
     for ks in CHOICE_FLAGS.values():
         for k in ks:
@@ -252,6 +181,8 @@ def dialogue_main(argv: list[str]) -> int:
     if answers and not a.host:
         raise UsageError("choice flags need --host (the numbers and names are that host's)")
     ctx = Ctx(**opts)
+    if self_argv is not None:
+        ctx.self_argv = list(self_argv)
     if a.host is not None:
         role = ctx.config.host(validate.host(a.host, "host")).role
         if role not in CHOICE_FLAGS:
@@ -305,7 +236,7 @@ _DONE_COLUMNS = [("question", "QUESTION"), ("item", "ITEM"), ("result", "RESULT"
                  ("ok", "OK")]
 
 
-def _audit(ctx, host: str | None, rows: list[dict]) -> None:
+def _audit(ctx: Ctx, host: str | None, rows: list[dict]) -> None:
     """One audit line per action the dialogue ran on ``host`` (imgstor/audit.py); a dry
     run: none."""
     if ctx.dry_run or not rows:

@@ -42,6 +42,7 @@ from imgstor import sched, validate
 from imgstor.errors import ImgstorError, UsageError
 from imgstor.exitcodes import INTERNAL
 from imgstor.output import JSON_VERSION, Lines, Message, Output, Printed, json_rows, printable
+from imgstor.workflows.context import Ctx
 
 __all__ = ["Item", "read_items", "prepare", "run_batch", "EXIT_FAILED"]
 
@@ -96,7 +97,7 @@ def read_items(data: bytes) -> list[Item]:
     return items
 
 
-def prepare(item: Item, ctx, table, *, prog: str = "imgstor") -> None:
+def prepare(item: Item, ctx: Ctx, table, *, prog: str = "imgstor") -> None:
     """Parse the item and check its names against the config (nothing runs); on a problem
     set ``item.error``."""
     if item.error is not None:
@@ -120,7 +121,7 @@ def prepare(item: Item, ctx, table, *, prog: str = "imgstor") -> None:
         item.error = e
 
 
-def _check_names(ctx, words: tuple[str, ...], kw: dict[str, Any]) -> None:
+def _check_names(ctx: Ctx, words: tuple[str, ...], kw: dict[str, Any]) -> None:
     """What every workflow checks first, done for all items before any runs: names
     against their patterns, hosts against the config (and their role)."""
     cfg = ctx.config
@@ -180,7 +181,7 @@ def _text_line(cells: tuple[str, str, str, str]) -> str:
     return "  ".join([c.ljust(w) for c, w in zip(cells, _WIDTHS)] + [cells[3]]).rstrip()
 
 
-def run_batch(ctx, file: str, jobs: int | None = None) -> Printed:
+def run_batch(ctx: Ctx, file: str, jobs: int | None = None) -> Printed:
     """Run the commands of FILE (``-``: stdin), in parallel where they allow it, printing
     each item's line as it finishes."""
     from imgstor.cli import COMMANDS, call

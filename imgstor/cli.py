@@ -41,6 +41,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from imgstor import log
 from imgstor.errors import ImgstorError, UsageError
 
 TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
@@ -137,12 +138,12 @@ COMMANDS: list[Cmd] = [
                 "kernel=; default: the firmware boots the disk).",
         group=_G_VM, examples=("add host vm vm-container-0-14 compute",
                                "add host vm compute-0-14 name=web1 mem=2G cpus=2")),
-    Cmd(("set", "host", "vm"), "imgstor.workflows.vmspec:set_vm", [Arg("vm")], dict(_MACHINE),
+    Cmd(("set", "host", "vm"), f"{_VMS}:set_vm", [Arg("vm")], dict(_MACHINE),
         "change a VM's definition",
         details="mem= cpus= mac= kernel= initrd= append= network= hook= (kernel= empty: "
                 "the firmware boots the disk); applies from its next start.", group=_G_VM,
         examples=("set host vm web1 kernel=/boot/vmlinuz initrd=/boot/initrd.img",)),
-    Cmd(("move", "host", "vm"), "imgstor.workflows.vmspec:move_vm",
+    Cmd(("move", "host", "vm"), f"{_VMS}:move_vm",
         [Arg("vm"), Arg("container", help="the compute node its next start runs on")], {},
         "move a stopped VM to another container",
         details="Its disk unmapped and its guest not running; its next start runs there.",
@@ -313,7 +314,7 @@ COMMANDS: list[Cmd] = [
                 "--force; says what it could not restore (exit 9).",
         flags=("--force",), group=_G_HEALTH,
         flag_help={"--force": "rebuild even though a state file exists (it is replaced)"}),
-    Cmd(("unbusy",), "imgstor.admin:unbusy", [Arg("nas"), Arg("vol")], {},
+    Cmd(("unbusy",), "imgstor.workflows.volumes:unbusy", [Arg("nas"), Arg("vol")], {},
         "clear a volume's stale busy marker",
         details="When the process that set it is gone (a dead process's marker on this "
                 "frontend is taken over by itself).", group=_G_HEALTH),
@@ -555,16 +556,21 @@ def _load(handler: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), func)
 
 
-def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str) -> int:
+def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str,
+        self_argv: Sequence[str] | None = None) -> int:
     """Parse, call the handler, print its result.  Raises ImgstorError (its ``command``
-    set to the command's name)."""
+    set to the command's name).  ``self_argv`` starts this imgstor again
+    (``Ctx.self_argv``; default ``python -m imgstor``)."""
     opts, cmd, kwargs = parse(argv, table, prog)
     if cmd is None:
         return 0
+    log.setup(1 if opts["debug"] else 0)        # -v: the imgstor loggers on stderr
     if cmd.handler in REACHES_HOSTS:
         _preload_ssh()
     from imgstor.workflows.context import Ctx
     ctx = Ctx(**opts)
+    if self_argv is not None:
+        ctx.self_argv = list(self_argv)
     try:
         result = call(cmd, ctx, kwargs)
     except ImgstorError as e:
@@ -626,11 +632,12 @@ def report_error(e: ImgstorError, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None, *, table: Sequence[Cmd] | None = None,
-         prog: str = "imgstor") -> int:
+         prog: str = "imgstor", self_argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         try:
-            return run(argv, COMMANDS if table is None else table, prog=prog)
+            return run(argv, COMMANDS if table is None else table, prog=prog,
+                       self_argv=self_argv)
         except KeyboardInterrupt:
             from imgstor.errors import Interrupted
             raise Interrupted("interrupted (Ctrl-C): what was done stays done; run the "
@@ -639,9 +646,10 @@ def main(argv: Sequence[str] | None = None, *, table: Sequence[Cmd] | None = Non
         return report_error(e, argv)
 
 
-def entry() -> int:
+def entry(*, self_argv: Sequence[str] | None = None) -> int:
     """The ``imgstor`` program (console script, ``python -m imgstor``, bin/imgstor, the
-    one-file build): ``main()`` with the cyclic collector tuned for a command, whose tens of
+    one-file build, which passes ``self_argv``: how a monitor starts it again; else
+    ``python -m imgstor``): ``main()`` with the cyclic collector tuned for a command, whose tens of
     thousands of containers (10,000 VMs: ~40,000) live until it exits: young objects are
     collected every 50,000 allocations instead of 700 (cycles are still collected, in a
     long-running monitor too), and what is left at the end is frozen (``gc.freeze``) so
@@ -652,7 +660,7 @@ def entry() -> int:
     0.52 -> 0.35 s).  Files and connections are closed by then (``run`` closes the cluster)."""
     import gc
     gc.set_threshold(50_000, 10, 10)
-    rc = main()
+    rc = main(self_argv=self_argv)
     gc.freeze()
     return rc
 
@@ -682,7 +690,8 @@ def strip_program(words: list[str]) -> list[str]:
     return words
 
 
-def rocks_main(argv: Sequence[str] | None = None) -> int:
+def rocks_main(argv: Sequence[str] | None = None, *,
+               self_argv: Sequence[str] | None = None) -> int:
     """``rocks <verb> host <storage noun> ...``: forward to imgstor, refuse the rest.
     ``rocks help`` and ``rocks <verb> host help`` list the storage commands."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -700,4 +709,4 @@ def rocks_main(argv: Sequence[str] | None = None) -> int:
         print(f"rocks: {' '.join(rest)!r} is not an imgstor storage command; "
               f"imgstor handles only: {ROCKS_HELP}", file=sys.stderr)
         return 2
-    return main(argv)
+    return main(argv, self_argv=self_argv)

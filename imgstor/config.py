@@ -151,12 +151,6 @@ class HostConfig:
     vm_stop_timeout: float = 120   # compute: seconds stop host vm waits for a powerdown
     vm_hook: str = ""              # compute: hook script on the frontend for its VMs
 
-    @property
-    def target(self) -> str:
-        """The old name of ``target_driver`` (a target is an IQN elsewhere); kept while
-        other branches still read it."""
-        return self.target_driver
-
 
 @dataclass
 class Config:
@@ -292,7 +286,7 @@ def _zpools(v: Any) -> tuple[str, ...]:
 
 def _bwlimit(v: Any) -> int:
     """``sync_bwlimit``: bytes per second, an int or written like a size (``"12M"``)."""
-    from imgstor.remote.copyjob import parse_rate
+    from imgstor.remote.protocol import parse_rate
     try:
         return parse_rate(v)
     except UsageError as e:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import subprocess
-from typing import Callable
+from typing import Sequence
 
 from imgstor.jobs import JOB_ID_RE, check_id, ensure_dir, job_dir
 from imgstor.state.store import Store
@@ -68,11 +68,13 @@ def take_queued(store: Store, key: str) -> list[str]:
 
 
 def launch(store: Store, config_path: str, ids: list[str], *,
-           argv0: Callable[[], list[str]] | None = None) -> str:
+           self_argv: Sequence[str]) -> str:
     """Make sure a monitor runs each of ``ids`` soon: queued for this config's pool
     monitor if one runs (it takes them within a second), else a new one is started,
     detached (new session, stdin /dev/null, output appended to ``jobs/monitor.log``).
-    With a test hook set (HOOK_ENV) the jobs get a monitor of their own.  Says what it did."""
+    With a test hook set (HOOK_ENV) the jobs get a monitor of their own.  ``self_argv``
+    starts this imgstor again (``Ctx.self_argv``: ``python -m imgstor``, or the one-file
+    build).  Says what it did."""
     ids = [check_id(i) for i in ids]
     if not ids:
         return "nothing to start"
@@ -81,7 +83,7 @@ def launch(store: Store, config_path: str, ids: list[str], *,
         audit.job_started(job_id)            # the audit line of the command names the job
     d = ensure_dir(store)
     if any(os.environ.get(k) for k in HOOK_ENV):
-        return f"started monitor pid {_spawn(d, config_path, ids, argv0=argv0)}"
+        return f"started monitor pid {_spawn(d, config_path, ids, self_argv=self_argv)}"
     key = pool_key(config_path)
     q = queue_dir(store, key)
     os.makedirs(q, mode=0o700, exist_ok=True)
@@ -96,7 +98,7 @@ def launch(store: Store, config_path: str, ids: list[str], *,
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             return f"handed to monitor pid {pid}"
-        pid_ = _spawn(d, config_path, [], argv0=argv0, pool=key, lock_fd=fd)
+        pid_ = _spawn(d, config_path, [], self_argv=self_argv, pool=key, lock_fd=fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{pid_}\n".encode(), 0)
         return f"started monitor pid {pid_}"
@@ -104,7 +106,7 @@ def launch(store: Store, config_path: str, ids: list[str], *,
         os.close(fd)          # the new monitor holds the lock now (inherited)
 
 
-def _spawn(d: str, config_path: str, ids: list[str], *, argv0: Callable[[], list[str]] | None,
+def _spawn(d: str, config_path: str, ids: list[str], *, self_argv: Sequence[str],
            pool: str | None = None, lock_fd: int | None = None) -> int:
     log_fd = os.open(os.path.join(d, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
                      | os.O_NOFOLLOW, 0o600)
@@ -113,13 +115,8 @@ def _spawn(d: str, config_path: str, ids: list[str], *, argv0: Callable[[], list
         os.set_inheritable(lock_fd, True)
         env["IMGSTOR_MONITOR_LOCK_FD"] = str(lock_fd)
     try:
-        if argv0 is not None:
-            cmd = argv0()
-        else:
-            from imgstor import onefile  # python -m imgstor, or dist/imgstor
-            cmd = onefile.self_argv()
-        p = subprocess.Popen(cmd + ["--config", os.path.abspath(config_path), "monitor",
-                                    *(["--pool", pool] if pool else []), *ids],
+        p = subprocess.Popen([*self_argv, "--config", os.path.abspath(config_path), "monitor",
+                              *(["--pool", pool] if pool else []), *ids],
                              stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                              start_new_session=True, close_fds=True,
                              pass_fds=(lock_fd,) if lock_fd is not None else (),

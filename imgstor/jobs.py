@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from imgstor import atomicfile
 from imgstor.errors import UsageError
-from imgstor.remote.jobs import lock_held
+from imgstor.remote.flocks import lock_held
 from imgstor.state.model import JOB_KINDS, Job, Lease, State
 from imgstor.state.store import Store, proc_starttime, this_host
 

@@ -7,7 +7,8 @@ that uses it:
   (RFC 3720 names are case-insensitive; tgt and LIO lower-case them), and the tgt target
   of the same name;
 - the LIO block backstore: the IQN's tail with every character but ``[A-Za-z0-9_-]``
-  turned into ``_`` and cut at 64 characters (``lio_steps.backstore_name``);
+  turned into ``_`` and cut at 64 characters (``remote.naming.backstore_name``, as the
+  node's LIO driver names it);
 - on the compute node it is mapped to: the volume name itself (the local copy of a sync
   volume, dm names) and the derived ``<vol>-temp-write`` / ``<vol>-snap``;
 - the CHAP account (random per volume, kept beside the state).

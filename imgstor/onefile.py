@@ -8,8 +8,8 @@ The node zipapp is built from the package's own sources as in any install
 (``imgstor/zipapp.py`` reads them as package resources).
 
 :func:`main` is ``imgstor``, or ``imgstorageadmin`` / ``rocks`` when the file is started
-under that name (a symlink ``imgstorageadmin -> imgstor``), and records the file's path so
-that detached monitors are started with the same file (:func:`self_argv`): a plain
+under that name (a symlink ``imgstorageadmin -> imgstor``), and hands the file's path on
+(``Ctx.self_argv``) so that detached monitors are started with the same file: a plain
 ``python3 -m imgstor`` would not find the package there.
 
 ``SHIV_ENTRY_POINT=imgstor.onefile:check dist/imgstor`` (shiv runs the entry point that
@@ -21,31 +21,21 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["main", "self_argv", "check"]
-
-_PATH: str | None = None           # this one-file build, while running from it
-
-
-def self_argv() -> list[str]:
-    """The argv that starts this imgstor again (for detached monitors): the one-file build
-    with this interpreter, else ``python -m imgstor``."""
-    if _PATH is not None:
-        return [sys.executable, "-I", _PATH]
-    return [sys.executable, "-m", "imgstor"]
+__all__ = ["main", "check"]
 
 
 def main() -> int:
-    global _PATH
-    _PATH = os.path.realpath(sys.argv[0])       # imgstorageadmin -> imgstor: the file
+    # how a monitor starts this file again: imgstorageadmin -> imgstor, the real file
+    self_argv = [sys.executable, "-I", os.path.realpath(sys.argv[0])]
     name = os.path.basename(sys.argv[0])
     if name.startswith("imgstorageadmin"):
         from imgstor.admin import main
-        return main()
+        return main(self_argv=self_argv)
     if name.startswith("rocks"):
         from imgstor.cli import rocks_main
-        return rocks_main()
+        return rocks_main(self_argv=self_argv)
     from imgstor.cli import entry
-    return entry()
+    return entry(self_argv=self_argv)
 
 
 def check() -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import shlex
@@ -50,23 +51,19 @@ from imgstor.errors import (
 )
 from imgstor.remote.protocol import Result, StepResult, dry_run_gate
 
-__all__ = ["Cluster", "Prepared", "StepResult", "StepOutcome"]
+__all__ = ["Cluster", "Prepared", "StepResult"]
 
 PYTHON = "python3"
-
-
-# One result type on both sides (imgstor.remote.protocol); the old name stays an alias.
-StepOutcome = StepResult
+_log = logging.getLogger(__name__)      # -v: every command and upload (imgstor/log.py)
 
 
 class Cluster:
     """The hosts of one config, reached over SSH."""
 
-    def __init__(self, config: Any, *, dry_run: bool = False, debug: bool = False,
+    def __init__(self, config: Any, *, dry_run: bool = False,
                  err: TextIO | None = None) -> None:
         self.config = config
         self.dry_run = dry_run
-        self.debug = debug
         self.err = err or sys.stderr
         self._conns: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -267,8 +264,7 @@ class Cluster:
                shown: list[str] | None) -> Any:
         """A channel with ``argv`` started on it (its stdin still open)."""
         text = shlex.join(shown if shown is not None else [str(a) for a in argv])
-        if self.debug:
-            self.echo(host, "$ " + text)
+        _log.debug("[%s] $ %s", host, text)
         import paramiko
         chan = None
         try:
@@ -386,12 +382,6 @@ class Cluster:
         if not stat.S_ISDIR(mode) or st.st_uid != 0 or stat.S_IMODE(mode) != 0o700:
             raise StepError(_unsafe_dir(host, f"mode {mode:o}, uid {st.st_uid}"), host=host)
 
-    def upload_node_app(self, host: str) -> bool:
-        """Put this version's zipapp on host unless it is there with the right content;
-        True if it was sent.  Refuses (``StepError``) an unsafe /run/imgstor."""
-        with self._sftp_errors(host), self._sftp_lock(host):
-            return self._upload(host)
-
     @contextlib.contextmanager
     def _sftp_errors(self, host: str) -> Iterator[None]:
         """SFTP failures (no space, no sftp-server, lost connection) as TransportError."""
@@ -402,27 +392,6 @@ class Cluster:
             from imgstor.zipapp import REMOTE_DIR
             raise TransportError(f"{host}: cannot upload imgstor's node app to {REMOTE_DIR} "
                                  f"over SFTP: {e}", host=host, stage="upload") from None
-
-    def _upload(self, host: str) -> bool:
-        app = self._app()
-        with self._leased(host) as conn:
-            return self._upload_on(host, conn, app)
-
-    def _upload_on(self, host: str, conn: Any, app: Any) -> bool:
-        sftp = conn.sftp()
-        self._check_dir(host, sftp)
-        try:
-            st = sftp.lstat(app.remote_path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISREG(st.st_mode or 0) and st.st_uid == 0 \
-                and st.st_size == len(app.data):
-            r = self.exec(host, ["sha256sum", "--", app.remote_path])
-            if r.rc == 0 and r.stdout.split()[:1] == [app.sha256]:
-                self._uploaded.add(host)
-                return False
-        self._send(host, sftp, app)
-        return True
 
     def _send(self, host: str, sftp: Any, app: Any) -> None:
         self._check_dir(host, sftp)
@@ -439,8 +408,7 @@ class Cluster:
             except Exception:  # best effort; a leftover temp name is harmless
                 pass
             raise
-        if self.debug:
-            self.echo(host, f"uploaded {app.remote_path} ({len(app.data)} bytes)")
+        _log.debug("[%s] uploaded %s (%d bytes)", host, app.remote_path, len(app.data))
         self._uploaded.add(host)
 
     def step(self, host: str, name: str, /, **args: Any) -> StepResult:
@@ -492,9 +460,11 @@ class Cluster:
         except (IndexError, json.JSONDecodeError):
             raise RemoteCommandError(host, shown, r.rc, r.stderr or r.stdout)
         cmds = out.get("commands") or []
-        for c in cmds:
-            if self.debug or c.startswith("SKIP> "):
-                self.echo(host, c if c.startswith("SKIP> ") else "  " + c)
+        for c in cmds:          # what the node ran: -v; what a dry run did not: always
+            if c.startswith("SKIP> "):
+                self.echo(host, c)
+            else:
+                _log.debug("[%s]   %s", host, c)
         if out.get("ok"):
             return StepResult.received(host, name, out, cmds)
         err = out.get("error") or {}

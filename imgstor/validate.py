@@ -5,7 +5,9 @@ naming the field and the bad value otherwise.  Patterns are matched with ``re.fu
 and ``re.ASCII`` so a trailing newline or a unicode look-alike digit never slips through.
 Run these before anything is written to the store or sent to a host.
 
-Standard library only: the node side may import it.
+Standard library only.  Frontend only: it is not shipped to nodes (the node app holds
+imgstor/errors.py and imgstor/remote/**), whose steps check what they are given with their
+own patterns (steps/snapshot.py, copypipe.py) and guards (drivers/_common.positional).
 """
 from __future__ import annotations
 

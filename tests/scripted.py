@@ -140,9 +140,6 @@ class ScriptedExecutor(Executor):
         self._next(argv)
         self.files[argv[1]] = data
 
-    def _pipe(self, stages, *, timeout):
-        return [self._next(s) for s in stages]
-
     def assert_done(self) -> None:
         if self.script:
             left = "\n".join(shlex.join(e.argv) for e in self.script)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from imgstor.errors import UsageError
 from imgstor.remote.drivers._common import positional
+from imgstor.remote.protocol import parse_rate
 
 __all__ = ["KEY_DIR", "GATE", "ZSTD", "DATASET", "SNAPSHOT", "ALIAS", "Peer", "check_dataset",
            "check_snapshot", "job_name", "parse_rate", "ssh_argv", "gate_argv", "mux_argv",
@@ -81,27 +82,6 @@ def job_name(alias: str, dataset: str) -> str:
     if not ALIAS.fullmatch(alias):
         raise UsageError(f"bad host name {alias!r}")
     return f"copy@{alias}:{check_dataset(dataset).replace('/', '%')}"
-
-
-_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$", re.ASCII)
-
-
-def parse_rate(value: int | str | None) -> int:
-    """``sync_bwlimit``: bytes per second, an int or written like sizes (``12M`` =
-    12 MiB/s); 0, "" or None = unlimited."""
-    if value in (None, "", 0):
-        return 0
-    if isinstance(value, bool):
-        raise UsageError(f"bad bandwidth limit {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise UsageError(f"bad bandwidth limit {value!r}")
-        return value
-    m = _RATE.fullmatch(str(value).strip().upper())
-    if not m:
-        raise UsageError(f"bad bandwidth limit {value!r} (bytes per second, e.g. 12M)")
-    return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
-                                     "T": 1 << 40}[m.group(2)])
 
 
 # ------------------------------------------------------------------ argv builders

@@ -10,14 +10,15 @@ A step never calls subprocess itself; it gets an executor and calls ``ex.run(arg
 
 ``call()`` is the same for an in-process change (libzfs_core, rtslib, QMP, a file the
 step writes itself): logged as text, and on a dry run not called but reported as
-``SKIP> …`` like a skipped command.  ``run``, ``pipe``, ``call`` and ``write_file`` decide
-with one rule, ``protocol.dry_run_gate``, which the frontend's transport uses too.
+``SKIP> …`` like a skipped command.  ``run``, ``call`` and ``write_file`` decide with one
+rule, ``protocol.dry_run_gate``, which the frontend's transport uses too.
 
 ``fs`` is every read a step makes of the node besides commands: files, links, sizes,
 processes, tools on the PATH, the clock (``HostFS``; tests give a fake one).
 
-``pipe()`` runs a pipeline and keeps the exit status of every stage (zettarepl's idea): a
-failed ``zfs send`` is never hidden by a successful ``zfs receive``.
+Pipelines (``zfs send | … | ssh … receive``) are the copy engine's (imgstor/remote/copypipe.py,
+run by a copy job): it keeps the exit status of every stage (zettarepl's idea), so a failed
+``zfs send`` is never hidden by a successful ``zfs receive``.
 
 Standard library only: this module is shipped to nodes inside the zipapp.
 """
@@ -127,7 +128,7 @@ class HostFS:
 
 
 class Executor:
-    """Base: subclasses implement ``_run``, ``_pipe`` and ``_write_file``."""
+    """Base: subclasses implement ``_run`` and ``_write_file``."""
 
     dry_run = False
 
@@ -163,21 +164,6 @@ class Executor:
             return None
         return fn(*args, **kw)
 
-    def pipe(self, stages: Sequence[Sequence[str]], *, read_only: bool = False,
-             check: bool = True, timeout: float | None = None) -> list[Result]:
-        """Run ``stages[0] | stages[1] | …``; return one Result per stage.
-
-        With ``check`` the first failing stage (in pipeline order) raises."""
-        argvs = [[str(a) for a in s] for s in stages]
-        if not self._go(" | ".join(shlex.join(s) for s in argvs), read_only=read_only):
-            return [Result(s, 0, skipped=True) for s in argvs]
-        results = self._pipe(argvs, timeout=timeout)
-        if check:
-            for r in results:
-                if r.rc != 0:
-                    raise RemoteCommandError(self.host, r.argv, r.rc, r.stderr)
-        return results
-
     def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         """Replace file ``path`` with ``data`` atomically (temp file, fsync, rename) with
         ``mode``; its directory is made 0700 if missing.  A change like a command: logged
@@ -191,9 +177,6 @@ class Executor:
 
     def _run(self, argv: list[str], *, input: str | None, timeout: float | None,
              env: dict | None) -> Result:
-        raise NotImplementedError
-
-    def _pipe(self, stages: list[list[str]], *, timeout: float | None) -> list[Result]:
         raise NotImplementedError
 
 
@@ -217,85 +200,6 @@ class LocalExecutor(Executor):
         except subprocess.TimeoutExpired as e:
             return Result(argv, 124, _text(e.stdout), _text(e.stderr) + f"\ntimed out after {timeout}s")
         return Result(argv, p.returncode, p.stdout, p.stderr)
-
-    def _pipe(self, stages, *, timeout):
-        """Start every stage, then drain the last one's stdout and reap them all under ONE
-        deadline armed at the start (code review Z2: it used to be armed only after the
-        drain, so a hung stage blocked forever).  At the deadline every stage still running
-        is killed and reported with rc 124; the others keep their own exit status."""
-        import selectors
-        import tempfile
-        deadline = None if timeout is None else time.monotonic() + timeout
-        procs: list[subprocess.Popen] = []
-        errfiles = []
-        prev = subprocess.DEVNULL
-        try:
-            for argv in stages:
-                ef = tempfile.TemporaryFile()
-                errfiles.append(ef)
-                try:
-                    p = subprocess.Popen(argv, stdin=prev, stderr=ef, stdout=subprocess.PIPE)
-                except FileNotFoundError:
-                    for q in procs:
-                        q.kill()
-                        q.wait()
-                    return [Result(a, 127 if a is argv else -9, "",
-                                   f"{argv[0]}: command not found" if a is argv else "")
-                            for a in stages]
-                if prev is not subprocess.DEVNULL:
-                    prev.close()      # the child holds it now; lets SIGPIPE work
-                procs.append(p)
-                prev = p.stdout
-            out = bytearray()
-            timed_out = False
-            last = procs[-1].stdout
-            with selectors.DefaultSelector() as sel:
-                sel.register(last, selectors.EVENT_READ)
-                while True:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        timed_out = True
-                        break
-                    if not sel.select(left):
-                        continue
-                    chunk = os.read(last.fileno(), 65536)
-                    if not chunk:
-                        break
-                    out += chunk
-            last.close()
-            killed: set[int] = set()
-            for p in procs:
-                if not timed_out:
-                    try:
-                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                        p.wait(left)
-                        continue
-                    except subprocess.TimeoutExpired:
-                        timed_out = True
-                # the deadline passed: every stage still running now is killed, together
-                # (one at a time would let a later stage see EOF and exit 0)
-                running = [j for j, q in enumerate(procs) if q.poll() is None]
-                for j in running:
-                    procs[j].kill()
-                killed.update(running)
-                break
-            results = []
-            for i, (p, argv, ef) in enumerate(zip(procs, stages, errfiles)):
-                rc = p.wait()
-                extra = ""
-                if i in killed:
-                    rc, extra = 124, f"\ntimed out after {timeout}s (killed)"
-                ef.seek(0)
-                results.append(Result(argv, rc, "", ef.read().decode(errors="replace") + extra))
-            results[-1].stdout = out.decode(errors="replace")
-            return results
-        finally:
-            for p in procs:
-                if p.poll() is None:           # an exception above: leave nothing running
-                    p.kill()
-                    p.wait()
-            for ef in errfiles:
-                ef.close()
 
 
 class DryRunExecutor(LocalExecutor):

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from imgstor.errors import UsageError
 from imgstor.remote import atomicfile, procfs
+from imgstor.remote.flocks import lock_held
 
 __all__ = ["JOBS_DIR", "FINAL", "Job", "job_dir", "start", "status", "cancel", "lock_held",
            "write_json", "read_json"]
@@ -69,21 +70,6 @@ def read_json(path: str) -> dict | None:
     except (FileNotFoundError, ValueError):
         return None
     return d if isinstance(d, dict) else None
-
-
-def lock_held(path: str) -> bool:
-    """True if some process holds the flock on ``path`` (we take it and let go at once)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)          # closing drops our lock, if we got it
-    return False
 
 
 # ------------------------------------------------------------------ the job process side

@@ -8,6 +8,8 @@
   record made before (``"ADDR:PORT"``, ``"[v6]:PORT"``) still reads.
 * The initiator name file and its one parser (the node reads it through its executor, the
   frontend with a plain ``cat``), and the one error when it has no name.
+* ``parse_rate``: a bandwidth limit as both sides read it (the config's ``sync_bwlimit``,
+  the ``uploadspeed``/``downloadspeed`` attributes, a copy job's ``bwlimit``).
 * The facts of the steps the frontend reads, as dataclasses (``FACTS``).  The node checks
   before answering that a step listed there answers only the facts its class names (an
   undeclared fact is a bug); the frontend gets them as a read-only ``Facts`` mapping in
@@ -28,6 +30,7 @@ from imgstor.errors import NotFound, StepError, UsageError
 from imgstor.remote.naming import VM_ACCELS, VM_RUNNERS
 
 __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator_name", "no_initiator_name",
+           "parse_rate",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
            "OverlayStatus", "OverlayFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts",
@@ -51,6 +54,28 @@ def parse_initiator_name(text: str) -> str | None:
 def no_initiator_name(host: str) -> NotFound:
     return NotFound(f"{host}: no initiator name in {INITIATOR_NAME_FILE} (install "
                     "open-iscsi or write InitiatorName=iqn.… there)", host=host)
+
+
+# ------------------------------------------------------------------ rates
+_RATE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGT]?)$", re.ASCII)
+
+
+def parse_rate(value: int | str | None) -> int:
+    """``sync_bwlimit``: bytes per second, an int or written like sizes (``12M`` =
+    12 MiB/s); 0, "" or None = unlimited."""
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, bool):
+        raise UsageError(f"bad bandwidth limit {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise UsageError(f"bad bandwidth limit {value!r}")
+        return value
+    m = _RATE.fullmatch(str(value).strip().upper())
+    if not m:
+        raise UsageError(f"bad bandwidth limit {value!r} (bytes per second, e.g. 12M)")
+    return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+                                     "T": 1 << 40}[m.group(2)])
 
 
 # ------------------------------------------------------------------ dry runs

@@ -35,9 +35,18 @@ from imgstor.state.model import SCHEMA, State
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any
+    from typing import Any, Protocol
 
-    from imgstor.state.store import Store
+    class StoreFiles(Protocol):
+        """What a ``Memory`` uses of its ``state.store.Store`` (which imports this module:
+        it is not imported back, tests/unit/test_imports.py)."""
+        path: str
+        journal_path: str
+
+        def _read_state(self) -> tuple[bytes | None, tuple | None]: ...
+        def _decode(self, data: bytes) -> dict: ...
+        def _build(self, raw: dict, *, journal: bool = False) -> State: ...
+        def _replace(self, data: bytes) -> None: ...
 
 __all__ = ["Memory", "FOLD_MIN"]
 
@@ -102,7 +111,7 @@ class _GroupSync:
 class Memory:
     """The in-memory state of one ``Store``; see the module docstring."""
 
-    def __init__(self, store: "Store") -> None:
+    def __init__(self, store: "StoreFiles") -> None:
         self.store = store
         self.path = store.path
         self.jpath = store.journal_path

@@ -41,6 +41,7 @@ from imgstor.names import target_iqn
 from imgstor.reconcile import imgstor_iqn_prefix
 from imgstor.state import transitions
 from imgstor.state.store import pid_alive, this_host
+from imgstor.workflows.context import Ctx
 
 __all__ = ["Item", "Question", "Term", "Aborted", "questions_for", "run_dialogue",
            "parse_choices", "parse_selectors", "LOCAL_DATA_WARNING", "SEPARATOR"]
@@ -185,7 +186,7 @@ def _hold_sigint() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ the lists
-def _unmap_failed_sync(ctx, v, *, force: bool) -> str:
+def _unmap_failed_sync(ctx: Ctx, v, *, force: bool) -> str:
     """A sync volume in ``error`` has no job to bring its data back (the sync unmap refuses
     it).  Once its node holds neither its overlay nor its local copy (the container's
     dialogue removed them, or they were never made) the NAS's copy is the only one left:
@@ -214,10 +215,10 @@ def _unmap_failed_sync(ctx, v, *, force: bool) -> str:
     with ctx.store.busy(v.key, "unmap") as cur:
         out = _said(_unmap_steps(ctx, v.key, v.nas, nas_cfg, cur, force))
     with ctx.store.transaction() as st:                  # sync mode's own facts go too
-        cur = st.volumes.get(v.key)
+        rec = st.volumes.get(v.key)
         for k in ("origin", "overlay", "local_pool"):
-            if cur is not None:
-                cur.extra.pop(k, None)
+            if rec is not None:
+                rec.extra.pop(k, None)
     return out
 
 
@@ -226,14 +227,14 @@ def _said(result) -> str:
     return getattr(result, "message", None) or str(result)
 
 
-def _unmap_said(ctx, nas: str, vol: str, force: bool) -> str:
+def _unmap_said(ctx: Ctx, nas: str, vol: str, force: bool) -> str:
     from imgstor.workflows.storagemap import unmap_volume
     return _said(unmap_volume(ctx, nas, vol, force=force))
 
 
-def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
-    from imgstor.admin import unbusy
+def _nas_questions(ctx: Ctx, nas: str, force: bool) -> list[Question]:
     from imgstor.workflows.storagemap import unmap_volume
+    from imgstor.workflows.volumes import unbusy
     cfg = ctx.config.host(nas, role="nas")
 
     def vols():
@@ -299,7 +300,7 @@ def _nas_questions(ctx, nas: str, force: bool) -> list[Question]:
     ]
 
 
-def _container_questions(ctx, host: str, force: bool,
+def _container_questions(ctx: Ctx, host: str, force: bool,
                          nas_filter: Callable[[str], bool]) -> list[Question]:
     from imgstor.workflows.storagemap.common import portal_of
     from imgstor.workflows.storagemap.sync import LOCAL_COPY
@@ -403,7 +404,7 @@ def _container_questions(ctx, host: str, force: bool,
     ]
 
 
-def questions_for(ctx, host: str, *, force: bool = False,
+def questions_for(ctx: Ctx, host: str, *, force: bool = False,
                   nas_filter: Callable[[str], bool] = lambda n: True) -> list[Question]:
     if ctx.config.host(host).role == "nas":
         return _nas_questions(ctx, host, force)

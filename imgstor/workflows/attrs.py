@@ -22,6 +22,7 @@ from imgstor.config import HostConfig
 from imgstor.errors import NotFound, UsageError
 from imgstor.output import Lines, Output
 from imgstor.state.model import HOST_ATTR_NAMES, HostAttrs
+from imgstor.workflows.context import Ctx
 
 __all__ = ["set_attr", "list_attrs", "remove_attr", "dump_attrs", "attr_name", "parse_value",
            "ROLES"]
@@ -122,7 +123,7 @@ def _check_role(hc: HostConfig, attr: str, path: str) -> None:
         raise UsageError(f"{attr} belongs to {what}; {hc.name} is a {hc.role} host in {path}")
 
 
-def _pools_exist(ctx, host: str, pools: list[str]) -> None:
+def _pools_exist(ctx: Ctx, host: str, pools: list[str]) -> None:
     """Each of ``pools`` exists on ``host``, asked live (the read-only probe step)."""
     facts = ctx.cluster.step(host, "probe").facts
     have = [p["name"] for p in facts.get("pools", [])]
@@ -133,7 +134,7 @@ def _pools_exist(ctx, host: str, pools: list[str]) -> None:
                        host=host)
 
 
-def set_attr(ctx, args: list[str], attr: str | None = None, value: str | None = None) -> str:
+def set_attr(ctx: Ctx, args: list[str], attr: str | None = None, value: str | None = None) -> str:
     """Set a storage attribute on hosts; recorded only once every host checks out."""
     hosts, attr, text = _split(args, attr, value, verb="set", want_value=True)
     assert text is not None                    # want_value: _split refused a missing one
@@ -155,7 +156,7 @@ def set_attr(ctx, args: list[str], attr: str | None = None, value: str | None = 
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg + note
 
 
-def remove_attr(ctx, args: list[str], attr: str | None = None) -> str:
+def remove_attr(ctx: Ctx, args: list[str], attr: str | None = None) -> str:
     """Drop what ``set host attr`` set: the config's value applies again."""
     hosts, attr, _ = _split(args, attr, None, verb="remove", want_value=False)
     cfg = ctx.file_config
@@ -187,7 +188,7 @@ def remove_attr(ctx, args: list[str], attr: str | None = None) -> str:
     return f"dry run, nothing saved: {text}" if ctx.dry_run and removed else text
 
 
-def list_attrs(ctx, args: list[str] | None = None, attr: str | None = None) -> Output:
+def list_attrs(ctx: Ctx, args: list[str] | None = None, attr: str | None = None) -> Output:
     """Columns HOST ATTR VALUE SOURCE: each storage attribute of each host (those that
     belong to its role) and where its value comes from."""
     args = list(args or [])
@@ -214,7 +215,7 @@ def list_attrs(ctx, args: list[str] | None = None, attr: str | None = None) -> O
 
 
 
-def dump_attrs(ctx, hosts: list[str] | None = None) -> Lines:
+def dump_attrs(ctx: Ctx, hosts: list[str] | None = None) -> Lines:
     """The ``imgstor set host attr|storageattr|zvolattr …`` lines that recreate every
     attribute set by command (of ``hosts``, or all), which ``imgstor batch`` reads back.
     Attributes that come from the config file are not dumped: the file keeps them."""

@@ -28,6 +28,7 @@ from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError
 from imgstor.output import Output
 from imgstor.state.store import pid_alive, this_host
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import portal_of
 
 __all__ = ["check", "repair", "plan", "EXIT_DIFFERS"]
@@ -44,7 +45,7 @@ def _in_flight(ctx, st, v) -> bool:
     return any(jobmod.running(ctx.store, j.id) for j in st.jobs_of(v.key))
 
 
-def plan(ctx, *, destroy_orphans: bool = False,
+def plan(ctx: Ctx, *, destroy_orphans: bool = False,
          restore_only: bool = False) -> list[reconcile.Finding]:
     """The findings of ``check``/``repair``; ``restore_only`` (refresh): what a reboot or
     a daemon restart lost of mapped volumes only -- targets and ACLs to put back, sessions
@@ -137,7 +138,7 @@ def _restore_skip(ctx, st, v) -> bool:
                                 for j in st.jobs_of(v.key))
 
 
-def _with_portal(ctx, v):
+def _with_portal(ctx: Ctx, v):
     if v.extra.get("portal") or v.nas not in ctx.config.hosts:
         return v
     import copy
@@ -146,7 +147,7 @@ def _with_portal(ctx, v):
     return v
 
 
-def _kind(ctx, host: str, st) -> str:
+def _kind(ctx: Ctx, host: str, st) -> str:
     """The volume kind of the NAS whose volumes host's local copies mirror (the lab: file)."""
     for v in st.volumes.values():
         if v.host == host and v.nas in ctx.config.hosts:
@@ -158,7 +159,7 @@ def _row(f: reconcile.Finding, action: str) -> dict[str, Any]:
     return {"what": f.what, "subject": f.subject, "found": f.why, "action": action}
 
 
-def check(ctx) -> Output:
+def check(ctx: Ctx) -> Output:
     rows = []
     for f in plan(ctx):
         if f.actions:
@@ -175,7 +176,7 @@ def _brief(a: reconcile.Action) -> str:
                     if k in ("iqn", "job", "key", "vol", "name"))
 
 
-def repair(ctx, *, destroy_orphans: bool = False) -> Output:
+def repair(ctx: Ctx, *, destroy_orphans: bool = False) -> Output:
     rows = []
     failed = False
     for f in plan(ctx, destroy_orphans=destroy_orphans):
@@ -191,7 +192,7 @@ def repair(ctx, *, destroy_orphans: bool = False) -> Output:
                   exit_code=EXIT_DIFFERS if failed else 0)
 
 
-def restore(ctx) -> list[dict]:
+def restore(ctx: Ctx) -> list[dict]:
     """``refresh``'s restore: targets, ACLs, sessions and overlays that mapped volumes
     lost (a reboot, a daemon restart) are put back; rows like ``repair``'s, with
     ``failed`` when an action failed."""
@@ -205,7 +206,7 @@ def restore(ctx) -> list[dict]:
     return rows
 
 
-def run_finding(ctx, f: reconcile.Finding) -> tuple[str, bool]:
+def run_finding(ctx: Ctx, f: reconcile.Finding) -> tuple[str, bool]:
     """Run one finding's actions in order: (what was done, True) or (why not, False)."""
     if ctx.dry_run:
         return "would: " + "; ".join(f"{a.host}: {a.step} {_brief(a)}"
@@ -221,7 +222,7 @@ def run_finding(ctx, f: reconcile.Finding) -> tuple[str, bool]:
         return f"failed: {e}", False
 
 
-def _chap(ctx, v) -> dict | None:
+def _chap(ctx: Ctx, v) -> dict | None:
     if not v.extra.get("chap_user"):
         return None
     from imgstor import chap as chapstore
@@ -230,7 +231,7 @@ def _chap(ctx, v) -> dict | None:
     return creds.wire() if creds else None
 
 
-def _local_path(ctx, host: str, pool: str, vol: str, kind: str) -> str:
+def _local_path(ctx: Ctx, host: str, pool: str, vol: str, kind: str) -> str:
     from imgstor.errors import NotFound
     f = ctx.cluster.step(host, "nas.get_props", pool=pool, vol=vol, kind=kind).facts
     if not f.get("exists") or not f.get("path"):
@@ -238,14 +239,15 @@ def _local_path(ctx, host: str, pool: str, vol: str, kind: str) -> str:
     return f["path"]
 
 
-def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
+def _run(ctx: Ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
     if a.step == "store.unbusy":
         ctx.store.unbusy(a.args["key"])
         return "busy marker cleared"
     if a.step == "monitor.start":
         try:
             jobmod.restart(ctx.store, [a.args["job"]])      # a failed job: from its phase
-            return jobpool.launch(ctx.store, ctx.config.path, [a.args["job"]])
+            return jobpool.launch(ctx.store, ctx.config.path, [a.args["job"]],
+                                  self_argv=ctx.self_argv)
         except OSError as e:
             raise BusyError(f"could not start a monitor: {e}") from None
     args = dict(a.args)
@@ -282,7 +284,7 @@ def _run(ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> str:
     return r.message or f"{a.step} done"
 
 
-def _record(ctx, key: str, **changes) -> None:
+def _record(ctx: Ctx, key: str, **changes) -> None:
     """A restored session's new device (dm: the new /dev/sdX is the overlay's origin)."""
     with ctx.store.transaction() as st:
         v = st.volumes.get(key)

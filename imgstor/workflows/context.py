@@ -6,8 +6,9 @@ is only built by commands that reach hosts.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start-up
@@ -15,8 +16,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from imgstor.config import Config
     from imgstor.state.model import State
     from imgstor.state.store import Store
+    from imgstor.transport import Cluster
 
-__all__ = ["Ctx"]
+__all__ = ["Ctx", "python_m_imgstor"]
+
+
+def python_m_imgstor() -> list[str]:
+    """``python -m imgstor`` with this interpreter: how an installed imgstor starts itself."""
+    return [sys.executable, "-m", "imgstor"]
 
 
 @dataclass
@@ -26,6 +33,9 @@ class Ctx:
     json: bool = False
     dry_run: bool = False
     debug: bool = False
+    # the argv that starts this imgstor again (a detached monitor): set by the entry point,
+    # the one-file build's is its own file (imgstor/onefile.py)
+    self_argv: list[str] = field(default_factory=python_m_imgstor)
 
     @cached_property
     def file_config(self) -> "Config":
@@ -48,9 +58,9 @@ class Ctx:
         return Store(cfg.state_path, lock_timeout=cfg.lock_timeout)
 
     @cached_property
-    def cluster(self):  # -> imgstor.transport.Cluster (written by the transport owner)
+    def cluster(self) -> "Cluster":
         from imgstor.transport import Cluster
-        return Cluster(self.config, dry_run=self.dry_run, debug=self.debug)
+        return Cluster(self.config, dry_run=self.dry_run)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["State"]:

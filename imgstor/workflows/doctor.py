@@ -36,6 +36,7 @@ from typing import Any
 from imgstor.errors import ImgstorError
 from imgstor.exitcodes import DIFFERS
 from imgstor.output import Output
+from imgstor.workflows.context import Ctx
 
 __all__ = ["doctor", "CRON_PLACES", "TIMER_PLACES", "REFRESH_MAX_AGE", "SKEW_LIMIT",
            "needed_tools"]
@@ -58,7 +59,7 @@ def _row(check: str, subject: str, ok: bool, detail: str, fix: str | None = None
             "detail": detail, "fix": None if ok else fix}
 
 
-def doctor(ctx, hosts: list[str] | None = None, local: bool = False) -> Output:
+def doctor(ctx: Ctx, hosts: list[str] | None = None, local: bool = False) -> Output:
     from imgstor import validate
     rows = [_config(ctx)]
     if rows[0]["ok"]:
@@ -101,7 +102,7 @@ def _not_others(path: str, what: str, check: str, *, mask: int = 0o022) -> dict 
     return None
 
 
-def _config(ctx) -> dict:
+def _config(ctx: Ctx) -> dict:
     from imgstor.config import config_path
     path = config_path(ctx.config_path)
     try:
@@ -168,7 +169,7 @@ def _known_hosts(cfg, names: list[str]) -> dict:
                 "fix or remove those lines")
 
 
-def _state(ctx) -> dict:
+def _state(ctx: Ctx) -> dict:
     store = ctx.store
     path, d = store.path, os.path.dirname(store.path)
     rebuild = "restore it from a backup, or make it again: imgstor rebuild --force"
@@ -254,7 +255,7 @@ def _schedule() -> dict:
     return _row("schedule", where, True, line)
 
 
-def _last_refresh(ctx) -> dict:
+def _last_refresh(ctx: Ctx) -> dict:
     from imgstor.workflows.probe import record_path
     path = record_path(ctx)
     try:
@@ -295,7 +296,7 @@ def needed_tools(hc) -> list[str | tuple[str, ...]]:
     return need
 
 
-def _hosts(ctx, names: list[str]) -> list[dict]:
+def _hosts(ctx: Ctx, names: list[str]) -> list[dict]:
     try:
         cfg = ctx.config            # with the attributes set by command (img_zpools…)
     except ImgstorError:            # an unreadable state (its own row says so)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from imgstor.errors import ImgstorError, UsageError
 from imgstor.state.model import GuestRun
+from imgstor.workflows.context import Ctx
 
 __all__ = ["RunnerEntry", "RUNNERS", "entry", "record", "observe"]
 
@@ -37,7 +38,7 @@ def entry(name: str) -> RunnerEntry:
                          field="vm_runner") from None
 
 
-def record(ctx, vm: str, state: str, *, host: str, runner: str, pid: int | None = None,
+def record(ctx: Ctx, vm: str, state: str, *, host: str, runner: str, pid: int | None = None,
            error: str | None = None) -> None:
     """Set VM's guest record (its ``since`` kept while the state stays the same)."""
     if ctx.dry_run:
@@ -53,7 +54,7 @@ def record(ctx, vm: str, state: str, *, host: str, runner: str, pid: int | None 
                            pid=pid, error=error)
 
 
-def observe(ctx) -> list[dict]:
+def observe(ctx: Ctx) -> list[dict]:
     """Refresh: ask each node with a guest recorded running which guests run there; a
     guest gone is recorded ``exited`` (it shut itself down or died), one seen again
     ``running``.  Rows ``guest NODE VM - ACTION``; the store is written only on change."""

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from imgstor.errors import ImgstorError, TransportError
 from imgstor.output import Output
+from imgstor.workflows.context import Ctx
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 __all__ = ["ping"]
 
@@ -16,7 +21,7 @@ _TOOL_ORDER = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qe
                "iscsi-inq")
 
 
-def ping(ctx, hosts: list[str] | None = None, trust: bool = False) -> Output:
+def ping(ctx: Ctx, hosts: list[str] | None = None, trust: bool = False) -> Output:
     from imgstor import validate
     from imgstor.errors import UsageError
     cfg = ctx.config
@@ -33,7 +38,7 @@ def ping(ctx, hosts: list[str] | None = None, trust: bool = False) -> Output:
     for n in names:
         r = results[n]
         hc = cfg.host(n)
-        row = {"host": n, "role": hc.role, "address": hc.address}
+        row: dict[str, Any] = {"host": n, "role": hc.role, "address": hc.address}
         if isinstance(r, ImgstorError):
             row.update(status="unreachable" if isinstance(r, TransportError) else "error",
                        error=str(r), tools=None, pyzfs=None, pools=None, initiator=None)
@@ -59,7 +64,7 @@ def ping(ctx, hosts: list[str] | None = None, trust: bool = False) -> Output:
     return out
 
 
-def _confirm(ctx, names: list[str]) -> None:
+def _confirm(ctx: Ctx, names: list[str]) -> None:
     """``--trust``: the keys pinned on first use for NAMES (just reached, so the key in the
     file is the one each presents) lose their ``imgstor-unconfirmed`` comment; each
     confirmed key's fingerprint is printed on stderr."""

@@ -37,11 +37,12 @@ from typing import Any
 from imgstor import audit, jobpool
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, ImgstorError, NotFound, StateError, StepError, UsageError
+from imgstor.faults import fault
 from imgstor.jobrun import Committer, Phase, Runtime, Stopped, Watch, describe
 from imgstor.output import Output
 from imgstor.state.model import Job
 from imgstor.workflows import jobkinds
-from imgstor.workflows.storagemap.common import fault
+from imgstor.workflows.context import Ctx
 
 __all__ = ["Runner", "run_phases", "monitor", "resume_all", "POOL_IDLE"]
 
@@ -49,7 +50,7 @@ POOL_IDLE = float(os.environ.get("IMGSTOR_MONITOR_IDLE", "5"))   # seconds
 TICK = 0.5                      # how often a pool looks at its queue
 
 
-def run_phases(ctx: Any, job: Job, rt: Runtime,
+def run_phases(ctx: Ctx, job: Job, rt: Runtime,
                kinds: dict[str, list[tuple[str, Phase]]] | None = None) -> None:
     """Run ``job``'s phases from its recorded phase to the end (the caller holds its
     lock); returns when it is done or gone."""
@@ -85,7 +86,7 @@ def _advance(job_id: str, phase: str, st: Any) -> Job | None:
 class Runner:
     """Jobs run by this process, one thread each (see the module docstring)."""
 
-    def __init__(self, ctx: Any, *, rt: Runtime | None = None,
+    def __init__(self, ctx: Ctx, *, rt: Runtime | None = None,
                  kinds: dict[str, list[tuple[str, Phase]]] | None = None) -> None:
         self.ctx = ctx
         self.rt = rt or Runtime(ctx.store, ctx.config.jobs, Watch(ctx.cluster),
@@ -181,7 +182,7 @@ class Runner:
 
 
 # ------------------------------------------------------------------ the command
-def monitor(ctx: Any, jobs: list[str] | None = None, resume: bool = False,
+def monitor(ctx: Ctx, jobs: list[str] | None = None, resume: bool = False,
             pool: str | None = None) -> str | Output:
     """Run the jobs JOB... to their end in this process, or (--resume) hand every job that
     no monitor runs -- failed ones too -- to a detached monitor."""
@@ -217,7 +218,7 @@ def monitor(ctx: Any, jobs: list[str] | None = None, resume: bool = False,
     return "; ".join(f"job {i} {r}" for i, r in runner.results.items()) or "no job taken"
 
 
-def _pool(ctx: Any, key: str) -> str:
+def _pool(ctx: Ctx, key: str) -> str:
     """The pool monitor of KEY: hold its lock, run what is queued, exit when idle."""
     inherited = int(os.environ.pop("IMGSTOR_MONITOR_LOCK_FD", "-1"))
     fd = inherited if inherited >= 0 else _take_pool_lock(ctx.store, key)
@@ -274,7 +275,7 @@ def _queued(store: Any, key: str) -> bool:
         return False
 
 
-def resume_all(ctx: Any, *, restart_failed: bool = False) -> Output:
+def resume_all(ctx: Ctx, *, restart_failed: bool = False) -> Output:
     """Hand every job that no monitor runs to a detached monitor (one for all of them).
     Failed jobs only with ``restart_failed`` (`monitor --resume`; cron's refresh leaves
     them, and says so)."""
@@ -300,7 +301,8 @@ def resume_all(ctx: Any, *, restart_failed: bool = False) -> Output:
             try:
                 if restart_failed:
                     jobmod.restart(ctx.store, [j.id for j in start if j.state == "failed"])
-                action = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in start])
+                action = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in start],
+                                        self_argv=ctx.self_argv)
             except (OSError, ImgstorError) as e:
                 action, failed = f"could not start a monitor: {e}", True
         rows += [{"job": j.id, "volume": j.volume, "phase": j.phase, "action": action,

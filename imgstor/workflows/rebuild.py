@@ -37,6 +37,7 @@ from typing import Any
 from imgstor.errors import Conflict, ImgstorError
 from imgstor.output import Output
 from imgstor.state.model import Job, State, Vm, Volume, volume_key
+from imgstor.workflows.context import Ctx
 
 __all__ = ["rebuild", "records_from_facts", "Rebuilt", "EXIT_PARTIAL"]
 
@@ -231,7 +232,7 @@ def _rows(out: Rebuilt) -> list[dict[str, Any]]:
     return rows
 
 
-def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
+def _gather(ctx: Ctx) -> tuple[dict, dict, dict, dict, dict]:
     cfg = ctx.config
     nases = sorted(n for n, h in cfg.hosts.items() if h.role == "nas")
     nodes = sorted(n for n, h in cfg.hosts.items() if h.role == "compute")
@@ -246,7 +247,7 @@ def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
         if h in nas_info:
             c = cfg.host(h)
             return cl.step(h, "nas.inventory", pools=list(c.img_zpools),
-                           driver=c.target).facts
+                           driver=c.target_driver).facts
         i = node_info[h]
         return cl.step(h, "compute.inventory", pool=i["pool"], overlay=i["overlay"],
                        initiator=i["initiator"], direct=direct or []).facts
@@ -269,7 +270,7 @@ def _gather(ctx) -> tuple[dict, dict, dict, dict, dict]:
     return nas_facts, node_facts, nas_info, node_info, errors
 
 
-def _chap_users(ctx, nas_facts: dict) -> dict[str, str]:
+def _chap_users(ctx: Ctx, nas_facts: dict) -> dict[str, str]:
     from imgstor import chap as chapstore
     from imgstor.workflows.storagemap.common import state_path
     users = {}
@@ -284,7 +285,7 @@ def _chap_users(ctx, nas_facts: dict) -> dict[str, str]:
     return users
 
 
-def rebuild(ctx, force: bool = False) -> Output:
+def rebuild(ctx: Ctx, force: bool = False) -> Output:
     """Rebuild the state file from the hosts; refused (Conflict, exit 8) when one exists,
     unless ``force`` (the old file is kept beside it as ``…before-rebuild-<time>``)."""
     path = ctx.store.path

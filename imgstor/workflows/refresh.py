@@ -55,11 +55,14 @@ import time
 from imgstor import jobs as jobmod
 from imgstor import metrics
 from imgstor.errors import BusyError, ImgstorError
+from imgstor.faults import fault
 from imgstor.output import Output, printable
 from imgstor.state.store import pid_alive, this_host
 from imgstor.workflows import syncattrs
+from imgstor.workflows.context import Ctx
+from imgstor.workflows.syncattrs import due
 
-__all__ = ["refresh", "due", "lock_path", "STALE_LOCK", "EXIT_FAILED", "RefreshFailed"]
+__all__ = ["refresh", "lock_path", "STALE_LOCK", "EXIT_FAILED", "RefreshFailed"]
 
 # A refresh only starts things: seconds, or a few minutes on hundreds of hosts that do not
 # answer (connect timeouts, max_connections at a time).  Held longer, it is hung; the
@@ -78,17 +81,8 @@ _COLUMNS = [("what", "WHAT"), ("host", "HOST"), ("volume", "VOLUME"), ("job", "J
 _JSON_EXTRA = ["role", "up", "seconds", "boot_id", "since", "rebooted", "error"]
 
 
-def lock_path(ctx) -> str:
+def lock_path(ctx: Ctx) -> str:
     return ctx.store.path + ".refresh.lock"
-
-
-def due(v, freq: float, now: float) -> float | None:
-    """Seconds until sync volume ``v``'s next pull (<= 0: due), or None when it gets none
-    (not a mapped sync volume on its local copy)."""
-    if v.mode != "sync" or v.state != "mapped" or v.target:
-        return None
-    last = float(v.extra.get("last_pull") or v.since or 0)
-    return last + freq - now
 
 
 def _busy_live(v) -> bool:
@@ -96,7 +90,7 @@ def _busy_live(v) -> bool:
     return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
 
 
-def refresh(ctx, quiet: bool = False) -> Output | None:
+def refresh(ctx: Ctx, quiet: bool = False) -> Output | None:
     # cron's run on a new install, before anything is recorded, must not mail every minute:
     # the missing file is said by every other command (and refresh without --quiet)
     ctx.store.quiet_missing = quiet
@@ -145,7 +139,7 @@ def _name_holder(fd: int) -> None:
         pass                                # the lock still works without its name
 
 
-def _check_holder(ctx, fd: int) -> None:
+def _check_holder(ctx: Ctx, fd: int) -> None:
     try:
         h = json.loads(os.pread(fd, 4096, 0) or b"{}")
         since, pid = float(h["since"]), int(h["pid"])
@@ -161,10 +155,9 @@ def _check_holder(ctx, fd: int) -> None:
                         f"kill {pid})", pid=pid)
 
 
-def _refresh(ctx) -> tuple[list[dict], list]:
+def _refresh(ctx: Ctx) -> tuple[list[dict], list]:
     from imgstor.workflows import probe
     from imgstor.workflows.monitor import resume_all
-    from imgstor.workflows.storagemap.common import fault
     fault("refresh")            # IMGSTOR_PAUSE=refresh:S holds the lock a while (tests)
     probing = probe.start(ctx)  # every host at once, in the background, over the pool
     rows: list[dict] = []
@@ -192,7 +185,7 @@ def _refresh(ctx) -> tuple[list[dict], list]:
     return rows, hosts
 
 
-def _prune(ctx) -> list[dict]:
+def _prune(ctx: Ctx) -> list[dict]:
     if ctx.dry_run:
         return []
     days = ctx.config.log.job_log_days
@@ -203,7 +196,7 @@ def _prune(ctx) -> list[dict]:
              "action": f"removed {len(gone)} job files older than {days:g} days"}]
 
 
-def _audit(ctx, rows: list[dict], hosts: list, failed: list[dict]) -> None:
+def _audit(ctx: Ctx, rows: list[dict], hosts: list, failed: list[dict]) -> None:
     """One audit line per row that did something, failed, or found something new: not
     the hosts that are up as before, the pulls not yet due, the monitors that run."""
     from imgstor import audit
@@ -224,7 +217,7 @@ def _audit(ctx, rows: list[dict], hosts: list, failed: list[dict]) -> None:
                      result="failed" if failure else "ok", job=r.get("job"), message=action)
 
 
-def _restore(ctx) -> list[dict]:
+def _restore(ctx: Ctx) -> list[dict]:
     """workflows/check.py's ``restore``: put back what mapped volumes lost (only starts
     things: a target, a login, an overlay daemon; never a copy)."""
     from imgstor.workflows.check import restore
@@ -233,7 +226,7 @@ def _restore(ctx) -> list[dict]:
             for r in restore(ctx)]
 
 
-def _guests(ctx) -> list[dict]:
+def _guests(ctx: Ctx) -> list[dict]:
     from imgstor.workflows.guests import observe
     try:
         return observe(ctx)
@@ -242,7 +235,7 @@ def _guests(ctx) -> list[dict]:
                  "action": f"not observed: {e.message.splitlines()[0]}"}]
 
 
-def _pulls(ctx) -> list[dict]:
+def _pulls(ctx: Ctx) -> list[dict]:
     from imgstor.workflows.storagemap.pull import start_pull
     from imgstor.workflows.storagemap.sync import start_jobs
     now = time.time()
@@ -259,7 +252,7 @@ def _pulls(ctx) -> list[dict]:
             continue
         if st.jobs_of(v.key):
             continue                        # its job (a pull, an unmap) is reported above
-        if _busy_live(v):
+        if v.busy is not None and _busy_live(v):
             rows.append({"what": "pull", "volume": v.key, "job": None,
                          "action": f"due, skipped: busy ({v.busy.op}, pid {v.busy.pid})"})
             continue
@@ -291,7 +284,7 @@ def _pulls(ctx) -> list[dict]:
     return rows
 
 
-def _metrics(ctx, hosts: list) -> dict:
+def _metrics(ctx: Ctx, hosts: list) -> dict:
     st = ctx.store.read()
     progress = {j: jobmod.read_progress(ctx.store, j) for j in st.jobs}
     states = {j.id: jobmod.shown_state(ctx.store, j) for j in st.jobs.values()}

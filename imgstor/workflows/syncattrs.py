@@ -32,10 +32,12 @@ from typing import Any
 from imgstor import validate
 from imgstor.errors import UsageError
 from imgstor.output import Output, When, when_cell
-from imgstor.state.model import SYNC_ATTR_NAMES, State, SyncAttrs, volume_key
+from imgstor.state.model import SYNC_ATTR_NAMES, State, SyncAttrs, Volume, volume_key
+from imgstor.workflows.context import Ctx
 
 __all__ = ["parse_frequency", "parse_speed", "parse_value", "effective", "bwlimit",
-           "frequency", "fmt_rate", "shown_value", "set_zvolattr", "set_storageattr", "list_zvolattr",
+           "frequency", "due", "fmt_rate", "shown_value", "set_zvolattr", "set_storageattr",
+           "list_zvolattr",
            "list_storageattr", "remove_zvolattr", "remove_storageattr"]
 
 _FREQ = re.compile(r"([0-9]+)\s*([smhd]?)", re.ASCII | re.IGNORECASE)
@@ -58,7 +60,7 @@ def parse_frequency(text: str) -> int:
 def parse_speed(attr: str, text: str) -> int:
     """``uploadspeed``/``downloadspeed``: bytes per second like ``sync_bwlimit`` (``10M`` =
     10 MiB/s; pv's suffixes, which the roll passed to ``pv -L``); 0 = no limit."""
-    from imgstor.remote.copyjob import parse_rate
+    from imgstor.remote.protocol import parse_rate
     try:
         return parse_rate(str(text).strip())
     except UsageError:
@@ -127,6 +129,15 @@ def frequency(st: State, config: Any, nas: str, vol: str) -> int:
     return effective(st, config, nas, vol, "frequency")[0]
 
 
+def due(v: Volume, freq: float, now: float) -> float | None:
+    """Seconds until sync volume ``v``'s next pull (<= 0: due), or None when it gets none
+    (not a mapped sync volume on its local copy)."""
+    if v.mode != "sync" or v.state != "mapped" or v.target:
+        return None
+    last = float(v.extra.get("last_pull") or v.since or 0)
+    return last + freq - now
+
+
 def bwlimit(st: State, config: Any, v: Any, direction: str) -> int:
     """The copy limit (bytes/s, 0 none) of volume ``v``: ``up`` (NAS->node) or ``down``
     (node->NAS, the pulls and the sync back)."""
@@ -152,13 +163,13 @@ def _split(args: list[str], attr: str | None, value: str | None, *, verb: str, n
     return args, attr_name(attr), value
 
 
-def _nas(ctx, nas: str) -> str:
+def _nas(ctx: Ctx, nas: str) -> str:
     nas = validate.host(nas, "NAS")
     ctx.config.host(nas, role="nas", what="NAS")
     return nas
 
 
-def _set(ctx, section: str, key: str, attr: str, value: int | None) -> None:
+def _set(ctx: Ctx, section: str, key: str, attr: str, value: int | None) -> None:
     with ctx.transaction() as st:
         sect = getattr(st, section)
         a = sect.get(key) or SyncAttrs()
@@ -169,7 +180,7 @@ def _set(ctx, section: str, key: str, attr: str, value: int | None) -> None:
             sect.pop(key, None)
 
 
-def set_zvolattr(ctx, args: list[str], attr: str | None = None,
+def set_zvolattr(ctx: Ctx, args: list[str], attr: str | None = None,
                  value: str | None = None) -> str:
     """``set host zvolattr NAS VOL ATTR VALUE``: checked, then kept in the store."""
     (nas, vol), attr, text = _split(args, attr, value, verb="set", noun="zvolattr",
@@ -186,7 +197,7 @@ def set_zvolattr(ctx, args: list[str], attr: str | None = None,
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
-def set_storageattr(ctx, args: list[str], attr: str | None = None,
+def set_storageattr(ctx: Ctx, args: list[str], attr: str | None = None,
                     value: str | None = None) -> str:
     """``set host storageattr NAS ATTR VALUE``: the NAS's value for its volumes."""
     (nas,), attr, text = _split(args, attr, value, verb="set", noun="storageattr",
@@ -200,20 +211,20 @@ def set_storageattr(ctx, args: list[str], attr: str | None = None,
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
-def remove_zvolattr(ctx, args: list[str], attr: str | None = None) -> str:
+def remove_zvolattr(ctx: Ctx, args: list[str], attr: str | None = None) -> str:
     (nas, vol), attr, _ = _split(args, attr, None, verb="remove", noun="zvolattr",
                                  n_names=2, want_value=False)
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
     return _remove(ctx, "zvolattrs", volume_key(nas, vol), attr)
 
 
-def remove_storageattr(ctx, args: list[str], attr: str | None = None) -> str:
+def remove_storageattr(ctx: Ctx, args: list[str], attr: str | None = None) -> str:
     (nas,), attr, _ = _split(args, attr, None, verb="remove", noun="storageattr",
                              n_names=1, want_value=False)
     return _remove(ctx, "storageattrs", validate.host(nas, "NAS"), attr)
 
 
-def _remove(ctx, section: str, key: str, attr: str) -> str:
+def _remove(ctx: Ctx, section: str, key: str, attr: str) -> str:
     """Unset ATTR of KEY (a volume's key, or a NAS) in the store's SECTION."""
     a = getattr(ctx.store.read(), section).get(key)
     if a is None or getattr(a, attr) is None:
@@ -223,13 +234,12 @@ def _remove(ctx, section: str, key: str, attr: str) -> str:
     return f"dry run, nothing saved: {msg}" if ctx.dry_run else msg
 
 
-def list_zvolattr(ctx, nas: str, vol: str | None = None) -> Output:
+def list_zvolattr(ctx: Ctx, nas: str, vol: str | None = None) -> Output:
     """The roll's columns NAS ZVOL FREQUENCY NEXTSYNC UPLOADSPEED DOWNLOADSPEED, for each
     volume of NAS the store knows or has attributes for.  A value the volume does not set
     itself is shown in parentheses: the one that applies (the NAS's or the config's)."""
     import time
 
-    from imgstor.workflows.refresh import due
     nas = _nas(ctx, nas)
     if vol is not None:
         vol = validate.volume(vol)
@@ -270,7 +280,7 @@ def _cell(attr: str):
     return text
 
 
-def list_storageattr(ctx, nases: list[str] | None = None) -> Output:
+def list_storageattr(ctx: Ctx, nases: list[str] | None = None) -> Output:
     """The roll's columns NAS ATTR VALUE, plus SOURCE: each NAS's sync attributes and,
     where it sets none, what applies (downloadspeed: each node's sync_bwlimit)."""
     cfg = ctx.config

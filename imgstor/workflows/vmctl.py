@@ -28,15 +28,22 @@ from imgstor import sched, validate
 from imgstor.errors import Conflict, ImgstorError, NotFound, StepError
 from imgstor.output import Message, Output
 from imgstor.workflows import guests
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap import map_volume, unmap_volume
 from imgstor.workflows.vmhooks import HookCall, run_hook
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.config import HostConfig
+    from imgstor.remote.protocol import GuestSpec
+    from imgstor.state.model import Vm, Volume
 
 __all__ = ["start_vm", "stop_vm", "DEFAULT_DISK_SIZE"]
 
 DEFAULT_DISK_SIZE = "10G"     # only used when the volume does not exist yet
 
 
-def _vm(ctx, name: str):
+def _vm(ctx: Ctx, name: str) -> Vm:
     name = validate.vm(name)
     vm = ctx.store.read().vms.get(name)
     if vm is None:
@@ -44,13 +51,13 @@ def _vm(ctx, name: str):
     return vm
 
 
-def start_vm(ctx, vms: list[str] | str, size: str | None = None,
+def start_vm(ctx: Ctx, vms: list[str] | str, size: str | None = None,
              wait: bool = False) -> str | Output:
     """Map the disk of each VM and start its guest (several: at once, one line each)."""
     return _each(ctx, vms, lambda vm: _start(ctx, vm, size, wait))
 
 
-def stop_vm(ctx, vms: list[str] | str, force: bool = False,
+def stop_vm(ctx: Ctx, vms: list[str] | str, force: bool = False,
             wait: bool = False, timeout: float | None = None) -> str | Output:
     """Stop the guest of each VM, then unmap its disk (several: at once, one line each)."""
     if timeout is not None and timeout < 0:
@@ -59,7 +66,7 @@ def stop_vm(ctx, vms: list[str] | str, force: bool = False,
     return _each(ctx, vms, lambda vm: _stop(ctx, vm, force, wait, timeout))
 
 
-def _each(ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
+def _each(ctx: Ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
     """One VM: its line, or its error raised.  Several: a VM/RC/MESSAGE table in the
     order given, run in parallel (distinct volumes, one Cluster), exit code 1 if any
     failed.  Every name is checked before any VM is touched."""
@@ -82,12 +89,13 @@ def _each(ctx, vms: list[str] | str, fn: Callable[[str], str]) -> str | Output:
                   exit_code=1 if any(r["exit_code"] for r in rows) else 0)
 
 
-def _hook(ctx, v, hc, phase: str, runner: str, device: str | None, mode: str) -> str | None:
+def _hook(ctx: Ctx, v: Vm, hc: HostConfig, phase: str, runner: str, device: str | None,
+          mode: str) -> str | None:
     path = (v.machine.hook if v.machine is not None and v.machine.hook else "") or hc.vm_hook
     return run_hook(ctx, HookCall(path, v.name, phase, hc.name, device or "", mode, runner))
 
 
-def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
+def _start(ctx: Ctx, vm: str, size: str | None, wait: bool) -> str:
     v = _vm(ctx, vm)
     hc = ctx.config.host(v.container, role="compute", what="container")
     run = guests.entry(hc.vm_runner)
@@ -100,7 +108,7 @@ def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
     if run.runs_guest:
         _spec(ctx, v, hc, save=False)                 # a bad definition: before the hook
     _hook(ctx, v, hc, "pre-start", run.name, vol.device if vol else None, mode)
-    line = _one_line(map_volume(ctx, v.nas, v.zpool, f"{v.name}-vol", v.container,
+    line = _one_line(map_volume(ctx, v.nas, v.zpool or "", f"{v.name}-vol", v.container,
                                 size or DEFAULT_DISK_SIZE, wait=wait,
                                 note_size=size is not None))
     vol = ctx.store.read().vm_volume(v)
@@ -110,11 +118,12 @@ def _start(ctx, vm: str, size: str | None, wait: bool) -> str:
         line += "; " + _boot(ctx, v, hc, run, spec, vol)
     elif run.runs_guest and ctx.dry_run:
         line += f"; dry run: would start its guest on {v.container} ({run.name})"
-    problem = _hook(ctx, v, hc, "post-start", run.name, device, vol.mode if vol else mode)
+    problem = _hook(ctx, v, hc, "post-start", run.name, device,
+                    (vol.mode if vol is not None else None) or mode)
     return line + (f"\nwarning: {problem}" if problem else "")
 
 
-def _spec(ctx, v, hc, *, save: bool):
+def _spec(ctx: Ctx, v: Vm, hc: HostConfig, *, save: bool) -> GuestSpec:
     """The guest's machine (``protocol.GuestSpec``): its definition with the container's
     accelerator; a VM without one gets the defaults and a MAC (saved at the first start)."""
     from imgstor.state.model import Machine
@@ -129,9 +138,10 @@ def _spec(ctx, v, hc, *, save: bool):
     return vmspec.guest_spec(m, hc.vm_accel)
 
 
-def _boot(ctx, v, hc, run: guests.RunnerEntry, spec, vol) -> str:
+def _boot(ctx: Ctx, v: Vm, hc: HostConfig, run: guests.RunnerEntry, spec: GuestSpec,
+          vol: Volume) -> str:
     from imgstor.remote.protocol import GuestDisk
-    disk = GuestDisk(vol.device, vol.extra.get("qemu_json") if vol.mode == "direct" else None)
+    disk = GuestDisk(vol.device or "", vol.extra.get("qemu_json") if vol.mode == "direct" else None)
     try:
         r = ctx.cluster.step(v.container, "vm.start", runner=run.name, vm=v.name,
                              spec=asdict(spec), disk=asdict(disk))
@@ -149,7 +159,7 @@ def _boot(ctx, v, hc, run: guests.RunnerEntry, spec, vol) -> str:
     return f"guest started on {v.container} ({run.name}, pid {pid})"
 
 
-def _stop(ctx, vm: str, force: bool, wait: bool, timeout: float | None) -> str:
+def _stop(ctx: Ctx, vm: str, force: bool, wait: bool, timeout: float | None) -> str:
     v = _vm(ctx, vm)
     g = v.guest
     # the runner and node the guest was started with, whatever the container says now
@@ -173,7 +183,7 @@ def _stop(ctx, vm: str, force: bool, wait: bool, timeout: float | None) -> str:
     return "; ".join(s for s in said if s) + (f"\nwarning: {problem}" if problem else "")
 
 
-def _shutdown(ctx, v, host: str, run: guests.RunnerEntry, hc, force: bool,
+def _shutdown(ctx: Ctx, v: Vm, host: str, run: guests.RunnerEntry, hc: HostConfig, force: bool,
               timeout: float) -> str:
     """The guest gone (ACPI powerdown, up to ``timeout``; ``force``: then hard), or
     Conflict (exit 8) with the disk left mapped."""

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from imgstor.errors import ConfigError, Conflict
+from imgstor.workflows.context import Ctx
 
 __all__ = ["PHASES", "HOOK_TIMEOUT", "HookCall", "run_hook"]
 
@@ -52,7 +53,7 @@ def _check(path: str) -> None:
                           "writable by group or others: imgstor runs it", path=path)
 
 
-def run_hook(ctx, call: HookCall) -> str | None:
+def run_hook(ctx: Ctx, call: HookCall) -> str | None:
     """Run the hook for one phase; None when there is none.  A pre- phase that fails
     raises Conflict (nothing was changed); a post- phase's failure is returned as text."""
     if not call.hook:

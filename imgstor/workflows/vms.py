@@ -1,5 +1,5 @@
-"""VMs and their NAS assignment (``add/list/remove host vm``, ``set/list/remove/dump host
-vm nas``).  Store only: nothing here reaches a host.
+"""VMs and their NAS assignment (``add/set/move/list/remove host vm``, ``set/list/remove/dump
+host vm nas``; a VM's definition's rules: workflows/vmspec.py).  Store only: nothing here reaches a host.
 
 Every name is validated before the store is opened for writing; an error leaves the store
 unchanged.  An assignment cannot change while the VM's volume (``<vm>-vol`` on its NAS)
@@ -16,7 +16,7 @@ from imgstor.output import Lines, Output, When
 from imgstor.state.model import State, Vm, natural_key
 from imgstor.workflows.context import Ctx
 
-__all__ = ["add_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
+__all__ = ["add_vm", "set_vm", "move_vm", "list_vms", "remove_vm", "set_vm_nas", "list_vm_nas",
            "remove_vm_nas", "dump_vms", "dump_vm_nas", "natural_key", "pick_zpool", "vm_base",
            "format_size"]
 
@@ -171,6 +171,39 @@ def remove_vm(ctx: Ctx, vm: str) -> str:
         _check_unmapped(st, v, f"remove VM {vm}")
         del st.vms[vm]
     return _saved(ctx, f"removed VM {vm}")
+
+
+def set_vm(ctx: Ctx, vm: str, **keys: str | None) -> str:
+    """``set host vm VM key=value…``: change VM's definition; applies at its next start
+    (a running guest keeps what it was started with)."""
+    from imgstor.workflows import vmspec
+    validate.vm(vm)
+    changes = vmspec.machine_changes(**keys)
+    if not changes:
+        raise UsageError("set host vm: give one or more of " +
+                         ", ".join(f"{k}=" for k in vmspec.MACHINE_KEYS))
+    with ctx.transaction() as st:
+        m = vmspec.apply(st, _get_vm(st, vm), changes)
+    shown = " ".join(f"{k}={getattr(m, k)}" for k in changes)
+    return _saved(ctx, f"VM {vm}: {shown} (from its next start)")
+
+
+def move_vm(ctx: Ctx, vm: str, container: str) -> str:
+    """``move host vm VM CONTAINER``: VM's next start runs on CONTAINER.  Refused while its
+    disk is mapped or busy, or its guest runs (stop it first)."""
+    validate.vm(vm)
+    validate.host(container, "container")
+    ctx.config.host(container, role="compute", what="container")
+    with ctx.transaction() as st:
+        v = _get_vm(st, vm)
+        if v.container == container:
+            return f"VM {vm} is on {container} already"
+        _check_unmapped(st, v, f"move VM {vm}")
+        if v.guest is not None and v.guest.state == "running":
+            raise Conflict(f"cannot move VM {vm}: its guest runs on {v.guest.host} (as last "
+                           f"seen); stop it first (imgstor stop host vm {vm})")
+        old, v.container = v.container, container
+    return _saved(ctx, f"moved VM {vm} from {old} to {container} (from its next start)")
 
 
 def pick_zpool(st: State, nas: str, pools: tuple[str, ...] | list[str],

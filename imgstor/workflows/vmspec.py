@@ -6,6 +6,9 @@ it (``Vm.machine``).  Store only: nothing here reaches a host.
     set host vm VM key=value...      change the definition (applies at the next start)
     move host vm VM CONTAINER        a stopped VM's next start runs on CONTAINER
 
+(the handlers of ``set host vm`` and ``move host vm`` are in workflows/vms.py, beside the
+VMs' other handlers; this module holds the definition's rules and imports no handler)
+
 Without ``kernel`` the firmware boots the disk; with it qemu boots that kernel directly
 (paths on the container).  A MAC is given once, unique among the store's VMs
 (``52:54:00:…``, from the VM's name, the next free one if taken), at the first definition
@@ -21,8 +24,11 @@ from imgstor import validate
 from imgstor.errors import Conflict, UsageError
 from imgstor.state.model import Machine, State, Vm
 
-__all__ = ["MACHINE_KEYS", "machine_changes", "apply", "alloc_mac", "guest_spec", "set_vm",
-           "move_vm", "check_hook"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.remote.protocol import GuestSpec
+
+__all__ = ["MACHINE_KEYS", "machine_changes", "apply", "alloc_mac", "guest_spec", "check_hook"]
 
 MACHINE_KEYS = ("mem", "cpus", "mac", "kernel", "initrd", "append", "network", "hook")
 
@@ -109,43 +115,9 @@ def apply(st: State, v: Vm, changes: dict) -> Machine:
     return m
 
 
-def guest_spec(m: Machine, accel: str):
+def guest_spec(m: Machine, accel: str) -> GuestSpec:
     """What ``vm.start`` sends (``protocol.GuestSpec``, checked)."""
     from imgstor.remote.protocol import GuestSpec
     return GuestSpec.parse({"mem": m.mem, "cpus": m.cpus, "mac": m.mac, "kernel": m.kernel,
                             "initrd": m.initrd, "append": m.append, "network": m.network,
                             "accel": accel})
-
-
-def set_vm(ctx, vm: str, **keys: str | None) -> str:
-    """``set host vm VM key=value…``: change VM's definition; applies at its next start
-    (a running guest keeps what it was started with)."""
-    from imgstor.workflows.vms import _get_vm, _saved
-    validate.vm(vm)
-    changes = machine_changes(**keys)
-    if not changes:
-        raise UsageError("set host vm: give one or more of " +
-                         ", ".join(f"{k}=" for k in MACHINE_KEYS))
-    with ctx.transaction() as st:
-        m = apply(st, _get_vm(st, vm), changes)
-    shown = " ".join(f"{k}={getattr(m, k)}" for k in changes)
-    return _saved(ctx, f"VM {vm}: {shown} (from its next start)")
-
-
-def move_vm(ctx, vm: str, container: str) -> str:
-    """``move host vm VM CONTAINER``: VM's next start runs on CONTAINER.  Refused while its
-    disk is mapped or busy, or its guest runs (stop it first)."""
-    from imgstor.workflows.vms import _check_unmapped, _get_vm, _saved
-    validate.vm(vm)
-    validate.host(container, "container")
-    ctx.config.host(container, role="compute", what="container")
-    with ctx.transaction() as st:
-        v = _get_vm(st, vm)
-        if v.container == container:
-            return f"VM {vm} is on {container} already"
-        _check_unmapped(st, v, f"move VM {vm}")
-        if v.guest is not None and v.guest.state == "running":
-            raise Conflict(f"cannot move VM {vm}: its guest runs on {v.guest.host} (as last "
-                           f"seen); stop it first (imgstor stop host vm {vm})")
-        old, v.container = v.container, container
-    return _saved(ctx, f"moved VM {vm} from {old} to {container} (from its next start)")

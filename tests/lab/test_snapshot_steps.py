@@ -1,4 +1,4 @@
-"""nas.snapshot / nas.destroy_snapshot on the userspace lab: zfs-fuse has no /dev/zfs, so
+"""nas.snapshot / nas.prune_snapshots on the userspace lab: zfs-fuse has no /dev/zfs, so
 the zfs driver uses the CLI (``zfs_backend: cli``) even where pyzfs would import."""
 from __future__ import annotations
 
@@ -45,14 +45,15 @@ def test_snapshot_steps_use_the_cli_on_zfs_fuse(lab: Lab) -> None:
             # zfs-fuse cannot list holds: the second run finds the hold by trying
             assert not c.step(NAS, "nas.snapshot", **args, hold=True).changed
             assert lab.ssh(NAS, f"zfs destroy {snap}", check=False).returncode != 0  # held
-            r = c.step(NAS, "nas.destroy_snapshot", **args)
-            assert r.changed and r.facts["zfs_backend"] == "cli"
-            assert snaps() == []
-            assert not c.step(NAS, "nas.destroy_snapshot", **args).changed
+            # a newer one: the prune releases the old one's hold (by trying) and destroys it
+            c.step(NAS, "nas.snapshot", pool="tank", vol=vol, snapshot="imgstor-u2")
+            r = c.step(NAS, "nas.prune_snapshots", pool="tank", vol=vol, keep=1)
+            assert r.changed and r.facts["destroyed"] == [snap]
+            assert snaps() == [f"{name}@imgstor-u2"]
+            assert not c.step(NAS, "nas.prune_snapshots", pool="tank", vol=vol, keep=1).changed
             lab.ssh(NAS, f"zfs snapshot {name}@imgstor-byhand")
             with pytest.raises(Conflict, match="not made by imgstor"):
-                c.step(NAS, "nas.destroy_snapshot", pool="tank", vol=vol,
-                       snapshot="imgstor-byhand")
-            assert snaps() == [f"{name}@imgstor-byhand"]
+                c.step(NAS, "nas.snapshot", pool="tank", vol=vol, snapshot="imgstor-byhand")
+            assert snaps() == [f"{name}@imgstor-u2", f"{name}@imgstor-byhand"]
     finally:
         lab.destroy(NAS, name)

@@ -50,17 +50,13 @@ def test_zipapp_uploaded_once_then_reused(lab: Lab) -> None:
     with Cluster(cfg) as c:
         assert c.step(host, "probe").facts["hostname"] == host
         assert host in c._uploaded
-    mtime = lab.out(host, f"stat -c %Y:%s:%a {app.remote_path}")
+    mtime = lab.out(host, f"stat -c %i:%Y:%s:%a {app.remote_path}")   # a new file: new inode
     assert mtime.endswith(f":{len(app.data)}:600")
     with Cluster(cfg) as c:
-        assert c.upload_node_app(host) is False          # present: not sent again
-        c.step(host, "probe")
-    assert lab.out(host, f"stat -c %Y:%s:%a {app.remote_path}") == mtime
+        c.step(host, "probe")                            # present: not sent again
+    assert lab.out(host, f"stat -c %i:%Y:%s:%a {app.remote_path}") == mtime
     assert lab.out(host, "stat -c %a /run/imgstor") == "700"
     # same size, other content: replaced before it runs (not trusted on size alone)
-    lab.ssh(host, f"head -c {len(app.data)} /dev/zero > {app.remote_path}")
-    with Cluster(cfg) as c:
-        assert c.upload_node_app(host) is True
     with Cluster(cfg) as c:
         lab.ssh(host, f"head -c {len(app.data)} /dev/zero > {app.remote_path}")
         assert c.step(host, "probe").facts["hostname"] == host
@@ -78,15 +74,15 @@ def test_unsafe_node_app_dir_is_refused(lab: Lab) -> None:
         with Cluster(cfg) as c:
             with pytest.raises(StepError, match="not safe to run"):
                 c.step(host, "probe")
-            with pytest.raises(StepError, match="mode 40755"):
-                c.upload_node_app(host)
+            with pytest.raises(StepError, match="mode 40755"):   # the upload's own check
+                c._check_dir(host, c.connection(host).sftp())
         lab.ssh(host, "chmod 700 /run/imgstor && mv /run/imgstor /run/imgstor.real && "
                       "ln -s /run/imgstor.real /run/imgstor")
         with Cluster(cfg) as c:
             with pytest.raises(StepError, match="not safe to run"):
                 c.step(host, "probe")
             with pytest.raises(StepError, match="not safe"):
-                c.upload_node_app(host)
+                c._check_dir(host, c.connection(host).sftp())
     finally:
         lab.ssh(host, "if [ -L /run/imgstor ]; then rm /run/imgstor; "
                       "mv /run/imgstor.real /run/imgstor; fi; chmod 700 /run/imgstor")

@@ -80,14 +80,13 @@ def _s(x) -> str:
 
 
 class FakeLzc(types.ModuleType):
-    def __init__(self, datasets=(), props=None, holds=None, fail=None, space=4096) -> None:
+    def __init__(self, datasets=(), props=None, holds=None, fail=None) -> None:
         super().__init__("libzfs_core")
         self.exceptions = EXCEPTIONS
         self.datasets = set(datasets)
         self.props = {k: dict(v) for k, v in (props or {}).items()}
         self.holds = {k: set(v) for k, v in (holds or {}).items()}
         self.fail = dict(fail or {})
-        self.space = space
         self.calls: list[tuple[str, object]] = []
         self.imported = False
 
@@ -167,13 +166,6 @@ class FakeLzc(types.ModuleType):
         if n not in self.datasets:
             raise SnapshotNotFound(n)
         return {t.encode(): 1700000000 for t in sorted(self.holds.get(n, ()))}
-
-    def lzc_send_space(self, snapname, fromsnap=None, flags=None):
-        n = _s(snapname)
-        self._enter("lzc_send_space", n)
-        if n not in self.datasets or (fromsnap is not None and _s(fromsnap) not in self.datasets):
-            raise SnapshotNotFound(n)
-        return self.space
 
 
 def install(monkeypatch, fake: FakeLzc | None) -> None:

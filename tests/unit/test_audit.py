@@ -105,7 +105,7 @@ def test_move_and_ping_trust_are_changes_ping_is_not(syslog, imgstor, monkeypatc
 
 
 def started(ctx, vol: str) -> str:
-    audit.job_started("sync-in-0123456789ab")          # what jobs.spawn notes
+    audit.job_started("sync-in-0123456789ab")          # what jobpool.launch notes
     return f"{vol} mapped"
 
 

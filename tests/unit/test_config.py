@@ -178,7 +178,6 @@ def test_renamed_key_target_reads_as_target_driver_with_a_warning(tmp_path, caps
     cfg = load_config(str(p))
     assert cfg.hosts["nas-0-0"].target_driver == "tgt"
     assert cfg.hosts["nas-0-1"].target_driver == "lio"
-    assert cfg.hosts["nas-0-0"].target == "tgt"            # the old attribute name reads
     err = capsys.readouterr().err
     assert "defaults.target is now called defaults.target_driver" in err
     load_config(str(p))

@@ -346,7 +346,7 @@ def test_refresh_leaves_a_failed_job_and_resume_starts_it_again(ctx, monkeypatch
     one too, with no attempts."""
     handed: list[list[str]] = []
     monkeypatch.setattr(jobpool, "launch",
-                        lambda store, path, ids: handed.append(list(ids)) or "handed")
+                        lambda store, path, ids, **kw: handed.append(list(ids)) or "handed")
     idle, bad, busy = new(ctx), new(ctx), new(ctx)
     with ctx.store.transaction() as st:
         st.jobs[bad.id].state, st.jobs[bad.id].attempts = "failed", 5
@@ -424,11 +424,11 @@ def test_launches_share_one_pool_monitor(ctx, monkeypatch) -> None:
     launch took, so no second one can start), the second only queues its job."""
     monkeypatch.setenv("SLEEP", "3")
     a, b = new(ctx), new(ctx)
-    argv0 = lambda: [sys.executable, "-c", SLEEPER]            # noqa: E731
-    first = jobpool.launch(ctx.store, ctx.config.path, [a.id], argv0=argv0)
+    argv0 = [sys.executable, "-c", SLEEPER]
+    first = jobpool.launch(ctx.store, ctx.config.path, [a.id], self_argv=argv0)
     pid = int(first.split()[-1])
     assert first == f"started monitor pid {pid}"
-    second = jobpool.launch(ctx.store, ctx.config.path, [b.id], argv0=argv0)
+    second = jobpool.launch(ctx.store, ctx.config.path, [b.id], self_argv=argv0)
     assert second == f"handed to monitor pid {pid}"
     key = jobpool.pool_key(ctx.config.path)
     assert jobpool.take_queued(ctx.store, key) == sorted([a.id, b.id])
@@ -441,7 +441,7 @@ def test_launches_share_one_pool_monitor(ctx, monkeypatch) -> None:
     assert f"'monitor', '--pool', '{key}']" in text and "sid True" in text
     assert oct(os.stat(log).st_mode & 0o777) == "0o600"
     os.waitpid(pid, 0)                          # the sleeper ends: its lock with it
-    third = jobpool.launch(ctx.store, ctx.config.path, [a.id], argv0=argv0)
+    third = jobpool.launch(ctx.store, ctx.config.path, [a.id], self_argv=argv0)
     assert third.startswith("started monitor pid") and third != first
     os.waitpid(int(third.split()[-1]), 0)
 
@@ -451,7 +451,7 @@ def test_a_test_hook_gets_a_monitor_of_its_own(ctx, monkeypatch) -> None:
     monkeypatch.setenv("SLEEP", "0")
     a = new(ctx)
     out = jobpool.launch(ctx.store, ctx.config.path, [a.id],
-                      argv0=lambda: [sys.executable, "-c", SLEEPER])
+                         self_argv=[sys.executable, "-c", SLEEPER])
     os.waitpid(int(out.split()[-1]), 0)
     text = open(os.path.join(jobs.job_dir(ctx.store), "monitor.log")).read()
     assert f"'monitor', '{a.id}']" in text and "fd -1" in text

@@ -68,6 +68,6 @@ def test_chap_account_collision() -> None:
 
 
 def test_backstore_name_is_the_node_steps() -> None:
-    from imgstor.remote.steps import lio_steps
-    assert lio_steps.backstore_name is backstore_name
+    from imgstor.remote.targets import lio as lio_target
+    assert lio_target.backstore_name is backstore_name
     assert backstore_name("iqn.2001-04.com.nas-0-0-a.b") == "nas-0-0-a_b"

@@ -40,7 +40,34 @@ def test_node_app_built_from_a_zipped_imgstor_is_the_same(tmp_path: Path) -> Non
     assert len(list(cache.glob("nodeapp-*.pyz"))) == 1        # kept in the cache, reused
 
 
-def test_self_argv(monkeypatch) -> None:
-    assert onefile.self_argv() == [sys.executable, "-m", "imgstor"]
-    monkeypatch.setattr(onefile, "_PATH", "/usr/local/bin/imgstor")
-    assert onefile.self_argv() == [sys.executable, "-I", "/usr/local/bin/imgstor"]
+def test_self_argv(monkeypatch, tmp_path: Path) -> None:
+    """A monitor is started with Ctx.self_argv: ``python -m imgstor`` in an install, the
+    one-file build's own file (symlinks resolved) when it runs from it, under any name."""
+    from imgstor import admin, cli
+    from imgstor.workflows.context import Ctx
+    assert Ctx().self_argv == [sys.executable, "-m", "imgstor"]
+    seen = []
+    for mod, fn in ((cli, "entry"), (cli, "rocks_main"), (admin, "main")):
+        monkeypatch.setattr(mod, fn, lambda *, self_argv, fn=fn: seen.append((fn, self_argv)) or 0)
+    (tmp_path / "imgstor").touch()
+    for name in ("imgstor", "imgstorageadmin", "rocks"):
+        if name != "imgstor":
+            (tmp_path / name).symlink_to("imgstor")
+        monkeypatch.setattr(sys, "argv", [str(tmp_path / name), "ping"])
+        assert onefile.main() == 0
+    want = [sys.executable, "-I", str(tmp_path / "imgstor")]
+    assert seen == [("entry", want), ("main", want), ("rocks_main", want)]
+
+
+def whoami(ctx):
+    return " ".join(ctx.self_argv)
+
+
+def test_cli_run_hands_self_argv_to_the_ctx(config_path, capsys) -> None:
+    from imgstor import cli
+    table = [cli.Cmd(("whoami",), f"{__name__}:whoami")]
+    cli.run(["--config", str(config_path), "whoami"], table, prog="imgstor",
+            self_argv=["/usr/bin/python3", "-I", "/opt/imgstor"])
+    assert capsys.readouterr().out == "/usr/bin/python3 -I /opt/imgstor\n"
+    cli.run(["--config", str(config_path), "whoami"], table, prog="imgstor")
+    assert capsys.readouterr().out == f"{sys.executable} -m imgstor\n"

@@ -14,6 +14,7 @@ from imgstor import metrics
 from imgstor.state.model import Busy, Volume
 from imgstor.workflows import refresh as rf
 from imgstor.workflows.storagemap import sync as syncmod
+from imgstor.workflows.syncattrs import due
 
 # ------------------------------------------------------------- a strict text-format parser
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -125,12 +126,12 @@ def test_label_escaping() -> None:
 # ------------------------------------------------------------- due
 def test_due_only_for_mapped_sync_volumes_on_their_local_copy() -> None:
     now = 10_000.0
-    assert rf.due(_vol("a", state="mapped", mode="sync", since=now - 100), 60, now) == -40
+    assert due(_vol("a", state="mapped", mode="sync", since=now - 100), 60, now) == -40
     v = _vol("a", state="mapped", mode="sync", since=now - 100, extra={"last_pull": now - 10})
-    assert rf.due(v, 60, now) == 50
-    assert rf.due(_vol("a", state="mapped", mode="direct", since=0), 60, now) is None
-    assert rf.due(_vol("a", state="merging", mode="sync", since=0), 60, now) is None
-    assert rf.due(_vol("a", state="mapped", mode="sync", target="iqn.x", since=0), 60,
+    assert due(v, 60, now) == 50
+    assert due(_vol("a", state="mapped", mode="direct", since=0), 60, now) is None
+    assert due(_vol("a", state="merging", mode="sync", since=0), 60, now) is None
+    assert due(_vol("a", state="mapped", mode="sync", target="iqn.x", since=0), 60,
                   now) is None
 
 

@@ -33,10 +33,10 @@ from imgstor.remote.drivers import _lzc
 from imgstor.remote.drivers._common import classify_by_text, positional, run_mapped
 
 __all__ = [
-    "Capabilities", "Dataset", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
-    "LIST_FIELDS", "POOL_FIELDS", "POOL_DEFAULT_FIELDS",
-    "capabilities", "parse_capabilities", "parse_size", "parse_list",
-    "parse_get", "parse_pools", "list_datasets", "get_props", "pools", "mountpoint",
+    "Capabilities", "Pool", "Property", "ZVOL_BLOCKSIZE", "ZFS_FUSE_ABORT_RC",
+    "POOL_FIELDS", "POOL_DEFAULT_FIELDS",
+    "capabilities", "parse_capabilities", "parse_size",
+    "parse_get", "parse_pools", "get_props", "pools", "mountpoint",
     "exists", "zvol_device", "create_zvol", "create_dataset", "destroy", "set_props",
     "snapshot", "inherit", "classify", "list_columns", "holds", "release", "user_refs",
 ]
@@ -46,9 +46,7 @@ ZVOL_BLOCKSIZE = 128 * 1024
 # (captured: tests/fixtures/userspace/zfs_create_zvol.cmd).
 ZFS_FUSE_ABORT_RC = 134
 
-LIST_FIELDS = ("name", "type", "used", "available", "referenced", "volsize", "mountpoint")
 POOL_FIELDS = ("name", "size", "allocated", "free", "health")
-_SIZE_FIELDS = ("used", "available", "referenced", "volsize")
 
 
 # ---------------------------------------------------------------------------- facts
@@ -61,22 +59,6 @@ class Capabilities:
     zvols: bool                    # `zfs create -V`
     resume: bool                   # `zfs receive -s` and resume tokens
     send_flags: bool               # `zfs send -P` / `-c`
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    type: str                      # filesystem | volume | snapshot
-    used: int | None
-    available: int | None
-    referenced: int | None
-    volsize: int | None            # None for filesystems and snapshots ("-")
-    mountpoint: str | None         # None for volumes/snapshots, "none" and "legacy"
-    exact: bool = True             # False when sizes came from human numbers ("3.12M")
-
-    @property
-    def pool(self) -> str:
-        return self.name.split("/", 1)[0].split("@", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -141,23 +123,6 @@ def _rows(text: str, fields: tuple[str, ...], what: str) -> Iterator[dict[str, s
         yield dict(zip(fields, f))
 
 
-def parse_list(text: str, *, exact: bool,
-               fields: tuple[str, ...] | list[str] = LIST_FIELDS) -> list[Dataset]:
-    """Parse ``zfs list -H [-p] -o FIELDS`` (default: ``LIST_FIELDS``, what
-    ``list_datasets`` asks for).  ``fields`` must include name and type; the others may be
-    left out and are then None (e.g. the kernel lab's ``-o name,type,volsize,used,mountpoint``,
-    tests/fixtures/kernel/zfs_list)."""
-    out = []
-    for row in _rows(text, tuple(fields), "zfs list"):
-        out.append(Dataset(name=row["name"], type=row["type"],
-                           used=parse_size(row.get("used")),
-                           available=parse_size(row.get("available")),
-                           referenced=parse_size(row.get("referenced")),
-                           volsize=parse_size(row.get("volsize")),
-                           mountpoint=_opt(row.get("mountpoint", "-")), exact=exact))
-    return out
-
-
 def parse_get(text: str) -> dict[str, Property]:
     """Parse ``zfs get -H -p -o name,property,value,source PROPS NAME`` (one dataset)."""
     props: dict[str, Property] = {}
@@ -209,21 +174,6 @@ def capabilities(ex) -> Capabilities:
         return parse_capabilities(0, v.stdout, "")
     u = ex.run(["zpool", "upgrade", "-v"], read_only=True)
     return parse_capabilities(v.rc, v.stdout, u.stdout)
-
-
-def list_datasets(ex, root: str | None = None, *, caps: Capabilities | None = None,
-                  types: str = "all") -> list[Dataset]:
-    """Datasets (and snapshots with ``types="all"``) under ``root`` (all pools if None).
-
-    Runs ``zfs list -H [-p] -o … -t TYPES [-r ROOT]`` (``-p`` only on OpenZFS).  A missing
-    root raises ``NotFound``."""
-    caps = caps or capabilities(ex)
-    argv = ["zfs", "list", "-H"] + (["-p"] if caps.parsable else [])
-    argv += ["-o", ",".join(LIST_FIELDS), "-t", types]
-    if root is not None:
-        argv += ["-r", positional(root, "dataset")]
-    res = _run(ex, argv)
-    return parse_list(res.stdout, exact=caps.parsable)
 
 
 def get_props(ex, name: str, props: list[str] | tuple[str, ...]) -> dict[str, Property]:
@@ -400,10 +350,9 @@ def classify(err: RemoteCommandError) -> ImgstorError:
 # dry run a change is logged as ``SKIP> lzc_… NAME …`` (``Executor.call``) or ``SKIP> zfs
 # …`` and not made.  Reads (``exists``, ``holds``) use libzfs_core only once a change (or
 # the probe) has loaded it in this process (``_lzc.loaded``: its import is dearer than a
-# command); ``send_space`` imports it (a copy follows).  Reads that parse output (list,
-# get, pools) stay on the CLI.
+# command).  Reads that parse output (list, get, pools) stay on the CLI.
 __all__ += ["backend", "create", "create_snapshot", "destroy_snapshots", "hold",
-            "send_space", "HOLD_TAG"]
+            "HOLD_TAG"]
 
 HOLD_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", re.ASCII)
 
@@ -615,27 +564,3 @@ def user_refs(ex, snap: str) -> int | None:
     return None if p is None else p.as_int()
 
 
-_SEND_SIZE = re.compile(r"^size\s+(\d+)\s*$", re.MULTILINE)
-
-
-def send_space(ex, snap: str, from_snap: str | None = None) -> int | None:
-    """Estimated bytes of ``zfs send [-i FROM] SNAP`` (copy progress).  ``lzc_send_space``
-    or ``zfs send -n -P [-i FROM] SNAP`` (its ``size N`` line); None where the CLI cannot
-    tell (zfs-fuse: no ``-n``/``-P``, "invalid option")."""
-    snap = _snap_name(snap)
-    if from_snap is not None and from_snap.startswith("@"):
-        from_snap = snap.split("@", 1)[0] + from_snap
-    if from_snap is not None:
-        from_snap = _snap_name(from_snap)
-    lib = _lzc.module()
-    if lib is None:
-        argv = ["zfs", "send", "-n", "-P"] + (["-i", from_snap] if from_snap else []) + [snap]
-        res = ex.run(argv, read_only=True, check=False)
-        if res.rc == 0:
-            m = _SEND_SIZE.search(res.stdout + "\n" + res.stderr)
-            return int(m.group(1)) if m else None
-        if "invalid option" in res.stderr:
-            return None
-        raise classify(RemoteCommandError(ex.host, res.argv, res.rc, res.stderr, res.stdout))
-    return int(_lzc_call(ex, lib, "lzc_send_space", snap, _lzc.b(snap),
-                         _lzc.b(from_snap) if from_snap else None, read_only=True))

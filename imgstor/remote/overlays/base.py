@@ -26,7 +26,7 @@ from imgstor.errors import Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.protocol import OverlayStatus
-from imgstor.remote.steps._util import destroy_dataset
+from imgstor.remote.util import destroy_dataset
 
 __all__ = ["SNAPSHOT", "MERGING", "MERGED", "PIVOTED", "PHASES", "INTO", "ROLE_PROP",
            "ROLE_TEMP_WRITE", "Outcome", "Status", "Overlay", "register",
@@ -161,7 +161,7 @@ def temp_write_props(ex: Executor, name: str, want_type: str) -> dict | None:
 
 def destroy_temp_write(ex: Executor, name: str, want_type: str) -> bool:
     """Destroy imgstor's temp-write store NAME (only with its mark; never ``-r``;
-    retried while zfs says busy: _util.destroy_dataset)."""
+    retried while zfs says busy: remote/util.py destroy_dataset)."""
     if temp_write_props(ex, name, want_type) is None:
         return False
     destroy_dataset(ex, name)

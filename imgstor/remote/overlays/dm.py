@@ -32,7 +32,7 @@ from imgstor.remote.overlays.base import (
     Status,
     register,
 )
-from imgstor.remote.steps._util import run_mapped, wait_path
+from imgstor.remote.util import run_mapped, wait_path
 
 __all__ = ["DmOverlay"]
 

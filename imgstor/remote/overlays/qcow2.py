@@ -51,7 +51,7 @@ from imgstor.remote.overlays.base import (
     Status,
     register,
 )
-from imgstor.remote.steps._util import require_initiator_name, run_mapped
+from imgstor.remote.util import require_initiator_name, run_mapped
 
 __all__ = ["Qcow2Overlay", "OVERLAY_FILE", "QUIT_WAIT", "JOB_WAIT"]
 

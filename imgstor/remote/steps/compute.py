@@ -1,4 +1,4 @@
-"""Steps that run on a compute node: its initiator name, attaching and detaching LUNs.
+"""Steps that run on a compute node: attaching, detaching and listing LUNs.
 
 Initiators: ``iscsiadm`` (the kernel's open-iscsi: a session and a /dev/sdX) and
 ``userspace`` (libiscsi/qemu: no kernel session; the "device" is the qemu spec a VM opens,
@@ -15,9 +15,9 @@ from imgstor.remote.drivers import iscsiadm, userspace
 from imgstor.remote.drivers.blockdev import users as device_users
 from imgstor.remote.drivers.iscsiadm import write_node_password
 from imgstor.remote.executor import Executor
-from imgstor.remote.protocol import Portal, no_initiator_name
-from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import (
+from imgstor.remote.protocol import Portal, StepResult, no_initiator_name
+from imgstor.remote.steps.registry import step
+from imgstor.remote.util import (
     MASK,
     chap_pair,
     initiator_name,
@@ -26,19 +26,13 @@ from imgstor.remote.steps._util import (
     wait_path,
 )
 
-__all__ = ["initiator", "attach", "detach", "devices"]
+__all__ = ["attach", "detach", "devices"]
 
 DEVICE_WAIT = 30.0
 
 
 def _initiator(ex: Executor) -> str:
     return require_initiator_name(ex)
-
-
-@step("compute.initiator", read_only=True)
-def initiator(ex: Executor) -> StepResult:
-    """Read-only: this node's iSCSI initiator name (IQN)."""
-    return StepResult(False, {"initiator": _initiator(ex)}, "")
 
 
 @step("compute.attach")

@@ -19,14 +19,16 @@ reached with imgstor's own key (steps ``sync.install_key`` / ``sync.authorize``)
 from __future__ import annotations
 
 import json
+import shlex
 
 from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import copyjob, jobs
 from imgstor.remote.copyjob import Peer
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import run_mapped
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
+from imgstor.remote.util import run_mapped
 
 __all__ = ["prepare", "start", "status", "status_facts", "cancel"]
 
@@ -98,12 +100,13 @@ def start(ex: Executor, *, snapshot: str, to_address: str, to_alias: str, to_dat
                              if rollback and shown_base else []),
                            key_dir=key_dir,
                            connect_timeout=int(connect_timeout))]
-    if ex.dry_run:
-        ex.pipe(plan)                     # SKIP> zfs send … | … | ssh …
+    # the pipeline the job runs, as one command: logged, or `SKIP> zfs send … | … | ssh …`
+    launched = ex.call(" | ".join(shlex.join(a) for a in plan), _launch, name, spec,
+                       copyjob.run, base=JOBS_BASE)
+    if launched is None:                # a dry run
         return StepResult(True, {"job": name, "state": "none", "started": False,
                                  "snapshot_created": made}, f"would start job {name}")
-    ex.log.append(f"job {name}: " + " | ".join(" ".join(a) for a in plan))
-    started, st = _launch(name, spec, copyjob.run, base=JOBS_BASE)
+    started, st = launched
     facts = {**st, "started": started, "snapshot_created": made}
     if started:
         return StepResult(True, facts, f"started copy job {name} (pid {st.get('pid')})")

@@ -12,8 +12,9 @@ from imgstor.errors import ImgstorError, NotFound
 from imgstor.remote import overlays, targets
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.nas import MARK, PROP_PREFIX
+from imgstor.remote.steps.registry import step
 
 __all__ = ["nas_inventory", "compute_inventory", "NAS_PROPS"]
 

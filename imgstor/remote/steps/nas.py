@@ -14,9 +14,9 @@ from imgstor.errors import Conflict, NotFound, RemoteCommandError, UsageError
 from imgstor.remote import targets
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.protocol import Portal
-from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import (
+from imgstor.remote.protocol import Portal, StepResult
+from imgstor.remote.steps.registry import step
+from imgstor.remote.util import (
     CHAP_USER,
     MASK,
     chap_pair,
@@ -278,8 +278,8 @@ def ensure_target(ex: Executor, *, driver: str, iqn: str, initiator: str, portal
     initiator, by name; with ``chap`` ({"user", "password"}) that initiator must also log
     in with that CHAP account, without it no account is required.
 
-    The driver (tgt: tgt_steps, LIO: lio_steps) comes from imgstor.remote.targets, and
-    runs under the node's targets lock."""
+    The driver (tgt: targets/tgt.py, LIO: targets/lio.py) comes from
+    imgstor.remote.targets, and runs under the node's targets lock."""
     pair = chap_pair(chap)
     if path is None:
         if not (pool and vol and kind):

@@ -16,8 +16,9 @@ from imgstor.errors import ImgstorError, NotFound
 from imgstor.remote import overlays
 from imgstor.remote.drivers import dm, iscsiadm, zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.overlays.base import ROLE_PROP, TEMP_WRITE_SUFFIX
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.overlays.base import ROLE_PROP
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
 
 __all__ = ["facts", "ROLES", "qcow2_has_writes"]
 
@@ -97,12 +98,6 @@ def qcow2_has_writes(ex: Executor, dataset: str) -> bool | None:
         return None
 
 
-def temp_write_vol(name: str) -> str | None:
-    """``POOL/VOL-temp-write`` -> VOL."""
-    base = name.split("/", 1)[-1]
-    return base[:-len(TEMP_WRITE_SUFFIX)] if base.endswith(TEMP_WRITE_SUFFIX) else None
-
-
 @step("host.destroy_marked")
 def destroy_marked(ex: Executor, *, name: str, role: str, force: bool = False) -> StepResult:
     """Ensure imgstor's orphan dataset NAME (``imgstor:role`` = ROLE set on it:
@@ -110,7 +105,7 @@ def destroy_marked(ex: Executor, *, name: str, role: str, force: bool = False) -
     temp-write store that holds writes, and a local copy, only with ``force``
     (``repair --destroy-orphans``).  Never a NAS volume, never a dataset without the mark."""
     from imgstor.errors import Conflict, UsageError
-    from imgstor.remote.steps._util import run_mapped
+    from imgstor.remote.util import run_mapped
     if role not in ("temp-write", "local-copy"):
         raise UsageError(f"host.destroy_marked destroys temp-write and local-copy datasets, "
                          f"not {role!r}", field="role")

@@ -23,7 +23,8 @@ from __future__ import annotations
 from imgstor.errors import UsageError
 from imgstor.remote import overlays
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
 
 __all__ = ["create", "merge", "status", "linear", "restore_local", "remove"]
 

@@ -5,8 +5,9 @@ import os
 import platform
 
 from imgstor.remote.executor import Executor, host_name
-from imgstor.remote.steps import StepResult, step
-from imgstor.remote.steps._util import initiator_name
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
+from imgstor.remote.util import initiator_name
 
 TOOLS = ("zfs", "zpool", "tgtadm", "targetcli", "iscsiadm", "dmsetup", "qemu-img",
          "iscsi-inq", "iscsi-readcapacity16", "zfs-fuse")

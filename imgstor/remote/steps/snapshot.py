@@ -1,5 +1,5 @@
 """Snapshots of an imgstor volume on the NAS (the base of sync mode's copies):
-``nas.snapshot`` and ``nas.destroy_snapshot``; ``nas.prune_snapshots`` keeps the newest;
+``nas.snapshot``; ``nas.prune_snapshots`` keeps the newest (and destroys the others);
 ``nas.hold_base`` / ``nas.release_base`` move the hold ``imgstor-base`` that marks a sync
 volume's last common snapshot (the base of the next incremental: never destroyed while
 held, by imgstor or by a stray ``zfs destroy``).
@@ -7,10 +7,10 @@ held, by imgstor or by a stray ``zfs destroy``).
 Only imgstor's own snapshots are touched.  The name must be ``imgstor-…``
 (``SNAPSHOT_NAME``; anything else is a ``UsageError`` before anything runs) and a snapshot
 is made with the user property ``imgstor:role=snapshot`` set on it.  A snapshot with an
-imgstor name that lacks that local property was made by someone else: both steps refuse
-it (``Conflict``).  ``hold=True`` puts the user hold ``imgstor`` on the snapshot (a stray
-``zfs destroy`` cannot remove the base of the next incremental); ``nas.destroy_snapshot``
-releases that hold and refuses a snapshot someone else holds.
+imgstor name that lacks that local property was made by someone else: ``nas.snapshot``
+refuses it (``Conflict``).  ``hold=True`` puts the user hold ``imgstor`` on the snapshot (a
+stray ``zfs destroy`` cannot remove the base of the next incremental); the prune releases
+that hold and leaves a snapshot someone else holds.
 
 The zfs driver runs the changes through libzfs_core in this process where it can (pyzfs and
 /dev/zfs) and the zfs CLI otherwise; ``facts["zfs_backend"]`` says which ran the step's
@@ -24,10 +24,11 @@ import re
 from imgstor.errors import AlreadyExists, Conflict, NotFound, UsageError
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.nas import BASE_TAG, HOLD_PREFIX, SNAP_PREFIX
+from imgstor.remote.steps.registry import step
 
-__all__ = ["snapshot", "destroy_snapshot", "hold_base", "release_base", "prune_snapshots",
+__all__ = ["snapshot", "hold_base", "release_base", "prune_snapshots",
            "SNAPSHOT_NAME", "ROLE_PROP", "SNAP_ROLE", "HOLD_TAG", "BASE_TAG"]
 
 # nas.destroy_volume takes snapshots named SNAP_PREFIX… and holds tagged HOLD_PREFIX… for
@@ -92,33 +93,6 @@ def snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str,
     facts = {"snapshot": snap, "created": created, "held": bool(hold), "zfs_backend": be}
     what = "created" if created else "exists"
     return StepResult(changed, facts, f"snapshot {snap} {what}" + (", held" if hold else ""))
-
-
-@step("nas.destroy_snapshot")
-def destroy_snapshot(ex: Executor, *, pool: str, vol: str, snapshot: str) -> StepResult:
-    """Ensure imgstor's snapshot POOL/VOL@SNAPSHOT (``imgstor-…``) is gone; its
-    ``imgstor`` hold is released first.  Refused: another name (``UsageError``), a snapshot
-    without imgstor's mark, one held by someone else or cloned (``Conflict``).
-
-    lzc: ``lzc_exists``, ``lzc_get_holds``, ``lzc_release``, ``lzc_destroy_snaps``; cli:
-    ``zfs list -H -o name``, ``zfs holds -H``, ``zfs release``, ``zfs destroy SNAP``."""
-    snap = _name(pool, vol, snapshot)
-    if not zfs.exists(ex, snap):
-        return StepResult(False, {"snapshot": snap, "zfs_backend": None},
-                          f"no snapshot {snap}")
-    _check_ours(ex, snap)
-    tags = zfs.holds(ex, snap)
-    others = sorted(set(tags or ()) - {HOLD_TAG})
-    if others:
-        raise Conflict(f"{ex.host}: snapshot {snap} is held by {', '.join(others)}; "
-                       "release those holds first")
-    if tags is None or HOLD_TAG in tags:
-        try:
-            zfs.release(ex, snap, HOLD_TAG)
-        except NotFound:                # zfs-fuse: not held by us, found by trying
-            pass
-    be = zfs.destroy_snapshots(ex, [snap])
-    return StepResult(True, {"snapshot": snap, "zfs_backend": be}, f"destroyed {snap}")
 
 
 @step("nas.prune_snapshots")

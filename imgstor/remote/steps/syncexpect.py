@@ -30,7 +30,8 @@ from imgstor.errors import UsageError
 from imgstor.remote import locks, syncgate
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
 from imgstor.remote.steps.synckeys import AUTHORIZED_KEYS, GATE_PATH, TAG
 
 __all__ = ["expect", "revoke", "audit", "EXPECT_TTL", "gate_digest"]

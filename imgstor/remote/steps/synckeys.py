@@ -24,7 +24,8 @@ import re
 from imgstor.errors import StepError, UsageError
 from imgstor.remote import locks
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
+from imgstor.remote.steps.registry import step
 
 __all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line",
            "TAG"]

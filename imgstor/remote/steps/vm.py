@@ -10,8 +10,8 @@ from dataclasses import asdict
 from imgstor.errors import Conflict, UsageError
 from imgstor.remote import vmrunners
 from imgstor.remote.executor import Executor
-from imgstor.remote.protocol import GuestDisk, GuestSpec
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import GuestDisk, GuestSpec, StepResult
+from imgstor.remote.steps.registry import step
 
 __all__ = ["start", "stop", "status", "list_guests"]
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from imgstor.errors import ImgstorError, UsageError
 from imgstor.remote import overlays as overlay_drivers
 from imgstor.remote.executor import Executor
-from imgstor.remote.steps import StepResult, step
+from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.copy import status_facts
+from imgstor.remote.steps.registry import step
 
 __all__ = ["watch"]
 

@@ -30,7 +30,7 @@ from imgstor.errors import Conflict, NotFound, RemoteCommandError, StepError, Us
 from imgstor.remote.drivers import qsd
 from imgstor.remote.executor import Executor
 from imgstor.remote.protocol import GuestDisk, GuestFacts, GuestSpec
-from imgstor.remote.steps._util import require_initiator_name
+from imgstor.remote.util import require_initiator_name
 from imgstor.remote.vmrunners.base import RUN_DIR, Outcome, Runner, guest_dir, register, tail
 
 __all__ = ["QemuRunner", "QEMU", "qemu_argv", "disk_blockdev", "KILL_WAIT", "START_WAIT"]

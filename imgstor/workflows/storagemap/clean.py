@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from imgstor import jobs as jobmod
@@ -35,8 +36,9 @@ from imgstor import validate
 from imgstor.errors import BusyError, Conflict, NotFound, UsageError
 from imgstor.output import Message, Output
 from imgstor.state import transitions
-from imgstor.state.model import volume_key
+from imgstor.state.model import State, Volume, volume_key
 from imgstor.state.store import Store, pid_alive, this_host
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import CLEAR_MAPPING, portal_of
 
 __all__ = ["clean_map", "CLEANABLE", "loss"]
@@ -48,7 +50,7 @@ def _gib(n: int | None) -> str:
     return "?" if n is None else (f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB")
 
 
-def loss(nas_snaps: list[dict], node: dict) -> dict[str, Any]:
+def loss(nas_snaps: list[dict], node: Mapping[str, Any]) -> dict[str, Any]:
     """What the node holds beyond the NAS's last copy (pure).  ``nas_snaps``/``node
     ["snapshots"]``: [{"name", "guid"}] oldest first.  ``common``: the newest NAS
     snapshot the node has with the same guid; ``newer``: True when the node holds (or may
@@ -82,7 +84,8 @@ def loss(nas_snaps: list[dict], node: dict) -> dict[str, Any]:
             "newer": newer, "lines": lines}
 
 
-def _check(store, st, v, key: str) -> None:
+def _check(store: Store, st: State, v: Volume | None, key: str) -> tuple[Volume, str]:
+    """The volume, checked cleanable, and the node that holds it."""
     if v is None:
         raise NotFound(f"no volume {key} in the state store")
     if v.mode != "sync" or not v.host:
@@ -104,9 +107,10 @@ def _check(store, st, v, key: str) -> None:
             and st.jobs_of(key):
         raise Conflict(f"{key} is NAS<-VM and its job has not failed: `imgstor monitor "
                        "--resume` finishes it (the VM's writes reach the NAS)")
+    return v, v.host
 
 
-def _confirm(ctx, text: str) -> None:
+def _confirm(ctx: Ctx, text: str) -> None:
     if not sys.stdin.isatty():
         raise UsageError("clean host storagemap discards the node's copy: confirm on a "
                          "terminal, or pass --yes")
@@ -116,16 +120,14 @@ def _confirm(ctx, text: str) -> None:
         raise UsageError("not confirmed: nothing done")
 
 
-def clean_map(ctx, nas: str, vol: str, yes: bool = False,
+def clean_map(ctx: Ctx, nas: str, vol: str, yes: bool = False,
               discard_node_data: bool = False) -> Message | Output | str:
     """Reset sync volume NAS:VOL to the NAS's last copy (see the module docstring)."""
     nas, vol = validate.host(nas, "NAS"), validate.volume(vol)
     nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
     st = ctx.store.read()
-    v = st.volumes.get(key)
-    _check(ctx.store, st, v, key)
-    host = v.host
+    v, host = _check(ctx.store, st, st.volumes.get(key), key)
     hc = ctx.config.host(host, role="compute")
     pool = v.extra.get("local_pool") or hc.vm_container_zpool
     driver = v.extra.get("overlay") or hc.overlay
@@ -172,7 +174,7 @@ def clean_map(ctx, nas: str, vol: str, yes: bool = False,
                    f"reset to the NAS's copy; {host}'s copy discarded")
 
 
-def _result(ctx, text: str, key: str, host: str, lost: dict, action: str) -> Message | Output:
+def _result(ctx: Ctx, text: str, key: str, host: str, lost: dict, action: str) -> Message | Output:
     if not getattr(ctx, "json", False):
         return Message(text, f"{key}: {action}")
     row = {"volume": key, "host": host, "common": lost["common"], "lost": lost["lines"],
@@ -180,7 +182,7 @@ def _result(ctx, text: str, key: str, host: str, lost: dict, action: str) -> Mes
     return Output([row], [(k, k.upper()) for k in row])
 
 
-def _teardown(ctx, v, host: str, hc, nas_cfg, pool: str, driver: str) -> None:
+def _teardown(ctx: Ctx, v, host: str, hc, nas_cfg, pool: str, driver: str) -> None:
     from imgstor import chap as chapstore
     from imgstor.workflows.storagemap.common import nas_batch, state_path
     cl = ctx.cluster

@@ -1,4 +1,4 @@
-"""What the storagemap workflows share: fault injection, recording outcomes and errors,
+"""What the storagemap workflows share: the fault points, recording outcomes and errors,
 the NAS batch, CHAP arguments, and the checks every map makes.
 
 The map records its intent before it touches a host; every writer of a volume's state
@@ -6,41 +6,31 @@ goes through ``record`` (or ``state.transitions``)."""
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import time
 from typing import Any
 
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError, TransportError, UsageError
+from imgstor.faults import FAULT_ENV, fault
 from imgstor.remote import protocol
-from imgstor.remote.protocol import Portal
+from imgstor.remote.protocol import Portal, StepResult
 from imgstor.state import transitions
 from imgstor.state.model import Volume
+from imgstor.workflows.context import Ctx
 
-__all__ = ["FAULT_ENV", "MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "fault", "portal_of",
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.transport import Cluster, Prepared
+
+__all__ = ["MAP_POINTS", "UNMAP_POINTS", "TRANSITIONAL", "portal_of",
            "record", "record_error", "connect_error", "store_owns", "check_pool",
            "check_map", "read_initiator", "nas_batch", "state_path", "chap_args",
            "mapping_props", "CLEAR_MAPPING", "vm_of"]
 
-FAULT_ENV = "IMGSTOR_FAULT"
-# Step boundaries, in order; IMGSTOR_FAULT=<name> dies right after that one.
+# Step boundaries, in order; IMGSTOR_FAULT=<name> dies right after that one (faults.py).
 MAP_POINTS = ("busy", "initiator", "volume", "props", "target", "attach")
 UNMAP_POINTS = ("busy", "detach", "untarget", "props", "recorded")
 TRANSITIONAL = ("NAS->VM", "merging", "NAS<-VM")
-
-
-def fault(point: str) -> None:
-    """Fault injection: SIGKILL ourselves (no cleanup runs) right after ``point``.
-    ``IMGSTOR_PAUSE=<point>:<seconds>`` sleeps there instead (to make runs overlap)."""
-    pause = os.environ.get("IMGSTOR_PAUSE", "")
-    where, _, secs = pause.rpartition(":")          # points may hold ':' (job:copy)
-    if pause and (where or pause) == point:
-        time.sleep(float(secs if where else 1))
-    if os.environ.get(FAULT_ENV) == point:
-        print(f"{FAULT_ENV}={point}: killing this process now", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def portal_of(nas_cfg) -> Portal:
@@ -49,7 +39,7 @@ def portal_of(nas_cfg) -> Portal:
     return Portal(nas_cfg.data_address, protocol.ISCSI_PORT)
 
 
-def record(ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
+def record(ctx: Ctx, key: str, *, extra: dict | None = None, **changes: Any) -> None:
     """Write the outcome of a step into the store (a short transaction of its own).
     ``extra`` is merged into the volume's extra facts; a None value removes that key."""
     if ctx.dry_run:
@@ -71,7 +61,7 @@ def connect_error(e: ImgstorError) -> bool:
     return isinstance(e, TransportError) and e.details.get("stage") == "connect"
 
 
-def record_error(ctx, key: str, e: ImgstorError) -> None:
+def record_error(ctx: Ctx, key: str, e: ImgstorError) -> None:
     """Record a step's error on the volume (shown by list host storagemap).  Not for a
     host that could not be reached or bad input: nothing happened, so nothing changes.  A
     command that timed out or lost its connection may have changed the host: recorded."""
@@ -113,7 +103,7 @@ def check_map(v: Volume | None, key: str, zpool: str, host: str) -> None:
         raise Conflict(f"{key} lives on zpool {v.zpool}, not {zpool}")
 
 
-def read_initiator(cl, host: str) -> str:
+def read_initiator(cl: Cluster, host: str) -> str:
     """The compute node's initiator name, read with a plain `cat` (no node Python start)."""
     r = cl.run(host, ["cat", protocol.INITIATOR_NAME_FILE], read_only=True, check=False)
     name = protocol.parse_initiator_name(r.stdout) if r.rc == 0 else None
@@ -122,7 +112,8 @@ def read_initiator(cl, host: str) -> str:
     return validate.iqn(name, f"{host}'s initiator name")
 
 
-def nas_batch(cl, nas: str, steps: list[tuple[str, str, dict]], *, prepared=None):
+def nas_batch(cl: Cluster, nas: str, steps: list[tuple[str, str, dict]], *,
+              prepared: Prepared | None = None) -> list[StepResult]:
     """Run (point, step, args) on the NAS in one round trip; honour IMGSTOR_FAULT at each
     point by stopping the batch there, then dying.  ``prepared``: a
     ``cl.prepare_steps(nas)`` started ahead, to run them."""
@@ -161,11 +152,11 @@ def vm_of(st, nas: str, vol: str):
     return vm if vm is not None and vm.nas == nas else None
 
 
-def state_path(ctx) -> str:
+def state_path(ctx: Ctx) -> str:
     return ctx.store.path
 
 
-def chap_args(ctx, nas: str, vol: str, nas_cfg) -> dict:
+def chap_args(ctx: Ctx, nas: str, vol: str, nas_cfg) -> dict:
     """``{"chap": {...}}`` for the node steps when the NAS wants CHAP, else {}.  A dry run
     shows the plan with throw-away credentials and keeps nothing."""
     if not nas_cfg.chap:

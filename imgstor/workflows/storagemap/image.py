@@ -8,12 +8,13 @@ from imgstor import validate
 from imgstor.errors import Conflict, ImgstorError
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import check_pool, state_path, store_owns
 
 __all__ = ["remove_image"]
 
 
-def remove_image(ctx, nas: str, zpool: str, vol: str) -> Message | str:
+def remove_image(ctx: Ctx, nas: str, zpool: str, vol: str) -> Message | str:
     """Destroy volume NAS:ZPOOL/VOL if it is imgstor's (its mark, or the store's record of
     a past map) and unmapped; anything else on the NAS is refused and left alone."""
     nas, zpool, vol = validate.host(nas, "NAS"), validate.zpool(zpool), validate.volume(vol)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from imgstor import chap as chapstore
@@ -11,8 +12,9 @@ from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Output, When, duration_cell, format_duration, when_cell
 from imgstor.workflows import syncattrs
-from imgstor.workflows.refresh import due
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import TRANSITIONAL, portal_of, state_path
+from imgstor.workflows.syncattrs import due
 
 __all__ = ["list_maps", "list_devs"]
 
@@ -26,7 +28,7 @@ _PROGRESS = ("progress", "PROGRESS", lambda r: (r["progress"] or {}).get("text")
 _NEXTSYNC = ("nextsync", "NEXTSYNC", when_cell("nextsync"))
 
 
-def list_maps(ctx, nas: str | None = None, verify: bool = False) -> Output:
+def list_maps(ctx: Ctx, nas: str | None = None, verify: bool = False) -> Output:
     if nas is not None:
         nas = validate.host(nas, "NAS")
         ctx.config.host(nas, role="nas")
@@ -89,7 +91,7 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
 
-def _progress(ctx, job, now: float) -> dict:
+def _progress(ctx: Ctx, job, now: float) -> dict:
     """The job's progress: ``kind``, ``phase``, ``failed``, and from its progress file
     ``percent``, ``done_bytes``, ``total_bytes``, ``rate`` (bytes/s), ``eta_seconds``,
     ``synced``; ``text`` is the PROGRESS cell: ``41% 1.3/3.2 GiB, ETA 0:00:09`` (a merge
@@ -127,7 +129,7 @@ def _progress(ctx, job, now: float) -> dict:
     return out
 
 
-def _verify(ctx, rows: list[dict], vols: list) -> int:
+def _verify(ctx: Ctx, rows: list[dict], vols: list) -> int:
     """Compare each volume with its NAS's live targets (``reconcile.target_plan``: what
     would make them agree); mark rows that differ."""
     from imgstor import reconcile
@@ -156,7 +158,7 @@ def _verify(ctx, rows: list[dict], vols: list) -> int:
     return 9 if bad else 0
 
 
-def list_devs(ctx, host: str) -> Output:
+def list_devs(ctx: Ctx, host: str) -> Output:
     host = validate.host(host, "host")
     host_cfg = ctx.config.host(host, role="compute")
     st = ctx.store.read()
@@ -178,7 +180,7 @@ def list_devs(ctx, host: str) -> Output:
         seen = {d["iqn"]: d for d in facts["devices"]}
     # sync mode: each overlay read live, in one round trip
     syncs = [v for v in vols if v.mode == "sync" and v.state != "NAS<-VM"]
-    ovl: dict[str, dict] = {}
+    ovl: dict[str, Mapping[str, Any]] = {}
     if syncs:
         res = ctx.cluster.steps(host, [("overlay.status", {
             "driver": v.extra.get("overlay") or host_cfg.overlay,

@@ -7,15 +7,16 @@ import time
 
 from imgstor import names, validate
 from imgstor.errors import AlreadyExists, Conflict, ImgstorError, NotFound, UsageError
+from imgstor.faults import fault
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state.model import State, Volume, volume_key
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import (
     chap_args,
     check_map,
     check_pool,
-    fault,
     mapping_props,
     nas_batch,
     portal_of,
@@ -26,10 +27,14 @@ from imgstor.workflows.storagemap.common import (
     vm_of,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.transport import Cluster
+
 __all__ = ["map_volume"]
 
 
-def map_volume(ctx, nas: str, zpool: str, vol: str, host: str, size: str,
+def map_volume(ctx: Ctx, nas: str, zpool: str, vol: str, host: str, size: str,
                img_sync: bool | None = None, adopt: bool = False, wait: bool = False, *,
                note_size: bool = True) -> Message | str:
     """Map NAS:ZPOOL/VOL to HOST; SIZE is used only if the volume must be created.
@@ -72,7 +77,7 @@ class _Started:
     """The map's node steps started ahead (``Cluster.prepare``): the NAS batch, the
     attach, in sync mode the overlay."""
 
-    def __init__(self, cl, nas: str, host: str, *, sync: bool) -> None:
+    def __init__(self, cl: Cluster, nas: str, host: str, *, sync: bool) -> None:
         self.nas = cl.prepare_steps(nas)
         self.attach = cl.prepare(host, "compute.attach")
         self.overlay = cl.prepare(host, "overlay.create") if sync else None
@@ -83,7 +88,7 @@ class _Started:
                 p.cancel()
 
 
-def _map_volume(ctx, cl, pre: _Started, key, nas, nas_cfg, zpool, vol, host, host_cfg,
+def _map_volume(ctx: Ctx, cl: Cluster, pre: _Started, key, nas, nas_cfg, zpool, vol, host, host_cfg,
                 nbytes, iqn, note_size: bool, *, owned: bool, adopt: bool, sync: bool, vm,
                 wait: bool) -> Message | str:
     chap = chap_args(ctx, nas, vol, nas_cfg)
@@ -136,7 +141,7 @@ def _map_volume(ctx, cl, pre: _Started, key, nas, nas_cfg, zpool, vol, host, hos
     return out
 
 
-def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
+def _sync_again(ctx: Ctx, st, v, host: str, *, wait: bool) -> str:
     """A map of a sync volume that is already mapped (or on its way): the same host gets
     the same answer (and its job a monitor again if its monitor is gone); the sync back
     running is "busy"; another host must wait for the unmap."""
@@ -159,7 +164,7 @@ def _sync_again(ctx, st, v, host: str, *, wait: bool) -> str:
     return f"{v.nas}:{v.vol} mapped to {v.host}:{v.device} ({v.state})"
 
 
-def _map_steps(ctx, cl, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
+def _map_steps(ctx: Ctx, cl: Cluster, key, nas, nas_cfg, zpool, vol, host, host_cfg, nbytes, iqn,
                note_size: bool, chap: dict, *, owned: bool, adopt: bool, done: dict,
                sync: bool = False, vm=None, pre: _Started) -> Message | str:
     portal = portal_of(nas_cfg)
@@ -211,7 +216,7 @@ def _map_batch(nas_cfg, zpool, vol, host, nbytes, iqn, initiator, portal, chap, 
                                              initiator=initiator, portal=portal, **chap))]
 
 
-def _mapped(ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
+def _mapped(ctx: Ctx, key, nas, vol, host, iqn, initiator, lun, chap, volf, att, nbytes, *,
             zpool: str, portal: Portal) -> Message | str:
     """Record a finished map (clears the intent and the busy marker).  The portal is
     recorded: an ib_net changed later applies to the next map, not to this one's unmap."""

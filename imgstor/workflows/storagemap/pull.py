@@ -24,6 +24,7 @@ from imgstor.errors import StepError
 from imgstor.jobrun import Phase, Runtime
 from imgstor.state import transitions
 from imgstor.state.model import Job
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap import sync as _sync
 
 __all__ = ["PULL", "snapshot_name", "start_pull"]
@@ -39,7 +40,7 @@ def start_pull(st, key: str) -> Job:
     return jobmod.new_job(st, "pull", key, "trust")
 
 
-def _check(ctx, job: Job, rt: Runtime):
+def _check(ctx: Ctx, job: Job, rt: Runtime):
     v = _sync._vol(rt, job)
     if v.state != "mapped" or v.mode != "sync" or v.target:
         raise StepError(f"job {job.id}: {job.volume} is {v.state} (mode {v.mode}); a pull "
@@ -47,12 +48,12 @@ def _check(ctx, job: Job, rt: Runtime):
     return v
 
 
-def _pull_trust(ctx, job: Job, rt: Runtime) -> None:
+def _pull_trust(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _check(ctx, job, rt)
     synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
 
 
-def _pull_send(ctx, job: Job, rt: Runtime) -> None:
+def _pull_send(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _check(ctx, job, rt)
     n = _sync._names(ctx, v)
     snap = f"{n['local']}@{snapshot_name(job)}"
@@ -64,7 +65,7 @@ def _pull_send(ctx, job: Job, rt: Runtime) -> None:
                 bwlimit=_sync._rate(ctx, rt, v, "down"))
 
 
-def _pull_prune(ctx, job: Job, rt: Runtime) -> None:
+def _pull_prune(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _sync._vol(rt, job)
     n = _sync._names(ctx, v)
     keep = ctx.config.host(v.nas).sync_keep
@@ -73,7 +74,7 @@ def _pull_prune(ctx, job: Job, rt: Runtime) -> None:
     # the snapshot just sent is the new last common one: held on both sides, then the
     # previous base released on both, then the old ones pruned
     _sync.hold_base(ctx, v, n, snapshot_name(job))
-    for host, pool in ((v.host, n["pool"]), (v.nas, v.zpool)):
+    for host, pool in ((_sync._host(v), n["pool"]), (v.nas, v.zpool)):
         r = cl.step(host, "nas.prune_snapshots", pool=pool, vol=v.vol, keep=keep,
                     protect=protect)
         for why in r.facts.get("left") or ():

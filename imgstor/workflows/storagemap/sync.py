@@ -36,17 +36,24 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from imgstor import jobpool, synctrust
 from imgstor import jobs as jobmod
 from imgstor.errors import BusyError, NotFound, RemoteCommandError, StateError, StepError
+from imgstor.faults import fault
 from imgstor.jobrun import Phase, Runtime
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
 from imgstor.state.model import Job, Volume
-from imgstor.workflows.storagemap.common import fault, nas_batch, portal_of
+from imgstor.workflows.context import Ctx
+from imgstor.workflows.storagemap.common import nas_batch, portal_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from imgstor.transport import Cluster, Prepared
 
 __all__ = ["map_sync", "unmap_sync", "SYNC_IN", "SYNC_BACK", "CANCEL", "wait_for_jobs",
            "hold_base", "start_jobs", "REMERGES"]
@@ -58,9 +65,9 @@ LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 
 # ------------------------------------------------------------------ the map
-def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
+def map_sync(ctx: Ctx, cl: Cluster, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: str,
              host_cfg, iqn: str, attach_result: tuple, *, portal: Portal,
-             overlay=None) -> Message | str:
+             overlay: Prepared | None = None) -> Message | str:
     """After the direct part of a map (volume, target, attach): the overlay, the record
     (NAS->VM and a sync-in job, one transaction) and the monitor.  ``overlay``: its step
     started ahead (``cl.prepare``)."""
@@ -95,7 +102,7 @@ def map_sync(ctx, cl, key: str, nas: str, nas_cfg, zpool: str, vol: str, host: s
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def start_jobs(ctx, jobs: list[Job]) -> bool:
+def start_jobs(ctx: Ctx, jobs: list[Job]) -> bool:
     """Hand recorded jobs to a detached monitor (imgstor/jobpool.py ``launch``: the running
     pool monitor, or a new one).  False (and a warning) when that failed: the jobs are
     recorded, `imgstor monitor --resume` (and cron's refresh) runs them."""
@@ -103,7 +110,8 @@ def start_jobs(ctx, jobs: list[Job]) -> bool:
         return True
     ids = ", ".join(j.id for j in jobs)
     try:
-        what = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in jobs])
+        what = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in jobs],
+                              self_argv=ctx.self_argv)
     except OSError as e:
         print(f"warning: could not start the monitor of job {ids}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
@@ -114,7 +122,7 @@ def start_jobs(ctx, jobs: list[Job]) -> bool:
 
 
 # ------------------------------------------------------------------ the unmap
-def unmap_sync(ctx, key: str, v: Volume, force: bool) -> Message | str:
+def unmap_sync(ctx: Ctx, key: str, v: Volume, force: bool) -> Message | str:
     """Unmap a sync volume: returns at once; a job finishes it (NAS<-VM until done)."""
     nas, vol = v.nas, v.vol
     if ctx.dry_run:
@@ -197,8 +205,8 @@ def _host(v: Volume) -> str:
     return v.host
 
 
-def _names(ctx, v: Volume) -> dict[str, Any]:
-    host_cfg = ctx.config.host(v.host)
+def _names(ctx: Ctx, v: Volume) -> dict[str, Any]:
+    host_cfg = ctx.config.host(_host(v))
     nas_cfg = ctx.config.host(v.nas)
     pool = v.extra.get("local_pool") or host_cfg.vm_container_zpool
     return {"host": v.host, "nas": v.nas, "host_cfg": host_cfg, "nas_cfg": nas_cfg,
@@ -241,8 +249,8 @@ def _job_extra(rt: Runtime, job: Job, **extra: Any) -> None:
     job.extra.update(extra)
 
 
-def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: str,
-          to_dataset: str, what: str, **kw: Any) -> dict:
+def _copy(ctx: Ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: str,
+          to_dataset: str, what: str, **kw: Any) -> Mapping[str, Any]:
     """Run one copy job on SENDER to its end, reading its status through the monitor's
     watch; restart it if it died; fail the try if it makes no progress for the bound."""
     cl = ctx.cluster
@@ -301,7 +309,7 @@ def _copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: s
         st = rt.copy_status(job.id, sender, receiver, to_dataset, delay=delay)
 
 
-def _wait_merged(ctx, job: Job, rt: Runtime, n: dict, *, into: str) -> None:
+def _wait_merged(ctx: Ctx, job: Job, rt: Runtime, n: dict, *, into: str) -> None:
     """Until the overlay is merged (or pivoted).  An overlay found in ``snapshot`` -- made
     again by a restore after a reboot or a killed daemon, or a merge that failed -- is
     merged again (``overlay.merge`` is idempotent), up to REMERGES times; a merge that
@@ -336,14 +344,14 @@ def _wait_merged(ctx, job: Job, rt: Runtime, n: dict, *, into: str) -> None:
                   f"{phase} {s.get('synced') or ''}".strip())
 
 
-def _merge(ctx, n: dict, vol: str, *, into: str) -> None:
+def _merge(ctx: Ctx, n: dict, vol: str, *, into: str) -> None:
     """``overlay.merge`` into the local copy or (cancel) the origin."""
     local = _local_path(ctx, n, vol) if into == "local" else None
     ctx.cluster.step(n["host"], "overlay.merge", driver=n["driver"], pool=n["pool"], vol=vol,
                      into=into, **({"local": local} if local else {}))
 
 
-def _local_path(ctx, n: dict, vol: str) -> str:
+def _local_path(ctx: Ctx, n: dict, vol: str) -> str:
     f = ctx.cluster.step(n["host"], "nas.get_props", pool=n["pool"], vol=vol,
                          kind=n["kind"]).facts
     if not f.get("exists") or not f.get("path"):
@@ -351,7 +359,7 @@ def _local_path(ctx, n: dict, vol: str) -> str:
     return f["path"]
 
 
-def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
+def _untarget(ctx: Ctx, v: Volume, n: dict, *, force: bool) -> None:
     """The iSCSI origin is no longer used: log the node out, remove the target, clear the
     NAS's mapping properties (the volume stays the store's, mode sync)."""
     cl = ctx.cluster
@@ -370,19 +378,19 @@ def _untarget(ctx, v: Volume, n: dict, *, force: bool) -> None:
                 **({"chap_user": creds.user} if creds else {})))])
 
 
-def _clear_nas_props(ctx, v: Volume) -> None:
+def _clear_nas_props(ctx: Ctx, v: Volume) -> None:
     from imgstor.workflows.storagemap.common import CLEAR_MAPPING
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol, props=CLEAR_MAPPING)
 
 
 # ------------------------------------------------------------------ sync-in phases
-def _in_trust(ctx, job: Job, rt: Runtime) -> None:
+def _in_trust(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
 
-def _snapshot_copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, source: str,
+def _snapshot_copy(ctx: Ctx, job: Job, rt: Runtime, sender: str, receiver: str, source: str,
                    dest: str, tag: str, what: str, **kw: Any) -> None:
     """A new imgstor snapshot of SOURCE on SENDER (named once, kept in the job: a restarted
     monitor copies the same one) copied to DEST on RECEIVER."""
@@ -393,19 +401,19 @@ def _snapshot_copy(ctx, job: Job, rt: Runtime, sender: str, receiver: str, sourc
           create_snapshot=True, **kw)
 
 
-def _rate(ctx, rt: Runtime, v: Volume, direction: str) -> int:
+def _rate(ctx: Ctx, rt: Runtime, v: Volume, direction: str) -> int:
     """The copy's limit: the volume's or its NAS's uploadspeed (``up``, NAS->node) or
     downloadspeed (``down``, node->NAS), else the sender's sync_bwlimit (syncattrs)."""
     from imgstor.workflows import syncattrs
     return syncattrs.bwlimit(rt.read(), ctx.config, v, direction)
 
 
-def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
+def hold_base(ctx: Ctx, v: Volume, n: dict, short: str) -> None:
     """Snapshot SHORT, on both sides now, becomes the last common one: it is held
     (``imgstor-base``) on both sides first, and only then released from the previous base
     on both (a crash in between leaves two held bases, never none)."""
     cl = ctx.cluster
-    sides = ((v.host, n["pool"]), (v.nas, v.zpool))
+    sides = ((_host(v), n["pool"]), (v.nas, v.zpool))
     for host, pool in sides:
         cl.step(host, "nas.hold_base", pool=pool, vol=v.vol, snapshot=short)
     for host, pool in sides:
@@ -413,7 +421,7 @@ def hold_base(ctx, v: Volume, n: dict, short: str) -> None:
                 release_others=True)
 
 
-def _in_copy(ctx, job: Job, rt: Runtime) -> None:
+def _in_copy(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     n = _names(ctx, v)
     _snapshot_copy(ctx, job, rt, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
@@ -421,11 +429,11 @@ def _in_copy(ctx, job: Job, rt: Runtime) -> None:
     # the copied snapshot is the base of the first periodic pull and of the sync back
     hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
-    ctx.cluster.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "nas.set_props", pool=n["pool"], vol=v.vol,
                      props={"role": LOCAL_COPY})
 
 
-def _release(ctx, v: Volume, *, inbound: bool) -> None:
+def _release(ctx: Ctx, v: Volume, *, inbound: bool) -> None:
     """Revoke the NAS -> node hop (INBOUND: no other volume's sync-in copy needs it) or
     the node -> NAS one (no other sync volume of that node and NAS is on the node): the
     next copy's trust phase sets it up again (issue 18: keys with a life cycle)."""
@@ -442,7 +450,7 @@ def _release(ctx, v: Volume, *, inbound: bool) -> None:
     synctrust.revoke(ctx.cluster, sender, receiver)
 
 
-def _in_merge(ctx, job: Job, rt: Runtime) -> None:
+def _in_merge(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     _release(ctx, v, inbound=True)        # the copy is there: the NAS sends nothing more
     _merge(ctx, _names(ctx, v), v.vol, into="local")
@@ -450,17 +458,17 @@ def _in_merge(ctx, job: Job, rt: Runtime) -> None:
         _set(job, rt, state="merging")
 
 
-def _in_merged(ctx, job: Job, rt: Runtime) -> None:
+def _in_merged(ctx: Ctx, job: Job, rt: Runtime) -> None:
     _wait_merged(ctx, job, rt, _names(ctx, _vol(rt, job)), into="local")
 
 
-def _in_pivot(ctx, job: Job, rt: Runtime) -> None:
+def _in_pivot(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     n = _names(ctx, v)
     # a restore (a reboot, a killed daemon) may have made the overlay again, unmerged,
     # since the merged phase: merge it again first (overlay.linear refuses otherwise)
     _wait_merged(ctx, job, rt, n, into="local")
-    ctx.cluster.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    ctx.cluster.step(_host(v), "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
     _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
                      props={"host": v.host, "target": None, "mode": "sync"})
@@ -477,31 +485,31 @@ def _in_pivot(ctx, job: Job, rt: Runtime) -> None:
 
 
 # ------------------------------------------------------------------ sync-back phases
-def _back_quiesce(ctx, job: Job, rt: Runtime) -> None:
+def _back_quiesce(ctx: Ctx, job: Job, rt: Runtime) -> None:
     """The overlay's device goes before the last snapshot: no write can land after it.
     dm refuses while the VM holds the device open (dmsetup remove: busy)."""
     v = _vol(rt, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    ctx.cluster.step(_host(v), "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
 
 
-def _back_trust(ctx, job: Job, rt: Runtime) -> None:
+def _back_trust(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
-def _back_send(ctx, job: Job, rt: Runtime) -> None:
+def _back_send(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     n = _names(ctx, v)
     _snapshot_copy(ctx, job, rt, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
                    base="auto", rollback=True, bwlimit=_rate(ctx, rt, v, "down"))
 
 
-def _back_cleanup(ctx, job: Job, rt: Runtime) -> None:
+def _back_cleanup(ctx: Ctx, job: Job, rt: Runtime) -> None:
     """Only now, with the NAS holding the last snapshot, does the local copy go."""
     v = _vol(rt, job)
     n = _names(ctx, v)
-    ctx.cluster.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol,
+    ctx.cluster.step(_host(v), "nas.destroy_volume", pool=n["pool"], vol=v.vol,
                      kind=n["kind"], driver=None, role=LOCAL_COPY)   # releases its holds
     # no next incremental: the NAS's base hold goes too
     ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
@@ -512,7 +520,7 @@ def _back_cleanup(ctx, job: Job, rt: Runtime) -> None:
 
 
 # ------------------------------------------------------------------ cancel phases
-def _cancel_stop(ctx, job: Job, rt: Runtime) -> None:
+def _cancel_stop(ctx: Ctx, job: Job, rt: Runtime) -> None:
     """The sync-in job this cancel replaced lets go first (its stop flag is set; its
     monitor sees it at its next wait), so it cannot start the copy again after this
     cancels it; then the copy is cancelled."""
@@ -533,27 +541,27 @@ def _cancel_stop(ctx, job: Job, rt: Runtime) -> None:
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
-def _cancel_merge(ctx, job: Job, rt: Runtime) -> None:
+def _cancel_merge(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     _merge(ctx, _names(ctx, v), v.vol, into="origin")
 
 
-def _cancel_merged(ctx, job: Job, rt: Runtime) -> None:
+def _cancel_merged(ctx: Ctx, job: Job, rt: Runtime) -> None:
     _wait_merged(ctx, job, rt, _names(ctx, _vol(rt, job)), into="origin")
 
 
-def _cancel_teardown(ctx, job: Job, rt: Runtime) -> None:
+def _cancel_teardown(ctx: Ctx, job: Job, rt: Runtime) -> None:
     v = _vol(rt, job)
     n = _names(ctx, v)
     cl = ctx.cluster
-    cl.step(v.host, "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
-    cl.step(v.host, "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    cl.step(_host(v), "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
+    cl.step(_host(v), "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol)
     _untarget(ctx, v, n, force=bool(job.extra.get("force")))
     # a copy that finished before the cancel is stale now (the writes went to the NAS)
     st = cl.step(v.nas, "copy.status", to_alias=v.host, to_dataset=n["local"]).facts
     if st.get("state") == "done":
-        cl.step(v.host, "nas.set_props", pool=n["pool"], vol=v.vol, props={"role": LOCAL_COPY})
-    cl.step(v.host, "nas.destroy_volume", pool=n["pool"], vol=v.vol, kind=n["kind"],
+        cl.step(_host(v), "nas.set_props", pool=n["pool"], vol=v.vol, props={"role": LOCAL_COPY})
+    cl.step(_host(v), "nas.destroy_volume", pool=n["pool"], vol=v.vol, kind=n["kind"],
             driver=None, role=LOCAL_COPY)
     cl.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
@@ -576,7 +584,7 @@ CANCEL: list[tuple[str, Phase]] = [
 
 
 # ------------------------------------------------------------------ --wait
-def wait_for_jobs(ctx, key: str, *, timeout: float | None = None) -> None:
+def wait_for_jobs(ctx: Ctx, key: str, *, timeout: float | None = None) -> None:
     """Block until volume ``key`` has no job left (``--wait``), showing progress on a
     terminal (and a try that failed, with its next); a job that failed for good or whose
     monitor died is an error naming it."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 from imgstor import chap as chapstore
 from imgstor import validate
 from imgstor.errors import ImgstorError
+from imgstor.faults import fault
 from imgstor.names import target_iqn
 from imgstor.output import Message
 from imgstor.state.model import Volume, volume_key
+from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap.common import (
     CLEAR_MAPPING,
-    fault,
     nas_batch,
     portal_of,
     record,
@@ -21,7 +22,7 @@ from imgstor.workflows.storagemap.common import (
 __all__ = ["unmap_volume"]
 
 
-def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
+def unmap_volume(ctx: Ctx, nas: str, vol: str, force: bool = False,
                  wait: bool = False) -> Message | str:
     """Unmap NAS:VOL.  Direct mode: at once.  Sync mode: returns at once, a job brings the
     VM's last writes to the NAS (NAS<-VM) and removes the volume from the node; ``wait``
@@ -58,7 +59,7 @@ def unmap_volume(ctx, nas: str, vol: str, force: bool = False,
             raise
 
 
-def _needs_detach(ctx, host: str) -> bool:
+def _needs_detach(ctx: Ctx, host: str) -> bool:
     """The userspace initiator keeps no session on the node (a VM's qemu logs in itself),
     so unmapping it needs only the NAS; the kernel initiator must log out."""
     try:
@@ -67,7 +68,7 @@ def _needs_detach(ctx, host: str) -> bool:
         return True
 
 
-def _unmap_steps(ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | str:
+def _unmap_steps(ctx: Ctx, key, nas, nas_cfg, v: Volume, force: bool) -> Message | str:
     cl = ctx.cluster
     iqn = v.target or target_iqn(nas, v.vol)
     portal = v.extra.get("portal") or portal_of(nas_cfg)     # what the map used

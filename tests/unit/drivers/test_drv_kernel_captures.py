@@ -368,37 +368,6 @@ def test_dm_status_reader_missing_real():
 
 
 # ================================================================== ZFS (OpenZFS 2.1.11)
-def _fields(c: Capture) -> list[str]:
-    return c.argv[c.argv.index("-o") + 1].split(",")
-
-
-def test_parse_list_nas_real():
-    c = cap("zfs_list")
-    ds = zfs.parse_list(c.out, exact=True, fields=_fields(c))
-    assert ds == [
-        zfs.Dataset("tank", "filesystem", 17108992, None, None, None, "/tank"),
-        zfs.Dataset("tank/vm1-vol", "volume", 16955392, None, None, VOLSIZE, None),
-        zfs.Dataset("tank/vm1-vol@imgstor-0", "snapshot", 0, None, None, VOLSIZE, None),
-    ]
-    assert {d.pool for d in ds} == {"tank"}
-
-
-def test_parse_list_compute_real():
-    c = cap("zfs_list_compute")
-    by = {d.name: d for d in zfs.parse_list(c.out, exact=True, fields=_fields(c))}
-    assert list(by) == ["tank", "tank/vm1-vol", "tank/vm1-vol@imgstor-sync1",
-                        "tank/vm1-vol-temp-write"]
-    assert by["tank"].used == 29865472 and by["tank"].mountpoint == "/tank"
-    assert (by["tank/vm1-vol"].volsize, by["tank/vm1-vol"].used) == (VOLSIZE, 21191680)
-    assert by["tank/vm1-vol-temp-write"].type == "volume"
-    assert by["tank/vm1-vol-temp-write"].used == 8518656
-
-
-def test_parse_list_default_fields_refuse_other_columns():
-    with pytest.raises(ValueError, match="unexpected zfs list line"):
-        zfs.parse_list(cap("zfs_list").out, exact=True)
-
-
 @pytest.mark.parametrize("name,available", [("zfs_get_all", 872292352),
                                             ("zfs_get_all_userprops", 872270848)])
 def test_parse_get_all_real(name, available):

@@ -57,41 +57,6 @@ def test_parse_size_rejects_garbage():
         zfs.parse_size("1.00x")
 
 
-def test_list_zfs_fuse_human_sizes():
-    found = zfs.parse_list(U("zfs_list"), exact=False)
-    assert [d.name for d in found] == ["tank", "tank/vm1-vol", "tank/vm1-vol@imgstor-1",
-                                       "tank/vm2-vol"]
-    vm1 = found[1]
-    assert vm1.type == "filesystem" and vm1.mountpoint == "/mnt/tank/vm1-vol"
-    assert vm1.used == round(3.12 * 2 ** 20) and vm1.available == 468 * 2 ** 20
-    assert vm1.volsize is None and vm1.exact is False and vm1.pool == "tank"
-    snap = found[2]
-    assert snap.type == "snapshot" and snap.available is None and snap.mountpoint is None
-    assert snap.used == 0
-
-
-def test_list_openzfs_exact_sizes():
-    found = zfs.parse_list(samples.OPENZFS_LIST_P, exact=True)
-    vol = found[1]
-    assert vol.type == "volume" and vol.volsize == 1073741824 and vol.mountpoint is None
-
-
-def test_list_datasets_uses_p_only_on_openzfs():
-    ex = ScriptedExecutor([Expect(["zfs", "list", "-H"] + LIST_ARGV + ["-r", "tank"],
-                                  stdout=U("zfs_list"))])
-    assert len(zfs.list_datasets(ex, "tank", caps=FUSE)) == 4
-    ex = ScriptedExecutor([Expect(["zfs", "list", "-H", "-p"] + LIST_ARGV + ["-r", "tank"],
-                                  stdout=samples.OPENZFS_LIST_P)])
-    assert zfs.list_datasets(ex, "tank", caps=OPENZFS)[1].volsize == 1073741824
-
-
-def test_list_datasets_missing_root_is_not_found():
-    ex = ScriptedExecutor([Expect(["zfs", "list", "-H"] + LIST_ARGV + ["-r", "tank/nope"],
-                                  rc=1, stderr=U("zfs_list_missing", "err"))])
-    with pytest.raises(NotFound, match="dataset does not exist"):
-        zfs.list_datasets(ex, "tank/nope", caps=FUSE)
-
-
 def test_pools_zfs_fuse_and_openzfs():
     ex = ScriptedExecutor([Expect(["zpool", "list", "-H", "-o", "name,size,allocated,free,health"],
                                   stdout=U("zpool_list"))])

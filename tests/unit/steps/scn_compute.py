@@ -244,17 +244,7 @@ PROBE = [
          facts_include={"pools": [TANK]}),
 ]
 
-INITIATOR = [
-    dict(id="named", tags={"read"}, args={}, env={"initiator": INIT0}, script=[],
-         changed=False, facts={"initiator": INIT0}, mutating=[]),
-    dict(id="dry-run", tags={"read", "dry-run"}, args={}, env={"initiator": INIT0},
-         dry_run=True, script=[], skipped=[], facts={"initiator": INIT0}),
-    dict(id="no-name", tags={"error"}, args={}, env={}, script=[],
-         raises=("NotFound", "install open-iscsi or write InitiatorName=")),
-]
-
-SCENARIOS = ([dict(s, step="compute.initiator") for s in INITIATOR]
-             + [dict(s, step="compute.attach") for s in ATTACH]
+SCENARIOS = ([dict(s, step="compute.attach") for s in ATTACH]
              + [dict(s, step="compute.detach") for s in DETACH]
              + [dict(s, step="compute.devices") for s in DEVICES]
              + [dict(s, step="probe") for s in PROBE])

@@ -1,4 +1,5 @@
-"""Scenarios: nas.snapshot, nas.destroy_snapshot (both backends), and nas.ensure_volume
+"""Scenarios: nas.snapshot (both backends), nas.prune_snapshots, nas.hold_base,
+nas.release_base, and nas.ensure_volume
 through libzfs_core.
 
 ``env["lzc"]`` gives the node a fake pyzfs (tests/unit/fake_lzc.py) and /dev/zfs: the zfs
@@ -28,8 +29,6 @@ OURS = cmd(ROLE, stdout=f"{SNAP}\timgstor:role\tsnapshot\tlocal\n")
 INHERITED = cmd(ROLE, stdout=f"{SNAP}\timgstor:role\tvolume\tinherited from {NAME}\n")
 HOLDS = ["zfs", "holds", "-H", SNAP]
 HOLD = ["zfs", "hold", "imgstor", SNAP]
-RELEASE = ["zfs", "release", "imgstor", SNAP]
-DESTROY = ["zfs", "destroy", SNAP]
 FUSE_HOLDS = cmd(HOLDS, rc=255, stdout="internal error: /usr/lib/zfs/pyzfs.py not found\n")
 
 
@@ -104,68 +103,6 @@ SNAPSHOT = [
     dict(id="lzc/no-volume", tags={"error"}, args=ARGS, env={"lzc": {"datasets": [POOL]}},
          script=[NO_SNAP], raises=("NotFound", f"volume {NAME} does not exist"),
          lzc_calls=[("lzc_snapshot", [SNAP])]),
-]
-
-DESTROY_SNAPSHOT = [
-    # ------------------------------------------------------------------ CLI
-    dict(id="cli/absent", tags={"done"}, args=ARGS, script=[NO_SNAP],
-         changed=False, facts=KEPT, message=f"no snapshot {SNAP}", mutating=[]),
-    dict(id="cli/held-by-us-openzfs", tags={"changes"}, args=ARGS,
-         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor")), cmd(RELEASE),
-                 cmd(DESTROY)],
-         changed=True, facts=CLI, message=f"destroyed {SNAP}", mutating=[RELEASE, DESTROY]),
-    dict(id="cli/not-held-openzfs", tags={"changes"}, args=ARGS,
-         script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY)],
-         changed=True, facts=CLI, mutating=[DESTROY]),
-    dict(id="cli/zfs-fuse-not-held", tags={"changes"}, args=ARGS,
-         note="zfs-fuse cannot list holds: our release is tried, 'no such tag' is fine",
-         script=[LISTED, OURS, FUSE_HOLDS,
-                 cmd(RELEASE, rc=1, stderr=f"cannot release 'imgstor' from '{SNAP}': no "
-                     "such tag on this dataset\n"),
-                 cmd(DESTROY)],
-         changed=True, facts=CLI, mutating=[RELEASE, DESTROY]),
-    dict(id="cli/gone-meanwhile", tags={"changes"}, args=ARGS,
-         script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY, rc=1, stderr=(
-             "could not find any snapshots to destroy; check snapshot names.\n"))],
-         changed=True, facts=CLI),
-    dict(id="cli/held-by-someone-else", tags={"error"}, args=ARGS,
-         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("backup", "imgstor"))],
-         raises=("Conflict", f"snapshot {SNAP} is held by backup")),
-    dict(id="cli/not-ours", tags={"error"}, args=ARGS, script=[LISTED, INHERITED],
-         raises=("Conflict", "was not made by imgstor")),
-    dict(id="cli/cloned", tags={"error"}, args=ARGS,
-         script=[LISTED, OURS, cmd(HOLDS), cmd(DESTROY, rc=1, stderr=(
-             f"cannot destroy '{SNAP}': snapshot has dependent clones\n"
-             "use '-R' to destroy the following datasets:\ntank/vm1-clone\n"))],
-         raises=("Conflict", "dependent clones")),
-    dict(id="cli/dry-run", tags={"dry-run"}, args=ARGS, dry_run=True,
-         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
-         skipped=[RELEASE, DESTROY], changed=True, facts=CLI),
-    dict(id="not-imgstors-name", tags={"error"}, args={**ARGS, "snapshot": "daily-1"},
-         script=[], raises=("UsageError", "bad snapshot 'daily-1'")),
-    dict(id="not-a-snapshot-name", tags={"error"}, args={**ARGS, "snapshot": "imgstor-x@y"},
-         script=[], raises=("UsageError", "bad snapshot")),
-    # ------------------------------------------------------------------ libzfs_core
-    dict(id="lzc/held-by-us", tags={"changes"}, args=ARGS,
-         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["imgstor"]}}},
-         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
-         changed=True, facts=LZC, message=f"destroyed {SNAP}", mutating=[],
-         lzc_calls=[("lzc_release", {SNAP: ["imgstor"]}), ("lzc_destroy_snaps", [SNAP])]),
-    dict(id="lzc/absent", tags={"done"}, args=ARGS, env={"lzc": LZC_VOL}, script=[NO_SNAP],
-         changed=False, facts=KEPT, mutating=[], lzc_calls=[]),
-    dict(id="lzc/held-by-someone-else", tags={"error"}, args=ARGS,
-         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["backup"]}}},
-         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("backup"))],
-         raises=("Conflict", "is held by backup"), lzc_calls=[]),
-    dict(id="lzc/cloned", tags={"error"}, args=ARGS, script=[LISTED, OURS, cmd(HOLDS)],
-         env={"lzc": {**LZC_SNAP, "fail": {"lzc_destroy_snaps": "SnapshotIsCloned"}}},
-         raises=("Conflict", r"lzc_destroy_snaps .*SnapshotIsCloned"),
-         details={"error": "SnapshotIsCloned"}),
-    dict(id="lzc/dry-run", tags={"dry-run"}, args=ARGS, dry_run=True,
-         env={"lzc": {**LZC_SNAP, "holds": {SNAP: ["imgstor"]}}},
-         script=[LISTED, OURS, cmd(HOLDS, stdout=holds_out("imgstor"))],
-         skipped=[f"lzc_release {SNAP} imgstor", f"lzc_destroy_snaps {SNAP}"],
-         changed=True, facts=LZC, lzc_calls=[]),
 ]
 
 # ------------------------------------------------------------- ensure_volume through lzc
@@ -358,8 +295,6 @@ RELEASE_BASE = [
 ]
 
 SCENARIOS = ([dict(s, step="nas.snapshot", env=_fail(s.get("env", {}))) for s in SNAPSHOT]
-             + [dict(s, step="nas.destroy_snapshot", env=_fail(s.get("env", {})))
-                for s in DESTROY_SNAPSHOT]
              + [dict(s, step="nas.ensure_volume") for s in ENSURE_VOLUME_LZC]
              + [dict(s, step="nas.prune_snapshots") for s in PRUNE]
              + [dict(s, step="nas.hold_base") for s in HOLD_BASE]

@@ -32,7 +32,8 @@ from imgstor import chap as chapstore
 from imgstor.errors import Conflict, ImgstorError, RemoteCommandError, UsageError
 from imgstor.remote.drivers import lio, tgt
 from imgstor.remote.protocol import INITIATOR_NAME_FILE
-from imgstor.remote.steps import compute, lio_steps, nas
+from imgstor.remote.steps import compute, nas
+from imgstor.remote.targets import lio as lio_target
 from tests.scripted import Expect, FakeFS, ScriptedExecutor
 
 USER, PW = "imgstor-0123456789ab", "Abcdefgh12345678"
@@ -292,7 +293,7 @@ def test_lio_rtslib_create_with_chap(monkeypatch):
     lib = type("L", (), {"RTSRoot": staticmethod(lambda: None)})
     monkeypatch.setattr(lio, "rtslib_module", lambda: lib)
     ex = ScriptedExecutor([])
-    out = lio_steps.ensure(ex, iqn=IQN1, path="/dev/zvol/tank/vm1-vol", initiator=INIT0,
+    out = lio_target.ensure(ex, iqn=IQN1, path="/dev/zvol/tank/vm1-vol", initiator=INIT0,
                            portal="10.0.0.1:3260", chap=(USER, PW))
     assert made["chap"] == lio.Chap(USER, PW) and out.facts["chap_user"] == USER
     assert PW not in "\n".join(ex.log) and PW not in repr(made["chap"])
@@ -319,7 +320,7 @@ def test_lio_rtslib_right_or_remade(monkeypatch, auth, userid, chap, right):
     monkeypatch.setattr(lio, "rts_delete_target", lambda *a, **k: calls.append("delete"))
     monkeypatch.setattr(lio, "rts_create_target", lambda lib, **kw: calls.append(kw["chap"]))
     monkeypatch.setattr(lio, "rts_save_config", lambda lib: None)
-    out = lio_steps.ensure(ScriptedExecutor([]), iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
+    out = lio_target.ensure(ScriptedExecutor([]), iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
                            initiator=INIT0, portal="10.0.0.1:3260", chap=chap)
     assert out.changed is (not right)
     assert calls == ([] if right else ["delete", lio.Chap(*chap) if chap else None])
@@ -328,11 +329,11 @@ def test_lio_rtslib_right_or_remade(monkeypatch, auth, userid, chap, right):
 def test_lio_targetcli_plan_masks_password(monkeypatch):
     monkeypatch.setattr(lio, "rtslib_module", lambda: None)
     plan = lio.targetcli_create_target(iqn=IQN1, device="/dev/zvol/tank/vm1-vol",
-                                       backstore=lio_steps.backstore_name(IQN1),
+                                       backstore=lio_target.backstore_name(IQN1),
                                        portal_ip="10.0.0.1", initiator=INIT0,
                                        chap=lio.Chap(USER, PW))
     script = [cmd(["targetcli", "ls", "/iscsi"], stdout="o- iscsi ... [Targets: 0]\n")]
-    ex, out = run(lio_steps.ensure, script, dry_run=True, iqn=IQN1,
+    ex, out = run(lio_target.ensure, script, dry_run=True, iqn=IQN1,
                   path="/dev/zvol/tank/vm1-vol", initiator=INIT0, portal="10.0.0.1:3260",
                   chap=(USER, PW))
     auth = [a for a in plan if "auth" in a and "set" in a][0]
@@ -345,7 +346,7 @@ def test_lio_targetcli_as_wanted_reads_the_acl_userid(monkeypatch):
     monkeypatch.setattr(lio, "parse_targetcli_ls", lambda text: [_lio_target(True, None)])
     script = [cmd(["targetcli", "ls", "/iscsi"]),
               cmd(lio.targetcli_acl_userid(IQN1, INIT0), stdout=f"userid={USER}\n")]
-    ex, out = run(lio_steps.ensure, script, iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
+    ex, out = run(lio_target.ensure, script, iqn=IQN1, path="/dev/zvol/tank/vm1-vol",
                   initiator=INIT0, portal="10.0.0.1:3260", chap=(USER, PW))
     assert not out.changed
 
@@ -354,7 +355,7 @@ def test_lio_targetcli_as_wanted_reads_the_acl_userid(monkeypatch):
                                   {"user": USER, "password": PW + "\n"}])
 def test_trailing_newline_refused_on_the_node(chap):
     """L5: ``re.match`` with ``$`` accepted a trailing newline."""
-    from imgstor.remote.steps._util import chap_pair
+    from imgstor.remote.util import chap_pair
     with pytest.raises(UsageError):
         chap_pair(chap)
 

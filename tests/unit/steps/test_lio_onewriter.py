@@ -7,7 +7,7 @@ import pytest
 
 from imgstor.errors import Conflict
 from imgstor.remote.drivers import lio
-from imgstor.remote.steps import lio_steps
+from imgstor.remote.targets import lio as lio_target
 from tests.scripted import Expect, ScriptedExecutor
 
 IQN = "iqn.2001-04.com.nas-0-0-vm1-vol"
@@ -23,22 +23,22 @@ def tgt(*, enabled=True, gen=False, acl=INIT.lower(), session=None) -> lio.LioTa
 
 def test_right_compares_initiator_names_case_insensitively():
     # rtslib stores the name lower-cased; the node's file may have upper case
-    assert lio_steps._right(tgt(), DEV, INIT, "10.0.0.1", 3260)
-    assert not lio_steps._right(tgt(acl="iqn.x:other"), DEV, INIT, "10.0.0.1", 3260)
+    assert lio_target._right(tgt(), DEV, INIT, "10.0.0.1", 3260)
+    assert not lio_target._right(tgt(acl="iqn.x:other"), DEV, INIT, "10.0.0.1", 3260)
 
 
 @pytest.mark.parametrize("kw", [dict(enabled=False), dict(enabled=None), dict(gen=True)])
 def test_disabled_or_demo_mode_tpg_is_not_right(kw):
-    assert not lio_steps._right(tgt(**kw), DEV, INIT, "10.0.0.1", 3260)
+    assert not lio_target._right(tgt(**kw), DEV, INIT, "10.0.0.1", 3260)
 
 
 def test_unknown_generate_node_acls_still_accepted():
-    assert lio_steps._right(tgt(gen=None), DEV, INIT, "10.0.0.1", 3260)
+    assert lio_target._right(tgt(gen=None), DEV, INIT, "10.0.0.1", 3260)
 
 
 def _targetcli(monkeypatch, found):
     monkeypatch.setattr(lio, "rtslib_module", lambda: None)
-    monkeypatch.setattr(lio_steps, "_read", lambda ex, lib: found)
+    monkeypatch.setattr(lio_target, "_read", lambda ex, lib: found)
 
 
 def test_remove_refused_while_logged_in(monkeypatch):
@@ -46,17 +46,17 @@ def test_remove_refused_while_logged_in(monkeypatch):
     ex = ScriptedExecutor([])
     with pytest.raises(Conflict, match=r"in use by iqn.1991-05.com.microsoft:compute-0-1 "
                                        r"\(LOGGED_IN\).*--force") as ei:
-        lio_steps.remove(ex, iqn=IQN)
+        lio_target.remove(ex, iqn=IQN)
     assert ei.value.details["reason"] == "in-use"
     ex.assert_done()                        # nothing ran
 
 
 def test_remove_forced_deletes_and_says_whose_session_ended(monkeypatch):
     _targetcli(monkeypatch, [tgt(session="LOGGED_IN")])
-    bs = lio_steps.backstore_name(IQN)
+    bs = lio_target.backstore_name(IQN)
     ex = ScriptedExecutor([Expect(a) for a in lio.targetcli_delete_target(IQN, backstore=bs)]
                           + [Expect(lio.targetcli_saveconfig())])
-    out = lio_steps.remove(ex, iqn=IQN, force=True)
+    out = lio_target.remove(ex, iqn=IQN, force=True)
     ex.assert_done()
     assert out.changed and "--force: ended the sessions of" in out.message
 

@@ -15,8 +15,9 @@ from scn_common import INIT0, IQN1, IQN2, NAME, NO_DATASET, TGT_SHOW, cmd, tgt_d
 
 from imgstor.remote import node
 from imgstor.remote.executor import HostFS
-from imgstor.remote.protocol import INITIATOR_NAME_FILE
+from imgstor.remote.protocol import INITIATOR_NAME_FILE, StepResult
 from imgstor.remote.steps import compute
+from imgstor.remote.steps.registry import STEPS
 from tests.scripted import Expect, ScriptedExecutor
 
 SHOW = cmd(TGT_SHOW, capture="tgt_show")
@@ -108,22 +109,31 @@ def test_bad_step_arguments_are_a_usage_error(run):
     assert out["error"]["code"] == "UsageError" and "bogus" in out["error"]["message"]
 
 
-def test_bug_in_a_step_keeps_traceback(run, monkeypatch):
+@pytest.fixture
+def whoami(monkeypatch):
+    """A read-only step of the test's own: this node's initiator name (it runs nothing)."""
+    def whoami(ex):
+        return StepResult(False, {"initiator": compute._initiator(ex)}, "")
+    whoami.read_only = True
+    monkeypatch.setitem(STEPS, "test.whoami", whoami)
+
+
+def test_bug_in_a_step_keeps_traceback(run, monkeypatch, whoami):
     def broken(*a):
         raise ZeroDivisionError("boom")
     monkeypatch.setattr(compute, "require_initiator_name", broken)
-    rc, out = run("compute.initiator", {"args": {}})
+    rc, out = run("test.whoami", {"args": {}})
     assert rc == 70 and out["ok"] is False
     err = out["error"]
     assert err["code"] == "StepError" and err["bug"] is True
     assert "ZeroDivisionError" in err["traceback"] and "boom" in err["message"]
 
 
-def test_real_local_executor_for_a_step_that_runs_nothing(monkeypatch, capsys):
+def test_real_local_executor_for_a_step_that_runs_nothing(monkeypatch, capsys, whoami):
     monkeypatch.setattr(HostFS, "read_text", lambda self, p: f"InitiatorName={INIT0}\n"
                         if p == INITIATOR_NAME_FILE else None)
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"args": {}}'))
-    assert node.main(["node", "compute.initiator"]) == 0
+    assert node.main(["node", "test.whoami"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"ok": True, "changed": False, "facts": {"initiator": INIT0},
                    "message": "", "commands": []}
@@ -131,7 +141,7 @@ def test_real_local_executor_for_a_step_that_runs_nothing(monkeypatch, capsys):
 
 def test_empty_stdin_is_an_empty_request(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    assert node.main(["node", "compute.initiator_typo"]) == 1
+    assert node.main(["node", "compute.attach_typo"]) == 1
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "UsageError"
 
 

@@ -66,10 +66,10 @@ WRITE_STEPS = ("nas.ensure_volume", "nas.set_props", "nas.ensure_target", "nas.r
                "nas.destroy_volume", "compute.attach", "compute.detach",
                "overlay.create", "overlay.merge", "overlay.linear", "overlay.restore_local",
                "overlay.remove",
-               "nas.snapshot", "nas.destroy_snapshot", "nas.prune_snapshots",
+               "nas.snapshot", "nas.prune_snapshots",
                "nas.hold_base", "nas.release_base", "host.destroy_marked",
                "vm.start", "vm.stop")
-READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices", "compute.initiator",
+READ_STEPS = ("nas.target_facts", "nas.get_props", "compute.devices",
               "probe", "overlay.status", "host.facts",
               "nas.inventory", "compute.inventory", "node.sync_facts",
               "vm.status", "vm.list")

@@ -1,8 +1,8 @@
 """The target drivers of a NAS, by name: os-brick's connector factory for targets.
 
-``get("tgt")`` is steps/tgt_steps (tgtadm), ``get("lio")`` steps/lio_steps (rtslib-fb or
-targetcli); each has ``ensure``, ``remove`` and ``facts`` with the signatures of
-``TargetDriver``.  The ``nas.*_target`` steps never compare driver names.  ``lock`` is the
+``get("tgt")`` is targets/tgt.py (tgtadm), ``get("lio")`` targets/lio.py (rtslib-fb or
+targetcli), each imported when first asked for; each has ``ensure``, ``remove`` and
+``facts`` with the signatures of ``TargetDriver``.  The ``nas.*_target`` steps never compare driver names.  ``lock`` is the
 node's lock around every read-modify-save of the target configuration (tgt tids, LIO's
 saveconfig; audit M11).
 """
@@ -15,8 +15,7 @@ from typing import Protocol
 from imgstor.errors import UsageError
 from imgstor.remote import locks
 from imgstor.remote.executor import Executor
-from imgstor.remote.protocol import Portal
-from imgstor.remote.steps import StepResult
+from imgstor.remote.protocol import Portal, StepResult
 
 __all__ = ["TargetDriver", "DRIVERS", "get", "lock"]
 
@@ -31,7 +30,7 @@ class TargetDriver(Protocol):
     def facts(self, ex: Executor) -> list[dict]: ...
 
 
-DRIVERS = {"tgt": "imgstor.remote.steps.tgt_steps", "lio": "imgstor.remote.steps.lio_steps"}
+DRIVERS = {"tgt": "imgstor.remote.targets.tgt", "lio": "imgstor.remote.targets.lio"}
 
 
 def get(name: str) -> TargetDriver:

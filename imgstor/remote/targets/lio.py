@@ -16,9 +16,8 @@ from imgstor.errors import Conflict, ImgstorError, RemoteCommandError
 from imgstor.remote.drivers import lio
 from imgstor.remote.executor import Executor
 from imgstor.remote.naming import backstore_name
-from imgstor.remote.protocol import Portal
-from imgstor.remote.steps import StepResult
-from imgstor.remote.steps._util import run_mapped, run_secret
+from imgstor.remote.protocol import Portal, StepResult
+from imgstor.remote.util import run_mapped, run_secret
 
 __all__ = ["ensure", "remove", "facts", "backstore_name"]
 

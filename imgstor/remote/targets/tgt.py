@@ -1,7 +1,7 @@
 """The tgt target driver (tgtadm): ensure, remove and read targets on a NAS.
 
 Picked through imgstor.remote.targets (the registry the ``nas.*_target`` steps use); LIO's
-is lio_steps.  Every change here runs under the node's targets lock, taken by the step.
+is targets/lio.py.  Every change here runs under the node's targets lock, taken by the step.
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Iterable
 from imgstor.errors import AlreadyExists, Conflict, NotFound
 from imgstor.remote.drivers import tgt
 from imgstor.remote.executor import Executor
-from imgstor.remote.protocol import Portal
-from imgstor.remote.steps import StepResult
-from imgstor.remote.steps._util import run_mapped, run_secret
+from imgstor.remote.protocol import Portal, StepResult
+from imgstor.remote.util import run_mapped, run_secret
 
 __all__ = ["ensure", "remove", "facts", "OUR_ACCOUNT"]
 
