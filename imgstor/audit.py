@@ -37,7 +37,7 @@ __all__ = ["LOGGER", "DEFAULT_SYSLOG", "JOBS", "job_started", "who", "line", "re
 
 LOGGER = "imgstor.audit"
 DEFAULT_SYSLOG = "/dev/log"
-# The jobs the running command started (jobs.spawn notes them): its audit line names them.
+# The jobs the running command started (jobpool.launch notes them): its audit line names them.
 JOBS: ContextVar[list[str] | None] = ContextVar("imgstor_audit_jobs", default=None)
 _ready: dict[tuple[str, str], "logging.Handler | None"] = {}
 _lock = threading.Lock()       # batch items log from their threads

@@ -328,10 +328,12 @@ COMMANDS: list[Cmd] = [
                 "second run at once exits 0 quietly.", flags=("--quiet",), group=_G_BG,
         audit=False, examples=("refresh --dry-run",)),
     Cmd(("monitor",), "imgstor.workflows.monitor:monitor",
-        [Arg("job", nargs="?")], {}, "finish a job (sync copies, merges, pulls)",
-        details="Started detached by sync maps, unmaps and refresh; --resume starts one for "
-                "every job whose monitor is gone.", flags=("--resume",), group=_G_BG,
-        audit=False),
+        [Arg("jobs", nargs="*", metavar="JOB")], {}, "run jobs (sync copies, merges, pulls)",
+        details="Runs jobs JOB... to their end in this process; sync maps, unmaps and "
+                "refresh start them detached, many in one pool monitor.  --resume hands "
+                "every job no monitor runs, failed ones too, to a detached monitor "
+                "(--pool KEY: that pool monitor, internal).", flags=("--resume",),
+        options=(("--pool", str),), group=_G_BG, audit=False),
     Cmd(("batch",), "imgstor.batch:run_batch",
         [Arg("file", help="one command per line (-: stdin); # comments; a line may start "
                           "with imgstor or rocks")], {},

@@ -40,7 +40,8 @@ FLAG_HELP = {
     "--verify": "compare each volume with its NAS's live targets (exit 9 on a difference)",
     "--yes": "do not ask for confirmation",
     "--quiet": "print nothing but errors (cron)",
-    "--resume": "start a monitor for every job whose monitor is gone",
+    "--resume": "hand every job no monitor runs, failed ones too, to a monitor",
+    "--pool": "run the jobs queued for pool KEY (started by imgstor itself)",
     "--jobs": "run up to N items at once (default 8)",
     "--destroy-orphans": "also destroy orphan temp-write stores and local copies (never "
                          "a NAS volume)",
@@ -74,6 +75,7 @@ ARG_HELP = {
     "vm": "a VM name", "vms": "VM names", "hosts": "host names (default: all)",
     "nases": "NAS names (default: all)", "size": "a number with K, M, G or T (no unit: GiB)",
     "job": "a job id (KIND-12 hex digits, as list host storagemap shows it)",
+    "jobs": "job ids (KIND-12 hex digits, as list host storagemap shows them)",
     "membership": "the Rocks membership the VM is named after",
     "file": "a file of commands, - for stdin",
 }
@@ -81,7 +83,7 @@ ARG_HELP = {
 # the dynamic ones from the config and the state; "text" is free text (nothing offered).
 ARG_KINDS = {"nas": "nas", "nases": "nas", "host": "compute", "container": "compute",
              "hosts": "host", "vm": "vm", "vms": "vm", "vol": "volume", "zpool": "zpool",
-             "job": "job", "file": "file", "membership": "text", "size": "text"}
+             "job": "job", "jobs": "job", "file": "file", "membership": "text", "size": "text"}
 
 
 def groups(table: Sequence[Any]) -> list[str]:

@@ -19,6 +19,13 @@ connect_timeout = 10
 command_timeout = 3600
 accept_unknown_host_keys = false   # true: trust on first use (pinned in known_hosts)
 max_connections = 16  # SSH connections one imgstor process keeps open at once (its pool)
+[jobs]                # the frontend's monitors (docs/DESIGN.md "The job model")
+retry_attempts = 5    # failed tries of one phase before its job is `failed`
+retry_backoff = 10    # seconds before the second try; doubled for each next one
+retry_backoff_max = 300
+stall_timeout = 900   # a waiting phase (copy, merge) that sees no progress this long fails
+poll = 1              # seconds between two reads of a job's status, at least ...
+poll_max = 10         # ... and at most (longer while a copy has long to go)
 [log]
 syslog = "/dev/log"   # the audit trail (imgstor/audit.py): a Unix socket, udp://HOST:PORT,
                       # or "" (none)
@@ -71,8 +78,8 @@ TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "LogConfig", "HostConfig",
-           "load_config",
+__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "SshConfig", "JobPolicy", "LogConfig",
+           "HostConfig", "load_config",
            "config_path", "HOST_ATTRS", "SOURCES", "RENAMED_KEYS"]
 
 DEFAULT_PATH = "/etc/imgstor/imgstor.toml"
@@ -90,6 +97,22 @@ class SshConfig:
     command_timeout: float = 3600
     accept_unknown_host_keys: bool = False
     max_connections: int = 16      # the bound of transport.Cluster's connection pool
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How the frontend's monitors run jobs (the config's [jobs]): the retry policy of a
+    failing phase, the bound on a phase that sees no progress, how often status is read."""
+    attempts: int = 5              # failed tries of one phase, then the job is "failed"
+    backoff: float = 10            # seconds before the 2nd try; doubled for each next one
+    backoff_max: float = 300
+    stall: float = 900             # a waiting phase without progress this long fails
+    poll: float = 1                # seconds between two status reads of one job, at least
+    poll_max: float = 10           # and at most
+
+    def backoff_after(self, attempts: int) -> float:
+        """Seconds to wait after the ATTEMPTS-th failed try (1: ``backoff``)."""
+        return float(min(self.backoff_max, self.backoff * 2 ** max(0, attempts - 1)))
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,7 @@ class Config:
     lock_timeout: float = 30
     metrics_path: str = ""
     ssh: SshConfig = field(default_factory=SshConfig)
+    jobs: JobPolicy = field(default_factory=JobPolicy)
     log: LogConfig = field(default_factory=LogConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -320,6 +344,11 @@ _SSH_KEYS: dict[str, Callable[[Any], Any]] = {
     "connect_timeout": _positive, "command_timeout": _positive,
     "accept_unknown_host_keys": _bool, "max_connections": _positive_int,
 }
+_JOBS_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "retry_attempts": ("attempts", _positive_int), "retry_backoff": ("backoff", _positive),
+    "retry_backoff_max": ("backoff_max", _positive), "stall_timeout": ("stall", _positive),
+    "poll": ("poll", _positive), "poll_max": ("poll_max", _positive),
+}
 _FACILITIES = ("auth", "authpriv", "cron", "daemon", "kern", "local0", "local1", "local2",
                "local3", "local4", "local5", "local6", "local7", "lpr", "mail", "news",
                "syslog", "user", "uucp")
@@ -338,7 +367,7 @@ _HOST_KEYS: dict[str, Callable[[Any], Any]] = {
     "role": _choice("nas", "compute"), "address": _address, "port": _port,
     "data_address": lambda v: _address(v) if _str(v) else v, **HOST_ATTRS,
 }
-_TOP = ("state", "ssh", "log", "defaults", "hosts")
+_TOP = ("state", "ssh", "jobs", "log", "defaults", "hosts")
 
 
 def config_path(path: str | None = None) -> str:
@@ -413,12 +442,18 @@ def _build(path: str, raw: dict) -> Config:
     for k in ("known_hosts", "identity"):
         if k in ssh:
             ssh[k] = rel(ssh[k])
+    jobs = _check(path, "jobs", _section(path, raw, "jobs"),
+                  {k: f for k, (_, f) in _JOBS_KEYS.items()})
+    policy = JobPolicy(**{_JOBS_KEYS[k][0]: v for k, v in jobs.items()})
+    if policy.poll_max < policy.poll:
+        raise _err(path, "jobs.poll_max", f"must be >= jobs.poll ({policy.poll:g})")
     log = _check(path, "log", _section(path, raw, "log"), _LOG_KEYS)
     defaults = _check(path, "defaults", _section(path, raw, "defaults"), HOST_ATTRS)
     cfg = Config(path=path, state_path=rel(state.get("path", Config.state_path)),
                  lock_timeout=state.get("lock_timeout", Config.lock_timeout),
                  metrics_path=rel(state.get("metrics_path", "")),
-                 ssh=SshConfig(**ssh), log=LogConfig(**log), defaults=defaults)
+                 ssh=SshConfig(**ssh), jobs=policy, log=LogConfig(**log),
+                 defaults=defaults)
     for name, sec in _section(path, raw, "hosts").items():
         prefix = f"hosts.{name}"
         try:

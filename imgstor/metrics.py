@@ -14,6 +14,9 @@ Families (all gauges):
     imgstor_sync_lag_seconds{nas,zpool,vol,host}          sync volumes: age of the last pull
                                                           (or of the copy that made it mapped)
     imgstor_job_progress_ratio{nas,vol,job,kind,phase}    0..1 where a copy reports bytes
+    imgstor_jobs{state}                                   jobs by state: running, ready
+                                                          (no monitor), retry, failed
+    imgstor_job_attempts{nas,vol,job,kind,phase}          failed tries of the job's phase
     imgstor_volume_last_error{nas,zpool,vol}              1 when the volume or its job has an
                                                           error recorded, else 0
     imgstor_volume_last_error_info{nas,zpool,vol,message} 1, only while there is an error
@@ -33,7 +36,7 @@ from typing import Iterable
 
 from imgstor import atomicfile
 from imgstor.errors import ConfigError
-from imgstor.state.model import VOLUME_STATES
+from imgstor.state.model import JOB_STATES, VOLUME_STATES
 
 __all__ = ["escape_label", "render", "write", "sync_lag", "check_dir"]
 
@@ -63,9 +66,11 @@ def sync_lag(v, now: float) -> float | None:
 
 
 def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
-           hosts: Iterable = (), now: float | None = None) -> str:
+           hosts: Iterable = (), now: float | None = None,
+           job_states: dict[str, str] | None = None) -> str:
     """The textfile.  ``hosts``: refresh's probes (``probe.HostProbe``: host, role, up,
-    seconds)."""
+    seconds); ``job_states``: job id -> running | ready | retry | failed (jobs.shown_state;
+    default: each job's recorded state)."""
     now = time.time() if now is None else now
     vols = sorted(volumes, key=lambda v: (v.nas, v.vol))
     jobs = sorted(jobs, key=lambda j: j.id)
@@ -95,6 +100,15 @@ def render(volumes: Iterable, jobs: Iterable, progress: dict[str, dict], *,
                           "job": j.id, "kind": j.kind, "phase": j.phase},
                          min(1.0, max(0.0, done / total))))
     family("imgstor_job_progress_ratio", "Progress of a job's copy, 0 to 1.", prog)
+    shown = {j.id: (job_states or {}).get(j.id, j.state) for j in jobs}
+    family("imgstor_jobs", "Jobs by state: running (a monitor runs it), ready (waiting for "
+           "a monitor), retry (a try failed; the next is scheduled), failed (the retry "
+           "policy gave up).", [({"state": s}, sum(1 for x in shown.values() if x == s))
+                                 for s in ("running", *JOB_STATES)])
+    family("imgstor_job_attempts", "Failed tries of the job's current phase.",
+           [({"nas": by_key[j.volume].nas if j.volume in by_key else "",
+              "vol": by_key[j.volume].vol if j.volume in by_key else j.volume,
+              "job": j.id, "kind": j.kind, "phase": j.phase}, j.attempts) for j in jobs])
     errs: dict[str, str | None] = {}
     for v in vols:
         errs[v.key] = v.error

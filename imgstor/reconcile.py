@@ -143,10 +143,12 @@ def nas_plan(nas: str, volumes: Iterable[Volume], live: list[dict], *, driver: s
 
 
 def store_plan(volumes: Iterable[Volume], jobs: Iterable[Job], *, here: str,
-               alive: Callable[[int, int | None], bool]) -> list[Finding]:
-    """What the store alone shows: busy markers of this frontend whose process is gone,
-    and jobs whose monitor is gone (owner None or dead here).  ``alive(pid, starttime)``
-    (a process of another frontend cannot be checked: it counts as alive)."""
+               alive: Callable[[int, int | None], bool],
+               running: Callable[[Job], bool]) -> list[Finding]:
+    """What the store alone shows: busy markers of this frontend whose process is gone
+    (``alive(pid, starttime)``; a process of another frontend cannot be checked: it
+    counts as alive), jobs that no monitor runs (``running(job)``: its lock is held) and
+    jobs that failed (their retry policy gave up)."""
     out: list[Finding] = []
     for v in sorted(volumes, key=lambda v: v.key):
         b = v.busy
@@ -156,9 +158,16 @@ def store_plan(volumes: Iterable[Volume], jobs: Iterable[Job], *, here: str,
                                (Action(FRONTEND, "store.unbusy", {"key": v.key},
                                        "stale busy marker"),)))
     for j in sorted(jobs, key=lambda j: j.id):
-        o = j.owner
-        if o is not None and (o.host != here or alive(o.pid, o.starttime)):
+        if j.state == "failed":
+            why = f"failed after {j.attempts} tries: {j.last_error}"
+            out.append(Finding("job", j.id, f"job {j.kind} of {j.volume} in phase "
+                               f"{j.phase}: {why}",
+                               (Action(FRONTEND, "monitor.start", {"job": j.id},
+                                       "start it again from its phase"),)))
             continue
+        if running(j):
+            continue
+        o = j.owner
         why = "no monitor" if o is None else f"its monitor (pid {o.pid}) is gone"
         if j.last_error:
             why += f"; last error: {j.last_error}"

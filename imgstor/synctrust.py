@@ -3,7 +3,11 @@
 The frontend keeps one ed25519 key per SENDING host (a NAS sends volumes to nodes; a node
 sends its snapshots back to its NAS):
 ``<state dir>/sync-keys/<sender>`` (0600) and ``.pub``, directory 0700, written like the
-CHAP credentials (temp file, O_NOFOLLOW, fsync, rename).  ``ensure(cluster, sender,
+CHAP credentials (temp file, O_NOFOLLOW, fsync, rename), made under an flock on
+``sync-keys/.lock``: a monitor running many jobs (or several commands) that first trusts a
+sender from several threads at once made several keys, and a reader could pair one's
+private half with another's public one (seen in a 20-VM storm on the lab: the key
+installed on the NAS was not the one authorized on the node).  ``ensure(cluster, sender,
 receiver)`` then runs two idempotent node steps:
 
 1. on the sender, ``sync.install_key``: the private key as /root/.ssh/imgstor-sync/id_ed25519
@@ -32,8 +36,11 @@ are not handed to the sync hop until ``imgstor ping --trust HOST`` confirmed the
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from imgstor import atomicfile, validate
@@ -43,9 +50,13 @@ __all__ = ["key_paths", "ensure_key", "host_keys", "from_addresses", "receiver_p
            "ensure", "copy_args", "expect", "start_copy", "revoke", "objset_type"]
 
 
+def _keys_dir(state_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(state_path)), "sync-keys")
+
+
 def key_paths(state_path: str, sender: str) -> tuple[str, str]:
     sender = validate.host(sender)
-    d = os.path.join(os.path.dirname(os.path.abspath(state_path)), "sync-keys")
+    d = _keys_dir(state_path)
     return os.path.join(d, sender), os.path.join(d, sender + ".pub")
 
 
@@ -55,7 +66,40 @@ def _write(path: str, data: bytes) -> None:
 
 def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str, str]:
     """(OpenSSH private key text, ``ssh-ed25519 AAAA…`` public key) of SENDER's sync key:
-    the stored one, else a new one (kept unless ``write`` is false: a dry run)."""
+    the stored one, else a new one (kept unless ``write`` is false: a dry run), made once
+    however many threads and processes ask at the same time."""
+    got = _read_key(state_path, sender)
+    if got is not None:
+        return got
+    if not write:
+        return _new_key()
+    with _keys_lock(state_path):
+        got = _read_key(state_path, sender)        # made meanwhile by another
+        if got is not None:
+            return got
+        priv, pub = _new_key()
+        priv_path, pub_path = key_paths(state_path, sender)
+        # the public half last: a reader finding both finds a pair
+        _write(priv_path, priv.encode())
+        _write(pub_path, (pub + f" imgstor-sync:{sender}\n").encode())
+        return priv, pub
+
+
+@contextlib.contextmanager
+def _keys_lock(state_path: str) -> Iterator[None]:
+    d = _keys_dir(state_path)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    fd = os.open(os.path.join(d, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_key(state_path: str, sender: str) -> tuple[str, str] | None:
     priv_path, pub_path = key_paths(state_path, sender)
     try:
         with open(priv_path, encoding="ascii") as f:
@@ -66,10 +110,13 @@ def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str
             os.chmod(priv_path, 0o600)
         return priv, pub
     except FileNotFoundError:
-        pass
+        return None
     except (OSError, ValueError) as e:
         raise StateError(f"sync key {priv_path} is unreadable ({type(e).__name__}); remove "
                          "it and its .pub to make a new one") from None
+
+
+def _new_key() -> tuple[str, str]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     key = Ed25519PrivateKey.generate()
@@ -77,12 +124,6 @@ def ensure_key(state_path: str, sender: str, *, write: bool = True) -> tuple[str
                              serialization.NoEncryption()).decode()
     pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                         serialization.PublicFormat.OpenSSH).decode()
-    if write:
-        d = os.path.dirname(priv_path)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        os.chmod(d, 0o700)
-        _write(pub_path, (pub + f" imgstor-sync:{sender}\n").encode())
-        _write(priv_path, priv.encode())
     return priv, pub
 
 

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from imgstor.errors import RemoteCommandError
-from imgstor.remote import atomicfile
+from imgstor.remote import atomicfile, procfs
 from imgstor.remote.protocol import Result, dry_run_gate
 
 __all__ = ["Result", "Executor", "LocalExecutor", "DryRunExecutor", "HostFS", "host_name"]
@@ -110,10 +110,8 @@ class HostFS:
 
     def pid_state(self, pid: int) -> str | None:
         """The state letter of /proc/PID/stat (R, S, Z …), None if no such process."""
-        text = self.read_text(f"/proc/{int(pid)}/stat")
-        if not text:
-            return None
-        return text.rpartition(")")[2].split()[0]
+        st = procfs.parse_stat(self.read_text(f"/proc/{int(pid)}/stat"))
+        return st.state if st else None
 
     def pid_cmdline(self, pid: int) -> list[str]:
         text = self.read_text(f"/proc/{int(pid)}/cmdline") or ""

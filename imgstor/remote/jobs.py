@@ -39,10 +39,11 @@ import time
 from typing import Any, Callable
 
 from imgstor.errors import UsageError
-from imgstor.remote import atomicfile
+from imgstor.remote import atomicfile, procfs
+from imgstor.remote.flocks import lock_held
 
 __all__ = ["JOBS_DIR", "FINAL", "Job", "job_dir", "start", "status", "cancel", "ours", "lock_held",
-           "proc_start_time", "write_json", "read_json"]
+           "write_json", "read_json"]
 
 JOBS_DIR = os.environ.get("IMGSTOR_JOBS_DIR", "/run/imgstor/jobs")
 FINAL = ("done", "failed", "cancelled")
@@ -69,33 +70,6 @@ def read_json(path: str) -> dict | None:
     except (FileNotFoundError, ValueError):
         return None
     return d if isinstance(d, dict) else None
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if gone."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the last ')'
-    rest = stat[stat.rfind(")") + 2:].split()
-    return int(rest[19]) if len(rest) > 19 else None
-
-
-def lock_held(path: str) -> bool:
-    """True if some process holds the flock on ``path`` (we take it and let go at once)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)          # closing drops our lock, if we got it
-    return False
 
 
 # ------------------------------------------------------------------ the job process side
@@ -147,7 +121,7 @@ def _job_main(name: str, d: str, spec: dict, body: Callable[[Job], dict],
         old = read_json(os.path.join(d, "progress")) or {}
         write_json(os.path.join(d, "spec"), spec)
         write_json(os.path.join(d, "pid"), {"pid": pid, "pgid": os.getpgid(0),
-                                            "start_time": proc_start_time(pid),
+                                            "start_time": procfs.start_time(pid),
                                             "started": time.time()})
         previous = {k: old[k] for k in ("state", "phase", "bytes_done", "bytes_total",
                                         "error", "snapshot") if k in old} or None
@@ -250,7 +224,7 @@ def status(name: str, *, base: str | None = None) -> dict:
     out["job"] = name
     if held:
         out["state"] = "running"
-        if pid.get("pid") and proc_start_time(pid["pid"]) != pid.get("start_time"):
+        if pid.get("pid") and procfs.start_time(pid["pid"]) != pid.get("start_time"):
             # the job process is gone but one of its stages still holds the lock
             out["orphaned_stages"] = True
     elif prog is None:
@@ -268,7 +242,7 @@ def ours(pgid: int, start_time: int | None) -> bool:
     gone while members remain -- Linux does not hand out a number still in use as a
     process group id, so a group whose leader is gone is still the job's.  A live
     process with that pid and another start time is someone else's (pid reused)."""
-    now = proc_start_time(int(pgid))
+    now = procfs.start_time(int(pgid))
     return now is None or start_time is None or now == start_time
 
 

@@ -13,16 +13,18 @@ root's; per boot, like the zipapp):
   taken by ``imgstor.remote.node`` for the whole step or batch from the step arguments;
 * ``targets``, taken by ``nas.ensure_target`` / ``nas.remove_target`` around their
   read-modify-save of the target configuration;
+* ``sync-keys``, taken by ``sync.install_key`` / ``sync.authorize`` / ``sync.revoke``
+  (``sync_keys()``) around their
+  read-modify-write of imgstor's known_hosts and of root's authorized_keys: a batch's
+  first trusts at once lost lines without it (audit L2; seen as "Permission denied" in a
+  20-VM storm on the lab);
 * ``initiator``, taken by ``compute.attach`` / ``compute.detach`` (iscsiadm) around their
   changes of open-iscsi's node database: two discoveries at once on one node fail with
   exit 11 (ISCSI_ERR_IDBM; seen on the kernel lab with concurrent maps of two volumes to
   one node), and a discovery rewrites the records of every target of that portal.
-* ``keys``, taken by ``sync.install_key`` / ``sync.authorize`` / ``sync.revoke`` around
-  their read-modify-write of root's ``authorized_keys`` and the sync key's ``known_hosts``:
-  two first trusts at once (two volumes of one NAS mapped to two nodes) lost each
-  other's lines, and the copy that lost its line then stuck (audit L2).
 
-Order is always volume locks (sorted) before ``targets`` / ``initiator`` / ``keys``, so two processes never wait on
+Order is always volume locks (sorted) before ``targets`` / ``initiator`` / ``sync-keys``, so two
+processes never wait on
 each other in a cycle.  The kernel drops a flock when its process dies, so a killed step
 leaves no stale lock.  Waiting is normal (bounded); a wait that runs out is a
 ``BusyError`` naming the holder's pid and command line (written into the lock file).
@@ -42,15 +44,15 @@ from typing import Iterable, Iterator
 
 from imgstor.errors import BusyError, UsageError
 
-__all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "KEYS", "VOLUME_WAIT", "TARGETS_WAIT",
-           "hold",
+__all__ = ["LOCK_DIR", "LOCK_DIR_ENV", "TARGETS", "INITIATOR", "SYNC_KEYS", "VOLUME_WAIT",
+           "TARGETS_WAIT", "hold", "sync_keys",
            "volume_lock_names", "lock_dir", "holder"]
 
 LOCK_DIR = "/run/imgstor/lock"
 LOCK_DIR_ENV = "IMGSTOR_LOCK_DIR"      # tests point this at a temp dir
 TARGETS = "targets"
 INITIATOR = "initiator"
-KEYS = "keys"
+SYNC_KEYS = "sync-keys"
 VOLUME_WAIT = 300.0     # an orphaned step may still be waiting for a device (30 s) or a
                         # zfs-fuse destroy retry (10 s); a batch is a few of those
 TARGETS_WAIT = 120.0    # one target change: tgtadm calls or rtslib + saveconfig (TCG: ~10 s)
@@ -161,3 +163,15 @@ def hold(names: Iterable[str], *, timeout: float | None = None,
     finally:
         for fd in reversed(fds):
             os.close(fd)          # closing the last fd drops the flock
+
+
+@contextlib.contextmanager
+def sync_keys(*, dry_run: bool) -> Iterator[None]:
+    """The ``sync-keys`` lock around a read-modify-write of imgstor's sync known_hosts or
+    of root's authorized_keys (audit L2: two first trusts at once each wrote back what it
+    had read, losing the other's line).  A dry run writes nothing and takes no lock."""
+    if dry_run:
+        yield
+        return
+    with hold([SYNC_KEYS], timeout=TARGETS_WAIT, what="the sync keys"):
+        yield

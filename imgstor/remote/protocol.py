@@ -33,8 +33,10 @@ __all__ = ["ISCSI_PORT", "INITIATOR_NAME_FILE", "dry_run_gate", "parse_initiator
            "parse_rate",
            "Portal", "Result", "StepResult", "Facts", "FACTS", "check_facts", "VolumeFacts",
            "TargetFacts", "AttachFacts", "TargetListFacts", "DevicesFacts", "ProbeFacts",
-           "OverlayStatus", "OverlayFacts", "OverlayUsersFacts", "PruneFacts", "CopyFacts", "OPEN_FACTS", "VolumePropsFacts",
-           "VM_RUNNERS", "VM_ACCELS", "GuestSpec", "GuestDisk", "GuestFacts", "GuestListFacts"]
+           "OverlayStatus", "OverlayFacts", "OverlayUsersFacts", "PruneFacts", "CopyFacts",
+           "OPEN_FACTS", "VolumePropsFacts",
+           "VM_RUNNERS", "VM_ACCELS", "GuestSpec", "GuestDisk", "GuestFacts", "GuestListFacts",
+           "WatchFacts"]
 
 ISCSI_PORT = 3260
 INITIATOR_NAME_FILE = "/etc/iscsi/initiatorname.iscsi"
@@ -292,6 +294,14 @@ class CopyFacts:
     aborted_partial: bool | None = None
 
 
+@dataclass(frozen=True)
+class WatchFacts:
+    """``jobs.watch``: per copy (``ALIAS:DATASET``) what ``copy.status`` answers, per
+    overlay (``DRIVER/POOL/VOL``) what ``overlay.status`` answers, or ``{"error": …}``."""
+    copies: dict = field(default_factory=dict)
+    overlays: dict = field(default_factory=dict)
+
+
 # ------------------------------------------------------------------ VM guests (issue 27)
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}", re.ASCII)
 _PATH = re.compile(r"/[A-Za-z0-9._+@/-]{1,1023}", re.ASCII)
@@ -412,6 +422,7 @@ FACTS: dict[str, type] = {
     "overlay.remove": OverlayFacts, "overlay.users": OverlayUsersFacts,
     "nas.prune_snapshots": PruneFacts,
     "copy.start": CopyFacts, "copy.status": CopyFacts, "copy.cancel": CopyFacts,
+    "jobs.watch": WatchFacts,
     "vm.start": GuestFacts, "vm.stop": GuestFacts, "vm.status": GuestFacts,
     "vm.list": GuestListFacts,
 }

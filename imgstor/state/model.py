@@ -18,7 +18,7 @@ TYPE_CHECKING = False            # typing's import is ~2 ms of a command's start
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS",
+__all__ = ["SCHEMA", "READS_SCHEMAS", "VOLUME_STATES", "VOLUME_MODES", "JOB_KINDS", "JOB_STATES",
            "HOST_ATTR_NAMES", "SYNC_ATTR_NAMES", "Busy", "Lease", "Job", "Vm", "Volume",
            "HostAttrs", "SyncAttrs", "State", "Machine", "GuestRun", "GUEST_STATES",
            "volume_key", "split_key", "natural_key", "migrate"]
@@ -31,7 +31,13 @@ VOLUME_STATES = ("unmapped", "mapped", "NAS->VM", "merging", "NAS<-VM", "error")
 VOLUME_MODES = ("direct", "sync", None)
 # sync-in: copy NAS->node, merge, pivot; sync-back: final pull node->NAS then tear down;
 # cancel: merge the overlay into the origin (unmap during NAS->VM); pull: periodic pull.
+# (imgstor/workflows/jobkinds.py holds each kind's phases; a unit test keeps the two equal.)
 JOB_KINDS = ("sync-in", "sync-back", "cancel", "pull")
+# What a job waits for (docs/DESIGN.md "The job model"): ready -- a monitor to run it (or
+# one runs it: its lock is held); retry -- its next try at ``next_try`` after a failure;
+# failed -- nothing: the retry policy gave up, `imgstor monitor --resume` or `repair`
+# starts it again.  Not a schema change: a file without the field reads as "ready".
+JOB_STATES = ("ready", "retry", "failed")
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -149,10 +155,14 @@ def _is_int(v: Any) -> bool:
 
 @dataclass
 class Job:
-    """Long work on one volume, done by a detached monitor (``imgstor monitor ID``).
-    ``phase`` is the kind's current phase (imgstor.jobs names them); a restarted monitor
-    continues from it.  Progress lives in a side file, not here (no store rewrite per
-    update)."""
+    """Long work on one volume, done by a detached monitor (``imgstor monitor``).
+    ``phase`` is the kind's current phase (imgstor/workflows/jobkinds.py names them); a
+    restarted monitor continues from it.  ``attempts`` counts the tries of the current
+    phase that failed (an error, or a monitor that died in it; 0 again once a phase is
+    done), ``last_error`` the last one's reason, ``state``/``next_try`` what the job waits
+    for (``JOB_STATES``).  ``owner``: the monitor that took it (who, not whether it lives:
+    its lock file says that, imgstor/jobs.py).  Progress lives in a side file, not here
+    (no store rewrite per update)."""
     id: str
     kind: str
     volume: str                      # the volume's store key NAS/VOL
@@ -163,13 +173,17 @@ class Job:
     last_error: str | None = None
     owner: Lease | None = None
     extra: dict = field(default_factory=dict)
+    state: str = "ready"             # JOB_STATES; written only when not "ready"
+    next_try: float | None = None    # state "retry": when; written only when set
 
     def to_dict(self) -> dict:
         return {"id": self.id, "kind": self.kind, "volume": self.volume, "phase": self.phase,
                 "created": self.created, "updated": self.updated, "attempts": self.attempts,
                 "last_error": self.last_error,
                 "owner": self.owner.to_dict() if self.owner else None,
-                **({"extra": self.extra} if self.extra else {})}
+                **({"extra": self.extra} if self.extra else {}),
+                **({"state": self.state} if self.state != "ready" else {}),
+                **({"next_try": self.next_try} if self.next_try is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "") -> "Job":
@@ -182,8 +196,11 @@ class Job:
             raise _missing(cls, d, what) from None
         if job.kind not in JOB_KINDS:
             raise _err(what, f"unknown job kind {job.kind!r}")
+        if job.state not in JOB_STATES:
+            raise _err(what, f"unknown job state {job.state!r}")
         if not all(isinstance(x, str) for x in (job.id, job.volume, job.phase)) \
-                or not _is_int(job.attempts) or not isinstance(job.extra, dict):
+                or not _is_int(job.attempts) or not isinstance(job.extra, dict) \
+                or not (job.next_try is None or isinstance(job.next_try, (int, float))):
             raise _err(what, "bad field types")
         return job
 

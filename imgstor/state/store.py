@@ -39,6 +39,7 @@ from typing import Any
 
 from imgstor import atomicfile
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
+from imgstor.remote import procfs
 from imgstor.state.memory import Memory, _ident
 from imgstor.state.model import (
     READS_SCHEMAS,
@@ -59,31 +60,15 @@ def this_host() -> str:
     return socket.gethostname()
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state first), or None if there is no such pid.
-    The comm field (2) may hold spaces and ')', so split after the last ')' (proc(5))."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
-    return data[data.rfind(")") + 2:].split()
-
-
 def proc_starttime(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (proc(5) field 22), or None."""
-    st = _proc_stat(pid)
-    return int(st[19]) if st and len(st) > 19 else None
+    return procfs.start_time(pid)
 
 
 def pid_alive(pid: int, starttime: int | None = None) -> bool:
     """True if ``pid`` runs on this host, is not a zombie and (if given) started at
-    ``starttime`` — a recycled pid is a different process.  A zombie counts as dead: it
-    will never release anything, and PID 1 in containers may take long to reap it."""
-    st = _proc_stat(pid)
-    if not st or st[0] in ("Z", "X", "x"):
-        return False
-    return starttime is None or (len(st) > 19 and int(st[19]) == starttime)
+    ``starttime`` (imgstor.remote.procfs: a recycled pid is a different process)."""
+    return procfs.alive(pid, starttime)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ compute the plan with the pure functions of ``imgstor.reconcile``:
 - ``orphan-target``: a target named like imgstor's (``iqn.2001-04.com.<nas>-…``) that no
   volume in the store has: removed (left, and said, while initiators are logged in);
 - ``busy``: a busy marker of this frontend whose process is gone: cleared;
-- ``monitor``: a job without a live monitor: a new detached monitor is started;
+- ``monitor``: a job no monitor runs (its lock is free): handed to a detached monitor;
+- ``job``: a job that failed (its retry policy gave up): started again, from its phase;
 - ``sync-key`` / ``sync-gate``: imgstor's sync keys no job needs (revoked), lines tagged
   like them that imgstor did not write, gates older than this code (workflows/synccheck.py).
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from imgstor import jobpool, reconcile
 from imgstor import jobs as jobmod
-from imgstor import reconcile
 from imgstor.errors import BusyError, ImgstorError
 from imgstor.names import target_iqn
 from imgstor.output import Output
@@ -38,11 +39,11 @@ _COLUMNS = [("what", "WHAT"), ("subject", "SUBJECT"), ("found", "FOUND"),
             ("action", "ACTION")]
 
 
-def _in_flight(st, v) -> bool:
+def _in_flight(ctx, st, v) -> bool:
     b = v.busy
     if b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime)):
         return True
-    return any(jobmod.owner_alive(j) for j in st.jobs_of(v.key))
+    return any(jobmod.running(ctx.store, j.id) for j in st.jobs_of(v.key))
 
 
 def plan(ctx: Ctx, *, destroy_orphans: bool = False, restore_only: bool = False,
@@ -54,7 +55,8 @@ def plan(ctx: Ctx, *, destroy_orphans: bool = False, restore_only: bool = False,
     hold are taken back first, and the rest is judged as if they were in the store."""
     st = ctx.store.read()
     findings = [] if restore_only else reconcile.store_plan(
-        st.volumes.values(), st.jobs.values(), here=this_host(), alive=pid_alive)
+        st.volumes.values(), st.jobs.values(), here=this_host(), alive=pid_alive,
+        running=lambda j: jobmod.running(ctx.store, j.id))
     nases = sorted({n for n, h in ctx.config.hosts.items() if h.role == "nas"}
                    | {v.nas for v in st.volumes.values() if v.nas in ctx.config.hosts})
     nodes = sorted({n for n, h in ctx.config.hosts.items() if h.role == "compute"}
@@ -83,8 +85,8 @@ def plan(ctx: Ctx, *, destroy_orphans: bool = False, restore_only: bool = False,
 
     hosts = nases + nodes
     found = cl.parallel(hosts, live) if hosts else {}
-    in_flight = (lambda v: _restore_skip(st, v)) if restore_only else \
-        (lambda v: _in_flight(st, v))
+    in_flight = (lambda v: _restore_skip(ctx, st, v)) if restore_only else \
+        (lambda v: _in_flight(ctx, st, v))
     lost: list[reconcile.Lost] = [] if restore_only else _lost(
         ctx, st, {n: found[n][1] for n in nases if not isinstance(found[n], ImgstorError)})
     findings += [reconcile.lost_volume(x, adopt=adopt) for x in lost]
@@ -121,7 +123,8 @@ def plan(ctx: Ctx, *, destroy_orphans: bool = False, restore_only: bool = False,
         nf = reconcile.node_plan(host, vols, facts, kind=cfg.initiator,
                                  driver=cfg.overlay, pool=cfg.vm_container_zpool,
                                  volume_kind=_kind(ctx, host, st),
-                                 skip=_busy_live, pivoting=(lambda v: _pivoting(st, v)),
+                                 skip=(lambda v: _restore_skip(ctx, st, v)),
+                                 pivoting=(lambda v: _pivoting(ctx, st, v)),
                                  destroy_orphans=destroy_orphans,
                                  keep=keep_vols.get(host, ()))
         if restore_only:
@@ -198,20 +201,28 @@ def _busy_live(v) -> bool:
     return b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime))
 
 
-# a sync-in job in these phases is itself removing the target and the session, or
-# switching the overlay to the local copy (a cancel's teardown: to nothing): what looks
-# missing is on its way out
-_PIVOTING = ("merged", "pivot", "teardown")
+# a sync-in job in this phase is itself switching the overlay to the local copy and
+# removing the target and the session: what looks missing is on its way out.  (In
+# `merged` it only waits: an overlay lost meanwhile is restored, and the job merges it
+# again -- audit M1.)
+_PIVOTING = ("pivot",)
+# phases after which the local copy holds everything (or a cancel's teardown takes the
+# overlay to nothing): an overlay lost then is put back only on the local copy (H1)
+_SWITCHING = ("merged", "pivot", "teardown")
 
 
-def _pivoting(st, v) -> bool:
-    """v's live monitor is pivoting: only an overlay on the local copy is put back."""
-    return any(j.phase in _PIVOTING and jobmod.owner_alive(j) for j in st.jobs_of(v.key))
+def _pivoting(ctx: Ctx, st, v) -> bool:
+    """v's monitor is past the merge: only an overlay on the local copy is put back."""
+    return any(j.phase in _SWITCHING and jobmod.running(ctx.store, j.id)
+               for j in st.jobs_of(v.key))
 
 
-def _restore_skip(st, v) -> bool:
-    """Not restored now: a live user command holds v, or its live monitor is pivoting."""
-    return _busy_live(v) or _pivoting(st, v)
+def _restore_skip(ctx: Ctx, st, v) -> bool:
+    """Not restored now: a live user command holds v, or its monitor is pivoting it (a
+    try in progress, not one waiting out its backoff)."""
+    return _busy_live(v) or any(j.phase in _PIVOTING and j.state == "ready"
+                                and jobmod.running(ctx.store, j.id)
+                                for j in st.jobs_of(v.key))
 
 
 def _with_portal(ctx: Ctx, v):
@@ -323,9 +334,9 @@ def _run(ctx: Ctx, f: reconcile.Finding, a: reconcile.Action, v, memo: dict) -> 
         return _adopt(ctx, a.args)
     if a.step == "monitor.start":
         try:
-            pid = jobmod.spawn(ctx.store, ctx.config.path, a.args["job"],
-                               self_argv=ctx.self_argv)
-            return f"started monitor pid {pid}"
+            jobmod.restart(ctx.store, [a.args["job"]])      # a failed job: from its phase
+            return jobpool.launch(ctx.store, ctx.config.path, [a.args["job"]],
+                                  self_argv=ctx.self_argv)
         except OSError as e:
             raise BusyError(f"could not start a monitor: {e}") from None
     args = dict(a.args)
@@ -383,12 +394,13 @@ def _adopt(ctx: Ctx, args: dict) -> str:
             vm = Vm.from_dict(d)
             st.vms.setdefault(vm.name, vm)
     started = []
-    for j in jobs:
+    if jobs:
         try:
-            pid = jobmod.spawn(ctx.store, ctx.config.path, j.id, self_argv=ctx.self_argv)
-            started.append(f"monitor of {j.id} pid {pid}")
+            started.append(jobpool.launch(ctx.store, ctx.config.path, [j.id for j in jobs],
+                                          self_argv=ctx.self_argv))
         except OSError as e:
-            started.append(f"monitor of {j.id} not started ({e}): `imgstor monitor --resume`")
+            started.append(f"monitor of {', '.join(j.id for j in jobs)} not started ({e}): "
+                           "`imgstor monitor --resume`")
     where = f" on {v.host}" if v.host else ""
     return f"taken back: {v.state}{where}" + ("; " + "; ".join(started) if started else "")
 

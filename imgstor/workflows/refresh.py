@@ -8,8 +8,10 @@ systemd timer in contrib/).  It only starts things and returns; it never waits o
    Then every configured host is probed at once, in the background, over the run's one
    bounded connection pool (imgstor/workflows/probe.py); the answers (up/down, since
    when, rebooted) are rows, the record ``<state file>.hosts.json`` and metrics.
-2. Dead monitors: every job whose owner is gone gets a new detached ``imgstor monitor``
-   (``monitor --resume``'s ``resume_all``; the job continues from its recorded phase).
+2. Dead monitors: every job that no monitor runs (its lock is free) and that has not
+   failed goes to a detached monitor (``monitor.resume_all``: one for all of them; each
+   job continues from its recorded phase, after its backoff if a try failed).  A failed
+   job is reported and left (``imgstor monitor --resume`` or ``imgstor repair``).
 3. Periodic pulls: every sync volume that is ``mapped`` on its local copy (no target), not
    busy (a user command holds it) and without a job, whose last pull (``extra.last_pull``,
    else the time it became mapped) is at least its frequency old -- the volume's
@@ -235,9 +237,10 @@ def _guests(ctx: Ctx) -> list[dict]:
 
 def _pulls(ctx: Ctx) -> list[dict]:
     from imgstor.workflows.storagemap.pull import start_pull
-    from imgstor.workflows.storagemap.sync import _spawn
+    from imgstor.workflows.storagemap.sync import start_jobs
     now = time.time()
     rows: list[dict] = []
+    started: list[tuple] = []
     st = ctx.store.read()
     for v in sorted(st.volumes.values(), key=lambda v: v.key):
         try:        # the volume's frequency, else its NAS's, else sync_frequency
@@ -271,18 +274,20 @@ def _pulls(ctx: Ctx) -> list[dict]:
             rows.append({"what": "pull", "volume": v.key, "job": None,
                          "action": "changed meanwhile, not started"})
             continue
-        if _spawn(ctx, job) is False:
-            rows.append({"what": "pull", "volume": v.key, "job": job.id, "failed": True,
-                         "action": "recorded, but its monitor could not start"})
-            continue
-        rows.append({"what": "pull", "volume": v.key, "job": job.id,
-                     "action": "started (NAS<-VM sched)"})
+        row = {"what": "pull", "volume": v.key, "job": job.id,
+               "action": "started (NAS<-VM sched)"}
+        started.append((job, row))
+        rows.append(row)
+    if started and not start_jobs(ctx, [j for j, _ in started]):   # one monitor for all
+        for _, row in started:
+            row.update(failed=True, action="recorded, but its monitor could not start")
     return rows
 
 
 def _metrics(ctx: Ctx, hosts: list) -> dict:
     st = ctx.store.read()
     progress = {j: jobmod.read_progress(ctx.store, j) for j in st.jobs}
+    states = {j.id: jobmod.shown_state(ctx.store, j) for j in st.jobs.values()}
     path = ctx.config.metrics_path
     if ctx.dry_run:
         return {"what": "metrics", "volume": None, "job": None, "action": f"{path} would be "
@@ -290,7 +295,7 @@ def _metrics(ctx: Ctx, hosts: list) -> dict:
     failed = False
     try:
         metrics.write(path, metrics.render(st.volumes.values(), st.jobs.values(), progress,
-                                          hosts=hosts))
+                                          hosts=hosts, job_states=states))
         action = "written"
     except (OSError, ImgstorError) as e:
         action, failed = f"could not write: {e}", True

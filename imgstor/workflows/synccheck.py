@@ -12,7 +12,7 @@ authorized_keys lines and installed sync gate (``sync.audit``, read-only).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from imgstor import jobs as jobmod
 from imgstor import reconcile
@@ -23,13 +23,15 @@ __all__ = ["findings", "needed"]
 _INBOUND = ("trust", "copy", "stop")        # sync-in / cancel phases that use NAS -> node
 
 
-def needed(st: Any, config: Any, sender: str, receiver: str) -> bool:
-    """Does any job or sync volume need SENDER's key on RECEIVER now?"""
+def needed(st: Any, config: Any, sender: str, receiver: str, *,
+           running: Callable[[Any], bool] = lambda j: False) -> bool:
+    """Does any job or sync volume need SENDER's key on RECEIVER now?  ``running(job)``:
+    a monitor runs the job (its lock is held: imgstor/jobs.py)."""
     for v in st.volumes.values():
         if v.mode != "sync" and not st.jobs_of(v.key):
             continue
         js = st.jobs_of(v.key)
-        if any(jobmod.owner_alive(j) for j in js) and {sender, receiver} == {v.nas, v.host}:
+        if any(running(j) for j in js) and {sender, receiver} == {v.nas, v.host}:
             return True                           # in flight: not judged
         if v.nas == sender and v.host == receiver and any(
                 j.kind in ("sync-in", "cancel") and j.phase in _INBOUND for j in js):
@@ -62,7 +64,8 @@ def findings(ctx: Any, st: Any, hosts: list[str]) -> list[reconcile.Finding]:
                     "sync-key", subject, f"{sender}'s sync key is let in and {sender} is "
                     "no longer in the config",
                     actions=(reconcile.Action(host, "sync.revoke", {"sender": sender}),)))
-            elif not needed(st, ctx.config, sender, host):
+            elif not needed(st, ctx.config, sender, host,
+                            running=lambda j: jobmod.running(ctx.store, j.id)):
                 out.append(reconcile.Finding(
                     "sync-key", subject, f"{sender}'s sync key is let in and no job needs it",
                     actions=(reconcile.Action(host, "sync.revoke", {"sender": sender}),)))

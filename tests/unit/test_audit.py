@@ -105,7 +105,7 @@ def test_move_and_ping_trust_are_changes_ping_is_not(syslog, imgstor, monkeypatc
 
 
 def started(ctx, vol: str) -> str:
-    audit.job_started("sync-in-0123456789ab")          # what jobs.spawn notes
+    audit.job_started("sync-in-0123456789ab")          # what jobpool.launch notes
     return f"{vol} mapped"
 
 
@@ -184,13 +184,16 @@ def test_refresh_prunes_and_logs_what_it_did(syslog, imgstor, config_path, state
 
 
 def test_monitors_log_each_phase_and_a_failure(syslog, imgstor, state_path, monkeypatch):
+    """Each phase done is a line; a failed try is one (result retry), the last one failed."""
+    from imgstor.config import JobPolicy
     from imgstor.errors import RemoteCommandError
+    from imgstor.workflows import jobkinds
     from imgstor.workflows import monitor as mon
 
-    def fail(ctx, job):
+    def fail(ctx, job, rt):
         raise RemoteCommandError("nas-0-0", ["zfs", "send"], 1, "broken pipe")
-    monkeypatch.setitem(mon.PHASES, "pull", [("trust", lambda c, j: None),
-                                             ("send", lambda c, j: None)])
+    monkeypatch.setitem(jobkinds.KINDS, "pull", [("trust", lambda c, j, rt: None),
+                                                 ("send", lambda c, j, rt: None)])
     store = Store(str(state_path))
     with store.transaction() as st:
         j = jobs.new_job(st, "pull", "nas-0-0/v1", "trust")
@@ -200,14 +203,25 @@ def test_monitors_log_each_phase_and_a_failure(syslog, imgstor, state_path, monk
         ("monitor pull", "nas-0-0/v1", j.id, "ok")] * 2
     assert [f["message"] for f in got] == ["phase trust done, next send",
                                            "phase send done; job done"]
-    monkeypatch.setitem(mon.PHASES, "pull", [("trust", lambda c, j: None), ("send", fail)])
+    monkeypatch.setitem(jobkinds.KINDS, "pull", [("trust", lambda c, j, rt: None),
+                                                 ("send", fail)])
+    monkeypatch.setattr(mon, "Runner", _one_try(mon, JobPolicy(attempts=1)))
     with store.transaction() as st:
         j = jobs.new_job(st, "pull", "nas-0-0/v2", "trust")
-    assert imgstor("monitor", j.id).rc == 10
+    assert imgstor("monitor", j.id).rc != 0
     f = fields(syslog.lines(2)[1])
     assert (f["result"], f["exit"], f["job"]) == ("failed", "10", j.id)
-    assert f["message"].startswith("phase send: nas-0-0: command failed")
+    assert f["message"].startswith("phase send (try 1 of 1): nas-0-0: command failed")
     assert syslog.none()                       # the monitor command itself: no extra line
+
+
+def _one_try(mon, policy):
+    """A Runner whose policy gives up after one try (no backoff to wait out)."""
+    class Runner(mon.Runner):
+        def __init__(self, ctx, **kw):
+            super().__init__(ctx, **kw)
+            self.rt.policy = policy
+    return Runner
 
 
 def test_imgstorageadmin_dialogue_logs_each_action(syslog, imgstor, state_path, monkeypatch):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from imgstor import jobs as jobmod
+from imgstor import jobpool
 from imgstor.reconcile import Lost, lost_volume
 from imgstor.state import Store
 
@@ -57,7 +57,7 @@ class Cl:
 @pytest.fixture
 def cluster(monkeypatch):
     monkeypatch.setattr("imgstor.transport.Cluster", Cl)
-    monkeypatch.setattr(jobmod, "spawn", lambda *a: 4242)
+    monkeypatch.setattr(jobpool, "launch", lambda *a, **kw: "started monitor pid 4242")
     Cl.calls = []
     live = {"iqn": iqn("a"), "tid": 1, "paths": ["/dev/zvol/tank/a"], "acls": [INIT],
             "sessions": []}

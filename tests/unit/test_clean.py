@@ -52,29 +52,32 @@ def _st(state: str, mode: str | None = "sync", jobs=()):
                state=state, mode=mode)
     st = State(volumes={v.key: v})
     for kind, err in jobs:
-        j = Job(id=f"{kind}-1", kind=kind, volume=v.key, phase="send", created=1.0,
-                updated=1.0, last_error=err)
+        j = Job(id=f"{kind}-000000000001", kind=kind, volume=v.key, phase="send",
+                created=1.0, updated=1.0, last_error=err, attempts=5 if err else 0,
+                state="failed" if err else "ready")
         st.jobs[j.id] = j
     return st, v
 
 
-def test_which_states_clean_applies_to() -> None:
+def test_which_states_clean_applies_to(tmp_path) -> None:
     import pytest
 
     from imgstor.errors import Conflict
+    from imgstor.state.store import Store
     from imgstor.workflows.storagemap.clean import _check
+    store = Store(str(tmp_path / "state.json"))
     for state in ("mapped", "error"):
         st, v = _st(state)
-        _check(st, v, v.key)                                  # accepted
+        _check(store, st, v, v.key)                           # accepted
     st, v = _st("NAS<-VM", jobs=[("sync-back", "copy failed")])
-    _check(st, v, v.key)                                      # a failed sync back
+    _check(store, st, v, v.key)                               # a failed sync back
     st, v = _st("NAS<-VM")
-    _check(st, v, v.key)                                      # its job lost
+    _check(store, st, v, v.key)                               # its job lost
     for st, v, why in [(*_st("mapped", mode="direct"), "not a sync volume"),
                        (*_st("unmapped", mode=None), "not a sync volume"),
                        (*_st("NAS->VM"), "cancels a copy"),
                        (*_st("merging"), "cancels a copy"),
                        (*_st("NAS<-VM", jobs=[("sync-back", None)]), "monitor --resume")]:
         with pytest.raises(Conflict) as e:
-            _check(st, v, v.key)
+            _check(store, st, v, v.key)
         assert why in e.value.message, e.value.message

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 from imgstor import config as cfgmod
-from imgstor.config import Config, HostConfig, LogConfig, SshConfig, load_config
+from imgstor.config import Config, HostConfig, JobPolicy, LogConfig, SshConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "contrib" / "imgstor.toml.example"
@@ -29,9 +29,10 @@ def _active_and_hosts() -> tuple[str, str]:
 def test_the_example_has_every_key_with_its_default() -> None:
     active, _ = _active_and_hosts()
     raw = tomllib.loads(active)
-    assert set(raw) == {"state", "ssh", "log", "defaults"}
+    assert set(raw) == {"state", "ssh", "jobs", "log", "defaults"}
     assert set(raw["state"]) == set(cfgmod._STATE_KEYS)
     assert set(raw["ssh"]) == set(cfgmod._SSH_KEYS)
+    assert set(raw["jobs"]) == set(cfgmod._JOBS_KEYS)
     assert set(raw["log"]) == set(cfgmod._LOG_KEYS)
     assert set(raw["defaults"]) == set(cfgmod.HOST_ATTRS)
     cfg = load_config(str(EXAMPLE))             # loads as it is: the installed config
@@ -39,6 +40,7 @@ def test_the_example_has_every_key_with_its_default() -> None:
     assert (cfg.state_path, cfg.lock_timeout, cfg.metrics_path) == (
         Config.state_path, Config.lock_timeout, Config.metrics_path)
     assert cfg.ssh == SshConfig() and cfg.log == LogConfig()
+    assert cfg.jobs == JobPolicy()
     host_defaults = {f.name: f.default for f in dataclasses.fields(HostConfig)
                      if f.name in cfgmod.HOST_ATTRS}
     assert cfg.defaults == host_defaults

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from imgstor.errors import UsageError
-from imgstor.remote import copyjob, jobs, syncgate
+from imgstor.remote import copyjob, jobs, procfs, syncgate
 from imgstor.remote.copyjob import CopyFailed, Peer
 
 PEER = Peer("10.1.1.14", "compute-0-14", "tank/vm1-vol")
@@ -195,7 +195,7 @@ def test_job_start_status_second_start_cancel(tmp_path) -> None:
     assert oct(os.stat(jobs.job_dir("j", base)).st_mode & 0o777) == "0o700"
     st3 = jobs.cancel("j", base=base)
     assert st3["state"] == "cancelled"
-    assert jobs.proc_start_time(st["pid"]) is None or \
+    assert procfs.start_time(st["pid"]) is None or \
         open(f"/proc/{st['pid']}/stat").read().split()[2] == "Z"
 
 
@@ -304,7 +304,9 @@ def test_cancel_never_signals_a_group_that_reused_the_jobs_number(tmp_path) -> N
     holder = os.open(os.path.join(d, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)           # "the new job" (this process) holds it
     try:
-        real = jobs.proc_start_time(victim.pid)
+        from imgstor.remote import procfs
+        real = procfs.start_time(victim.pid)
+        assert real is not None
         jobs.write_json(os.path.join(d, "pid"), {"pid": victim.pid, "pgid": victim.pid,
                                                  "start_time": real - 1, "started": 0})
         jobs.cancel("l1", base=base, timeout=1.0)

@@ -16,6 +16,15 @@ from imgstor.state.model import Job, Volume
 from imgstor.workflows.storagemap import sync
 from tests.unit.test_refresh import parse_prom
 
+
+def _rt(store):
+    """The monitor's runtime as the phases use it here: commit and log."""
+    def commit(fn):
+        with store.transaction() as st:
+            return fn(st)
+    return SimpleNamespace(commit=commit, log=lambda *a: None, read=store.read)
+
+
 NODE_SNAPS = [{"name": "imgstor-in-1", "guid": "11"}, {"name": "imgstor-pull-2", "guid": "22"}]
 
 
@@ -35,7 +44,7 @@ def _run(tmp_path, nas_snaps, node_snaps=NODE_SNAPS):
     ctx = SimpleNamespace(store=store, cluster=SimpleNamespace(step=step))
     n = {"pool": "tank"}
     try:
-        sync.check_nas_snapshots(ctx, job, store.read().volumes[v.key], n)
+        sync.check_nas_snapshots(ctx, job, _rt(store), store.read().volumes[v.key], n)
         err = None
     except Conflict as e:
         err = e
@@ -67,7 +76,8 @@ def test_once_it_is_gone_the_send_goes_and_the_record_is_cleared(tmp_path) -> No
         return SimpleNamespace(facts={"snapshots": NODE_SNAPS})
     ctx = SimpleNamespace(store=store, cluster=SimpleNamespace(step=step))
     job = store.read().jobs["pull-0123456789ab"]
-    sync.check_nas_snapshots(ctx, job, store.read().volumes["nas-0-0/v"], {"pool": "tank"})
+    sync.check_nas_snapshots(ctx, job, _rt(store), store.read().volumes["nas-0-0/v"],
+                            {"pool": "tank"})
     assert "foreign_snapshots" not in store.read().volumes["nas-0-0/v"].extra
     assert reconcile.snapshot_plan(store.read().volumes.values()) == []
 

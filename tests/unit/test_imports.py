@@ -24,10 +24,10 @@ LAYERS: list[tuple[str, str, list[str]]] = [
     ("entry points", "frontend", ["imgstor.__main__", "imgstor.onefile"]),
     ("command line", "frontend", ["imgstor.cli", "imgstor.admin", "imgstor.batch",
                                   "imgstor.clihelp", "imgstor.docgen"]),
-    ("workflows", "frontend", ["imgstor.workflows", "imgstor.workflows.*", "imgstor.jobkinds"]),
+    ("workflows", "frontend", ["imgstor.workflows", "imgstor.workflows.*"]),
     ("jobs, reconcile, credentials", "frontend",
-     ["imgstor.jobs", "imgstor.reconcile", "imgstor.metrics", "imgstor.synctrust",
-      "imgstor.chap", "imgstor.names"]),
+     ["imgstor.jobs", "imgstor.jobpool", "imgstor.jobrun", "imgstor.reconcile",
+      "imgstor.metrics", "imgstor.synctrust", "imgstor.chap", "imgstor.names"]),
     ("state, config, transport", "frontend",
      ["imgstor.state", "imgstor.state.*", "imgstor.config", "imgstor.tomlcache",
       "imgstor.transport", "imgstor.connections", "imgstor.hostkeys", "imgstor.zipapp"]),
@@ -46,7 +46,8 @@ LAYERS: list[tuple[str, str, list[str]]] = [
     ("tool drivers", "node", ["imgstor.remote.drivers", "imgstor.remote.drivers.*"]),
     ("shared with the node", "shared",
      ["imgstor.remote.protocol", "imgstor.remote.naming", "imgstor.remote.atomicfile",
-      "imgstor.remote", "imgstor.errors", "imgstor"]),
+      "imgstor.remote.procfs", "imgstor.remote.flocks", "imgstor.remote", "imgstor.errors",
+      "imgstor"]),
 ]
 
 

@@ -30,7 +30,7 @@ def populated(imgstor, config_path, state_path, monkeypatch):
     FakeCluster.calls = []
     # check and refresh's restore: nothing differs; refresh's pull: no monitor started
     monkeypatch.setattr("imgstor.workflows.check.plan", lambda ctx, **kw: [])
-    monkeypatch.setattr("imgstor.workflows.storagemap.sync._spawn", lambda ctx, job: None)
+    monkeypatch.setattr("imgstor.workflows.storagemap.sync.start_jobs", lambda ctx, jobs: True)
     assert imgstor("add", "host", "vm", "compute-0-0", "name=web1").rc == 0
     assert imgstor("set", "host", "vm", "nas", "web1", "nas=nas-0-0", "zpool=tank").rc == 0
     assert imgstor("set", "host", "zvolattr", "nas-0-0", "sv", "frequency", "10m").rc == 0

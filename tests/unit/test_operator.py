@@ -159,7 +159,7 @@ def rctx(imgstor, config_path, state_path, monkeypatch):
     """refresh with no hosts' restore (tests/unit/test_reconcile*) and no real monitors."""
     from imgstor.workflows import refresh as rf
     from imgstor.workflows.storagemap import sync as syncmod
-    monkeypatch.setattr(syncmod, "_spawn", lambda c, job: True)
+    monkeypatch.setattr(syncmod, "start_jobs", lambda c, jobs: True)
     monkeypatch.setattr(rf, "_restore", lambda c: [])
     state_path.write_text('{"schema": 2}\n')
     return config_path
@@ -192,8 +192,7 @@ def test_refresh_quiet_fails_loudly_when_it_cannot_write_the_metrics(
 
 def test_refresh_fails_when_a_monitor_or_a_restore_it_started_fails(
         rctx, imgstor, monkeypatch: pytest.MonkeyPatch) -> None:
-    from imgstor import jobs as jobmod
-    from imgstor import reconcile
+    from imgstor import jobpool, reconcile
     from imgstor.config import load_config
     from imgstor.state.model import Job
     from imgstor.state.store import Store
@@ -207,7 +206,7 @@ def test_refresh_fails_when_a_monitor_or_a_restore_it_started_fails(
 
     def no_fork(*a, **kw):
         raise OSError(11, "Resource temporarily unavailable")
-    monkeypatch.setattr(jobmod, "spawn", no_fork)
+    monkeypatch.setattr(jobpool, "_spawn", no_fork)
     r = imgstor("refresh", "--quiet")
     assert r.rc == 1 and r.out == "", r
     assert ("imgstor refresh: job nas-0-0/v pull-0123456789ab: could not start a monitor: "

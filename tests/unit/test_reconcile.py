@@ -111,10 +111,15 @@ def test_store_plan_stale_busy_and_dead_monitors() -> None:
              created=0, updated=0, owner=Lease(pid=222, host="fe", since=0))
     j3 = Job(id="pull-000000000003", kind="pull", volume="nas-0-0/x", phase="trust",
              created=0, updated=0, last_error="boom")
-    fs = store_plan([v1, v2, v3], [j1, j2, j3], here="fe", alive=alive)
+    j4 = Job(id="pull-000000000004", kind="pull", volume="nas-0-0/x", phase="send",
+             created=0, updated=0, last_error="no route", attempts=5, state="failed")
+    fs = store_plan([v1, v2, v3], [j1, j2, j3, j4], here="fe", alive=alive,
+                    running=lambda j: j.id == "pull-000000000002")    # its lock is held
     assert [(f.what, f.subject) for f in fs] == [
         ("busy", "nas-0-0/v"), ("monitor", "pull-000000000001"),
-        ("monitor", "pull-000000000003")]
+        ("monitor", "pull-000000000003"), ("job", "pull-000000000004")]
+    assert "failed after 5 tries: no route" in fs[3].why
+    assert fs[3].actions[0].step == "monitor.start"
     assert fs[0].actions[0] == Action(FRONTEND, "store.unbusy", {"key": "nas-0-0/v"},
                                       "stale busy marker")
     assert "last error: boom" in fs[2].why and fs[2].actions[0].step == "monitor.start"

@@ -12,7 +12,6 @@ import pytest
 
 from imgstor import metrics
 from imgstor.state.model import Busy, Volume
-from imgstor.state.store import Store
 from imgstor.workflows import refresh as rf
 from imgstor.workflows.storagemap import sync as syncmod
 from imgstor.workflows.syncattrs import due
@@ -76,12 +75,14 @@ def test_metrics_textfile_parses_and_says_each_state_lag_progress_and_error(tmp_
                  error='tgtadm said "no such target"\nand a back\\slash'),
             _vol("c", host="compute-0-1", state="NAS->VM", mode="sync", since=now - 60)]
     jobs = [Job(id="sync-in-0123456789ab", kind="sync-in", volume="nas-0-0/c", phase="copy",
-                created=now, updated=now)]
+                created=now, updated=now),
+            Job(id="pull-0123456789ab", kind="pull", volume="nas-0-0/a", phase="send",
+                created=now, updated=now, attempts=5, state="failed", last_error="no route")]
     from imgstor.workflows.probe import HostProbe
     hosts = [HostProbe("nas-0-0", "nas", True, 0.042), HostProbe("compute-0-1", "compute",
                                                                  False, 2.5, error="refused")]
     text = metrics.render(vols, jobs, {"sync-in-0123456789ab": {"done": 25, "total": 100}},
-                          hosts=hosts, now=now)
+                          hosts=hosts, now=now, job_states={"sync-in-0123456789ab": "running"})
     path = tmp_path / "imgstor.prom"
     metrics.write(str(path), text)
     assert oct(os.stat(path).st_mode & 0o777) == "0o644"
@@ -98,9 +99,15 @@ def test_metrics_textfile_parses_and_says_each_state_lag_progress_and_error(tmp_
     assert prog == [({"nas": "nas-0-0", "vol": "c", "job": "sync-in-0123456789ab",
                       "kind": "sync-in", "phase": "copy"}, 0.25)]
     err = {ls["vol"]: v for ls, v in fams["imgstor_volume_last_error"]["samples"]}
-    assert err == {"a": 0, "b": 1, "c": 0}
+    assert err == {"a": 1, "b": 1, "c": 0}          # a: its failed job's error
+    assert {ls["state"]: v for ls, v in fams["imgstor_jobs"]["samples"]} == {
+        "running": 1, "ready": 0, "retry": 0, "failed": 1}
+    assert {ls["job"]: v for ls, v in fams["imgstor_job_attempts"]["samples"]} == {
+        "pull-0123456789ab": 5, "sync-in-0123456789ab": 0}
     info = fams["imgstor_volume_last_error_info"]["samples"]
-    assert info == [({"nas": "nas-0-0", "zpool": "tank", "vol": "b",
+    assert info == [({"nas": "nas-0-0", "zpool": "tank", "vol": "a",
+                      "message": "job pull-0123456789ab (pull send): no route"}, 1),
+                    ({"nas": "nas-0-0", "zpool": "tank", "vol": "b",
                       "message": 'tgtadm said "no such target"\nand a back\\slash'}, 1)]
     assert fams["imgstor_refresh_timestamp_seconds"]["samples"] == [({}, now)]
     up = fams["imgstor_host_up"]
@@ -133,7 +140,8 @@ def test_due_only_for_mapped_sync_volumes_on_their_local_copy() -> None:
 def ctx(imgstor, config_path, state_path, monkeypatch):
     from imgstor.workflows.context import Ctx
     spawned = []
-    monkeypatch.setattr(syncmod, "_spawn", lambda c, job: spawned.append(job.id))
+    monkeypatch.setattr(syncmod, "start_jobs",
+                        lambda c, jobs: spawned.extend(j.id for j in jobs) or True)
     monkeypatch.setattr(rf, "_restore", lambda c: [])     # no hosts here (test_reconcile)
     c = Ctx(config_path=str(config_path))
     c.spawned = spawned
@@ -229,42 +237,3 @@ def test_config_sync_keep(tmp_path, config_path) -> None:
                                                            "[defaults]\nsync_keep = 0"))
     with pytest.raises(ConfigError, match="sync_keep"):
         load_config(str(config_path))
-
-
-# ------------------------------------------------------------- _copy and another's copy
-def test_copy_waits_for_another_snapshots_copy_to_the_same_dataset(tmp_path,
-                                                                   monkeypatch) -> None:
-    """The copy job is keyed by destination: a pull's copy still running (or done) is not
-    the sync back's; _copy waits for it to end and starts its own."""
-    from types import SimpleNamespace
-
-    from imgstor import synctrust
-    from imgstor.state.model import Job
-    monkeypatch.setattr(syncmod, "POLL", 0)
-    monkeypatch.setattr(synctrust, "copy_args", lambda *a, **kw: {"snapshot": kw["snapshot"]})
-    monkeypatch.setattr(synctrust, "expect", lambda *a, **kw: {})   # the gate's announcement
-    mine, pulls = "tank/v@imgstor-back-2", "tank/v@imgstor-pull-1"
-    answers = iter([
-        ("copy.start", {"state": "running", "snapshot": pulls}),     # the pull's, running
-        ("copy.status", {"state": "running", "snapshot": pulls}),
-        ("copy.status", {"state": "done", "snapshot": pulls}),       # done: not ours
-        ("copy.start", {"state": "running", "snapshot": mine}),      # ours starts
-        ("copy.status", {"state": "done", "snapshot": mine}),
-    ])
-    calls = []
-
-    def step(host, name, **kw):
-        want, facts = next(answers)
-        assert name == want, (name, want)
-        calls.append(name)
-        return SimpleNamespace(facts=facts)
-    store = Store(str(tmp_path / "state.json"))
-    job = Job(id="sync-back-0123456789ab", kind="sync-back", volume="nas-0-0/v",
-              phase="send", created=0, updated=0)
-    with store.transaction() as st:
-        st.jobs[job.id] = job
-    ctx = SimpleNamespace(cluster=SimpleNamespace(step=step), store=store, config=None)
-    out = syncmod._copy(ctx, job, "compute-0-0", "nas-0-0", snapshot=mine,
-                        to_dataset="tank/v", what="NAS<-VM")
-    assert out["snapshot"] == mine and calls[-1] == "copy.status"
-    assert calls == ["copy.start", "copy.status", "copy.status", "copy.start", "copy.status"]

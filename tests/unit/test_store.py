@@ -12,6 +12,7 @@ import time
 import pytest
 
 from imgstor.errors import BusyError, LockTimeout, NotFound, StateError
+from imgstor.remote import procfs
 from imgstor.state import Busy, State, Store, Vm, Volume
 from imgstor.state import store as store_mod
 from imgstor.state.model import Job
@@ -238,11 +239,11 @@ def test_zombie_counts_as_dead(store):
             os._exit(0)
     try:
         for _ in range(200):                       # wait for the child to be a zombie
-            st = store_mod._proc_stat(pid)
-            if st and st[0] == "Z":
+            st = procfs.stat(pid)
+            if st and st.state == "Z":
                 break
             time.sleep(0.05)
-        assert store_mod._proc_stat(pid)[0] == "Z"
+        assert procfs.stat(pid).state == "Z"
         assert not store_mod.pid_alive(pid)
         assert store.acquire_busy("nas-0-0/vm1-vol", "unmap").busy.pid == os.getpid()
     finally:

@@ -200,7 +200,8 @@ def test_rocks_shim_forwards_them(imgstor) -> None:
 def ctx(imgstor, config_path, monkeypatch):
     from imgstor.workflows.context import Ctx
     spawned: list[str] = []
-    monkeypatch.setattr(syncmod, "_spawn", lambda c, job: spawned.append(job.id))
+    monkeypatch.setattr(syncmod, "start_jobs",
+                        lambda c, jobs: spawned.extend(j.id for j in jobs) or True)
     monkeypatch.setattr(rf, "_restore", lambda c: [])     # no hosts here (test_reconcile)
     c = Ctx(config_path=str(config_path))
     c.spawned = spawned

@@ -55,6 +55,30 @@ def test_key_made_once_0600_in_0700(cfg, tmp_path: Path) -> None:
     assert not (d / "nas-0-1").exists()
 
 
+def test_a_key_asked_for_by_many_at_once_is_made_once(cfg, tmp_path: Path) -> None:
+    """A monitor's threads (or several commands) trusting a sender for the first time at
+    once get one key, whose halves match (they used to make several, and one could pair
+    one's private half with another's public one: a 20-VM storm's copies were refused)."""
+    import subprocess
+    import threading
+    got: list = []
+    go = threading.Barrier(12)
+
+    def one() -> None:
+        go.wait()
+        got.append(synctrust.ensure_key(cfg.state_path, "nas-0-0"))
+    ts = [threading.Thread(target=one) for _ in range(12)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(set(got)) == 1, len(set(got))
+    priv_path, pub_path = synctrust.key_paths(cfg.state_path, "nas-0-0")
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", priv_path], capture_output=True,
+                             text=True, check=True).stdout.split()[:2]
+    assert " ".join(derived) == got[0][1] == " ".join(open(pub_path).read().split()[:2])
+
+
 def test_pins_come_from_the_frontends_known_hosts(cfg) -> None:
     assert synctrust.host_keys(cfg, "compute-0-14") == [HOSTKEY]
     # an empty known_hosts (the config's ssh section is a frozen dataclass)

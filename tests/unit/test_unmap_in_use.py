@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from imgstor import jobs as jobmod
+from imgstor import jobpool
 from imgstor.state import Store, Volume
 
 
@@ -36,8 +36,8 @@ class UsersCluster:
 def unmap(config_path, imgstor, monkeypatch):
     monkeypatch.setattr("imgstor.transport.Cluster", UsersCluster)
     spawned: list[str] = []
-    monkeypatch.setattr(jobmod, "spawn", lambda store, cfg, job_id, **kw: spawned.append(job_id)
-                        or 4242)
+    monkeypatch.setattr(jobpool, "launch", lambda store, cfg, ids, **kw: spawned.extend(ids)
+                        or "started monitor pid 4242")
     UsersCluster.calls = []
     store = Store(str(config_path.parent / "state.json"))
 
@@ -81,7 +81,7 @@ def test_force_goes_on_and_the_quiesce_is_forced(unmap) -> None:
     ctx = SimpleNamespace(store=store, cluster=UsersCluster(None),
                           config=SimpleNamespace(host=lambda h: SimpleNamespace(
                               vm_container_zpool="tank", overlay="dm", volume_kind="zvol")))
-    sync._back_quiesce(ctx, job)
+    sync._back_quiesce(ctx, job, SimpleNamespace(read=store.read))
     assert UsersCluster.calls[-1][1:] == ("overlay.remove", {"driver": "dm", "pool": "tank",
                                                              "vol": "v", "force": True})
 

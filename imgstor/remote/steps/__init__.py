@@ -28,5 +28,6 @@ def load_all() -> dict[str, Callable[..., StepResult]]:
         syncexpect,
         synckeys,
         vm,
+        watch,
     )
     return STEPS

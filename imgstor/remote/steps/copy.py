@@ -30,7 +30,7 @@ from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.registry import step
 from imgstor.remote.util import run_mapped
 
-__all__ = ["prepare", "start", "status", "cancel"]
+__all__ = ["prepare", "start", "status", "status_facts", "cancel"]
 
 # the launcher and the killer; unit tests replace them (a scenario must not fork a real
 # job nor signal a process group)
@@ -142,16 +142,22 @@ def prepare(ex: Executor, *, snapshot: str, create_snapshot: bool = False) -> St
                       f"{snapshot}: guid {guids.get(short, '?')}")
 
 
-@step("copy.status", read_only=True)
-def status(ex: Executor, *, to_alias: str, to_dataset: str) -> StepResult:
-    """Read-only: the copy job's progress file and whether its process lives (``died``:
-    ended without a result; the caller starts it again)."""
+def status_facts(to_alias: str, to_dataset: str) -> dict:
+    """The copy job's progress file and whether its process lives (``died``: ended
+    without a result; the caller starts it again), with ``percent``."""
     name = copyjob.job_name(to_alias, to_dataset)
     st = jobs.status(name, base=JOBS_BASE)
     total, done = st.get("bytes_total"), st.get("bytes_done") or 0
     if total:
         st["percent"] = min(100.0, round(100.0 * done / total, 1))
-    return StepResult(False, st, f"{name}: {st['state']}")
+    return st
+
+
+@step("copy.status", read_only=True)
+def status(ex: Executor, *, to_alias: str, to_dataset: str) -> StepResult:
+    """Read-only: the copy job's progress (``status_facts``)."""
+    st = status_facts(to_alias, to_dataset)
+    return StepResult(False, st, f"{st['job']}: {st['state']}")
 
 
 @step("copy.cancel")

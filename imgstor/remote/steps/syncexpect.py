@@ -27,12 +27,12 @@ import re
 import time
 
 from imgstor.errors import UsageError
-from imgstor.remote import syncgate
+from imgstor.remote import locks, syncgate
 from imgstor.remote.drivers import zfs
 from imgstor.remote.executor import Executor
 from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.registry import step
-from imgstor.remote.steps.synckeys import AUTHORIZED_KEYS, GATE_PATH, TAG, under_keys_lock
+from imgstor.remote.steps.synckeys import AUTHORIZED_KEYS, GATE_PATH, TAG
 
 __all__ = ["expect", "revoke", "audit", "EXPECT_TTL", "gate_digest"]
 
@@ -130,14 +130,20 @@ def _without_tag(text: str, sender: str) -> tuple[str, bool]:
 
 
 @step("sync.revoke")
-@under_keys_lock
 def revoke(ex: Executor, *, sender: str | None = None, receiver: str | None = None,
            authorized_keys: str = AUTHORIZED_KEYS,
            key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:
     """SENDER given (this host receives): its ``imgstor-sync:SENDER`` authorized_keys line
     and its expectations here go.  RECEIVER given (this host sends): the
     ``imgstor-RECEIVER`` pin in KEY_DIR/known_hosts goes, and KEY_DIR's key and
-    known_hosts once no pin is left.  Runs ``rm``; writes authorized_keys/known_hosts."""
+    known_hosts once no pin is left.  Runs ``rm``; writes authorized_keys/known_hosts (under
+    the node's sync-keys lock, as install_key and authorize do)."""
+    with locks.sync_keys(dry_run=ex.dry_run):
+        return _revoke(ex, sender, receiver, authorized_keys, key_dir)
+
+
+def _revoke(ex: Executor, sender: str | None, receiver: str | None, authorized_keys: str,
+            key_dir: str) -> StepResult:
     changed, what = False, []
     if sender is not None:
         if not syncgate.HOST.fullmatch(str(sender)):

@@ -17,8 +17,6 @@ the frontend half; docs/DESIGN.md "Copy jobs" the whole story).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import pkgutil
 import re
@@ -30,7 +28,7 @@ from imgstor.remote.protocol import StepResult
 from imgstor.remote.steps.registry import step
 
 __all__ = ["install_key", "authorize", "GATE_PATH", "AUTHORIZED_KEYS", "authorized_line",
-           "TAG", "under_keys_lock"]
+           "TAG"]
 
 GATE_PATH = "/var/lib/imgstor/sync-gate.py"
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
@@ -42,19 +40,6 @@ _POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$", re.ASCII)
 _PRIV_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 TAG = "imgstor-sync:"                  # the comment that marks imgstor's lines
 
-
-def under_keys_lock(fn):
-    """Run the step holding the node's ``keys`` lock (imgstor.remote.locks): its
-    read-modify-write of authorized_keys / known_hosts must not interleave with another
-    step's, or one of two concurrent first trusts loses its line (audit L2).  A dry run
-    changes nothing and takes none."""
-    @functools.wraps(fn)
-    def wrapper(ex: Executor, **kw):
-        with (contextlib.nullcontext() if ex.dry_run
-              else locks.hold([locks.KEYS], timeout=locks.VOLUME_WAIT,
-                              what="the key files' lock")):
-            return fn(ex, **kw)
-    return wrapper
 
 
 def _abs(path: str, what: str) -> str:
@@ -72,7 +57,6 @@ def _ensure_file(ex: Executor, path: str, data: bytes, mode: int) -> bool:
 
 
 @step("sync.install_key")
-@under_keys_lock
 def install_key(ex: Executor, *, private_key: str, pins: list[dict],
                 key_dir: str = "/root/.ssh/imgstor-sync") -> StepResult:
     """Ensure KEY_DIR/id_ed25519 is PRIVATE_KEY and KEY_DIR/known_hosts pins each
@@ -81,6 +65,12 @@ def install_key(ex: Executor, *, private_key: str, pins: list[dict],
     if not isinstance(private_key, str) or not private_key.startswith(_PRIV_BEGIN):
         raise UsageError("private_key is not an OpenSSH private key (not shown)")
     kh_path = os.path.join(key_dir, "known_hosts")
+    with locks.sync_keys(dry_run=ex.dry_run):
+        return _install_key(ex, private_key, pins, key_dir, kh_path)
+
+
+def _install_key(ex: Executor, private_key: str, pins: list[dict], key_dir: str,
+                 kh_path: str) -> StepResult:
     keep = []
     for line in (ex.fs.read_bytes(kh_path) or b"").decode(errors="replace").splitlines():
         first = line.split(" ", 1)[0]
@@ -134,7 +124,6 @@ def authorized_line(*, public_key: str, sender: str, from_addresses: list[str],
 
 
 @step("sync.authorize")
-@under_keys_lock
 def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: list[str],
               pools: list[str], authorized_keys: str = AUTHORIZED_KEYS,
               gate_path: str = GATE_PATH, python: str | None = None,
@@ -152,7 +141,16 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
     if gate is None:                 # the app's loader cannot read its own files
         raise StepError("sync.authorize: imgstor/remote/syncgate.py is not readable "
                         "from the node app")
-    changed = _ensure_file(ex, gate_path, gate, 0o700)
+    with locks.sync_keys(dry_run=ex.dry_run):
+        changed = _ensure_file(ex, gate_path, gate, 0o700)
+        changed |= _authorize_line(ex, authorized_keys, sender, line)
+    return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,
+                                "line": line},
+                      f"{sender} may run the sync gate here" + ("" if changed else " already"))
+
+
+def _authorize_line(ex: Executor, authorized_keys: str, sender: str, line: str) -> bool:
+    """AUTHORIZED_KEYS with SENDER's LINE (replaced where it stands); True if written."""
     have = (ex.fs.read_bytes(authorized_keys) or b"").decode(errors="replace").splitlines()
     tag = f" {TAG}{sender}"
     lines: list[str] = []
@@ -169,7 +167,5 @@ def authorize(ex: Executor, *, public_key: str, sender: str, from_addresses: lis
         have_mode = ex.fs.mode(authorized_keys)
         mode = 0o600 if have_mode is None else have_mode & ~0o022
         ex.write_file(authorized_keys, data, mode=mode)
-        changed = True
-    return StepResult(changed, {"gate": gate_path, "authorized_keys": authorized_keys,
-                                "line": line},
-                      f"{sender} may run the sync gate here" + ("" if changed else " already"))
+        return True
+    return False

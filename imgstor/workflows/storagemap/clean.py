@@ -84,7 +84,7 @@ def loss(nas_snaps: list[dict], node: Mapping[str, Any]) -> dict[str, Any]:
             "newer": newer, "lines": lines}
 
 
-def _check(st: State, v: Volume | None, key: str) -> tuple[Volume, str]:
+def _check(store: Store, st: State, v: Volume | None, key: str) -> tuple[Volume, str]:
     """The volume, checked cleanable, and the node that holds it."""
     if v is None:
         raise NotFound(f"no volume {key} in the state store")
@@ -99,11 +99,11 @@ def _check(st: State, v: Volume | None, key: str) -> tuple[Volume, str]:
     b = v.busy
     if b is not None and (b.host != this_host() or pid_alive(b.pid, b.starttime)):
         raise BusyError(Store.busy_message(key, b), key=key)
-    live = [j for j in st.jobs_of(key) if jobmod.owner_alive(j)]
+    live = [j for j in st.jobs_of(key) if jobmod.running(store, j.id)]
     if live:
         raise BusyError(f"{key}: job {live[0].id} ({live[0].kind} {live[0].phase}) has a "
                         "live monitor; wait for it or stop it first", key=key)
-    if v.state == "NAS<-VM" and not any(j.last_error for j in st.jobs_of(key)) \
+    if v.state == "NAS<-VM" and not any(j.state == "failed" for j in st.jobs_of(key)) \
             and st.jobs_of(key):
         raise Conflict(f"{key} is NAS<-VM and its job has not failed: `imgstor monitor "
                        "--resume` finishes it (the VM's writes reach the NAS)")
@@ -127,7 +127,7 @@ def clean_map(ctx: Ctx, nas: str, vol: str, yes: bool = False,
     nas_cfg = ctx.config.host(nas, role="nas")
     key = volume_key(nas, vol)
     st = ctx.store.read()
-    v, host = _check(st, st.volumes.get(key), key)
+    v, host = _check(ctx.store, st, st.volumes.get(key), key)
     hc = ctx.config.host(host, role="compute")
     pool = v.extra.get("local_pool") or hc.vm_container_zpool
     driver = v.extra.get("overlay") or hc.overlay
@@ -165,6 +165,7 @@ def clean_map(ctx: Ctx, nas: str, vol: str, yes: bool = False,
             vv = st2.volumes[key]
             for j in st2.jobs_of(key):
                 del st2.jobs[j.id]
+                jobmod.forget(ctx.store, j.id)
             transitions.move(vv, "unmapped", now=time.time())   # from mapped, error, NAS<-VM
             vv.host = vv.target = vv.mode = vv.device = vv.error = None
             for k in ("origin", "overlay", "local_pool", "intent", "unmap"):

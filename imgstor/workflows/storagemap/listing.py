@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from imgstor import chap as chapstore
+from imgstor import jobs as jobmod
 from imgstor import validate
 from imgstor.errors import ImgstorError
 from imgstor.names import target_iqn
@@ -46,6 +47,8 @@ def list_maps(ctx: Ctx, nas: str | None = None, verify: bool = False) -> Output:
         js = sorted(jobs_of.get(v.key, ()), key=lambda j: j.created)
         if v.state == "mapped" and any(j.kind == "pull" for j in js):
             state = "NAS<-VM sched" + state[len(v.state):]     # the periodic pull runs
+        if any(j.state == "failed" for j in js):
+            state += " (job failed)"
         nextsync = None
         if v.mode == "sync" and not js:
             left = due(v, syncattrs.frequency(st, ctx.config, v.nas, v.vol)
@@ -63,6 +66,8 @@ def list_maps(ctx: Ctx, nas: str | None = None, verify: bool = False) -> Output:
                      "device": v.device, "error": v.error, "mode": v.mode,
                      "initiator": v.extra.get("initiator"),
                      "job": js[0].id if js else None,
+                     "job_state": jobmod.shown_state(ctx.store, js[0]) if js else None,
+                     "job_error": js[0].last_error if js else None,
                      "progress": _progress(ctx, js[0], now) if js else None,
                      "nextsync": nextsync})
     columns: list = list(_MAP_COLUMNS)
@@ -73,6 +78,8 @@ def list_maps(ctx: Ctx, nas: str | None = None, verify: bool = False) -> Output:
     if nas is None:
         columns.insert(0, ("nas", "NAS"))
     footer = [f"{r['nas']}:{r['zvol']}: last error: {r['error']}" for r in rows if r["error"]]
+    footer += [f"{r['nas']}:{r['zvol']}: job {r['job']} {r['job_state']}: {r['job_error']}"
+               for r in rows if r["job_error"] and r["job_state"] in ("retry", "failed")]
     exit_code = 0
     if verify:
         columns.append(("live", "LIVE"))
@@ -88,14 +95,18 @@ def _progress(ctx: Ctx, job, now: float) -> dict:
     """The job's progress: ``kind``, ``phase``, ``failed``, and from its progress file
     ``percent``, ``done_bytes``, ``total_bytes``, ``rate`` (bytes/s), ``eta_seconds``,
     ``synced``; ``text`` is the PROGRESS cell: ``41% 1.3/3.2 GiB, ETA 0:00:09`` (a merge
-    without byte counters: its SYNCED text; a job that failed: its phase and error)."""
-    from imgstor import jobs as jobmod
+    without byte counters: its SYNCED text; a job that failed: its phase and what starts
+    it again; a try that failed: when the next one is)."""
     out: dict = {"kind": job.kind, "phase": job.phase, "failed": False, "percent": None,
                  "done_bytes": None, "total_bytes": None, "rate": None,
                  "eta_seconds": None, "synced": None, "error": job.last_error}
-    if job.last_error and not jobmod.owner_alive(job):
-        out.update(failed=True, text=f"{job.kind} {job.phase}: failed, `imgstor monitor "
-                                     "--resume` retries")
+    if job.state == "failed":
+        out.update(failed=True, text=f"{job.kind} {job.phase}: failed after {job.attempts} "
+                   "tries, `imgstor monitor --resume` or `imgstor repair` starts it again")
+        return out
+    if job.state == "retry" and job.next_try:
+        out["text"] = (f"{job.kind} {job.phase}: try {job.attempts + 1} at "
+                       f"{time.strftime('%H:%M:%S', time.localtime(job.next_try))}")
         return out
     p = jobmod.read_progress(ctx.store, job.id)
     done, total, rate = p.get("done"), p.get("total"), p.get("rate")

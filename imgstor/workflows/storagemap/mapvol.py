@@ -153,10 +153,11 @@ def _sync_again(ctx: Ctx, st, v, host: str, *, wait: bool) -> str:
                         + (f", job {js[0].id} {js[0].phase}" if js else "")
                         + "); map it again when that is done", key=v.key)
     check_map(v, v.key, v.zpool, host)
-    for j in st.jobs_of(v.key):
-        if not jobmod.owner_alive(j) and not ctx.dry_run:
-            from imgstor.workflows.storagemap.sync import _spawn
-            _spawn(ctx, j)
+    idle = [j for j in st.jobs_of(v.key) if not jobmod.running(ctx.store, j.id)]
+    if idle and not ctx.dry_run:
+        from imgstor.workflows.storagemap.sync import start_jobs
+        jobmod.restart(ctx.store, [j.id for j in idle])     # a failed one: from its phase
+        start_jobs(ctx, idle)
     if wait and not ctx.dry_run:
         from imgstor.workflows.storagemap.sync import wait_for_jobs
         wait_for_jobs(ctx, v.key)

@@ -18,17 +18,16 @@ same NAS dataset must never overlap: the copy job is keyed by destination).
 """
 from __future__ import annotations
 
-import time
-
 from imgstor import jobs as jobmod
 from imgstor import synctrust
 from imgstor.errors import StepError
+from imgstor.jobrun import Phase, Runtime
 from imgstor.state import transitions
 from imgstor.state.model import Job
 from imgstor.workflows.context import Ctx
 from imgstor.workflows.storagemap import sync as _sync
 
-__all__ = ["PHASES", "snapshot_name", "start_pull"]
+__all__ = ["PULL", "snapshot_name", "start_pull"]
 
 
 def snapshot_name(job: Job) -> str:
@@ -41,34 +40,34 @@ def start_pull(st, key: str) -> Job:
     return jobmod.new_job(st, "pull", key, "trust")
 
 
-def _check(ctx: Ctx, job: Job):
-    v = _sync._vol(ctx, job)
+def _check(ctx: Ctx, job: Job, rt: Runtime):
+    v = _sync._vol(rt, job)
     if v.state != "mapped" or v.mode != "sync" or v.target:
         raise StepError(f"job {job.id}: {job.volume} is {v.state} (mode {v.mode}); a pull "
                         "runs only on a mapped sync volume on its local copy")
     return v
 
 
-def _pull_trust(ctx: Ctx, job: Job) -> None:
-    v = _check(ctx, job)
+def _pull_trust(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _check(ctx, job, rt)
     synctrust.ensure(ctx.cluster, v.host, v.nas, pools=[v.zpool])
 
 
-def _pull_send(ctx: Ctx, job: Job) -> None:
-    v = _check(ctx, job)
+def _pull_send(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _check(ctx, job, rt)
     n = _sync._names(ctx, v)
-    _sync.check_nas_snapshots(ctx, job, v, n)     # audit L4: a snapshot made on the NAS
+    _sync.check_nas_snapshots(ctx, job, rt, v, n)     # audit L4: a snapshot made on the NAS
     snap = f"{n['local']}@{snapshot_name(job)}"
     # the snapshot carries imgstor's mark (nas.snapshot); the copy sends it
     ctx.cluster.step(v.host, "nas.snapshot", pool=n["pool"], vol=v.vol,
                      snapshot=snapshot_name(job))
-    _sync._copy(ctx, job, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
+    _sync._copy(ctx, job, rt, v.host, v.nas, snapshot=snap, to_dataset=n["nas_ds"],
                 what="NAS<-VM sched", base="auto", rollback=True,
-                bwlimit=_sync._rate(ctx, v, "down"))
+                bwlimit=_sync._rate(ctx, rt, v, "down"))
 
 
-def _pull_prune(ctx: Ctx, job: Job) -> None:
-    v = _sync._vol(ctx, job)
+def _pull_prune(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _sync._vol(rt, job)
     n = _sync._names(ctx, v)
     keep = ctx.config.host(v.nas).sync_keep
     protect = [snapshot_name(job)]
@@ -80,22 +79,25 @@ def _pull_prune(ctx: Ctx, job: Job) -> None:
         r = cl.step(host, "nas.prune_snapshots", pool=pool, vol=v.vol, keep=keep,
                     protect=protect)
         for why in r.facts.get("left") or ():
-            print(f"{time.strftime('%H:%M:%S')} {job.id}: kept {host}:{why}", flush=True)
-    with ctx.store.transaction() as st:
+            rt.log(job.id, f"kept {host}:{why}")
+    def record(st) -> Job | None:
         vv = st.volumes.get(job.volume)
         if vv is not None:
             vv.extra["last_pull"] = job.created
             vv.extra["last_pull_snapshot"] = snapshot_name(job)
         j = st.jobs.get(job.id)
-        nxt = None
         if j is not None and j.extra.get("unmap") and vv is not None \
                 and vv.state == "mapped":
             # an unmap came during the pull: the NAS gets the volume back now
             transitions.move(vv, "NAS<-VM")
-            nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
-                                 force=bool(j.extra.get("force")))
+            return jobmod.new_job(st, "sync-back", job.volume, "quiesce",
+                                  force=bool(j.extra.get("force")))
+        return None
+    nxt = rt.commit(record)
     if nxt is not None:
-        _sync._spawn(ctx, nxt)
+        _sync.start_jobs(ctx, [nxt])
 
 
-PHASES = [("trust", _pull_trust), ("send", _pull_send), ("prune", _pull_prune)]
+# The kind's phases (the table that names every kind: workflows/jobkinds.py).
+PULL: list[tuple[str, Phase]] = [("trust", _pull_trust), ("send", _pull_send),
+                                 ("prune", _pull_prune)]

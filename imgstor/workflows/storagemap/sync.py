@@ -7,7 +7,8 @@ initiator, attach), puts the overlay over the iSCSI disk (``overlay.create``), r
 ``NAS->VM`` with a ``sync-in`` job in one transaction, starts the job's monitor detached
 and returns the overlay's device: its time does not depend on the volume's size.
 
-Jobs (phases run by ``imgstor monitor``, each idempotent; see workflows/monitor.py):
+Jobs (phases run by ``imgstor monitor``, each idempotent; the table of kinds is
+workflows/jobkinds.py, the runtime imgstor/jobs.py and imgstor/jobrun.py):
 
     sync-in    trust -> copy -> merge -> merged -> pivot
                NAS->VM until the copy is there, merging until merged, then mapped (local,
@@ -23,22 +24,23 @@ Jobs (phases run by ``imgstor monitor``, each idempotent; see workflows/monitor.
                the target, the temp-write and any local copy go; unmapped.
 
 The copies run detached on the sending host (``copy.start``; imgstor/remote/copyjob.py);
-a phase polls ``copy.status`` and writes the job's progress file.  The NAS<->node trust is
-imgstor's own (imgstor/synctrust.py), set up by the ``trust`` phases; each copy is
-announced to the receiver's gate before it starts (``synctrust.start_copy``), and a hop no
-job needs any more is revoked (``_release``).
+a phase reads their status through the monitor's watch (one ``jobs.watch`` per host for
+all of its jobs) and writes the job's progress file.  Every waiting phase has a bound:
+a merge found back in ``snapshot`` (an overlay restored after a reboot or a killed
+daemon) is merged again, and no progress for ``[jobs] stall_timeout`` fails the try.
+The NAS<->node trust is imgstor's own (imgstor/synctrust.py), set up by the ``trust``
+phases; each copy is announced to the receiver's gate before it starts
+(``synctrust.start_copy``), and a hop no job needs any more is revoked (``_release``).
 """
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from imgstor import jobpool, synctrust
 from imgstor import jobs as jobmod
-from imgstor import synctrust
 from imgstor.errors import (
     BusyError,
     Conflict,
@@ -48,6 +50,7 @@ from imgstor.errors import (
     StepError,
 )
 from imgstor.faults import fault
+from imgstor.jobrun import Phase, Runtime
 from imgstor.output import Message
 from imgstor.remote.protocol import Portal
 from imgstor.state import transitions
@@ -59,11 +62,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from imgstor.transport import Cluster, Prepared
 
-__all__ = ["map_sync", "unmap_sync", "PHASES", "POLL", "wait_for_jobs", "hold_base"]
+__all__ = ["map_sync", "unmap_sync", "SYNC_IN", "SYNC_BACK", "CANCEL", "wait_for_jobs",
+           "hold_base", "start_jobs", "REMERGES"]
 
-POLL = float(os.environ.get("IMGSTOR_SYNC_POLL", "1.0"))   # seconds between status reads
-_log = logging.getLogger(__name__)
-COPY_RESTARTS = 5          # a copy that died is started again this many times per monitor
+COPY_RESTARTS = 5          # a copy that died is started again this many times per try
+REMERGES = 3               # an overlay found back in `snapshot` is merged again this often
+REPLACED_WAIT = 120.0      # seconds a cancel waits for the replaced job's monitor to let go
 LOCAL_COPY = "local-copy"  # imgstor:role of the node's copy of a volume
 
 
@@ -100,20 +104,27 @@ def map_sync(ctx: Ctx, cl: Cluster, key: str, nas: str, nas_cfg, zpool: str, vol
                 v.extra[k] = val
         job = running[0] if running else jobmod.new_job(st, "sync-in", key, "trust")
     fault("recorded")
-    _spawn(ctx, job)
+    start_jobs(ctx, [job])
     return Message(f"mapping  {nas} : {zpool} / {vol}  on  {host}\n{device}",
                    f"{nas}:{vol} mapped to {host}:{device}")
 
 
-def _spawn(ctx: Ctx, job: Job) -> bool:
-    """Start the job's detached monitor; False (and a warning) when it could not."""
+def start_jobs(ctx: Ctx, jobs: list[Job]) -> bool:
+    """Hand recorded jobs to a detached monitor (imgstor/jobpool.py ``launch``: the running
+    pool monitor, or a new one).  False (and a warning) when that failed: the jobs are
+    recorded, `imgstor monitor --resume` (and cron's refresh) runs them."""
+    if not jobs:
+        return True
+    ids = ", ".join(j.id for j in jobs)
     try:
-        pid = jobmod.spawn(ctx.store, ctx.config.path, job.id, self_argv=ctx.self_argv)
-    except OSError as e:            # the job is recorded: `imgstor monitor --resume` runs it
-        print(f"warning: could not start the monitor of job {job.id}: {e}; run "
+        what = jobpool.launch(ctx.store, ctx.config.path, [j.id for j in jobs],
+                              self_argv=ctx.self_argv)
+    except OSError as e:
+        print(f"warning: could not start the monitor of job {ids}: {e}; run "
               f"`imgstor monitor --resume`", file=sys.stderr)
         return False
-    _log.debug("monitor of job %s started (pid %d)", job.id, pid)
+    if ctx.debug:
+        print(f"job {ids}: {what}", file=sys.stderr)
     return True
 
 
@@ -144,12 +155,20 @@ def unmap_sync(ctx: Ctx, key: str, v: Volume, force: bool) -> Message | str:
             msg = (f"{nas}:{vol}: the merge finishes first, then NAS<-VM "
                    f"(job {job.id})")
         elif v.state == "NAS->VM":
+            replaced = None
             for j in jobs:
                 if j.kind == "sync-in":
-                    _stop_owner(j)
+                    # its monitor (if one runs it: the lock, checked under the store's
+                    # lock that acquire takes too) lets it go at its next wait
+                    if jobmod.running(ctx.store, j.id):
+                        jobmod.request_stop(ctx.store, j.id)
+                        replaced = j.id
+                    else:
+                        jobmod.forget(ctx.store, j.id)
                     del st.jobs[j.id]
             transitions.move(v, "NAS<-VM")
-            job = jobmod.new_job(st, "cancel", key, "stop", force=force)
+            job = jobmod.new_job(st, "cancel", key, "stop", force=force,
+                                 **({"replaces": replaced} if replaced else {}))
             msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (cancel, job {job.id})"
         elif v.state == "mapped" and any(j.kind == "pull" for j in jobs):
             # a periodic pull sends to the same NAS dataset: it ends first, then chains
@@ -162,10 +181,13 @@ def unmap_sync(ctx: Ctx, key: str, v: Volume, force: bool) -> Message | str:
             transitions.move(v, "NAS<-VM")
             job = jobmod.new_job(st, "sync-back", key, "quiesce", force=force)
             msg = f"unmapping {nas}:{vol} from {v.host}: NAS<-VM (job {job.id})"
+        elif v.state == "unmapped":
+            # its sync back ended between the caller's read and this transaction
+            return f"{nas}:{vol} is not mapped"
         else:
             raise StateError(f"{key} is {v.state}: see `imgstorageadmin list`")
         v.busy = None
-    _spawn(ctx, job)
+    start_jobs(ctx, [job])
     # the guide's lines (the state shows NAS<-VM until the job is done)
     return Message(f"unmapping   {nas} : {vol}\nSuccess", msg)
 
@@ -174,19 +196,10 @@ def _copy_done(jobs: list[Job]) -> bool:
     return any(j.kind == "sync-in" and j.phase in ("merge", "merged", "pivot") for j in jobs)
 
 
-def _stop_owner(job: Job) -> None:
-    """End the monitor that owns ``job`` (on this frontend): its job is being replaced."""
-    if job.owner is not None and jobmod.owner_alive(job) and job.owner.pid != os.getpid():
-        import signal
-        try:
-            os.kill(job.owner.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-
 # ------------------------------------------------------------------ phase helpers
-def _vol(ctx: Ctx, job: Job) -> Volume:
-    v = ctx.store.read().volumes.get(job.volume)
+def _vol(rt: Runtime, job: Job) -> Volume:
+    """The job's volume as the store has it now (read only: shared by the monitor)."""
+    v = rt.read().volumes.get(job.volume)
     if v is None:
         raise NotFound(f"job {job.id}: volume {job.volume} is not in the store")
     return v
@@ -209,15 +222,18 @@ def _names(ctx: Ctx, v: Volume) -> dict[str, Any]:
             "kind": nas_cfg.volume_kind}
 
 
-def _set(ctx: Ctx, job: Job, *, state: str | None = None, **changes: Any) -> None:
-    with ctx.store.transaction() as st:
+def _set(job: Job, rt: Runtime, *, state: str | None = None, **changes: Any) -> None:
+    """The job's volume: its state moved (the transitions table) and fields set, in the
+    monitor's group commit."""
+    extra = changes.pop("extra", {})
+
+    def change(st) -> str | None:
         v = st.volumes[job.volume]
+        moved = None
         if state is not None:
             old = v.state
             if transitions.move(v, state):
-                print(f"{time.strftime('%H:%M:%S')} {job.volume}: state {old} -> {state}",
-                      file=sys.stderr, flush=True)
-        extra = changes.pop("extra", {})
+                moved = f"{job.volume}: state {old} -> {state}"
         for k, val in changes.items():
             setattr(v, k, val)
         for k, val in extra.items():
@@ -225,54 +241,52 @@ def _set(ctx: Ctx, job: Job, *, state: str | None = None, **changes: Any) -> Non
                 v.extra.pop(k, None)
             else:
                 v.extra[k] = val
+        return moved
+    moved = rt.commit(change)
+    if moved:
+        rt.log(job.id, moved)
 
 
-def _job_extra(ctx: Ctx, job: Job, **extra: Any) -> None:
-    with ctx.store.transaction() as st:
+def _job_extra(rt: Runtime, job: Job, **extra: Any) -> None:
+    def change(st) -> None:
         j = st.jobs.get(job.id)
         if j is not None:
             j.extra.update(extra)
-            job.extra.update(extra)
+    rt.commit(change)
+    job.extra.update(extra)
 
 
-def _alive(ctx: Ctx, job: Job) -> Job:
-    """The job as the store has it now (a cancel may have removed it: stop)."""
-    j = ctx.store.read().jobs.get(job.id)
-    if j is None:
-        raise StepError(f"job {job.id} was removed (unmapped meanwhile): stopping")
-    return j
-
-
-def _copy(ctx: Ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_dataset: str,
-          what: str, **kw: Any) -> Mapping[str, Any]:
-    """Run one copy job on SENDER to its end, polling it; restart it if it died."""
+def _copy(ctx: Ctx, job: Job, rt: Runtime, sender: str, receiver: str, *, snapshot: str,
+          to_dataset: str, what: str, **kw: Any) -> Mapping[str, Any]:
+    """Run one copy job on SENDER to its end, reading its status through the monitor's
+    watch; restart it if it died; fail the try if it makes no progress for the bound."""
     cl = ctx.cluster
     args = synctrust.copy_args(ctx.config, sender, receiver, snapshot=snapshot,
                                to_dataset=to_dataset, **kw)
     restarts = 0
-    st = synctrust.start_copy(cl, sender, receiver, args).facts
+    bound = rt.bound(f"{sender}: copy of {snapshot} to {receiver}:{to_dataset}")
+    st: Any = synctrust.start_copy(cl, sender, receiver, args).facts
+    delay = rt.policy.poll
     while True:
         state = st.get("state")
-        other = st.get("snapshot") not in (None, snapshot)
-        if other:
+        if st.get("snapshot") not in (None, snapshot):
             # the copy job is keyed by its destination: this is another snapshot's copy
             # (a periodic pull's, say).  Its "done" is not ours: let it end, then start ours.
             if state == "running":
-                time.sleep(POLL)
-                _alive(ctx, job)
-                st = cl.step(sender, "copy.status", to_alias=receiver,
-                             to_dataset=to_dataset).facts
+                bound.saw(("other", st.get("snapshot"), st.get("bytes_done")),
+                          f"{st.get('snapshot')} is being copied there")
+                st = rt.copy_status(job.id, sender, receiver, to_dataset, delay=delay)
                 continue
             st = synctrust.start_copy(cl, sender, receiver, args).facts
             if st.get("snapshot") not in (None, snapshot) and st.get("state") != "running":
                 raise StepError(f"{sender}: copy to {receiver}:{to_dataset} did not start "
                                 f"for {snapshot} (its job reports {st.get('snapshot')})")
             continue
-        jobmod.write_progress(ctx.store, job.id, phase=what, state=state,
-                              done=st.get("bytes_done"), total=st.get("bytes_total"),
-                              rate=st.get("rate"), exact=st.get("total_exact", True))
+        rt.progress(job.id, phase=what, state=state, done=st.get("bytes_done"),
+                    total=st.get("bytes_total"), rate=st.get("rate"),
+                    exact=st.get("total_exact", True))
         if state == "done":
-            return st
+            return dict(st)
         if state in ("failed", "cancelled", "died", "none"):
             # a broken stream (a receiver killed, a network blip) is started again: it
             # resumes from its token where the pool has them, else from its beginning
@@ -283,30 +297,65 @@ def _copy(ctx: Ctx, job: Job, sender: str, receiver: str, *, snapshot: str, to_d
                     str(st.get("error") or state),
                     message=f"{sender}: copy of {snapshot} to {receiver}:{to_dataset} "
                             f"{state} ({restarts} attempts): {st.get('error')}")
-            print(f"{time.strftime('%H:%M:%S')} {job.id}: copy {state} "
-                  f"({st.get('error') or 'no result'}); starting it again", file=sys.stderr,
-                  flush=True)
-            time.sleep(min(POLL * restarts, 10))
+            rt.log(job.id, f"copy {state} ({st.get('error') or 'no result'}); starting it "
+                   "again")
+            rt.pause(job.id, min(rt.policy.poll * restarts, 10))
             st = synctrust.start_copy(cl, sender, receiver, args).facts
+            bound.reset()
             continue
-        time.sleep(POLL)
-        _alive(ctx, job)
-        st = cl.step(sender, "copy.status", to_alias=receiver,
-                     to_dataset=to_dataset).facts
+        try:
+            bound.saw((state, st.get("bytes_done")),
+                      f"{st.get('bytes_done')} of {st.get('bytes_total')} bytes")
+        except StepError:
+            # a copy that hangs is stopped (its partial receive kept: the next try
+            # resumes from it), so the next try starts it again
+            cl.step(sender, "copy.cancel", to_alias=receiver, to_dataset=to_dataset,
+                    keep_partial=True)
+            raise
+        delay = rt.next_delay(st)
+        st = rt.copy_status(job.id, sender, receiver, to_dataset, delay=delay)
 
 
-def _wait_merged(ctx: Ctx, job: Job, n: dict) -> None:
+def _wait_merged(ctx: Ctx, job: Job, rt: Runtime, n: dict, *, into: str) -> None:
+    """Until the overlay is merged (or pivoted).  An overlay found in ``snapshot`` -- made
+    again by a restore after a reboot or a killed daemon, or a merge that failed -- is
+    merged again (``overlay.merge`` is idempotent), up to REMERGES times; a merge that
+    makes no progress for the bound fails the try (audit M1: it used to wait forever)."""
+    vol = job.volume.split("/", 1)[1]
+    bound = rt.bound(f"{n['host']}: merge of {job.volume}'s overlay into the {into}")
+    remerged = 0
+    delay = 0.0
     while True:
-        s = ctx.cluster.step(n["host"], "overlay.status", driver=n["driver"], pool=n["pool"],
-                             vol=job.volume.split("/", 1)[1]).facts
-        jobmod.write_progress(ctx.store, job.id, phase="merging", done=s.get("done"),
-                              total=s.get("total"), synced=s.get("synced"))
-        if s.get("phase") in ("merged", "pivoted"):
+        s = rt.overlay_status(job.id, n["host"], n["driver"], n["pool"], vol, delay=delay)
+        delay = rt.policy.poll
+        rt.progress(job.id, phase="merging", done=s.get("done"), total=s.get("total"),
+                    synced=s.get("synced"))
+        phase = s.get("phase")
+        if phase in ("merged", "pivoted"):
             return
         if not s.get("exists", True):
-            raise NotFound(f"{n['host']}: overlay of {job.volume} is gone")
-        time.sleep(POLL)
-        _alive(ctx, job)
+            raise NotFound(f"{n['host']}: overlay of {job.volume} is gone (a restore puts "
+                           "it back: `imgstor refresh`)")
+        if phase == "snapshot":
+            if remerged >= REMERGES:
+                raise StepError(f"{n['host']}: the overlay of {job.volume} is back in "
+                                f"snapshot after {remerged} merges into the {into}")
+            remerged += 1
+            rt.log(job.id, f"overlay found in snapshot (restored?): merging into the "
+                   f"{into} again ({remerged}/{REMERGES})")
+            _merge(ctx, n, vol, into=into)
+            bound.reset()
+            delay = 0.0
+            continue
+        bound.saw((phase, s.get("done"), s.get("total"), s.get("synced")),
+                  f"{phase} {s.get('synced') or ''}".strip())
+
+
+def _merge(ctx: Ctx, n: dict, vol: str, *, into: str) -> None:
+    """``overlay.merge`` into the local copy or (cancel) the origin."""
+    local = _local_path(ctx, n, vol) if into == "local" else None
+    ctx.cluster.step(n["host"], "overlay.merge", driver=n["driver"], pool=n["pool"], vol=vol,
+                     into=into, **({"local": local} if local else {}))
 
 
 def _local_path(ctx: Ctx, n: dict, vol: str) -> str:
@@ -342,28 +391,28 @@ def _clear_nas_props(ctx: Ctx, v: Volume) -> None:
 
 
 # ------------------------------------------------------------------ sync-in phases
-def _in_trust(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _in_trust(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     synctrust.ensure(ctx.cluster, v.nas, _host(v),
                      pools=[_names(ctx, v)["pool"]])
 
 
-def _snapshot_copy(ctx: Ctx, job: Job, sender: str, receiver: str, source: str, dest: str,
-                   tag: str, what: str, **kw: Any) -> None:
+def _snapshot_copy(ctx: Ctx, job: Job, rt: Runtime, sender: str, receiver: str, source: str,
+                   dest: str, tag: str, what: str, **kw: Any) -> None:
     """A new imgstor snapshot of SOURCE on SENDER (named once, kept in the job: a restarted
     monitor copies the same one) copied to DEST on RECEIVER."""
     snap = job.extra.get("snapshot") or f"{source}@imgstor-{tag}-{int(job.created)}"
     if "snapshot" not in job.extra:
-        _job_extra(ctx, job, snapshot=snap)
-    _copy(ctx, job, sender, receiver, snapshot=snap, to_dataset=dest, what=what,
+        _job_extra(rt, job, snapshot=snap)
+    _copy(ctx, job, rt, sender, receiver, snapshot=snap, to_dataset=dest, what=what,
           create_snapshot=True, **kw)
 
 
-def _rate(ctx: Ctx, v: Volume, direction: str) -> int:
+def _rate(ctx: Ctx, rt: Runtime, v: Volume, direction: str) -> int:
     """The copy's limit: the volume's or its NAS's uploadspeed (``up``, NAS->node) or
     downloadspeed (``down``, node->NAS), else the sender's sync_bwlimit (syncattrs)."""
     from imgstor.workflows import syncattrs
-    return syncattrs.bwlimit(ctx.store.read(), ctx.config, v, direction)
+    return syncattrs.bwlimit(rt.read(), ctx.config, v, direction)
 
 
 def hold_base(ctx: Ctx, v: Volume, n: dict, short: str) -> None:
@@ -379,11 +428,11 @@ def hold_base(ctx: Ctx, v: Volume, n: dict, short: str) -> None:
                 release_others=True)
 
 
-def _in_copy(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _in_copy(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     n = _names(ctx, v)
-    _snapshot_copy(ctx, job, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
-                   bwlimit=_rate(ctx, v, "up"))
+    _snapshot_copy(ctx, job, rt, v.nas, _host(v), n["nas_ds"], n["local"], "in", "NAS->VM",
+                   bwlimit=_rate(ctx, rt, v, "up"))
     # the copied snapshot is the base of the first periodic pull and of the sync back
     hold_base(ctx, v, n, job.extra["snapshot"].split("@", 1)[1])
     # the node's copy is imgstor's from now on (destroyed only after the NAS has it back)
@@ -395,7 +444,7 @@ def _release(ctx: Ctx, v: Volume, *, inbound: bool) -> None:
     """Revoke the NAS -> node hop (INBOUND: no other volume's sync-in copy needs it) or
     the node -> NAS one (no other sync volume of that node and NAS is on the node): the
     next copy's trust phase sets it up again (issue 18: keys with a life cycle)."""
-    st = ctx.store.read()
+    st = ctx.store.read()                         # read only
     for o in st.volumes.values():
         if o.key == v.key or o.nas != v.nas or o.host != v.host or o.mode != "sync":
             continue
@@ -408,64 +457,64 @@ def _release(ctx: Ctx, v: Volume, *, inbound: bool) -> None:
     synctrust.revoke(ctx.cluster, sender, receiver)
 
 
-def _in_merge(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
-    n = _names(ctx, v)
+def _in_merge(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     _release(ctx, v, inbound=True)        # the copy is there: the NAS sends nothing more
-    local = _local_path(ctx, n, v.vol)
+    n = _names(ctx, v)
     # recorded before the merge starts (audit H1): from its first chunk on the VM's disk
     # is the local copy plus what is left in the temp-write, never the NAS volume again
     if v.state != "merging":
-        _set(ctx, job, state="merging")
-    ctx.cluster.step(_host(v), "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
-                     into="local", local=local)
+        _set(job, rt, state="merging")
+    _merge(ctx, n, v.vol, into="local")
     fault("job:merge-started")
 
 
-def _in_merged(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
-    _wait_merged(ctx, job, _names(ctx, v))
+def _in_merged(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    _wait_merged(ctx, job, rt, _names(ctx, _vol(rt, job)), into="local")
 
 
-def _in_pivot(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _in_pivot(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     n = _names(ctx, v)
+    # a restore (a reboot, a killed daemon) may have made the overlay again, unmerged,
+    # since the merged phase: merge it again first (overlay.linear refuses otherwise)
+    _wait_merged(ctx, job, rt, n, into="local")
     ctx.cluster.step(_host(v), "overlay.linear", driver=n["driver"], pool=n["pool"], vol=v.vol)
     fault("job:linear")
     _untarget(ctx, v, n, force=True)      # nothing uses the origin after the pivot
     ctx.cluster.step(v.nas, "nas.set_props", pool=v.zpool, vol=v.vol,
                      props={"host": v.host, "target": None, "mode": "sync"})
-    _set(ctx, job, state="mapped", target=None, error=None)
-    j = ctx.store.read().jobs.get(job.id)
+    _set(job, rt, state="mapped", target=None, error=None)
+    j = rt.read().jobs.get(job.id)
     if j is not None and j.extra.get("unmap"):
         # an unmap came during the merge: the NAS gets the volume back now
-        with ctx.store.transaction() as st:
-            vv = st.volumes[job.volume]
-            transitions.move(vv, "NAS<-VM")
-            nxt = jobmod.new_job(st, "sync-back", job.volume, "quiesce",
-                                 force=bool(j.extra.get("force")))
-        _spawn(ctx, nxt)
+        force = bool(j.extra.get("force"))
+
+        def chain(st) -> Job:
+            transitions.move(st.volumes[job.volume], "NAS<-VM")
+            return jobmod.new_job(st, "sync-back", job.volume, "quiesce", force=force)
+        start_jobs(ctx, [rt.commit(chain)])
 
 
 # ------------------------------------------------------------------ sync-back phases
-def _back_quiesce(ctx: Ctx, job: Job) -> None:
+def _back_quiesce(ctx: Ctx, job: Job, rt: Runtime) -> None:
     """The overlay's device goes before the last snapshot: no write can land after it.
     dm refuses while the VM holds the device open (dmsetup remove: busy)."""
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     ctx.cluster.step(_host(v), "overlay.remove", driver=n["driver"], pool=n["pool"], vol=v.vol,
                      force=bool(job.extra.get("force")))    # --force: even while in use
 
 
-def _back_trust(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _back_trust(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     synctrust.ensure(ctx.cluster, _host(v), v.nas, pools=[v.zpool])
 
 
 FOREIGN = "foreign_snapshots"      # volume extra: NAS snapshots that stop the sends back
 
 
-def check_nas_snapshots(ctx: Ctx, job: Job, v: Volume, n: dict) -> None:
+def check_nas_snapshots(ctx: Ctx, job: Job, rt: Runtime, v: Volume, n: dict) -> None:
     """Before a send back (periodic pull, sync back): the NAS volume's snapshots made
     after the last one both sides hold stop it -- ``zfs receive`` takes an incremental only
     onto the destination's newest snapshot, and the gate's rollback only to it; getting
@@ -484,7 +533,7 @@ def check_nas_snapshots(ctx: Ctx, job: Job, v: Volume, n: dict) -> None:
     newer = [f"{v.zpool}/{v.vol}@{s['name']}" for s in snaps[common + 1:]] \
         if common is not None else []
     if newer != list(v.extra.get(FOREIGN) or []):
-        _set(ctx, job, extra={FOREIGN: newer or None})
+        _set(job, rt, extra={FOREIGN: newer or None})
     if newer:
         theirs = [s for s in newer if not s.split("@", 1)[1].startswith("imgstor-")]
         raise Conflict(
@@ -497,17 +546,17 @@ def check_nas_snapshots(ctx: Ctx, job: Job, v: Volume, n: dict) -> None:
             "imgstor's volumes), then the next try sends", snapshots=newer)
 
 
-def _back_send(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _back_send(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     n = _names(ctx, v)
-    check_nas_snapshots(ctx, job, v, n)
-    _snapshot_copy(ctx, job, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
-                   base="auto", rollback=True, bwlimit=_rate(ctx, v, "down"))
+    check_nas_snapshots(ctx, job, rt, v, n)
+    _snapshot_copy(ctx, job, rt, _host(v), v.nas, n["local"], n["nas_ds"], "back", "NAS<-VM",
+                   base="auto", rollback=True, bwlimit=_rate(ctx, rt, v, "down"))
 
 
-def _back_cleanup(ctx: Ctx, job: Job) -> None:
+def _back_cleanup(ctx: Ctx, job: Job, rt: Runtime) -> None:
     """Only now, with the NAS holding the last snapshot, does the local copy go."""
-    v = _vol(ctx, job)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     ctx.cluster.step(_host(v), "nas.destroy_volume", pool=n["pool"], vol=v.vol,
                      kind=n["kind"], driver=None, role=LOCAL_COPY)   # releases its holds
@@ -515,13 +564,24 @@ def _back_cleanup(ctx: Ctx, job: Job) -> None:
     ctx.cluster.step(v.nas, "nas.release_base", pool=v.zpool, vol=v.vol)
     _clear_nas_props(ctx, v)
     _release(ctx, v, inbound=False)
-    _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
+    _set(job, rt, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
 
 # ------------------------------------------------------------------ cancel phases
-def _cancel_stop(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _cancel_stop(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    """The sync-in job this cancel replaced lets go first (its stop flag is set; its
+    monitor sees it at its next wait), so it cannot start the copy again after this
+    cancels it; then the copy is cancelled."""
+    replaced = job.extra.get("replaces")
+    if replaced:
+        end = rt.clock() + REPLACED_WAIT
+        while jobmod.running(ctx.store, replaced):
+            if rt.clock() > end:
+                raise BusyError(f"job {replaced} (replaced by this cancel) still runs "
+                                f"{REPLACED_WAIT:g}s after its stop flag was set")
+            rt.pause(job.id, 0.2)
+    v = _vol(rt, job)
     n = _names(ctx, v)
     # the NAS asks the node's gate about the partial receive: the hop and an expectation
     # (state and abort only) must be there, whatever was revoked or expired meanwhile
@@ -530,19 +590,17 @@ def _cancel_stop(ctx: Ctx, job: Job) -> None:
     ctx.cluster.step(v.nas, "copy.cancel", to_alias=v.host, to_dataset=n["local"])
 
 
-def _cancel_merge(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
-    n = _names(ctx, v)
-    ctx.cluster.step(_host(v), "overlay.merge", driver=n["driver"], pool=n["pool"], vol=v.vol,
-                     into="origin")
+def _cancel_merge(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
+    _merge(ctx, _names(ctx, v), v.vol, into="origin")
 
 
-def _cancel_merged(ctx: Ctx, job: Job) -> None:
-    _wait_merged(ctx, job, _names(ctx, _vol(ctx, job)))
+def _cancel_merged(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    _wait_merged(ctx, job, rt, _names(ctx, _vol(rt, job)), into="origin")
 
 
-def _cancel_teardown(ctx: Ctx, job: Job) -> None:
-    v = _vol(ctx, job)
+def _cancel_teardown(ctx: Ctx, job: Job, rt: Runtime) -> None:
+    v = _vol(rt, job)
     n = _names(ctx, v)
     cl = ctx.cluster
     ovl = dict(driver=n["driver"], pool=n["pool"], vol=v.vol)
@@ -550,8 +608,8 @@ def _cancel_teardown(ctx: Ctx, job: Job) -> None:
     if st.get("exists") and st.get("phase") in ("snapshot", "merging"):
         # restored after a reboot (refresh: over the origin, from its temp-write): merge
         # what is left into the origin again before the pivot
-        _cancel_merge(ctx, job)
-        _cancel_merged(ctx, job)
+        _cancel_merge(ctx, job, rt)
+        _cancel_merged(ctx, job, rt)
     if st.get("exists"):        # gone: the node rebooted after this cancel's pivot
         cl.step(_host(v), "overlay.linear", **ovl)
     cl.step(_host(v), "overlay.remove", **ovl)
@@ -566,24 +624,27 @@ def _cancel_teardown(ctx: Ctx, job: Job) -> None:
     _clear_nas_props(ctx, v)
     _release(ctx, v, inbound=True)
     _release(ctx, v, inbound=False)
-    _set(ctx, job, state="unmapped", host=None, target=None, mode=None, device=None,
+    _set(job, rt, state="unmapped", host=None, target=None, mode=None, device=None,
          error=None, extra={"origin": None, "overlay": None, "local_pool": None})
 
 
-PHASES = {
-    "sync-in": [("trust", _in_trust), ("copy", _in_copy), ("merge", _in_merge),
-                ("merged", _in_merged), ("pivot", _in_pivot)],
-    "sync-back": [("quiesce", _back_quiesce), ("trust", _back_trust), ("send", _back_send),
-                  ("cleanup", _back_cleanup)],
-    "cancel": [("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
-               ("teardown", _cancel_teardown)],
-}
+# The kinds' phases (the table that names them all: workflows/jobkinds.py).
+SYNC_IN: list[tuple[str, Phase]] = [
+    ("trust", _in_trust), ("copy", _in_copy), ("merge", _in_merge),
+    ("merged", _in_merged), ("pivot", _in_pivot)]
+SYNC_BACK: list[tuple[str, Phase]] = [
+    ("quiesce", _back_quiesce), ("trust", _back_trust), ("send", _back_send),
+    ("cleanup", _back_cleanup)]
+CANCEL: list[tuple[str, Phase]] = [
+    ("stop", _cancel_stop), ("merge", _cancel_merge), ("merged", _cancel_merged),
+    ("teardown", _cancel_teardown)]
 
 
 # ------------------------------------------------------------------ --wait
 def wait_for_jobs(ctx: Ctx, key: str, *, timeout: float | None = None) -> None:
     """Block until volume ``key`` has no job left (``--wait``), showing progress on a
-    terminal; a job that fails or whose monitor died is an error naming it."""
+    terminal (and a try that failed, with its next); a job that failed for good or whose
+    monitor died is an error naming it."""
     tty = sys.stderr.isatty()
     deadline = None if timeout is None else time.monotonic() + timeout
     last = ""
@@ -598,14 +659,22 @@ def wait_for_jobs(ctx: Ctx, key: str, *, timeout: float | None = None) -> None:
                 raise StepError(f"{key}: {v.error}")
             return
         j = js[0]
-        if j.last_error and not jobmod.owner_alive(j):
-            raise StepError(f"{key}: job {j.id} failed in phase {j.phase}: {j.last_error} "
-                            "(`imgstor monitor --resume` retries it)")
+        if j.state == "failed":
+            raise StepError(f"{key}: job {j.id} failed in phase {j.phase} after "
+                            f"{j.attempts} tries: {j.last_error} (`imgstor monitor "
+                            "--resume` or `imgstor repair` starts it again)")
         p = jobmod.read_progress(ctx.store, j.id)
         done, total = p.get("done"), p.get("total")
         pct = f" {100 * done / total:.0f}%" if done is not None and total else ""
+        if j.owner is not None and not jobmod.running(ctx.store, j.id):
+            raise StepError(f"{key}: the monitor of job {j.id} (pid {j.owner.pid}) ended in "
+                            f"phase {j.phase}: `imgstor monitor --resume` (or cron's "
+                            "refresh) continues it")
         line = f"{key}: {st.volumes[key].state if key in st.volumes else '?'} " \
                f"({j.kind} {j.phase}){pct}"
+        if j.state == "retry" and j.next_try:
+            at = time.strftime("%H:%M:%S", time.localtime(j.next_try))
+            line += f", try {j.attempts + 1} at {at}: {j.last_error}"
         if tty and line != last:
             print("\r" + line.ljust(70), end="", file=sys.stderr, flush=True)
             last = line

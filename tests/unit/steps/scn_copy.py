@@ -212,6 +212,37 @@ SCENARIOS += [
      "raises": ("UsageError", "bad pools")},
 ]
 
+# ------------------------------------------------------------------ jobs.watch
+# ``facts_sub``: a nested subset of the facts (test_copy_steps.py).  The overlay entries
+# run the dm driver's reads on the kernel lab's captures (scn_overlay.py).
+from scn_overlay import S_SNAP, T_NONE, T_SNAP  # noqa: E402
+
+WKEY = f"compute-0-14:{DEST}"
+OVL = ["dm", "tank", "vm1-vol"]
+SCENARIOS += [
+    {"id": "copies-and-overlays-in-one-read", "step": "jobs.watch", "tags": ["read"],
+     "args": {"copies": [["compute-0-14", DEST], ["compute-0-15", DEST]],
+              "overlays": [OVL]},
+     "env": {"jobs": RUNNING}, "script": [T_SNAP, S_SNAP], "mutating": [], "changed": False,
+     "facts_sub": {"copies": {WKEY: {"state": "running", "percent": 50.0, "job": JOB},
+                              f"compute-0-15:{DEST}": {"state": "none"}},
+                   "overlays": {"dm/tank/vm1-vol": {"exists": True, "phase": "snapshot"}}}},
+    {"id": "one-items-error-is-its-answer", "step": "jobs.watch", "tags": ["read"],
+     "args": {"overlays": [["nbd", "tank", "vm1-vol"], OVL]}, "script": [T_NONE],
+     "changed": False,
+     "facts_sub": {"copies": {},
+                   "overlays": {"nbd/tank/vm1-vol": {"error": {"code": "UsageError"}},
+                                "dm/tank/vm1-vol": {"exists": False}}}},
+    {"id": "dry-run-reads", "step": "jobs.watch", "tags": ["read", "dry-run"], "dry_run": True,
+     "args": {"copies": [["compute-0-14", DEST]]}, "env": {"jobs": RUNNING}, "script": [],
+     "skipped": [], "changed": False,
+     "facts_sub": {"copies": {WKEY: {"state": "running"}}}},
+    {"id": "bad-items", "step": "jobs.watch", "tags": ["error"],
+     "args": {"copies": [["compute-0-14"]]}, "script": [],
+     "raises": ("UsageError", "copies must be a list")},
+]
+
+
 # ------------------------------------------------------------------ copy.prepare (issue 18)
 LSNAPS = ["zfs", "list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg", "-d", "1",
           DEST]

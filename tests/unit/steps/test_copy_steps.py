@@ -17,11 +17,12 @@ from imgstor.remote import jobs, syncgate
 from imgstor.remote.executor import HostFS
 from imgstor.remote.steps import copy as copy_steps
 from imgstor.remote.steps import load_all, syncexpect, synckeys
+from imgstor.remote.steps import watch as watch_steps
 from tests.scripted import Expect, ScriptedExecutor
 
 WRITE_STEPS = ("copy.start", "copy.cancel", "sync.install_key", "sync.authorize",
                "copy.prepare", "sync.expect", "sync.revoke")
-READ_STEPS = ("copy.status", "sync.audit")
+READ_STEPS = ("copy.status", "sync.audit", "jobs.watch")
 
 
 class RecordingExecutor(ScriptedExecutor):
@@ -32,6 +33,17 @@ class RecordingExecutor(ScriptedExecutor):
     def run(self, argv, *, read_only=False, **kw):
         self.modes.append(([str(a) for a in argv], read_only))
         return super().run(argv, read_only=read_only, **kw)
+
+
+def _subset(want: dict, got: dict) -> None:
+    """WANT's keys are in GOT with those values (dicts compared the same way, nested)."""
+    for k, v in want.items():
+        assert k in got, (k, got)
+        if isinstance(v, dict) and v:
+            assert isinstance(got[k], dict), (k, got[k])
+            _subset(v, got[k])
+        else:
+            assert got[k] == v, (k, got[k], v)
 
 
 def _sub(value, tmp: str):
@@ -113,6 +125,7 @@ def test_scenario(sc: dict, tmp_path, monkeypatch) -> None:
                 assert out.changed is sc["changed"], out
             for k, v in sc.get("facts_include", {}).items():
                 assert out.facts.get(k) == v, (k, out.facts)
+            _subset(sc.get("facts_sub", {}), out.facts)
             assert json.loads(json.dumps(out.to_dict())) == out.to_dict()
         ex.assert_done()
     finally:
@@ -164,7 +177,7 @@ def test_every_step_has_the_required_cases() -> None:
 
 
 def test_every_step_of_these_modules_has_scenarios() -> None:
-    mods = {copy_steps.__name__, synckeys.__name__, syncexpect.__name__}
+    mods = {copy_steps.__name__, synckeys.__name__, syncexpect.__name__, watch_steps.__name__}
     mine = {name for name, fn in load_all().items() if fn.__module__ in mods}
     assert mine == set(WRITE_STEPS + READ_STEPS)
 

@@ -114,3 +114,29 @@ def test_lock_dir_must_be_private(tmp_path, monkeypatch):
     with pytest.raises(BusyError, match="0700"):
         with locks.hold(["targets"]):
             pass
+
+
+def test_sync_key_files_are_changed_under_one_lock(monkeypatch, tmp_path):
+    """Audit L2: two first trusts at once each wrote back the authorized_keys they had
+    read, and one sender's line was lost (a 20-VM storm on the lab: "Permission
+    denied"). sync.authorize and sync.install_key take the node's sync-keys lock."""
+    from imgstor.remote.executor import HostFS
+    from imgstor.remote.steps import syncexpect, synckeys
+    monkeypatch.setattr(locks, "TARGETS_WAIT", 0.3)
+    p = _holder(locks.SYNC_KEYS, 5)
+    try:
+        ex = ScriptedExecutor([], fs=HostFS())
+        with pytest.raises(BusyError, match="the sync keys is locked by pid"):
+            synckeys.authorize(ex, public_key="ssh-ed25519 AAAAC3Nz", sender="nas-0-0",
+                               from_addresses=["10.1.1.1"], pools=["tank"],
+                               authorized_keys=str(tmp_path / "ak"),
+                               gate_path=str(tmp_path / "gate"), python="/usr/bin/python3")
+        with pytest.raises(BusyError, match="the sync keys"):
+            synckeys.install_key(ex, private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nx\n",
+                                 pins=[], key_dir=str(tmp_path / "k"))
+        with pytest.raises(BusyError, match="the sync keys"):
+            syncexpect.revoke(ex, sender="nas-0-0", authorized_keys=str(tmp_path / "ak"))
+        assert not (tmp_path / "ak").exists()
+    finally:
+        p.kill()
+        p.wait()

@@ -26,7 +26,7 @@ OTHER = textwrap.dedent("""
     import os, sys, time
     from imgstor.remote import locks
     path, line = sys.argv[1], sys.argv[2]
-    with locks.hold([locks.KEYS]):
+    with locks.hold([locks.SYNC_KEYS]):
         have = open(path).read()
         print("held", flush=True)
         time.sleep(2)
