@@ -206,13 +206,15 @@ def _busy_live(v) -> bool:
 # `merged` it only waits: an overlay lost meanwhile is restored, and the job merges it
 # again -- audit M1.)
 _PIVOTING = ("pivot",)
-# phases after which the local copy holds everything (or a cancel's teardown takes the
-# overlay to nothing): an overlay lost then is put back only on the local copy (H1)
-_SWITCHING = ("merged", "pivot", "teardown")
+# phases in which a live monitor is switching the VM to the local copy (qcow2: after
+# job-complete its temp-write is unlinked) or a cancel's teardown takes the overlay to
+# nothing: an overlay lost then is put back only on the local copy (H1).  In `merged` the
+# temp-write is still whole: the overlay comes back over it and the job merges again (M1).
+_SWITCHING = ("pivot", "teardown")
 
 
 def _pivoting(ctx: Ctx, st, v) -> bool:
-    """v's monitor is past the merge: only an overlay on the local copy is put back."""
+    """v's monitor is pivoting it: only an overlay on the local copy is put back."""
     return any(j.phase in _SWITCHING and jobmod.running(ctx.store, j.id)
                for j in st.jobs_of(v.key))
 

@@ -58,9 +58,11 @@ def wait_for(what: str, cond, timeout: float = 120.0, every: float = 0.5):
 
 
 def monitor_failed(lab: Lab, vol: str) -> bool:
+    """A try of the volume's job failed: recorded on the job (the runtime retries it after
+    its backoff, the volume keeps its state)."""
     js = jobs_of(lab, vol)
-    return bool(js) and bool(js[0].get("last_error")) and not (
-        js[0].get("owner") and os.path.exists(f"/proc/{js[0]['owner']['pid']}"))
+    return bool(js) and bool(js[0].get("last_error")) and js[0].get("state") in ("retry",
+                                                                                 "failed")
 
 
 def tgtd_kill(lab: Lab) -> None:
