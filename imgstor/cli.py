@@ -536,23 +536,6 @@ def bind_plain(cmd: Cmd, words: Sequence[str]) -> dict[str, Any] | None:
     return out
 
 
-# Commands that always reach hosts: Fabric (with invoke and paramiko, ~0.1 s of CPU) is
-# imported in the background from their start, beside the handler's own imports and the
-# store's read, instead of when the first connection is opened.
-REACHES_HOSTS = frozenset({f"{_MAP}:map_volume", f"{_MAP}:unmap_volume",
-                           f"{_MAP}:remove_image", f"{_MAP}.clean:clean_map",
-                           "imgstor.workflows.vmctl:start_vm",
-                           "imgstor.workflows.vmctl:stop_vm"})
-
-
-def _preload_ssh() -> None:
-    # Not a daemon: the interpreter waits for it before it finalizes.  A command that ends
-    # while a daemon thread is still importing (cryptography's extension modules) may
-    # crash in its exit (SIGSEGV, about 1 in 10 quick refusals on the lab).
-    import threading
-    threading.Thread(target=importlib.import_module, args=("fabric",)).start()
-
-
 def _load(handler: str) -> Callable[..., Any]:
     module, _, func = handler.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -567,8 +550,11 @@ def run(argv: Sequence[str], table: Sequence[Cmd], *, prog: str,
     if cmd is None:
         return 0
     log.setup(1 if opts["debug"] else 0)        # -v: the imgstor loggers on stderr
-    if cmd.handler in REACHES_HOSTS:
-        _preload_ssh()
+    # Fabric is imported where the first connection is made, in this thread: imported in a
+    # background thread beside the handler's own imports, two threads importing at once
+    # now and then got a partially initialised stdlib module (Python's import deadlock
+    # avoidance: "partially initialized module 'typing' has no attribute 'ClassVar'"),
+    # and the command died with a traceback (seen on the lab in map/unmap crash tests).
     from imgstor.workflows.context import Ctx
     ctx = Ctx(**opts)
     if self_argv is not None:

@@ -57,6 +57,18 @@ PYTHON = "python3"
 _log = logging.getLogger(__name__)      # -v: every command and upload (imgstor/log.py)
 
 
+
+def _import_ssh() -> None:
+    """Import in the calling thread what connecting and starting node steps import
+    (Fabric, paramiko, the node app's builder), before threads that use them start: two
+    threads importing at once now and then get a partially initialised module (Python's
+    import deadlock avoidance) and fail with an AttributeError."""
+    import fabric  # noqa: F401
+    import paramiko  # noqa: F401
+
+    import imgstor.hostkeys  # noqa: F401
+    import imgstor.zipapp  # noqa: F401
+
 class Cluster:
     """The hosts of one config, reached over SSH."""
 
@@ -227,6 +239,7 @@ class Cluster:
 
     def warm(self, hosts: Iterable[str]) -> None:
         """Start connecting to hosts in the background (errors surface on first use)."""
+        _import_ssh()
         def one(h: str) -> None:
             try:
                 self.connection(h)
@@ -519,6 +532,7 @@ class Prepared:
         self._opened = False
         self._thread: threading.Thread | None = None
         if background:
+            _import_ssh()
             self._thread = threading.Thread(target=self._open, daemon=True)
             with cl._glock:
                 cl._bg[:] = [t for t in cl._bg if t.is_alive()]

@@ -409,15 +409,3 @@ def test_a_prepared_steps_opener_has_ended_when_the_cluster_closes(tmp_path: Pat
     assert p._thread is not None and not p._thread.is_alive()
 
 
-def test_the_fabric_preload_is_waited_for_at_exit(monkeypatch) -> None:
-    """Not a daemon thread: a quick refusal that exits while it imports cryptography
-    crashed its exit now and then (SIGSEGV instead of exit 2)."""
-    from imgstor import cli
-    started: list[threading.Thread] = []
-
-    class Recorded(threading.Thread):
-        def start(self) -> None:
-            started.append(self)
-    monkeypatch.setattr(threading, "Thread", Recorded)
-    cli._preload_ssh()
-    assert len(started) == 1 and not started[0].daemon
