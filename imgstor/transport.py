@@ -163,17 +163,11 @@ class Cluster:
     @contextlib.contextmanager
     def _leased(self, host: str) -> Iterator[Any]:
         """``host``'s open connection, kept open (not evicted) until the block ends."""
-        with self._pool:
-            self._leases[host] += 1
+        self._lease(host)
         try:
             yield self.connection(host)
         finally:
-            with self._pool:
-                self._leases[host] -= 1
-                if not self._leases[host]:
-                    del self._leases[host]
-                self._used[host] = time.monotonic()
-                self._pool.notify_all()
+            self._unlease(host)
 
     def _open(self, host: str):
         hc = self.config.host(host)
